@@ -1,0 +1,199 @@
+"""Star detection with sep (Source Extractor as a library)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import sep
+from scipy import ndimage
+
+FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+
+@dataclass
+class StarTable:
+    """Detected stars, one entry per star, brightest first.
+
+    Coordinates are 0-based pixel coordinates with pixel centres on integers
+    (``x`` is the column, ``y`` the row).
+
+    Attributes
+    ----------
+    x, y : ndarray
+        Flux-weighted centroids.
+    flux : ndarray
+        Background-subtracted isophotal flux in the detection image.
+    peak : ndarray
+        Highest pixel above the local background.
+    raw_peak : ndarray
+        Highest pixel value including the background (for saturation tests).
+    background : ndarray
+        Local background level at the star.
+    a, b, theta : ndarray
+        Second-moment semi-axes (pixels) and angle (radians).
+    fwhm : ndarray
+        FWHM estimate, ``2.355 * sqrt((a^2 + b^2) / 2)``.
+    npix : ndarray
+        Number of pixels above the threshold.
+    saturated : ndarray of bool
+        ``raw_peak`` at or above the saturation level given to the detector.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    flux: np.ndarray
+    peak: np.ndarray
+    raw_peak: np.ndarray
+    background: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    theta: np.ndarray
+    fwhm: np.ndarray
+    npix: np.ndarray
+    saturated: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def take(self, index) -> "StarTable":
+        """A new table with the rows selected by ``index`` (mask or indices)."""
+        return StarTable(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @property
+    def xy(self) -> np.ndarray:
+        """``(n, 2)`` array of ``(x, y)``."""
+        return np.column_stack([self.x, self.y])
+
+    @classmethod
+    def empty(cls) -> "StarTable":
+        """A table with no stars."""
+        z = np.zeros(0)
+        return cls(z, z, z, z, z, z, z, z, z, z, np.zeros(0, int), np.zeros(0, bool))
+
+
+def intensity(data: np.ndarray) -> np.ndarray:
+    """The detection image: the frame itself if mono, the mean of the channels if colour.
+
+    A pixel that is no-data in any channel is no-data (0) in the result.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim == 2:
+        return data
+    valid = np.all(np.isfinite(data) & (data != 0), axis=0)
+    mean = np.mean(np.where(np.isfinite(data), data, 0), axis=0, dtype=np.float32)
+    return np.where(valid, mean, 0).astype(np.float32)
+
+
+def no_data_mask(image: np.ndarray) -> np.ndarray:
+    """True where a pixel is 0, NaN or inf."""
+    return ~np.isfinite(image) | (image == 0)
+
+
+def detect_stars(
+    image: np.ndarray,
+    *,
+    threshold: float = 5.0,
+    min_area: int = 5,
+    max_stars: int | None = None,
+    saturation: float | None = None,
+    background_size: int = 64,
+    edge: int = 3,
+    deblend_cont: float = 0.005,
+) -> StarTable:
+    """Detect stars in a 2-D image.
+
+    Parameters
+    ----------
+    image : ndarray, (y, x)
+        The detection image, in its own units (use :func:`intensity` for colour).
+    threshold : float
+        Detection threshold in units of the background noise.
+    min_area : int
+        Minimum number of connected pixels above the threshold.
+    max_stars : int, optional
+        Keep only this many of the brightest.
+    saturation : float, optional
+        Pixel level from which a star is marked ``saturated``.
+    background_size : int
+        Mesh size in pixels of sep's background map.
+    edge : int
+        Stars closer than this to the image edge or to no-data pixels are dropped.
+    deblend_cont : float
+        sep's deblending contrast.
+
+    Returns
+    -------
+    StarTable
+        Brightest first. Empty if nothing was found.
+    """
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise ValueError(f"detect_stars needs a 2-D image, got shape {image.shape}")
+    bad = no_data_mask(image)
+    if bad.all():
+        return StarTable.empty()
+    work = image
+    if bad.any():
+        work = image.copy()
+        work[bad] = np.median(image[~bad])
+    size = int(max(8, min(background_size, min(image.shape) // 2)))
+    bkg = sep.Background(work, mask=bad, bw=size, bh=size, fw=3, fh=3)
+    sub = work - bkg.back()
+    rms = float(bkg.globalrms)
+    if not np.isfinite(rms) or rms <= 0:
+        rms = float(np.std(sub[~bad])) or 1.0
+    objects = None
+    pixstack = 300_000
+    sep.set_sub_object_limit(4096)
+    while objects is None:
+        sep.set_extract_pixstack(pixstack)
+        try:
+            objects = sep.extract(
+                sub, threshold, err=rms, mask=bad, minarea=min_area, deblend_cont=deblend_cont
+            )
+        except Exception as exc:  # sep raises plain Exception for buffer overflows
+            if "pixel buffer full" not in str(exc) or pixstack > 50_000_000:
+                raise
+            pixstack *= 4
+    if len(objects) == 0:
+        return StarTable.empty()
+    x, y = objects["x"].astype(float), objects["y"].astype(float)
+    h, w = image.shape
+    keep = (x >= edge) & (y >= edge) & (x <= w - 1 - edge) & (y <= h - 1 - edge)
+    keep &= objects["flux"] > 0
+    keep &= (objects["flag"] & sep.OBJ_TRUNC) == 0
+    if bad.any() and edge > 0:
+        near_bad = ndimage.binary_dilation(bad, iterations=edge)
+        ix = np.clip(np.round(x).astype(int), 0, w - 1)
+        iy = np.clip(np.round(y).astype(int), 0, h - 1)
+        keep &= ~near_bad[iy, ix]
+    objects = objects[keep]
+    if len(objects) == 0:
+        return StarTable.empty()
+    order = np.argsort(-objects["flux"])
+    if max_stars is not None:
+        order = order[:max_stars]
+    objects = objects[order]
+    x, y = objects["x"].astype(float), objects["y"].astype(float)
+    ix = np.clip(np.round(x).astype(int), 0, w - 1)
+    iy = np.clip(np.round(y).astype(int), 0, h - 1)
+    local_bkg = bkg.back()[iy, ix].astype(float)
+    peak = objects["peak"].astype(float)
+    raw_peak = peak + local_bkg
+    a, b = objects["a"].astype(float), objects["b"].astype(float)
+    saturated = np.zeros(len(objects), bool) if saturation is None else raw_peak >= saturation
+    return StarTable(
+        x=x,
+        y=y,
+        flux=objects["flux"].astype(float),
+        peak=peak,
+        raw_peak=raw_peak,
+        background=local_bkg,
+        a=a,
+        b=b,
+        theta=objects["theta"].astype(float),
+        fwhm=FWHM_PER_SIGMA * np.sqrt((a**2 + b**2) / 2.0),
+        npix=objects["npix"].astype(int),
+        saturated=saturated,
+    )

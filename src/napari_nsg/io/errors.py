@@ -1,0 +1,29 @@
+"""The one error type for unusable inputs and refused outputs."""
+
+from __future__ import annotations
+
+import os
+
+
+class FrameError(Exception):
+    """A frame (or an output path) cannot be used.
+
+    The message always names the file and the reason, so the command line can
+    print it as it is, without a traceback.
+
+    Parameters
+    ----------
+    path : str or os.PathLike or None
+        The file concerned.
+    reason : str
+        Why it cannot be used, in words a user understands.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else os.fspath(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+class OutputExistsError(FrameError):
+    """An output file exists and overwriting was not asked for."""

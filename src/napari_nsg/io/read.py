@@ -1,0 +1,265 @@
+"""Reading frames: FITS (also fpack .fz), TIFF and, with the optional extra, XISF."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from .debayer import METHODS as DEBAYER_METHODS
+from .debayer import debayer as _debayer
+from .errors import FrameError
+from .metadata import FrameMetadata, parse_metadata
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz")
+TIFF_SUFFIXES = (".tif", ".tiff")
+XISF_SUFFIXES = (".xisf",)
+FRAME_SUFFIXES = FITS_SUFFIXES + TIFF_SUFFIXES + XISF_SUFFIXES
+_FITS_MAGIC = b"SIMPLE  ="
+
+
+@dataclass
+class Frame:
+    """One image as read from disk.
+
+    Attributes
+    ----------
+    path : pathlib.Path
+        Where it came from.
+    data : ndarray
+        float32 pixels, ``(y, x)`` mono or ``(c, y, x)`` colour, in the file's own
+        units (BZERO/BSCALE applied). 0, NaN and inf mean "no data".
+    header : astropy.io.fits.Header
+        The image header (an empty header for TIFF).
+    meta : FrameMetadata
+        Observation metadata parsed from the header.
+    hdu_index : int or None
+        Which FITS HDU held the image.
+    debayered : str or None
+        The debayering method applied, if any.
+    """
+
+    path: Path
+    data: np.ndarray
+    header: fits.Header
+    meta: FrameMetadata = field(default_factory=FrameMetadata)
+    hdu_index: int | None = None
+    debayered: str | None = None
+
+    @property
+    def n_channels(self) -> int:
+        """1 for mono, 3 for colour."""
+        return 1 if self.data.ndim == 2 else self.data.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return tuple(self.data.shape[-2:])
+
+    @property
+    def channels(self) -> np.ndarray:
+        """The pixels as ``(c, y, x)`` (a view; mono gets c = 1)."""
+        return self.data[np.newaxis] if self.data.ndim == 2 else self.data
+
+
+def frame_kind(path: str | os.PathLike) -> str | None:
+    """``"fits"``, ``"tiff"``, ``"xisf"`` from the name, or None if unknown."""
+    name = os.fspath(path).lower()
+    if name.endswith(FITS_SUFFIXES):
+        return "fits"
+    if name.endswith(TIFF_SUFFIXES):
+        return "tiff"
+    if name.endswith(XISF_SUFFIXES):
+        return "xisf"
+    return None
+
+
+def _as_float32(path, array: np.ndarray) -> np.ndarray:
+    kind = array.dtype.kind
+    if kind not in "uif" or array.dtype.itemsize > 8:
+        raise FrameError(path, f"unsupported pixel type {array.dtype}")
+    return np.asarray(array, dtype=np.float32)  # native byte order, a copy if needed
+
+
+def _shape_checked(path, data: np.ndarray, channel_axis_last: bool = False) -> np.ndarray:
+    if channel_axis_last and data.ndim == 3 and data.shape[-1] in (1, 3, 4) and data.shape[0] > 4:
+        data = np.moveaxis(data, -1, 0)
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if data.ndim == 3 and data.shape[0] == 4 and channel_axis_last:
+        data = data[:3]  # drop alpha
+    if data.ndim == 2:
+        if min(data.shape) < 2:
+            raise FrameError(path, f"image is too small ({data.shape[1]}x{data.shape[0]} px)")
+        return data
+    if data.ndim == 3:
+        if data.shape[0] != 3:
+            raise FrameError(
+                path, f"3-D data with {data.shape[0]} planes is neither mono nor RGB (shape {data.shape})"
+            )
+        return data
+    raise FrameError(
+        path, f"image data is {data.ndim}-D (shape {data.shape}); expected 2-D mono or 3-D colour"
+    )
+
+
+def _read_fits(path: Path, hdu: int | None):
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(len(_FITS_MAGIC))
+    except IsADirectoryError:
+        raise FrameError(path, "is a folder, not an image file") from None
+    except OSError as exc:
+        raise FrameError(path, f"cannot be read ({exc.strerror or exc})") from None
+    if not start.startswith(_FITS_MAGIC):
+        reason = "file is empty" if not start else "not a FITS file (no SIMPLE card at the start)"
+        raise FrameError(path, reason)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with fits.open(path, lazy_load_hdus=False) as hdul:
+                indices = [hdu] if hdu is not None else range(len(hdul))
+                for i in indices:
+                    if i >= len(hdul):
+                        raise FrameError(path, f"has no HDU {i} (it has {len(hdul)})")
+                    h = hdul[i]
+                    if not h.is_image:
+                        continue
+                    array = h.data
+                    if array is None:
+                        continue
+                    data = _as_float32(path, array)
+                    header = h.header.copy()
+                    break
+                else:
+                    raise FrameError(path, "no HDU holds image data")
+        except FrameError:
+            raise
+        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+            text = str(exc)
+            if "truncated" in text.lower() or "smaller than" in text.lower():
+                raise FrameError(path, f"file is truncated ({text})") from None
+            if "BITPIX" in text:
+                raise FrameError(path, f"unsupported pixel type ({text})") from None
+            raise FrameError(path, f"not a readable FITS file ({text})") from None
+    for w in caught:
+        text = str(w.message)
+        if "truncated" in text.lower():
+            raise FrameError(path, f"file is truncated ({text})")
+    return data, header, i
+
+
+def _read_tiff(path: Path):
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover - a base dependency
+        raise FrameError(path, "TIFF support needs the tifffile package") from None
+    try:
+        array = tifffile.imread(path)
+    except FileNotFoundError:
+        raise FrameError(path, "file not found") from None
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise FrameError(path, f"not a readable TIFF file ({exc})") from None
+    return _as_float32(path, array), fits.Header()
+
+
+def _read_xisf(path: Path):
+    try:
+        from xisf import XISF
+    except ImportError:
+        raise FrameError(
+            path, "XISF needs the optional extra: pip install 'napari-nsg[xisf]'"
+        ) from None
+    try:
+        x = XISF(str(path))
+        array = np.array(x.read_image(0, data_format="channels_first"))
+        meta = x.get_images_metadata()[0]
+    except Exception as exc:
+        raise FrameError(path, f"not a readable XISF file ({exc})") from None
+    header = fits.Header()
+    for key, entries in (meta.get("FITSKeywords") or {}).items():
+        for entry in entries:
+            try:
+                header.append((key, entry.get("value"), entry.get("comment", "")))
+            except (ValueError, TypeError):
+                continue
+    return _as_float32(path, array), header
+
+
+def read_frame(
+    path: str | os.PathLike,
+    *,
+    debayer: str | None = None,
+    hdu: int | None = None,
+) -> Frame:
+    """Read one frame as float32 in its own units.
+
+    Parameters
+    ----------
+    path : path-like
+        A FITS (.fits .fit .fts, any case, and fpack .fz), TIFF (.tif .tiff) or
+        XISF file (with the ``xisf`` extra). Unknown suffixes are read as FITS
+        when the file starts like one.
+    debayer : {None, "superpixel", "bilinear"}
+        Debayer a raw colour frame that has a BAYERPAT keyword. Without it a
+        raw frame stays a 2-D mosaic: it is never debayered silently.
+    hdu : int, optional
+        Read this FITS HDU instead of the first one that holds an image.
+
+    Returns
+    -------
+    Frame
+
+    Raises
+    ------
+    FrameError
+        The file is missing, not an image file, has no image HDU, holds 1-D or
+        4-D data, is truncated, or has an unsupported pixel type. The message
+        names the file and the reason.
+    """
+    path = Path(path)
+    if debayer is not None and debayer not in DEBAYER_METHODS:
+        raise ValueError(f"debayer must be None or one of {DEBAYER_METHODS}, got {debayer!r}")
+    if not path.exists():
+        raise FrameError(path, "file not found")
+    if path.is_dir():
+        raise FrameError(path, "is a folder, not an image file")
+    kind = frame_kind(path)
+    index = None
+    if kind == "tiff":
+        data, header = _read_tiff(path)
+        data = _shape_checked(path, data, channel_axis_last=True)
+    elif kind == "xisf":
+        data, header = _read_xisf(path)
+        data = _shape_checked(path, data)
+    else:
+        try:
+            data, header, index = _read_fits(path, hdu)
+        except FrameError as exc:
+            if kind is None:
+                raise FrameError(
+                    path, f"not an image file (unknown type '{path.suffix}'; {exc.reason})"
+                ) from None
+            raise
+        data = _shape_checked(path, data)
+    meta = parse_metadata(header, height=data.shape[-2])
+    done = None
+    if debayer is not None:
+        if data.ndim != 2 or meta.bayer_pattern is None:
+            raise FrameError(path, "debayering asked for, but the frame is not a raw CFA mosaic "
+                             "(no BAYERPAT keyword or already colour)")
+        data = _debayer(data, meta.bayer_pattern, debayer)
+        done = debayer
+        for key in ("BAYERPAT", "XBAYROFF", "YBAYROFF"):
+            header.remove(key, ignore_missing=True, remove_all=True)
+        header.add_history(f"napari-nsg: debayered ({debayer}, pattern {meta.bayer_pattern})")
+        meta.bayer_pattern = None
+        if debayer == "superpixel" and meta.pixel_size:
+            meta.pixel_size *= 2.0
+            if meta.image_scale_source == "XPIXSZ/FOCALLEN":
+                meta.image_scale *= 2.0
+    return Frame(path=path, data=data, header=header, meta=meta, hdu_index=index, debayered=done)
