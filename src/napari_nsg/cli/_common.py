@@ -1,0 +1,65 @@
+"""What every subcommand shares: exit codes, error printing, frame lists."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from ..io import FrameError
+from ..pipeline.progress import Cancelled
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 130
+
+
+def error(message: str) -> None:
+    """Print an error for the user on stderr (no traceback)."""
+    print(f"napari-nsg: error: {message}", file=sys.stderr)
+
+
+def warn(message: str) -> None:
+    """Print a warning on stderr."""
+    print(f"napari-nsg: warning: {message}", file=sys.stderr)
+
+
+def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand; expected failures become a message and exit status 2."""
+    try:
+        return int(func(args))
+    except FrameError as exc:
+        error(str(exc))
+        return EXIT_BAD_INPUT
+    except Cancelled:
+        error("cancelled; no partial outputs were left")
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        error("interrupted; no partial outputs were left")
+        return EXIT_CANCELLED
+
+
+def not_built(name: str) -> int:
+    """What a subcommand that does not exist yet answers."""
+    error(f"'{name}' is not built yet in this version")
+    return EXIT_BAD_INPUT
+
+
+def existing_frames(paths: list[str]) -> list[Path]:
+    """The frame paths as given, checking that each exists (FrameError if not)."""
+    out = []
+    for p in paths:
+        path = Path(p)
+        if not path.exists():
+            raise FrameError(path, "file not found")
+        if path.is_dir():
+            raise FrameError(path, "is a folder; give the frame files (a shell glob works)")
+        out.append(path)
+    return out
+
+
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--quiet``: no progress bar."""
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

@@ -1,0 +1,1 @@
+"""Batch runners over files: progress, cancellation, resume, reports, executors."""
