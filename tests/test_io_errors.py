@@ -1,0 +1,128 @@
+"""Bad input gives one error type whose message names the file and the reason."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from napari_nsg.io import FrameError, read_frame
+
+
+def _fits(path, data, **header):
+    hdu = fits.PrimaryHDU(data)
+    for k, v in header.items():
+        hdu.header[k] = v
+    hdu.writeto(path)
+    return path
+
+
+def _assert_names(exc_info, path, *words):
+    message = str(exc_info.value)
+    assert str(path) in message
+    for word in words:
+        assert word in message.lower(), message
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.fits"
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, "not found")
+
+
+def test_folder_is_not_a_frame(tmp_path):
+    with pytest.raises(FrameError) as e:
+        read_frame(tmp_path)
+    _assert_names(e, tmp_path, "folder")
+
+
+def test_not_an_image_file(tmp_path):
+    path = tmp_path / "notes.fits"
+    path.write_text("these are my observing notes, not an image\n" * 50)
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, "not a fits file")
+
+
+def test_unknown_suffix(tmp_path):
+    path = tmp_path / "frame.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100)
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, "not an image file", ".jpg")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.fits"
+    path.write_bytes(b"")
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, "empty")
+
+
+def test_no_image_hdu(tmp_path):
+    path = tmp_path / "table.fits"
+    table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=np.arange(3.0))])
+    fits.HDUList([fits.PrimaryHDU(), table]).writeto(path)
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, "no hdu holds image data")
+
+
+@pytest.mark.parametrize("shape, ndim", [((100,), 1), ((2, 3, 20, 20), 4)])
+def test_wrong_dimensions(tmp_path, shape, ndim):
+    path = _fits(tmp_path / f"d{ndim}.fits", np.ones(shape, np.float32))
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, f"{ndim}-d")
+
+
+def test_cube_that_is_not_rgb(tmp_path):
+    path = _fits(tmp_path / "cube.fits", np.ones((5, 20, 20), np.float32))
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, "5 planes")
+
+
+def test_truncated_file(tmp_path):
+    good = _fits(tmp_path / "good.fits", np.ones((200, 200), np.float32))
+    path = tmp_path / "cut.fits"
+    path.write_bytes(good.read_bytes()[: 2880 + 40_000])
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, "truncated")
+
+
+def test_unsupported_pixel_type_tiff(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    path = tmp_path / "complex.tif"
+    tifffile.imwrite(path, (np.ones((16, 16)) * (1 + 1j)).astype(np.complex64))
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    _assert_names(e, path, "unsupported pixel type")
+
+
+def test_unsupported_bitpix(tmp_path):
+    path = _fits(tmp_path / "bitpix.fits", np.ones((16, 16), np.int16))
+    raw = bytearray(path.read_bytes())
+    i = raw.find(b"BITPIX  =")
+    raw[i + 10 : i + 30] = b"                  12"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FrameError) as e:
+        read_frame(path)
+    message = str(e.value)
+    assert str(path) in message
+    assert "pixel type" in message.lower() or "bitpix" in message.lower(), message
+
+
+def test_cli_prints_clear_error_without_traceback(tmp_path, capsys):
+    from napari_nsg.cli import main
+
+    path = tmp_path / "broken.fits"
+    path.write_text("garbage")
+    # rank is the command that only reads; any built subcommand must behave the same
+    code = main(["normalize", str(path), "--reference", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Traceback" not in err
