@@ -1,0 +1,46 @@
+"""Turning frames into napari layer-data tuples (no Qt, no napari import)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CHANNEL_COLORMAPS = ("red", "green", "blue")
+
+
+def display_limits(data: np.ndarray, low: float = 0.5, high: float = 99.8) -> tuple[float, float]:
+    """Percentile contrast limits of the valid (non-zero, finite) pixels.
+
+    A subsample keeps this cheap on large frames.
+    """
+    flat = np.asarray(data).ravel()
+    step = max(1, flat.size // 1_000_000)
+    sample = flat[::step]
+    sample = sample[np.isfinite(sample) & (sample != 0)]
+    if sample.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(sample, [low, high])
+    if not hi > lo:
+        hi = lo + 1.0
+    return float(lo), float(hi)
+
+
+def image_layer(data: np.ndarray, name: str, metadata: dict | None = None, **kwargs) -> tuple:
+    """A layer-data tuple for a mono ``(y, x)`` / stack or a colour ``(c, y, x)`` frame.
+
+    Colour frames become one layer per channel (``channel_axis=0``), coloured
+    red/green/blue and blended additively, each with its own stretch.
+    """
+    meta = dict(metadata or {})
+    add = {"name": name, "metadata": meta}
+    if data.ndim == 3 and data.shape[0] == 3 and kwargs.pop("colour", True):
+        add.update(
+            channel_axis=0,
+            name=[f"{name} [{c}]" for c in "RGB"],
+            colormap=list(CHANNEL_COLORMAPS),
+            blending="additive",
+            contrast_limits=[display_limits(ch) for ch in data],
+        )
+    else:
+        add.update(colormap="gray", contrast_limits=display_limits(data))
+    add.update(kwargs)
+    return (data, add, "image")

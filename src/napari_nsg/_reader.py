@@ -1,0 +1,46 @@
+"""napari reader for FITS (.fits .fit .fts .fz, any case) and XISF frames."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ._layers import image_layer
+
+_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".xisf")
+
+
+def napari_get_reader(path: str | list[str]) -> Callable | None:
+    """Return a reader for ``path`` if every file looks like a frame we read.
+
+    Cheap checks only (the name); never raises.
+    """
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        return None
+    if all(os.fspath(p).lower().endswith(_SUFFIXES) for p in paths):
+        return read_frames
+    return None
+
+
+def read_frames(path: str | list[str]) -> list[tuple]:
+    """Read each frame into an image layer; the header and metadata go to ``layer.metadata``.
+
+    Raises
+    ------
+    napari_nsg.io.FrameError
+        For a file that cannot be read; napari shows the message.
+    """
+    from .io import read_frame
+
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    layers = []
+    for p in paths:
+        frame = read_frame(p)
+        metadata = {
+            "path": os.fspath(frame.path),
+            "header": frame.header,
+            "meta": frame.meta.to_dict(),
+        }
+        layers.append(image_layer(frame.data, frame.path.stem, metadata))
+    return layers

@@ -1,0 +1,36 @@
+"""napari sample data: simulated frames with known truth (generated, never downloaded)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._layers import image_layer
+
+
+def make_synthetic_subs() -> list[tuple]:
+    """A short simulated sequence of registered sub-frames as one stack layer.
+
+    The frames differ in transparency, sky level and gradient; the slider walks
+    through them. Each frame's header and true scale are in ``layer.metadata``.
+    """
+    from .synthetic import sample_sequence
+
+    seq = sample_sequence()
+    stack = np.stack([f.data for f in seq.frames])
+    metadata = {
+        "headers": [f.header for f in seq.frames],
+        "true_scale": [np.asarray(f.truth.scale).tolist() for f in seq.frames],
+        "reference_index": seq.reference_index,
+    }
+    return [image_layer(stack, "simulated sub-frames", metadata, colour=False)]
+
+
+def make_synthetic_pair() -> list[tuple]:
+    """A simulated wide-field / narrow-field pair of the same sky (for MSGR)."""
+    from .synthetic import simulate_pair
+
+    pair = simulate_pair(narrow_shape=(384, 512), scale_ratio=3.0, seed=3)
+    return [
+        image_layer(pair.wide.data, "simulated wide field", {"header": pair.wide.header}),
+        image_layer(pair.narrow.data, "simulated narrow field", {"header": pair.narrow.header}),
+    ]

@@ -1,0 +1,84 @@
+"""The napari face: manifest, reader, writer and sample data in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from napari_nsg._reader import napari_get_reader
+from napari_nsg._writer import write_fits
+from napari_nsg.io import read_frame
+
+
+def test_manifest_validates_with_imports():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-nsg")
+    manifest.validate_imports()
+    assert manifest.name == "napari-nsg"
+
+
+def test_reader_claims_only_frames(tmp_path):
+    assert napari_get_reader(str(tmp_path / "a.FITS")) is not None
+    assert napari_get_reader([str(tmp_path / "a.fit"), str(tmp_path / "b.fts")]) is not None
+    assert napari_get_reader(str(tmp_path / "a.png")) is None
+    assert napari_get_reader([str(tmp_path / "a.fits"), str(tmp_path / "b.jpg")]) is None
+    assert napari_get_reader([]) is None
+
+
+def test_reader_colour_frame_becomes_three_channel_layers(tmp_path):
+    path = tmp_path / "rgb.fits"
+    data = np.stack([np.full((20, 30), v, np.float32) for v in (1.0, 2.0, 3.0)])
+    data[:, 5, 5] = 10.0
+    fits.PrimaryHDU(data).writeto(path)
+    [(layer_data, kwargs, kind)] = napari_get_reader(str(path))(str(path))
+    assert kind == "image" and layer_data.shape == (3, 20, 30)
+    assert kwargs["channel_axis"] == 0 and kwargs["colormap"] == ["red", "green", "blue"]
+
+
+def test_writer_keeps_header(tmp_path):
+    header = fits.Header()
+    header["EXPTIME"] = 30.0
+    out = write_fits(str(tmp_path / "w.fits"), np.ones((6, 7), np.float32),
+                     {"name": "x", "metadata": {"header": header}})
+    frame = read_frame(out[0])
+    assert frame.meta.exposure == 30.0 and frame.data.shape == (6, 7)
+
+
+@pytest.mark.gui
+@pytest.mark.real
+def test_viewer_opens_a_real_fits_frame(make_napari_viewer, real_data):
+    viewer = make_napari_viewer()
+    path = real_data / "wasp12b_calibrated" / "wasp12b_300.fits"
+    layers = viewer.open(str(path), plugin="napari-nsg")
+    assert len(layers) == 1
+    layer = viewer.layers["wasp12b_300"]
+    assert layer.data.shape == (912, 1020) and layer.data.dtype == np.float32
+    assert layer.metadata["meta"]["exposure"] == 100.0
+    assert layer.metadata["header"]["FILTER"].strip() == "(2) r (530-700)"
+    lo, hi = layer.contrast_limits
+    assert 200 < lo < 300 < hi  # stretched around the ~269 ADU sky
+
+
+@pytest.mark.gui
+@pytest.mark.real
+def test_viewer_opens_an_upper_case_raw_colour_frame(make_napari_viewer, real_data):
+    viewer = make_napari_viewer()
+    path = next((real_data / "seestar_m94").glob("*.fit"))
+    viewer.open(str(path), plugin="napari-nsg")
+    (layer,) = viewer.layers
+    assert layer.data.shape == (1920, 1080)  # a raw mosaic stays raw
+    assert layer.metadata["meta"]["bayer_pattern"] == "GRBG"
+
+
+@pytest.mark.gui
+def test_sample_data_loads(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-nsg", "synthetic_subs")
+    (layer,) = viewer.layers
+    assert layer.data.ndim == 3 and layer.data.shape[0] >= 3
+    scales = layer.metadata["true_scale"]
+    assert len(scales) == layer.data.shape[0]
+    viewer.open_sample("napari-nsg", "synthetic_pair")
+    assert len(viewer.layers) == 3
