@@ -1,0 +1,240 @@
+"""Per-frame metrics for choosing the NSG reference frame.
+
+NSG only makes every frame match the reference's gradient, so the reference
+should have the smallest and simplest gradient, good transparency and low
+noise. The functions here measure one frame at a time (pure numpy/scipy); the
+batch ranking lives in :mod:`napari_nsg.pipeline.rank`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .stars import detect_stars, intensity
+
+
+@dataclass
+class CornerGradients:
+    """NSG's two diagonal gradient estimates (per channel).
+
+    Square boxes of side ``H/10`` inset ``H/10`` from the edges (as NSG's blink
+    dialog); each box's level is a sigma-clipped mean (:func:`sky_level`).
+
+    Attributes
+    ----------
+    diagonal_1 : ndarray
+        bottom-right minus top-left (NSG's "red" line), in the frame's units.
+    diagonal_2 : ndarray
+        top-right minus bottom-left (NSG's "blue" line).
+    boxes : dict
+        The box levels ``{"top_left": ..., ...}`` per channel. "top" is row 0.
+    box_size : int
+        Side of the boxes in pixels.
+    """
+
+    diagonal_1: np.ndarray
+    diagonal_2: np.ndarray
+    boxes: dict
+    box_size: int
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        """``hypot(diagonal_1, diagonal_2)``: the size of the corner-to-corner gradient."""
+        return np.hypot(self.diagonal_1, self.diagonal_2)
+
+
+@dataclass
+class BackgroundMap:
+    """A coarse map of the sky background: sigma-clipped levels of a grid of cells.
+
+    Attributes
+    ----------
+    values : ndarray, (c, ny, nx)
+        The cell levels (NaN where a cell has too little valid data).
+    centres_y, centres_x : ndarray
+        Pixel coordinates of the cell centres.
+    cell : int
+        Cell size in pixels.
+    """
+
+    values: np.ndarray
+    centres_y: np.ndarray
+    centres_x: np.ndarray
+    cell: int
+
+
+@dataclass
+class GradientComplexity:
+    """How far the background departs from a plane (per channel).
+
+    Attributes
+    ----------
+    plane : ndarray, (c, 3)
+        Best-fit plane ``a + b*x + c*y`` of the background map (x, y in pixels).
+    residual_rms : ndarray
+        RMS of the background map about that plane, in the frame's units.
+    residual_ptp : ndarray
+        Peak-to-peak (2nd to 98th percentile) of that residual.
+    plane_ptp : ndarray
+        Peak-to-peak of the plane over the frame: the size of the linear part.
+    """
+
+    plane: np.ndarray
+    residual_rms: np.ndarray
+    residual_ptp: np.ndarray
+    plane_ptp: np.ndarray
+
+
+def _channels(data: np.ndarray) -> np.ndarray:
+    return data[np.newaxis] if data.ndim == 2 else data
+
+
+def sky_level(values: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> float:
+    """Sky level of a box: the mean after iterative sigma clipping about the median.
+
+    Clipping (MAD-based, both sides) removes stars and hot pixels; the mean of
+    what is left is not quantised the way a median of integer ADU data is.
+    No-data (0, NaN, inf) is ignored; NaN if nothing is left.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v) & (v != 0)]
+    if v.size == 0:
+        return float("nan")
+    for _ in range(iterations):
+        med = np.median(v)
+        mad = 1.4826 * np.median(np.abs(v - med))
+        if mad <= 0:
+            break
+        keep = np.abs(v - med) <= sigma * mad
+        if keep.all():
+            break
+        v = v[keep]
+    return float(np.mean(v))
+
+
+def corner_gradients(data: np.ndarray, box_fraction: float = 0.1) -> CornerGradients:
+    """NSG's corner-box gradient estimates.
+
+    Parameters
+    ----------
+    data : ndarray
+        ``(y, x)`` or ``(c, y, x)`` frame.
+    box_fraction : float
+        Box side and inset as a fraction of the image height (NSG: 0.1).
+
+    Returns
+    -------
+    CornerGradients
+    """
+    chans = _channels(np.asarray(data))
+    h, w = chans.shape[-2:]
+    s = max(4, int(round(h * box_fraction)))
+    inset = s
+    rows = {"top": slice(inset, inset + s), "bottom": slice(h - inset - s, h - inset)}
+    cols = {"left": slice(inset, inset + s), "right": slice(w - inset - s, w - inset)}
+    boxes = {
+        f"{r}_{c}": np.array([sky_level(ch[rows[r], cols[c]]) for ch in chans])
+        for r in rows
+        for c in cols
+    }
+    d1 = boxes["bottom_right"] - boxes["top_left"]
+    d2 = boxes["top_right"] - boxes["bottom_left"]
+    return CornerGradients(diagonal_1=d1, diagonal_2=d2, boxes=boxes, box_size=s)
+
+
+def background_map(data: np.ndarray, cells: int = 16, min_valid: float = 0.5) -> BackgroundMap:
+    """Sigma-clipped background levels on a grid of about ``cells`` cells along the long side."""
+    chans = _channels(np.asarray(data))
+    h, w = chans.shape[-2:]
+    cell = max(8, int(np.ceil(max(h, w) / cells)))
+    ny, nx = max(1, h // cell), max(1, w // cell)
+    y0, x0 = (h - ny * cell) // 2, (w - nx * cell) // 2
+    values = np.full((len(chans), ny, nx), np.nan)
+    step = max(1, cell // 128)  # about 16k pixels per cell is plenty for a median
+    for c, ch in enumerate(chans):
+        for j in range(ny):
+            for i in range(nx):
+                block = ch[
+                    y0 + j * cell : y0 + (j + 1) * cell : step,
+                    x0 + i * cell : x0 + (i + 1) * cell : step,
+                ]
+                valid = np.isfinite(block) & (block != 0)
+                if valid.mean() >= min_valid:
+                    values[c, j, i] = sky_level(block[valid])
+    cy = y0 + (np.arange(ny) + 0.5) * cell - 0.5
+    cx = x0 + (np.arange(nx) + 0.5) * cell - 0.5
+    return BackgroundMap(values=values, centres_y=cy, centres_x=cx, cell=cell)
+
+
+def gradient_complexity(bmap: BackgroundMap, shape: tuple[int, int]) -> GradientComplexity:
+    """Fit a plane to a background map and measure what the plane leaves."""
+    yy, xx = np.meshgrid(bmap.centres_y, bmap.centres_x, indexing="ij")
+    h, w = shape
+    corners = np.array([[1, 0, 0], [1, w - 1, 0], [1, 0, h - 1], [1, w - 1, h - 1]], float)
+    planes, rms, ptp, plane_ptp = [], [], [], []
+    for values in bmap.values:
+        ok = np.isfinite(values)
+        if ok.sum() < 4:
+            planes.append(np.full(3, np.nan))
+            rms.append(np.nan), ptp.append(np.nan), plane_ptp.append(np.nan)
+            continue
+        A = np.column_stack([np.ones(ok.sum()), xx[ok], yy[ok]])
+        coef, *_ = np.linalg.lstsq(A, values[ok], rcond=None)
+        resid = values[ok] - A @ coef
+        planes.append(coef)
+        rms.append(float(np.sqrt(np.mean(resid**2))))
+        lo, hi = np.percentile(resid, [2, 98])
+        ptp.append(float(hi - lo))
+        at_corners = corners @ coef
+        plane_ptp.append(float(at_corners.max() - at_corners.min()))
+    return GradientComplexity(
+        plane=np.array(planes),
+        residual_rms=np.array(rms),
+        residual_ptp=np.array(ptp),
+        plane_ptp=np.array(plane_ptp),
+    )
+
+
+@dataclass
+class StarStatistics:
+    """Star count and median FWHM of a frame (on its intensity image)."""
+
+    n_stars: int
+    median_fwhm: float
+
+
+def star_statistics(data: np.ndarray, threshold: float = 5.0) -> StarStatistics:
+    """Count the stars detected at ``threshold`` sigma and take their median FWHM."""
+    stars = detect_stars(intensity(data), threshold=threshold)
+    fwhm = float(np.median(stars.fwhm)) if len(stars) else float("nan")
+    return StarStatistics(n_stars=len(stars), median_fwhm=fwhm)
+
+
+def blink_normalize(
+    data: np.ndarray, scale, background, reference_background
+) -> np.ndarray:
+    """Scale a frame and offset it to the reference's background, for blinking.
+
+    ``out = data * scale - (background * scale - reference_background)`` per
+    channel, so every frame can be shown with one fixed stretch. Gradients are
+    not removed. No-data stays 0.
+
+    Parameters
+    ----------
+    data : ndarray
+        ``(y, x)`` or ``(c, y, x)``.
+    scale, background, reference_background : float or array of one value per channel
+        The frame's scale to the reference, its own background level and the
+        reference's background level.
+    """
+    chans = _channels(np.asarray(data, dtype=np.float32))
+    n = len(chans)
+    scale = np.broadcast_to(np.asarray(scale, np.float32), (n,))
+    background = np.broadcast_to(np.asarray(background, np.float32), (n,))
+    ref = np.broadcast_to(np.asarray(reference_background, np.float32), (n,))
+    out = chans * scale[:, None, None] - (background * scale - ref)[:, None, None]
+    valid = np.isfinite(chans) & (chans != 0)
+    out = np.where(valid, out, 0).astype(np.float32)
+    return out[0] if np.asarray(data).ndim == 2 else out
