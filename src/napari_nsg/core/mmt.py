@@ -1,0 +1,399 @@
+"""Multiscale median transform (MMT), PixInsight style, with a fast scheme for large images.
+
+The transform (PixInsight/PCL ``MultiscaleMedianTransform``, dyadic scales)::
+
+    c_0 = I
+    c_j = Median_{n_j}(c_{j-1}),  n_j = 2^j + 1  (window 3, 5, 9, 17, ... 257 for j = 8)
+    w_j = c_{j-1} - c_j           (detail layer j)
+    I   = w_1 + ... + w_J + c_J   (exact reconstruction)
+
+Removing the first ``J`` layers keeps the residual ``c_J``: the large scales that
+MSGR works with. Two implementations share this module:
+
+* :func:`mmt_residual_reference` is the straightforward PCL port: two-way
+  ("multiway") median structures at full resolution for windows 3, 5, 9; for
+  larger windows PCL's own scheme, r = n/9, anti-aliased Mitchell-Netravali
+  decimation by 1/r, two-way 9x9 median, Keys bicubic (a = -1/2, linear
+  clamping at 0.3) back to the full size. About 70 s per 24 Mpx channel.
+* :func:`mmt_residual` is the fast hybrid of the research notes (about 1 s per
+  24 Mpx channel on 2 cores): OpenCV box medians for windows 3 and 5;
+  "area-decimate by n/5, 5x5 median, cubic upsample" for the middle layers;
+  the exact PCL scheme from layer ``exact_from`` (7) on, because the largest
+  layers shape the residual. It stays within ~0.1 % RMS of the reference.
+
+No data: pixels that are 0, NaN or inf are filled smoothly from their
+surroundings before the transform (so borders of registered images do not drag
+the medians down) and given back their original value afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage, sparse
+
+from .star_removal import fill_masked
+from .stars import no_data_mask
+
+__all__ = [
+    "MMTDecomposition",
+    "MMTSizeError",
+    "check_mmt_size",
+    "layer_window",
+    "min_size_for_layers",
+    "mmt_decompose",
+    "mmt_residual",
+    "mmt_residual_reference",
+]
+
+#: PCL runs medians of at most this window directly (``MAX_STRUCTURE_SIZE - 2``).
+_PCL_DIRECT = 9
+#: Keys bicubic linear-clamping threshold of PCL's ``BicubicSplinePixelInterpolation``.
+_CLAMP = 0.3
+
+
+class MMTSizeError(ValueError):
+    """The image is too small for the number of layers asked."""
+
+
+def layer_window(j: int) -> int:
+    """Median window of layer ``j`` (1-based): ``2**j + 1`` (3, 5, 9, ..., 257 for j = 8)."""
+    return 2**j + 1
+
+
+def min_size_for_layers(n_layers: int) -> int:
+    """Shortest image side accepted for ``n_layers`` layers: ``2**n_layers`` px.
+
+    The last layer's median window (``2**n + 1``) may then span the whole short
+    side but no more; beyond that the "large scales" would be a global median.
+    """
+    return 2**n_layers
+
+
+def check_mmt_size(shape: tuple[int, ...], n_layers: int) -> None:
+    """Raise :class:`MMTSizeError` if ``shape`` is too small for ``n_layers`` layers."""
+    if n_layers < 1:
+        raise MMTSizeError(f"the number of layers must be at least 1, got {n_layers}")
+    h, w = shape[-2:]
+    need = min_size_for_layers(n_layers)
+    if min(h, w) < need:
+        most = max(0, int(np.floor(np.log2(max(1, min(h, w))))))
+        raise MMTSizeError(
+            f"image is {w}x{h} px: too small for {n_layers} multiscale layers (the shorter "
+            f"side must be at least {need} px); use at most {most} layers"
+        )
+
+
+# --------------------------------------------------------------------------- structures
+
+
+def _two_way_structures(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCL's two-way structuring elements for an n x n median (n odd, <= 11).
+
+    Way 0 is the rounded box (x^2 + y^2 <= r(r+1): 9, 21, 37, 69 elements for
+    n = 3, 5, 7, 9); way 1 the disk (x^2 + y^2 <= r^2: 5, 13, 29, 49).
+    """
+    r = (n - 1) // 2
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
+    d2 = x * x + y * y
+    return d2 <= r * (r + 1), d2 <= r * r
+
+
+def _two_way_median(img: np.ndarray, n: int) -> np.ndarray:
+    """PCL multiway median: the mean of the medians over both structures (mirrored borders)."""
+    way0, way1 = _two_way_structures(n)
+    m0 = ndimage.median_filter(img, footprint=way0, mode="mirror")
+    m1 = ndimage.median_filter(img, footprint=way1, mode="mirror")
+    return (np.float32(0.5) * (m0 + m1)).astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def _mitchell_netravali(x: np.ndarray) -> np.ndarray:
+    """Mitchell-Netravali cubic filter, B = C = 1/3, support [-2, 2]."""
+    ax = np.abs(x)
+    out = np.zeros_like(ax)
+    inner = ax < 1
+    outer = (ax >= 1) & (ax < 2)
+    a = ax[inner]
+    out[inner] = (7.0 * a**3 - 12.0 * a**2 + 16.0 / 3.0) / 6.0
+    a = ax[outer]
+    out[outer] = (-7.0 / 3.0 * a**3 + 12.0 * a**2 - 20.0 * a + 32.0 / 3.0) / 6.0
+    return out
+
+
+def _mirror(idx: np.ndarray, n: int) -> np.ndarray:
+    """Mirror indices into [0, n) excluding the edge pixel (d c b | a b c d | c b a)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.abs(idx) % period
+    return np.where(idx >= n, period - idx, idx)
+
+
+def _decimation_matrix(n_src: int, n_dst: int, fr: int) -> sparse.csr_matrix:
+    """Rows of normalised Mitchell-Netravali taps (radius fr + 1/2 source px), n_dst x n_src."""
+    ratio = n_src / n_dst
+    centre = (np.arange(n_dst) + 0.5) * ratio - 0.5
+    offsets = np.arange(-fr, fr + 1)
+    cols = np.rint(centre)[:, None].astype(np.int64) + offsets[None, :]
+    weights = _mitchell_netravali((cols - centre[:, None]) * (2.0 / (fr + 0.5)))
+    weights /= weights.sum(axis=1, keepdims=True)
+    rows = np.repeat(np.arange(n_dst), offsets.size)
+    m = sparse.csr_matrix(
+        (weights.ravel().astype(np.float32), (rows, _mirror(cols, n_src).ravel())),
+        shape=(n_dst, n_src),
+    )
+    m.sum_duplicates()
+    return m
+
+
+def _keys_matrices(n_src: int, n_dst: int) -> tuple[sparse.csr_matrix, sparse.csr_matrix, np.ndarray]:
+    """Keys cubic (a = -1/2) resampling n_src -> n_dst, split in inner and outer taps.
+
+    Returns ``(inner, outer, inner_sum)``: the rows of taps on the two nearest
+    source samples, the rows of taps on the two outer ones, and the sum of the
+    inner weights (for PCL's linear clamping).
+    """
+    ratio = n_src / n_dst
+    c = np.clip((np.arange(n_dst) + 0.5) * ratio - 0.5, 0, n_src - 1)
+    j1 = np.minimum(np.floor(c).astype(np.int64), n_src - 1)
+    t = c - j1
+    w0 = -0.5 * t**3 + t**2 - 0.5 * t
+    w1 = 1.5 * t**3 - 2.5 * t**2 + 1.0
+    w2 = -1.5 * t**3 + 2.0 * t**2 + 0.5 * t
+    w3 = 0.5 * t**3 - 0.5 * t**2
+
+    def mat(weights, cols):
+        rows = np.repeat(np.arange(n_dst), len(weights))
+        data = np.column_stack(weights).ravel().astype(np.float32)
+        idx = np.clip(np.column_stack(cols), 0, n_src - 1).ravel()
+        m = sparse.csr_matrix((data, (rows, idx)), shape=(n_dst, n_src))
+        m.sum_duplicates()
+        return m
+
+    inner = mat((w1, w2), (j1, j1 + 1))
+    outer = mat((w0, w3), (j1 - 1, j1 + 2))
+    return inner, outer, (w1 + w2).astype(np.float32)
+
+
+def _keys_rows(inner, outer, inner_sum, a: np.ndarray, clamp: float) -> np.ndarray:
+    """Resample the rows axis (axis 0) of ``a`` with clamped Keys cubic interpolation."""
+    f12 = np.asarray(inner @ a, dtype=np.float32)
+    f03 = np.asarray(outer @ a, dtype=np.float32)
+    cubic = f12 + f03
+    if clamp >= 1.0:
+        return cubic
+    # PCL: cubic unless the outer (negative) lobes outweigh clamp * the inner part,
+    # then linear interpolation between the two inner samples.
+    linear = f12 / inner_sum[:, None]
+    return np.where(-f03 < f12 * np.float32(clamp), cubic, linear)
+
+
+def _keys_resize(small: np.ndarray, h: int, w: int, clamp: float = _CLAMP) -> np.ndarray:
+    """PCL ``BicubicSplinePixelInterpolation`` resize of ``small`` to (h, w): x first, then y."""
+    sh, sw = small.shape
+    ix, ox, sx = _keys_matrices(sw, w)
+    tmp = _keys_rows(ix, ox, sx, np.ascontiguousarray(small.T), clamp).T  # (sh, w)
+    iy, oy, sy = _keys_matrices(sh, h)
+    return np.ascontiguousarray(_keys_rows(iy, oy, sy, np.ascontiguousarray(tmp), clamp))
+
+
+def _pcl_large_median(c: np.ndarray, n: int) -> np.ndarray:
+    """PCL's median for a window n > 9: decimate by r = n/9, two-way 9x9 median, Keys back."""
+    h, w = c.shape
+    r = n / _PCL_DIRECT
+    fr = max(2, int(1.5 * r))
+    sh, sw = max(1, int(round(h / r))), max(1, int(round(w / r)))
+    dy = _decimation_matrix(h, sh, fr)
+    dx = _decimation_matrix(w, sw, fr)
+    tmp = np.asarray(dy @ c, dtype=np.float32)  # (sh, w)
+    small = np.asarray(dx @ tmp.T, dtype=np.float32).T  # (sh, sw)
+    small = _two_way_median(np.ascontiguousarray(small), _PCL_DIRECT)
+    return _keys_resize(small, h, w)
+
+
+def _decimated_box_median(c: np.ndarray, n: int) -> np.ndarray:
+    """Fast middle layers: area-decimate by n/5, 5x5 box median, bicubic back (OpenCV)."""
+    h, w = c.shape
+    r = n / 5.0
+    sh, sw = max(1, int(round(h / r))), max(1, int(round(w / r)))
+    small = cv2.resize(c, (sw, sh), interpolation=cv2.INTER_AREA)
+    if min(sh, sw) >= 3:
+        small = cv2.medianBlur(small, 5)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _layer_fast(c: np.ndarray, j: int, exact_from: int) -> np.ndarray:
+    n = layer_window(j)
+    if n <= 5 and min(c.shape) >= n:
+        return cv2.medianBlur(c, n)
+    if n <= 5:
+        return _two_way_median(c, n)
+    if j < exact_from:
+        return _decimated_box_median(c, n)
+    return _pcl_large_median(c, n)
+
+
+def _layer_reference(c: np.ndarray, j: int) -> np.ndarray:
+    n = layer_window(j)
+    if n <= _PCL_DIRECT:
+        return _two_way_median(c, n)
+    return _pcl_large_median(c, n)
+
+
+def _prepared(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """float32 copy with no-data filled, and the no-data mask (None if there is none)."""
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    bad = no_data_mask(img)
+    if not bad.any():
+        return img, None
+    if bad.all():
+        raise ValueError("the image has no valid pixel")
+    return fill_masked(img, bad), bad
+
+
+def _per_channel(image: np.ndarray, func) -> np.ndarray:
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        return func(arr)
+    if arr.ndim == 3:
+        return np.stack([func(ch) for ch in arr])
+    raise ValueError(f"expected a (y, x) or (c, y, x) image, got shape {arr.shape}")
+
+
+def _residual_2d(image: np.ndarray, n_layers: int, layer) -> np.ndarray:
+    check_mmt_size(image.shape, n_layers)
+    c, bad = _prepared(image)
+    for j in range(1, n_layers + 1):
+        c = layer(c, j)
+    if bad is not None:
+        c = c.copy() if not c.flags.writeable else c
+        c[bad] = np.asarray(image, dtype=np.float32)[bad]
+    return c.astype(np.float32, copy=False)
+
+
+def mmt_residual(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7) -> np.ndarray:
+    """Large-scale residual ``c_J`` of the multiscale median transform (fast hybrid).
+
+    Equivalent to PixInsight's MultiscaleMedianTransform with the first
+    ``n_layers`` detail layers disabled and the residual kept.
+
+    Parameters
+    ----------
+    image : ndarray, (y, x) or (c, y, x)
+        The image; colour is transformed per channel.
+    n_layers : int
+        Number of detail layers removed (window of the last one: ``2**n_layers + 1``).
+    exact_from : int
+        First layer computed with PCL's exact scheme (decimation by n/9,
+        two-way 9x9 median, Keys upsampling); finer layers use the fast
+        approximations. ``exact_from=1`` gives the reference for windows > 9.
+
+    Returns
+    -------
+    ndarray, float32, same shape
+        No-data pixels (0, NaN, inf) keep their input value.
+
+    Raises
+    ------
+    MMTSizeError
+        If the shorter side is below ``2**n_layers`` pixels.
+    """
+    return _per_channel(
+        image, lambda ch: _residual_2d(ch, n_layers, lambda c, j: _layer_fast(c, j, exact_from))
+    )
+
+
+def mmt_residual_reference(image: np.ndarray, n_layers: int = 8) -> np.ndarray:
+    """Slow, straightforward PCL port of the MMT residual (for checking :func:`mmt_residual`).
+
+    Two-way structures at full resolution for windows 3, 5 and 9
+    (``scipy.ndimage.median_filter``), PCL's decimated scheme for larger windows.
+    About 3 s per Mpx; use it on small images.
+    """
+    return _per_channel(image, lambda ch: _residual_2d(ch, n_layers, _layer_reference))
+
+
+@dataclass
+class MMTDecomposition:
+    """Detail layers and residual of a multiscale median transform.
+
+    Attributes
+    ----------
+    layers : list of ndarray
+        ``layers[j-1]`` is the detail layer ``w_j`` (window ``windows[j-1]``),
+        same shape as the input; 0 on no-data pixels.
+    residual : ndarray
+        The large-scale residual ``c_J``; no-data pixels hold the input's value,
+        so ``sum(layers) + residual`` gives the input back (to float32 rounding).
+    windows : tuple of int
+        The median window of each layer.
+    no_data : ndarray of bool or None
+        The input's no-data pixels, if any.
+    """
+
+    layers: list[np.ndarray]
+    residual: np.ndarray
+    windows: tuple[int, ...]
+    no_data: np.ndarray | None = None
+
+    def reconstruct(self) -> np.ndarray:
+        """``sum(layers) + residual`` in float64, returned as float32."""
+        total = self.residual.astype(np.float64)
+        for w in self.layers:
+            total += w
+        return total.astype(np.float32)
+
+    def large_scales(self, n_removed: int) -> np.ndarray:
+        """The image without its first ``n_removed`` layers (``c_{n_removed}``)."""
+        total = self.residual.astype(np.float64)
+        for w in self.layers[n_removed:]:
+            total += w
+        return total.astype(np.float32)
+
+
+def mmt_decompose(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7) -> MMTDecomposition:
+    """Multiscale median decomposition of a 2-D image into ``n_layers`` layers and a residual.
+
+    Same computation as :func:`mmt_residual`, keeping every layer (``n_layers``
+    + 1 images of the input's size in memory).
+
+    Parameters
+    ----------
+    image : ndarray, (y, x)
+        A single channel.
+    n_layers : int
+        Number of detail layers.
+    exact_from : int
+        See :func:`mmt_residual`.
+
+    Returns
+    -------
+    MMTDecomposition
+    """
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"mmt_decompose needs a single channel (y, x), got shape {img.shape}")
+    check_mmt_size(img.shape, n_layers)
+    c, bad = _prepared(img)
+    layers = []
+    for j in range(1, n_layers + 1):
+        nxt = _layer_fast(c, j, exact_from)
+        w = c - nxt
+        if bad is not None:
+            w[bad] = 0
+        layers.append(w.astype(np.float32, copy=False))
+        c = nxt
+    residual = np.array(c, dtype=np.float32)
+    if bad is not None:
+        residual[bad] = np.asarray(img, dtype=np.float32)[bad]
+    return MMTDecomposition(layers=layers, residual=residual,
+                            windows=tuple(layer_window(j) for j in range(1, n_layers + 1)),
+                            no_data=bad)
