@@ -1,0 +1,222 @@
+"""The full-size gradient image and the correction ``target*scale - gradient``.
+
+The spline is evaluated exactly on a coarse grid of nodes placed on pixel
+centres (NSG's 1/5-scale grid is aligned to the top-left corner, which shifts
+the model by up to 2 px) that extends two nodes beyond every edge, and is
+brought to full size by bicubic interpolation (OpenCV ``INTER_CUBIC``), whose
+sampling convention maps each full-size pixel centre exactly onto the grid.
+A thin-plate spline with smoothing varies on scales of the sample size or
+more, so a node spacing of half the sample size loses nothing measurable (see
+``tests/test_nsg_spline.py``), while the cost no longer grows with the
+number of pixels times the number of nodes.
+
+Where the reference has no data there are no samples, and a spline would be
+extrapolated blindly (notes, section 19). By default the model is blended,
+with the distance from the reference's data, into the samples' best-fit
+plane: unchanged up to one sample size from the data, fully the plane three
+sample sizes further on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from .spline import SurfaceModel
+
+MARGIN = 2  # nodes beyond each edge (bicubic needs two)
+
+
+@dataclass(frozen=True)
+class CoarseGrid:
+    """Nodes at pixel positions ``(j - margin + 0.5) * step - 0.5``.
+
+    Attributes
+    ----------
+    shape : (height, width)
+        Full image size.
+    step : int
+        Node spacing in px (the upsampling factor).
+    margin : int
+        Nodes beyond each edge.
+    """
+
+    shape: tuple[int, int]
+    step: int
+    margin: int = MARGIN
+
+    @property
+    def nx(self) -> int:
+        return int(np.ceil(self.shape[1] / self.step)) + 2 * self.margin
+
+    @property
+    def ny(self) -> int:
+        return int(np.ceil(self.shape[0] / self.step)) + 2 * self.margin
+
+    @property
+    def xs(self) -> np.ndarray:
+        return (np.arange(self.nx) - self.margin + 0.5) * self.step - 0.5
+
+    @property
+    def ys(self) -> np.ndarray:
+        return (np.arange(self.ny) - self.margin + 0.5) * self.step - 0.5
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        """Node coordinates ``(x, y)``, each ``(ny, nx)``."""
+        return np.meshgrid(self.xs, self.ys)
+
+    def upsample(self, values: np.ndarray) -> np.ndarray:
+        """Bicubic full-size image ``(height, width)`` float32 from node values ``(ny, nx)``."""
+        f, m = self.step, self.margin
+        h, w = self.shape
+        small = np.ascontiguousarray(values, dtype=np.float32)
+        if f == 1:
+            return small[m : m + h, m : m + w]
+        big = cv2.resize(small, (self.nx * f, self.ny * f), interpolation=cv2.INTER_CUBIC)
+        return big[m * f : m * f + h, m * f : m * f + w]
+
+    def coverage(self, valid: np.ndarray) -> np.ndarray:
+        """Fraction of valid pixels in each node's cell, ``(ny, nx)``; outside the
+        image counts as valid (an image edge is not missing data)."""
+        f, m = self.step, self.margin
+        h, w = self.shape
+        pad = np.ones((self.ny * f, self.nx * f), np.float32)
+        pad[m * f : m * f + h, m * f : m * f + w] = valid
+        return pad.reshape(self.ny, f, self.nx, f).mean(axis=(1, 3))
+
+
+def taper_weights(grid: CoarseGrid, ref_valid: np.ndarray, start: float, length: float):
+    """Blend weights toward the plane, 0 near the reference's data and 1 far from it.
+
+    Parameters
+    ----------
+    grid : CoarseGrid
+    ref_valid : ndarray of bool (height, width)
+        Where the reference has data.
+    start, length : float
+        Distance from the data (px) where the blend starts, and over which it
+        goes from 0 to 1 (smoothstep).
+
+    Returns
+    -------
+    ndarray (ny, nx) float, or None when the reference has data everywhere.
+    """
+    if ref_valid.all():
+        return None
+    has = grid.coverage(ref_valid) >= 0.5
+    if not has.any():
+        return None
+    dist = ndimage.distance_transform_edt(~has) * grid.step
+    t = np.clip((dist - start) / max(length, 1e-9), 0.0, 1.0)
+    t = t * t * (3 - 2 * t)
+    return t if t.any() else None
+
+
+@dataclass
+class GradientField:
+    """The gradient model on the coarse grid; full-size images on demand.
+
+    Attributes
+    ----------
+    grid : CoarseGrid
+    values : ndarray (c, ny, nx) float32
+    """
+
+    grid: CoarseGrid
+    values: np.ndarray
+
+    @property
+    def n_channels(self) -> int:
+        return self.values.shape[0]
+
+    def full(self, channel: int = 0) -> np.ndarray:
+        """Full-size gradient of one channel, float32 ``(height, width)``."""
+        return self.grid.upsample(self.values[channel])
+
+    def full_all(self) -> np.ndarray:
+        """Full-size gradient ``(c, height, width)`` float32."""
+        return np.stack([self.full(c) for c in range(self.n_channels)])
+
+    def minus_plane(self) -> "GradientField":
+        """The curvature: this field minus its least-squares plane (over the nodes
+        inside the image), per channel."""
+        x, y = self.grid.mesh()
+        h, w = self.grid.shape
+        inside = (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+        u, v = x / max(w, 1), y / max(h, 1)
+        a = np.column_stack([np.ones(inside.sum()), u[inside], v[inside]])
+        out = np.empty_like(self.values)
+        for c in range(self.n_channels):
+            coef, *_ = np.linalg.lstsq(a, self.values[c][inside].astype(float), rcond=None)
+            out[c] = self.values[c] - (coef[0] + coef[1] * u + coef[2] * v)
+        return GradientField(self.grid, out)
+
+
+def evaluate_gradient(model: SurfaceModel, grid: CoarseGrid, taper: np.ndarray | None = None):
+    """Evaluate the surface on the coarse grid, blending into its plane where
+    ``taper`` (from :func:`taper_weights`) is above 0.
+
+    Returns
+    -------
+    GradientField
+    """
+    x, y = grid.mesh()
+    vals = model(x.ravel(), y.ravel())  # (n, c)
+    if taper is not None:
+        t = taper.ravel()[:, None]
+        plane = model.evaluate_plane(x.ravel(), y.ravel())
+        vals = (1.0 - t) * vals + t * plane
+    values = vals.T.reshape(-1, grid.ny, grid.nx).astype(np.float32)
+    return GradientField(grid, values)
+
+
+def zero_gradient(grid: CoarseGrid, n_channels: int) -> GradientField:
+    """A gradient of zero (the reference's own)."""
+    return GradientField(grid, np.zeros((n_channels, grid.ny, grid.nx), np.float32))
+
+
+def apply_correction(
+    target: np.ndarray,
+    scale: np.ndarray,
+    gradient: GradientField,
+    *,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """``target*scale - gradient`` where the target has data; no-data stays 0.
+
+    Parameters
+    ----------
+    target : ndarray
+        ``(y, x)`` or ``(c, y, x)``.
+    scale : array_like (c,)
+        Photometric scale per channel.
+    gradient : GradientField
+    mask : ndarray of bool (y, x), optional
+        Extra pixels to make no-data (where the reference has none, in "mask" mode).
+
+    Returns
+    -------
+    ndarray float32, the shape of ``target``
+        Not truncated: negative values are kept. A corrected value of exactly 0
+        at a pixel with data is nudged to the smallest positive float32, so it
+        is not mistaken for no-data.
+    """
+    mono = target.ndim == 2
+    tgt = target[np.newaxis] if mono else target
+    scale = np.broadcast_to(np.asarray(scale, float), (tgt.shape[0],))
+    out = np.empty(tgt.shape, np.float32)
+    tiny = np.finfo(np.float32).tiny
+    for c in range(tgt.shape[0]):
+        t = tgt[c]
+        valid = np.isfinite(t) & (t != 0)
+        if mask is not None:
+            valid &= ~mask
+        o = out[c]
+        np.multiply(t, np.float32(scale[c]), out=o, dtype=np.float32, casting="unsafe")
+        o -= gradient.full(c)
+        o[o == 0] = tiny
+        o[~valid] = 0.0
+    return out[0] if mono else out

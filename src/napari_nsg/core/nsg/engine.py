@@ -1,0 +1,646 @@
+"""NSG for one reference and one target at a time: the engine the pipeline runs.
+
+One target's path reads top to bottom in :func:`normalize_frame`::
+
+    stars -> photometry -> scale -> samples -> spline -> correct -> weight
+
+Everything that depends on the reference alone (its stars, the sample grid
+with its rejection circles, its noise, the coarse gradient grid) is computed
+once by :func:`prepare_reference` into a :class:`ReferenceModel`, which is
+small enough to send to worker processes. :func:`measure_scale` (the
+photometric scale alone) and :func:`compute_weight` are public so that
+reference ranking can reuse them without correcting anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..stars import StarTable, detect_stars, intensity
+from ..stars.matching import (
+    StarMatch,
+    estimate_offset,
+    match_found,
+    match_stars,
+    measure_stars_at,
+)
+from ..stars.photometry import Photometry, aperture_photometry
+from .correction import (
+    CoarseGrid,
+    GradientField,
+    apply_correction,
+    evaluate_gradient,
+    taper_weights,
+    zero_gradient,
+)
+from .noise import NoiseEstimate, measure_frame_noise, noise_from_keywords
+from .params import NsgParameters, max_samples_for
+from .samples import (
+    SampleGrid,
+    Samples,
+    bin_samples,
+    make_sample_grid,
+    measure_samples,
+    star_pixel_mask,
+)
+from .scale import ChannelScale, fit_scale, growth_correction
+from .spline import SurfaceModel, fit_surface
+from .weights import FrameWeight, compute_weight, transmission_of
+
+__all__ = [
+    "NormalizationResult",
+    "NsgError",
+    "ReferenceModel",
+    "ScaleResult",
+    "measure_scale",
+    "measure_target_noise",
+    "normalize_frame",
+    "prepare_reference",
+    "reference_result",
+    "target_weight",
+]
+
+
+class NsgError(ValueError):
+    """A frame cannot be normalized; the message says why (without the file name,
+    which the caller adds)."""
+
+
+def _channels(data: np.ndarray) -> np.ndarray:
+    data = np.asarray(data)
+    if data.ndim == 2:
+        return data[np.newaxis]
+    if data.ndim == 3:
+        return data
+    raise NsgError(f"image data is {data.ndim}-D; expected (y, x) or (c, y, x)")
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    if len(shape) == 2:
+        return f"mono {shape[1]}x{shape[0]}"
+    return f"{shape[0]}-channel {shape[2]}x{shape[1]}"
+
+
+@dataclass
+class ReferenceModel:
+    """Everything about the reference that every target needs.
+
+    Attributes
+    ----------
+    data : ndarray (c, y, x) float32
+        The reference pixels.
+    params : NsgParameters
+        Resolved (no "auto" left).
+    meta : object or None
+        The reference's metadata (``FrameMetadata``: noise keywords, exposure...).
+    stars : StarTable
+        Every star detected in the reference's intensity, brightest first.
+    candidates : StarTable
+        The stars that may be measured: unsaturated and inside the linear
+        range, re-measured the way target stars are (see ``candidate_radius``).
+    candidate_radius : ndarray
+        Isophotal radius (px) of each candidate, the base of its aperture.
+    flux_unit : float
+        The reference intensity's maximum: fluxes in NSG's growth formulas are
+        in this unit.
+    saturation : ndarray (c,)
+        ``linear_range * max`` of each reference channel.
+    fwhm : float
+        Median FWHM of the candidates (px).
+    grid : SampleGrid
+        The sample grid with the reference's values and rejection circles.
+    coarse : CoarseGrid
+        Where the gradient model is evaluated.
+    taper : ndarray or None
+        Blend weights toward the plane where the reference has no data.
+    no_data : ndarray of bool (y, x) or None
+        Where the reference has no data (kept for "mask" mode only).
+    noise : NoiseEstimate
+        The reference's noise (keywords if it has them, else measured).
+    measured_noise : NoiseEstimate or None
+        Its measured noise (used when a target has no keywords).
+    warnings : list of str
+    """
+
+    data: np.ndarray
+    params: NsgParameters
+    meta: object | None
+    stars: StarTable
+    candidates: StarTable
+    candidate_radius: np.ndarray
+    flux_unit: float
+    saturation: np.ndarray
+    fwhm: float
+    grid: SampleGrid
+    coarse: CoarseGrid
+    taper: np.ndarray | None
+    no_data: np.ndarray | None
+    noise: NoiseEstimate
+    measured_noise: NoiseEstimate | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return tuple(self.data.shape[-2:])
+
+    @property
+    def n_channels(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape targets must have: ``(y, x)`` mono, ``(c, y, x)`` colour."""
+        return self.shape if self.n_channels == 1 else tuple(self.data.shape)
+
+
+def prepare_reference(
+    data: np.ndarray,
+    meta=None,
+    params: NsgParameters | None = None,
+) -> ReferenceModel:
+    """Analyse the reference once: stars, auto parameters, sample grid, noise.
+
+    Parameters
+    ----------
+    data : ndarray
+        ``(y, x)`` or ``(c, y, x)`` reference pixels in their own units.
+    meta : FrameMetadata, optional
+        Its metadata: pixel size / focal length / image scale for the auto
+        parameters, NOISExx keywords, exposure.
+    params : NsgParameters, optional
+        Defaults when omitted; "auto" values are resolved here.
+
+    Returns
+    -------
+    ReferenceModel
+
+    Raises
+    ------
+    NsgError
+        No data, no stars that can be measured, or no usable sample.
+    """
+    params = params or NsgParameters()
+    chans = _channels(data).astype(np.float32, copy=False)
+    nc, h, w = chans.shape
+    if nc not in (1, 3):
+        raise NsgError(f"{nc} channels; expected mono or RGB")
+    valid = np.isfinite(chans) & (chans != 0)
+    if not valid.any():
+        raise NsgError("the reference has no data (all pixels are 0 or NaN)")
+    inten = intensity(chans if nc > 1 else chans[0])
+    flux_unit = float(np.max(inten[np.isfinite(inten)]))
+    stars = detect_stars(inten, threshold=params.detection_threshold)
+    if len(stars) == 0:
+        raise NsgError("no stars found in the reference")
+    params = params.resolved(shape=(h, w), meta=meta,
+                             max_star_flux=float(stars.flux[0]) / flux_unit,
+                             n_ref_stars=len(stars))
+    warnings: list[str] = []
+    # candidates: unsaturated, inside the linear range, re-measured like target stars
+    limit = params.linear_range * flux_unit
+    ok = stars.raw_peak < limit
+    cands = stars.take(ok)
+    if len(cands) == 0:
+        raise NsgError("every reference star peaks above the linear range "
+                       f"({params.linear_range:g} x max): none can be measured")
+    fwhm0 = float(np.median(cands.fwhm[: min(len(cands), 50)]))
+    max_pairs = params.max_star_pairs or max(250, len(stars) // 20)
+    cands = cands.take(slice(0, 2 * max_pairs))
+    remeasured, found = measure_stars_at(inten, cands.x, cands.y, search_radius=1.5,
+                                         threshold=params.detection_threshold, fwhm=fwhm0)
+    found &= remeasured.raw_peak < limit
+    iso = np.sqrt(cands.npix / np.pi)
+    candidates = remeasured.take(found)
+    candidate_radius = iso[found]
+    if len(candidates) == 0:
+        raise NsgError("no reference star could be measured")
+    fwhm = float(np.nanmedian(candidates.fwhm[: min(len(candidates), 100)]))
+    saturation = np.array([params.linear_range * float(np.max(np.where(valid[c], chans[c], -np.inf)))
+                           for c in range(nc)])
+    # rejection circles: the brightest limit_sample_stars % of all reference stars
+    n_rej = int(np.floor(len(stars) * params.limit_sample_stars / 100.0))
+    rej = stars.take(slice(0, n_rej))
+    r_star = np.maximum(np.sqrt(rej.npix / np.pi), rej.fwhm)
+    radius = r_star + params.aperture_add + params.sample_star_growth * rej.flux / flux_unit
+    grid = make_sample_grid(chans, params.sample_size, star_x=rej.x, star_y=rej.y,
+                            star_radius=radius, star_mask=star_pixel_mask(inten, fwhm))
+    if grid.usable.sum() < 3:
+        raise NsgError(f"only {int(grid.usable.sum())} usable gradient samples in the reference "
+                       f"(sample size {params.sample_size} px)")
+    step = max(1, int(params.sample_size) // 2)
+    coarse = CoarseGrid((h, w), step)
+    ref_valid = valid.all(axis=0)
+    taper = None
+    no_data = None
+    if params.no_reference == "taper":
+        taper = taper_weights(coarse, ref_valid, params.sample_size, 3.0 * params.sample_size)
+    elif params.no_reference == "mask" and not ref_valid.all():
+        no_data = ~ref_valid
+    if not ref_valid.all():
+        frac = 1.0 - float(ref_valid.mean())
+        warnings.append(f"the reference has no data over {100 * frac:.1f} % of the frame")
+    measured = measure_frame_noise(chans)
+    keywords = None
+    if meta is not None:
+        keywords = noise_from_keywords(getattr(meta, "noise", {}) or {},
+                                       getattr(meta, "noise_algorithm", {}) or {}, nc)
+    return ReferenceModel(
+        data=chans, params=params, meta=meta, stars=stars, candidates=candidates,
+        candidate_radius=candidate_radius, flux_unit=flux_unit, saturation=saturation,
+        fwhm=fwhm, grid=grid, coarse=coarse, taper=taper, no_data=no_data,
+        noise=keywords or measured, measured_noise=measured, warnings=warnings,
+    )
+
+
+def _check_target(model: ReferenceModel, data: np.ndarray) -> np.ndarray:
+    data = np.asarray(data)
+    if data.ndim not in (2, 3):
+        raise NsgError(f"image data is {data.ndim}-D; expected (y, x) or (c, y, x)")
+    if data.ndim != len(model.data_shape) or data.shape != model.data_shape:
+        want, got = model.data_shape, data.shape
+        if len(want) != len(got):
+            raise NsgError(f"colour depth differs from the reference (target is {_describe(got)}, "
+                           f"reference is {_describe(want)})")
+        raise NsgError(f"image size differs from the reference (target is {_describe(got)}, "
+                       f"reference is {_describe(want)}); frames must be registered")
+    chans = _channels(data)
+    if not np.any(np.isfinite(chans) & (chans != 0)):
+        raise NsgError("the frame has no data (all pixels are 0 or NaN)")
+    return chans
+
+
+@dataclass
+class ScaleResult:
+    """The photometric scale of a target relative to the reference.
+
+    Attributes
+    ----------
+    scale : ndarray (c,)
+        Factor that multiplies the target, per channel.
+    scale_error : ndarray (c,)
+        Standard error of each scale.
+    channels : list of ChannelScale
+        Details of each channel's fit.
+    n_star_pairs : ndarray of int (c,)
+        Pairs used in each channel's fit.
+    match : StarMatch
+        The star pairing (indices into ``ReferenceModel.candidates`` and into
+        ``target_stars``).
+    target_stars : StarTable
+        The target's stars (one row per candidate with guided detection).
+    ref_photometry, target_photometry : Photometry
+        Aperture photometry of the pairs.
+    offset : (float, float)
+        Whole-frame shift of the target found before matching.
+    target_fwhm : float
+        Median FWHM of the target's paired stars (px).
+    aperture_correction : ndarray (c,)
+        Factor from the larger apertures of the brightest stars, already in
+        ``scale`` (1 where not applied).
+    warnings : list of str
+    """
+
+    scale: np.ndarray
+    scale_error: np.ndarray
+    channels: list[ChannelScale]
+    n_star_pairs: np.ndarray
+    match: StarMatch
+    target_stars: StarTable
+    ref_photometry: Photometry
+    target_photometry: Photometry
+    offset: tuple[float, float]
+    target_fwhm: float
+    aperture_correction: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def transmission(self) -> np.ndarray:
+        """``1 / scale`` per channel."""
+        return transmission_of(self.scale)
+
+
+def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
+    """Photometric scale of one target against the reference, per channel.
+
+    Stars are found on the target's intensity (near the reference's
+    candidates, or everywhere with ``target_detection="full"``), paired,
+    measured in identical apertures in both frames, and fitted (see
+    :mod:`napari_nsg.core.nsg.scale`).
+
+    Parameters
+    ----------
+    model : ReferenceModel
+    target : ndarray
+        ``(y, x)`` or ``(c, y, x)``, the reference's shape.
+
+    Returns
+    -------
+    ScaleResult
+
+    Raises
+    ------
+    NsgError
+        Wrong shape or colour depth, no data, or no usable star pair in a channel.
+    """
+    p = model.params
+    chans = _check_target(model, target)
+    inten = intensity(chans if chans.shape[0] > 1 else chans[0])
+    warnings: list[str] = []
+    cands = model.candidates
+    full = None
+    if p.target_detection == "full":
+        full = detect_stars(inten, threshold=p.detection_threshold)
+        if len(full) == 0:
+            raise NsgError("no stars found in the frame")
+    offset = (0.0, 0.0)
+    if p.max_offset > 0:
+        est = estimate_offset(cands, full if full is not None else inten, p.max_offset,
+                              fwhm=model.fwhm, threshold=p.detection_threshold)
+        if est.ok:
+            offset = (est.dx, est.dy)
+            if np.hypot(*offset) > p.star_search_radius:
+                warnings.append(f"frame is offset by ({offset[0]:+.1f}, {offset[1]:+.1f}) px from "
+                                "the reference: NSG expects registered frames (stars were "
+                                "paired after removing the shift; the gradient model assumes "
+                                "none)")
+        else:
+            warnings.append("could not find a whole-frame offset (too few bright stars agree); "
+                            "assuming the frame is registered")
+    if full is None:
+        tgt_stars, found = measure_stars_at(inten, cands.x + offset[0], cands.y + offset[1],
+                                            search_radius=p.star_search_radius,
+                                            threshold=p.detection_threshold, fwhm=model.fwhm)
+        match = match_found(cands, tgt_stars, found, offset=offset)
+    else:
+        tgt_stars = full
+        match = match_stars(cands, full, offset=offset, search_radius=p.star_search_radius)
+    warnings.extend(match.warnings)
+    # the target's linear range: the same level as the reference's (NSG)
+    in_range = tgt_stars.raw_peak[match.tgt_index] < p.linear_range * model.flux_unit
+    ri, ti = match.ref_index[in_range], match.tgt_index[in_range]
+    max_pairs = p.max_star_pairs or max(250, len(model.stars) // 20)
+    ri, ti = ri[:max_pairs], ti[:max_pairs]
+    match = StarMatch(ri, ti, offset, match.ratio, match.warnings)
+    if len(ri) == 0:
+        raise NsgError("no star of the reference was found in the frame: cannot measure the "
+                       "scale (clouds, a different field, or frames not registered?)")
+    ref_s, tgt_s = cands.take(ri), tgt_stars.take(ti)
+    tgt_fwhm = float(np.nanmedian(tgt_s.fwhm))
+    seeing = max(model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else 0.0)
+    flux_n = np.maximum(ref_s.flux, tgt_s.flux * match.ratio if np.isfinite(match.ratio)
+                        else tgt_s.flux) / model.flux_unit
+    base = np.maximum(p.aperture_fwhm * seeing, model.candidate_radius[ri])
+    radius = base + p.aperture_add + p.aperture_growth * flux_n
+    ref_ph = aperture_photometry(model.data, ref_s.x, ref_s.y, radius, gap=p.aperture_gap,
+                                 width=p.aperture_bg_delta, saturation=model.saturation)
+    tgt_ph = aperture_photometry(chans, tgt_s.x, tgt_s.y, radius, gap=p.aperture_gap,
+                                 width=p.aperture_bg_delta, saturation=model.saturation)
+    fits: list[ChannelScale] = []
+    growth = np.ones(chans.shape[0])
+    growth_err = np.zeros(chans.shape[0])
+    for c in range(chans.shape[0]):
+        ok = ref_ph.valid[c] & tgt_ph.valid[c]
+        cs = fit_scale(np.where(ok, ref_ph.flux[c], np.nan), np.where(ok, tgt_ph.flux[c], np.nan),
+                       ref_ph.flux_err[c], tgt_ph.flux_err[c],
+                       flux_tolerance=p.star_flux_tolerance, outlier_percent=p.outlier_removal,
+                       min_pairs_warn=p.min_star_pairs)
+        if p.aperture_correction and np.isfinite(cs.scale):
+            growth[c], growth_err[c] = _growth_factor(model, chans, c, ref_s, tgt_s, radius,
+                                                      ref_ph, tgt_ph, cs.used, seeing)
+            cs.scale *= growth[c]
+            cs.error = float(np.hypot(cs.error, cs.scale * growth_err[c]))
+        fits.append(cs)
+        name = f"channel {c}: " if chans.shape[0] > 1 else ""
+        warnings.extend(name + w for w in cs.warnings)
+    scale = np.array([f.scale for f in fits])
+    if not np.all(np.isfinite(scale)):
+        bad = [c for c in range(len(fits)) if not np.isfinite(fits[c].scale)]
+        where = "" if chans.shape[0] == 1 else f" in channel(s) {', '.join(map(str, bad))}"
+        raise NsgError(f"no usable star pair{where} ({len(ri)} matched star(s), none measurable "
+                       "in both frames): cannot measure the scale")
+    return ScaleResult(
+        scale=scale,
+        scale_error=np.array([f.error for f in fits]),
+        channels=fits,
+        n_star_pairs=np.array([f.n_used for f in fits], int),
+        match=match,
+        target_stars=tgt_stars,
+        ref_photometry=ref_ph,
+        target_photometry=tgt_ph,
+        offset=offset,
+        target_fwhm=tgt_fwhm,
+        aperture_correction=growth,
+        warnings=warnings,
+    )
+
+
+def _growth_factor(model, chans, c, ref_s, tgt_s, radius, ref_ph, tgt_ph, used, seeing,
+                   n_bright: int = 25):
+    """Aperture correction of one channel from its brightest used pairs."""
+    p = model.params
+    idx = np.flatnonzero(used)
+    if len(idx) < 5:
+        return 1.0, 0.0
+    snr = np.minimum(ref_ph.flux[c, idx] / ref_ph.flux_err[c, idx],
+                     tgt_ph.flux[c, idx] / tgt_ph.flux_err[c, idx])
+    idx = idx[np.argsort(-snr)][:n_bright]
+    big = radius[idx] + 1.5 * seeing
+    sat = model.saturation[c:c + 1]
+    ref2 = aperture_photometry(model.data[c], ref_s.x[idx], ref_s.y[idx], big,
+                               gap=p.aperture_gap, width=p.aperture_bg_delta, saturation=sat)
+    tgt2 = aperture_photometry(chans[c], tgt_s.x[idx], tgt_s.y[idx], big,
+                               gap=p.aperture_gap, width=p.aperture_bg_delta, saturation=sat)
+    factor, err, _ = growth_correction(ref_ph.flux[c, idx], tgt_ph.flux[c, idx],
+                                       ref2.flux[0], tgt2.flux[0])
+    return factor, err
+
+
+def measure_target_noise(model: ReferenceModel, target: np.ndarray, meta=None):
+    """The target's and the matching reference noise: NOISExx keywords when both
+    frames have them in the same layout, else both measured.
+
+    Returns
+    -------
+    (reference_noise, target_noise) : NoiseEstimate
+    """
+    chans = _channels(target)
+    if meta is not None and model.noise.source == "keywords":
+        kw = noise_from_keywords(getattr(meta, "noise", {}) or {},
+                                 getattr(meta, "noise_algorithm", {}) or {}, chans.shape[0])
+        if kw is not None:
+            return model.noise, kw
+    ref = model.measured_noise or measure_frame_noise(model.data)
+    return ref, measure_frame_noise(chans)
+
+
+def target_weight(model: ReferenceModel, target: np.ndarray, scale, meta=None) -> FrameWeight:
+    """SNR and NWEIGHT of a target with the given scale (see :mod:`.weights`)."""
+    ref_noise, tgt_noise = measure_target_noise(model, target, meta)
+    return compute_weight(ref_noise, tgt_noise, scale)
+
+
+@dataclass
+class NormalizationResult:
+    """What normalizing one frame gives.
+
+    Attributes
+    ----------
+    scale, scale_error, transmission, snr, noise : ndarray (c,)
+        Photometric scale (multiplies the target), its error, ``1/scale``,
+        SNR relative to the reference, the target's noise sigma.
+    weight : float
+        NWEIGHT = mean over channels of ``snr**2``.
+    noise_source : str
+        "keywords" or "measured".
+    n_star_pairs : ndarray of int (c,)
+    n_samples : int
+        Gradient samples (before binning into spline nodes).
+    n_nodes : int
+        Spline nodes after binning.
+    offset : (float, float)
+        Whole-frame shift of the target found while pairing stars.
+    corrected : ndarray or None
+        ``target*scale - gradient``, float32, the target's shape, no-data = 0.
+    gradient, curvature : ndarray or None
+        Full-size images (only when asked for), no-data = 0.
+    gradient_field : GradientField
+        The gradient on the coarse grid (cheap to keep).
+    surface : SurfaceModel or None
+    samples : Samples or None
+    scale_result : ScaleResult or None
+    weight_result : FrameWeight or None
+    is_reference : bool
+    warnings : list of str
+    """
+
+    scale: np.ndarray
+    scale_error: np.ndarray
+    transmission: np.ndarray
+    snr: np.ndarray
+    weight: float
+    noise: np.ndarray
+    noise_source: str
+    n_star_pairs: np.ndarray
+    n_samples: int
+    n_nodes: int
+    offset: tuple[float, float]
+    corrected: np.ndarray | None
+    gradient: np.ndarray | None
+    curvature: np.ndarray | None
+    gradient_field: GradientField
+    surface: SurfaceModel | None = None
+    samples: Samples | None = None
+    scale_result: ScaleResult | None = None
+    weight_result: FrameWeight | None = None
+    is_reference: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def _masked_full(fieldv: GradientField, chans: np.ndarray, mono: bool) -> np.ndarray:
+    out = fieldv.full_all()
+    out[~(np.isfinite(chans) & (chans != 0))] = 0.0
+    return out[0] if mono else out
+
+
+def normalize_frame(
+    model: ReferenceModel,
+    target: np.ndarray,
+    meta=None,
+    *,
+    gradient_images: bool = False,
+    keep_corrected: bool = True,
+) -> NormalizationResult:
+    """Normalize one target to the reference: scale, gradient, correction, weight.
+
+    Parameters
+    ----------
+    model : ReferenceModel
+        From :func:`prepare_reference`.
+    target : ndarray
+        ``(y, x)`` or ``(c, y, x)`` with the reference's shape, own units.
+    meta : FrameMetadata, optional
+        The target's metadata (NOISExx keywords).
+    gradient_images : bool
+        Also return the full-size gradient and curvature images.
+    keep_corrected : bool
+        Compute the corrected image (False: measurements only).
+
+    Returns
+    -------
+    NormalizationResult
+
+    Raises
+    ------
+    NsgError
+        The frame cannot be normalized (shape, colour depth, no data, no star
+        pairs, too few gradient samples); the message says why.
+    """
+    p = model.params
+    chans = _check_target(model, target)
+    mono = np.asarray(target).ndim == 2
+    # stars -> photometry -> scale
+    sr = measure_scale(model, chans if not mono else chans[0])
+    warnings = list(sr.warnings)
+    # samples
+    samples = measure_samples(model.grid, chans, sr.scale)
+    if len(samples) < 3:
+        raise NsgError(f"only {len(samples)} gradient sample(s) where both frames have data "
+                       "(3 needed): the frames hardly overlap")
+    nodes = bin_samples(samples, max_samples_for(p.smoothness, p.max_samples))
+    # spline
+    surface = fit_surface(nodes.x, nodes.y, nodes.values, smoothness=p.smoothness,
+                          weights=nodes.weight)
+    fieldv = evaluate_gradient(surface, model.coarse, model.taper)
+    # correct
+    corrected = None
+    if keep_corrected:
+        corrected = apply_correction(chans, sr.scale, fieldv, mask=model.no_data)
+        if mono:
+            corrected = corrected[0]
+    # weight
+    wr = target_weight(model, chans, sr.scale, meta)
+    warnings.extend(wr.warnings)
+    gradient = curvature = None
+    if gradient_images:
+        gradient = _masked_full(fieldv, chans, mono)
+        curvature = _masked_full(fieldv.minus_plane(), chans, mono)
+    return NormalizationResult(
+        scale=sr.scale, scale_error=sr.scale_error, transmission=sr.transmission,
+        snr=wr.snr, weight=wr.weight, noise=wr.noise, noise_source=wr.source,
+        n_star_pairs=sr.n_star_pairs, n_samples=len(samples), n_nodes=len(nodes),
+        offset=sr.offset, corrected=corrected, gradient=gradient, curvature=curvature,
+        gradient_field=fieldv, surface=surface, samples=samples, scale_result=sr,
+        weight_result=wr, warnings=warnings,
+    )
+
+
+def reference_result(model: ReferenceModel, *, gradient_images: bool = False,
+                     keep_corrected: bool = True) -> NormalizationResult:
+    """The reference's own result: scale 1, SNR 1, weight 1, no gradient.
+
+    Its output is its own pixels with no-data (NaN, inf) written as 0.
+    """
+    nc = model.n_channels
+    mono = nc == 1
+    chans = model.data
+    corrected = None
+    if keep_corrected:
+        corrected = np.where(np.isfinite(chans), chans, 0).astype(np.float32)
+        corrected = corrected[0] if mono else corrected
+    zero = zero_gradient(model.coarse, nc)
+    grad = None
+    if gradient_images:
+        grad = np.zeros(chans.shape, np.float32)
+        grad = grad[0] if mono else grad
+    ones = np.ones(nc)
+    return NormalizationResult(
+        scale=ones, scale_error=np.zeros(nc), transmission=ones.copy(), snr=ones.copy(),
+        weight=1.0, noise=np.asarray(model.noise.sigma, float), noise_source=model.noise.source,
+        n_star_pairs=np.full(nc, len(model.candidates)), n_samples=int(model.grid.usable.sum()),
+        n_nodes=0, offset=(0.0, 0.0), corrected=corrected, gradient=grad,
+        curvature=None if grad is None else grad.copy(), gradient_field=zero,
+        is_reference=True, warnings=list(model.warnings),
+    )

@@ -1,0 +1,263 @@
+"""Noise estimates: NOISExx keywords, or measured with a multiresolution support.
+
+NSG prefers the ``NOISExx`` keywords that PixInsight's ImageCalibration writes
+before registration (the noise of the unresampled frame); when a frame lacks
+them it measures the noise with PixInsight's MRS estimator. This module does
+the same with its own implementation of the estimator of Starck & Murtagh
+(1998), "Automatic noise estimation from the multiresolution support":
+
+1. the image's starlet (B3-spline "a trous") transform with 4 layers;
+2. a first sigma from k-sigma clipping of the first layer (the "K-Sigma"
+   estimate), scaled by that layer's response to unit white noise;
+3. the multiresolution support: pixels where any layer ``j`` is significant,
+   ``|w_j| >= 3 sigma s_j`` (``s_j`` the layer's white-noise response);
+4. a new sigma from the pixels outside the support, as the standard deviation
+   of the sum of the layers divided by its white-noise response; repeated
+   until it changes by less than 0.1 %.
+
+If fewer than 1 % of the pixels are outside the support, the K-Sigma value is
+used (as PixInsight does). Clipping makes both estimates low for pure Gaussian
+noise (by 2.0 % for MRS and 1.6 % for K-Sigma with these settings, measured on
+white noise); both are divided by that factor so they are unbiased there. Frames larger than about 4 Mpx are measured on
+tiles spread evenly over the frame; no-data pixels (and a margin around them)
+are excluded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+B3 = np.array([1, 4, 6, 4, 1], np.float32) / 16.0
+N_LAYERS = 4
+K_SIGMA = 3.0
+TILE = 512
+# sigma_true / sigma_estimated for white Gaussian noise (4 layers, k = 3),
+# measured on 1024x1024 noise images with several seeds
+MRS_CALIBRATION = 1.0205
+KSIGMA_CALIBRATION = 1.016
+
+
+@dataclass
+class NoiseEstimate:
+    """A noise sigma per channel and how it was obtained.
+
+    Attributes
+    ----------
+    sigma : ndarray (c,)
+        Gaussian noise sigma in the frame's units.
+    algorithm : list of str
+        Per channel: a NOISEAxx name ("MRS", "K-Sigma", or the header's) for
+        keywords, "MRS"/"K-Sigma" for measured values.
+    source : str
+        ``"keywords"`` or ``"measured"``.
+    fraction : ndarray (c,)
+        Fraction of the pixels used (measured only; NaN for keywords).
+    """
+
+    sigma: np.ndarray
+    algorithm: list[str]
+    source: str
+    fraction: np.ndarray
+
+
+def _atrous_kernel(level: int) -> np.ndarray:
+    step = 2**level
+    k = np.zeros(4 * step + 1, np.float32)
+    k[::step] = B3
+    return k
+
+
+def _smooth(img: np.ndarray, level: int) -> np.ndarray:
+    k = _atrous_kernel(level)
+    return cv2.sepFilter2D(img, cv2.CV_32F, k, k, borderType=cv2.BORDER_REFLECT)
+
+
+@lru_cache(maxsize=None)
+def layer_responses(n_layers: int = N_LAYERS) -> tuple[tuple[float, ...], float]:
+    """White-noise response of each starlet layer and of the sum of the first
+    ``n_layers`` (standard deviation for unit-sigma white noise)."""
+    size = 16 * 2**n_layers + 1
+    delta = np.zeros((size, size), np.float32)
+    delta[size // 2, size // 2] = 1.0
+    c = delta
+    norms = []
+    for j in range(n_layers):
+        nxt = _smooth(c, j)
+        norms.append(float(np.sqrt(np.sum((c - nxt).astype(np.float64) ** 2))))
+        c = nxt
+    total = float(np.sqrt(np.sum((delta - c).astype(np.float64) ** 2)))
+    return tuple(norms), total
+
+
+def _kclip_std(values: np.ndarray, k: float = K_SIGMA, n_iter: int = 50) -> float:
+    v = values.astype(np.float64)
+    sigma = float(np.std(v))
+    for _ in range(n_iter):
+        mean = float(np.mean(v))
+        keep = np.abs(v - mean) < k * sigma
+        if keep.all() or keep.sum() < 10:
+            break
+        v = v[keep]
+        new = float(np.std(v))
+        if abs(new - sigma) <= 1e-4 * max(new, 1e-30):
+            sigma = new
+            break
+        sigma = new
+    return sigma
+
+
+def _tiles(shape: tuple[int, int], max_pixels: int):
+    h, w = shape
+    if h * w <= max_pixels or h <= TILE or w <= TILE:
+        return [(slice(0, h), slice(0, w))]
+    n = max(1, int(max_pixels // (TILE * TILE)))
+    ny = max(1, int(round(np.sqrt(n * h / w))))
+    nx = max(1, int(np.ceil(n / ny)))
+    ys = np.linspace(0, h - TILE, ny).astype(int)
+    xs = np.linspace(0, w - TILE, nx).astype(int)
+    return [(slice(y, y + TILE), slice(x, x + TILE)) for y in ys for x in xs]
+
+
+def _layers(tile: np.ndarray, n_layers: int):
+    c = tile
+    layers = []
+    for j in range(n_layers):
+        nxt = _smooth(c, j)
+        layers.append(c - nxt)
+        c = nxt
+    return layers, tile - c
+
+
+def measure_noise(
+    image: np.ndarray,
+    *,
+    n_layers: int = N_LAYERS,
+    k: float = K_SIGMA,
+    max_pixels: int = 4_000_000,
+    tolerance: float = 1e-3,
+) -> tuple[float, str, float]:
+    """Gaussian noise sigma of one 2-D image (MRS, else K-Sigma).
+
+    Parameters
+    ----------
+    image : ndarray (y, x)
+        0/NaN/inf = no data.
+    n_layers : int
+        Starlet layers of the multiresolution support.
+    k : float
+        Significance threshold in sigmas.
+    max_pixels : int
+        Larger images are measured on tiles totalling about this many pixels.
+    tolerance : float
+        Relative change at which the MRS iteration stops.
+
+    Returns
+    -------
+    (sigma, algorithm, fraction)
+        ``algorithm`` is "MRS" or "K-Sigma"; ``fraction`` the share of pixels
+        outside the support (NaN for K-Sigma). sigma is NaN for an image with
+        no data.
+    """
+    image = np.asarray(image)
+    responses, total = layer_responses(n_layers)
+    edge = 2 * 2**n_layers
+    w1_vals, tiles_data = [], []
+    for sy, sx in _tiles(image.shape, max_pixels):
+        tile = np.asarray(image[sy, sx], np.float32)
+        bad = ~np.isfinite(tile) | (tile == 0)
+        if bad.all():
+            continue
+        if bad.any():
+            tile = tile.copy()
+            tile[bad] = np.median(tile[~bad])
+            bad = ndimage.binary_dilation(bad, iterations=edge)
+        use = ~bad
+        if min(tile.shape) > 4 * edge:
+            inner = np.zeros_like(use)
+            inner[edge:-edge, edge:-edge] = True
+            use &= inner
+        if use.sum() < 16:
+            continue
+        layers, resid = _layers(tile, n_layers)
+        w1_vals.append(layers[0][use])
+        tiles_data.append((layers, resid, use))
+    if not w1_vals:
+        return float("nan"), "none", float("nan")
+    sigma_k = _kclip_std(np.concatenate(w1_vals), k) / responses[0]
+    calibrate = n_layers == N_LAYERS and k == K_SIGMA
+    sigma = sigma_k
+    fraction = float("nan")
+    for _ in range(20):
+        picked, n_total = [], 0
+        for layers, resid, use in tiles_data:
+            support = np.zeros(use.shape, bool)
+            for j, w in enumerate(layers):
+                support |= np.abs(w) >= k * sigma * responses[j]
+            sel = use & ~support
+            picked.append(resid[sel])
+            n_total += int(use.sum())
+        vals = np.concatenate(picked)
+        fraction = len(vals) / max(n_total, 1)
+        if fraction < 0.01 or len(vals) < 16:
+            return float(sigma_k * (KSIGMA_CALIBRATION if calibrate else 1.0)), "K-Sigma", \
+                float("nan")
+        new = float(np.std(vals.astype(np.float64))) / total
+        if abs(new - sigma) <= tolerance * new:
+            sigma = new
+            break
+        sigma = new
+    return float(sigma * (MRS_CALIBRATION if calibrate else 1.0)), "MRS", float(fraction)
+
+
+def measure_frame_noise(data: np.ndarray, **kwargs) -> NoiseEstimate:
+    """:func:`measure_noise` for each channel of ``(y, x)`` or ``(c, y, x)`` data."""
+    chans = data[np.newaxis] if data.ndim == 2 else data
+    sig, alg, frac = [], [], []
+    for c in range(chans.shape[0]):
+        s, a, f = measure_noise(chans[c], **kwargs)
+        sig.append(s)
+        alg.append(a)
+        frac.append(f)
+    return NoiseEstimate(np.array(sig), alg, "measured", np.array(frac))
+
+
+def noise_from_keywords(noise: dict, algorithm: dict, n_channels: int) -> NoiseEstimate | None:
+    """Per-channel noise from NOISExx keywords (NSG's index rules), or None.
+
+    Parameters
+    ----------
+    noise : dict {index: value}
+        ``FrameMetadata.noise``.
+    algorithm : dict {index: name}
+        ``FrameMetadata.noise_algorithm``.
+    n_channels : int
+        1 or 3.
+
+    Notes
+    -----
+    Colour frames need NOISE00, 01 and 02. A mono frame uses NOISE00 when it is
+    the only one, NOISE01 when 00 and 01 are given (the green plane of a split
+    CFA), NOISE02 when 00 and 02 are (blue); with all three it is ambiguous and
+    None is returned (the noise is then measured).
+    """
+    keys = {k for k, v in noise.items() if v and v > 0}
+    if n_channels == 3:
+        if not {0, 1, 2} <= keys:
+            return None
+        idx = [0, 1, 2]
+    elif keys == {0}:
+        idx = [0]
+    elif keys == {0, 1}:
+        idx = [1]
+    elif keys == {0, 2}:
+        idx = [2]
+    else:
+        return None
+    sig = np.array([float(noise[i]) for i in idx])
+    alg = [str(algorithm.get(i, "")) for i in idx]
+    return NoiseEstimate(sig, alg, "keywords", np.full(len(idx), np.nan))
