@@ -3,9 +3,10 @@
 The blobs are defined in continuous *sky* coordinates and evaluated at the sky
 position of each pixel centre, so the same nebula can be rendered into frames
 with different pixel grids (the wide/narrow pair). To stay fast on large frames
-the surface brightness is evaluated on a coarse grid (a few nodes per smallest
-blob sigma) and upsampled with bicubic interpolation; the rendered array *is*
-the truth that the simulator reports.
+the surface brightness is evaluated on a coarse grid (at least 4 nodes per
+smallest blob sigma) and upsampled with Catmull-Rom cubic interpolation (error
+< 0.1 % of the peak); the rendered array *is* the truth that the simulator
+reports.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 __all__ = ["Nebula", "random_nebula", "render_smooth", "coarse_step"]
@@ -189,7 +189,8 @@ def render_smooth(
     shape : (ny, nx)
         Output pixel grid.
     step : int
-        Evaluate every ``step`` px and upsample bicubically (1 = every pixel).
+        Evaluate every ``step`` px and upsample with separable Catmull-Rom
+        (cubic, exact at the nodes, error ~ (step / sigma)^3; 1 = every pixel).
         The coarse grid extends two nodes beyond the frame on all sides, so the
         interpolation never extrapolates.
     to_sky : callable, optional
@@ -200,11 +201,13 @@ def render_smooth(
     ndarray, shape (c, ny, nx), float32
     """
     ny, nx = shape
+    pad = 2
     if step <= 1:
         xs = np.arange(nx, dtype=np.float64)
         ys = np.arange(ny, dtype=np.float64)
     else:
-        pad = 2
+        # node j sits at pixel (j + 0.5 - pad) * step - 0.5: output pixel d of the
+        # upsampled grid maps back to node coordinate (d + 0.5) / step - 0.5
         xs = (np.arange(-(-nx // step) + 2 * pad) + 0.5 - pad) * step - 0.5
         ys = (np.arange(-(-ny // step) + 2 * pad) + 0.5 - pad) * step - 0.5
     gx, gy = np.meshgrid(xs, ys)
@@ -214,10 +217,38 @@ def render_smooth(
     if step <= 1:
         return vals
     off = pad * step
-    out = np.empty((vals.shape[0], ny, nx), dtype=np.float32)
+    out = np.empty((vals.shape[0], len(ys) * step, nx), dtype=np.float32)
     for c in range(vals.shape[0]):
-        up = cv2.resize(
-            vals[c], (len(xs) * step, len(ys) * step), interpolation=cv2.INTER_CUBIC
-        )
-        out[c] = up[off : off + ny, off : off + nx]
+        wide = _upsample_rows(np.ascontiguousarray(vals[c].T), step)  # (nodes_x * step, ny_c)
+        rows = np.ascontiguousarray(wide[off : off + nx].T)  # (ny_c, nx)
+        _upsample_rows(rows, step, out=out[c])
+    return out[:, off : off + ny]
+
+
+def _catmull_rom(step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (step, 4) for source nodes j-1..j+2 and the node offset per output phase."""
+    o = (np.arange(step) + 0.5) / step - 0.5
+    base = np.where(o < 0, -1, 0)
+    t = o - base
+    t2, t3 = t * t, t * t * t
+    w = np.stack(
+        [(-t3 + 2 * t2 - t) / 2, (3 * t3 - 5 * t2 + 2) / 2, (-3 * t3 + 4 * t2 + t) / 2, (t3 - t2) / 2],
+        axis=1,
+    )
+    return w.astype(np.float32), base
+
+
+def _upsample_rows(a: np.ndarray, step: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Upsample along axis 0 by an integer factor: (h, w) -> (h * step, w), edges clamped."""
+    h = a.shape[0]
+    if out is None:
+        out = np.empty((h * step, a.shape[1]), dtype=np.float32)
+    w, base = _catmull_rom(step)
+    padded = np.pad(a, ((2, 3), (0, 0)), mode="edge")  # padded[j + 2] = a[j]
+    for p in range(step):
+        dst = out[p::step]
+        first = base[p] + 1  # padded row of source node j + base - 1 for output row j
+        np.multiply(padded[first : first + h], w[p, 0], out=dst)
+        for k in range(1, 4):
+            dst += padded[first + k : first + k + h] * w[p, k]
     return out

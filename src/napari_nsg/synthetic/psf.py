@@ -203,7 +203,7 @@ def render_stars(
     y = np.asarray(y, dtype=np.float64).ravel()
     flux = np.asarray(flux, dtype=np.float64)
     mono = flux.ndim == 1
-    flux2 = flux.reshape(len(x), -1)
+    flux2 = flux.reshape(len(x), 1 if mono else flux.shape[-1])
     nchan = flux2.shape[1]
     if len(x):
         ix = np.floor(x + 0.5).astype(np.int64)
