@@ -171,7 +171,7 @@ def test_truth_identity_with_nebula_per_pixel_sigma():
     assert seq.truth[1].is_reference and np.all(seq.truth[1].scale == 1)
     for k in (0, 2):
         frame, scale, res, mask = _identity_residual(seq, k, off_signal=False)
-        assert mask.mean() > 0.8
+        assert mask.mean() > 0.7  # the nebula is in
         z = (res / (scale * frame.noise_sigma_map()))[mask]
         assert abs(z.mean()) < 0.02
         assert z.std() == pytest.approx(1.0, rel=0.02)
