@@ -35,7 +35,9 @@ def separable_sum(
     dtype = out.dtype
     row = np.asarray(row, dtype=dtype)
     col = np.asarray(col, dtype=dtype)[None, :]
-    products = [(np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)[None, :]) for a, b in products]
+    products = [
+        (np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)[None, :]) for a, b in products
+    ]
     for start in range(0, out.shape[0], _BAND):
         stop = min(start + _BAND, out.shape[0])
         band = out[start:stop]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Nebula", "random_nebula", "render_smooth", "coarse_step"]
+__all__ = ["Nebula", "coarse_step", "random_nebula", "render_smooth"]
 
 #: Colours (R, G, B) of blob families, brightest channel = 1: emission (H-alpha
 #: red), reflection (blue), galaxy / dust (warm white).
@@ -232,7 +232,12 @@ def _catmull_rom(step: int) -> tuple[np.ndarray, np.ndarray]:
     t = o - base
     t2, t3 = t * t, t * t * t
     w = np.stack(
-        [(-t3 + 2 * t2 - t) / 2, (3 * t3 - 5 * t2 + 2) / 2, (-3 * t3 + 4 * t2 + t) / 2, (t3 - t2) / 2],
+        [
+            (-t3 + 2 * t2 - t) / 2,
+            (3 * t3 - 5 * t2 + 2) / 2,
+            (-3 * t3 + 4 * t2 + t) / 2,
+            (t3 - t2) / 2,
+        ],
         axis=1,
     )
     return w.astype(np.float32), base

@@ -136,7 +136,9 @@ class PairTransform:
         m = self.matrix
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
-        return self.distort(m[0, 0] * x + m[0, 1] * y + m[0, 2], m[1, 0] * x + m[1, 1] * y + m[1, 2])
+        return self.distort(
+            m[0, 0] * x + m[0, 1] * y + m[0, 2], m[1, 0] * x + m[1, 1] * y + m[1, 2]
+        )
 
     def wide_to_narrow(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Wide pixel coordinates -> narrow pixel coordinates (any array shape)."""
@@ -417,7 +419,7 @@ def simulate_pair(
     catalog = random_catalog(
         stream(seed, "pair", "stars"),
         bounds,
-        n_stars=int(round(star_density * sky_area)),
+        n_stars=round(star_density * sky_area),
         flux_range=star_flux_range,
         slope=star_slope,
         n_bright=int(max(2, round(1e-5 * sky_area)) if n_bright is None else n_bright),
@@ -430,25 +432,32 @@ def simulate_pair(
     nebula = random_nebula(
         rng,
         bounds,
-        n_blobs=int(round(nebula_blobs * sky_area / (ny * nx))),
+        n_blobs=round(nebula_blobs * sky_area / (ny * nx)),
         sigma_range=(nebula_scales[0] * short, nebula_scales[1] * short),
         amplitude=nebula_amplitude,
         channels=channels,
         main_sigma=0.25 * short,
-        main_center=((nx - 1) / 2 + rng.normal(0, 0.1 * nx), (ny - 1) / 2 + rng.normal(0, 0.1 * ny)),
+        main_center=(
+            (nx - 1) / 2 + rng.normal(0, 0.1 * nx),
+            (ny - 1) / 2 + rng.normal(0, 0.1 * ny),
+        ),
     )
     colour = np.array([1.05, 1.0, 0.8]) if channels == 3 else np.ones(1)
     n_sky = narrow_sky * colour
     w_sky = (narrow_sky * wide_throughput * s * s if wide_sky is None else wide_sky) * colour
     n_amp = 0.5 * nebula_amplitude if narrow_gradient is None else narrow_gradient
-    w_amp = 0.05 * float(w_sky[-1 if channels == 1 else 1]) if wide_gradient is None else wide_gradient
+    w_amp = (
+        0.05 * float(w_sky[-1 if channels == 1 else 1]) if wide_gradient is None else wide_gradient
+    )
     grad_rng = stream(seed, "pair", "gradients")
     n_model = random_gradient(grad_rng, narrow_shape, n_amp, channels=channels)
     w_model = random_gradient(grad_rng, wide_shape, w_amp, mix=(1.0, 0.0, 0.0), channels=channels)
 
     # narrow image
     n_psf = PSF(float(narrow_fwhm), psf, moffat_beta)
-    inside = (catalog.x >= -0.5) & (catalog.x < nx - 0.5) & (catalog.y >= -0.5) & (catalog.y < ny - 0.5)
+    inside = (
+        (catalog.x >= -0.5) & (catalog.x < nx - 0.5) & (catalog.y >= -0.5) & (catalog.y < ny - 0.5)
+    )
     n_neb = render_smooth(nebula.evaluate, narrow_shape, coarse_step(nebula.min_sigma))
     n_sig, n_grad, n_data = _render_image(
         narrow_shape, (catalog.x, catalog.y), catalog.flux, n_psf, n_neb, n_model,

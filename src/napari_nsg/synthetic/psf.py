@@ -112,7 +112,7 @@ class PSF:
         np.reciprocal(u, out=u)
         beta = float(self.beta)
         if beta == round(beta) and beta <= 16:
-            out = _int_power(u, int(round(beta)))
+            out = _int_power(u, round(beta))
         else:
             out = np.power(u, np.float32(beta))
         out /= out.sum(axis=(1, 2), dtype=np.float64)[:, None, None].astype(np.float32)

@@ -352,9 +352,7 @@ class SimulatedSequence:
         level = plan.gradient.at(x, y).T + plan.sky[None, :]
         if self.nebula is not None:
             level += self.nebula.evaluate(self.catalog.x, self.catalog.y).T * plan.signal_factor
-        return observed_stars(
-            x, y, flux, plan.psf, level, self.saturation, np.arange(len(x))
-        )
+        return observed_stars(x, y, flux, plan.psf, level, self.saturation, np.arange(len(x)))
 
     # ------------------------------------------------------------- rendering
     def frame(self, k: int, *, keep_truth: bool = True) -> SimulatedFrame:
@@ -704,7 +702,7 @@ def simulate_sequence(
     catalog = random_catalog(
         stream(seed, "stars"),
         (0.0, nx - 1.0, 0.0, ny - 1.0),
-        n_stars=int(round(star_density * area)),
+        n_stars=round(star_density * area),
         flux_range=star_flux_range,
         slope=star_slope,
         n_bright=int(max(2, round(1e-5 * area)) if n_bright is None else n_bright),
@@ -723,7 +721,10 @@ def simulate_sequence(
             amplitude=nebula_amplitude,
             channels=channels,
             main_sigma=0.15 * short,
-            main_center=((nx - 1) / 2 + rng.normal(0, 0.05 * nx), (ny - 1) / 2 + rng.normal(0, 0.05 * ny)),
+            main_center=(
+                (nx - 1) / 2 + rng.normal(0, 0.05 * nx),
+                (ny - 1) / 2 + rng.normal(0, 0.05 * ny),
+            ),
         )
 
     signal_factor = trans * t_exp[:, None]
@@ -733,7 +734,12 @@ def simulate_sequence(
     for k in range(n):
         d = draws[k]
         model = random_gradient(
-            d["rng"], (ny, nx), grad_k[k], mix=gradient_mix, channels=channels, glow_corner=glow_corner
+            d["rng"],
+            (ny, nx),
+            grad_k[k],
+            mix=gradient_mix,
+            channels=channels,
+            glow_corner=glow_corner,
         )
         sky_c = sky_k[k] * colour
         mean_bg = sky_c + model.mean()

@@ -27,7 +27,7 @@ import numpy as np
 __all__ = ["FrameTruth"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FrameTruth:
     """Scalar truth of one frame of a :class:`~napari_nsg.synthetic.SimulatedSequence`.
 
@@ -91,9 +91,7 @@ class FrameTruth:
         """JSON-ready dictionary (arrays become lists)."""
         out = {}
         for key, value in asdict(self).items():
-            if isinstance(value, np.ndarray):
-                value = [float(v) for v in value]
-            elif isinstance(value, tuple):
+            if isinstance(value, (np.ndarray, tuple)):
                 value = [float(v) for v in value]
             elif isinstance(value, np.generic):
                 value = value.item()
