@@ -22,6 +22,7 @@ saturation level), with the signals noise-free stars + extended signal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -258,18 +259,43 @@ def _add_per_channel(image: np.ndarray, values: np.ndarray) -> np.ndarray:
     return image + np.asarray(values, dtype=np.float32)[:, None, None]
 
 
-def _render_image(
-    shape, stars_xy, flux, psf, nebula_image, gradient_model, sky, gain, read_noise, saturation, rng
-):
-    """Stars + nebula, gradient, noisy image, each (c, y, x)."""
-    signal = render_stars(shape, stars_xy[0], stars_xy[1], flux, psf)
-    signal += nebula_image
-    gradient = gradient_model.render()
-    data = signal + gradient
+@dataclass(frozen=True)
+class _Camera:
+    """How one image of the pair sees the sky."""
+
+    shape: tuple[int, int]
+    psf: PSF
+    to_sky: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None
+    pixel_area: float  # sky units (narrow px^2) per pixel
+    throughput: float  # ADU per narrow ADU
+
+
+def _observe(camera, catalog, star_xy, nebula, gradient, sky, detector, rng):
+    """Render one image: ``(signal, gradient, noisy data, StarList)``, arrays (c, y, x).
+
+    ``star_xy`` are the catalogue's positions in this image's pixels; ``detector`` is
+    ``(gain, read_noise, saturation)``.
+    """
+    gain, read_noise, saturation = detector
+    x, y = star_xy
+    flux = catalog.flux * camera.throughput
+    sb = camera.throughput * camera.pixel_area  # ADU per unit of the nebula's brightness
+    step = coarse_step(nebula.min_sigma / np.sqrt(camera.pixel_area))
+    signal = render_smooth(nebula.evaluate, camera.shape, step, to_sky=camera.to_sky)
+    signal *= np.float32(sb)
+    signal += render_stars(camera.shape, x, y, flux, camera.psf)
+    grad = gradient.render()
+    data = signal + grad
     data += np.asarray(sky, dtype=np.float32)[:, None, None]
     add_noise(data, gain, read_noise, rng)
     np.minimum(data, np.float32(saturation), out=data)
-    return signal, gradient, data
+
+    ny, nx = camera.shape
+    ids = np.nonzero((x >= -0.5) & (x < nx - 0.5) & (y >= -0.5) & (y < ny - 0.5))[0]
+    level = gradient.at(x[ids], y[ids]).T + sky
+    level += nebula.evaluate(catalog.x[ids], catalog.y[ids]).T * sb
+    stars = observed_stars(x[ids], y[ids], flux[ids], camera.psf, level, saturation, ids)
+    return signal, grad, data, stars
 
 
 def simulate_pair(
@@ -453,43 +479,20 @@ def simulate_pair(
     n_model = random_gradient(grad_rng, narrow_shape, n_amp, channels=channels)
     w_model = random_gradient(grad_rng, wide_shape, w_amp, mix=(1.0, 0.0, 0.0), channels=channels)
 
-    # narrow image
-    n_psf = PSF(float(narrow_fwhm), psf, moffat_beta)
-    inside = (
-        (catalog.x >= -0.5) & (catalog.x < nx - 0.5) & (catalog.y >= -0.5) & (catalog.y < ny - 0.5)
-    )
-    n_neb = render_smooth(nebula.evaluate, narrow_shape, coarse_step(nebula.min_sigma))
-    n_sig, n_grad, n_data = _render_image(
-        narrow_shape, (catalog.x, catalog.y), catalog.flux, n_psf, n_neb, n_model,
-        n_sky, gain, read_noise, saturation, stream(seed, "pair", "noise", 0),
+    detector = (gain, read_noise, saturation)
+    narrow_cam = _Camera(narrow_shape, PSF(float(narrow_fwhm), psf, moffat_beta), None, 1.0, 1.0)
+    n_sig, n_grad, n_data, n_stars = _observe(
+        narrow_cam, catalog, (catalog.x, catalog.y), nebula, n_model, n_sky, detector,
+        stream(seed, "pair", "noise", 0),
     )  # fmt: skip
-    n_ids = np.nonzero(inside)[0]
-    n_level = n_model.at(catalog.x[n_ids], catalog.y[n_ids]).T + n_sky
-    n_level += nebula.evaluate(catalog.x[n_ids], catalog.y[n_ids]).T
-    n_stars = observed_stars(
-        catalog.x[n_ids], catalog.y[n_ids], catalog.flux[n_ids], n_psf, n_level, saturation, n_ids
-    )
-
-    # wide image
-    w_psf = PSF(float(wide_fwhm), psf, moffat_beta)
-    cwx, cwy = tf.narrow_to_wide(catalog.x, catalog.y)
-    wyn, wxn = wide_shape
-    inside = (cwx >= -0.5) & (cwx < wxn - 0.5) & (cwy >= -0.5) & (cwy < wyn - 0.5)
-    w_neb = render_smooth(
-        nebula.evaluate, wide_shape, coarse_step(nebula.min_sigma / s), to_sky=tf.wide_to_narrow
-    )
-    w_neb *= np.float32(wide_throughput * s * s)
-    w_flux = catalog.flux * wide_throughput
-    w_sig, w_grad, w_data = _render_image(
-        wide_shape, (cwx, cwy), w_flux, w_psf, w_neb, w_model,
-        w_sky, gain, read_noise, saturation, stream(seed, "pair", "noise", 1),
+    wide_cam = _Camera(
+        wide_shape, PSF(float(wide_fwhm), psf, moffat_beta), tf.wide_to_narrow, s * s,
+        float(wide_throughput),
     )  # fmt: skip
-    w_ids = np.nonzero(inside)[0]
-    w_level = w_model.at(cwx[w_ids], cwy[w_ids]).T + w_sky
-    w_level += nebula.evaluate(catalog.x[w_ids], catalog.y[w_ids]).T * (wide_throughput * s * s)
-    w_stars = observed_stars(
-        cwx[w_ids], cwy[w_ids], w_flux[w_ids], w_psf, w_level, saturation, w_ids
-    )
+    w_sig, w_grad, w_data, w_stars = _observe(
+        wide_cam, catalog, tf.narrow_to_wide(catalog.x, catalog.y), nebula, w_model, w_sky,
+        detector, stream(seed, "pair", "noise", 1),
+    )  # fmt: skip
 
     def layout(cube):
         return cube[0] if channels == 1 else cube
