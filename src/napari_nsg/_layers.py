@@ -28,11 +28,13 @@ def image_layer(data: np.ndarray, name: str, metadata: dict | None = None, **kwa
     """A layer-data tuple for a mono ``(y, x)`` / stack or a colour ``(c, y, x)`` frame.
 
     Colour frames become one layer per channel (``channel_axis=0``), coloured
-    red/green/blue and blended additively, each with its own stretch.
+    red/green/blue and blended additively, each with its own stretch. Pass
+    ``colour=False`` for a stack of three mono frames.
     """
     meta = dict(metadata or {})
     add = {"name": name, "metadata": meta}
-    if data.ndim == 3 and data.shape[0] == 3 and kwargs.pop("colour", True):
+    colour = kwargs.pop("colour", True)
+    if colour and data.ndim == 3 and data.shape[0] == 3:
         add.update(
             channel_axis=0,
             name=[f"{name} [{c}]" for c in "RGB"],

@@ -16,21 +16,22 @@ def make_synthetic_subs() -> list[tuple]:
     from .synthetic import sample_sequence
 
     seq = sample_sequence()
-    stack = np.stack([f.data for f in seq.frames])
+    frames = list(seq.iter_frames())
+    stack = np.stack([f.data for f in frames])
     metadata = {
-        "headers": [f.header for f in seq.frames],
-        "true_scale": [np.asarray(f.truth.scale).tolist() for f in seq.frames],
-        "reference_index": seq.reference_index,
+        "headers": [f.header for f in frames],
+        "true_scale": [np.asarray(f.truth.scale).tolist() for f in frames],
+        "reference_index": seq.reference,
     }
     return [image_layer(stack, "simulated sub-frames", metadata, colour=False)]
 
 
 def make_synthetic_pair() -> list[tuple]:
     """A simulated wide-field / narrow-field pair of the same sky (for MSGR)."""
-    from .synthetic import simulate_pair
+    from .synthetic import sample_pair
 
-    pair = simulate_pair(narrow_shape=(384, 512), scale_ratio=3.0, seed=3)
+    pair = sample_pair()
     return [
-        image_layer(pair.wide.data, "simulated wide field", {"header": pair.wide.header}),
-        image_layer(pair.narrow.data, "simulated narrow field", {"header": pair.narrow.header}),
+        image_layer(pair.wide, "simulated wide field", {"header": pair.wide_header}),
+        image_layer(pair.narrow, "simulated narrow field", {"header": pair.narrow_header}),
     ]
