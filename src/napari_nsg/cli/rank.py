@@ -4,7 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_progress_flag, not_built
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_write_text
+from ..pipeline.progress import TqdmProgress
+from ..pipeline.rank import RankResult, rank_frames
+from ._common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_progress_flag,
+    error,
+    existing_frames,
+    warn,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -23,5 +38,59 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _mean(values) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+def format_table(result: RankResult) -> str:
+    """The ranking as a text table, best first (per-channel values averaged)."""
+    head = (f"{'rank':>4}  {'file':<28} {'rating':>6} {'weight':>6} {'transm':>6} "
+            f"{'backgr':>8} {'grad%':>6} {'span':>7} {'lumpy':>6} {'noise':>7} "
+            f"{'stars':>5} {'fwhm':>5} {'exp':>6} {'airm':>5}")
+    lines = [head, "-" * len(head)]
+    for f in result.frames:
+        name = Path(f.file).name
+        name = name if len(name) <= 28 else "..." + name[-25:]
+        lines.append(
+            f"{_fmt(f.rank, 'd'):>4}  {name:<28} {_fmt(f.rating, '.3f'):>6} "
+            f"{_fmt(f.weight, '.3f'):>6} {_fmt(_mean(f.transmission), '.3f'):>6} "
+            f"{_fmt(_mean(f.background), '.1f'):>8} {_fmt(f.gradient_percent, '.2f'):>6} "
+            f"{_fmt(_mean(f.background_span), '.1f'):>7} {_fmt(_mean(f.complexity), '.2f'):>6} "
+            f"{_fmt(_mean(f.noise), '.2f'):>7} {_fmt(f.n_stars, 'd'):>5} {_fmt(f.fwhm, '.2f'):>5} "
+            f"{_fmt(f.exposure, 'g'):>6} {_fmt(f.airmass, '.2f'):>5}"
+        )
+    return "\n".join(lines)
+
+
+LEGEND = """\
+rating: weight per unit exposure relative to the best frame (NSG's criterion; the list is
+        sorted by it). weight, transm: NSG weight (SNR^2) and transmission relative to the best.
+grad%:  NSG's corner-box gradient, hypot of its two diagonals, in % of the background.
+span:   2-98 % range of the background map.  lumpy: RMS of that map about its best-fit plane."""
+
+
 def run(args: argparse.Namespace) -> int:
-    return not_built("rank")
+    paths = existing_frames(args.frames)
+    with TqdmProgress("ranking", disable=True if args.quiet else None) as bar:
+        result = rank_frames(paths, debayer=args.debayer, progress=bar)
+    print(format_table(result))
+    print()
+    print(LEGEND)
+    print()
+    print(f"recommended reference: {result.reference}")
+    if result.yardstick != result.reference:
+        print(f"(scales measured against {Path(result.yardstick).name}: {result.yardstick_reason})")
+    for f in result.frames:
+        for w in f.warnings:
+            warn(f"{f.file}: {w}")
+    for f in result.failed:
+        error(f"{f.file}: {f.error}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result.to_dict(), indent=2) + "\n", overwrite=True)
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK

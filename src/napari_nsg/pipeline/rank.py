@@ -1,0 +1,444 @@
+"""Reference selection: measure every frame and rank the reference candidates.
+
+NSG only makes every frame match the reference's gradient, so the reference
+decides the result. :func:`rank_frames` measures each frame once (background,
+NSG's two diagonal gradient estimates, how far the background departs from a
+plane, noise, stars and FWHM, exposure, altitude/airmass) and then, against
+one yardstick frame, its photometric scale, transmission and weight with the
+NSG engine (:mod:`napari_nsg.core.nsg`). Frames are ranked best first by
+NSG's criterion, the weight per unit exposure; the gradient measures sit
+beside it so a user can prefer a frame with a simpler gradient.
+
+Memory stays flat in the number of frames: two passes over the files, one
+frame in memory at a time (plus the yardstick's model in the second pass).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.nsg.engine import NsgError, measure_scale, prepare_reference
+from ..core.nsg.noise import NoiseEstimate, measure_frame_noise, noise_from_keywords
+from ..core.nsg.params import NsgParameters
+from ..core.nsg.weights import compute_weight
+from ..core.reference import (
+    background_map,
+    blink_normalize,
+    corner_gradients,
+    gradient_complexity,
+    star_statistics,
+)
+from ..io import FrameError, read_frame
+from .progress import CancelToken, ProgressCallback, check_cancel, report
+
+AEROSOL_EXTINCTION = 0.36  # NSG's airmass-scaled noise: exp(-0.36 * airmass)
+
+
+@dataclass
+class FrameRank:
+    """One frame's measurements and its place in the ranking.
+
+    Per-channel values are lists (one entry for mono). Values relative to the
+    reference (``scale``, ``transmission``, ``weight``, ``rating``) are relative
+    to the recommended reference, the top-ranked frame.
+
+    Attributes
+    ----------
+    file : str
+    rank : int or None
+        1 = best; None for a frame that failed.
+    rating : float or None
+        Weight per unit exposure relative to the best frame (1.0 for the best).
+    weight : float or None
+        NSG weight (SNR squared, mean over channels) relative to the best frame.
+    scale, transmission : list of float
+        Photometric scale (multiplies this frame) and its inverse, relative to
+        the best frame.
+    background : list of float
+        Sky level (median of the background map), in the frame's units.
+    gradient_1, gradient_2 : list of float
+        NSG's diagonal estimates: bottom-right minus top-left and top-right
+        minus bottom-left corner boxes (row 0 on top), in the frame's units.
+    gradient_percent : float
+        ``hypot(gradient_1, gradient_2)`` as a percentage of the background,
+        mean over channels: the size of the corner-to-corner gradient.
+    background_span : list of float
+        2nd-98th percentile range of the background map (all of the gradient,
+        whatever its shape).
+    complexity : list of float
+        RMS of the background map about its best-fit plane: how far the
+        gradient is from a simple tilt (0 for a pure plane).
+    noise : list of float
+        Gaussian noise sigma (NOISExx keywords when every frame has them, else
+        measured with the multiresolution-support estimator).
+    noise_source : str
+    n_stars : int
+        Stars detected at 5 sigma on the intensity image.
+    fwhm : float
+        Median star FWHM in pixels.
+    exposure, altitude, airmass : float or None
+    date_obs, filter : str or None
+    airmass_scaled_noise : float or None
+        NSG's display noise ``NOISE / EXPOSURE / exp(-0.36 airmass)``, when the
+        frame has NOISExx keywords, an exposure and an airmass.
+    n_star_pairs : list of int
+        Star pairs used for the scale against the yardstick.
+    warnings : list of str
+    error : str or None
+        Why the frame could not be measured.
+    """
+
+    file: str
+    rank: int | None = None
+    rating: float | None = None
+    weight: float | None = None
+    scale: list[float] = field(default_factory=list)
+    transmission: list[float] = field(default_factory=list)
+    background: list[float] = field(default_factory=list)
+    gradient_1: list[float] = field(default_factory=list)
+    gradient_2: list[float] = field(default_factory=list)
+    gradient_percent: float | None = None
+    background_span: list[float] = field(default_factory=list)
+    complexity: list[float] = field(default_factory=list)
+    noise: list[float] = field(default_factory=list)
+    noise_source: str | None = None
+    n_stars: int | None = None
+    fwhm: float | None = None
+    exposure: float | None = None
+    altitude: float | None = None
+    airmass: float | None = None
+    date_obs: str | None = None
+    filter: str | None = None
+    airmass_scaled_noise: float | None = None
+    n_star_pairs: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True if the frame was measured and ranked."""
+        return self.error is None and self.rank is not None
+
+
+@dataclass
+class RankResult:
+    """The ranking of a set of frames.
+
+    Attributes
+    ----------
+    frames : list of FrameRank
+        Best first; frames that failed come last, in input order.
+    reference : str or None
+        The recommended reference: the top-ranked frame.
+    yardstick : str or None
+        The provisional reference the scales were measured against (NSG's:
+        lowest airmass-scaled noise when every frame has NOISExx keywords,
+        else the frame with the most stars). Values in ``frames`` are
+        re-expressed relative to ``reference``.
+    yardstick_reason : str
+    per_exposure : bool
+        True when every frame had an exposure time and the rating is per unit
+        exposure.
+    """
+
+    frames: list[FrameRank]
+    reference: str | None
+    yardstick: str | None
+    yardstick_reason: str
+    per_exposure: bool
+
+    @property
+    def failed(self) -> list[FrameRank]:
+        """Frames that could not be measured."""
+        return [f for f in self.frames if not f.ok]
+
+    def to_dict(self) -> dict:
+        """JSON-ready content."""
+        return {
+            "reference": self.reference,
+            "yardstick": self.yardstick,
+            "yardstick_reason": self.yardstick_reason,
+            "per_exposure": self.per_exposure,
+            "frames": [_jsonable(asdict(f)) for f in self.frames],
+        }
+
+    def row(self, file: str | Path) -> FrameRank:
+        """The row of one file."""
+        key = str(file)
+        for f in self.frames:
+            if f.file == key:
+                return f
+        raise KeyError(key)
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _floats(values) -> list[float]:
+    return [float(v) for v in np.atleast_1d(values)]
+
+
+@dataclass
+class _Measured:
+    """Pass-1 state of a frame kept between the passes (small)."""
+
+    row: FrameRank
+    shape: tuple
+    measured_noise: NoiseEstimate | None = None
+    keyword_noise: NoiseEstimate | None = None
+    meta: object = None
+
+
+def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate]:
+    """Measure one frame on its own (no reference needed).
+
+    Parameters
+    ----------
+    data : ndarray
+        ``(y, x)`` or ``(c, y, x)`` pixels in their own units.
+    meta : FrameMetadata, optional
+        For exposure, altitude, airmass, date, filter and NOISExx keywords.
+
+    Returns
+    -------
+    (FrameRank, NoiseEstimate)
+        The row with the frame's own measurements filled in (no rank yet), and
+        its measured noise.
+    """
+    data = np.asarray(data, dtype=np.float32)
+    chans = data[np.newaxis] if data.ndim == 2 else data
+    if not np.any(np.isfinite(chans) & (chans != 0)):
+        raise NsgError("the frame has no data (all pixels are 0 or NaN)")
+    row = FrameRank(file="")
+    corners = corner_gradients(chans)
+    bmap = background_map(chans)
+    complexity = gradient_complexity(bmap, chans.shape[-2:])
+    flat = bmap.values.reshape(len(chans), -1)
+    background = np.nanmedian(flat, axis=1)
+    span = np.nanpercentile(flat, 98, axis=1) - np.nanpercentile(flat, 2, axis=1)
+    stars = star_statistics(data)
+    noise = measure_frame_noise(chans)
+    row.background = _floats(background)
+    row.gradient_1 = _floats(corners.diagonal_1)
+    row.gradient_2 = _floats(corners.diagonal_2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        row.gradient_percent = float(np.nanmean(100.0 * corners.magnitude / np.abs(background)))
+    row.background_span = _floats(span)
+    row.complexity = _floats(complexity.residual_rms)
+    row.noise = _floats(noise.sigma)
+    row.noise_source = noise.source
+    row.n_stars = stars.n_stars
+    row.fwhm = stars.median_fwhm
+    if meta is not None:
+        row.exposure = meta.exposure
+        row.altitude = meta.altitude
+        row.airmass = meta.airmass
+        row.date_obs = meta.date_obs
+        row.filter = meta.filter
+    return row, noise
+
+
+def airmass_scaled_noise(noise: float, exposure: float | None, airmass: float | None) -> float | None:
+    """NSG's display noise, ``noise / exposure / exp(-0.36 airmass)`` (lower is better)."""
+    if not noise or not exposure or exposure <= 0 or airmass is None:
+        return None
+    return float(noise / exposure / math.exp(-AEROSOL_EXTINCTION * airmass))
+
+
+def _choose_yardstick(measured: list[_Measured]) -> tuple[int, str]:
+    ok = [i for i, m in enumerate(measured) if m.row.error is None]
+    scaled = [measured[i].row.airmass_scaled_noise for i in ok]
+    if all(v is not None for v in scaled):
+        best = ok[int(np.argmin(scaled))]
+        return best, "lowest airmass-scaled noise (NOISExx keywords)"
+    # Without keywords NSG measures weights against a provisional reference;
+    # the frame with the most stars is the best yardstick (most pairs, best
+    # transparency and sky), ties broken by the lowest noise.
+    best = min(ok, key=lambda i: (-(measured[i].row.n_stars or 0), np.mean(measured[i].row.noise)))
+    return best, "most stars detected (no NOISExx keywords in every frame)"
+
+
+def rank_frames(
+    paths,
+    *,
+    debayer: str | None = None,
+    params: NsgParameters | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> RankResult:
+    """Measure every frame and rank them as reference candidates, best first.
+
+    Parameters
+    ----------
+    paths : sequence of path-like
+        Registered frames of one target (same size and colour depth).
+    debayer : {None, "superpixel", "bilinear"}
+        Debayer raw colour frames first.
+    params : NsgParameters, optional
+        NSG parameters for the photometric scale (defaults otherwise).
+    progress : callable, optional
+        ``progress(done, total, message)``; ``total`` is twice the number of frames.
+    cancel : threading.Event, optional
+        Checked between frames; raises :class:`~napari_nsg.pipeline.progress.Cancelled`.
+
+    Returns
+    -------
+    RankResult
+        A frame that cannot be read or measured gets its ``error`` and is listed
+        last; the others are still ranked.
+
+    Raises
+    ------
+    FrameError
+        When no frame at all can be measured.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise FrameError(None, "no frames given")
+    n = len(paths)
+    total = 2 * n
+    measured: list[_Measured] = []
+    # pass 1: each frame on its own
+    for i, path in enumerate(paths):
+        check_cancel(cancel)
+        report(progress, i, total, f"measuring {path.name}")
+        row = FrameRank(file=str(path))
+        frame = None
+        try:
+            frame = read_frame(path, debayer=debayer)
+            own, noise = measure_frame(frame.data, frame.meta)
+            own.file = row.file
+            row = own
+            if frame.data.ndim == 2 and frame.meta.bayer_pattern:
+                row.warnings.append("raw Bayer mosaic measured as mono: use debayering for "
+                                    "meaningful colour metrics")
+            keywords = noise_from_keywords(frame.meta.noise, frame.meta.noise_algorithm,
+                                           frame.n_channels)
+            if keywords is not None:
+                row.airmass_scaled_noise = airmass_scaled_noise(
+                    float(keywords.sigma[0]), row.exposure, row.airmass)
+            measured.append(_Measured(row, frame.data.shape, noise, keywords, frame.meta))
+        except (FrameError, NsgError) as exc:
+            row.error = exc.reason if isinstance(exc, FrameError) else str(exc)
+            measured.append(_Measured(row, ()))
+        frame = None  # one frame in memory at a time
+    good = [m for m in measured if m.row.error is None]
+    if not good:
+        reasons = "; ".join(f"{Path(m.row.file).name}: {m.row.error}" for m in measured)
+        raise FrameError(None, f"no frame could be measured ({reasons})")
+    # frames that do not match the majority's size / colour depth cannot be compared
+    shapes = [m.shape for m in good]
+    common = max(set(shapes), key=shapes.count)
+    for m in good:
+        if m.shape != common:
+            m.row.error = (f"size or colour depth {m.shape} differs from the other frames "
+                           f"{common}; frames must be registered")
+    yard, reason = _choose_yardstick(measured)
+    use_keywords = "NOISExx" in reason and all(
+        m.keyword_noise is not None for m in measured if m.row.error is None)
+    # pass 2: scale and weight of every frame against the yardstick
+    ystick = measured[yard]
+    check_cancel(cancel)
+    try:
+        frame = read_frame(ystick.row.file, debayer=debayer)
+        model = prepare_reference(frame.data, frame.meta, params)
+    except (FrameError, NsgError) as exc:
+        raise FrameError(ystick.row.file, f"cannot serve as the yardstick reference ({exc})") from None
+    frame = None
+    ref_noise = ystick.keyword_noise if use_keywords else ystick.measured_noise
+    n_channels = common[0] if len(common) == 3 else 1
+    raw_scale = np.full((n, n_channels), np.nan)
+    raw_weight = np.full(n, np.nan)
+    for i, m in enumerate(measured):
+        check_cancel(cancel)
+        report(progress, n + i, total, f"scale of {Path(m.row.file).name}")
+        if m.row.error is not None:
+            continue
+        tgt_noise = m.keyword_noise if use_keywords else m.measured_noise
+        if use_keywords:
+            m.row.noise, m.row.noise_source = _floats(tgt_noise.sigma), "keywords"
+        if i == yard:
+            raw_scale[i], raw_weight[i] = 1.0, 1.0
+            m.row.n_star_pairs = [len(model.candidates)] * raw_scale.shape[1]
+            continue
+        try:
+            frame = read_frame(m.row.file, debayer=debayer)
+            sr = measure_scale(model, frame.data)
+        except (FrameError, NsgError) as exc:
+            m.row.error = exc.reason if isinstance(exc, FrameError) else str(exc)
+            continue
+        finally:
+            frame = None
+        w = compute_weight(ref_noise, tgt_noise, sr.scale)
+        raw_scale[i], raw_weight[i] = sr.scale, w.weight
+        m.row.n_star_pairs = [int(v) for v in sr.n_star_pairs]
+        m.row.warnings.extend(sr.warnings + w.warnings)
+    report(progress, total, total, "ranked")
+    return _rank(measured, raw_scale, raw_weight, yard, reason)
+
+
+def _rank(measured, raw_scale, raw_weight, yard, reason) -> RankResult:
+    for i, m in enumerate(measured):
+        if m.row.error is None and not (np.isfinite(raw_weight[i]) and raw_weight[i] > 0):
+            m.row.error = "no noise estimate, so no weight: cannot be ranked"
+    ok = np.array([m.row.error is None for m in measured])
+    exposure = np.array([m.row.exposure if m.row.exposure else np.nan for m in measured], float)
+    per_exposure = bool(np.all(np.isfinite(exposure[ok]) & (exposure[ok] > 0)))
+    merit = raw_weight / exposure if per_exposure else raw_weight.copy()
+    merit[~ok] = np.nan
+    order = [int(i) for i in np.argsort(-np.where(ok, merit, -np.inf)) if ok[i]]
+    best = order[0] if order else None
+    rows = []
+    for rank, i in enumerate(order, start=1):
+        row = measured[i].row
+        rel_scale = raw_scale[i] / raw_scale[best]
+        row.rank = rank
+        row.rating = float(merit[i] / merit[best])
+        row.weight = float(raw_weight[i] / raw_weight[best])
+        row.scale = _floats(rel_scale)
+        row.transmission = _floats(1.0 / rel_scale)
+        rows.append(row)
+    rows.extend(m.row for m in measured if m.row.error is not None)
+    return RankResult(
+        frames=rows,
+        reference=measured[best].row.file if best is not None else None,
+        yardstick=measured[yard].row.file,
+        yardstick_reason=reason,
+        per_exposure=per_exposure,
+    )
+
+
+def choose_reference(paths, *, debayer: str | None = None, params: NsgParameters | None = None,
+                     progress: ProgressCallback | None = None,
+                     cancel: CancelToken | None = None) -> Path:
+    """The top-ranked frame of :func:`rank_frames` (``normalize --reference auto``)."""
+    result = rank_frames(paths, debayer=debayer, params=params, progress=progress, cancel=cancel)
+    if result.reference is None:
+        raise FrameError(None, "no frame could be ranked, so no reference could be chosen")
+    return Path(result.reference)
+
+
+def blink_frame(data: np.ndarray, row: FrameRank, reference: FrameRank) -> np.ndarray:
+    """A frame scaled and offset to the reference's background, for blinking.
+
+    All frames of a ranking prepared this way can be shown with one fixed
+    stretch (gradients are not removed). See
+    :func:`napari_nsg.core.reference.blink_normalize`.
+    """
+    if not row.scale:
+        raise ValueError(f"{row.file} has no scale (it was not ranked)")
+    return blink_normalize(data, row.scale, row.background, reference.background)

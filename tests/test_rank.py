@@ -1,0 +1,219 @@
+"""Reference selection: metrics against the simulator's truth and on real frames."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_nsg.cli import main
+from napari_nsg.core.reference import background_map, corner_gradients, gradient_complexity
+from napari_nsg.io import read_frame
+from napari_nsg.pipeline.rank import blink_frame, choose_reference, rank_frames
+from napari_nsg.synthetic import simulate_sequence
+
+# frame 4: best transmission and the least gradient; frame 6: clouded (T = 0.5)
+TRANSMISSION = [0.85, 0.9, 0.8, 0.75, 1.0, 0.9, 0.5, 0.7]
+SKY = [900, 1000, 950, 1100, 800, 1000, 900, 1050]
+GRADIENT = [300, 220, 400, 250, 40, 350, 280, 320]
+BEST, CLOUDED = 4, 6
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    seq = simulate_sequence(
+        len(TRANSMISSION), (400, 448), seed=7, reference=0, transmission=TRANSMISSION,
+        sky=SKY, gradient=GRADIENT, star_density=3e-3,
+    )
+    folder = tmp_path_factory.mktemp("rank_seq")
+    paths = seq.write(folder)
+    return seq, paths
+
+
+@pytest.fixture(scope="module")
+def ranking(sequence):
+    seq, paths = sequence
+    return rank_frames(paths)
+
+
+def test_best_frame_first_clouded_last(sequence, ranking):
+    _, paths = sequence
+    order = [r.file for r in ranking.frames]
+    assert order[0] == str(paths[BEST])
+    assert order[-1] == str(paths[CLOUDED])
+    assert ranking.reference == str(paths[BEST])
+    assert all(r.ok for r in ranking.frames)
+    assert [r.rank for r in ranking.frames] == list(range(1, len(paths) + 1))
+
+
+def test_transmission_relative_to_best_matches_truth(sequence, ranking):
+    seq, paths = sequence
+    true_t = np.asarray(seq.transmission)[:, 0]
+    for k, path in enumerate(paths):
+        row = ranking.row(path)
+        expected = true_t[k] / true_t[BEST]
+        assert row.transmission[0] == pytest.approx(expected, rel=0.01), path.name
+        assert row.scale[0] == pytest.approx(1 / expected, rel=0.01)
+    assert ranking.row(paths[CLOUDED]).transmission[0] == pytest.approx(0.5, rel=0.01)
+
+
+def test_weight_follows_snr_squared(sequence, ranking):
+    """Weight relative to the best = (T_k/T_best)^2 * (sigma_best/sigma_k)^2 from the truth."""
+    seq, paths = sequence
+    t = np.asarray(seq.transmission)[:, 0]
+    sigma = np.asarray(seq.noise_sigma)[:, 0]
+    for k, path in enumerate(paths):
+        expected = (t[k] / t[BEST]) ** 2 * (sigma[BEST] / sigma[k]) ** 2
+        assert ranking.row(path).weight == pytest.approx(expected, rel=0.06), path.name
+
+
+def test_gradient_estimates_match_true_diagonals(sequence, ranking):
+    seq, paths = sequence
+    for k, path in enumerate(paths):
+        if GRADIENT[k] < 200:
+            continue  # too small to measure to 5 % against the noise
+        truth = corner_gradients(seq.background(k))
+        row = ranking.row(path)
+        for measured, true in ((row.gradient_1[0], truth.diagonal_1[0]),
+                               (row.gradient_2[0], truth.diagonal_2[0])):
+            true_size = float(np.hypot(truth.diagonal_1[0], truth.diagonal_2[0]))
+            assert abs(measured - true) <= 0.05 * true_size, (path.name, measured, true)
+
+
+def test_background_and_complexity(sequence, ranking):
+    seq, paths = sequence
+    for k, path in enumerate(paths):
+        row = ranking.row(path)
+        true_bkg = float(np.median(seq.background(k)))
+        assert row.background[0] == pytest.approx(true_bkg, rel=0.01)
+        assert row.noise[0] == pytest.approx(float(np.asarray(seq.noise_sigma)[k, 0]), rel=0.05)
+    # the least-gradient frame is the least lumpy and has the smallest span
+    spans = [ranking.row(p).background_span[0] for p in paths]
+    lumpy = [ranking.row(p).complexity[0] for p in paths]
+    assert int(np.argmin(spans)) == BEST and int(np.argmin(lumpy)) == BEST
+
+
+def test_complexity_is_zero_for_a_plane_and_not_for_a_dome():
+    yy, xx = np.mgrid[0:300, 0:400].astype(np.float32)
+    plane = 500 + 0.3 * xx - 0.2 * yy
+    dome = plane + 80 * np.exp(-((xx - 50) ** 2 + (yy - 60) ** 2) / (2 * 70**2))
+    c_plane = gradient_complexity(background_map(plane), plane.shape)
+    c_dome = gradient_complexity(background_map(dome), dome.shape)
+    assert c_plane.residual_rms[0] < 0.01
+    assert c_dome.residual_rms[0] > 5
+    assert c_plane.plane_ptp[0] == pytest.approx(0.3 * 399 + 0.2 * 299, rel=0.02)
+
+
+def _disk_sums(image, xs, ys, radius=12):
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disk = xx**2 + yy**2 <= radius**2
+    out = []
+    for x, y in zip(xs, ys):
+        ix, iy = int(round(x)), int(round(y))
+        out.append(float(image[iy - radius : iy + radius + 1, ix - radius : ix + radius + 1][disk].sum()))
+    return np.array(out)
+
+
+def test_blink_normalization_puts_frames_on_one_background(sequence, ranking):
+    seq, paths = sequence
+    best_row = ranking.row(paths[BEST])
+    ref = read_frame(paths[BEST]).data
+    h, w = ref.shape
+    st = seq.stars(BEST)
+    inside = (st.x > 15) & (st.x < w - 16) & (st.y > 15) & (st.y < h - 16)
+    # the 40 brightest stars whose peak stays far below saturation in every frame
+    ok = inside & (st.peak[:, 0] + 2000 < 0.5 * seq.saturation)
+    pick = np.argsort(-np.where(ok, st.flux[:, 0], -1))[:40]
+    # star light of the reference: the frame minus its true background
+    ref_light = _disk_sums(ref - seq.background(BEST), st.x[pick], st.y[pick])
+    for k in (CLOUDED, 2):
+        row = ranking.row(paths[k])
+        blinked = blink_frame(read_frame(paths[k]).data, row, best_row)
+        level = float(np.nanmedian(background_map(blinked).values))
+        assert level == pytest.approx(best_row.background[0], abs=1.0)
+        # the same star light as the reference, to the accuracy of the scale
+        light = blinked - blink_frame(seq.background(k), row, best_row)
+        ratio = np.median(_disk_sums(light, st.x[pick], st.y[pick]) / ref_light)
+        assert ratio == pytest.approx(1.0, abs=0.015)
+
+
+def test_rgb_sequence_ranks_per_channel(tmp_path):
+    trans = [1.0, 0.6, 0.9]
+    seq = simulate_sequence(3, (320, 320), seed=3, channels=3, transmission=trans)
+    paths = seq.write(tmp_path)
+    result = rank_frames(paths)
+    assert result.reference == str(paths[0])
+    row = result.row(paths[1])
+    true = np.asarray(seq.transmission)[1] / np.asarray(seq.transmission)[0]
+    np.testing.assert_allclose(row.transmission, true, rtol=0.015)
+    assert len(row.gradient_1) == 3 and len(row.noise) == 3
+
+
+def test_a_broken_frame_is_reported_and_the_rest_ranked(sequence, tmp_path, capsys):
+    _, paths = sequence
+    broken = tmp_path / "broken.fits"
+    broken.write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    small = tmp_path / "small.fits"
+    from napari_nsg.io import write_frame
+
+    write_frame(small, np.ones((50, 50), np.float32))
+    out = tmp_path / "rank.json"
+    code = main(["rank", *map(str, paths[:4]), str(broken), str(small), "--json", str(out), "-q"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.err
+    assert "broken.fits" in captured.err and "small.fits" in captured.err
+    data = json.loads(out.read_text())
+    rows = {r["file"]: r for r in data["frames"]}
+    assert rows[str(small)]["error"].startswith("size or colour depth")
+    assert rows[str(broken)]["rank"] is None and rows[str(broken)]["error"]
+    assert [r["rank"] for r in data["frames"][:4]] == [1, 2, 3, 4]
+    assert "recommended reference" in captured.out
+
+
+def test_choose_reference_is_the_top_ranked(sequence):
+    _, paths = sequence
+    assert choose_reference(paths[:5]) == paths[BEST]
+
+
+def test_noise_keywords_choose_the_yardstick(tmp_path):
+    seq = simulate_sequence(4, (300, 300), seed=11, transmission=[0.8, 1.0, 0.9, 0.7],
+                            noise_keywords=True)
+    paths = seq.write(tmp_path)
+    result = rank_frames(paths)
+    assert "NOISExx" in result.yardstick_reason
+    assert all(r.noise_source == "keywords" for r in result.frames)
+    t = np.asarray(seq.transmission)[:, 0]
+    sigma = np.asarray(seq.noise_sigma)[:, 0]
+    assert result.reference == str(paths[int(np.argmax((t / sigma) ** 2))])
+
+
+@pytest.mark.real
+def test_wasp12b_twilight_frames_rank_last(real_data):
+    paths = sorted((real_data / "wasp12b_calibrated").glob("*.fits"))
+    result = rank_frames(paths)
+    names = [p.file.rsplit("/", 1)[-1] for p in result.frames]
+    assert all(r.ok for r in result.frames)
+    # dawn twilight: the sky rises to 556 ADU (417) and 1046 ADU (420)
+    assert names[-1] == "wasp12b_420.fits"
+    dark = {"wasp12b_300.fits", "wasp12b_330.fits", "wasp12b_360.fits", "wasp12b_387.fits"}
+    assert set(names[:4]) == dark
+    assert names.index("wasp12b_417.fits") >= 5
+    # the backgrounds of SOURCES.md
+    assert result.row(paths[-1]).background[0] == pytest.approx(1046, rel=0.01)
+    assert result.row(paths[0]).background[0] == pytest.approx(269, rel=0.01)
+
+
+@pytest.mark.real
+def test_seestar_strong_gradient_night_has_the_largest_gradient(real_data):
+    paths = sorted((real_data / "seestar_m94").glob("*.fit"))
+    result = rank_frames(paths, debayer="superpixel")
+    strong = next(r for r in result.frames if "20250409" in r.file)
+    others = [r for r in result.frames if r is not strong]
+    assert strong.gradient_percent > max(r.gradient_percent for r in others)
+    assert np.mean(strong.background_span) > 2 * max(np.mean(r.background_span) for r in others)
+    # the frames are not registered to each other (other nights, 69 deg rotation):
+    # those that cannot be paired with the yardstick say so instead of a wrong scale
+    for r in result.frames:
+        assert r.ok or "no star of the reference was found" in r.error
