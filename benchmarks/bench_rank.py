@@ -1,0 +1,89 @@
+"""Benchmark of ``napari-nsg rank``: time per frame and peak memory vs the number of frames.
+
+Simulates N mono frames (default 20 x 6000x4000) once into a work folder, then
+runs the ranking in a fresh subprocess for the first 5 and for all N frames and
+prints a table: wall time, time per frame, the ratio to just reading the same
+frames in the same run, and the peak resident memory of the process (which
+must not grow with N: one frame in memory at a time).
+
+    python benchmarks/bench_rank.py [--frames 20] [--size 6000x4000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+from napari_nsg.io import read_frame
+from napari_nsg.pipeline.rank import rank_frames
+paths = [Path(p) for p in json.loads(sys.argv[1])]
+mode = sys.argv[2]
+t0 = time.perf_counter()
+if mode == "read":
+    for p in paths:
+        read_frame(p)
+    ok = len(paths)
+else:
+    result = rank_frames(paths)
+    ok = sum(r.ok for r in result.frames)
+wall = time.perf_counter() - t0
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+print(json.dumps({"wall": wall, "rss": rss, "ok": ok}))
+"""
+
+
+def run_child(paths, mode):
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]), mode],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT")
+    ap.add_argument("--workdir", help="keep the simulated frames here (reused if present)")
+    args = ap.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_rank_"))
+    frames_dir = work / f"rank_{width}x{height}_{args.frames}"
+    paths = sorted(frames_dir.glob("frame_*.fits"))
+    if len(paths) != args.frames:
+        from napari_nsg.synthetic import write_sequence
+
+        t0 = time.perf_counter()
+        paths = write_sequence(frames_dir, args.frames, (height, width), seed=5, overwrite=True,
+                               nebula=True)
+        print(f"simulated {args.frames} frames of {width}x{height} in "
+              f"{time.perf_counter() - t0:.1f} s -> {frames_dir}")
+    small = paths[:5]
+    rows = []
+    for n, subset in ((len(small), small), (len(paths), paths)):
+        read = run_child(subset, "read")
+        rank = run_child(subset, "rank")
+        rows.append((n, rank["wall"], rank["wall"] / n, read["wall"] / n,
+                     rank["wall"] / read["wall"], rank["rss"], read["rss"], rank["ok"]))
+    print()
+    print(f"napari-nsg rank on {width}x{height} mono float32 frames "
+          "(each row a fresh process; two passes over the files)")
+    head = (f"{'frames':>6} {'wall s':>8} {'s/frame':>8} {'read s/frame':>13} {'ratio':>6} "
+            f"{'peak MiB':>9} {'read-only MiB':>14} {'ranked':>7}")
+    print(head)
+    print("-" * len(head))
+    for n, wall, per, read_per, ratio, rss, read_rss, ok in rows:
+        print(f"{n:>6} {wall:>8.1f} {per:>8.2f} {read_per:>13.2f} {ratio:>6.1f} {rss:>9.0f} "
+              f"{read_rss:>14.0f} {ok:>7}")
+    print()
+    print("ratio = rank time / time to read the same frames once, in the same run.")
+
+
+if __name__ == "__main__":
+    main()
