@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from ..stars import StarTable, detect_stars, intensity
 from ..stars.matching import (
@@ -26,7 +27,7 @@ from ..stars.matching import (
     match_stars,
     measure_stars_at,
 )
-from ..stars.photometry import Photometry, aperture_photometry
+from ..stars.photometry import Photometry, pair_photometry
 from .correction import (
     CoarseGrid,
     GradientField,
@@ -45,7 +46,7 @@ from .samples import (
     measure_samples,
     star_pixel_mask,
 )
-from .scale import ChannelScale, fit_scale, growth_correction
+from .scale import ChannelScale, fit_scale
 from .spline import SurfaceModel, fit_surface
 from .weights import FrameWeight, compute_weight, transmission_of
 
@@ -61,6 +62,9 @@ __all__ = [
     "reference_result",
     "target_weight",
 ]
+
+
+RING_AREA_RATIO = 4.0
 
 
 class NsgError(ValueError):
@@ -109,6 +113,9 @@ class ReferenceModel:
         ``linear_range * max`` of each reference channel.
     fwhm : float
         Median FWHM of the candidates (px).
+    star_mask : ndarray of bool (y, x)
+        Pixels covered by the reference's stars (:func:`.samples.star_pixel_mask`):
+        left out of the gradient samples and of other stars' background rings.
     grid : SampleGrid
         The sample grid with the reference's values and rejection circles.
     coarse : CoarseGrid
@@ -133,6 +140,7 @@ class ReferenceModel:
     flux_unit: float
     saturation: np.ndarray
     fwhm: float
+    star_mask: np.ndarray
     grid: SampleGrid
     coarse: CoarseGrid
     taper: np.ndarray | None
@@ -225,8 +233,9 @@ def prepare_reference(
     rej = stars.take(slice(0, n_rej))
     r_star = np.maximum(np.sqrt(rej.npix / np.pi), rej.fwhm)
     radius = r_star + params.aperture_add + params.sample_star_growth * rej.flux / flux_unit
+    star_mask = star_pixel_mask(inten, fwhm)
     grid = make_sample_grid(chans, params.sample_size, star_x=rej.x, star_y=rej.y,
-                            star_radius=radius, star_mask=star_pixel_mask(inten, fwhm))
+                            star_radius=radius, star_mask=star_mask)
     if grid.usable.sum() < 3:
         raise NsgError(f"only {int(grid.usable.sum())} usable gradient samples in the reference "
                        f"(sample size {params.sample_size} px)")
@@ -250,7 +259,7 @@ def prepare_reference(
     return ReferenceModel(
         data=chans, params=params, meta=meta, stars=stars, candidates=candidates,
         candidate_radius=candidate_radius, flux_unit=flux_unit, saturation=saturation,
-        fwhm=fwhm, grid=grid, coarse=coarse, taper=taper, no_data=no_data,
+        fwhm=fwhm, star_mask=star_mask, grid=grid, coarse=coarse, taper=taper, no_data=no_data,
         noise=keywords or measured, measured_noise=measured, warnings=warnings,
     )
 
@@ -297,9 +306,6 @@ class ScaleResult:
         Whole-frame shift of the target found before matching.
     target_fwhm : float
         Median FWHM of the target's paired stars (px).
-    aperture_correction : ndarray (c,)
-        Factor from the larger apertures of the brightest stars, already in
-        ``scale`` (1 where not applied).
     warnings : list of str
     """
 
@@ -313,7 +319,6 @@ class ScaleResult:
     target_photometry: Photometry
     offset: tuple[float, float]
     target_fwhm: float
-    aperture_correction: np.ndarray
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -394,25 +399,23 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
                         else tgt_s.flux) / model.flux_unit
     base = np.maximum(p.aperture_fwhm * seeing, model.candidate_radius[ri])
     radius = base + p.aperture_add + p.aperture_growth * flux_n
-    ref_ph = aperture_photometry(model.data, ref_s.x, ref_s.y, radius, gap=p.aperture_gap,
-                                 width=p.aperture_bg_delta, saturation=model.saturation)
-    tgt_ph = aperture_photometry(chans, tgt_s.x, tgt_s.y, radius, gap=p.aperture_gap,
-                                 width=p.aperture_bg_delta, saturation=model.saturation)
+    width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
+    ref_ph, tgt_ph = pair_photometry(model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
+                                     radius, gap=p.aperture_gap, width=width,
+                                     saturation=model.saturation)
+    crowd = _crowding(model.stars, ref_s,
+                      [radius, radius + p.aperture_gap, radius + p.aperture_gap + width],
+                      2.0 * seeing)
     fits: list[ChannelScale] = []
-    growth = np.ones(chans.shape[0])
-    growth_err = np.zeros(chans.shape[0])
     for c in range(chans.shape[0]):
         ok = ref_ph.valid[c] & tgt_ph.valid[c]
-        cs = fit_scale(np.where(ok, ref_ph.flux[c], np.nan), np.where(ok, tgt_ph.flux[c], np.nan),
-                       ref_ph.flux_err[c], tgt_ph.flux_err[c],
-                       flux_tolerance=p.star_flux_tolerance, outlier_percent=p.outlier_removal,
-                       min_pairs_warn=p.min_star_pairs)
-        if p.aperture_correction and np.isfinite(cs.scale):
-            growth[c], growth_err[c] = _growth_factor(model, chans, c, ref_s, tgt_s, radius,
-                                                      ref_ph, tgt_ph, cs.used, seeing)
-            cs.scale *= growth[c]
-            cs.error = float(np.hypot(cs.error, cs.scale * growth_err[c]))
-        fits.append(cs)
+        fits.append(fit_scale(np.where(ok, ref_ph.flux[c], np.nan),
+                              np.where(ok, tgt_ph.flux[c], np.nan),
+                              ref_ph.flux_err[c], tgt_ph.flux_err[c], crowding=crowd,
+                              flux_tolerance=p.star_flux_tolerance,
+                              outlier_percent=p.outlier_removal,
+                              min_pairs_warn=p.min_star_pairs))
+    for c, cs in enumerate(fits):
         name = f"channel {c}: " if chans.shape[0] > 1 else ""
         warnings.extend(name + w for w in cs.warnings)
     scale = np.array([f.scale for f in fits])
@@ -432,30 +435,38 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
         target_photometry=tgt_ph,
         offset=offset,
         target_fwhm=tgt_fwhm,
-        aperture_correction=growth,
         warnings=warnings,
     )
 
 
-def _growth_factor(model, chans, c, ref_s, tgt_s, radius, ref_ph, tgt_ph, used, seeing,
-                   n_bright: int = 25):
-    """Aperture correction of one channel from its brightest used pairs."""
-    p = model.params
-    idx = np.flatnonzero(used)
-    if len(idx) < 5:
-        return 1.0, 0.0
-    snr = np.minimum(ref_ph.flux[c, idx] / ref_ph.flux_err[c, idx],
-                     tgt_ph.flux[c, idx] / tgt_ph.flux_err[c, idx])
-    idx = idx[np.argsort(-snr)][:n_bright]
-    big = radius[idx] + 1.5 * seeing
-    sat = model.saturation[c:c + 1]
-    ref2 = aperture_photometry(model.data[c], ref_s.x[idx], ref_s.y[idx], big,
-                               gap=p.aperture_gap, width=p.aperture_bg_delta, saturation=sat)
-    tgt2 = aperture_photometry(chans[c], tgt_s.x[idx], tgt_s.y[idx], big,
-                               gap=p.aperture_gap, width=p.aperture_bg_delta, saturation=sat)
-    factor, err, _ = growth_correction(ref_ph.flux[c, idx], tgt_ph.flux[c, idx],
-                                       ref2.flux[0], tgt2.flux[0])
-    return factor, err
+def ring_width(radius, gap, min_width, area_ratio: float = RING_AREA_RATIO):
+    """Background ring width: at least ``min_width`` and enough for the ring to
+    cover ``area_ratio`` times the aperture's area (so that the background adds
+    little noise to the flux)."""
+    inner = np.asarray(radius, float) + gap
+    need = np.sqrt(area_ratio * np.asarray(radius, float) ** 2 + inner**2) - inner
+    return np.maximum(float(min_width), need)
+
+
+def _crowding(stars: StarTable, measured: StarTable, edges: list[np.ndarray],
+              margin: float) -> np.ndarray:
+    """Flux of the other detected stars whose light crosses an aperture or ring
+    edge (within ``margin`` px of one of the radii in ``edges``), relative to
+    the measured star's own (detector fluxes)."""
+    if len(stars) < 2 or len(measured) == 0:
+        return np.zeros(len(measured))
+    tree = cKDTree(stars.xy)
+    edges = np.stack([np.asarray(e, float) for e in edges])  # (k, n)
+    reach = edges.max(axis=0) + margin
+    out = np.zeros(len(measured))
+    for i in range(len(measured)):
+        nbrs = np.asarray(tree.query_ball_point(measured.xy[i], reach[i]), int)
+        if len(nbrs) == 0:
+            continue
+        d = np.hypot(stars.x[nbrs] - measured.x[i], stars.y[nbrs] - measured.y[i])
+        near = (d > 1.5) & np.any(np.abs(d[None, :] - edges[:, i:i + 1]) < margin, axis=0)
+        out[i] = float(np.sum(stars.flux[nbrs][near])) / max(float(measured.flux[i]), 1e-30)
+    return out
 
 
 def measure_target_noise(model: ReferenceModel, target: np.ndarray, meta=None):

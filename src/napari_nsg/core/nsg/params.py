@@ -69,7 +69,6 @@ DESCRIPTIONS = {
     "aperture_gap": "px between aperture and background ring (None = auto)",
     "aperture_bg_delta": "width of the background ring in px (None = auto)",
     "aperture_fwhm": "smallest aperture radius in units of the frames' FWHM",
-    "aperture_correction": "correct the scale with larger apertures on the brightest stars",
     "outlier_removal": "percent of star pairs removed as outliers",
     "limit_sample_stars": "percent of the reference stars (brightest) that reject samples (None = auto)",
     "sample_star_growth": "rejection-circle growth per unit star flux (None = auto)",
@@ -121,11 +120,6 @@ class NsgParameters:
         wider of the two frames (not in NSG, whose apertures follow the detector's
         star boxes): it keeps the enclosed flux fraction the same in both frames
         when the seeing differs.
-    aperture_correction : bool
-        Correct the scale for the share of each star outside its aperture,
-        which changes with the seeing: the brightest 25 pairs are measured again
-        in apertures 1.5 FWHM larger and the median change of their flux ratio
-        multiplies the scale (not in NSG).
     outlier_removal : float
         Percent of star pairs removed one by one, worst first (2 %).
     limit_sample_stars : float or None
@@ -170,7 +164,6 @@ class NsgParameters:
     aperture_gap: int | None = None
     aperture_bg_delta: int | None = None
     aperture_fwhm: float = 3.0
-    aperture_correction: bool = False
     outlier_removal: float = 2.0
     limit_sample_stars: float | None = None
     sample_star_growth: float | None = None
@@ -199,7 +192,7 @@ class NsgParameters:
         """
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("no_reference", "target_detection", "aperture_correction"):
+            if f.name in ("no_reference", "target_detection"):
                 continue
             if value is None:
                 continue

@@ -4,16 +4,17 @@ NSG fits a least-absolute-deviation line with intercept, discards the
 intercept, gates pairs by flux ratio and removes the worst 2 % by perpendicular
 distance (in flux units, so bright stars dominate). Here (notes section 20):
 
-* the model is a line through the origin, ``ref = m * tgt``, fitted on the
-  log flux ratio, so every star's residual is relative;
-* each star counts with the inverse of its variance: its photometric error
-  from the background noise plus an intrinsic scatter fitted to the data
-  (it absorbs shot noise, scintillation and PSF differences);
+* the model is a line through the origin, ``ref = m * tgt``;
+* every residual is normalized by its own expected error (errors in both
+  fluxes, from the background and photon noise of each aperture, scaled and
+  completed by an intrinsic relative scatter fitted to the data), so faint and bright stars count by
+  their precision and outliers are judged relative to it. The weights do not
+  depend on the noisy fluxes themselves, which would bias the scale (a star
+  measured too bright in the target would count more and pull the scale down);
 * the estimate is a Tukey-biweight M-estimate, robust to the odd variable star
   or cosmic ray, with NSG's flux-ratio gate (``star_flux_tolerance``) around a
   first median ratio and NSG's outlier removal (the worst ``outlier_removal``
-  percent, one by one);
-* the second-order bias of a log ratio of noisy fluxes is corrected.
+  percent, one by one).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 BIWEIGHT_C = 4.685
 
@@ -41,7 +43,8 @@ class ChannelScale:
     n_used : int
         Pairs left after the flux-ratio gate and outlier removal.
     scatter : float
-        Intrinsic relative scatter of the flux ratios beyond the photometric errors.
+        Intrinsic relative scatter of the flux ratios beyond the photometric
+        errors (fitted on the brighter half of the pairs).
     used : ndarray of bool
         Which of the input pairs were used.
     warnings : list of str
@@ -56,57 +59,76 @@ class ChannelScale:
     warnings: list[str] = field(default_factory=list)
 
 
-def _biweight_location(l, var, init, n_iter=10):
-    """Weighted Tukey-biweight location of ``l`` with variances ``var``."""
-    loc = init
-    w_stat = 1.0 / var
-    for _ in range(n_iter):
-        u = (l - loc) / (BIWEIGHT_C * np.sqrt(var))
-        psi_w = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
-        w = w_stat * psi_w
-        if w.sum() <= 0:
-            break
-        new = float(np.sum(w * l) / np.sum(w))
-        if abs(new - loc) < 1e-10:
-            loc = new
-            break
-        loc = new
-    return loc, w_stat * np.where(np.abs((l - loc) / (BIWEIGHT_C * np.sqrt(var))) < 1, 1.0, 0.0)
+CROWDING_SENSITIVITY = 0.05
 
 
-def _intrinsic_scatter(resid: np.ndarray, var_phot: np.ndarray) -> float:
-    """Relative scatter ``s`` such that the median of ``resid^2 / (var + s^2)`` is
-    that of a chi-square with one degree of freedom (0.455)."""
+def _variance(m, x, y, vx, vy, k, s, crowd=0.0):
+    """Variance of ``y - m x``: the photometric errors times ``k^2`` plus an
+    intrinsic relative scatter ``s`` of the level and a term for neighbours
+    (``crowd`` = their flux relative to the star's)."""
+    level = 0.5 * (m * x + y)
+    return k * k * (vy + m * m * vx) + ((s * s + (CROWDING_SENSITIVITY * crowd) ** 2)
+                                        * level * level)
+
+
+def _solve(x, y, vx, vy, k, s, crowd, psi, m):
+    """Minimize ``sum psi (y - m x)^2 / V(m)`` (errors in both variables)."""
+
+    def cost(logm):
+        mm = np.exp(logm)
+        return float(np.sum(psi * (y - mm * x) ** 2 / _variance(mm, x, y, vx, vy, k, s, crowd)))
+
+    res = minimize_scalar(cost, bounds=(np.log(m) - 0.7, np.log(m) + 0.7), method="bounded",
+                          options={"xatol": 1e-7})
+    return float(np.exp(res.x))
+
+
+def _calibrate(r2, var_of, lo, hi):
+    """The parameter in [lo, hi] that brings median(r2 / var_of(p)) to that of a
+    chi-square with one degree of freedom (0.455); ``var_of`` grows with p."""
     target = 0.4549364
-    if len(resid) < 4:
-        return 0.0
-    r2 = resid**2
-
-    def med(s2):
-        return float(np.median(r2 / (var_phot + s2)))
-
-    if med(0.0) <= target:
-        return 0.0
-    lo, hi = 0.0, float(np.median(r2)) / target + 1e-12
-    for _ in range(60):
+    if len(r2) == 0 or np.median(r2 / var_of(lo)) <= target:
+        return lo
+    while np.median(r2 / var_of(hi)) > target and hi < 1e6:
+        hi *= 4
+    for _ in range(50):
         mid = 0.5 * (lo + hi)
-        if med(mid) > target:
+        if np.median(r2 / var_of(mid)) > target:
             lo = mid
         else:
             hi = mid
-    return float(np.sqrt(0.5 * (lo + hi)))
+    return 0.5 * (lo + hi)
 
 
-def _fit(l, var_phot, init):
-    s = 0.0
-    loc = init
-    for _ in range(3):
-        var = var_phot + s**2
-        loc, w = _biweight_location(l, var, loc)
-        s = _intrinsic_scatter(l - loc, var_phot)
-    var = var_phot + s**2
-    loc, w = _biweight_location(l, var, loc)
-    return loc, var, w, s
+def _noise_model(x, y, vx, vy, crowd, m):
+    """Error scale ``k >= 1`` (from the fainter half of the stars, whose errors
+    are photometric) and relative scatter ``s >= 0`` (from the brighter half)."""
+    if len(x) < 6:
+        return 1.0, 0.0
+    r2 = (y - m * x) ** 2
+    level2 = (0.5 * (m * x + y)) ** 2
+    phot = vy + m * m * vx + (CROWDING_SENSITIVITY * crowd) ** 2 * level2
+    order = np.argsort(level2 / phot)  # by signal to noise
+    faint, bright = order[: len(order) // 2], order[len(order) // 2:]
+    k = np.sqrt(_calibrate(r2[faint], lambda q: q * phot[faint], 1.0, 4.0))
+    s2 = _calibrate(r2[bright], lambda q: k * k * phot[bright] + q * level2[bright], 0.0, 1e-4)
+    return float(k), float(np.sqrt(s2))
+
+
+def _fit(x, y, vx, vy, crowd, m, n_iter=8):
+    """Robust (biweight) errors-in-variables fit through the origin."""
+    k, s = 1.0, 0.0
+    psi = np.ones(len(x))
+    for _ in range(n_iter):
+        m_old = m
+        m = _solve(x, y, vx, vy, k, s, crowd, psi, m)
+        k, s = _noise_model(x, y, vx, vy, crowd, m)
+        u = (y - m * x) / np.sqrt(_variance(m, x, y, vx, vy, k, s, crowd)) / BIWEIGHT_C
+        psi = np.where(np.abs(u) < 1, (1 - u**2) ** 2, 0.0)
+        if abs(m - m_old) <= 1e-9 * m:
+            break
+    var = _variance(m, x, y, vx, vy, k, s, crowd)
+    return m, var, psi, s
 
 
 def fit_scale(
@@ -115,6 +137,7 @@ def fit_scale(
     ref_err: np.ndarray | None = None,
     tgt_err: np.ndarray | None = None,
     *,
+    crowding: np.ndarray | None = None,
     flux_tolerance: float = 1.5,
     outlier_percent: float = 2.0,
     min_pairs_warn: int = 3,
@@ -127,8 +150,13 @@ def fit_scale(
         Aperture fluxes of the same stars; non-finite or non-positive pairs
         are ignored.
     ref_err, tgt_err : ndarray (n,), optional
-        Their photometric errors; without them every star counts the same
-        (plus the fitted scatter).
+        Their photometric errors (from the background noise); without them
+        every star has the same error, proportional to its flux.
+    crowding : ndarray (n,), optional
+        Flux of the detected neighbours near each star (aperture and ring)
+        relative to its own: adds ``(0.05 * crowding * flux)^2`` to its
+        variance. Neighbours whose light crosses the aperture or the ring edge
+        change the ratio with the seeing by a few percent of their flux.
     flux_tolerance : float
         Pairs with ``ratio`` outside ``[m0/tol, m0*tol]`` around the median
         ratio ``m0`` are dropped (NSG's star flux tolerance).
@@ -141,19 +169,28 @@ def fit_scale(
     Returns
     -------
     ChannelScale
+
+    Notes
+    -----
+    The fit minimizes ``sum psi_i (y_i - m x_i)^2 / V_i(m)`` with
+    ``V_i = k^2 (err_y^2 + m^2 err_x^2) + (s^2 + (0.05 crowding_i)^2) level_i^2``
+    (errors in both
+    variables; weights that do not depend on the noisy fluxes, apart from the
+    small scatter term, so the estimate is not pulled by noise) and ``psi``
+    Tukey biweights of the normalized residuals. ``k >= 1`` scales the
+    photometric errors so that the fainter half of the stars has the
+    median squared normalized residual of a chi-square with one degree of
+    freedom; ``s >= 0``, a relative scatter of the flux ratios (scintillation,
+    flat-field errors, PSF differences), does the same for the brighter half.
     """
     ref_flux = np.asarray(ref_flux, float)
     tgt_flux = np.asarray(tgt_flux, float)
     n_all = len(ref_flux)
     ok = np.isfinite(ref_flux) & np.isfinite(tgt_flux) & (ref_flux > 0) & (tgt_flux > 0)
-    rel_r = np.zeros(n_all)
-    rel_t = np.zeros(n_all)
-    if ref_err is not None:
-        rel_r = np.asarray(ref_err, float) / np.where(ref_flux > 0, ref_flux, np.inf)
-        ok &= np.isfinite(rel_r)
-    if tgt_err is not None:
-        rel_t = np.asarray(tgt_err, float) / np.where(tgt_flux > 0, tgt_flux, np.inf)
-        ok &= np.isfinite(rel_t)
+    no_errors = ref_err is None and tgt_err is None
+    vy = np.zeros(n_all) if ref_err is None else np.asarray(ref_err, float) ** 2
+    vx = np.zeros(n_all) if tgt_err is None else np.asarray(tgt_err, float) ** 2
+    ok &= np.isfinite(vx) & np.isfinite(vy)
     n_pairs = int(ok.sum())
     used = np.zeros(n_all, bool)
     warnings: list[str] = []
@@ -161,80 +198,37 @@ def fit_scale(
         return ChannelScale(float("nan"), float("nan"), 0, 0, 0.0, used,
                             ["no usable star pairs"])
     idx = np.flatnonzero(ok)
-    with np.errstate(divide="ignore"):
-        lr = np.log(ref_flux[idx] / tgt_flux[idx])
-    # second-order bias of a log ratio: E[log(Y(1+e))] = log Y - var/2
-    l = lr + 0.5 * rel_r[idx] ** 2 - 0.5 * rel_t[idx] ** 2
-    var_phot = np.maximum(rel_r[idx] ** 2 + rel_t[idx] ** 2, 1e-12)
-    if ref_err is None and tgt_err is None:
-        var_phot = np.full(len(idx), 1e-6)
-    m0 = float(np.median(l))
-    keep = np.abs(l - m0) <= np.log(flux_tolerance)
+    x, y = tgt_flux[idx], ref_flux[idx]
+    ratio = y / x
+    m0 = float(np.median(ratio))
+    if no_errors:  # relative errors of 1 %: every star counts alike
+        vy, vx = (0.01 * ref_flux) ** 2, (0.01 * tgt_flux) ** 2
+    vx, vy = np.maximum(vx[idx], 1e-30), np.maximum(vy[idx], 1e-30)
+    crowd = np.zeros(len(idx)) if crowding is None else np.nan_to_num(
+        np.asarray(crowding, float)[idx])
+    keep = (ratio >= m0 / flux_tolerance) & (ratio <= m0 * flux_tolerance)
     if keep.sum() == 0:
         keep[:] = True
         warnings.append("no pair within the flux tolerance of the median ratio; all pairs kept")
-    idx, l, var_phot = idx[keep], l[keep], var_phot[keep]
-    loc, var, w, s = _fit(l, var_phot, float(np.median(l)))
+    idx, x, y, vx, vy, crowd = (a[keep] for a in (idx, x, y, vx, vy, crowd))
+    m, var, psi, s = _fit(x, y, vx, vy, crowd, float(np.median(y / x)))
     n_remove = int(round(len(idx) * outlier_percent / 100.0))
     for _ in range(n_remove):
         if len(idx) <= 4:
             warnings.append("outlier removal stopped at 4 pairs")
             break
-        worst = int(np.argmax(np.abs(l - loc) / np.sqrt(var)))
-        idx, l, var_phot = np.delete(idx, worst), np.delete(l, worst), np.delete(var_phot, worst)
-        loc, var, w, s = _fit(l, var_phot, loc)
-    used[idx[w > 0]] = True
+        worst = int(np.argmax(np.abs(y - m * x) / np.sqrt(var)))
+        idx, x, y, vx, vy, crowd = (np.delete(a, worst) for a in (idx, x, y, vx, vy, crowd))
+        m, var, psi, s = _fit(x, y, vx, vy, crowd, m)
+    used[idx[psi > 0]] = True
     n_used = int(used.sum())
-    wsum = float(np.sum(w))
-    if n_used >= 2 and wsum > 0:
-        # standard error of a weighted mean, with the residual scatter as a check
-        err_stat = 1.0 / np.sqrt(wsum)
-        resid = l[w > 0] - loc
-        chi2 = float(np.sum(w[w > 0] * resid**2)) / max(n_used - 1, 1)
-        err_log = err_stat * np.sqrt(max(chi2, 1.0))
+    if n_used >= 2:
+        info = float(np.sum(psi * x * x / var))
+        u2 = psi * (y - m * x) ** 2 / var
+        chi2 = float(np.sum(u2[psi > 0])) / max(n_used - 1, 1)
+        error = float(np.sqrt(max(chi2, 1.0) / info)) if info > 0 else float("nan")
     else:
-        err_log = float("nan")
-    scale = float(np.exp(loc))
+        error = float("nan")
     if n_used < min_pairs_warn:
         warnings.append(f"only {n_used} star pair(s) measured: the scale is uncertain")
-    return ChannelScale(scale, scale * err_log, n_pairs, n_used, s, used, warnings)
-
-
-def growth_correction(
-    ref_small: np.ndarray,
-    tgt_small: np.ndarray,
-    ref_large: np.ndarray,
-    tgt_large: np.ndarray,
-    *,
-    min_stars: int = 5,
-) -> tuple[float, float, int]:
-    """Aperture correction of the scale from bright stars measured twice.
-
-    The flux ratio in a star's aperture depends on how much of the star the
-    aperture holds in each frame, which changes with the seeing. Measuring
-    the brightest stars again in a larger aperture gives, per star,
-    ``(ref_large/tgt_large) / (ref_small/tgt_small)``: the factor by which the
-    scale from the smaller apertures must be multiplied.
-
-    Parameters
-    ----------
-    ref_small, tgt_small, ref_large, tgt_large : ndarray (k,)
-        Fluxes of the same bright stars in the normal and the larger apertures.
-    min_stars : int
-        Fewer usable stars than this: no correction (factor 1).
-
-    Returns
-    -------
-    (factor, error, n_stars)
-        The median per-star factor, its standard error (1.25 x scatter / sqrt(n)),
-        and how many stars gave it.
-    """
-    with np.errstate(all="ignore"):
-        f = (np.asarray(ref_large) / np.asarray(tgt_large)) / (
-            np.asarray(ref_small) / np.asarray(tgt_small))
-    f = f[np.isfinite(f) & (f > 0)]
-    if len(f) < min_stars:
-        return 1.0, 0.0, int(len(f))
-    med = float(np.median(f))
-    mad = 1.4826 * float(np.median(np.abs(f - med)))
-    return med, 1.2533 * mad / np.sqrt(len(f)), int(len(f))
+    return ChannelScale(m, error, n_pairs, n_used, s, used, warnings)

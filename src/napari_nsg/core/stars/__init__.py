@@ -11,7 +11,7 @@ from .matching import (
     measure_stars_at,
     vote_offset,
 )
-from .photometry import Photometry, aperture_photometry
+from .photometry import Photometry, aperture_photometry, pair_photometry
 
 __all__ = [
     "OffsetEstimate",
@@ -19,6 +19,7 @@ __all__ = [
     "StarMatch",
     "StarTable",
     "aperture_photometry",
+    "pair_photometry",
     "detect_stars",
     "estimate_offset",
     "gate_pairs",
