@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_progress_flag, not_built
+import math
+import sys
+
+from ._common import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, add_progress_flag, error, \
+    existing_frames, warn
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -45,5 +49,76 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _parameters(args: argparse.Namespace):
+    from ..core.nsg import NsgParameterError, NsgParameters
+
+    size = str(args.sample_size).strip().lower()
+    if size == "auto":
+        sample_size = None
+    else:
+        try:
+            value = float(size)
+        except ValueError:
+            raise NsgParameterError(f"--sample-size must be a number of pixels or 'auto', "
+                                    f"got {args.sample_size!r}") from None
+        if not math.isfinite(value) or value != int(value):
+            raise NsgParameterError(f"--sample-size must be a whole number of pixels, got {size}")
+        sample_size = int(value)
+    names = {"smoothness": "--smoothness", "sample_size": "--sample-size",
+             "min_weight": "--min-weight", "min_transmission": "--min-transmission"}
+    try:
+        return NsgParameters(smoothness=args.smoothness, sample_size=sample_size,
+                             min_weight=args.min_weight, min_transmission=args.min_transmission)
+    except NsgParameterError as exc:
+        text = str(exc)
+        for key, flag in names.items():
+            if text.startswith(key + " "):
+                text = flag + text[len(key):]
+        raise NsgParameterError(text) from None
+
+
 def run(args: argparse.Namespace) -> int:
-    return not_built("normalize")
+    from ..core.nsg import NsgParameterError
+    from ..pipeline.normalize import normalize_frames
+    from ..pipeline.progress import TqdmProgress
+    from ..pipeline.report import format_table
+
+    try:
+        params = _parameters(args)
+    except NsgParameterError as exc:
+        error(str(exc))
+        return EXIT_BAD_INPUT
+    if args.workers < 1:
+        error(f"--workers must be at least 1, got {args.workers}")
+        return EXIT_BAD_INPUT
+    frames = existing_frames(args.frames)
+    if str(args.reference).lower() == "auto":
+        try:
+            from ..pipeline.rank import choose_reference
+        except ImportError:
+            error("--reference auto needs 'napari-nsg rank', which is not built in this "
+                  "version; give the reference frame")
+            return EXIT_BAD_INPUT
+        with TqdmProgress("ranking", disable=True if args.quiet else None) as bar:
+            reference = choose_reference(frames, debayer=args.debayer, params=params,
+                                         progress=bar)
+        print(f"reference (auto): {reference}", file=sys.stderr)
+    else:
+        reference = existing_frames([args.reference])[0]
+    with TqdmProgress("normalize", disable=True if args.quiet else None) as bar:
+        result = normalize_frames(
+            frames, reference, args.out, params,
+            gradient_images=args.gradient_images, overwrite=args.overwrite,
+            resume=args.resume, debayer=args.debayer, workers=args.workers,
+            scheduler=args.scheduler, progress=bar,
+        )
+    print(format_table(result.rows))
+    for row in result.failed:
+        error(f"{row.file}: {row.error}")
+    for row in result.rows:
+        for text in row.warnings:
+            warn(f"{row.file}: {text}")
+    n_ok = len(result.rows) - len(result.failed)
+    print(f"{n_ok} of {len(result.rows)} frame(s) normalized, {len(result.rejected)} rejected; "
+          f"report: {result.json_path}", file=sys.stderr)
+    return EXIT_SOME_FAILED if result.failed else EXIT_OK
