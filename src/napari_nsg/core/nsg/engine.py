@@ -361,6 +361,7 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
         if len(full) == 0:
             raise NsgError("no stars found in the frame")
     offset = (0.0, 0.0)
+    offset_found = True
     if p.max_offset > 0:
         est = estimate_offset(cands, full if full is not None else inten, p.max_offset,
                               fwhm=model.fwhm, threshold=p.detection_threshold)
@@ -372,6 +373,7 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
                                 "paired after removing the shift; the gradient model assumes "
                                 "none)")
         else:
+            offset_found = False
             warnings.append("could not find a whole-frame offset (too few bright stars agree); "
                             "assuming the frame is registered")
     if full is None:
@@ -392,6 +394,12 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
     if len(ri) == 0:
         raise NsgError("no star of the reference was found in the frame: cannot measure the "
                        "scale (clouds, a different field, or frames not registered?)")
+    if not offset_found and len(ri) < p.min_star_pairs:
+        # one or two stars near reference stars, and no three bright stars agreeing on a
+        # position: chance coincidences are as likely as real pairs
+        raise NsgError(f"only {len(ri)} star(s) near reference stars and no whole-frame offset "
+                       "that three bright stars agree on: cannot pair stars reliably (a "
+                       "different field, frames not registered, or clouds)")
     ref_s, tgt_s = cands.take(ri), tgt_stars.take(ti)
     tgt_fwhm = float(np.nanmedian(tgt_s.fwhm))
     seeing = max(model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else 0.0)
