@@ -18,13 +18,15 @@ TRANSMISSION = [0.85, 0.9, 0.8, 0.75, 1.0, 0.9, 0.5, 0.7]
 SKY = [900, 1000, 950, 1100, 800, 1000, 900, 1050]
 GRADIENT = [300, 220, 400, 250, 40, 350, 280, 320]
 BEST, CLOUDED = 4, 6
+# a field with enough measurable (unsaturated) stars for a precise photometric scale
+FIELD = dict(star_density=5e-3, n_bright=40, bright_flux_range=(1e3, 1.5e4))
 
 
 @pytest.fixture(scope="module")
 def sequence(tmp_path_factory):
     seq = simulate_sequence(
         len(TRANSMISSION), (400, 448), seed=7, reference=0, transmission=TRANSMISSION,
-        sky=SKY, gradient=GRADIENT, star_density=3e-3,
+        sky=SKY, gradient=GRADIENT, **FIELD,
     )
     folder = tmp_path_factory.mktemp("rank_seq")
     paths = seq.write(folder)
@@ -140,7 +142,7 @@ def test_blink_normalization_puts_frames_on_one_background(sequence, ranking):
 
 def test_rgb_sequence_ranks_per_channel(tmp_path):
     trans = [1.0, 0.6, 0.9]
-    seq = simulate_sequence(3, (320, 320), seed=3, channels=3, transmission=trans)
+    seq = simulate_sequence(3, (384, 384), seed=3, channels=3, transmission=trans, **FIELD)
     paths = seq.write(tmp_path)
     result = rank_frames(paths)
     assert result.reference == str(paths[0])
@@ -179,7 +181,7 @@ def test_choose_reference_is_the_top_ranked(sequence):
 
 def test_noise_keywords_choose_the_yardstick(tmp_path):
     seq = simulate_sequence(4, (300, 300), seed=11, transmission=[0.8, 1.0, 0.9, 0.7],
-                            noise_keywords=True)
+                            noise_keywords=True, **FIELD)
     paths = seq.write(tmp_path)
     result = rank_frames(paths)
     assert "NOISExx" in result.yardstick_reason
