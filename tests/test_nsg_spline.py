@@ -64,10 +64,13 @@ def test_upsampled_surface_matches_direct_evaluation():
     grid = CoarseGrid((H, W), step=10)
     full = evaluate_gradient(model, grid).full(0)
     assert full.shape == (H, W)
-    yy, xx = np.mgrid[0:H, 0:W]
-    exact = model(xx.ravel(), yy.ravel())[:, 0].reshape(H, W)
+    # every 3rd pixel, plus the edge rows and columns, evaluated exactly
+    ys = np.unique(np.r_[0:H:3, H - 1])
+    xs = np.unique(np.r_[0:W:3, W - 1])
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    exact = model(xx.ravel(), yy.ravel())[:, 0].reshape(yy.shape)
     span = np.ptp(exact)
-    err = np.abs(full - exact)
+    err = np.abs(full[np.ix_(ys, xs)] - exact)
     assert np.sqrt(np.mean(err**2)) < 0.002 * span
     assert err.max() < 0.02 * span
 

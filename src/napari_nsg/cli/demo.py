@@ -44,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         paths = write_sequence(frames_dir, args.frames, (args.size, args.size), seed=args.seed,
-                               nebula=True, border=0.04 * args.size, overwrite=args.overwrite)
+                               nebula=True, border=0.04 * args.size, overwrite=args.overwrite,
+                               star_density=5e-3, n_bright=max(10, args.size**2 // 6500),
+                               bright_flux_range=(1e3, 1.5e4))
     except OutputExistsError as exc:
         raise FrameError(exc.path, "demo data exists already (use --overwrite)") from None
     truth = read_truth(frames_dir)

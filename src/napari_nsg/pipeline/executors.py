@@ -19,6 +19,7 @@ from ..io import FrameError
 from .progress import CancelToken, Cancelled, check_cancel
 
 _WORKER_CONTEXT: Any = None
+SCHEDULER_TIMEOUT = "10s"  # to connect to a Dask scheduler
 
 
 def _init_worker(context) -> None:
@@ -106,7 +107,7 @@ def _dask(func, context, items, scheduler, cancel):
         raise FrameError(None, "--scheduler needs Dask distributed: "
                          "pip install 'napari-nsg[distributed]'") from None
     try:
-        client = Client(scheduler, timeout="10s")
+        client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
     except Exception as exc:  # OSError, TimeoutError, ValueError from distributed
         raise FrameError(None, f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
     try:

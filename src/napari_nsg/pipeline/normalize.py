@@ -8,9 +8,12 @@ against it, one frame in memory at a time per worker:
 
 A frame that fails (unreadable, wrong size or colour depth, no data, no star
 pairs...) gets its error in the report and the others go on. Outputs are
-written atomically; an existing output is kept (the frame fails with "output
-exists") unless ``overwrite``; ``resume`` skips frames whose outputs and
-report rows are complete. The JSON report is rewritten after every frame, so an
+written atomically. An existing output is never replaced without
+``overwrite``: if the report in the folder comes from a run with the same
+reference and parameters and the frame's row and outputs are complete, the row
+is kept (with a warning that says so); otherwise the frame fails with "output
+exists". ``resume`` skips frames whose outputs and report rows are complete
+and redoes the others of that run, replacing their partial outputs. The JSON report is rewritten after every frame, so an
 interrupted run can be resumed. Relative weight and transmission, and
 rejection by ``min_weight``/``min_transmission``, are computed once all frames
 are measured: rejected frames are still written, and flagged in the report.
@@ -263,7 +266,10 @@ def normalize_frames(
     gradient_images : bool
         Also write ``<stem>_gradient.fits`` and ``<stem>_curvature.fits``.
     overwrite : bool
-        Replace existing outputs (otherwise such frames fail with "output exists").
+        Redo every frame, replacing existing outputs. Without it an existing
+        output is kept: a complete frame of an earlier run with the same
+        reference and parameters keeps its report row, any other frame whose
+        output exists fails with "output exists".
     resume : bool
         Skip frames whose outputs and report rows from an earlier run with the
         same reference and parameters are complete.
@@ -320,22 +326,23 @@ def normalize_frames(
                              parameters=params.to_dict(), resolved=model.params.to_dict(),
                              gradient_images=gradient_images)
     rows: list[FrameRow | None] = [None] * total
-    old_rows: dict[str, dict] = {}
-    if resume:
-        old = read_report(out_dir)
-        if old is not None:
-            if (not _same_file(old.get("reference", ""), reference)
-                    or old.get("parameters") != result.to_dict()["parameters"]):
-                raise FrameError(result.json_path,
-                                 "was made with another reference or other parameters; "
-                                 "run without --resume (with --overwrite) to start again")
-            old_rows = {str(Path(r["file"]).resolve()): r for r in old.get("frames", [])}
+    old = read_report(out_dir)
+    compatible = old is not None and _same_file(old.get("reference", ""), reference) and \
+        old.get("parameters") == result.to_dict()["parameters"]
+    if resume and old is not None and not compatible:
+        raise FrameError(result.json_path, "was made with another reference or other parameters; "
+                         "run without --resume (with --overwrite) to start again")
+    old_rows = {str(Path(r["file"]).resolve()): r for r in old.get("frames", [])} \
+        if compatible else {}
     todo = []
     for i, f in enumerate(frames):
         prev = old_rows.get(str(f.resolve()))
-        if prev is not None and _complete(prev, gradient_images):
+        if prev is not None and _complete(prev, gradient_images) and not overwrite:
             rows[i] = FrameRow.from_dict(prev)
             rows[i].file = str(f)
+            if not resume:
+                rows[i].warnings = ["kept the output of an earlier run with the same reference "
+                                    "and parameters (use --overwrite to redo it)"]
             continue
         todo.append(i)
     job = NormalizeJob(model=model, reference=str(reference), out_dir=str(out_dir),
@@ -346,7 +353,7 @@ def normalize_frames(
     if done:
         report(progress, done, total, f"{done} frame(s) already done")
     items = [(str(frames[i]), _same_file(frames[i], reference),
-              overwrite or str(frames[i].resolve()) in old_rows) for i in todo]
+              overwrite or (resume and str(frames[i].resolve()) in old_rows)) for i in todo]
     try:
         for k, row in map_frames(process_frame, job, items, workers=workers,
                                  scheduler=scheduler, cancel=cancel):

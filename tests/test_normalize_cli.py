@@ -1,0 +1,257 @@
+"""``napari-nsg normalize`` and ``napari-nsg demo``: outputs, report, bad frames, resume, executors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import threading
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from napari_nsg.cli import main
+from napari_nsg.core.nsg import NsgParameters
+from napari_nsg.io import read_frame, write_frame
+from napari_nsg.pipeline.normalize import normalize_frames
+from napari_nsg.pipeline.progress import Cancelled
+from napari_nsg.pipeline.report import CSV_COLUMNS
+from napari_nsg.synthetic import read_truth, simulate_sequence
+
+FIELD = dict(star_density=5e-3, n_bright=30, bright_flux_range=(1e3, 1.5e4))
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory):
+    """Five 320 x 320 mono frames with truth, written to disk."""
+    folder = tmp_path_factory.mktemp("frames")
+    seq = simulate_sequence(5, (320, 320), seed=2, transmission=[1.0, 0.9, 0.8, 0.55, 0.95],
+                            border=12, **FIELD)
+    paths = seq.write(folder)
+    return paths, read_truth(folder)
+
+
+def run_cli(*args) -> int:
+    return main(["normalize", *map(str, args), "--quiet"])
+
+
+def test_outputs_keywords_and_report(frames, tmp_path, capsys):
+    paths, truth = frames
+    out = tmp_path / "nsg"
+    assert run_cli(*paths, "--reference", paths[0], "--out", out, "--gradient-images") == 0
+    printed = capsys.readouterr().out
+    assert "frame_003.fits" in printed and "rejected" in printed
+    report = json.loads((out / "nsg_results.json").read_text())
+    rows = report["frames"]
+    assert [r["file"] for r in rows] == [str(p) for p in paths]
+    with open(out / "nsg_results.csv", newline="") as fh:
+        table = list(csv.reader(fh))
+    assert tuple(table[0]) == CSV_COLUMNS
+    assert len(table) == len(paths) + 1
+    for k, (path, row) in enumerate(zip(paths, rows)):
+        true_scale = truth["frames"][k]["scale"][0]
+        assert row["scale"][0] == pytest.approx(true_scale, rel=0.01)
+        assert row["transmission"][0] == pytest.approx(1 / row["scale"][0])
+        assert row["is_reference"] == (k == 0)
+        assert row["error"] is None
+        assert row["exposure"] == 60.0 and row["filter"] == "L"
+        assert row["n_samples"] > 50 and row["n_star_pairs"][0] >= 3
+        out_file = out / f"{path.stem}_nsg.fits"
+        assert row["output"] == str(out_file)
+        header = fits.getheader(out_file)
+        assert header["NSGREF"] == paths[0].name
+        assert header["NSGS0"] == pytest.approx(row["transmission"][0], rel=1e-4)
+        assert header["NSGSNR0"] == pytest.approx(row["snr"][0], rel=1e-4)
+        assert header["NWEIGHT"] == pytest.approx(row["weight"], rel=1e-4)
+        assert header["EXPTIME"] == 60.0  # the input header is kept
+        assert any("smoothness" in str(h) for h in header["HISTORY"])
+        data = read_frame(out_file).data
+        src = read_frame(path).data
+        assert data.dtype == np.float32 and data.shape == src.shape
+        assert np.all((data == 0) == (src == 0))  # no-data stays no-data
+        for kind in ("gradient", "curvature"):
+            assert (out / f"{path.stem}_{kind}.fits").exists()
+    # the reference: scale 1, weight 1, its own pixels
+    assert rows[0]["scale"] == [1.0] and rows[0]["weight"] == 1.0
+    np.testing.assert_array_equal(read_frame(out / "frame_000_nsg.fits").data,
+                                  read_frame(paths[0]).data)
+    # rejection after all frames: the clouded frame 3 (T = 0.55), still written
+    assert rows[3]["rejected"] and "transmission" in rows[3]["reject_reason"]
+    assert not any(r["rejected"] for i, r in enumerate(rows) if i != 3)
+    assert report["per_exposure"] is True
+    assert max(r["relative_weight"] for r in rows) == pytest.approx(1.0)
+
+
+@pytest.fixture()
+def bad_set(frames, tmp_path):
+    """Good frames plus one of each kind of bad frame."""
+    paths, _ = frames
+    ref = read_frame(paths[0])
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    d = ref.data
+    bad = {
+        "small.fits": d[:200, :200],
+        "colour.fits": np.stack([d, d, d]),
+        "zeros.fits": np.zeros_like(d),
+        "nostars.fits": np.random.default_rng(0).normal(1000, 10, d.shape).astype(np.float32),
+    }
+    nan = read_frame(paths[1]).data.copy()
+    nan[:, 24:] = np.nan  # a NaN block over all but a 24 px strip
+    bad["nanblock.fits"] = nan
+    bad_paths = {}
+    for name, data in bad.items():
+        bad_paths[name] = write_frame(folder / name, data, ref.header)
+    holes = read_frame(paths[2]).data.copy()
+    holes[100:140, 60:200] = np.nan  # a NaN block in a frame that is still usable
+    bad_paths["holes.fits"] = write_frame(folder / "holes.fits", holes, ref.header)
+    (folder / "notfits.fits").write_text("hello")
+    bad_paths["notfits.fits"] = folder / "notfits.fits"
+    return paths, bad_paths
+
+
+def test_bad_frames_are_reported_and_the_good_ones_written(bad_set, tmp_path, capsys):
+    paths, bad = bad_set
+    out = tmp_path / "nsg"
+    inputs = [paths[0], bad["small.fits"], paths[1], bad["colour.fits"], bad["zeros.fits"],
+              bad["nostars.fits"], bad["nanblock.fits"], bad["holes.fits"], bad["notfits.fits"],
+              paths[2]]
+    assert run_cli(*inputs, "--reference", paths[0], "--out", out) == 1
+    err = capsys.readouterr().err
+    rows = {r["file"]: r for r in json.loads((out / "nsg_results.json").read_text())["frames"]}
+    expect = {
+        "small.fits": "image size differs from the reference",
+        "colour.fits": "colour depth differs from the reference",
+        "zeros.fits": "no data",
+        "nostars.fits": "no star of the reference was found",
+        "nanblock.fits": "star",
+        "notfits.fits": "not a FITS file",
+    }
+    for name, text in expect.items():
+        row = rows[str(bad[name])]
+        assert row["error"], name
+        assert text in row["error"], (name, row["error"])
+        assert row["output"] is None
+        assert not (out / f"{name[:-5]}_nsg.fits").exists()
+        assert str(bad[name]) in err  # the CLI names the file
+    assert "Traceback" not in err
+    for p in (paths[0], paths[1], paths[2], bad["holes.fits"]):
+        assert rows[str(p)]["error"] is None
+        assert (out / f"{p.stem}_nsg.fits").exists()
+    holes = read_frame(out / "holes_nsg.fits").data
+    assert np.all(holes[100:140, 60:200] == 0) and np.isfinite(holes).all()
+
+
+def test_existing_outputs_overwrite_and_resume(frames, tmp_path, capsys):
+    paths, _ = frames
+    out = tmp_path / "nsg"
+    assert run_cli(*paths[:3], "--reference", paths[0], "--out", out) == 0
+    first = (out / "frame_001_nsg.fits").stat().st_mtime_ns
+    # again without --overwrite: the outputs and their report rows are kept
+    assert run_cli(*paths[:3], "--reference", paths[0], "--out", out) == 0
+    assert "kept the output of an earlier run" in capsys.readouterr().err
+    assert (out / "frame_001_nsg.fits").stat().st_mtime_ns == first
+    # another reference: the existing outputs are not replaced, those frames fail
+    assert run_cli(*paths[:3], "--reference", paths[1], "--out", out) == 1
+    assert "output exists" in capsys.readouterr().err
+    assert (out / "frame_001_nsg.fits").stat().st_mtime_ns == first
+    assert run_cli(*paths[:3], "--reference", paths[0], "--out", out, "--overwrite") == 0
+    first = (out / "frame_001_nsg.fits").stat().st_mtime_ns
+    # --resume: the complete frames are skipped, the new one is done
+    assert run_cli(*paths[:4], "--reference", paths[0], "--out", out, "--resume") == 0
+    assert (out / "frame_001_nsg.fits").stat().st_mtime_ns == first
+    rows = json.loads((out / "nsg_results.json").read_text())["frames"]
+    assert len(rows) == 4 and all(r["error"] is None for r in rows)
+    # an output that disappeared is redone on resume
+    (out / "frame_002_nsg.fits").unlink()
+    assert run_cli(*paths[:4], "--reference", paths[0], "--out", out, "--resume") == 0
+    assert (out / "frame_002_nsg.fits").exists()
+    # --resume with other parameters is refused (exit 2), --overwrite redoes everything
+    assert run_cli(*paths[:4], "--reference", paths[0], "--out", out, "--resume",
+                   "--smoothness", "1") == 2
+    assert "other parameters" in capsys.readouterr().err
+    assert run_cli(*paths[:4], "--reference", paths[0], "--out", out, "--overwrite") == 0
+    assert (out / "frame_001_nsg.fits").stat().st_mtime_ns != first
+    assert not list(out.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--smoothness", "5"], "--smoothness must be in -4.0..4.0"),
+    (["--sample-size", "1"], "--sample-size must be in 2..150"),
+    (["--sample-size", "big"], "--sample-size must be a number"),
+    (["--min-weight", "0.95"], "--min-weight"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_bad_arguments_exit_2(frames, tmp_path, capsys, args, text):
+    paths, _ = frames
+    assert run_cli(*paths[:2], "--reference", paths[0], "--out", tmp_path / "o", *args) == 2
+    assert text in capsys.readouterr().err
+
+
+def test_unusable_reference_and_missing_files_exit_2(frames, tmp_path, capsys):
+    paths, _ = frames
+    empty = write_frame(tmp_path / "empty.fits", np.zeros((320, 320), np.float32))
+    assert run_cli(*paths[:2], "--reference", empty, "--out", tmp_path / "o") == 2
+    assert "empty.fits" in capsys.readouterr().err
+    assert run_cli(tmp_path / "nope.fits", "--reference", paths[0], "--out", tmp_path / "o") == 2
+    assert "nope.fits: file not found" in capsys.readouterr().err
+
+
+def test_workers_and_dask_give_the_same_results(frames, tmp_path):
+    paths, _ = frames
+    params = NsgParameters()
+    local = normalize_frames(paths, paths[0], tmp_path / "a", params)
+    pool = normalize_frames(paths, paths[0], tmp_path / "b", params, workers=2)
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster:
+        dask = normalize_frames(paths, paths[0], tmp_path / "c", params,
+                                scheduler=cluster.scheduler_address)
+    for other in (pool, dask):
+        assert [r.scale for r in other.rows] == [r.scale for r in local.rows]
+        assert [r.weight for r in other.rows] == [r.weight for r in local.rows]
+    a = read_frame(tmp_path / "a" / "frame_002_nsg.fits").data
+    for d in ("b", "c"):
+        np.testing.assert_array_equal(read_frame(tmp_path / d / "frame_002_nsg.fits").data, a)
+
+
+def test_progress_and_cancel(frames, tmp_path):
+    paths, _ = frames
+    seen = []
+    normalize_frames(paths, paths[0], tmp_path / "p",
+                     progress=lambda done, total, msg: seen.append((done, total)))
+    assert seen[-1] == (len(paths), len(paths))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+    cancel = threading.Event()
+
+    def stop_after_two(done, total, msg):
+        if done >= 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        normalize_frames(paths, paths[0], tmp_path / "q", progress=stop_after_two, cancel=cancel)
+    written = sorted(p.name for p in (tmp_path / "q").glob("*_nsg.fits"))
+    assert written == ["frame_000_nsg.fits", "frame_001_nsg.fits"]
+    rows = json.loads((tmp_path / "q" / "nsg_results.json").read_text())["frames"]
+    assert len(rows) == 2  # resumable
+    assert not list((tmp_path / "q").glob(".*partial*"))
+
+
+def test_scheduler_unreachable_is_a_clear_error(frames, tmp_path, capsys, monkeypatch):
+    paths, _ = frames
+    pytest.importorskip("distributed")
+    monkeypatch.setattr("napari_nsg.pipeline.executors.SCHEDULER_TIMEOUT", "1s")
+    assert run_cli(*paths[:2], "--reference", paths[0], "--out", tmp_path / "o",
+                   "--scheduler", "tcp://127.0.0.1:1") == 2
+    assert "cannot reach the Dask scheduler" in capsys.readouterr().err
+
+
+def test_demo_runs_and_matches_truth(tmp_path, capsys):
+    assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "256"]) == 0
+    out = capsys.readouterr().out
+    assert "true scale" in out and "scale error vs truth" in out
+    truth = read_truth(tmp_path / "demo" / "frames")
+    rows = json.loads((tmp_path / "demo" / "nsg" / "nsg_results.json").read_text())["frames"]
+    for t, r in zip(truth["frames"], rows):
+        assert r["scale"][0] == pytest.approx(t["scale"][0], rel=0.02)
+    assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "256"]) == 2
