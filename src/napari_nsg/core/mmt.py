@@ -38,6 +38,7 @@ from .star_removal import fill_masked
 from .stars import no_data_mask
 
 __all__ = [
+    "BORDERS",
     "MMTDecomposition",
     "MMTSizeError",
     "check_mmt_size",
@@ -248,6 +249,44 @@ def _layer_reference(c: np.ndarray, j: int) -> np.ndarray:
     return _pcl_large_median(c, n)
 
 
+BORDERS = ("mirror", "linear")
+
+
+def _edge_values(band: np.ndarray) -> np.ndarray:
+    """Value at column 0 of each row of ``band`` (rows along an image edge, columns inward).
+
+    Rows are median-smoothed along the edge (9 px), a straight line is fitted
+    across the band per row and its intercept smoothed (Gaussian, 4 px).
+    """
+    b = band.shape[1]
+    v = ndimage.median_filter(band.astype(np.float64), size=(9, 1), mode="nearest")
+    x = np.arange(b, dtype=np.float64)
+    xm = x.mean()
+    slope = ((v - v.mean(axis=1, keepdims=True)) * (x - xm)).sum(axis=1) / np.sum((x - xm) ** 2)
+    edge = v.mean(axis=1) - slope * xm
+    return ndimage.gaussian_filter1d(edge, 4.0, mode="nearest")
+
+
+def _pad_columns(img: np.ndarray, p: int) -> np.ndarray:
+    """Extend left and right by ``p`` columns, point-reflected about the edge values."""
+    band = min(16, img.shape[1])
+    left = _edge_values(img[:, :band])
+    right = _edge_values(img[:, ::-1][:, :band])
+    lpad = 2 * left[:, None] - img[:, p:0:-1]
+    rpad = 2 * right[:, None] - img[:, -2 : -p - 2 : -1]
+    return np.hstack([lpad, img, rpad]).astype(np.float32)
+
+
+def _pad_linear(img: np.ndarray, p: int) -> np.ndarray:
+    """Point-reflection padding: a linear gradient continues unchanged into the pad."""
+    out = _pad_columns(img, p)
+    return np.ascontiguousarray(_pad_columns(np.ascontiguousarray(out.T), p).T)
+
+
+def _pad_width(shape: tuple[int, int], n_layers: int) -> int:
+    return int(max(1, min(2**n_layers, shape[0] - 2, shape[1] - 2)))
+
+
 def _prepared(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 copy with no-data filled, and the no-data mask (None if there is none)."""
     img = np.ascontiguousarray(image, dtype=np.float32)
@@ -268,18 +307,27 @@ def _per_channel(image: np.ndarray, func) -> np.ndarray:
     raise ValueError(f"expected a (y, x) or (c, y, x) image, got shape {arr.shape}")
 
 
-def _residual_2d(image: np.ndarray, n_layers: int, layer) -> np.ndarray:
+def _residual_2d(image: np.ndarray, n_layers: int, layer, border: str = "mirror") -> np.ndarray:
     check_mmt_size(image.shape, n_layers)
+    if border not in BORDERS:
+        raise ValueError(f"unknown border {border!r}; use one of {BORDERS}")
     c, bad = _prepared(image)
+    p = 0
+    if border == "linear":
+        p = _pad_width(c.shape, n_layers)
+        c = _pad_linear(c, p)
     for j in range(1, n_layers + 1):
         c = layer(c, j)
+    if p:
+        c = np.ascontiguousarray(c[p:-p, p:-p])
     if bad is not None:
         c = c.copy() if not c.flags.writeable else c
         c[bad] = np.asarray(image, dtype=np.float32)[bad]
     return c.astype(np.float32, copy=False)
 
 
-def mmt_residual(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7) -> np.ndarray:
+def mmt_residual(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7,
+                 border: str = "mirror") -> np.ndarray:
     """Large-scale residual ``c_J`` of the multiscale median transform (fast hybrid).
 
     Equivalent to PixInsight's MultiscaleMedianTransform with the first
@@ -295,6 +343,13 @@ def mmt_residual(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7) -
         First layer computed with PCL's exact scheme (decimation by n/9,
         two-way 9x9 median, Keys upsampling); finer layers use the fast
         approximations. ``exact_from=1`` gives the reference for windows > 9.
+    border : {"mirror", "linear"}
+        ``"mirror"`` (PixInsight): the medians see the image mirrored at its
+        edges, which flattens a gradient within about a window of the edges.
+        ``"linear"``: the image is first extended by ``2**n_layers`` pixels
+        (at most its size) by point reflection about smoothed edge values, so a
+        linear gradient runs on unchanged and the large scales follow it up to
+        the edges (MSGR's default). Costs the extra area.
 
     Returns
     -------
@@ -307,18 +362,20 @@ def mmt_residual(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7) -
         If the shorter side is below ``2**n_layers`` pixels.
     """
     return _per_channel(
-        image, lambda ch: _residual_2d(ch, n_layers, lambda c, j: _layer_fast(c, j, exact_from))
+        image,
+        lambda ch: _residual_2d(ch, n_layers, lambda c, j: _layer_fast(c, j, exact_from), border),
     )
 
 
-def mmt_residual_reference(image: np.ndarray, n_layers: int = 8) -> np.ndarray:
+def mmt_residual_reference(image: np.ndarray, n_layers: int = 8, *,
+                           border: str = "mirror") -> np.ndarray:
     """Slow, straightforward PCL port of the MMT residual (for checking :func:`mmt_residual`).
 
     Two-way structures at full resolution for windows 3, 5 and 9
     (``scipy.ndimage.median_filter``), PCL's decimated scheme for larger windows.
     About 3 s per Mpx; use it on small images.
     """
-    return _per_channel(image, lambda ch: _residual_2d(ch, n_layers, _layer_reference))
+    return _per_channel(image, lambda ch: _residual_2d(ch, n_layers, _layer_reference, border))
 
 
 @dataclass

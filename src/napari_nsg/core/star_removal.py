@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 import sep
 
-from .stars import StarTable, detect_stars, no_data_mask
+from .stars import StarTable, detect_stars, intensity, no_data_mask
 
-__all__ = ["StarRemoval", "fill_masked", "remove_stars", "star_mask"]
+__all__ = ["StarRemoval", "detect_star_mask", "fill_masked", "remove_stars", "saturated_stars", "saturation_level", "star_like", "star_mask"]
 
 
 def fill_masked(image: np.ndarray, mask: np.ndarray, *, min_weight: float = 0.5) -> np.ndarray:
@@ -136,6 +136,75 @@ def star_mask(
     return mask
 
 
+def saturation_level(image: np.ndarray) -> float | None:
+    """90 % of the maximum when the image's brightest pixels form plateaus, else None.
+
+    A clipped star has a flat top: at least 5 pixels within 2 % of the maximum.
+    """
+    finite = np.asarray(image)[np.isfinite(image)]
+    if finite.size == 0:
+        return None
+    top = float(finite.max())
+    if top <= 0 or np.count_nonzero(finite >= 0.98 * top) < 5:
+        return None
+    return 0.9 * top
+
+
+def saturated_stars(stars: StarTable, *, tolerance: float = 0.05, min_count: int = 3) -> np.ndarray:
+    """Stars whose peak sits on the image's clipping level.
+
+    Clipped stars share (nearly) the same raw peak: when at least ``min_count``
+    stars peak within ``tolerance`` of the highest raw peak, all stars above
+    ``1 - 2 * tolerance`` of it are flagged. Works on resampled images too, where
+    interpolation overshoot hides the plateau from :func:`saturation_level`.
+    """
+    peaks = np.asarray(stars.raw_peak, float)
+    flags = np.asarray(stars.saturated, bool).copy()
+    if len(peaks) == 0:
+        return flags
+    top = peaks.max()
+    if top > 0 and np.count_nonzero(peaks >= (1 - tolerance) * top) >= min_count:
+        flags |= peaks >= (1 - 2 * tolerance) * top
+    return flags
+
+
+def star_like(stars: StarTable, *, max_spread: float = 4.0) -> np.ndarray:
+    """True for detections shaped like stars, False for extended objects (nebula knots).
+
+    A star's isophotal flux over its peak is about the PSF's effective area,
+    the same for all unsaturated stars; an extended object has a much larger
+    ratio. Kept: ratio <= ``max_spread`` times the median ratio, or saturated
+    (:func:`saturated_stars`).
+    """
+    if len(stars) == 0:
+        return np.zeros(0, bool)
+    ratio = np.asarray(stars.flux, float) / np.maximum(np.asarray(stars.peak, float), 1e-30)
+    unsat = ~saturated_stars(stars)
+    ref = np.median(ratio[unsat]) if unsat.any() else np.median(ratio)
+    return (ratio <= max_spread * ref) | ~unsat
+
+
+def _detect_to_the_edges(lum: np.ndarray, threshold: float, max_stars: int | None,
+                         pad: int = 24, background_size: int = 64) -> StarTable:
+    """Detect stars including those cut by the frame edge (the detector drops those).
+
+    The image is mirrored by ``pad`` pixels on each side, so an edge star and its
+    mirror image form one object centred near the edge; detections whose centre
+    falls in the padding (mirror images) are dropped.
+    """
+    h, w = lum.shape
+    pad = int(min(pad, h - 1, w - 1))
+    work = cv2.copyMakeBorder(np.ascontiguousarray(lum, np.float32), pad, pad, pad, pad,
+                              cv2.BORDER_REFLECT)
+    stars = detect_stars(work, threshold=threshold, min_area=5, max_stars=None, edge=0,
+                         saturation=saturation_level(lum), background_size=background_size)
+    stars.x -= pad
+    stars.y -= pad
+    inside = (stars.x >= -0.5) & (stars.y >= -0.5) & (stars.x <= w - 0.5) & (stars.y <= h - 0.5)
+    stars = stars.take(inside)
+    return stars if max_stars is None else stars.take(slice(0, max_stars))
+
+
 @dataclass
 class StarRemoval:
     """Result of :func:`remove_stars`.
@@ -158,25 +227,55 @@ class StarRemoval:
     masked_fraction: float
 
 
+def detect_star_mask(
+    image: np.ndarray,
+    *,
+    threshold: float = 3.0,
+    growth: float = 3.0,
+    flux_growth: float = 0.5,
+    max_stars: int | None = 50_000,
+    background_size: int = 64,
+) -> tuple[np.ndarray, StarTable]:
+    """Detect the stars of an image (to its edges, star-like objects only) and mask them.
+
+    ``background_size`` is the detector's background mesh (px): it must be
+    larger than the biggest stars, or they melt into the background (use
+    ``64 * scale_ratio`` for a wide image resampled onto a narrow grid).
+    Returns ``(mask, stars)``; see :func:`star_mask` and :func:`star_like`.
+    """
+    lum = intensity(np.asarray(image, dtype=np.float32))
+    stars = _detect_to_the_edges(lum, threshold, max_stars, background_size=background_size)
+    stars = stars.take(star_like(stars))
+    mask = star_mask(lum.shape, stars, growth=growth, flux_growth=flux_growth)
+    return mask & ~no_data_mask(lum), stars
+
+
 def remove_stars(
     image: np.ndarray,
     *,
     threshold: float = 3.0,
     stars: StarTable | None = None,
+    mask: np.ndarray | None = None,
     growth: float = 3.0,
     flux_growth: float = 0.5,
     max_stars: int | None = 50_000,
 ) -> StarRemoval:
-    """Mask the stars of a 2-D image and fill them from their surroundings.
+    """Mask the stars of an image and fill them from their surroundings.
 
     Parameters
     ----------
-    image : ndarray, (y, x)
+    image : ndarray, (y, x) or (c, y, x)
         Linear image in its own units; 0/NaN/inf are no data and stay so.
+        Colour: stars are detected on the mean of the channels and the same
+        mask fills every channel.
     threshold : float
         Detection threshold in sigma (ignored when ``stars`` is given).
     stars : StarTable, optional
-        Stars already detected on this image.
+        Stars already detected on this image (else: sep at ``threshold`` sigma on
+        a 32-px background mesh, keeping star-like detections, see :func:`star_like`).
+    mask : ndarray of bool, optional
+        The pixels to replace, given directly (e.g. the union of two images'
+        star masks, so that both are filled over the same regions).
     growth, flux_growth : float
         Mask size, see :func:`star_mask`.
     max_stars : int, optional
@@ -187,15 +286,26 @@ def remove_stars(
     StarRemoval
     """
     img = np.asarray(image, dtype=np.float32)
-    if img.ndim != 2:
-        raise ValueError(f"remove_stars needs a 2-D image, got shape {img.shape}")
-    bad = no_data_mask(img)
-    if stars is None:
-        stars = detect_stars(img, threshold=threshold, min_area=5, max_stars=max_stars)
-    mask = star_mask(img.shape, stars, growth=growth, flux_growth=flux_growth) & ~bad
-    filled = fill_masked(img, mask | bad)
-    if bad.any():
-        filled[bad] = img[bad]
+    if img.ndim not in (2, 3):
+        raise ValueError(f"remove_stars needs a (y, x) or (c, y, x) image, got shape {img.shape}")
+    lum = intensity(img)
+    bad = no_data_mask(lum)
+    if mask is not None:
+        mask = np.asarray(mask, bool) & ~bad
+        stars = StarTable.empty() if stars is None else stars
+    elif stars is None:
+        mask, stars = detect_star_mask(img, threshold=threshold, growth=growth,
+                                       flux_growth=flux_growth, max_stars=max_stars)
+    else:
+        mask = star_mask(lum.shape, stars, growth=growth, flux_growth=flux_growth) & ~bad
+    planes = img[None] if img.ndim == 2 else img
+    out = []
+    for plane in planes:
+        plane_bad = no_data_mask(plane)
+        filled = fill_masked(plane, mask | plane_bad)
+        filled[plane_bad] = plane[plane_bad]
+        out.append(filled)
+    filled = out[0] if img.ndim == 2 else np.stack(out)
     n_valid = max(1, int((~bad).sum()))
     return StarRemoval(image=filled, mask=mask, stars=stars,
                        masked_fraction=float(mask.sum()) / n_valid)

@@ -1,0 +1,479 @@
+"""Multiscale Gradient Removal (MSGR): the steps, and the whole recipe.
+
+The narrow-field image ``N`` is corrected with a wide-field image ``W`` of the
+same sky (nightphotons' adaptation of Vicent Peris' method)::
+
+    1. W_reg = register W onto N's pixel grid             (register_wide_to_narrow)
+    2. optionally replace the stars of both by a smooth fill (remove_stars)
+    3. N_L = MMT residual of N, W_L = MMT residual of W_reg, first L layers removed
+    4. a, b = LinearFit of W_L onto N_L; W_Lf = a + b W_L   (fit_wide_to_narrow)
+    5. model:  multiplicative  M = N_L * med(W_Lf) / W_Lf
+               additive        D = N_L - W_Lf
+       then the MMT residual of the model with L + 1 layers removed (gradient_model)
+    6. result: multiplicative  N * med(M) / M
+               additive        N - (D - med(D))            (apply_gradient_model)
+
+Each step is a public function returning arrays or dataclasses (the napari
+widget shows each as a layer); :func:`msgr` runs them all. Colour images are
+processed per channel (registration is solved once, on the mean of the
+channels). No-data pixels (0, NaN, inf) of the narrow image stay no-data in the
+result; parts of the narrow image that the wide one does not cover get a model
+extrapolated from the covered part (the MMT fills no-data smoothly) and a
+warning.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .linear_fit import DEFAULT_FIT_METHOD, LinearFitResult, linear_fit
+from .mmt import check_mmt_size, mmt_residual
+from .registration import DEFAULT_SCALE_RANGE, Registration, register_wide_to_narrow
+from .star_removal import detect_star_mask, remove_stars
+from .stars import intensity, no_data_mask
+
+__all__ = [
+    "MODES",
+    "GradientModel",
+    "MsgrError",
+    "MsgrResult",
+    "apply_gradient_model",
+    "check_msgr_size",
+    "fit_wide_to_narrow",
+    "gradient_model",
+    "large_scales",
+    "msgr",
+    "remove_stars_both",
+]
+
+MODES = ("multiplicative", "additive")
+
+Progress = Callable[[int, int, str], None]
+
+
+class MsgrError(ValueError):
+    """The inputs cannot go through MSGR (sizes, signs, shapes)."""
+
+
+def _planes(image: np.ndarray) -> np.ndarray:
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim == 2:
+        return arr[None]
+    if arr.ndim == 3:
+        return arr
+    raise MsgrError(f"expected a (y, x) or (c, y, x) image, got shape {arr.shape}")
+
+
+def _layout(planes: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return planes[0] if np.ndim(like) == 2 else planes
+
+
+def _valid(a: np.ndarray) -> np.ndarray:
+    return ~no_data_mask(a)
+
+
+def _median(a: np.ndarray) -> float:
+    v = a[_valid(a)]
+    if v.size == 0:
+        raise MsgrError("no valid pixel")
+    return float(np.median(v))
+
+
+def check_msgr_size(shape: tuple[int, ...], n_layers: int) -> None:
+    """Raise :class:`MsgrError` if the narrow image is too small for ``n_layers`` (+1 for the model)."""
+    try:
+        check_mmt_size(shape, n_layers + 1)
+    except ValueError as exc:
+        raise MsgrError(f"{exc} (MSGR removes --layers + 1 layers from the model)") from None
+
+
+def remove_stars_both(narrow: np.ndarray, wide_registered: np.ndarray,
+                      scale_ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Replace the stars of both images by a smooth fill over the *same* mask (step 2).
+
+    The mask is the union of the stars detected in the narrow image and in the
+    registered wide one (where they are ``scale_ratio`` times larger). Filling
+    both over identical regions from identical surroundings makes the fills'
+    own errors cancel in the ratio (or difference) of step 5.
+    """
+    mask_n, _ = detect_star_mask(narrow)
+    mesh = int(min(64 * max(1.0, scale_ratio), max(64, min(np.shape(narrow)[-2:]) // 3)))
+    mask_w, _ = detect_star_mask(wide_registered, background_size=mesh)
+    mask = mask_n | mask_w
+    return remove_stars(narrow, mask=mask).image, remove_stars(wide_registered, mask=mask).image
+
+
+def large_scales(image: np.ndarray, n_layers: int = 8, *, border: str = "linear") -> np.ndarray:
+    """The image without its first ``n_layers`` multiscale median layers (step 3), per channel.
+
+    ``border="linear"`` (default) extends the image linearly before the
+    transform so gradients keep their slope up to the edges; ``"mirror"`` is
+    PixInsight's behaviour (see :func:`napari_nsg.core.mmt.mmt_residual`).
+    """
+    return mmt_residual(image, n_layers, border=border)
+
+
+def fit_wide_to_narrow(
+    narrow_large: np.ndarray,
+    wide_large: np.ndarray,
+    *,
+    method: str = DEFAULT_FIT_METHOD,
+    range_narrow: list[float] | None = None,
+    range_wide: list[float] | None = None,
+    reject_low: float = 0.0,
+    reject_high: float = 0.92,
+) -> list[LinearFitResult]:
+    """LinearFit of the wide large scales onto the narrow ones, per channel (step 4).
+
+    Parameters
+    ----------
+    narrow_large, wide_large : ndarray, (y, x) or (c, y, x)
+        MMT residuals of the narrow and the registered wide image. A mono wide
+        image is fitted to every channel of a colour narrow one.
+    method : {"robust", "pixinsight"}
+        See :mod:`napari_nsg.core.linear_fit`.
+    range_narrow, range_wide : list of float, optional
+        Per channel data range for the rejection limits (MSGR passes the maximum
+        of the images before the MMT).
+    reject_low, reject_high : float
+        PixInsight's limits, as fractions of the range.
+
+    Returns
+    -------
+    list of LinearFitResult
+        One per channel: ``narrow_large ~ a + b * wide_large``.
+    """
+    n = _planes(narrow_large)
+    w = _planes(wide_large)
+    fits = []
+    for c in range(len(n)):
+        wc = w[c if len(w) > 1 else 0]
+        fits.append(linear_fit(
+            wc, n[c], method=method, reject_low=reject_low, reject_high=reject_high,
+            range_target=None if range_wide is None else range_wide[c if len(w) > 1 else 0],
+            range_reference=None if range_narrow is None else range_narrow[c]))
+    return fits
+
+
+@dataclass
+class GradientModel:
+    """The smoothed gradient model of step 5.
+
+    Attributes
+    ----------
+    model : ndarray
+        ``M`` (multiplicative: the narrow large scales over the fitted wide
+        ones, times a constant) or ``D`` (additive: their difference, ADU),
+        after the MMT with ``n_layers`` layers removed; ``(y, x)`` or ``(c, y, x)``.
+    mode : str
+    n_layers : int
+        Layers removed from the model (``--layers`` + 1).
+    reference : list of float
+        Per channel ``med(model)``: the level the correction keeps.
+    """
+
+    model: np.ndarray
+    mode: str
+    n_layers: int
+    reference: list[float]
+
+    def correction_range(self) -> list[tuple[float, float]]:
+        """Per channel (min, max) of the correction applied.
+
+        Multiplicative: of the factor ``med(M) / M``; additive: of the offset
+        subtracted, ``D - med(D)``, in ADU.
+        """
+        out = []
+        for plane, ref in zip(_planes(self.model), self.reference):
+            v = plane[_valid(plane)]
+            if v.size == 0:
+                out.append((float("nan"), float("nan")))
+                continue
+            if self.mode == "multiplicative":
+                f = ref / v
+                out.append((float(f.min()), float(f.max())))
+            else:
+                out.append((float(v.min() - ref), float(v.max() - ref)))
+        return out
+
+
+def gradient_model(
+    narrow_large: np.ndarray,
+    wide_large: np.ndarray,
+    fits: list[LinearFitResult],
+    n_layers: int = 8,
+    mode: str = "multiplicative",
+    *,
+    border: str = "linear",
+) -> GradientModel:
+    """Build and smooth the gradient model (step 5).
+
+    Parameters
+    ----------
+    narrow_large, wide_large : ndarray
+        The large scales (step 3); a mono ``wide_large`` serves every channel.
+    fits : list of LinearFitResult
+        One per narrow channel (step 4).
+    n_layers : int
+        The layers removed in step 3; the model loses one more.
+    mode : {"multiplicative", "additive"}
+    border : {"linear", "mirror"}
+        Border handling of the model's MMT (see :func:`large_scales`).
+
+    Returns
+    -------
+    GradientModel
+
+    Raises
+    ------
+    MsgrError
+        Multiplicative mode on large scales that are not positive (sky-subtracted
+        data): use the additive mode.
+    """
+    if mode not in MODES:
+        raise MsgrError(f"unknown mode {mode!r}; use one of {MODES}")
+    n = _planes(narrow_large)
+    w = _planes(wide_large)
+    models = []
+    for c in range(len(n)):
+        nc = n[c]
+        wf = fits[c].apply(w[c if len(w) > 1 else 0])
+        ok = _valid(nc) & np.isfinite(wf)
+        if mode == "multiplicative":
+            med_n = float(np.median(nc[ok])) if ok.any() else 0.0
+            med_w = float(np.median(wf[ok])) if ok.any() else 0.0
+            low = (np.count_nonzero(nc[ok] <= 0) + np.count_nonzero(wf[ok] <= 0)) / max(1, ok.sum())
+            if med_n <= 0 or med_w <= 0 or low > 0.01:
+                raise MsgrError(
+                    "the large scales are not positive (narrow median "
+                    f"{med_n:.4g}, fitted wide median {med_w:.4g}; {100 * low:.1f}% of pixels <= 0): "
+                    "the images look sky-subtracted; use the additive mode")
+            eps = 1e-6 * med_w
+            ok &= wf > eps
+            m = np.full(nc.shape, np.nan, np.float32)
+            m[ok] = nc[ok] * np.float32(med_w) / wf[ok]
+        else:
+            m = np.full(nc.shape, np.nan, np.float32)
+            m[ok] = nc[ok] - wf[ok]
+            # MMT no-data is 0/NaN: an exact 0 of a difference is data, nudge it
+            zero = ok & (m == 0)
+            m[zero] = np.float32(1e-30)
+        models.append(mmt_residual(m, n_layers + 1, border=border))
+    planes = np.stack(models)
+    refs = [_median(p) for p in planes]
+    return GradientModel(model=_layout(planes, narrow_large), mode=mode, n_layers=n_layers + 1,
+                         reference=refs)
+
+
+def apply_gradient_model(target: np.ndarray, model: GradientModel) -> np.ndarray:
+    """Remove the model from the original narrow image (step 6).
+
+    Multiplicative: ``T * med(M) / M``; additive: ``T - (D - med(D))``.
+    No-data pixels of ``target`` are kept as they are.
+    """
+    t = _planes(target)
+    m = _planes(model.model)
+    out = np.empty_like(t)
+    for c in range(len(t)):
+        mc = m[c if len(m) > 1 else 0]
+        ref = np.float32(model.reference[c if len(m) > 1 else 0])
+        if model.mode == "multiplicative":
+            with np.errstate(divide="ignore", invalid="ignore"):
+                res = t[c] * ref / mc
+        else:
+            res = t[c] - (mc - ref)
+        bad = no_data_mask(t[c]) | ~np.isfinite(res)
+        res[bad] = t[c][bad]
+        out[c] = res
+    return _layout(out, target)
+
+
+@dataclass
+class MsgrResult:
+    """Everything :func:`msgr` produced.
+
+    Attributes
+    ----------
+    corrected : ndarray
+        The narrow image with the gradient removed (float32, the narrow's shape).
+    model : GradientModel
+        The smoothed model that was removed.
+    registration : Registration
+        The wide image on the narrow grid and the geometry.
+    fits : list of LinearFitResult
+        Per channel wide -> narrow fit.
+    narrow_large, wide_large : ndarray
+        The large scales of step 3 (after star removal if asked).
+    n_layers, mode, fit_method, stars_removed
+        The parameters used.
+    timings : dict
+        Seconds per step.
+    warnings : list of str
+    """
+
+    corrected: np.ndarray
+    model: GradientModel
+    registration: Registration
+    fits: list[LinearFitResult]
+    narrow_large: np.ndarray
+    wide_large: np.ndarray
+    n_layers: int
+    mode: str
+    fit_method: str
+    stars_removed: bool
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """The parameters and numbers, JSON-ready."""
+        return {
+            "layers": self.n_layers,
+            "mode": self.mode,
+            "fit_method": self.fit_method,
+            "stars_removed": self.stars_removed,
+            "registration": self.registration.summary(),
+            "fits": [{"a": f.a, "b": f.b, "adev": f.adev, "fraction_used": f.fraction_used}
+                     for f in self.fits],
+            "correction_range": [list(r) for r in self.model.correction_range()],
+            "timings": dict(self.timings),
+            "warnings": list(self.warnings),
+        }
+
+
+def _data_max(planes: np.ndarray) -> list[float]:
+    out = []
+    for p in planes:
+        v = p[np.isfinite(p)]
+        out.append(float(v.max()) if v.size else 0.0)
+    return out
+
+
+def msgr(
+    narrow: np.ndarray,
+    wide: np.ndarray,
+    *,
+    n_layers: int = 8,
+    mode: str = "multiplicative",
+    fit_method: str = DEFAULT_FIT_METHOD,
+    remove_stars_first: bool = False,
+    scale_hint: float | None = None,
+    scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
+    registration: Registration | None = None,
+    interpolation: str = "cubic",
+    min_coverage: float = 0.5,
+    border: str = "linear",
+    progress: Progress | None = None,
+) -> MsgrResult:
+    """Multiscale Gradient Removal of ``narrow`` with ``wide`` (all steps).
+
+    Parameters
+    ----------
+    narrow : ndarray, (y, x) or (c, y, x)
+        The narrow-field image to correct (linear, its own units).
+    wide : ndarray, (y, x) or (c, y, x)
+        The wide-field image of the same sky (any size; pixels 1.5-6x larger).
+    n_layers : int
+        Multiscale median layers removed (default 8: scales above ~256 px kept).
+    mode : {"multiplicative", "additive"}
+        How the model is removed (default multiplicative, as the nightphotons guide).
+    fit_method : {"robust", "pixinsight"}
+        LinearFit variant (default robust; see docs/msgr.md).
+    remove_stars_first : bool
+        Replace stars by a smooth fill in both images before the MMT.
+    scale_hint : float, optional
+        Expected scale ratio (narrow px per wide px), e.g. from the headers.
+    scale_range : (float, float)
+        Scale ratios accepted by the registration.
+    registration : Registration, optional
+        A registration already made (with ``registered`` set); skips step 1.
+    interpolation : {"cubic", "lanczos", "linear"}
+        Resampling of the wide image.
+    min_coverage : float
+        Fewest fraction of the narrow image the wide one must cover.
+    border : {"linear", "mirror"}
+        Border handling of the three MMTs: ``"linear"`` (default) keeps
+        gradients right up to the edges; ``"mirror"`` is PixInsight's.
+    progress : callable, optional
+        ``progress(done, total, message)``, called between steps (a callback
+        may raise to cancel).
+
+    Returns
+    -------
+    MsgrResult
+
+    Raises
+    ------
+    MsgrError
+        Narrow image too small for the layers, bad mode, non-positive large
+        scales in multiplicative mode, channel mismatch.
+    napari_nsg.core.registration.RegistrationError
+        The wide image cannot be registered (too few stars, no overlap, ratio
+        outside ``scale_range``).
+    napari_nsg.core.linear_fit.LinearFitError
+        Too few pixels for the fit.
+    """
+    if mode not in MODES:
+        raise MsgrError(f"unknown mode {mode!r}; use one of {MODES}")
+    n_planes = _planes(narrow)
+    w_in = _planes(wide)
+    if len(n_planes) == 1 and len(w_in) > 1:
+        wide = intensity(wide)
+    elif len(w_in) > 1 and len(w_in) != len(n_planes):
+        raise MsgrError(f"the narrow image has {len(n_planes)} channels and the wide {len(w_in)}")
+    check_msgr_size(n_planes.shape, n_layers)
+    total = 7
+    timings: dict = {}
+    warnings: list = []
+
+    def step(k, message):
+        if progress is not None:
+            progress(k, total, message)
+
+    t0 = time.perf_counter()
+    if registration is None or registration.registered is None:
+        step(0, "registering the wide image")
+        registration = register_wide_to_narrow(
+            narrow, wide, scale_hint=scale_hint, scale_range=scale_range,
+            interpolation=interpolation, min_coverage=min_coverage)
+    timings["register"] = time.perf_counter() - t0
+    warnings.extend(registration.warnings)
+    w_reg = registration.registered
+
+    t0 = time.perf_counter()
+    n0, w0 = narrow, w_reg
+    if remove_stars_first:
+        step(1, "removing stars")
+        n0, w0 = remove_stars_both(narrow, w_reg, registration.scale_ratio)
+    timings["remove_stars"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    step(2, "large scales (narrow)")
+    n_large = large_scales(n0, n_layers, border=border)
+    step(3, "large scales (wide)")
+    w_large = large_scales(w0, n_layers, border=border)
+    timings["mmt"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    step(4, "fitting the wide to the narrow")
+    fits = fit_wide_to_narrow(n_large, w_large, method=fit_method,
+                              range_narrow=_data_max(n_planes), range_wide=_data_max(_planes(w_reg)))
+    timings["fit"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    step(5, "gradient model")
+    model = gradient_model(n_large, w_large, fits, n_layers, mode, border=border)
+    timings["model"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    step(6, "removing the gradient")
+    corrected = apply_gradient_model(narrow, model)
+    timings["apply"] = time.perf_counter() - t0
+    step(7, "done")
+    return MsgrResult(corrected=corrected, model=model, registration=registration, fits=fits,
+                      narrow_large=n_large, wide_large=w_large, n_layers=n_layers, mode=mode,
+                      fit_method=fit_method, stars_removed=remove_stars_first, timings=timings,
+                      warnings=warnings)

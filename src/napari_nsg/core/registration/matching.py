@@ -1,0 +1,346 @@
+"""Star-pattern matching across a scale ratio, a rotation, a flip and a much larger wide field.
+
+astroalign-style triangle invariants fail when the wide frame covers many times
+the narrow one (its brightest stars are mostly outside the narrow footprint).
+Here the wide star list is searched in windows about the size of the narrow
+footprint, for each scale level of the range asked:
+
+1. Triangles of the narrow image's brightest stars, described by the side
+   ratios ``(L1/L3, L2/L3)`` (scale, rotation and mirror invariant), their
+   longest side ``L3`` and their orientation (the sign that a mirror flips).
+2. For each window of the wide star list (side ~1.4x the footprint's diagonal,
+   half overlapping), triangles of its brightest stars; candidate pairs are
+   triangles whose invariants agree within ``tol`` and whose size ratio fits
+   the scale level (a box query in a k-d tree).
+3. Each candidate pair gives a similarity (scale, angle, parity, shift). The
+   hypotheses vote in a 5-D histogram; the best bins are verified by mapping
+   every narrow star into the wide frame and counting the wide stars found
+   within 1.5 px; a solution must be unlikely by chance (Poisson tail < 1e-7
+   given the local density of wide stars in the predicted footprint).
+4. The search stops at the first convincing solution (tail < 1e-15).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+from scipy.stats import poisson
+
+from .transforms import Similarity, fit_similarity
+
+__all__ = ["MatchResult", "match_similarity", "scale_levels"]
+
+
+@dataclass
+class MatchResult:
+    """A similarity narrow -> wide found by :func:`match_similarity`.
+
+    Attributes
+    ----------
+    similarity : Similarity
+        Maps narrow pixel positions to wide pixel positions.
+    narrow_index, wide_index : ndarray of int
+        Indices (into the star lists given) of the verified pairs.
+    expected_random : float
+        Pairs expected by chance with the verification tolerance.
+    windows_tried : int
+        Windows searched before the solution was accepted.
+    """
+
+    similarity: Similarity
+    narrow_index: np.ndarray
+    wide_index: np.ndarray
+    expected_random: float
+    windows_tried: int
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.narrow_index)
+
+    @property
+    def scale_ratio(self) -> float:
+        return 1.0 / self.similarity.scale
+
+
+@dataclass
+class _Triangles:
+    verts: np.ndarray  # (T, 3) star indices, vertex opposite the shortest side first
+    inv: np.ndarray  # (T, 2) L1/L3, L2/L3
+    size: np.ndarray  # (T,) L3
+    orient: np.ndarray  # (T,) +1 / -1
+
+    def __len__(self) -> int:
+        return len(self.size)
+
+
+_COMBOS: dict[int, np.ndarray] = {}
+
+
+def _combinations(n: int) -> np.ndarray:
+    if n not in _COMBOS:
+        _COMBOS[n] = np.array(list(itertools.combinations(range(n), 3)), dtype=np.int32).reshape(-1, 3)
+    return _COMBOS[n]
+
+
+def _triangles(xy: np.ndarray, gap: float, min_size: float) -> _Triangles:
+    n = len(xy)
+    if n < 3:
+        return _Triangles(np.zeros((0, 3), int), np.zeros((0, 2)), np.zeros(0), np.zeros(0))
+    comb = _combinations(n)
+    p = xy[comb]
+    opp = np.stack(
+        [np.hypot(*(p[:, 1] - p[:, 2]).T), np.hypot(*(p[:, 2] - p[:, 0]).T),
+         np.hypot(*(p[:, 0] - p[:, 1]).T)], axis=1)
+    order = np.argsort(opp, axis=1)
+    sides = np.take_along_axis(opp, order, axis=1)
+    verts = np.take_along_axis(comb, order, axis=1)
+    l1, l2, l3 = sides.T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r1, r2 = l1 / l3, l2 / l3
+    good = (l3 >= min_size) & (r1 > 0.1) & ((l2 - l1) / l3 > gap) & ((l3 - l2) / l3 > gap)
+    verts, r1, r2, l3 = verts[good], r1[good], r2[good], l3[good]
+    a, b, c = xy[verts[:, 0]], xy[verts[:, 1]], xy[verts[:, 2]]
+    cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    return _Triangles(verts, np.column_stack([r1, r2]), l3, np.sign(cross))
+
+
+def scale_levels(scale_range: tuple[float, float], band: float = 1.3) -> list[tuple[float, float]]:
+    """Split ``scale_range`` into sub-ranges at most ``band**2`` wide (searched one by one)."""
+    lo, hi = scale_range
+    levels = []
+    step = band * band
+    a = lo
+    while a < hi * 0.999:
+        b = min(hi, a * step)
+        levels.append((a, b))
+        a = b
+    return levels or [(lo, hi)]
+
+
+def _windows(wide_shape, side: float):
+    h, w = wide_shape
+    out = []
+    sx, sy = min(side, w), min(side, h)
+    xs = np.arange(0, max(1.0, w - sx) + 1e-9, max(1.0, sx / 2))
+    ys = np.arange(0, max(1.0, h - sy) + 1e-9, max(1.0, sy / 2))
+    if xs[-1] + sx < w:
+        xs = np.append(xs, w - sx)
+    if ys[-1] + sy < h:
+        ys = np.append(ys, h - sy)
+    for y0 in ys:
+        for x0 in xs:
+            out.append((x0, y0, x0 + sx, y0 + sy))
+    return out
+
+
+class _Verifier:
+    """Counts the narrow stars that land on a wide star under a similarity."""
+
+    def __init__(self, narrow_xy, narrow_shape, wide_xy, wide_shape, tol):
+        self.narrow = narrow_xy
+        self.wide = wide_xy
+        self.tree = cKDTree(wide_xy)
+        self.tol = tol
+        self.wide_shape = wide_shape
+        self.narrow_shape = narrow_shape
+
+    def __call__(self, sim: Similarity):
+        pred = sim(self.narrow)
+        h, w = self.wide_shape
+        inside = (pred[:, 0] > -0.5) & (pred[:, 1] > -0.5) & (pred[:, 0] < w - 0.5) & (pred[:, 1] < h - 0.5)
+        d, j = self.tree.query(pred, distance_upper_bound=self.tol)
+        ok = np.isfinite(d) & inside
+        ni, wj, dd = np.nonzero(ok)[0], j[ok], d[ok]
+        # one narrow star per wide star: keep the closest
+        order = np.argsort(dd)
+        _, first = np.unique(wj[order], return_index=True)
+        keep = order[first]
+        # chance matches: the local density of wide stars in the predicted footprint
+        hn, wn = self.narrow_shape
+        back = _inverse(sim)(self.wide)
+        in_foot = ((back[:, 0] > -0.5) & (back[:, 1] > -0.5) & (back[:, 0] < wn - 0.5)
+                   & (back[:, 1] < hn - 0.5)).sum()
+        area = hn * wn * sim.scale**2
+        expected = inside.sum() * max(in_foot, 1) / max(area, 1.0) * np.pi * self.tol**2
+        return ni[keep], wj[keep], float(expected)
+
+
+def _inverse(sim: Similarity) -> Similarity:
+    """The inverse similarity (wide -> narrow)."""
+    a = sim.complex_factor
+    t = complex(sim.tx, sim.ty)
+    # w = a m(z) + t  =>  m(z) = (w - t) / a ; m = conj for a flip
+    inv = 1.0 / a
+    if sim.flip:
+        # z = conj((w - t)/a) = conj(inv) conj(w) - conj(inv t)
+        c = np.conj(inv)
+        off = -np.conj(inv * t)
+        return Similarity(float(abs(c)), float(np.angle(c)), True, float(off.real), float(off.imag))
+    off = -inv * t
+    return Similarity(float(abs(inv)), float(np.angle(inv)), False, float(off.real), float(off.imag))
+
+
+def _tail(k: int, lam: float) -> float:
+    """P(X >= k) for X ~ Poisson(lam)."""
+    return float(poisson.sf(k - 1, max(lam, 1e-12)))
+
+
+def _accept(n: int, expected: float, min_pairs: int) -> bool:
+    return n >= min_pairs and _tail(n, expected) < 1e-7
+
+
+def _hypotheses(tn: _Triangles, nz: np.ndarray, tw: _Triangles, wz: np.ndarray, pairs, allow_flip):
+    i, j = pairs
+    zn = nz[tn.verts[i]]
+    zw = wz[tw.verts[j]]
+    flip = tn.orient[i] != tw.orient[j]
+    if not allow_flip:
+        zn, zw, flip, i, j = zn[~flip], zw[~flip], flip[~flip], i[~flip], j[~flip]
+    zn = np.where(flip[:, None], np.conj(zn), zn)
+    mn, mw = zn.mean(axis=1), zw.mean(axis=1)
+    dn, dw = zn - mn[:, None], zw - mw[:, None]
+    a = np.sum(dw * np.conj(dn), axis=1) / np.maximum(np.sum(np.abs(dn) ** 2, axis=1), 1e-300)
+    b = mw - a * mn
+    return a, b, flip
+
+
+def match_similarity(
+    narrow_xy: np.ndarray,
+    wide_xy: np.ndarray,
+    narrow_shape: tuple[int, int],
+    wide_shape: tuple[int, int],
+    *,
+    scale_range: tuple[float, float] = (1.5, 6.0),
+    allow_flip: bool = True,
+    n_narrow: int = 30,
+    max_wide_per_window: int = 70,
+    tol: float = 0.01,
+    verify_tol: float = 1.5,
+    n_verify: int = 400,
+    min_pairs: int = 6,
+) -> MatchResult | None:
+    """Find the similarity narrow -> wide from star positions alone.
+
+    Parameters
+    ----------
+    narrow_xy, wide_xy : ndarray, (n, 2)
+        Star positions, brightest first.
+    narrow_shape, wide_shape : (int, int)
+        Image sizes ``(height, width)``.
+    scale_range : (float, float)
+        Scale ratios searched: narrow pixels per wide pixel.
+    allow_flip : bool
+        Also try mirrored solutions.
+    n_narrow : int
+        Brightest narrow stars used for triangles.
+    max_wide_per_window : int
+        Brightest wide stars of a window used for triangles.
+    tol : float
+        Tolerance on the triangle side ratios.
+    verify_tol : float
+        Wide pixels within which a mapped narrow star must fall on a wide star.
+    n_verify : int
+        Brightest narrow stars mapped for verification.
+    min_pairs : int
+        Fewest verified pairs for a solution.
+
+    Returns
+    -------
+    MatchResult or None
+        None when no window gives a convincing solution.
+    """
+    narrow_xy = np.asarray(narrow_xy, float)
+    wide_xy = np.asarray(wide_xy, float)
+    hn, wn = narrow_shape
+    centre = complex((wn - 1) / 2.0, (hn - 1) / 2.0)
+    nz_all = narrow_xy[:, 0] + 1j * narrow_xy[:, 1] - centre
+    nz = nz_all[:n_narrow]
+    diag_n = float(np.hypot(hn, wn))
+    tn = _triangles(np.column_stack([nz.real, nz.imag]), gap=tol, min_size=0.05 * diag_n)
+    if len(tn) == 0:
+        return None
+    verifier = _Verifier(narrow_xy[:n_verify], narrow_shape, wide_xy, wide_shape, verify_tol)
+    wz_all = wide_xy[:, 0] + 1j * wide_xy[:, 1]
+    tried = 0
+    best: MatchResult | None = None
+    for s_lo, s_hi in scale_levels(scale_range):
+        s_mid = np.sqrt(s_lo * s_hi)
+        half = np.log(s_hi / s_lo) / 2 + 0.05
+        k = tol / half
+        foot_diag = diag_n / s_mid
+        side = 1.4 * foot_diag
+        q = np.column_stack([tn.inv, (np.log(tn.size) - np.log(s_mid)) * k])
+        qtree = cKDTree(q)
+        bin_shift = max(3.0, 0.04 * foot_diag)
+        for x0, y0, x1, y1 in _windows(wide_shape, side):
+            tried += 1
+            inside = np.nonzero((wide_xy[:, 0] >= x0) & (wide_xy[:, 0] < x1)
+                                & (wide_xy[:, 1] >= y0) & (wide_xy[:, 1] < y1))[0]
+            if len(inside) < 3:
+                continue
+            sel = inside[:max_wide_per_window]
+            wz = wz_all[sel]
+            tw = _triangles(np.column_stack([wz.real, wz.imag]), gap=tol,
+                            min_size=0.05 * diag_n / s_hi)
+            if len(tw) == 0:
+                continue
+            wtree = cKDTree(np.column_stack([tw.inv, np.log(tw.size) * k]))
+            sdm = qtree.sparse_distance_matrix(wtree, tol, p=np.inf, output_type="ndarray")
+            if len(sdm) == 0:
+                continue
+            a, b, flip = _hypotheses(tn, nz, tw, wz, (sdm["i"], sdm["j"]), allow_flip)
+            ratio = 1.0 / np.abs(a)
+            ok = (ratio >= max(scale_range[0], s_lo) * 0.97) & (ratio <= min(scale_range[1], s_hi) * 1.03)
+            if not ok.any():
+                continue
+            a, b, flip = a[ok], b[ok], flip[ok]
+            keys = np.column_stack([
+                flip.astype(np.int64),
+                np.floor(np.log(np.abs(a)) / 0.02).astype(np.int64),
+                np.floor(np.angle(a) / np.radians(1.5)).astype(np.int64),
+                np.floor(b.real / bin_shift).astype(np.int64),
+                np.floor(b.imag / bin_shift).astype(np.int64),
+            ])
+            keys -= keys.min(axis=0)
+            flat = np.ravel_multi_index(keys.T, tuple(keys.max(axis=0) + 1))
+            uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+            for u in np.argsort(-counts)[:5]:
+                if counts[u] < 3:
+                    break
+                m = inverse == u
+                am = complex(np.median(a[m].real), np.median(a[m].imag))
+                bm = complex(np.median(b[m].real), np.median(b[m].imag))
+                fl = bool(flip[m][0])
+                c = np.conj(centre) if fl else centre
+                sim = Similarity(abs(am), float(np.angle(am)), fl,
+                                 *(lambda z: (z.real, z.imag))(bm - am * c))
+                result = _verify_and_refit(sim, verifier, narrow_xy, wide_xy, min_pairs, tried)
+                if result is None:
+                    continue
+                if best is None or result.n_pairs > best.n_pairs:
+                    best = result
+            if best is not None and _convincing(best, min_pairs):
+                return best
+    return best
+
+
+def _verify_and_refit(sim, verifier, narrow_xy, wide_xy, min_pairs, tried):
+    ni, wj, expected = verifier(sim)
+    if not _accept(len(ni), expected, min_pairs):
+        return None
+    for _ in range(2):
+        refit = fit_similarity(narrow_xy[ni], wide_xy[wj], sim.flip)
+        ni2, wj2, expected2 = verifier(refit)
+        if len(ni2) < len(ni):
+            break
+        sim, ni, wj, expected = refit, ni2, wj2, expected2
+    if not _accept(len(ni), expected, min_pairs):
+        return None
+    return MatchResult(sim, ni, wj, expected, tried)
+
+
+def _convincing(result: MatchResult, min_pairs: int) -> bool:
+    return result.n_pairs >= min_pairs and _tail(result.n_pairs, result.expected_random) < 1e-15
