@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_progress_flag, not_built
+from ._common import add_progress_flag
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -32,5 +32,50 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _format_summary(run) -> list[str]:
+    res = run.result
+    reg = res.registration
+    lines = [
+        f"registration: scale ratio {reg.scale_ratio:.4f} (narrow px per wide px), rotation "
+        f"{reg.rotation_deg:.3f} deg, {'mirrored, ' if reg.flip else ''}residual "
+        f"{reg.residual_px:.3f} px over {reg.n_pairs} stars, coverage "
+        f"{100 * (reg.coverage_fraction or 0):.1f}%"
+        + (f" (headers: {run.scale_hint:.4f})" if run.scale_hint else ""),
+    ]
+    for c, fit in enumerate(res.fits):
+        label = f" ch {c}" if len(res.fits) > 1 else ""
+        lines.append(f"linear fit ({res.fit_method}){label}: narrow = {fit.a:.6g} + "
+                     f"{fit.b:.6g} x wide ({100 * fit.fraction_used:.1f}% of pixels used)")
+    for c, (lo, hi) in enumerate(res.model.correction_range()):
+        label = f" ch {c}" if len(res.fits) > 1 else ""
+        if res.mode == "multiplicative":
+            lines.append(f"gradient model ({res.n_layers}+1 layers, multiplicative){label}: "
+                         f"factor {lo:.4f} .. {hi:.4f}")
+        else:
+            lines.append(f"gradient model ({res.n_layers}+1 layers, additive){label}: "
+                         f"{lo:+.6g} .. {hi:+.6g}")
+    for kind, path in run.outputs.items():
+        lines.append(f"wrote {kind}: {path}")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
-    return not_built("msgr")
+    from ..pipeline.msgr import run_msgr
+    from ..pipeline.progress import TqdmProgress
+    from ._common import EXIT_BAD_INPUT, EXIT_OK, error, existing_frames, warn
+
+    if args.layers < 1:
+        error(f"--layers must be at least 1, got {args.layers}")
+        return EXIT_BAD_INPUT
+    narrow, wide = existing_frames([args.narrow, args.wide])
+    with TqdmProgress("msgr", disable=True if args.quiet else None) as bar:
+        result = run_msgr(
+            narrow, wide, args.out, layers=args.layers, mode=args.mode,
+            remove_stars=args.remove_stars, save_model=args.save_model,
+            save_registered=args.save_registered, overwrite=args.overwrite, progress=bar,
+        )
+    for line in _format_summary(result):
+        print(line)
+    for text in result.warnings:
+        warn(text)
+    return EXIT_OK

@@ -15,7 +15,7 @@ footprint, for each scale level of the range asked:
 3. Each candidate pair gives a similarity (scale, angle, parity, shift). The
    hypotheses vote in a 5-D histogram; the best bins are verified by mapping
    every narrow star into the wide frame and counting the wide stars found
-   within 1.5 px; a solution must be unlikely by chance (Poisson tail < 1e-7
+   within 1.5 px; a solution must be unlikely by chance (Poisson tail < 1e-12
    given the local density of wide stars in the predicted footprint).
 4. The search stops at the first convincing solution (tail < 1e-15).
 """
@@ -188,8 +188,15 @@ def _tail(k: int, lam: float) -> float:
     return float(poisson.sf(k - 1, max(lam, 1e-12)))
 
 
+#: Chance probability below which a verified solution is accepted. Thousands of
+#: hypotheses are verified (windows x scale levels x vote bins, each refitted to
+#: its best count), so a per-hypothesis 1e-7 let a different sky through; 1e-12
+#: means e.g. 8 pairs where 0.15 are expected by chance.
+ACCEPT_TAIL = 1e-12
+
+
 def _accept(n: int, expected: float, min_pairs: int) -> bool:
-    return n >= min_pairs and _tail(n, expected) < 1e-7
+    return n >= min_pairs and _tail(n, expected) < ACCEPT_TAIL
 
 
 def _hypotheses(tn: _Triangles, nz: np.ndarray, tw: _Triangles, wz: np.ndarray, pairs, allow_flip):

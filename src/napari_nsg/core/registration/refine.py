@@ -3,10 +3,12 @@
 1. Every narrow star is mapped into the wide frame and paired with the wide star
    nearest to it (one to one) within a tolerance that starts at a few wide
    pixels and tightens to ``5 x 1.4826 x MAD`` of the residuals (not below 1 px).
-2. A homography (plus a stiff thin-plate spline once there are 20 pairs) is
+2. A projective model (homography from 30 pairs, affine from 12, else a
+   similarity), plus a stiff thin-plate spline once there are 20 pairs, is
    fitted to the pairs and the pairing repeated with it until no pair is added:
    the pairs grow outward from where the similarity was right, so distortion
-   of several pixels is followed. Pairs beyond 3 sigma are then dropped.
+   of several pixels is followed. Pairs beyond 4 robust sigma (MAD) are then
+   dropped.
 3. Star positions of the pairs are refined with Gaussian-windowed centroids
    (SExtractor's XWIN scheme), which are several times more precise than
    isophotal barycentres.
@@ -22,7 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .transforms import DistortionSpline, WideTransform, apply_homography, fit_homography
+from .transforms import (
+    HOMOGRAPHY_MIN_PAIRS,
+    DistortionSpline,
+    WideTransform,
+    apply_homography,
+    fit_projective,
+)
 
 __all__ = ["RefinedModel", "pair_stars", "refine_model", "windowed_centroids"]
 
@@ -103,7 +111,7 @@ class RefinedModel:
     residual_wide : ndarray, (n, 2)
         ``transform(narrow_xy) - wide_xy`` in wide pixels.
     homography_rms : float
-        RMS residual (wide px) of the homography alone.
+        RMS residual (wide px) of the projective model alone.
     distortion_cv_rms, homography_cv_rms : float or None
         Held-out RMS (wide px) with and without the spline.
     """
@@ -162,7 +170,7 @@ def _choose_spline(nxy, wxy, h, origin, norm, rng, smoothings, folds=5):
     err_s = {s: [] for s in smoothings}
     for f in range(folds):
         tr, te = fold != f, fold == f
-        hf = fit_homography(nxy[tr], wxy[tr])
+        hf = fit_projective(nxy[tr], wxy[tr])
         res_tr = wxy[tr] - apply_homography(hf, nxy[tr])
         base = apply_homography(hf, nxy[te])
         err_h.append(np.sum((wxy[te] - base) ** 2))
@@ -211,7 +219,7 @@ def refine_model(
         ``(height, width)`` of the narrow image (coordinate normalisation).
     exclude : ndarray of bool, optional
         Per narrow star: pair it but keep it out of the final fits (e.g. saturated
-        in either image), as long as enough other pairs remain.
+        in either image), as long as enough other pairs remain for a homography.
     tol : float
         First pairing tolerance in wide pixels.
     distortion : bool
@@ -236,6 +244,7 @@ def refine_model(
     origin = np.array([(ww - 1) / 2.0, (hh - 1) / 2.0])
     norm = float(np.hypot(hh, ww) / 2.0)
     model = initial
+    flip = getattr(initial, "flip", None)
     ni = wj = np.zeros(0, int)
     # Pair, fit, re-pair: each round's model (homography, plus a stiff spline when
     # there are enough pairs) predicts the outer stars better, so they join.
@@ -244,7 +253,7 @@ def refine_model(
         ni, wj = pair_stars(model(narrow_xy), wide_xy, tol)
         if len(ni) < max(4, min_pairs):
             raise ValueError(f"only {len(ni)} star pairs survive the refinement")
-        h = fit_homography(narrow_xy[ni], wide_xy[wj])
+        h = fit_projective(narrow_xy[ni], wide_xy[wj], flip)
         model = _Homography(h)
         if distortion and len(ni) >= 20:
             res = wide_xy[wj] - apply_homography(h, narrow_xy[ni])
@@ -259,22 +268,23 @@ def refine_model(
 
     if exclude is not None:
         clean = ~np.asarray(exclude, bool)[ni]
-        if clean.sum() >= max(10, min_pairs):
+        if clean.sum() >= max(HOMOGRAPHY_MIN_PAIRS, min_pairs):
             ni, wj = ni[clean], wj[clean]
     nxy, wxy = narrow_xy[ni], wide_xy[wj]
     if narrow_image is not None and narrow_fwhm is not None:
         nxy = windowed_centroids(narrow_image, nxy, _per_star(narrow_fwhm, ni))
     if wide_image is not None and wide_fwhm is not None:
         wxy = windowed_centroids(wide_image, wxy, _per_star(wide_fwhm, wj))
-    for _ in range(3):
-        h = fit_homography(nxy, wxy)
-        r = np.hypot(*(apply_homography(h, nxy) - wxy).T)
-        rms = np.sqrt(np.mean(r**2))
-        keep = r < max(3 * rms, 1e-9)
+    for _ in range(5):
+        h = fit_projective(nxy, wxy, flip)
+        d = apply_homography(h, nxy) - wxy
+        # robust sigma per axis; a pair beyond 4 sigma (P = 3e-4 for Gaussian errors) goes
+        sigma = max(0.01, _mad_sigma(np.r_[d[:, 0], d[:, 1]]))
+        keep = np.hypot(*d.T) < 4 * sigma
         if keep.all() or keep.sum() < max(4, min_pairs):
             break
         nxy, wxy, ni, wj = nxy[keep], wxy[keep], ni[keep], wj[keep]
-    h = fit_homography(nxy, wxy)
+    h = fit_projective(nxy, wxy, flip)
     res_h = wxy - apply_homography(h, nxy)
     h_rms = float(np.sqrt(np.mean(np.sum(res_h**2, axis=1))))
 

@@ -16,7 +16,11 @@ __all__ = [
     "DistortionSpline",
     "Similarity",
     "WideTransform",
+    "AFFINE_MIN_PAIRS",
+    "HOMOGRAPHY_MIN_PAIRS",
+    "fit_affine",
     "fit_homography",
+    "fit_projective",
     "fit_similarity",
     "apply_homography",
 ]
@@ -105,6 +109,41 @@ def fit_homography(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
     hn = vt[-1].reshape(3, 3)
     h = np.linalg.inv(td) @ hn @ ts
     return h / h[2, 2]
+
+
+def fit_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares affine ``dst ~ A(src)`` as a 3x3 matrix (at least 3 points)."""
+    src = np.asarray(src, float)
+    dst = np.asarray(dst, float)
+    design = np.column_stack([src, np.ones(len(src))])
+    coef, *_ = np.linalg.lstsq(design, dst, rcond=None)
+    m = np.eye(3)
+    m[:2, :] = coef.T
+    return m
+
+
+#: Fewest pairs for an affine model, and for a full homography; below, a similarity.
+AFFINE_MIN_PAIRS = 12
+HOMOGRAPHY_MIN_PAIRS = 30
+
+
+def fit_projective(src: np.ndarray, dst: np.ndarray, flip: bool | None = None) -> np.ndarray:
+    """The linear model the number of pairs supports, as a 3x3 matrix.
+
+    A homography (8 parameters) from ``HOMOGRAPHY_MIN_PAIRS`` pairs, an affine
+    map (6) from ``AFFINE_MIN_PAIRS``, else a similarity (4; its parity taken
+    from ``flip``, or from the affine fit's determinant when None): with few
+    pairs the extra freedom only fits the centroid noise.
+    """
+    n = len(src)
+    if n >= HOMOGRAPHY_MIN_PAIRS:
+        return fit_homography(src, dst)
+    aff = fit_affine(src, dst)
+    if n >= AFFINE_MIN_PAIRS:
+        return aff
+    if flip is None:
+        flip = bool(np.linalg.det(aff[:2, :2]) < 0)
+    return fit_similarity(src, dst, flip).matrix()
 
 
 @dataclass
