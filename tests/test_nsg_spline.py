@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from napari_nsg.core.nsg import NsgParameters, normalize_frame, prepare_reference
-from napari_nsg.core.nsg.correction import CoarseGrid, evaluate_gradient, taper_weights
+from napari_nsg.core.nsg.correction import (
+    CoarseGrid,
+    evaluate_gradient,
+    gradient_step,
+    taper_weights,
+)
 from napari_nsg.core.nsg.spline import fit_surface
 from napari_nsg.io import parse_metadata
 from napari_nsg.synthetic import simulate_sequence
@@ -56,13 +61,17 @@ def test_spline_follows_glow_at_low_smoothness_and_is_a_plane_at_4():
     assert peaks[0] > peaks[1] > peaks[2] > peaks[3]
 
 
-def test_upsampled_surface_matches_direct_evaluation():
-    """The coarse grid (half a sample size) + bicubic upsampling against exact
-    evaluation at every pixel, for the wiggliest smoothness."""
+@pytest.mark.parametrize("smoothness,step,rms,worst", [
+    (-2.0, 10, 0.0003, 0.003),  # half the sample spacing (small frames)
+    (-2.0, 20, 0.0005, 0.005),  # one sample spacing (the coarsest used)
+    (-4.0, 10, 0.002, 0.02),  # the wiggliest spline: it follows the sample noise
+])
+def test_upsampled_surface_matches_direct_evaluation(smoothness, step, rms, worst):
+    """Coarse grid + cubic upsampling against exact evaluation, as fractions of
+    the surface's range; the samples are 20 px apart with noise 1.0 (range ~45)."""
     x, y, z = grid_samples(step=20, noise=1.0)
-    model = fit_surface(x, y, z, smoothness=-4.0)
-    grid = CoarseGrid((H, W), step=10)
-    full = evaluate_gradient(model, grid).full(0)
+    model = fit_surface(x, y, z, smoothness=smoothness)
+    full = evaluate_gradient(model, CoarseGrid((H, W), step=step)).full(0)
     assert full.shape == (H, W)
     # every 3rd pixel, plus the edge rows and columns, evaluated exactly
     ys = np.unique(np.r_[0:H:3, H - 1])
@@ -71,8 +80,14 @@ def test_upsampled_surface_matches_direct_evaluation():
     exact = model(xx.ravel(), yy.ravel())[:, 0].reshape(yy.shape)
     span = np.ptp(exact)
     err = np.abs(full[np.ix_(ys, xs)] - exact)
-    assert np.sqrt(np.mean(err**2)) < 0.002 * span
-    assert err.max() < 0.02 * span
+    assert np.sqrt(np.mean(err**2)) < rms * span
+    assert err.max() < worst * span
+
+
+def test_gradient_step_rule():
+    assert gradient_step((512, 512), 17) == 9
+    assert gradient_step((4000, 6000), 109) == 78
+    assert gradient_step((4000, 6000), 40) == 40
 
 
 def test_gradient_is_sampled_on_pixel_centres():
@@ -140,3 +155,68 @@ def test_mask_mode_blanks_where_reference_has_no_data(glow_pair):
     assert np.all(res.corrected[:, :300] != 0)
     tapered = normalize_frame(prepare_reference(ref_data), tgt.data)
     assert np.all(tapered.corrected[:, 300:] != 0)
+
+
+def test_thin_plate_system_is_scipys():
+    """The spline solves the system SciPy's RBFInterpolator solves (and NSG's PCL)."""
+    from scipy.interpolate import RBFInterpolator
+
+    x, y, z = grid_samples(step=32, noise=1.0)
+    w = np.random.default_rng(1).integers(1, 4, len(x)).astype(float)
+    for s in (-3.0, -2.0, 1.0):
+        model = fit_surface(x, y, z, smoothness=s, weights=w)
+        uv = np.column_stack([(x - model.center[0]), (y - model.center[1])]) / model.radius
+        ref = RBFInterpolator(uv, z, kernel="thin_plate_spline", degree=1,
+                              smoothing=10.0**s / w)
+        px, py = np.random.default_rng(2).uniform(0, W, 500), np.random.default_rng(3).uniform(0, H, 500)
+        puv = np.column_stack([px - model.center[0], py - model.center[1]]) / model.radius
+        np.testing.assert_allclose(model(px, py)[:, 0], ref(puv), atol=1e-6 * np.ptp(z))
+
+
+@pytest.mark.parametrize("smoothness", [-4.0, -2.0, 1.0])
+def test_subset_of_the_prepared_system_equals_a_fresh_solve(smoothness):
+    """Dropping nodes (a target's no-data border) from the prepared inverse gives
+    the spline a fresh solve gives (the same normalization)."""
+    from napari_nsg.core.nsg.spline import SplineOperator
+
+    x, y, z = grid_samples(step=24, noise=0.5)
+    op = SplineOperator(x, y, smoothness=smoothness).prepare()
+    keep = np.flatnonzero((x > 60) & ~((y < 100) & (x > 500)))  # an L-shaped border dropped
+    fast = op.fit_subset(keep, z[keep])
+    fresh = SplineOperator(x[keep], y[keep], smoothness=smoothness)
+    fresh.center, fresh.radius = op.center, op.radius  # same normalization
+    fresh.u, fresh.v = op.u[keep], op.v[keep]
+    slow = fresh.fit(z[keep])
+    px, py = np.meshgrid(np.linspace(0, W - 1, 40), np.linspace(0, H - 1, 30))
+    a, b = fast(px.ravel(), py.ravel()), slow(px.ravel(), py.ravel())
+    assert np.abs(a - b).max() < 1e-6 * np.ptp(b)
+    grid = CoarseGrid((H, W), 12)
+    g1 = evaluate_gradient(fast, grid).values
+    assert np.abs(g1 - evaluate_gradient(slow, grid).values).max() < 1e-6 * np.ptp(b)
+
+
+def test_targets_reuse_the_reference_system(glow_pair):
+    """Every target reuses the reference's inverted system and grid matrix, also
+    with a no-data border of its own, and gets what a fresh solve gives."""
+    seq, ref, tgt = glow_pair
+    model = prepare_reference(ref.data)
+    first = normalize_frame(model, tgt.data)
+    op = model.spline_cache["reference"]
+    assert op._inverse is not None and op._grids
+    bordered = tgt.data.copy()
+    bordered[:, :40] = 0.0
+    cut = normalize_frame(model, bordered)
+    assert cut.n_samples < first.n_samples
+    # the same target on a model without the cached system: a fresh solve
+    import napari_nsg.core.nsg.engine as engine
+
+    fresh_model = prepare_reference(ref.data)
+    old = engine.REUSE_FRACTION
+    engine.REUSE_FRACTION = 2.0  # never reuse
+    try:
+        fresh = normalize_frame(fresh_model, bordered)
+    finally:
+        engine.REUSE_FRACTION = old
+    span = np.ptp(fresh.gradient_field.values)
+    # same spline up to the normalization (the whole set's radius): a tiny change
+    assert np.abs(cut.gradient_field.values - fresh.gradient_field.values).max() < 0.02 * span

@@ -322,6 +322,7 @@ def normalize_frames(
         raise FrameError(reference, f"cannot serve as the reference: {exc}") from None
     ref_meta, ref_header = ref_frame.meta, ref_frame.header
     del ref_frame
+    report(progress, 0, total, "reference ready")
     result = NormalizeReport(out_dir=out_dir, reference=str(reference), rows=[],
                              parameters=params.to_dict(), resolved=model.params.to_dict(),
                              gradient_images=gradient_images)

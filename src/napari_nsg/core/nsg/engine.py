@@ -30,6 +30,7 @@ from ..stars.matching import (
 from ..stars.photometry import Photometry, pair_photometry
 from .correction import (
     CoarseGrid,
+    gradient_step,
     GradientField,
     apply_correction,
     evaluate_gradient,
@@ -47,7 +48,7 @@ from .samples import (
     star_pixel_mask,
 )
 from .scale import ChannelScale, fit_scale
-from .spline import SurfaceModel, fit_surface
+from .spline import SplineOperator, SurfaceModel
 from .weights import FrameWeight, compute_weight, transmission_of
 
 __all__ = [
@@ -129,6 +130,10 @@ class ReferenceModel:
     measured_noise : NoiseEstimate or None
         Its measured noise (used when a target has no keywords).
     warnings : list of str
+    spline_cache : dict
+        The thin-plate system of the reference's usable bins, inverted when the
+        first target needs it and reused by the others (see
+        :class:`.spline.SplineOperator`).
     """
 
     data: np.ndarray
@@ -148,6 +153,7 @@ class ReferenceModel:
     noise: NoiseEstimate
     measured_noise: NoiseEstimate | None
     warnings: list[str] = field(default_factory=list)
+    spline_cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -239,8 +245,7 @@ def prepare_reference(
     if grid.usable.sum() < 3:
         raise NsgError(f"only {int(grid.usable.sum())} usable gradient samples in the reference "
                        f"(sample size {params.sample_size} px)")
-    step = max(1, int(params.sample_size) // 2)
-    coarse = CoarseGrid((h, w), step)
+    coarse = CoarseGrid((h, w), gradient_step((h, w), params.sample_size))
     ref_valid = valid.all(axis=0)
     taper = None
     no_data = None
@@ -609,9 +614,8 @@ def normalize_frame(
         raise NsgError(f"only {len(samples)} gradient sample(s) where both frames have data "
                        "(3 needed): the frames hardly overlap")
     nodes = bin_samples(samples, max_samples_for(p.smoothness, p.max_samples))
-    # spline
-    surface = fit_surface(nodes.x, nodes.y, nodes.values, smoothness=p.smoothness,
-                          weights=nodes.weight)
+    # spline (its system is shared by all targets: see _surface)
+    surface = _surface(model, samples, nodes)
     fieldv = evaluate_gradient(surface, model.coarse, model.taper)
     # correct
     corrected = None
@@ -634,6 +638,31 @@ def normalize_frame(
         gradient_field=fieldv, surface=surface, samples=samples, scale_result=sr,
         weight_result=wr, warnings=warnings,
     )
+
+
+def _surface(model: ReferenceModel, samples: Samples, nodes: Samples) -> SurfaceModel:
+    """Fit the spline, reusing the reference's prepared system when the nodes are
+    a large enough subset of the reference's usable bins (not binned)."""
+    p = model.params
+    grid = model.grid
+    full = grid.usable
+    n_full = int(full.sum())
+    if (p.is_plane or len(nodes) != len(samples) or n_full > max_samples_for(p.smoothness,
+                                                                          p.max_samples)
+            or len(nodes) < REUSE_FRACTION * n_full):
+        return SplineOperator(nodes.x, nodes.y, smoothness=p.smoothness,
+                              weights=nodes.weight).fit(nodes.values)
+    op = model.spline_cache.get("reference")
+    if op is None:
+        cx, cy = grid.centers
+        op = SplineOperator(cx[full], cy[full], smoothness=p.smoothness)
+        model.spline_cache["reference"] = op
+    ids = np.flatnonzero(full)
+    index = np.searchsorted(ids, nodes.iy * grid.nx + nodes.ix)
+    return op.fit_subset(index, nodes.values)
+
+
+REUSE_FRACTION = 0.6  # below this share of the reference's bins a fresh solve is cheaper
 
 
 def reference_result(model: ReferenceModel, *, gradient_images: bool = False,

@@ -138,7 +138,7 @@ def measure_noise(
     *,
     n_layers: int = N_LAYERS,
     k: float = K_SIGMA,
-    max_pixels: int = 4_000_000,
+    max_pixels: int = 4 * TILE * TILE,
     tolerance: float = 1e-3,
 ) -> tuple[float, str, float]:
     """Gaussian noise sigma of one 2-D image (MRS, else K-Sigma).

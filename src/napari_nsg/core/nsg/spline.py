@@ -3,12 +3,18 @@
 PixInsight's ``SurfaceSpline`` (which NSG uses) centres the node coordinates
 on their centroid and scales them by ``1/r_max`` so all nodes lie in the unit
 circle, then solves ``[[K + diag(lambda/w), P], [P^T, 0]] [c; a] = [z; 0]``
-with the thin-plate kernel ``r^2 log r`` and a first-degree polynomial
-``P = (1, x, y)``; ``lambda = 10**smoothness``. SciPy's
-``RBFInterpolator(kernel="thin_plate_spline", degree=1, smoothing=lambda/w)``
-solves the same system, so the smoothness parameter means what it means in NSG.
-At smoothness 4 NSG fits a least-squares plane instead; so does this module.
-All channels share the nodes and the weights, so one solve serves them all.
+with the thin-plate kernel ``K_ij = r_ij^2 log r_ij`` and a first-degree
+polynomial ``P = (1, u, v)``; ``lambda = 10**smoothness``. This module solves
+the same system (it is also what SciPy's ``RBFInterpolator(kernel=
+"thin_plate_spline", degree=1, smoothing=lambda/w)`` solves; the tests check
+the two agree), so the smoothness parameter means what it means in NSG. At
+smoothness 4 NSG fits a least-squares plane instead; so does this module. All
+channels share the nodes and the weights, so one factorization serves them all,
+and so do all the targets whose samples sit on the same bins
+(:class:`SplineOperator`).
+
+Evaluation is the costly part on large frames (nodes x points kernel values);
+it is done in blocks of points, and on a coarse grid (see :mod:`.correction`).
 """
 
 from __future__ import annotations
@@ -16,9 +22,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.interpolate import RBFInterpolator
+from scipy.spatial.distance import cdist
 
 from .params import MAX_SMOOTHNESS
+
+EVAL_BLOCK = 2048  # points per block in evaluation
+
+
+def tps_kernel(r2: np.ndarray) -> np.ndarray:
+    """``r^2 log r`` from squared distances (0 at r = 0), in place where possible."""
+    r2 = np.maximum(r2, 0.0, out=r2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = 0.5 * r2 * np.log(r2)
+    out[r2 == 0] = 0.0
+    return out
+
+
+def _sqdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared distances between the rows of ``a`` (m, 2) and ``b`` (n, 2)."""
+    return cdist(a, b, "sqeuclidean")
 
 
 @dataclass
@@ -39,6 +61,14 @@ class SurfaceModel:
     smoothness : float
         log10 of the smoothing.
     n_nodes : int
+    nodes : ndarray (n, 2) or None
+        Normalized node coordinates of the spline.
+    coef : ndarray (n, c) or None
+        Kernel coefficients.
+    poly : ndarray (3, c) or None
+        Polynomial part of the spline.
+    operator : SplineOperator or None
+        The system it came from (to reuse the grid kernel matrix).
     """
 
     kind: str
@@ -47,35 +77,181 @@ class SurfaceModel:
     plane: np.ndarray
     smoothness: float
     n_nodes: int
-    _rbf: RBFInterpolator | None = None
+    nodes: np.ndarray | None = None
+    coef: np.ndarray | None = None
+    poly: np.ndarray | None = None
+    operator: "SplineOperator | None" = None
 
     @property
     def n_channels(self) -> int:
         return self.plane.shape[1]
 
-    def _norm(self, x, y):
-        x = np.asarray(x, float)
-        y = np.asarray(y, float)
-        return (x - self.center[0]) / self.radius, (y - self.center[1]) / self.radius
+    def _norm(self, x, y) -> np.ndarray:
+        x = np.ravel(np.asarray(x, float))
+        y = np.ravel(np.asarray(y, float))
+        return np.column_stack([(x - self.center[0]) / self.radius,
+                                (y - self.center[1]) / self.radius])
 
     def evaluate_plane(self, x, y) -> np.ndarray:
         """The best-fit plane at pixel positions; ``(n, c)``."""
-        u, v = self._norm(np.ravel(x), np.ravel(y))
-        return np.column_stack([np.ones_like(u), u, v]) @ self.plane
+        uv = self._norm(x, y)
+        return np.column_stack([np.ones(len(uv)), uv]) @ self.plane
 
     def __call__(self, x, y) -> np.ndarray:
-        """The surface at pixel positions ``x, y`` (same shape); returns ``(n, c)``."""
-        if self.kind == "plane" or self._rbf is None:
+        """The surface at pixel positions ``x, y`` (flattened); returns ``(n, c)``."""
+        if self.kind == "plane" or self.coef is None:
             return self.evaluate_plane(x, y)
-        u, v = self._norm(np.ravel(x), np.ravel(y))
-        out = self._rbf(np.column_stack([u, v]))
-        return out.reshape(len(u), -1)
+        uv = self._norm(x, y)
+        out = np.column_stack([np.ones(len(uv)), uv]) @ self.poly
+        for i in range(0, len(uv), EVAL_BLOCK):
+            block = uv[i:i + EVAL_BLOCK]
+            out[i:i + EVAL_BLOCK] += tps_kernel(_sqdist(block, self.nodes)) @ self.coef
+        return out
+
+    def on_grid(self, gx: np.ndarray, gy: np.ndarray, key=None) -> np.ndarray:
+        """The surface at grid points (flattened), ``(n, c)``; with a prepared
+        operator and a ``key`` the kernel matrix to the grid is reused."""
+        if self.kind == "spline" and self.operator is not None and key is not None:
+            mat = self.operator.grid_matrix(gx, gy, key)
+            return mat @ np.vstack([self.coef, self.poly])
+        return self(gx, gy)
 
 
 def _weighted_plane(u, v, z, w) -> np.ndarray:
     a = np.column_stack([np.ones_like(u), u, v]) * np.sqrt(w)[:, None]
     coef, *_ = np.linalg.lstsq(a, z * np.sqrt(w)[:, None], rcond=None)
     return coef
+
+
+class SplineOperator:
+    """The thin-plate system for one set of nodes (positions, weights, smoothness).
+
+    The system depends only on where the samples are, not on their values. A
+    target's samples fall on the reference's usable bins, minus those where the
+    target has no data (its registration borders). :meth:`prepare` inverts the
+    system of all the reference's bins once and keeps the kernel matrix to any
+    evaluation grid it is asked for; :meth:`fit_subset` then solves a target's
+    system from that inverse, so that fitting and evaluating a new target
+    costs a few matrix-vector products and a solve the size of its dropped
+    bins, instead of a factorization and a kernel evaluation.
+
+    Parameters
+    ----------
+    x, y : ndarray (n,)
+        Node positions in px.
+    smoothness : float
+        log10 of the smoothing; 4 or more: a plane.
+    weights : ndarray (n,), optional
+        Node weights (smoothing ``10**smoothness / weight``).
+    """
+
+    def __init__(self, x, y, *, smoothness: float = -2.0, weights=None):
+        self.x = np.asarray(x, float)
+        self.y = np.asarray(y, float)
+        n = len(self.x)
+        if n < 3:
+            raise ValueError(f"too few samples ({n}) to model the gradient (3 needed)")
+        self.weights = np.ones(n) if weights is None else np.asarray(weights, float)
+        self.smoothness = float(smoothness)
+        self.center = np.array([self.x.mean(), self.y.mean()])
+        radius = float(np.max(np.hypot(self.x - self.center[0], self.y - self.center[1])))
+        self.radius = radius if radius > 0 else 1.0
+        self.u = (self.x - self.center[0]) / self.radius
+        self.v = (self.y - self.center[1]) / self.radius
+        self.kind = "plane" if (self.smoothness >= MAX_SMOOTHNESS or n < 4) else "spline"
+        self._inverse: np.ndarray | None = None
+        self._grids: dict = {}
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.x)
+
+    def _system(self) -> np.ndarray:
+        n = self.n_nodes
+        nodes = np.column_stack([self.u, self.v])
+        k = tps_kernel(_sqdist(nodes, nodes))
+        k[np.diag_indices(n)] += 10.0**self.smoothness / self.weights
+        p = np.column_stack([np.ones(n), self.u, self.v])
+        system = np.zeros((n + 3, n + 3))
+        system[:n, :n] = k
+        system[:n, n:] = p
+        system[n:, :n] = p.T
+        return system
+
+    def prepare(self) -> "SplineOperator":
+        """Invert the system once (for reuse over many targets)."""
+        if self.kind == "spline" and self._inverse is None:
+            self._inverse = np.linalg.inv(self._system())
+        return self
+
+    def fit(self, values) -> SurfaceModel:
+        """The surface through ``values`` (n,) or (n, c) at the nodes."""
+        z = np.asarray(values, float)
+        if z.ndim == 1:
+            z = z[:, None]
+        plane = _weighted_plane(self.u, self.v, z, self.weights)
+        model = SurfaceModel("plane", self.center, self.radius, plane, self.smoothness,
+                             self.n_nodes)
+        if self.kind == "plane":
+            return model
+        n = self.n_nodes
+        if self._inverse is not None:
+            sol = self._inverse[:, :n] @ z
+        else:
+            rhs = np.zeros((n + 3, z.shape[1]))
+            rhs[:n] = z
+            sol = np.linalg.solve(self._system(), rhs)
+        model.kind = "spline"
+        model.nodes = np.column_stack([self.u, self.v])
+        model.coef, model.poly = sol[:n], sol[n:]
+        model.operator = self
+        return model
+
+    def fit_subset(self, index: np.ndarray, values) -> SurfaceModel:
+        """The surface through ``values`` at the nodes ``index`` only (a subset).
+
+        Uses the prepared inverse of the whole system: for the kept rows ``k``
+        and dropped rows ``d`` of ``B = A^-1``, the reduced system's solution is
+        ``B_kk r - B_kd B_dd^-1 B_dk r`` (a Schur complement), which costs the
+        solve of a system the size of the dropped nodes only. Coordinates stay
+        normalized as for the whole set (this scales the effective smoothing by
+        ``(r_subset / r_all)^2``, a few percent when border bins are dropped).
+        """
+        self.prepare()
+        z = np.asarray(values, float)
+        if z.ndim == 1:
+            z = z[:, None]
+        index = np.asarray(index, int)
+        n = self.n_nodes
+        keep = np.r_[index, n, n + 1, n + 2]
+        drop = np.setdiff1d(np.arange(n), index)
+        b = self._inverse
+        r = np.zeros((n + 3, z.shape[1]))
+        r[index] = z
+        sol = b @ r  # B_.k r (r is zero off the kept nodes)
+        if len(drop):
+            sol -= b[:, drop] @ np.linalg.solve(b[np.ix_(drop, drop)], sol[drop])
+        sol = sol[keep]
+        u, v, w = self.u[index], self.v[index], self.weights[index]
+        plane = _weighted_plane(u, v, z, w)
+        coef = np.zeros((n, z.shape[1]))
+        coef[index] = sol[:len(index)]
+        return SurfaceModel("spline", self.center, self.radius, plane, self.smoothness,
+                            len(index), nodes=np.column_stack([self.u, self.v]), coef=coef,
+                            poly=sol[len(index):], operator=self)
+
+    def grid_matrix(self, gx: np.ndarray, gy: np.ndarray, key) -> np.ndarray:
+        """``[kernel, 1, u, v]`` from the grid points to the nodes, kept under ``key``
+        once :meth:`prepare` was called."""
+        mat = self._grids.get(key)
+        if mat is None:
+            uv = np.column_stack([(np.ravel(gx) - self.center[0]) / self.radius,
+                                  (np.ravel(gy) - self.center[1]) / self.radius])
+            nodes = np.column_stack([self.u, self.v])
+            mat = np.hstack([tps_kernel(_sqdist(uv, nodes)), np.ones((len(uv), 1)), uv])
+            if self._inverse is not None:
+                self._grids[key] = mat
+        return mat
 
 
 def fit_surface(
@@ -109,24 +285,4 @@ def fit_surface(
     ValueError
         Fewer than 3 samples.
     """
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    z = np.asarray(values, float)
-    if z.ndim == 1:
-        z = z[:, None]
-    n = len(x)
-    if n < 3:
-        raise ValueError(f"too few samples ({n}) to model the gradient (3 needed)")
-    w = np.ones(n) if weights is None else np.asarray(weights, float)
-    center = np.array([x.mean(), y.mean()])
-    radius = float(np.max(np.hypot(x - center[0], y - center[1])))
-    if not radius > 0:
-        radius = 1.0
-    u, v = (x - center[0]) / radius, (y - center[1]) / radius
-    plane = _weighted_plane(u, v, z, w)
-    if smoothness >= MAX_SMOOTHNESS or n < 4:
-        return SurfaceModel("plane", center, radius, plane, float(smoothness), n)
-    lam = 10.0 ** float(smoothness)
-    rbf = RBFInterpolator(np.column_stack([u, v]), z, kernel="thin_plate_spline", degree=1,
-                          smoothing=lam / w)
-    return SurfaceModel("spline", center, radius, plane, float(smoothness), n, rbf)
+    return SplineOperator(x, y, smoothness=smoothness, weights=weights).fit(values)

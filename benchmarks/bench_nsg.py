@@ -1,0 +1,125 @@
+"""Benchmark of ``napari-nsg normalize``: time and memory per frame against the I/O floor.
+
+Simulates N mono frames (default 20 x 6000x4000, float32) once into a work
+folder, then, in a fresh subprocess for the first 5 and for all N frames:
+
+1. runs :func:`napari_nsg.pipeline.normalize.normalize_frames` on them (the
+   first frame is the reference) and times every frame from the progress
+   callback, with the process's peak resident memory so far;
+2. in the same process, reads each frame with ``read_frame`` and writes it
+   back with ``write_frame`` (the I/O floor: what any tool that reads and
+   writes the frames must spend).
+
+It prints one table per run (seconds per frame, the I/O floor of that frame,
+their ratio, the peak RSS so far) and a summary comparing the peak memory of
+the 5- and the N-frame run, which must be the same (one frame in memory at a
+time).
+
+    python benchmarks/bench_nsg.py [--frames 20] [--size 6000x4000] [--workdir DIR]
+                                   [--gradient-images]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, shutil, sys, tempfile, time
+from pathlib import Path
+from napari_nsg.io import read_frame, write_frame
+from napari_nsg.pipeline.normalize import normalize_frames
+
+paths = [Path(p) for p in json.loads(sys.argv[1])]
+out = Path(sys.argv[2])
+gradient_images = sys.argv[3] == "1"
+def peak_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+events = []
+def progress(done, total, message):
+    events.append((time.perf_counter(), done, message, peak_mib()))
+t0 = time.perf_counter()
+result = normalize_frames(paths, paths[0], out, gradient_images=gradient_images,
+                          overwrite=True, progress=progress)
+wall = time.perf_counter() - t0
+ready = [t for t, d, m, _ in events if m == "reference ready"][0]
+frames, last = [], ready
+for t, done, message, rss in events:
+    if done >= 1 and message != "reference ready":
+        frames.append({"name": message, "seconds": t - last, "rss": rss})
+        last = t
+io = []
+scratch = Path(tempfile.mkdtemp(prefix="io_floor_", dir=out))
+for p in paths:
+    t = time.perf_counter()
+    f = read_frame(p)
+    write_frame(scratch / p.name, f.data, f.header, overwrite=True)
+    io.append(time.perf_counter() - t)
+    del f
+shutil.rmtree(scratch)
+print(json.dumps({"wall": wall, "reference_s": ready - t0, "frames": frames, "io": io,
+                  "peak_rss": peak_mib(), "failed": len(result.failed),
+                  "scales": [r.scale for r in result.rows]}))
+"""
+
+
+def run_child(paths, out, gradient_images):
+    proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
+                           str(out), "1" if gradient_images else "0"],
+                          check=True, capture_output=True, text=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=20)
+    ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT")
+    ap.add_argument("--workdir", help="keep the simulated frames here (reused if present)")
+    ap.add_argument("--gradient-images", action="store_true",
+                    help="also write gradient and curvature images")
+    args = ap.parse_args(argv)
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_nsg_"))
+    frames_dir = work / f"nsg_{width}x{height}_{args.frames}"
+    paths = sorted(frames_dir.glob("frame_*.fits"))
+    if len(paths) != args.frames:
+        from napari_nsg.synthetic import write_sequence
+
+        print(f"simulating {args.frames} frames of {width}x{height} into {frames_dir} ...",
+              flush=True)
+        paths = write_sequence(frames_dir, args.frames, (height, width), seed=0, border=40,
+                               overwrite=True)
+    summary = []
+    for n in sorted({min(5, args.frames), args.frames}):
+        out = work / f"out_{n}"
+        res = run_child(paths[:n], out, args.gradient_images)
+        print(f"\n{n} frames of {width}x{height} mono float32 "
+              f"(reference prepared in {res['reference_s']:.2f} s, total {res['wall']:.1f} s, "
+              f"{res['failed']} failed)")
+        print(f"{'frame':<16}{'normalize s':>12}{'I/O floor s':>13}{'ratio':>8}{'peak RSS MiB':>14}")
+        ratios = []
+        for k, fr in enumerate(res["frames"]):
+            io = res["io"][k]
+            ratio = fr["seconds"] / io
+            tag = " (reference: copied)" if k == 0 else ""
+            if k > 0:
+                ratios.append(ratio)
+            print(f"{fr['name']:<16}{fr['seconds']:>12.3f}{io:>13.3f}{ratio:>8.2f}"
+                  f"{fr['rss']:>14.0f}{tag}")
+        ratios.sort()
+        med = ratios[len(ratios) // 2]
+        print(f"targets: median ratio to the I/O floor {med:.2f} "
+              f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f}); peak RSS {res['peak_rss']:.0f} MiB")
+        summary.append((n, res["peak_rss"], med))
+    if len(summary) == 2:
+        (n1, r1, _), (n2, r2, _) = summary
+        print(f"\npeak RSS: {r1:.0f} MiB for {n1} frames, {r2:.0f} MiB for {n2} frames "
+              f"({100 * (r2 / r1 - 1):+.1f} %)")
+
+
+if __name__ == "__main__":
+    main()
