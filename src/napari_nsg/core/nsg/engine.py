@@ -281,9 +281,13 @@ def _check_target(model: ReferenceModel, data: np.ndarray) -> np.ndarray:
         raise NsgError(f"image size differs from the reference (target is {_describe(got)}, "
                        f"reference is {_describe(want)}); frames must be registered")
     chans = _channels(data)
-    if not np.any(np.isfinite(chans) & (chans != 0)):
+    if not _has_data(chans[:, ::7, ::7]) and not _has_data(chans):  # a sparse look first
         raise NsgError("the frame has no data (all pixels are 0 or NaN)")
     return chans
+
+
+def _has_data(a: np.ndarray) -> bool:
+    return bool(np.any(np.isfinite(a) & (a != 0)))
 
 
 @dataclass
