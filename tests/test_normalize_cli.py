@@ -255,3 +255,29 @@ def test_demo_runs_and_matches_truth(tmp_path, capsys):
     for t, r in zip(truth["frames"], rows):
         assert r["scale"][0] == pytest.approx(t["scale"][0], rel=0.02)
     assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "256"]) == 2
+
+
+def test_colour_and_bayer_frames(tmp_path):
+    seq = simulate_sequence(3, (256, 256), seed=9, channels=3, transmission=[1.0, 0.8, 0.9],
+                            **FIELD)
+    paths = seq.write(tmp_path / "rgb")
+    out = tmp_path / "nsg_rgb"
+    assert run_cli(*paths, "--reference", paths[0], "--out", out) == 0
+    header = fits.getheader(out / "frame_001_nsg.fits")
+    assert [header[f"NSGS{c}"] for c in range(3)] == pytest.approx(
+        list(seq.truth[1].transmission), rel=0.02)
+    assert "NSGS3" not in header
+    with open(out / "nsg_results.csv", newline="") as fh:
+        row = list(csv.DictReader(fh))[1]
+    assert len(row["scale"].split(";")) == 3 and len(row["n_star_pairs"].split(";")) == 3
+    # raw Bayer frames are debayered on request only
+    bayer = simulate_sequence(3, (256, 256), seed=9, bayer="RGGB", transmission=[1.0, 0.8, 0.9],
+                              **FIELD)
+    bpaths = bayer.write(tmp_path / "bayer")
+    out = tmp_path / "nsg_bayer"
+    assert run_cli(*bpaths, "--reference", bpaths[0], "--out", out, "--debayer",
+                   "superpixel") == 0
+    data = read_frame(out / "frame_002_nsg.fits").data
+    assert data.shape == (3, 128, 128)
+    rows = json.loads((out / "nsg_results.json").read_text())["frames"]
+    assert rows[2]["scale"] == pytest.approx(list(bayer.truth[2].scale), rel=0.02)

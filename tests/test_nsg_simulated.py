@@ -93,3 +93,35 @@ def test_scale_independent_of_gradient_and_sky():
     s_loud = normalize_frame(model, loud.frame(1).data).scale[0]
     assert abs(s_quiet / 1.25 - 1) < 0.004
     assert abs(s_loud / 1.25 - 1) < 0.006
+
+
+@pytest.mark.parametrize("keywords", [True, False])
+def test_weight_is_snr_squared_of_the_truth(keywords):
+    """NWEIGHT = (sigma_ref / (scale * sigma_target))^2 with the true sigmas and scale:
+    from NOISExx keywords when both frames have them, else measured (MRS)."""
+    seq = simulate_sequence(5, (384, 384), seed=8, transmission=[1.0, 0.9, 0.7, 0.8, 0.95],
+                            sky=[900, 1500, 700, 1100, 2500], noise_keywords=keywords, **FIELD)
+    ref = seq.frame(0)
+    model = prepare_reference(ref.data, parse_metadata(ref.header))
+    sigma = seq.noise_sigma[:, 0]
+    for k in range(1, seq.n_frames):
+        f = seq.frame(k)
+        res = normalize_frame(model, f.data, parse_metadata(f.header))
+        assert res.noise_source == ("keywords" if keywords else "measured")
+        expected = (sigma[0] / (f.truth.scale[0] * sigma[k])) ** 2
+        assert res.weight == pytest.approx(expected, rel=0.01 if keywords else 0.05)
+
+
+def test_full_detection_agrees_with_guided():
+    seq = _sequence(1, 6)
+    ref = seq.frame(0)
+    guided = prepare_reference(ref.data, parse_metadata(ref.header))
+    full = prepare_reference(ref.data, parse_metadata(ref.header),
+                             NsgParameters(target_detection="full"))
+    for k in (1, 2, 6):
+        data = seq.frame(k).data
+        a, b = normalize_frame(guided, data), normalize_frame(full, data)
+        assert b.scale[0] == pytest.approx(a.scale[0], rel=0.003)
+        # sep (5 sigma per pixel, deblending) finds somewhat fewer faint stars than the
+        # guided search (5 sigma on a 3x3 mean)
+        assert b.n_star_pairs[0] >= 0.6 * a.n_star_pairs[0]
