@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .linear_fit import DEFAULT_FIT_METHOD, LinearFitResult, linear_fit
-from .mmt import check_mmt_size, mmt_residual
+from .mmt import min_size_for_layers, mmt_residual
 from .registration import DEFAULT_SCALE_RANGE, Registration, register_wide_to_narrow
 from .star_removal import detect_star_mask, remove_stars
 from .stars import intensity, no_data_mask
@@ -48,6 +48,7 @@ __all__ = [
     "large_scales",
     "msgr",
     "remove_stars_both",
+    "suggest_layers",
 ]
 
 MODES = ("multiplicative", "additive")
@@ -83,12 +84,29 @@ def _median(a: np.ndarray) -> float:
     return float(np.median(v))
 
 
+def suggest_layers(shape: tuple[int, ...]) -> int:
+    """Layers to remove for an image of this size: the last window ~1/16 of the short side.
+
+    ``round(log2(short / 16))`` between 1 and 8: 8 (window 257) from about
+    3000 px, the guide's setting for full-size frames; 5 for 600 px.
+    """
+    short = min(shape[-2:])
+    return int(np.clip(np.round(np.log2(max(short, 2) / 16.0)), 1, 8))
+
+
 def check_msgr_size(shape: tuple[int, ...], n_layers: int) -> None:
     """Raise :class:`MsgrError` if the narrow image is too small for ``n_layers`` (+1 for the model)."""
-    try:
-        check_mmt_size(shape, n_layers + 1)
-    except ValueError as exc:
-        raise MsgrError(f"{exc} (MSGR removes --layers + 1 layers from the model)") from None
+    if n_layers < 1:
+        raise MsgrError(f"the number of layers must be at least 1, got {n_layers}")
+    h, w = shape[-2:]
+    need = min_size_for_layers(n_layers + 1)
+    if min(h, w) < need:
+        most = int(np.floor(np.log2(max(1, min(h, w))))) - 1
+        hint = f"use at most {most} layers" if most >= 1 else "it is too small for MSGR"
+        raise MsgrError(
+            f"image is {w}x{h} px: too small for {n_layers} multiscale layers (MSGR removes "
+            f"layers + 1 = {n_layers + 1} from its model, which needs a shorter side of at least "
+            f"{need} px); {hint}")
 
 
 def remove_stars_both(narrow: np.ndarray, wide_registered: np.ndarray,

@@ -200,7 +200,9 @@ def _detect_to_the_edges(lum: np.ndarray, threshold: float, max_stars: int | Non
                          saturation=saturation_level(lum), background_size=background_size)
     stars.x -= pad
     stars.y -= pad
-    inside = (stars.x >= -0.5) & (stars.y >= -0.5) & (stars.x <= w - 0.5) & (stars.y <= h - 0.5)
+    # an edge star merged with its mirror image is centred on the mirror axis (-0.5
+    # or size - 0.5); mirror images of the other stars lie further out
+    inside = (stars.x >= -1.0) & (stars.y >= -1.0) & (stars.x <= w) & (stars.y <= h)
     stars = stars.take(inside)
     return stars if max_stars is None else stars.take(slice(0, max_stars))
 
