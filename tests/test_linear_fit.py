@@ -108,11 +108,13 @@ def test_strong_gradient_collapses_the_pixinsight_slope_but_not_the_robust_one()
 
 
 def test_robust_fit_flags_a_slope_it_cannot_tell_from_a_gradient():
+    rng = np.random.default_rng(5)
     h, w = 200, 300
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    wide = 100 + 0.1 * x  # the wide image is nothing but a plane
-    narrow = 50 + 2 * wide + 0.05 * y
+    # only gradients and noise in common: no shared structure
+    wide = (100 + 0.1 * x + rng.normal(0, 0.5, (h, w))).astype(np.float32)
+    narrow = (50 + 0.3 * y + rng.normal(0, 0.5, (h, w))).astype(np.float32)
     fit = linear_fit(wide, narrow, method="robust", reject_high=1.0)
-    assert fit.slope_identifiable < 1e-3
+    assert abs(fit.slope_identifiable) < 0.1
     wide2, narrow2 = large_scale_pair(30.0)
-    assert linear_fit(wide2, narrow2, method="robust").slope_identifiable > 0.1
+    assert linear_fit(wide2, narrow2, method="robust").slope_identifiable > 0.99

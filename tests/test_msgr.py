@@ -207,3 +207,13 @@ def test_suggested_layers_follow_the_image_size():
     assert suggest_layers((1200, 1600)) == 6
     assert suggest_layers((4000, 6000)) == 8
     assert suggest_layers((3, 600, 800)) == 5
+
+
+def test_no_shared_large_scale_structure_is_warned():
+    # no nebula: the large scales of both images are sky, gradient and noise
+    pair = make_pair(3.0, seed=2, nebula_amplitude=1e-3, narrow_gradient=150.0)
+    res = msgr(pair.narrow, pair.wide, n_layers=5, mode="additive")
+    assert res.fits[0].slope_identifiable < 0.5  # measured 0.37 (0.9997 with the nebula)
+    assert any("share little large-scale structure" in w for w in res.warnings)
+    # the gradient is still removed
+    assert residual_fraction(pair, res.corrected) <= 0.10

@@ -68,8 +68,9 @@ class LinearFitResult:
         ``robust``: the polynomial's coefficients in normalised coordinates
         (x, y in [-1, 1]), in the order of :func:`_poly_terms`.
     slope_identifiable : float or None
-        ``robust``: the fraction of the target's spread not explained by the
-        polynomial. Near 0 the slope cannot be told apart from a gradient.
+        ``robust``: correlation of the two images once a smooth surface is
+        removed from each (partial correlation). Near 1 they share structure
+        that fixes the slope; near 0 the slope cannot be told from a gradient.
     """
 
     a: float
@@ -268,13 +269,18 @@ def linear_fit(
     design = np.column_stack([(x - x_mean) / x_std] + terms)
     coef, weights, resid = _tukey_irls(design, y)
     b = float(coef[0] / x_std)
-    # How much of the target's variation is not a polynomial (weighted): the
-    # part that pins down the slope.
+    # What pins the slope down: the parts of both images that are not a smooth
+    # surface must agree. Their (weighted) correlation is near 1 with shared
+    # structure (nebula, galaxy), near 0 when the large scales are only gradient
+    # and noise; then the slope is undetermined.
     sw = np.sqrt(weights)
-    poly = np.column_stack(terms)
-    pc, *_ = np.linalg.lstsq(poly * sw[:, None], design[:, 0] * sw, rcond=None)
-    rest = (design[:, 0] - poly @ pc) * sw
-    identifiable = float(np.sqrt(np.sum(rest**2) / max(1e-30, np.sum((design[:, 0] * sw) ** 2))))
+    poly = np.column_stack(terms) * sw[:, None]
+    rest = []
+    for v in (design[:, 0], y):
+        pc, *_ = np.linalg.lstsq(poly, v * sw, rcond=None)
+        rest.append(v * sw - poly @ pc)
+    denom = np.sqrt(np.sum(rest[0] ** 2) * np.sum(rest[1] ** 2))
+    identifiable = float(np.sum(rest[0] * rest[1]) / denom) if denom > 0 else 0.0
     a = float(np.median(y - b * x))
     poly_coef = coef[1:].copy()
     poly_coef[0] -= coef[0] * x_mean / x_std

@@ -52,6 +52,9 @@ __all__ = [
 ]
 
 MODES = ("multiplicative", "additive")
+#: Below this partial correlation of the large scales (smooth surface removed), the
+#: robust fit's slope is poorly determined: MSGR warns.
+MIN_IDENTIFIABLE = 0.5
 
 Progress = Callable[[int, int, str], None]
 
@@ -477,8 +480,14 @@ def msgr(
 
     t0 = time.perf_counter()
     step(4, "fitting the wide to the narrow")
-    fits = fit_wide_to_narrow(n_large, w_large, method=fit_method,
-                              range_narrow=_data_max(n_planes), range_wide=_data_max(_planes(w_reg)))
+    ranges = dict(range_narrow=_data_max(n_planes), range_wide=_data_max(_planes(w_reg)))
+    fits = fit_wide_to_narrow(n_large, w_large, method=fit_method, **ranges)
+    for c, fit in enumerate(fits):
+        if fit.slope_identifiable is not None and fit.slope_identifiable < MIN_IDENTIFIABLE:
+            warnings.append(
+                f"channel {c}: the two images share little large-scale structure beyond a "
+                f"smooth surface (partial correlation {fit.slope_identifiable:.2f}): the fitted "
+                "slope is poorly determined and MSGR then removes every large-scale structure")
     timings["fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
