@@ -93,12 +93,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     frames = existing_frames(args.frames)
     if str(args.reference).lower() == "auto":
-        try:
-            from ..pipeline.rank import choose_reference
-        except ImportError:
-            error("--reference auto needs 'napari-nsg rank', which is not built in this "
-                  "version; give the reference frame")
-            return EXIT_BAD_INPUT
+        from ..pipeline.rank import choose_reference
+
         with TqdmProgress("ranking", disable=True if args.quiet else None) as bar:
             reference = choose_reference(frames, debayer=args.debayer, params=params,
                                          progress=bar)

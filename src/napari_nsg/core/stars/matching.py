@@ -505,8 +505,11 @@ def match_found(
         for a, b in tree.query_pairs(duplicate_radius):
             dup[a] = dup[b] = True
         if dup.any():
-            warnings.append(f"{int(dup.sum())} star(s) left unpaired: two reference stars "
-                            "found the same target star")
+            # a few close pairs are normal (and rightly left out); many mean the
+            # frames do not line up
+            if dup.sum() > max(2, 0.1 * len(idx)):
+                warnings.append(f"{int(dup.sum())} of {len(idx)} star(s) left unpaired: two "
+                                "reference stars found the same target star")
             idx = idx[~dup]
     if len(idx) == 0:
         return StarMatch(np.zeros(0, int), np.zeros(0, int), offset, float("nan"),
