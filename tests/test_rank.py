@@ -219,3 +219,15 @@ def test_seestar_strong_gradient_night_has_the_largest_gradient(real_data):
     # those that cannot be paired with the yardstick say so instead of a wrong scale
     for r in result.frames:
         assert r.ok or "no star of the reference was found" in r.error
+
+
+def test_normalize_reference_auto_uses_the_top_ranked_frame(sequence, tmp_path):
+    _, paths = sequence
+    subset = [str(p) for p in paths[2:6]]  # frames 2..5; frame 4 is the best
+    out = tmp_path / "nsg"
+    code = main(["normalize", *subset, "--reference", "auto", "--out", str(out), "-q"])
+    assert code == 0
+    report = json.loads((out / "nsg_results.json").read_text())
+    assert report["reference"].endswith(paths[BEST].name)
+    rows = {r["file"]: r for r in report["frames"]}
+    assert rows[str(paths[BEST])]["is_reference"] is True
