@@ -113,7 +113,7 @@ def test_gradient_is_reduced_to_a_tenth_and_the_nebula_kept(case, mode):
     before = residual_fraction(pair, pair.narrow)
     res = msgr(pair.narrow, pair.wide, n_layers=layers, mode=mode, remove_stars_first=stars)
     after = residual_fraction(pair, res.corrected)
-    # measured (mult / add): ratio 1.5 0.022 / 0.024, ratio 3 0.028 / 0.029, ratio 6 0.075 / 0.048;
+    # measured (mult / add): ratio 1.5 0.022 / 0.025, ratio 3 0.030 / 0.030, ratio 6 0.076 / 0.047;
     # correlation with the nebula 0.93 / 0.91 / 0.92 before, 0.9999-1.0000 after
     assert before > 0.8
     assert after <= 0.10
@@ -147,7 +147,7 @@ def test_strong_gradient_robust_fit_keeps_the_nebula_pixinsight_fit_does_not():
     """The numbers behind the default fit (docs/msgr.md).
 
     Gradient 8x the default (1200 ADU peak-to-peak, 4x the nebula's peak):
-    PixInsight's L1 fit gives b = 0.41 of the truth and removes ~17 % of the
+    PixInsight's L1 fit gives b = 0.41 of the truth and removes ~18 % of the
     large-scale nebula; the robust joint fit gives b = 1.07 and keeps it.
     """
     pair = make_pair(3.0, seed=1, narrow_gradient=1200.0)
@@ -211,9 +211,10 @@ def test_suggested_layers_follow_the_image_size():
 
 def test_no_shared_large_scale_structure_is_warned():
     # no nebula: the large scales of both images are sky, gradient and noise
+    # (with the stars removed: bright stars leak into both and correlate them a little)
     pair = make_pair(3.0, seed=2, nebula_amplitude=1e-3, narrow_gradient=150.0)
-    res = msgr(pair.narrow, pair.wide, n_layers=5, mode="additive")
-    assert res.fits[0].slope_identifiable < 0.5  # measured 0.37 (0.9997 with the nebula)
+    res = msgr(pair.narrow, pair.wide, n_layers=5, mode="additive", remove_stars_first=True)
+    assert res.fits[0].slope_identifiable < 0.5  # measured 0.19 (0.9998 with the nebula)
     assert any("share little large-scale structure" in w for w in res.warnings)
     # the gradient is still removed
     assert residual_fraction(pair, res.corrected) <= 0.10

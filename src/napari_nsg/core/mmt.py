@@ -284,7 +284,9 @@ def _pad_linear(img: np.ndarray, p: int) -> np.ndarray:
 
 
 def _pad_width(shape: tuple[int, int], n_layers: int) -> int:
-    return int(max(1, min(2**n_layers, shape[0] - 2, shape[1] - 2)))
+    # half the last window: as accurate as a full window on simulated gradients
+    # (residual 0.058 vs 0.059 of the gradient), a quarter was worse (0.090)
+    return int(max(1, min(2 ** (n_layers - 1), shape[0] - 2, shape[1] - 2)))
 
 
 def _prepared(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -346,8 +348,8 @@ def mmt_residual(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7,
     border : {"mirror", "linear"}
         ``"mirror"`` (PixInsight): the medians see the image mirrored at its
         edges, which flattens a gradient within about a window of the edges.
-        ``"linear"``: the image is first extended by ``2**n_layers`` pixels
-        (at most its size) by point reflection about smoothed edge values, so a
+        ``"linear"``: the image is first extended by ``2**(n_layers - 1)``
+        pixels (at most its size) by point reflection about smoothed edge values, so a
         linear gradient runs on unchanged and the large scales follow it up to
         the edges (MSGR's default). Costs the extra area.
 
