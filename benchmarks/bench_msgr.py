@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         tx, ty = truth.narrow_to_wide(xy[:, 0], xy[:, 1])
         fitted = reg.transform(xy)
         map_err = np.hypot(fitted[:, 0] - tx, fitted[:, 1] - ty) * args.ratio
-        del wide, reg
+        reg = None
 
         out = tmp / "out.fits"
         t, run = _timed(lambda: run_msgr(narrow_path, wide_path, out, overwrite=True),

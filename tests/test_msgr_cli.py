@@ -6,13 +6,13 @@ import threading
 
 import numpy as np
 import pytest
+from test_msgr import residual_fraction
 
 from napari_nsg.cli import main
 from napari_nsg.io import FrameError, read_frame, write_frame
 from napari_nsg.pipeline.msgr import run_msgr
 from napari_nsg.pipeline.progress import Cancelled
 from napari_nsg.synthetic import simulate_pair
-from test_msgr import residual_fraction
 
 
 @pytest.fixture(scope="module")

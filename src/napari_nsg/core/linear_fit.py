@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LinearFitError", "LinearFitResult", "linear_fit", "FIT_METHODS", "DEFAULT_FIT_METHOD"]
+__all__ = ["DEFAULT_FIT_METHOD", "FIT_METHODS", "LinearFitError", "LinearFitResult", "linear_fit"]
 
 FIT_METHODS = ("robust", "pixinsight")
 #: The default of MSGR; see docs/msgr.md ("LinearFit") for the numbers behind it.

@@ -208,7 +208,7 @@ def _pcl_large_median(c: np.ndarray, n: int) -> np.ndarray:
     h, w = c.shape
     r = n / _PCL_DIRECT
     fr = max(2, int(1.5 * r))
-    sh, sw = max(1, int(round(h / r))), max(1, int(round(w / r)))
+    sh, sw = max(1, round(h / r)), max(1, round(w / r))
     dy = _decimation_matrix(h, sh, fr)
     dx = _decimation_matrix(w, sw, fr)
     tmp = np.asarray(dy @ c, dtype=np.float32)  # (sh, w)
@@ -221,7 +221,7 @@ def _decimated_box_median(c: np.ndarray, n: int) -> np.ndarray:
     """Fast middle layers: area-decimate by n/5, 5x5 box median, bicubic back (OpenCV)."""
     h, w = c.shape
     r = n / 5.0
-    sh, sw = max(1, int(round(h / r))), max(1, int(round(w / r)))
+    sh, sw = max(1, round(h / r)), max(1, round(w / r))
     small = cv2.resize(c, (sw, sh), interpolation=cv2.INTER_AREA)
     if min(sh, sw) >= 3:
         small = cv2.medianBlur(small, 5)

@@ -480,8 +480,8 @@ def msgr(
 
     t0 = time.perf_counter()
     step(4, "fitting the wide to the narrow")
-    ranges = dict(range_narrow=_data_max(n_planes), range_wide=_data_max(_planes(w_reg)))
-    fits = fit_wide_to_narrow(n_large, w_large, method=fit_method, **ranges)
+    fits = fit_wide_to_narrow(n_large, w_large, method=fit_method,
+                              range_narrow=_data_max(n_planes), range_wide=_data_max(_planes(w_reg)))
     for c, fit in enumerate(fits):
         if fit.slope_identifiable is not None and fit.slope_identifiable < MIN_IDENTIFIABLE:
             warnings.append(

@@ -130,8 +130,8 @@ def msgr_keywords(result: MsgrResult, wide_name: str) -> tuple[dict, list[str]]:
         f"MSGR.mode = {result.mode}",
         f"MSGR.fit = {result.fit_method}",
         f"MSGR.remove_stars = {result.stars_removed}",
-        f"MSGR.registration: ratio {reg.scale_ratio:.5f} rotation {reg.rotation_deg:.4f} deg "
-        f"flip {reg.flip} residual {reg.residual_px:.4f} px ({reg.n_pairs} stars)",
+        (f"MSGR.registration: ratio {reg.scale_ratio:.5f} rotation {reg.rotation_deg:.4f} deg "
+         f"flip {reg.flip} residual {reg.residual_px:.4f} px ({reg.n_pairs} stars)"),
     ]
     for c, fit in enumerate(result.fits):
         history.append(f"MSGR.fit{c}: narrow = {fit.a:.6g} + {fit.b:.6g} * wide")
@@ -254,10 +254,9 @@ def run_msgr(
     if "model" in outputs:
         mkw = dict(kw)
         mkw["MSGRKIND"] = ("model", "MSGR output: the gradient model removed")
-        model_history = history + [
-            "MSGR.model image: " + ("M, the correction is med(M)/M"
-                                    if result.mode == "multiplicative"
-                                    else "D, the correction subtracts D - med(D)")]
+        what = ("M, the correction is med(M)/M" if result.mode == "multiplicative"
+                else "D, the correction subtracts D - med(D)")
+        model_history = [*history, f"MSGR.model image: {what}"]
         written["model"] = write_frame(outputs["model"], _no_data_as_zero(result.model.model),
                                        nf.header, mkw, history=model_history, overwrite=overwrite)
     if "registered" in outputs:

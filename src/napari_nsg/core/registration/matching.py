@@ -313,7 +313,7 @@ def match_similarity(
             ])
             keys -= keys.min(axis=0)
             flat = np.ravel_multi_index(keys.T, tuple(keys.max(axis=0) + 1))
-            uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+            _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
             for u in np.argsort(-counts)[:5]:
                 if counts[u] < 3:
                     break
@@ -322,8 +322,8 @@ def match_similarity(
                 bm = complex(np.median(b[m].real), np.median(b[m].imag))
                 fl = bool(flip[m][0])
                 c = np.conj(centre) if fl else centre
-                sim = Similarity(abs(am), float(np.angle(am)), fl,
-                                 *(lambda z: (z.real, z.imag))(bm - am * c))
+                shift = bm - am * c
+                sim = Similarity(abs(am), float(np.angle(am)), fl, shift.real, shift.imag)
                 result = _verify_and_refit(sim, verifier, narrow_xy, wide_xy, min_pairs, tried)
                 if result is None:
                     continue

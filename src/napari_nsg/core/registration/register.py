@@ -231,7 +231,6 @@ def solve_registration(
     if scale_hint is not None:
         searches = [(max(lo, scale_hint / 1.1), min(hi, scale_hint * 1.1)), (lo, hi)]
     match = None
-    tried = 0
     for rng in searches:
         match = match_similarity(ns.xy, ws.xy, nlum.shape, wlum.shape, scale_range=rng,
                                  allow_flip=allow_flip, min_pairs=min_pairs)

@@ -13,16 +13,16 @@ import numpy as np
 from scipy.interpolate import RBFInterpolator
 
 __all__ = [
+    "AFFINE_MIN_PAIRS",
+    "HOMOGRAPHY_MIN_PAIRS",
     "DistortionSpline",
     "Similarity",
     "WideTransform",
-    "AFFINE_MIN_PAIRS",
-    "HOMOGRAPHY_MIN_PAIRS",
+    "apply_homography",
     "fit_affine",
     "fit_homography",
     "fit_projective",
     "fit_similarity",
-    "apply_homography",
 ]
 
 
