@@ -36,17 +36,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+BENCH_DIR = Path(__file__).resolve().parent
+
 CHILD = r"""
-import json, resource, shutil, sys, tempfile, time
+import json, shutil, sys, tempfile, time
 from pathlib import Path
+sys.path.insert(0, sys.argv[4])
+from _memory import peak_rss_mib
 from napari_nsg.io import read_frame, write_frame
 from napari_nsg.pipeline.normalize import normalize_frames
 
 paths = [Path(p) for p in json.loads(sys.argv[1])]
 out = Path(sys.argv[2])
 gradient_images = sys.argv[3] == "1"
-def peak_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+peak_mib = peak_rss_mib
 events = []
 def io_floor():
     times = []
@@ -82,7 +85,7 @@ print(json.dumps({"wall": wall, "reference_s": ready - t0, "frames": frames, "io
 
 def run_child(paths, out, gradient_images):
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
-                           str(out), "1" if gradient_images else "0"],
+                           str(out), "1" if gradient_images else "0", str(BENCH_DIR)],
                           check=True, capture_output=True, text=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

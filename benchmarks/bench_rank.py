@@ -19,9 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
+BENCH_DIR = Path(__file__).resolve().parent
+
 CHILD = r"""
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from _memory import peak_rss_mib
 from napari_nsg.io import read_frame
 from napari_nsg.pipeline.rank import rank_frames
 paths = [Path(p) for p in json.loads(sys.argv[1])]
@@ -35,13 +39,13 @@ else:
     result = rank_frames(paths)
     ok = sum(r.ok for r in result.frames)
 wall = time.perf_counter() - t0
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
-print(json.dumps({"wall": wall, "rss": rss, "ok": ok}))
+print(json.dumps({"wall": wall, "rss": peak_rss_mib(), "ok": ok}))
 """
 
 
 def run_child(paths, mode):
-    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]), mode],
+    out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]), mode,
+                          str(BENCH_DIR)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
