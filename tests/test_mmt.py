@@ -132,3 +132,19 @@ def test_too_small_for_the_layers_is_a_clear_error():
         mmt_residual(np.ones((200, 400), np.float32), 8)
     with pytest.raises(MMTSizeError, match="at least 1"):
         mmt_residual(np.ones((200, 400), np.float32), 0)
+
+
+def test_linear_borders_keep_a_gradient_up_to_the_edges():
+    h, w = 600, 800
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    ramp = (1000 + 0.2 * x - 0.15 * y).astype(np.float32)
+    noisy = ramp + np.random.default_rng(4).normal(0, 2, (h, w)).astype(np.float32)
+    lin = mmt_residual(noisy, 7, border="linear")
+    mir = mmt_residual(noisy, 7, border="mirror")
+    # mirrored borders fold the ramp back: the large scales flatten near the edges
+    # (measured: max error 12.7 mirrored, 1.08 linear, 0.33 inside for both; noise sigma 2)
+    assert np.abs(mir - ramp).max() > 10
+    assert np.abs(lin - ramp).max() < 2.0
+    assert np.abs(lin - ramp)[100:-100, 100:-100].max() < 0.5
+    with pytest.raises(ValueError, match="unknown border"):
+        mmt_residual(noisy, 3, border="wrap")

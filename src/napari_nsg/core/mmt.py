@@ -184,14 +184,19 @@ def _keys_matrices(n_src: int, n_dst: int) -> tuple[sparse.csr_matrix, sparse.cs
 def _keys_rows(inner, outer, inner_sum, a: np.ndarray, clamp: float) -> np.ndarray:
     """Resample the rows axis (axis 0) of ``a`` with clamped Keys cubic interpolation."""
     f12 = np.asarray(inner @ a, dtype=np.float32)
-    f03 = np.asarray(outer @ a, dtype=np.float32)
-    cubic = f12 + f03
+    out = np.asarray(outer @ a, dtype=np.float32)  # f03, becomes the result
     if clamp >= 1.0:
-        return cubic
+        out += f12
+        return out
     # PCL: cubic unless the outer (negative) lobes outweigh clamp * the inner part,
-    # then linear interpolation between the two inner samples.
-    linear = f12 / inner_sum[:, None]
-    return np.where(-f03 < f12 * np.float32(clamp), cubic, linear)
+    # -f03 >= clamp * f12, then linear interpolation between the two inner samples.
+    linear = np.multiply(f12, np.float32(-clamp))
+    np.greater_equal(linear, out, out=linear)  # True where linear is used (as float)
+    use_linear = linear.astype(bool)
+    out += f12
+    f12 /= inner_sum[:, None]
+    np.copyto(out, f12, where=use_linear)
+    return out
 
 
 def _keys_resize(small: np.ndarray, h: int, w: int, clamp: float = _CLAMP) -> np.ndarray:
@@ -267,20 +272,27 @@ def _edge_values(band: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter1d(edge, 4.0, mode="nearest")
 
 
-def _pad_columns(img: np.ndarray, p: int) -> np.ndarray:
-    """Extend left and right by ``p`` columns, point-reflected about the edge values."""
-    band = min(16, img.shape[1])
-    left = _edge_values(img[:, :band])
-    right = _edge_values(img[:, ::-1][:, :band])
-    lpad = 2 * left[:, None] - img[:, p:0:-1]
-    rpad = 2 * right[:, None] - img[:, -2 : -p - 2 : -1]
-    return np.hstack([lpad, img, rpad]).astype(np.float32)
-
-
 def _pad_linear(img: np.ndarray, p: int) -> np.ndarray:
-    """Point-reflection padding: a linear gradient continues unchanged into the pad."""
-    out = _pad_columns(img, p)
-    return np.ascontiguousarray(_pad_columns(np.ascontiguousarray(out.T), p).T)
+    """Point-reflection padding by ``p`` (< each side - 1): a linear gradient runs on unchanged.
+
+    Columns first (pad = 2 * edge value - mirrored column), then rows of the
+    column-padded image, so the corners are consistent.
+    """
+    h, w = img.shape
+    out = np.empty((h + 2 * p, w + 2 * p), np.float32)
+    out[p : p + h, p : p + w] = img
+    band = min(16, w)
+    left = _edge_values(img[:, :band]).astype(np.float32)
+    right = _edge_values(img[:, ::-1][:, :band]).astype(np.float32)
+    out[p : p + h, :p] = 2 * left[:, None] - img[:, p:0:-1]
+    out[p : p + h, p + w :] = 2 * right[:, None] - img[:, w - 2 - np.arange(p)]
+    rows = out[p : p + h]
+    band = min(16, h)
+    top = _edge_values(np.ascontiguousarray(rows[:band].T)).astype(np.float32)
+    bottom = _edge_values(np.ascontiguousarray(rows[::-1][:band].T)).astype(np.float32)
+    out[:p] = 2 * top[None, :] - rows[p:0:-1]
+    out[p + h :] = 2 * bottom[None, :] - rows[h - 2 - np.arange(p)]
+    return out
 
 
 def _pad_width(shape: tuple[int, int], n_layers: int) -> int:

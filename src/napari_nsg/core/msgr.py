@@ -80,8 +80,16 @@ def _valid(a: np.ndarray) -> np.ndarray:
     return ~no_data_mask(a)
 
 
+def _sample(a: np.ndarray, limit: int = 2_000_000) -> np.ndarray:
+    """Every k-th pixel along both axes, at most about ``limit`` of them."""
+    k = max(1, int(np.ceil(np.sqrt(a.size / limit))))
+    return a[k // 2 :: k, k // 2 :: k] if a.ndim == 2 else a
+
+
 def _median(a: np.ndarray) -> float:
-    v = a[_valid(a)]
+    """Median of the valid pixels (on a regular subsample of at most ~2 Mpx)."""
+    s = _sample(a)
+    v = s[_valid(s)]
     if v.size == 0:
         raise MsgrError("no valid pixel")
     return float(np.median(v))
@@ -265,9 +273,10 @@ def gradient_model(
         wf = fits[c].apply(w[c if len(w) > 1 else 0])
         ok = _valid(nc) & np.isfinite(wf)
         if mode == "multiplicative":
-            med_n = float(np.median(nc[ok])) if ok.any() else 0.0
-            med_w = float(np.median(wf[ok])) if ok.any() else 0.0
-            low = (np.count_nonzero(nc[ok] <= 0) + np.count_nonzero(wf[ok] <= 0)) / max(1, ok.sum())
+            sub_ok, sub_n, sub_w = _sample(ok), _sample(nc)[_sample(ok)], _sample(wf)[_sample(ok)]
+            med_n = float(np.median(sub_n)) if sub_n.size else 0.0
+            med_w = float(np.median(sub_w)) if sub_w.size else 0.0
+            low = (np.count_nonzero(sub_n <= 0) + np.count_nonzero(sub_w <= 0)) / max(1, sub_ok.sum())
             if med_n <= 0 or med_w <= 0 or low > 0.01:
                 raise MsgrError(
                     "the large scales are not positive (narrow median "
