@@ -1,15 +1,7 @@
 """MSGR on simulated wide/narrow pairs: the gradient goes, the nebula stays.
 
-Measuring the residual gradient
--------------------------------
-Stars are masked (where their noise-free light exceeds half a noise sigma, grown
-by 3 px), the corrected image is fitted as ``alpha * nebula + beta`` (truth),
-and what is left is smoothed (normalised Gaussian, sigma 16 px): its
-peak-to-peak over the whole frame, divided by the peak-to-peak of the true
-narrow gradient, is the "residual fraction" (before MSGR: ~0.9-1.0).
-"Nebula kept" compares how the corrected image scales the large-scale
-(Gaussian sigma 64 px) and the small-scale part of the true nebula: a slope
-that collapses removes part of the large-scale nebula and lowers it.
+The residual gradient, the nebula correlation and "nebula kept" are measured
+against the truth by :mod:`napari_nsg.synthetic.scoring` (see its docstring).
 
 The pairs are stacked-like (gain 25: noise ~4.5 ADU on a 500 ADU sky) with a
 mildly flat wide image (gradient 1 % of its sky): MSGR transfers the wide
@@ -19,7 +11,6 @@ with the simulator's default 5 % gradient sets a floor of ~25/ratio ADU.
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 import pytest
 
@@ -35,6 +26,7 @@ from napari_nsg.core.msgr import (
     suggest_layers,
 )
 from napari_nsg.synthetic import simulate_pair
+from napari_nsg.synthetic.scoring import nebula_correlation, nebula_kept, residual_fraction
 
 
 def make_pair(ratio, shape=(600, 800), seed=1, **kw):
@@ -43,52 +35,6 @@ def make_pair(ratio, shape=(600, 800), seed=1, **kw):
     kw.setdefault("wide_gradient", 0.01 * 500.0 * ratio**2)
     return simulate_pair(shape, wide_shape=wide_shape, scale_ratio=ratio,
                          rotation_deg=20.0 + 10 * seed, seed=seed, **kw)
-
-
-def _nblur(a, w, s=16.0):
-    num = cv2.GaussianBlur(np.where(w, a, 0).astype(np.float32), (0, 0), s)
-    den = cv2.GaussianBlur(w.astype(np.float32), (0, 0), s)
-    return np.where(den > 0.2, num / np.maximum(den, 1e-6), np.nan)
-
-
-def _truth(pair, c=0):
-    h, w = pair.narrow.shape[-2:]
-    yy, xx = np.mgrid[0:h, 0:w].astype(float)
-    neb = pair.nebula.evaluate(xx, yy)[c].astype(np.float32)
-    signal = pair.narrow_signal if pair.narrow_signal.ndim == 2 else pair.narrow_signal[c]
-    stars = signal - neb
-    mask = stars > 0.5 * float(pair.narrow_noise_sigma[c])
-    mask = cv2.dilate(mask.astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
-    return neb, ~mask
-
-
-def residual_fraction(pair, image, c=0):
-    """Peak-to-peak of the smoothed residual gradient over that of the true gradient."""
-    neb, ok = _truth(pair, c)
-    img = image if image.ndim == 2 else image[c]
-    ok &= np.isfinite(img) & (img != 0)
-    design = np.column_stack([neb[ok], np.ones(ok.sum())])
-    coef, *_ = np.linalg.lstsq(design, img[ok], rcond=None)
-    res = _nblur(img - coef[0] * neb - coef[1], ok)
-    grad = pair.narrow_gradient if pair.narrow_gradient.ndim == 2 else pair.narrow_gradient[c]
-    return float((np.nanmax(res) - np.nanmin(res)) / np.ptp(grad))
-
-
-def nebula_correlation(pair, image, c=0):
-    neb, ok = _truth(pair, c)
-    img = image if image.ndim == 2 else image[c]
-    a, b = _nblur(img, ok), _nblur(neb, ok)
-    v = np.isfinite(a) & np.isfinite(b)
-    return float(np.corrcoef(a[v], b[v])[0, 1])
-
-
-def nebula_kept(pair, image, c=0):
-    neb, ok = _truth(pair, c)
-    img = image if image.ndim == 2 else image[c]
-    large = cv2.GaussianBlur(neb, (0, 0), 64)
-    design = np.column_stack([large[ok], (neb - large)[ok], np.ones(ok.sum())])
-    coef, *_ = np.linalg.lstsq(design, img[ok], rcond=None)
-    return float(coef[0] / coef[1])
 
 
 # ratio, narrow shape, layers, star removal. Layers: suggest_layers() for the

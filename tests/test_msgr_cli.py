@@ -6,13 +6,13 @@ import threading
 
 import numpy as np
 import pytest
-from test_msgr import residual_fraction
 
 from napari_nsg.cli import main
 from napari_nsg.io import FrameError, read_frame, write_frame
 from napari_nsg.pipeline.msgr import run_msgr
 from napari_nsg.pipeline.progress import Cancelled
 from napari_nsg.synthetic import simulate_pair
+from napari_nsg.synthetic.scoring import residual_fraction
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_msgr_writes_corrected_model_and_registered(files, tmp_path, capsys):
     assert any("MSGR.fit0: narrow = " in str(line) for line in h["HISTORY"])
     assert h["EXPTIME"] == pair.narrow_header["EXPTIME"]  # the narrow header is kept
     assert f.data.shape == pair.narrow.shape and f.data.dtype == np.float32
-    # the gradient is gone (the measure of test_msgr.py)
+    # the gradient is gone (napari_nsg.synthetic.scoring)
     assert residual_fraction(pair, pair.narrow) > 0.8
     assert residual_fraction(pair, f.data) <= 0.10
     m = read_frame(model)

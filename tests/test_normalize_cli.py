@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 import threading
 
 import numpy as np
@@ -250,10 +251,15 @@ def test_demo_runs_and_matches_truth(tmp_path, capsys):
     assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "256"]) == 0
     out = capsys.readouterr().out
     assert "true scale" in out and "scale error vs truth" in out
+    assert "recommended reference" in out and "registration: ratio" in out
     truth = read_truth(tmp_path / "demo" / "frames")
-    rows = json.loads((tmp_path / "demo" / "nsg" / "nsg_results.json").read_text())["frames"]
-    for t, r in zip(truth["frames"], rows):
-        assert r["scale"][0] == pytest.approx(t["scale"][0], rel=0.02)
+    report = json.loads((tmp_path / "demo" / "nsg" / "nsg_results.json").read_text())
+    # the reference is the top-ranked frame; the truth's scales are relative to frame 0
+    true = {f["file"]: f["scale"][0] for f in truth["frames"]}
+    ref = true[Path(report["reference"]).name]
+    for r in report["frames"]:
+        assert r["scale"][0] == pytest.approx(true[Path(r["file"]).name] / ref, rel=0.02)
+    assert (tmp_path / "demo" / "msgr" / "narrow_msgr.fits").is_file()
     assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "256"]) == 2
 
 
