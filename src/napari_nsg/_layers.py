@@ -7,18 +7,25 @@ import numpy as np
 CHANNEL_COLORMAPS = ("red", "green", "blue")
 
 
-def display_limits(data: np.ndarray, low: float = 0.5, high: float = 99.8) -> tuple[float, float]:
-    """Percentile contrast limits of the valid (non-zero, finite) pixels.
+def display_limits(data: np.ndarray) -> tuple[float, float]:
+    """Display limits that show the sky, faint stars and nebulosity of linear data.
 
-    A subsample keeps this cheap on large frames.
+    IRAF's zscale (astropy's ``ZScaleInterval``) on a subsample of the valid
+    (non-zero, finite) pixels, with the upper limit raised to at least 10 noise
+    sigmas above the sky so a very flat frame is not stretched into noise.
     """
+    from astropy.stats import mad_std
+    from astropy.visualization import ZScaleInterval
+
     flat = np.asarray(data).ravel()
-    step = max(1, flat.size // 1_000_000)
+    step = max(1, flat.size // 500_000)
     sample = flat[::step]
     sample = sample[np.isfinite(sample) & (sample != 0)]
     if sample.size == 0:
         return 0.0, 1.0
-    lo, hi = np.percentile(sample, [low, high])
+    lo, hi = ZScaleInterval().get_limits(sample)
+    sky = float(np.median(sample))
+    hi = max(float(hi), sky + 10.0 * float(mad_std(sample)))
     if not hi > lo:
         hi = lo + 1.0
     return float(lo), float(hi)
