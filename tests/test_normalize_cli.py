@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest

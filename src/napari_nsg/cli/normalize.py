@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
-
 import math
 import sys
 
-from ._common import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, add_progress_flag, error, \
-    existing_frames, warn
+from ._common import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    add_progress_flag,
+    error,
+    existing_frames,
+    warn,
+)
 
 
 def add_parser(sub) -> argparse.ArgumentParser:

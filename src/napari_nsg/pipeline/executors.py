@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 from ..io import FrameError
-from .progress import CancelToken, Cancelled, check_cancel
+from .progress import Cancelled, CancelToken, check_cancel
 
 _WORKER_CONTEXT: Any = None
 SCHEDULER_TIMEOUT = "10s"  # to connect to a Dask scheduler

@@ -40,6 +40,7 @@ from ..core.nsg import (
     relative_values,
 )
 from ..io import FrameError, read_frame, remove_partials, write_frame
+from ._values import floats
 from .executors import map_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 from .report import FrameRow, NormalizeReport, read_report
@@ -91,10 +92,6 @@ class NormalizeJob:
     reference_header: object = None
 
 
-def _floats(values) -> list[float]:
-    return [float(v) for v in np.atleast_1d(values)]
-
-
 def _keywords(job: NormalizeJob, res) -> dict:
     kw = {"NSGREF": (Path(job.reference).name, "NSG reference frame")}
     for c in range(len(res.scale)):
@@ -121,16 +118,16 @@ def _row_from(path: str, res, meta, paths: dict, job: NormalizeJob) -> FrameRow:
     row = _base_row(path, meta)
     row.output = str(paths["output"])
     row.is_reference = bool(res.is_reference)
-    row.scale = _floats(res.scale)
-    row.scale_error = _floats(res.scale_error)
-    row.transmission = _floats(res.transmission)
-    row.snr = _floats(res.snr)
+    row.scale = floats(res.scale)
+    row.scale_error = floats(res.scale_error)
+    row.transmission = floats(res.transmission)
+    row.snr = floats(res.snr)
     row.weight = float(res.weight)
-    row.noise = _floats(res.noise)
+    row.noise = floats(res.noise)
     row.noise_source = res.noise_source
     row.n_star_pairs = [int(v) for v in np.atleast_1d(res.n_star_pairs)]
     row.n_samples = int(res.n_samples)
-    row.offset = _floats(res.offset)
+    row.offset = floats(res.offset)
     row.warnings = list(res.warnings)
     if job.gradient_images:
         row.gradient_output = str(paths["gradient"])

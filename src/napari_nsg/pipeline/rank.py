@@ -33,6 +33,7 @@ from ..core.reference import (
     star_statistics,
 )
 from ..io import FrameError, read_frame
+from ._values import floats, json_clean
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
 AEROSOL_EXTINCTION = 0.36  # NSG's airmass-scaled noise: exp(-0.36 * airmass)
@@ -163,7 +164,7 @@ class RankResult:
             "yardstick": self.yardstick,
             "yardstick_reason": self.yardstick_reason,
             "per_exposure": self.per_exposure,
-            "frames": [_jsonable(asdict(f)) for f in self.frames],
+            "frames": [json_clean(asdict(f)) for f in self.frames],
         }
 
     def row(self, file: str | Path) -> FrameRank:
@@ -173,23 +174,6 @@ class RankResult:
             if f.file == key:
                 return f
         raise KeyError(key)
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _floats(values) -> list[float]:
-    return [float(v) for v in np.atleast_1d(values)]
 
 
 @dataclass
@@ -232,14 +216,14 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
     span = np.nanpercentile(flat, 98, axis=1) - np.nanpercentile(flat, 2, axis=1)
     stars = star_statistics(data)
     noise = measure_frame_noise(chans)
-    row.background = _floats(background)
-    row.gradient_1 = _floats(corners.diagonal_1)
-    row.gradient_2 = _floats(corners.diagonal_2)
+    row.background = floats(background)
+    row.gradient_1 = floats(corners.diagonal_1)
+    row.gradient_2 = floats(corners.diagonal_2)
     with np.errstate(divide="ignore", invalid="ignore"):
         row.gradient_percent = float(np.nanmean(100.0 * corners.magnitude / np.abs(background)))
-    row.background_span = _floats(span)
-    row.complexity = _floats(complexity.residual_rms)
-    row.noise = _floats(noise.sigma)
+    row.background_span = floats(span)
+    row.complexity = floats(complexity.residual_rms)
+    row.noise = floats(noise.sigma)
     row.noise_source = noise.source
     row.n_stars = stars.n_stars
     row.fwhm = stars.median_fwhm
@@ -370,7 +354,7 @@ def rank_frames(
             continue
         tgt_noise = m.keyword_noise if use_keywords else m.measured_noise
         if use_keywords:
-            m.row.noise, m.row.noise_source = _floats(tgt_noise.sigma), "keywords"
+            m.row.noise, m.row.noise_source = floats(tgt_noise.sigma), "keywords"
         if i == yard:
             raw_scale[i], raw_weight[i] = 1.0, 1.0
             m.row.n_star_pairs = [len(model.candidates)] * raw_scale.shape[1]
@@ -409,8 +393,8 @@ def _rank(measured, raw_scale, raw_weight, yard, reason) -> RankResult:
         row.rank = rank
         row.rating = float(merit[i] / merit[best])
         row.weight = float(raw_weight[i] / raw_weight[best])
-        row.scale = _floats(rel_scale)
-        row.transmission = _floats(1.0 / rel_scale)
+        row.scale = floats(rel_scale)
+        row.transmission = floats(1.0 / rel_scale)
         rows.append(row)
     rows.extend(m.row for m in measured if m.row.error is not None)
     return RankResult(

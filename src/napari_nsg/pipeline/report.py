@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..io import atomic_write_text
+from ._values import json_clean
 
 JSON_NAME = "nsg_results.json"
 CSV_NAME = "nsg_results.csv"
@@ -82,7 +83,7 @@ class FrameRow:
 
     def to_dict(self) -> dict:
         """JSON-ready values (non-finite numbers become None)."""
-        return {k: _clean(v) for k, v in asdict(self).items()}
+        return json_clean(asdict(self))
 
     @classmethod
     def from_dict(cls, d: dict) -> "FrameRow":
@@ -102,14 +103,6 @@ class FrameRow:
             else:
                 out.append(_fmt(v))
         return out
-
-
-def _clean(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, list):
-        return [_clean(x) for x in v]
-    return v
 
 
 def _fmt(v) -> str:
@@ -175,8 +168,8 @@ class NormalizeReport:
             "version": REPORT_VERSION,
             "tool": "napari-nsg normalize",
             "reference": self.reference,
-            "parameters": _clean_dict(self.parameters),
-            "resolved_parameters": _clean_dict(self.resolved),
+            "parameters": json_clean(self.parameters),
+            "resolved_parameters": json_clean(self.resolved),
             "per_exposure": self.per_exposure,
             "gradient_images": self.gradient_images,
             "frames": [r.to_dict() for r in self.rows],
@@ -197,10 +190,6 @@ class NormalizeReport:
                           overwrite=True)
         if csv_too:
             atomic_write_text(self.csv_path, self.csv_text(), overwrite=True)
-
-
-def _clean_dict(d: dict) -> dict:
-    return {k: _clean(v) for k, v in d.items()}
 
 
 def read_report(out_dir: str | Path) -> dict | None:

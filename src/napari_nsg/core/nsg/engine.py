@@ -30,10 +30,10 @@ from ..stars.matching import (
 from ..stars.photometry import Photometry, pair_photometry
 from .correction import (
     CoarseGrid,
-    gradient_step,
     GradientField,
     apply_correction,
     evaluate_gradient,
+    gradient_step,
     taper_weights,
     zero_gradient,
 )
