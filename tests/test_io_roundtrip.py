@@ -221,3 +221,27 @@ def test_metadata_alternatives():
     m2 = parse_metadata(h2)
     assert m2.exposure == 12.0
     assert m2.image_scale == pytest.approx(1.0, rel=1e-3) and m2.image_scale_source == "WCS"
+
+
+def test_xisf_colour_and_mono(tmp_path):
+    xisf = pytest.importorskip("xisf")
+    rgb = np.zeros((20, 30, 3), np.float32)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 0.1, 0.2, 0.3
+    keywords = {"EXPTIME": [{"value": "120.", "comment": "s"}],
+                "FILTER": [{"value": "'Ha'", "comment": ""}],
+                "XPIXSZ": [{"value": "3.76", "comment": ""}],
+                "FOCALLEN": [{"value": "530", "comment": ""}]}
+    xisf.XISF.write(str(tmp_path / "rgb.xisf"), rgb, image_metadata={"FITSKeywords": keywords})
+    frame = read_frame(tmp_path / "rgb.xisf")
+    assert frame.data.shape == (3, 20, 30)
+    np.testing.assert_allclose(frame.data[:, 5, 5], [0.1, 0.2, 0.3])
+    assert frame.header["EXPTIME"] == 120.0 and frame.header["FILTER"] == "Ha"
+    assert frame.meta.exposure == 120.0 and frame.meta.image_scale == pytest.approx(1.463, abs=1e-3)
+    mono = np.arange(600, dtype=np.uint16).reshape(20, 30, 1)
+    xisf.XISF.write(str(tmp_path / "mono.xisf"), mono)
+    frame = read_frame(tmp_path / "mono.xisf")
+    assert frame.data.shape == (20, 30) and frame.data.dtype == np.float32
+    assert frame.data[1, 2] == 32.0
+    # and it can be written on as FITS with its header
+    out = write_frame(tmp_path / "mono.fits", frame.data, frame.header)
+    assert read_frame(out).data[1, 2] == 32.0

@@ -184,10 +184,27 @@ def _read_xisf(path: Path):
     for key, entries in (meta.get("FITSKeywords") or {}).items():
         for entry in entries:
             try:
-                header.append((key, entry.get("value"), entry.get("comment", "")))
+                header.append((key, _xisf_value(entry.get("value")), entry.get("comment", "")))
             except (ValueError, TypeError):
                 continue
     return _as_float32(path, array), header
+
+
+def _xisf_value(text):
+    """An XISF FITSKeyword value (always text) as the FITS card value it stands for."""
+    if not isinstance(text, str):
+        return text
+    t = text.strip()
+    if len(t) >= 2 and t[0] == t[-1] == "'":
+        return t[1:-1].replace("''", "'").rstrip()
+    if t in ("T", "F"):
+        return t == "T"
+    for kind in (int, float):
+        try:
+            return kind(t)
+        except ValueError:
+            pass
+    return t
 
 
 def read_frame(
