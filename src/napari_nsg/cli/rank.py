@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_text
+from ..pipeline._values import fmt_value
 from ..pipeline.progress import TqdmProgress
 from ..pipeline.rank import RankResult, rank_frames
 from ._common import (
@@ -41,12 +42,6 @@ def _mean(values) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def _fmt(value, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not np.isfinite(value)):
-        return "-"
-    return format(value, spec)
-
-
 def format_table(result: RankResult) -> str:
     """The ranking as a text table, best first (per-channel values averaged)."""
     head = (f"{'rank':>4}  {'file':<28} {'rating':>6} {'weight':>6} {'transm':>6} "
@@ -57,12 +52,12 @@ def format_table(result: RankResult) -> str:
         name = Path(f.file).name
         name = name if len(name) <= 28 else "..." + name[-25:]
         lines.append(
-            f"{_fmt(f.rank, 'd'):>4}  {name:<28} {_fmt(f.rating, '.3f'):>6} "
-            f"{_fmt(f.weight, '.3f'):>6} {_fmt(_mean(f.transmission), '.3f'):>6} "
-            f"{_fmt(_mean(f.background), '.1f'):>8} {_fmt(f.gradient_percent, '.2f'):>6} "
-            f"{_fmt(_mean(f.background_span), '.1f'):>7} {_fmt(_mean(f.complexity), '.2f'):>6} "
-            f"{_fmt(_mean(f.noise), '.2f'):>7} {_fmt(f.n_stars, 'd'):>5} {_fmt(f.fwhm, '.2f'):>5} "
-            f"{_fmt(f.exposure, 'g'):>6} {_fmt(f.airmass, '.2f'):>5}"
+            f"{fmt_value(f.rank, 'd'):>4}  {name:<28} {fmt_value(f.rating, '.3f'):>6} "
+            f"{fmt_value(f.weight, '.3f'):>6} {fmt_value(_mean(f.transmission), '.3f'):>6} "
+            f"{fmt_value(_mean(f.background), '.1f'):>8} {fmt_value(f.gradient_percent, '.2f'):>6} "
+            f"{fmt_value(_mean(f.background_span), '.1f'):>7} {fmt_value(_mean(f.complexity), '.2f'):>6} "
+            f"{fmt_value(_mean(f.noise), '.2f'):>7} {fmt_value(f.n_stars, 'd'):>5} {fmt_value(f.fwhm, '.2f'):>5} "
+            f"{fmt_value(f.exposure, 'g'):>6} {fmt_value(f.airmass, '.2f'):>5}"
         )
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Plain values for reports: per-channel lists of floats, JSON without NaN."""
+"""Plain values for reports: per-channel lists of floats, JSON without NaN, table cells."""
 
 from __future__ import annotations
 
@@ -27,3 +27,10 @@ def json_clean(value):
         v = float(value)
         return v if math.isfinite(v) else None
     return value
+
+
+def fmt_value(value, spec: str) -> str:
+    """``format(value, spec)`` for a table cell; ``"-"`` for None, NaN or inf."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)

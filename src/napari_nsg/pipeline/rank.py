@@ -184,7 +184,6 @@ class _Measured:
     shape: tuple
     measured_noise: NoiseEstimate | None = None
     keyword_noise: NoiseEstimate | None = None
-    meta: object = None
 
 
 def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate]:
@@ -315,7 +314,7 @@ def rank_frames(
             if keywords is not None:
                 row.airmass_scaled_noise = airmass_scaled_noise(
                     float(keywords.sigma[0]), row.exposure, row.airmass)
-            measured.append(_Measured(row, frame.data.shape, noise, keywords, frame.meta))
+            measured.append(_Measured(row, frame.data.shape, noise, keywords))
         except (FrameError, NsgError) as exc:
             row.error = exc.reason if isinstance(exc, FrameError) else str(exc)
             measured.append(_Measured(row, ()))

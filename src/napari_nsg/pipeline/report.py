@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..io import atomic_write_text
-from ._values import json_clean
+from ._values import fmt_value, json_clean
 
 JSON_NAME = "nsg_results.json"
 CSV_NAME = "nsg_results.csv"
@@ -228,8 +228,8 @@ def format_table(rows: list[FrameRow], *, truth: dict[str, list[float]] | None =
         elif r.warnings:
             status += f" ({len(r.warnings)} warning{'s' if len(r.warnings) > 1 else ''})"
         cells = [Path(r.file).name, chan(r.scale), chan(r.transmission, "{:.3f}"),
-                 chan(r.snr, "{:.3f}"), _fmt_num(r.weight, "{:.3f}"),
-                 _fmt_num(r.relative_weight, "{:.3f}"), chan(r.n_star_pairs, "{:d}"),
+                 chan(r.snr, "{:.3f}"), fmt_value(r.weight, ".3f"),
+                 fmt_value(r.relative_weight, ".3f"), chan(r.n_star_pairs, "{:d}"),
                  "-" if r.n_samples is None else str(r.n_samples), status]
         if truth is not None:
             t = truth.get(r.file) or truth.get(Path(r.file).name)
@@ -242,7 +242,3 @@ def format_table(rows: list[FrameRow], *, truth: dict[str, list[float]] | None =
     out = [fmt.format(*head).rstrip()]
     out += [fmt.format(*c).rstrip() for c in lines]
     return "\n".join(out)
-
-
-def _fmt_num(v, fmt: str) -> str:
-    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
