@@ -14,6 +14,7 @@ reference ranking can reuse them without correcting anything.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,7 +134,9 @@ class ReferenceModel:
     spline_cache : dict
         The thin-plate system of the reference's usable bins, inverted when the
         first target needs it and reused by the others (see
-        :class:`.spline.SplineOperator`).
+        :class:`.spline.SplineOperator`), keyed by what it depends on
+        (:func:`spline_cache_key`: node set and smoothness); the
+        ``SPLINE_CACHE_SIZE`` most recently used are kept.
     """
 
     data: np.ndarray
@@ -656,17 +659,30 @@ def _surface(model: ReferenceModel, samples: Samples, nodes: Samples) -> Surface
             or len(nodes) < REUSE_FRACTION * n_full):
         return SplineOperator(nodes.x, nodes.y, smoothness=p.smoothness,
                               weights=nodes.weight).fit(nodes.values)
-    op = model.spline_cache.get("reference")
+    key = spline_cache_key(grid, p.smoothness)
+    op = model.spline_cache.pop(key, None)
     if op is None:
         cx, cy = grid.centers
         op = SplineOperator(cx[full], cy[full], smoothness=p.smoothness)
-        model.spline_cache["reference"] = op
+    while len(model.spline_cache) >= SPLINE_CACHE_SIZE:  # least recently used goes
+        model.spline_cache.pop(next(iter(model.spline_cache)))
+    model.spline_cache[key] = op
     ids = np.flatnonzero(full)
     index = np.searchsorted(ids, nodes.iy * grid.nx + nodes.ix)
     return op.fit_subset(index, nodes.values)
 
 
 REUSE_FRACTION = 0.6  # below this share of the reference's bins a fresh solve is cheaper
+SPLINE_CACHE_SIZE = 2  # prepared systems kept per reference (each up to ~100 MB at 2000 nodes)
+
+
+def spline_cache_key(grid: SampleGrid, smoothness: float) -> tuple:
+    """What the reference's prepared spline system depends on: the node set (the
+    grid's geometry and its usable bins; node weights are all 1 there) and the
+    smoothness. A model whose parameters or grid were replaced (e.g. with
+    :func:`dataclasses.replace`, which shares the cache) never gets a stale system."""
+    usable = hashlib.sha1(np.packbits(grid.usable).tobytes()).hexdigest()
+    return (grid.size, grid.x0, grid.y0, grid.nx, grid.ny, usable, float(smoothness))
 
 
 def reference_result(model: ReferenceModel, *, gradient_images: bool = False,
