@@ -152,10 +152,14 @@ def test_existing_outputs_overwrite_and_resume(frames, tmp_path, capsys):
     assert run_cli(*paths[:3], "--reference", paths[0], "--out", out) == 0
     assert "kept the output of an earlier run" in capsys.readouterr().err
     assert (out / "frame_001_nsg.fits").stat().st_mtime_ns == first
-    # another reference: the existing outputs are not replaced, those frames fail
-    assert run_cli(*paths[:3], "--reference", paths[1], "--out", out) == 1
-    assert "output exists" in capsys.readouterr().err
+    # another reference: the folder holds another run's outputs, refused as a whole
+    # (exit 2), its outputs and its report untouched
+    before = (out / "nsg_results.json").read_bytes()
+    assert run_cli(*paths[:3], "--reference", paths[1], "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "another reference" in err and "--overwrite" in err
     assert (out / "frame_001_nsg.fits").stat().st_mtime_ns == first
+    assert (out / "nsg_results.json").read_bytes() == before
     assert run_cli(*paths[:3], "--reference", paths[0], "--out", out, "--overwrite") == 0
     first = (out / "frame_001_nsg.fits").stat().st_mtime_ns
     # --resume: the complete frames are skipped, the new one is done
@@ -189,12 +193,19 @@ def test_bad_arguments_exit_2(frames, tmp_path, capsys, args, text):
     assert text in capsys.readouterr().err
 
 
-def test_unusable_reference_and_missing_files_exit_2(frames, tmp_path, capsys):
+def test_unusable_reference_exit_2_missing_frame_exit_1(frames, tmp_path, capsys):
     paths, _ = frames
     empty = write_frame(tmp_path / "empty.fits", np.zeros((320, 320), np.float32))
     assert run_cli(*paths[:2], "--reference", empty, "--out", tmp_path / "o") == 2
     assert "empty.fits" in capsys.readouterr().err
-    assert run_cli(tmp_path / "nope.fits", "--reference", paths[0], "--out", tmp_path / "o") == 2
+    # a missing frame is that frame's error, the others go on (exit 1)
+    assert run_cli(tmp_path / "nope.fits", paths[1], "--reference", paths[0],
+                   "--out", tmp_path / "o") == 1
+    assert "nope.fits: file not found" in capsys.readouterr().err
+    assert (tmp_path / "o" / f"{paths[1].stem}_nsg.fits").is_file()
+    # a missing reference is still exit 2
+    assert run_cli(paths[1], "--reference", tmp_path / "nope.fits",
+                   "--out", tmp_path / "o2") == 2
     assert "nope.fits: file not found" in capsys.readouterr().err
 
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from ..io import FrameError
+from ..io import FrameError, OutputExistsError
 from ..pipeline.progress import Cancelled
 
 EXIT_OK = 0
@@ -26,12 +26,31 @@ def warn(message: str) -> None:
     print(f"napari-nsg: warning: {message}", file=sys.stderr)
 
 
+def with_flags(exc: FrameError) -> str:
+    """The message of a pipeline error, with the command-line flags that get past it."""
+    from ..pipeline.normalize import ForeignRunError, ResumeMismatchError
+
+    text = str(exc)
+    if isinstance(exc, ResumeMismatchError):
+        return (f"{text}; --resume only finishes a run with the same reference and parameters: "
+                "run with --overwrite (without --resume) to start again, or choose another --out")
+    if isinstance(exc, ForeignRunError):
+        return f"{text}; use --overwrite to replace that run's outputs, or choose another --out"
+    if isinstance(exc, OutputExistsError):
+        return f"{text}; use --overwrite to replace it"
+    return text
+
+
 def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run a subcommand; expected failures become a message and exit status 2."""
     try:
         return int(func(args))
     except FrameError as exc:
-        error(str(exc))
+        error(with_flags(exc))
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # not expected, but never a traceback for a file problem
+        where = f"{exc.filename}: " if exc.filename else ""
+        error(f"{where}{exc.strerror or exc}")
         return EXIT_BAD_INPUT
     except Cancelled:
         error("cancelled; no partial outputs were left")
@@ -45,6 +64,23 @@ def not_built(name: str) -> int:
     """What a subcommand that does not exist yet answers."""
     error(f"'{name}' is not built yet in this version")
     return EXIT_BAD_INPUT
+
+
+def output_name(value: str | None, flag: str) -> str | None:
+    """``value`` of an output option; FrameError if it is given but empty."""
+    if value is not None and not str(value).strip():
+        raise FrameError(None, f"{flag} is empty; give a file or folder name "
+                               "(use . for the current folder)")
+    return value
+
+
+def frame_list(paths: list[str]) -> list[Path]:
+    """The frame paths as given, unchecked: a missing or unreadable frame becomes that
+    frame's error in the batch, not the end of it (empty names are refused)."""
+    for p in paths:
+        if not str(p).strip():
+            raise FrameError(None, "an empty frame name was given")
+    return [Path(p) for p in paths]
 
 
 def existing_frames(paths: list[str]) -> list[Path]:

@@ -62,11 +62,14 @@ def _format_summary(run) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from ..pipeline.msgr import run_msgr
     from ..pipeline.progress import TqdmProgress
-    from ._common import EXIT_BAD_INPUT, EXIT_OK, error, existing_frames, warn
+    from ._common import EXIT_BAD_INPUT, EXIT_OK, error, existing_frames, output_name, warn
 
     if args.layers < 1:
         error(f"--layers must be at least 1, got {args.layers}")
         return EXIT_BAD_INPUT
+    for value, flag in ((args.out, "--out"), (args.save_model, "--save-model"),
+                        (args.save_registered, "--save-registered")):
+        output_name(value, flag)
     narrow, wide = existing_frames([args.narrow, args.wide])
     with TqdmProgress("msgr", disable=True if args.quiet else None) as bar:
         result = run_msgr(

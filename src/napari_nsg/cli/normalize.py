@@ -13,8 +13,13 @@ from ._common import (
     add_progress_flag,
     error,
     existing_frames,
+    frame_list,
+    output_name,
     warn,
 )
+
+EXISTS_HINT = ("some outputs exist and are not this run's: use --overwrite to replace them, "
+               "or choose another --out")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -97,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         error(f"--workers must be at least 1, got {args.workers}")
         return EXIT_BAD_INPUT
-    frames = existing_frames(args.frames)
+    output_name(args.out, "--out")
+    frames = frame_list(args.frames)
     if str(args.reference).lower() == "auto":
         from ..pipeline.rank import choose_reference
 
@@ -117,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result.rows))
     for row in result.failed:
         error(f"{row.file}: {row.error}")
+    if any(row.error_kind == "OutputExistsError" for row in result.failed):
+        error(EXISTS_HINT)
     for row in result.rows:
         for text in row.warnings:
             warn(f"{row.file}: {text}")

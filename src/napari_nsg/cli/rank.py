@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import atomic_write_text
+from ..io import FrameError, atomic_write_text, remove_partials
+from ..io.atomic import refuse_inputs
 from ..pipeline._values import fmt_value
 from ..pipeline.progress import TqdmProgress
 from ..pipeline.rank import RankResult, rank_frames
@@ -17,7 +18,8 @@ from ._common import (
     EXIT_SOME_FAILED,
     add_progress_flag,
     error,
-    existing_frames,
+    frame_list,
+    output_name,
     warn,
 )
 
@@ -69,8 +71,19 @@ grad%:  NSG's corner-box gradient, hypot of its two diagonals, in % of the backg
 span:   2-98 % range of the background map.  lumpy: RMS of that map about its best-fit plane."""
 
 
+def _check_json(json_path: str | None, inputs: list[Path]) -> None:
+    """Refuse up front a --json that is empty, a folder or one of the frames."""
+    if output_name(json_path, "--json") is None:
+        return
+    refuse_inputs([json_path], inputs)
+    if Path(json_path).is_dir():
+        raise FrameError(json_path, "is a folder; --json takes a file name")
+    remove_partials(Path(json_path).parent, keep=inputs)
+
+
 def run(args: argparse.Namespace) -> int:
-    paths = existing_frames(args.frames)
+    paths = frame_list(args.frames)
+    _check_json(args.json, paths)
     with TqdmProgress("ranking", disable=True if args.quiet else None) as bar:
         result = rank_frames(paths, debayer=args.debayer, progress=bar)
     print(format_table(result))

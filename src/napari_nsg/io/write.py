@@ -11,7 +11,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
-from .atomic import atomic_path
+from .atomic import atomic_group, write_error
 from .errors import FrameError
 
 # Keywords that describe the old file's layout, not the observation: astropy
@@ -59,6 +59,60 @@ def _set_keyword(header: fits.Header, key: str, value) -> None:
         header[key] = (value, comment)
 
 
+def frame_hdu(
+    data: np.ndarray,
+    header: fits.Header | None = None,
+    keywords: Mapping[str, object] | None = None,
+    history: Iterable[str] = (),
+    *,
+    path: str | os.PathLike | None = None,
+) -> fits.PrimaryHDU:
+    """The float32 primary HDU that :func:`write_frame` writes (``path`` only names errors)."""
+    data = np.asarray(data)
+    if data.ndim not in (2, 3):
+        raise FrameError(path, f"cannot write {data.ndim}-D data (shape {data.shape})")
+    out_header = clean_header(header)
+    if data.ndim == 3:
+        for key in ("BAYERPAT", "XBAYROFF", "YBAYROFF"):
+            out_header.remove(key, ignore_missing=True, remove_all=True)
+    for key, value in (keywords or {}).items():
+        _set_keyword(out_header, key, value)
+    for line in history:
+        out_header.add_history(str(line))
+    return fits.PrimaryHDU(data=np.ascontiguousarray(data, dtype=np.float32), header=out_header)
+
+
+def _write_hdu(hdu: fits.PrimaryHDU, tmp: Path, final: Path) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VerifyWarning)
+            hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+    except OSError as exc:
+        raise write_error(final, exc) from None
+
+
+def write_frames(hdus: Mapping[str | os.PathLike, fits.PrimaryHDU], *,
+                 overwrite: bool = False) -> list[Path]:
+    """Write several HDUs (from :func:`frame_hdu`) as one unit: all or none.
+
+    Each is written under a temporary name; once all are complete they are
+    renamed, and if that is interrupted the ones already renamed are removed
+    (see :func:`~napari_nsg.io.atomic.atomic_group`).
+
+    Raises
+    ------
+    OutputExistsError
+        One exists and not ``overwrite`` (nothing written).
+    OutputWriteError
+        A write failed (full disk, permissions): names the file and the reason.
+    """
+    finals = [Path(p) for p in hdus]
+    with atomic_group(finals, overwrite=overwrite) as temps:
+        for hdu, tmp, final in zip(hdus.values(), temps, finals):
+            _write_hdu(hdu, tmp, final)
+    return finals
+
+
 def write_frame(
     path: str | os.PathLike,
     data: np.ndarray,
@@ -90,21 +144,11 @@ def write_frame(
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    OutputWriteError
+        The file could not be written (full disk...): names it and the reason.
     """
-    data = np.asarray(data)
-    if data.ndim not in (2, 3):
-        raise FrameError(path, f"cannot write {data.ndim}-D data (shape {data.shape})")
-    out_header = clean_header(header)
-    if data.ndim == 3:
-        for key in ("BAYERPAT", "XBAYROFF", "YBAYROFF"):
-            out_header.remove(key, ignore_missing=True, remove_all=True)
-    for key, value in (keywords or {}).items():
-        _set_keyword(out_header, key, value)
-    for line in history:
-        out_header.add_history(str(line))
-    hdu = fits.PrimaryHDU(data=np.ascontiguousarray(data, dtype=np.float32), header=out_header)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", VerifyWarning)
-            hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
-    return Path(path)
+    hdu = frame_hdu(data, header, keywords, history, path=path)
+    return write_frames({path: hdu}, overwrite=overwrite)[0]

@@ -6,11 +6,20 @@ model) is sent to each worker once; each task reads and writes its own frame,
 so only small results travel back. At most ``2 x workers`` tasks are in flight,
 which keeps memory bounded however many frames there are. ``func`` must be a
 module-level function and must not raise (it returns its error as a result).
+Local workers die with the process that started them, even when it is killed
+with SIGKILL (see :func:`_die_with_parent`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
@@ -20,10 +29,38 @@ from .progress import Cancelled, CancelToken, check_cancel
 
 _WORKER_CONTEXT: Any = None
 SCHEDULER_TIMEOUT = "10s"  # to connect to a Dask scheduler
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_SECONDS = 0.5  # how often a worker checks that its parent lives
+EXIT_ORPHANED = 3
 
 
-def _init_worker(context) -> None:
+def _die_with_parent(parent_pid: int) -> None:
+    """End this worker process when its parent dies (even by SIGKILL).
+
+    Linux: the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``).
+    Everywhere: a daemon thread checks ``os.getppid()`` every
+    :data:`WATCHDOG_SECONDS`. A worker killed mid-write leaves at most a hidden
+    partial file, which the next run in that folder removes.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(WATCHDOG_SECONDS)
+        os._exit(EXIT_ORPHANED)
+
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        os._exit(EXIT_ORPHANED)
+    threading.Thread(target=watch, name="napari-nsg-parent-watchdog", daemon=True).start()
+
+
+def _init_worker(context, parent_pid: int | None = None) -> None:
     global _WORKER_CONTEXT
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
     _WORKER_CONTEXT = context
 
 
@@ -76,7 +113,7 @@ def map_frames(
         return
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(context,)) as pool:
+                             initargs=(context, os.getpid())) as pool:
         pending: dict = {}
         it = iter(enumerate(items))
         try:

@@ -7,7 +7,8 @@ with progress and cancellation between steps, and writes the corrected image
 FITS, atomically, with the MSGR parameters and results in keywords and HISTORY.
 Every expected failure is a :class:`~napari_nsg.io.FrameError` naming the file at
 fault. Nothing is written before the whole computation succeeded; an existing
-output is refused before any work unless ``overwrite``.
+output is refused before any work unless ``overwrite``, an output that is an
+input (links resolved) always; the outputs are written as one unit (all or none).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from ..core.linear_fit import DEFAULT_FIT_METHOD, LinearFitError
 from ..core.mmt import MMTSizeError
 from ..core.msgr import MODES, MsgrError, MsgrResult, check_msgr_size, msgr
 from ..core.registration import DEFAULT_SCALE_RANGE, RegistrationError
-from ..io import Frame, FrameError, OutputExistsError, read_frame, write_frame
+from ..io import Frame, FrameError, OutputExistsError, read_frame, remove_partials
+from ..io.atomic import refuse_inputs
+from ..io.write import frame_hdu, write_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["MsgrRun", "msgr_keywords", "run_msgr"]
@@ -72,25 +75,16 @@ class MsgrRun:
         return out
 
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
-
-
 def _check_outputs(outputs: dict, inputs: list[Path], overwrite: bool) -> None:
     seen: list[Path] = []
+    refuse_inputs(outputs.values(), inputs)
     for path in outputs.values():
-        for src in inputs:
-            if _same(path, src):
-                raise FrameError(path, "an output cannot replace an input file")
         for other in seen:
             if Path(os.path.abspath(path)) == Path(os.path.abspath(other)):
                 raise FrameError(path, "given for two different outputs")
         seen.append(path)
         if path.exists() and not overwrite:
-            raise OutputExistsError(path, "exists; use --overwrite to replace it")
+            raise OutputExistsError(path, "exists")
         if path.exists() and path.is_dir():
             raise FrameError(path, "is a folder, not a file name")
         if not path.parent.exists():
@@ -210,6 +204,8 @@ def run_msgr(
     if save_registered is not None:
         outputs["registered"] = Path(save_registered)
     _check_outputs(outputs, [narrow_path, wide_path], overwrite)
+    for folder in {p.parent for p in outputs.values()}:
+        remove_partials(folder, keep=[narrow_path, wide_path])
 
     total = 9
 
@@ -248,17 +244,16 @@ def run_msgr(
 
     report(progress, total - 1, total, "writing")
     kw, history = msgr_keywords(result, wide_path.name)
-    written = {}
-    written["corrected"] = write_frame(outputs["corrected"], result.corrected, nf.header, kw,
-                                       history=history, overwrite=overwrite)
+    hdus = {"corrected": frame_hdu(result.corrected, nf.header, kw, history,
+                                   path=outputs["corrected"])}
     if "model" in outputs:
         mkw = dict(kw)
         mkw["MSGRKIND"] = ("model", "MSGR output: the gradient model removed")
         what = ("M, the correction is med(M)/M" if result.mode == "multiplicative"
                 else "D, the correction subtracts D - med(D)")
         model_history = [*history, f"MSGR.model image: {what}"]
-        written["model"] = write_frame(outputs["model"], _no_data_as_zero(result.model.model),
-                                       nf.header, mkw, history=model_history, overwrite=overwrite)
+        hdus["model"] = frame_hdu(_no_data_as_zero(result.model.model), nf.header, mkw,
+                                  model_history, path=outputs["model"])
     if "registered" in outputs:
         header = wf.header.copy()
         for key in list(header.keys()):
@@ -266,9 +261,11 @@ def run_msgr(
                 header.remove(key, ignore_missing=True, remove_all=True)
         rkw = dict(kw)
         rkw["MSGRKIND"] = ("registered", "MSGR output: wide image on the narrow grid")
-        written["registered"] = write_frame(
-            outputs["registered"], _no_data_as_zero(result.registration.registered), header, rkw,
-            history=history + [f"MSGR.registered onto {narrow_path.name}"], overwrite=overwrite)
+        hdus["registered"] = frame_hdu(
+            _no_data_as_zero(result.registration.registered), header, rkw,
+            history + [f"MSGR.registered onto {narrow_path.name}"], path=outputs["registered"])
+    write_frames({outputs[k]: hdu for k, hdu in hdus.items()}, overwrite=overwrite)
+    written = {k: outputs[k] for k in hdus}
     report(progress, total, total, "done")
     warnings = list(result.warnings)
     if hint is None:

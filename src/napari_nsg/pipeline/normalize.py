@@ -6,17 +6,29 @@ against it, one frame in memory at a time per worker:
 
     read -> stars -> photometry -> scale -> samples -> spline -> correct -> weight -> write
 
-A frame that fails (unreadable, wrong size or colour depth, no data, no star
-pairs...) gets its error in the report and the others go on. Outputs are
-written atomically. An existing output is never replaced without
-``overwrite``: if the report in the folder comes from a run with the same
-reference and parameters and the frame's row and outputs are complete, the row
-is kept (with a warning that says so); otherwise the frame fails with "output
-exists". ``resume`` skips frames whose outputs and report rows are complete
-and redoes the others of that run, replacing their partial outputs. The JSON report is rewritten after every frame, so an
-interrupted run can be resumed. Relative weight and transmission, and
-rejection by ``min_weight``/``min_transmission``, are computed once all frames
-are measured: rejected frames are still written, and flagged in the report.
+A frame that fails (missing, unreadable, wrong size or colour depth, no
+data, no star pairs...) gets its error in the report and the others go on.
+
+What is on disk is always accounted for:
+
+- A frame's outputs (normalized, gradient and curvature images) are written as
+  one unit: temporary names, then renamed together; if that is interrupted the
+  ones already renamed are removed.
+- No output replaces an input (links resolved): such a frame fails.
+- Before any output is written, the JSON report is written with the frames
+  whose outputs this run may write (``claimed``: those whose outputs did not
+  exist, or all with ``overwrite``); it is rewritten after every frame.
+- A folder holding the report of another run (other reference or parameters)
+  is refused as a whole unless ``overwrite``: :class:`ForeignRunError`
+  (:class:`ResumeMismatchError` with ``resume``), and that report is left as it is.
+- A run with the same reference and parameters (``resume``, or a plain
+  re-run) keeps the complete rows and redoes the other frames it had
+  claimed, replacing what they left; another output in the way is refused
+  ("output exists").
+
+Relative weight and transmission, and rejection by
+``min_weight``/``min_transmission``, are computed once all frames are measured:
+rejected frames are still written, and flagged in the report.
 """
 
 from __future__ import annotations
@@ -39,15 +51,43 @@ from ..core.nsg import (
     rejection,
     relative_values,
 )
-from ..io import FrameError, read_frame, remove_partials, write_frame
+from ..io import FrameError, OutputExistsError, read_frame, remove_partials
+from ..io.atomic import InputCollisionError, refuse_inputs, same_file, test_pause
+from ..io.write import frame_hdu, write_frames
 from ._values import floats
 from .executors import map_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
-from .report import FrameRow, NormalizeReport, read_report
+from .report import JSON_NAME, FrameRow, NormalizeReport, read_report
 
-__all__ = ["OUTPUT_SUFFIX", "NormalizeJob", "normalize_frames", "output_paths"]
+__all__ = ["OUTPUT_SUFFIX", "ForeignRunError", "NormalizeJob", "ResumeMismatchError",
+           "normalize_frames", "output_paths"]
 
 OUTPUT_SUFFIX = "_nsg"
+
+
+class ForeignRunError(FrameError):
+    """The output folder holds the report of another run, whose files are not ours to replace.
+
+    Attributes
+    ----------
+    differs : {"reference", "parameters", "unreadable"}
+        What differs from this run (or that the report cannot be read).
+    other_reference : str or None
+        The reference of that run, as its report gives it.
+    """
+
+    def __init__(self, path, differs: str, other_reference: str | None):
+        self.differs = differs
+        self.other_reference = other_reference
+        what = {"reference": f"with another reference ({other_reference})",
+                "parameters": "with other parameters",
+                "unreadable": "that cannot be read back"}[differs]
+        super().__init__(path, f"is the report of an earlier run {what}; its outputs "
+                               "are not replaced")
+
+
+class ResumeMismatchError(ForeignRunError):
+    """Resuming was asked, but the report in the folder is another run's."""
 
 
 def output_paths(frame: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -143,6 +183,58 @@ def _base_row(path: str, meta=None) -> FrameRow:
     return row
 
 
+def _outputs_wanted(paths: dict, gradient_images: bool) -> list[Path]:
+    return [paths["output"]] + ([paths["gradient"], paths["curvature"]]
+                                if gradient_images else [])
+
+
+def _measure(job: NormalizeJob, path: str, is_reference: bool):
+    """(result, metadata, header) of one frame, its keywords' warnings included."""
+    if is_reference:
+        meta, frame_header = job.model.meta, job.reference_header
+        res = reference_result(job.model, gradient_images=job.gradient_images)
+    else:
+        frame = read_frame(path, debayer=job.debayer)
+        meta, frame_header = frame.meta, frame.header
+        data = frame.data
+        del frame
+        res = normalize_frame(job.model, data, meta, gradient_images=job.gradient_images)
+        del data
+    warn = []
+    if (not is_reference and job.reference_filter and meta.filter
+            and meta.filter != job.reference_filter):
+        warn.append(f"FILTER '{meta.filter}' differs from the reference's "
+                    f"'{job.reference_filter}'")
+    res.warnings = warn + res.warnings
+    return res, meta, frame_header
+
+
+def _write_unit(job: NormalizeJob, paths: dict, res, frame_header, overwrite: bool) -> None:
+    """The frame's normalized (+ gradient and curvature) images, written as one unit."""
+    kw, hist = _keywords(job, res), _history(job, res)
+    hdus = {paths["output"]: frame_hdu(res.corrected, frame_header, kw, hist,
+                                       path=paths["output"])}
+    if job.gradient_images:
+        gkw = {"NSGREF": kw["NSGREF"], "IMAGETYP": "NSG gradient"}
+        hdus[paths["gradient"]] = frame_hdu(
+            res.gradient, frame_header, gkw,
+            ["NSG: gradient model subtracted from the scaled frame"], path=paths["gradient"])
+        gkw = {"NSGREF": kw["NSGREF"], "IMAGETYP": "NSG curvature"}
+        hdus[paths["curvature"]] = frame_hdu(
+            res.curvature, frame_header, gkw,
+            ["NSG: gradient minus its best-fit plane"], path=paths["curvature"])
+    write_frames(hdus, overwrite=overwrite)
+    test_pause("after_rename")
+
+
+def _error_row(path: str, meta, is_reference: bool, error: str, kind: str | None = None):
+    row = _base_row(path, meta)
+    row.is_reference = is_reference
+    row.error = error
+    row.error_kind = kind
+    return row
+
+
 def process_frame(job: NormalizeJob, item: tuple[str, bool, bool]) -> FrameRow:
     """Normalize one frame and write its outputs; never raises (errors go in the row).
 
@@ -151,87 +243,121 @@ def process_frame(job: NormalizeJob, item: tuple[str, bool, bool]) -> FrameRow:
     job : NormalizeJob
     item : (path, is_reference, overwrite)
         ``overwrite`` replaces this frame's existing outputs (``job.overwrite``,
-        or a resumed frame of the same run).
+        or a frame this run had claimed before it was interrupted).
     """
     path, is_reference, overwrite = item
     paths = output_paths(path, job.out_dir)
     meta = None
     try:
-        wanted = [paths["output"]] + ([paths["gradient"], paths["curvature"]]
-                                      if job.gradient_images else [])
         if not overwrite:
-            for p in wanted:
+            for p in _outputs_wanted(paths, job.gradient_images):
                 if p.exists():
-                    raise FrameError(p, "output exists (use --overwrite to replace it, "
-                                        "or --resume to skip finished frames)")
-        if is_reference:
-            meta, frame_header = job.model.meta, job.reference_header
-            res = reference_result(job.model, gradient_images=job.gradient_images)
-        else:
-            frame = read_frame(path, debayer=job.debayer)
-            meta, frame_header = frame.meta, frame.header
-            data = frame.data
-            del frame
-            res = normalize_frame(job.model, data, meta, gradient_images=job.gradient_images)
-            del data
-        warn = []
-        if (not is_reference and job.reference_filter and meta.filter
-                and meta.filter != job.reference_filter):
-            warn.append(f"FILTER '{meta.filter}' differs from the reference's "
-                        f"'{job.reference_filter}'")
-        res.warnings = warn + res.warnings
-        kw, hist = _keywords(job, res), _history(job, res)
-        write_frame(paths["output"], res.corrected, frame_header, kw, history=hist,
-                    overwrite=overwrite)
-        if job.gradient_images:
-            gkw = {"NSGREF": kw["NSGREF"], "IMAGETYP": "NSG gradient"}
-            write_frame(paths["gradient"], res.gradient, frame_header, gkw,
-                        history=["NSG: gradient model subtracted from the scaled frame"],
-                        overwrite=overwrite)
-            gkw["IMAGETYP"] = "NSG curvature"
-            write_frame(paths["curvature"], res.curvature, frame_header, gkw,
-                        history=["NSG: gradient minus its best-fit plane"],
-                        overwrite=overwrite)
+                    raise OutputExistsError(p, "output exists")
+        res, meta, frame_header = _measure(job, path, is_reference)
+        _write_unit(job, paths, res, frame_header, overwrite)
         return _row_from(path, res, meta, paths, job)
     except FrameError as exc:
-        row = _base_row(path, meta)
-        row.is_reference = is_reference
-        row.error = exc.reason if Path(exc.path or "") == Path(path) else str(exc)
-        return row
+        text = exc.reason if Path(exc.path or "") == Path(path) else str(exc)
+        return _error_row(path, meta, is_reference, text, type(exc).__name__)
     except NsgError as exc:
-        row = _base_row(path, meta)
-        row.is_reference = is_reference
-        row.error = str(exc)
-        return row
+        return _error_row(path, meta, is_reference, str(exc))
     except MemoryError:
-        row = _base_row(path, meta)
-        row.error = "out of memory while normalizing this frame"
-        return row
+        return _error_row(path, meta, is_reference, "out of memory while normalizing this frame")
     except Exception as exc:  # a bug must not stop the batch; the row says what happened
-        row = _base_row(path, meta)
         last = traceback.extract_tb(exc.__traceback__)[-1]
-        row.error = (f"unexpected {type(exc).__name__}: {exc} "
-                     f"({Path(last.filename).name}:{last.lineno})")
-        return row
+        return _error_row(path, meta, is_reference,
+                          f"unexpected {type(exc).__name__}: {exc} "
+                          f"({Path(last.filename).name}:{last.lineno})")
 
 
-def _complete(row: dict, gradient_images: bool) -> bool:
+def _absolute(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """``path`` made absolute against ``base`` (the current folder if None), links resolved."""
+    return os.path.realpath(os.path.join(base or os.getcwd(), os.fspath(path)))
+
+
+def _complete(row: dict, gradient_images: bool, base: str | None) -> bool:
     if row.get("error") is not None or not row.get("output"):
         return False
-    if not Path(row["output"]).exists():
-        return False
-    if gradient_images:
-        for key in ("gradient_output", "curvature_output"):
-            if not row.get(key) or not Path(row[key]).exists():
-                return False
-    return True
+    keys = ["output"] + (["gradient_output", "curvature_output"] if gradient_images else [])
+    return all(row.get(k) and Path(_absolute(row[k], base)).exists() for k in keys)
 
 
 def _same_file(a, b) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return str(a) == str(b)
+    return same_file(a, b)
+
+
+@dataclass
+class _Earlier:
+    """What the report already in the output folder says (a run of the same reference
+    and parameters only)."""
+
+    rows: dict  # absolute frame path -> row dict
+    claimed: set  # absolute frame paths whose outputs that run may have written
+    base: str | None  # the folder its relative paths are relative to
+
+
+def _earlier_run(out_dir: Path, reference: Path, parameters: dict, *,
+                 overwrite: bool, resume: bool) -> _Earlier:
+    """Read the report in ``out_dir``; refuse another run's unless ``overwrite``."""
+    json_path = out_dir / JSON_NAME
+    old = read_report(out_dir)
+    if old is None and not json_path.exists():
+        return _Earlier({}, set(), None)
+    base = old.get("cwd") if old else None
+    if old is None:
+        differs = "unreadable"
+    elif not same_file(_absolute(old.get("reference", ""), base), reference):
+        differs = "reference"
+    elif old.get("parameters") != parameters:
+        differs = "parameters"
+    else:
+        rows = {_absolute(r["file"], base): r for r in old.get("frames", [])}
+        return _Earlier(rows, set(old.get("claimed", [])), base)
+    if overwrite:
+        return _Earlier({}, set(), None)
+    cls = ResumeMismatchError if resume else ForeignRunError
+    raise cls(json_path, differs, None if old is None else old.get("reference"))
+
+
+def _plan(frames: list[Path], reference: Path, out_dir: Path, earlier: _Earlier,
+          gradient_images: bool, overwrite: bool, resume: bool):
+    """Rows kept from the earlier run, frames refused up front, and the work list."""
+    inputs = [*frames, reference]
+    rows: list[FrameRow | None] = [None] * len(frames)
+    todo: list[tuple[int, bool]] = []  # (index, overwrite its outputs)
+    claimed = set(earlier.claimed)
+    for i, f in enumerate(frames):
+        key = _absolute(f)
+        paths = output_paths(f, out_dir)
+        wanted = _outputs_wanted(paths, gradient_images)
+        try:
+            refuse_inputs(wanted, inputs)
+        except InputCollisionError as exc:
+            rows[i] = _error_row(str(f), None, _same_file(f, reference), str(exc),
+                                 type(exc).__name__)
+            continue
+        prev = earlier.rows.get(key)
+        if prev is not None and not overwrite and _complete(prev, gradient_images, earlier.base):
+            rows[i] = _kept_row(prev, f, paths, gradient_images, resume)
+            continue
+        mine = overwrite or key in claimed
+        if mine or not any(p.exists() for p in wanted):
+            claimed.add(key)
+        todo.append((i, mine))
+    return rows, todo, sorted(claimed)
+
+
+def _kept_row(prev: dict, frame: Path, paths: dict, gradient_images: bool,
+              resume: bool) -> FrameRow:
+    row = FrameRow.from_dict(prev)
+    row.file = str(frame)
+    row.output = str(paths["output"])
+    if gradient_images:
+        row.gradient_output, row.curvature_output = str(paths["gradient"]), str(paths["curvature"])
+    if not resume:
+        row.warnings = ["kept the output of an earlier run with the same reference "
+                        "and parameters"]
+    return row
 
 
 def normalize_frames(
@@ -254,7 +380,8 @@ def normalize_frames(
     Parameters
     ----------
     frames : sequence of path-like
-        Registered frames (the reference may be one of them).
+        Registered frames (the reference may be one of them). A missing or
+        unreadable one gets its error in the report; the others go on.
     reference : path-like
         The reference frame.
     out_dir : path-like
@@ -263,13 +390,13 @@ def normalize_frames(
     gradient_images : bool
         Also write ``<stem>_gradient.fits`` and ``<stem>_curvature.fits``.
     overwrite : bool
-        Redo every frame, replacing existing outputs. Without it an existing
-        output is kept: a complete frame of an earlier run with the same
-        reference and parameters keeps its report row, any other frame whose
-        output exists fails with "output exists".
+        Redo every frame, replacing existing outputs and the report of any
+        earlier run in ``out_dir``.
     resume : bool
-        Skip frames whose outputs and report rows from an earlier run with the
-        same reference and parameters are complete.
+        Finish an earlier run with the same reference and parameters: its
+        complete frames are kept, the others redone. Without ``resume`` a run
+        of the same reference and parameters is finished the same way (its
+        kept rows get a warning saying so).
     debayer : {None, "superpixel", "bilinear"}
         Debayer raw colour frames (the reference too).
     workers : int
@@ -282,34 +409,42 @@ def normalize_frames(
     Returns
     -------
     NormalizeReport
-        ``report.failed`` lists the frames that could not be normalized.
+        ``report.failed`` lists the frames that could not be normalized: among
+        them a frame whose output exists and is not this run's
+        (``error_kind`` "OutputExistsError") or would replace an input
+        ("InputCollisionError").
 
     Raises
     ------
     FrameError
         The reference cannot be used, the output folder cannot be made, two
-        frames would write the same output, or ``resume`` finds a report of a
-        different run.
+        frames would write the same output, or the report cannot be written
+        (:class:`~napari_nsg.io.atomic.OutputWriteError`).
+    ForeignRunError
+        ``out_dir`` holds the report of a run with another reference or other
+        parameters and ``overwrite`` was not asked (:class:`ResumeMismatchError`
+        when ``resume`` was); nothing is written.
     Cancelled
         ``cancel`` was set; finished frames are written and in the JSON report.
     """
     params = params or NsgParameters()
+    if not str(os.fspath(out_dir)).strip():
+        raise FrameError(None, "the output folder name is empty")
     frames = [Path(f) for f in frames]
     reference = Path(reference)
     out_dir = Path(out_dir)
-    if not frames:
-        raise FrameError(None, "no frames to normalize")
-    names: dict[Path, Path] = {}
-    for f in frames:
-        out = output_paths(f, out_dir)["output"]
-        if out in names and not _same_file(names[out], f):
-            raise FrameError(f, f"would write the same output {out.name} as {names[out]}")
-        names[out] = f
+    _check_names(frames, out_dir)
+    result = NormalizeReport(out_dir=out_dir, reference=str(reference), rows=[],
+                             parameters=params.to_dict(), gradient_images=gradient_images,
+                             cwd=os.getcwd())
+    refuse_inputs([result.json_path, result.csv_path], [*frames, reference])
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise FrameError(out_dir, f"cannot create the output folder ({exc.strerror or exc})")
-    remove_partials(out_dir)
+    remove_partials(out_dir, keep=[*frames, reference])
+    earlier = _earlier_run(out_dir, reference, result.to_dict()["parameters"],
+                           overwrite=overwrite, resume=resume)
     total = len(frames)
     report(progress, 0, total, f"reference {reference.name}")
     ref_frame = read_frame(reference, debayer=debayer)
@@ -320,29 +455,11 @@ def normalize_frames(
     ref_meta, ref_header = ref_frame.meta, ref_frame.header
     del ref_frame
     report(progress, 0, total, "reference ready")
-    result = NormalizeReport(out_dir=out_dir, reference=str(reference), rows=[],
-                             parameters=params.to_dict(), resolved=model.params.to_dict(),
-                             gradient_images=gradient_images)
-    rows: list[FrameRow | None] = [None] * total
-    old = read_report(out_dir)
-    compatible = old is not None and _same_file(old.get("reference", ""), reference) and \
-        old.get("parameters") == result.to_dict()["parameters"]
-    if resume and old is not None and not compatible:
-        raise FrameError(result.json_path, "was made with another reference or other parameters; "
-                         "run without --resume (with --overwrite) to start again")
-    old_rows = {str(Path(r["file"]).resolve()): r for r in old.get("frames", [])} \
-        if compatible else {}
-    todo = []
-    for i, f in enumerate(frames):
-        prev = old_rows.get(str(f.resolve()))
-        if prev is not None and _complete(prev, gradient_images) and not overwrite:
-            rows[i] = FrameRow.from_dict(prev)
-            rows[i].file = str(f)
-            if not resume:
-                rows[i].warnings = ["kept the output of an earlier run with the same reference "
-                                    "and parameters (use --overwrite to redo it)"]
-            continue
-        todo.append(i)
+    result.resolved = model.params.to_dict()
+    rows, todo, result.claimed = _plan(frames, reference, out_dir, earlier, gradient_images,
+                                       overwrite, resume)
+    result.rows = [r for r in rows if r is not None]
+    result.write(csv_too=False)  # the journal: which frames' outputs this run may write
     job = NormalizeJob(model=model, reference=str(reference), out_dir=str(out_dir),
                        gradient_images=gradient_images, overwrite=overwrite,
                        debayer=debayer, reference_filter=ref_meta.filter,
@@ -350,22 +467,33 @@ def normalize_frames(
     done = total - len(todo)
     if done:
         report(progress, done, total, f"{done} frame(s) already done")
-    items = [(str(frames[i]), _same_file(frames[i], reference),
-              overwrite or (resume and str(frames[i].resolve()) in old_rows)) for i in todo]
+    items = [(str(frames[i]), _same_file(frames[i], reference), mine) for i, mine in todo]
     try:
         for k, row in map_frames(process_frame, job, items, workers=workers,
                                  scheduler=scheduler, cancel=cancel):
-            rows[todo[k]] = row
+            rows[todo[k][0]] = row
             done += 1
             report(progress, done, total, Path(row.file).name)
             result.rows = [r for r in rows if r is not None]
             result.write(csv_too=False)
+            test_pause("after_row")
             check_cancel(cancel)
     finally:
         result.rows = [r for r in rows if r is not None]
     _relative(result, model, ref_meta, reference, frames)
     result.write()
     return result
+
+
+def _check_names(frames: list[Path], out_dir: Path) -> None:
+    if not frames:
+        raise FrameError(None, "no frames to normalize")
+    names: dict[Path, Path] = {}
+    for f in frames:
+        out = output_paths(f, out_dir)["output"]
+        if out in names and not _same_file(names[out], f):
+            raise FrameError(f, f"would write the same output {out.name} as {names[out]}")
+        names[out] = f
 
 
 def _relative(result: NormalizeReport, model: ReferenceModel, ref_meta, reference, frames) -> None:

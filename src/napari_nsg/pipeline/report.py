@@ -10,7 +10,10 @@ In the JSON, per-channel values are lists and ``warnings`` a list; each row
 also carries ``relative_weight``, ``relative_transmission``, ``scale_error``,
 ``offset`` and ``noise_source``, and the top level the reference, the
 parameters (as given and as resolved) and whether relative values are per unit
-exposure. The CSV has exactly the DESIGN columns: per-channel values are
+exposure. The JSON also
+names the run's working folder (``cwd``, against which relative paths are
+resolved) and the frames whose outputs the run may write (``claimed``,
+written before any output). The CSV has exactly the DESIGN columns: per-channel values are
 joined with ``;`` and warnings with `` | ``; missing values are empty.
 Both files are written atomically.
 """
@@ -29,7 +32,7 @@ from ._values import fmt_value, json_clean
 
 JSON_NAME = "nsg_results.json"
 CSV_NAME = "nsg_results.csv"
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 
 CSV_COLUMNS = (
     "file", "output", "is_reference", "scale", "transmission", "snr", "weight", "noise",
@@ -69,6 +72,7 @@ class FrameRow:
     noise_source: str | None = None
     gradient_output: str | None = None
     curvature_output: str | None = None
+    error_kind: str | None = None  # the error's type, e.g. "OutputExistsError"
 
     @property
     def ok(self) -> bool:
@@ -134,6 +138,12 @@ class NormalizeReport:
         Relative weight and transmission were computed per unit exposure.
     gradient_images : bool
         Whether gradient and curvature images were asked for.
+    cwd : str or None
+        The working folder of the run: relative paths in the report are relative to it.
+    claimed : list of str
+        Absolute paths of the frames whose outputs this run may write (written
+        before any output, so that ``--resume`` after a crash knows which
+        outputs on disk are this run's).
     """
 
     out_dir: Path
@@ -143,6 +153,8 @@ class NormalizeReport:
     resolved: dict = field(default_factory=dict)
     per_exposure: bool = False
     gradient_images: bool = False
+    cwd: str | None = None
+    claimed: list[str] = field(default_factory=list)
 
     @property
     def failed(self) -> list[FrameRow]:
@@ -172,6 +184,8 @@ class NormalizeReport:
             "resolved_parameters": json_clean(self.resolved),
             "per_exposure": self.per_exposure,
             "gradient_images": self.gradient_images,
+            "cwd": self.cwd,
+            "claimed": list(self.claimed),
             "frames": [r.to_dict() for r in self.rows],
         }
 
