@@ -129,19 +129,33 @@ def corner_gradients(data: np.ndarray, box_fraction: float = 0.1) -> CornerGradi
     CornerGradients
     """
     chans = _channels(np.asarray(data))
-    h, w = chans.shape[-2:]
-    s = max(4, int(round(h * box_fraction)))
-    inset = s
-    rows = {"top": slice(inset, inset + s), "bottom": slice(h - inset - s, h - inset)}
-    cols = {"left": slice(inset, inset + s), "right": slice(w - inset - s, w - inset)}
-    boxes = {
-        f"{r}_{c}": np.array([sky_level(ch[rows[r], cols[c]]) for ch in chans])
-        for r in rows
-        for c in cols
-    }
+    where = corner_box_slices(chans.shape[-2:], box_fraction)
+    boxes = {key: np.array([sky_level(ch[rows, cols]) for ch in chans])
+             for key, (rows, cols) in where.items()}
     d1 = boxes["bottom_right"] - boxes["top_left"]
     d2 = boxes["top_right"] - boxes["bottom_left"]
-    return CornerGradients(diagonal_1=d1, diagonal_2=d2, boxes=boxes, box_size=s)
+    size = where["top_left"][0].stop - where["top_left"][0].start
+    return CornerGradients(diagonal_1=d1, diagonal_2=d2, boxes=boxes, box_size=size)
+
+
+CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")
+
+
+def corner_box_slices(shape: tuple[int, int], box_fraction: float = 0.1) -> dict:
+    """``{corner: (row slice, column slice)}`` of NSG's corner boxes: side and
+    inset ``box_fraction`` of the image height (at least 4 px); "top" is row 0."""
+    h, w = shape
+    s = max(4, int(round(h * box_fraction)))
+    rows = {"top": slice(s, 2 * s), "bottom": slice(h - 2 * s, h - s)}
+    cols = {"left": slice(s, 2 * s), "right": slice(w - 2 * s, w - s)}
+    return {key: (rows[key.split("_")[0]], cols[key.split("_")[1]]) for key in CORNERS}
+
+
+def corner_boxes(shape: tuple[int, int], box_fraction: float = 0.1) -> list[tuple[int, int, int, int]]:
+    """The corner boxes of :func:`corner_gradients` as ``(y0, x0, y1, x1)`` (end
+    exclusive), in the order top-left, top-right, bottom-left, bottom-right."""
+    where = corner_box_slices(shape, box_fraction)
+    return [(r.start, c.start, r.stop, c.stop) for r, c in (where[k] for k in CORNERS)]
 
 
 def background_map(data: np.ndarray, cells: int = 16, min_valid: float = 0.5) -> BackgroundMap:

@@ -134,7 +134,8 @@ class RankResult:
     frames : list of FrameRank
         Best first; frames that failed come last, in input order.
     reference : str or None
-        The recommended reference: the top-ranked frame.
+        The recommended reference (:func:`recommend_reference`): a well-rated
+        frame with a small and simple gradient, not always the top-ranked one.
     yardstick : str or None
         The provisional reference the scales were measured against (NSG's:
         lowest airmass-scaled noise when every frame has NOISExx keywords,
@@ -144,6 +145,8 @@ class RankResult:
     per_exposure : bool
         True when every frame had an exposure time and the rating is per unit
         exposure.
+    reference_reason : str
+        Why ``reference`` is recommended, in words.
     """
 
     frames: list[FrameRank]
@@ -151,6 +154,7 @@ class RankResult:
     yardstick: str | None
     yardstick_reason: str
     per_exposure: bool
+    reference_reason: str = ""
 
     @property
     def failed(self) -> list[FrameRank]:
@@ -161,6 +165,7 @@ class RankResult:
         """JSON-ready content."""
         return {
             "reference": self.reference,
+            "reference_reason": self.reference_reason,
             "yardstick": self.yardstick,
             "yardstick_reason": self.yardstick_reason,
             "per_exposure": self.per_exposure,
@@ -292,33 +297,94 @@ def rank_frames(
     paths = [Path(p) for p in paths]
     if not paths:
         raise FrameError(None, "no frames given")
-    n = len(paths)
+    return rank_loaded([str(p) for p in paths], lambda i: read_frame(paths[i], debayer=debayer),
+                       params=params, progress=progress, cancel=cancel)
+
+
+def measure_loaded(name: str, frame) -> _Measured:
+    """Pass 1 of the ranking for one loaded frame (never raises: errors go in the row).
+
+    Parameters
+    ----------
+    name : str
+        The frame's name in the ranking (its file, or a layer name).
+    frame : object with ``data``, ``meta`` and ``n_channels``
+        A :class:`~napari_nsg.io.Frame` or alike.
+    """
+    row = FrameRank(file=name)
+    try:
+        own, noise = measure_frame(frame.data, frame.meta)
+    except NsgError as exc:
+        row.error = str(exc)
+        return _Measured(row, ())
+    own.file = name
+    if frame.data.ndim == 2 and frame.meta.bayer_pattern:
+        own.warnings.append("raw Bayer mosaic measured as mono: use debayering for "
+                            "meaningful colour metrics")
+    keywords = noise_from_keywords(frame.meta.noise, frame.meta.noise_algorithm,
+                                   frame.n_channels)
+    if keywords is not None:
+        own.airmass_scaled_noise = airmass_scaled_noise(
+            float(keywords.sigma[0]), own.exposure, own.airmass)
+    return _Measured(own, frame.data.shape, noise, keywords)
+
+
+def rank_loaded(
+    names: list[str],
+    load,
+    *,
+    params: NsgParameters | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+    measured: dict | None = None,
+) -> RankResult:
+    """:func:`rank_frames` over frames given by a loader (files or arrays in memory).
+
+    Parameters
+    ----------
+    names : list of str
+        One name per frame (``FrameRank.file``).
+    load : callable ``load(i) -> Frame``
+        Loads frame ``i`` (may raise :class:`~napari_nsg.io.FrameError`); called
+        at most twice per frame, one frame in memory at a time.
+    params, progress, cancel :
+        As for :func:`rank_frames`.
+    measured : dict, optional
+        A cache of pass-1 measurements by name, filled and reused (frames
+        already in it are not measured again).
+
+    Returns
+    -------
+    RankResult
+    """
+    n = len(names)
     total = 2 * n
-    measured: list[_Measured] = []
+    cache = {} if measured is None else measured
+    rows: list[_Measured] = []
     # pass 1: each frame on its own
-    for i, path in enumerate(paths):
+    for i, name in enumerate(names):
         check_cancel(cancel)
-        report(progress, i, total, f"measuring {path.name}")
-        row = FrameRank(file=str(path))
-        frame = None
-        try:
-            frame = read_frame(path, debayer=debayer)
-            own, noise = measure_frame(frame.data, frame.meta)
-            own.file = row.file
-            row = own
-            if frame.data.ndim == 2 and frame.meta.bayer_pattern:
-                row.warnings.append("raw Bayer mosaic measured as mono: use debayering for "
-                                    "meaningful colour metrics")
-            keywords = noise_from_keywords(frame.meta.noise, frame.meta.noise_algorithm,
-                                           frame.n_channels)
-            if keywords is not None:
-                row.airmass_scaled_noise = airmass_scaled_noise(
-                    float(keywords.sigma[0]), row.exposure, row.airmass)
-            measured.append(_Measured(row, frame.data.shape, noise, keywords))
-        except (FrameError, NsgError) as exc:
-            row.error = exc.reason if isinstance(exc, FrameError) else str(exc)
-            measured.append(_Measured(row, ()))
-        frame = None  # one frame in memory at a time
+        report(progress, i, total, f"measuring {Path(name).name}")
+        if name not in cache:
+            try:
+                cache[name] = measure_loaded(name, load(i))
+            except FrameError as exc:
+                cache[name] = _Measured(FrameRank(file=name, error=exc.reason), ())
+        rows.append(_fresh(cache[name]))
+    return _scale_pass(rows, load, params, progress, cancel)
+
+
+def _fresh(m: _Measured) -> _Measured:
+    """A copy of a pass-1 measurement whose row pass 2 may fill in."""
+    row = FrameRank(**{k: (list(v) if isinstance(v, list) else v)
+                       for k, v in asdict(m.row).items()})
+    return _Measured(row, m.shape, m.measured_noise, m.keyword_noise)
+
+
+def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> RankResult:
+    """Pass 2: scale and weight of every frame against the yardstick, then the ranking."""
+    n = len(measured)
+    total = 2 * n
     good = [m for m in measured if m.row.error is None]
     if not good:
         reasons = "; ".join(f"{Path(m.row.file).name}: {m.row.error}" for m in measured)
@@ -333,11 +399,10 @@ def rank_frames(
     yard, reason = _choose_yardstick(measured)
     use_keywords = "NOISExx" in reason and all(
         m.keyword_noise is not None for m in measured if m.row.error is None)
-    # pass 2: scale and weight of every frame against the yardstick
     ystick = measured[yard]
     check_cancel(cancel)
     try:
-        frame = read_frame(ystick.row.file, debayer=debayer)
+        frame = load(yard)
         model = prepare_reference(frame.data, frame.meta, params)
     except (FrameError, NsgError) as exc:
         raise FrameError(ystick.row.file, f"cannot serve as the yardstick reference ({exc})") from None
@@ -359,7 +424,7 @@ def rank_frames(
             m.row.n_star_pairs = [len(model.candidates)] * raw_scale.shape[1]
             continue
         try:
-            frame = read_frame(m.row.file, debayer=debayer)
+            frame = load(i)
             sr = measure_scale(model, frame.data)
         except (FrameError, NsgError) as exc:
             m.row.error = exc.reason if isinstance(exc, FrameError) else str(exc)
@@ -396,13 +461,72 @@ def _rank(measured, raw_scale, raw_weight, yard, reason) -> RankResult:
         row.transmission = floats(1.0 / rel_scale)
         rows.append(row)
     rows.extend(m.row for m in measured if m.row.error is not None)
+    pick, why = recommend_reference(rows)
     return RankResult(
         frames=rows,
-        reference=measured[best].row.file if best is not None else None,
+        reference=pick.file if pick is not None else None,
         yardstick=measured[yard].row.file,
         yardstick_reason=reason,
         per_exposure=per_exposure,
+        reference_reason=why,
     )
+
+
+MIN_RATING = 0.5  # a reference candidate keeps at least half the best frame's rating
+MIN_TRANSMISSION = 0.75  # ... and this transmission relative to it (NSG's default cut-off)
+LUMPY_WEIGHT = 4.0  # ADU of "lumpy" residual weigh this many ADU of plain span
+
+
+def gradient_cost(row: FrameRank) -> float:
+    """How much gradient a frame would impose as the reference, in the top-ranked
+    frame's units: its background span plus ``LUMPY_WEIGHT`` times its
+    complexity (a tilt is removed easily after stacking, lumps are not)."""
+    scale = np.asarray(row.scale, float)
+    span = np.asarray(row.background_span, float) * scale
+    lumpy = np.asarray(row.complexity, float) * scale
+    return float(np.nanmean(span + LUMPY_WEIGHT * lumpy))
+
+
+def recommend_reference(rows: list[FrameRank]) -> tuple[FrameRank | None, str]:
+    """The reference to recommend among ranked frames, and why.
+
+    NSG only makes every frame match the reference's gradient, so the reference
+    should have a small, simple gradient; it must also be a good frame (its
+    noise and transparency set the scale of the others). Among the frames rated
+    at least ``MIN_RATING`` of the best with a transmission of at least
+    ``MIN_TRANSMISSION``, the one with the lowest :func:`gradient_cost` is
+    recommended.
+
+    Parameters
+    ----------
+    rows : list of FrameRank
+        Ranked rows (``rank`` set), best first; failed rows are ignored.
+
+    Returns
+    -------
+    (FrameRank or None, str)
+    """
+    ranked = [r for r in rows if r.ok]
+    if not ranked:
+        return None, "no frame could be ranked"
+    eligible = [r for r in ranked
+                if (r.rating or 0) >= MIN_RATING
+                and np.nanmean(np.asarray(r.transmission, float)) >= MIN_TRANSMISSION
+                and np.isfinite(gradient_cost(r))]
+    if not eligible:
+        return ranked[0], "the best-rated frame (no gradient measure to compare)"
+    pick = min(eligible, key=gradient_cost)
+    top = ranked[0]
+    name = Path(pick.file).name
+    what = (f"span {np.nanmean(pick.background_span):.3g}, lumpy "
+            f"{np.nanmean(pick.complexity):.3g}; rating {pick.rating:.2f}")
+    if pick is top:
+        return pick, (f"{name}: the best-rated frame also has the smallest and simplest gradient "
+                      f"of the {len(eligible)} good frame(s) ({what})")
+    return pick, (f"{name}: the smallest and simplest gradient of the {len(eligible)} frame(s) "
+                  f"rated at least {MIN_RATING:g} of the best ({what}); the best-rated "
+                  f"{Path(top.file).name} has span {np.nanmean(top.background_span):.3g}, "
+                  f"lumpy {np.nanmean(top.complexity):.3g}")
 
 
 def choose_reference(paths, *, debayer: str | None = None, params: NsgParameters | None = None,

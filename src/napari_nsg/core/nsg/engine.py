@@ -15,7 +15,7 @@ reference ranking can reuse them without correcting anything.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -38,6 +38,7 @@ from .correction import (
     taper_weights,
     zero_gradient,
 )
+from .intermediates import RejectionCircles
 from .noise import NoiseEstimate, measure_frame_noise, noise_from_keywords
 from .params import NsgParameters, max_samples_for
 from .samples import (
@@ -56,12 +57,15 @@ __all__ = [
     "NormalizationResult",
     "NsgError",
     "ReferenceModel",
+    "assemble_result",
     "ScaleResult",
     "measure_scale",
     "measure_target_noise",
     "normalize_frame",
     "prepare_reference",
+    "fit_gradient",
     "reference_result",
+    "target_samples",
     "target_weight",
 ]
 
@@ -137,6 +141,8 @@ class ReferenceModel:
         :class:`.spline.SplineOperator`), keyed by what it depends on
         (:func:`spline_cache_key`: node set and smoothness); the
         ``SPLINE_CACHE_SIZE`` most recently used are kept.
+    rejection_circles : RejectionCircles or None
+        The circles around the brightest reference stars that removed bins.
     """
 
     data: np.ndarray
@@ -157,6 +163,7 @@ class ReferenceModel:
     measured_noise: NoiseEstimate | None
     warnings: list[str] = field(default_factory=list)
     spline_cache: dict = field(default_factory=dict, repr=False)
+    rejection_circles: RejectionCircles | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -269,6 +276,8 @@ def prepare_reference(
         candidate_radius=candidate_radius, flux_unit=flux_unit, saturation=saturation,
         fwhm=fwhm, star_mask=star_mask, grid=grid, coarse=coarse, taper=taper, no_data=no_data,
         noise=keywords or measured, measured_noise=measured, warnings=warnings,
+        rejection_circles=RejectionCircles(np.asarray(rej.x, float), np.asarray(rej.y, float),
+                                           np.asarray(radius, float)),
     )
 
 
@@ -540,7 +549,10 @@ class NormalizationResult:
     gradient_field : GradientField
         The gradient on the coarse grid (cheap to keep).
     surface : SurfaceModel or None
+        Nodes and coefficients only (no solver: the result stays small).
     samples : Samples or None
+    nodes : Samples or None
+        The spline nodes (the samples, binned when there are too many).
     scale_result : ScaleResult or None
     weight_result : FrameWeight or None
     is_reference : bool
@@ -568,6 +580,14 @@ class NormalizationResult:
     weight_result: FrameWeight | None = None
     is_reference: bool = False
     warnings: list[str] = field(default_factory=list)
+    nodes: Samples | None = None
+
+    def slim(self) -> "NormalizationResult":
+        """A copy without the full-size images (``corrected``, ``gradient``,
+        ``curvature``): what is worth keeping per frame or sending between
+        processes. The images come back from :attr:`gradient_field` and the
+        target with :func:`~.correction.apply_correction`."""
+        return replace(self, corrected=None, gradient=None, curvature=None)
 
 
 def _masked_full(fieldv: GradientField, chans: np.ndarray, mono: bool) -> np.ndarray:
@@ -615,15 +635,9 @@ def normalize_frame(
     # stars -> photometry -> scale
     sr = measure_scale(model, chans if not mono else chans[0])
     warnings = list(sr.warnings)
-    # samples
-    samples = measure_samples(model.grid, chans, sr.scale)
-    if len(samples) < 3:
-        raise NsgError(f"only {len(samples)} gradient sample(s) where both frames have data "
-                       "(3 needed): the frames hardly overlap")
-    nodes = bin_samples(samples, max_samples_for(p.smoothness, p.max_samples))
-    # spline (its system is shared by all targets: see _surface)
-    surface = _surface(model, samples, nodes)
-    fieldv = evaluate_gradient(surface, model.coarse, model.taper)
+    # samples -> spline
+    samples = target_samples(model, chans, sr.scale)
+    nodes, surface, fieldv = fit_gradient(model, samples)
     # correct
     corrected = None
     if keep_corrected:
@@ -637,14 +651,57 @@ def normalize_frame(
     if gradient_images:
         gradient = _masked_full(fieldv, chans, mono)
         curvature = _masked_full(fieldv.minus_plane(), chans, mono)
+    return assemble_result(sr, wr, samples, (nodes, surface, fieldv), warnings,
+                           corrected=corrected, gradient=gradient, curvature=curvature)
+
+
+def assemble_result(sr: ScaleResult, wr: FrameWeight, samples: Samples, fitted: tuple,
+                    warnings: list[str], *, corrected=None, gradient=None,
+                    curvature=None) -> NormalizationResult:
+    """A :class:`NormalizationResult` from the stages' outputs (``fitted`` is what
+    :func:`fit_gradient` returns)."""
+    nodes, surface, fieldv = fitted
     return NormalizationResult(
         scale=sr.scale, scale_error=sr.scale_error, transmission=sr.transmission,
         snr=wr.snr, weight=wr.weight, noise=wr.noise, noise_source=wr.source,
         n_star_pairs=sr.n_star_pairs, n_samples=len(samples), n_nodes=len(nodes),
         offset=sr.offset, corrected=corrected, gradient=gradient, curvature=curvature,
         gradient_field=fieldv, surface=surface, samples=samples, scale_result=sr,
-        weight_result=wr, warnings=warnings,
+        weight_result=wr, warnings=warnings, nodes=nodes,
     )
+
+
+def target_samples(model: ReferenceModel, target: np.ndarray, scale) -> Samples:
+    """The gradient samples of a target (``(c, y, x)``) at its scale.
+
+    Raises
+    ------
+    NsgError
+        Fewer than 3 samples where both frames have data.
+    """
+    samples = measure_samples(model.grid, target, scale)
+    if len(samples) < 3:
+        raise NsgError(f"only {len(samples)} gradient sample(s) where both frames have data "
+                       "(3 needed): the frames hardly overlap")
+    return samples
+
+
+def fit_gradient(model: ReferenceModel, samples: Samples
+                 ) -> tuple[Samples, SurfaceModel, GradientField]:
+    """Bin the samples into nodes, fit the surface and evaluate it on the coarse grid.
+
+    The spline's system is shared by all targets (see :func:`_surface`); the
+    returned surface does not keep it (see :meth:`.spline.SurfaceModel.slim`).
+
+    Returns
+    -------
+    (nodes, surface, gradient_field)
+    """
+    p = model.params
+    nodes = bin_samples(samples, max_samples_for(p.smoothness, p.max_samples))
+    surface = _surface(model, samples, nodes)
+    fieldv = evaluate_gradient(surface, model.coarse, model.taper)
+    return nodes, surface.slim(), fieldv
 
 
 def _surface(model: ReferenceModel, samples: Samples, nodes: Samples) -> SurfaceModel:

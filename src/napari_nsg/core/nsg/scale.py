@@ -48,6 +48,8 @@ class ChannelScale:
     used : ndarray of bool
         Which of the input pairs were used.
     warnings : list of str
+    reason : ndarray of str or None
+        Why each input pair was not used ('' for a used pair): see ``REASONS``.
     """
 
     scale: float
@@ -57,6 +59,15 @@ class ChannelScale:
     scatter: float
     used: np.ndarray
     warnings: list[str] = field(default_factory=list)
+    reason: np.ndarray | None = None
+
+
+# why a star pair was left out of the scale fit
+REASON_UNMEASURED = "not measurable in both frames"
+REASON_GATE = "flux ratio outside the tolerance"
+REASON_OUTLIER = "removed as an outlier"
+REASON_ZERO_WEIGHT = "zero weight in the robust fit"
+REASONS = (REASON_UNMEASURED, REASON_GATE, REASON_OUTLIER, REASON_ZERO_WEIGHT)
 
 
 CROWDING_SENSITIVITY = 0.05
@@ -193,10 +204,11 @@ def fit_scale(
     ok &= np.isfinite(vx) & np.isfinite(vy)
     n_pairs = int(ok.sum())
     used = np.zeros(n_all, bool)
+    reason = np.where(ok, "", REASON_UNMEASURED).astype(object)
     warnings: list[str] = []
     if n_pairs == 0:
         return ChannelScale(float("nan"), float("nan"), 0, 0, 0.0, used,
-                            ["no usable star pairs"])
+                            ["no usable star pairs"], reason)
     idx = np.flatnonzero(ok)
     x, y = tgt_flux[idx], ref_flux[idx]
     ratio = y / x
@@ -210,6 +222,7 @@ def fit_scale(
     if keep.sum() == 0:
         keep[:] = True
         warnings.append("no pair within the flux tolerance of the median ratio; all pairs kept")
+    reason[idx[~keep]] = REASON_GATE
     idx, x, y, vx, vy, crowd = (a[keep] for a in (idx, x, y, vx, vy, crowd))
     m, var, psi, s = _fit(x, y, vx, vy, crowd, float(np.median(y / x)))
     n_remove = int(round(len(idx) * outlier_percent / 100.0))
@@ -218,9 +231,11 @@ def fit_scale(
             warnings.append("outlier removal stopped at 4 pairs")
             break
         worst = int(np.argmax(np.abs(y - m * x) / np.sqrt(var)))
+        reason[idx[worst]] = REASON_OUTLIER
         idx, x, y, vx, vy, crowd = (np.delete(a, worst) for a in (idx, x, y, vx, vy, crowd))
         m, var, psi, s = _fit(x, y, vx, vy, crowd, m)
     used[idx[psi > 0]] = True
+    reason[idx[psi <= 0]] = REASON_ZERO_WEIGHT
     n_used = int(used.sum())
     if n_used >= 2:
         info = float(np.sum(psi * x * x / var))
@@ -231,4 +246,4 @@ def fit_scale(
         error = float("nan")
     if n_used < min_pairs_warn:
         warnings.append(f"only {n_used} star pair(s) measured: the scale is uncertain")
-    return ChannelScale(m, error, n_pairs, n_used, s, used, warnings)
+    return ChannelScale(m, error, n_pairs, n_used, s, used, warnings, reason)

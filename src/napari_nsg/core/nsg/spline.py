@@ -19,7 +19,7 @@ it is done in blocks of points, and on a coarse grid (see :mod:`.correction`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.spatial.distance import cdist
@@ -85,6 +85,11 @@ class SurfaceModel:
     @property
     def n_channels(self) -> int:
         return self.plane.shape[1]
+
+    def slim(self) -> "SurfaceModel":
+        """This surface without its solver (``operator``): nodes, coefficients and
+        plane only, a few bytes per node, evaluated directly."""
+        return replace(self, operator=None)
 
     def _norm(self, x, y) -> np.ndarray:
         x = np.ravel(np.asarray(x, float))
