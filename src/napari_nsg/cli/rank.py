@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     print(LEGEND)
     print()
     print(f"recommended reference: {result.reference}")
+    if result.reference_reason:
+        print(f"  why: {result.reference_reason}")
     if result.yardstick != result.reference:
         print(f"(scales measured against {Path(result.yardstick).name}: {result.yardstick_reason})")
     for f in result.frames:
