@@ -77,7 +77,39 @@ class FrameMetadata:
         return d
 
 
-def _number(header: fits.Header, key: str) -> float | None:
+_COMMENTARY = ("", "COMMENT", "HISTORY")
+
+
+class _Cards:
+    """The readable cards of a header: value and comment of each keyword's first card.
+
+    astropy parses a card's value only when asked, and raises for one it cannot
+    parse (e.g. a bit flip in a number); such a card is left out here and its
+    keyword listed in ``unreadable``, so it reads as missing.
+    """
+
+    def __init__(self, header: fits.Header, unreadable: list[str] | None = None):
+        self.values: dict = {}
+        self.comments: dict[str, str] = {}
+        self.unreadable = [] if unreadable is None else unreadable
+        for card in header.cards:
+            key = card.keyword
+            if key in _COMMENTARY or key in self.values:
+                continue
+            try:
+                value, comment = card.value, card.comment
+            except Exception:  # astropy raises several types for a corrupt card
+                if key not in self.unreadable:
+                    self.unreadable.append(key)
+                continue
+            self.values[key], self.comments[key] = value, comment
+
+    def get(self, key: str, default=None):
+        """The value of ``key``, or ``default`` when missing or unreadable."""
+        return self.values.get(key, default)
+
+
+def _number(header: _Cards, key: str) -> float | None:
     value = header.get(key)
     if isinstance(value, bool) or value is None:
         return None
@@ -88,7 +120,7 @@ def _number(header: fits.Header, key: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _first_number(header: fits.Header, keys) -> float | None:
+def _first_number(header: _Cards, keys) -> float | None:
     for key in keys:
         value = _number(header, key)
         if value is not None:
@@ -133,7 +165,7 @@ def parse_date_obs(text) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
-def _wcs_scale(header: fits.Header) -> float | None:
+def _wcs_scale(header: _Cards) -> float | None:
     """Arcsec/pixel from a celestial WCS (CD matrix or CDELT), if there is one."""
     ctype = str(header.get("CTYPE1", ""))
     if not ("RA" in ctype or "LON" in ctype or "GLON" in ctype):
@@ -149,7 +181,7 @@ def _wcs_scale(header: fits.Header) -> float | None:
     return None
 
 
-def _plate_scale(header: fits.Header) -> float | None:
+def _plate_scale(header: _Cards) -> float | None:
     """Arcsec/pixel of a scanned plate (DSS): PLTSCALE [\"/mm] x XPIXELSZ [um]."""
     plate, pixel = _number(header, "PLTSCALE"), _number(header, "XPIXELSZ")
     return plate * pixel * 1e-3 if plate and pixel else None
@@ -164,7 +196,7 @@ def shift_bayer_pattern(pattern: str, dx: int = 0, dy: int = 0) -> str:
     return "".join(grid[(r + dy) % 2][(c + dx) % 2] for r in range(2) for c in range(2))
 
 
-def _bayer_pattern(header: fits.Header, height: int | None) -> str | None:
+def _bayer_pattern(header: _Cards, height: int | None) -> str | None:
     pattern = str(header.get("BAYERPAT", "") or "").strip().upper()
     if pattern not in _BAYER:
         return None
@@ -180,7 +212,9 @@ def _bayer_pattern(header: fits.Header, height: int | None) -> str | None:
     return pattern
 
 
-def parse_metadata(header: fits.Header, height: int | None = None) -> FrameMetadata:
+def parse_metadata(
+    header: fits.Header, height: int | None = None, unreadable: list[str] | None = None
+) -> FrameMetadata:
     """Read the observation metadata the pipeline uses from a FITS header.
 
     Parameters
@@ -190,16 +224,20 @@ def parse_metadata(header: fits.Header, height: int | None = None) -> FrameMetad
     height : int, optional
         Number of rows of the image; needed to interpret ``ROWORDER = BOTTOM-UP``
         for Bayer frames.
+    unreadable : list of str, optional
+        Receives the keywords of cards whose value cannot be parsed; they are
+        treated as missing (none of the metadata is needed to read the pixels).
 
     Returns
     -------
     FrameMetadata
     """
+    header = _Cards(header, unreadable)
     meta = FrameMetadata()
     for key in EXPOSURE_KEYS:
         meta.exposure = _number(header, key)
         if meta.exposure is not None:
-            if "minute" in str(header.comments[key]).lower():  # e.g. DSS plate headers
+            if "minute" in str(header.comments.get(key, "")).lower():  # e.g. DSS plate headers
                 meta.exposure *= 60.0
             break
     date = header.get("DATE-OBS")
@@ -229,7 +267,7 @@ def parse_metadata(header: fits.Header, height: int | None = None) -> FrameMetad
                 meta.image_scale, meta.image_scale_source = value, source
                 break
     meta.bayer_pattern = _bayer_pattern(header, height)
-    for key, value in header.items():
+    for key, value in header.values.items():
         m = re.fullmatch(r"NOISE(A?)(\d\d)", key)
         if not m:
             continue

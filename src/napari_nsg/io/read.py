@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from astropy.io import fits
 from .debayer import METHODS as DEBAYER_METHODS
 from .debayer import debayer as _debayer
 from .errors import FrameError
+from .fits_scan import HduInfo, image_hdu, scan_fits
 from .metadata import FrameMetadata, parse_metadata
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz")
@@ -107,50 +109,79 @@ def _shape_checked(path, data: np.ndarray, channel_axis_last: bool = False) -> n
     )
 
 
-def _read_fits(path: Path, hdu: int | None):
+def _open_regular(path: Path):
+    """Open ``path`` for reading without blocking; FrameError unless it is a regular file.
+
+    The check is made on the open descriptor (symlinks resolved), so a FIFO,
+    socket or device is refused at once instead of blocking the read.
+    """
     try:
-        with open(path, "rb") as fh:
-            start = fh.read(len(_FITS_MAGIC))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        reason = "file not found (a link to a missing file)" if path.is_symlink() else "file not found"
+        raise FrameError(path, reason) from None
     except IsADirectoryError:
         raise FrameError(path, "is a folder, not an image file") from None
     except OSError as exc:
         raise FrameError(path, f"cannot be read ({exc.strerror or exc})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise FrameError(path, "is a folder, not an image file")
+        raise FrameError(path, "is not a regular file (a FIFO, socket or device): refused, "
+                               "reading it could block forever")
+    return os.fdopen(fd, "rb")
+
+
+def _fits_error(path: Path, exc: Exception) -> FrameError:
+    """A FrameError for an exception astropy raised while decoding a checked file."""
+    if isinstance(exc, MemoryError):
+        return FrameError(path, "image too large for the memory available")
+    text = str(exc)
+    if "truncated" in text.lower() or "smaller than" in text.lower():
+        return FrameError(path, f"file is truncated ({text})")
+    if "BITPIX" in text:
+        return FrameError(path, f"unsupported pixel type ({text})")
+    return FrameError(path, f"not a readable FITS file ({type(exc).__name__}: {text})")
+
+
+def _decode_hdu(path: Path, fh, chosen: HduInfo):
+    """Pixels and header of the HDU the scan chose, decoded by astropy."""
+    with fits.open(fh, lazy_load_hdus=True) as hdul:
+        h = hdul[chosen.index]
+        wanted = fits.CompImageHDU if chosen.kind == "compressed" else (fits.PrimaryHDU, fits.ImageHDU)
+        if not isinstance(h, wanted):
+            raise FrameError(path, f"HDU {chosen.index} could not be read as an image "
+                                   f"(astropy sees a {type(h).__name__})")
+        array = h.data
+        if array is None or array.shape != chosen.shape:
+            got = None if array is None else array.shape
+            raise FrameError(path, f"HDU {chosen.index}: the data read has shape {got}, "
+                                   f"the header says {chosen.shape}")
+        return _as_float32(path, array), h.header.copy()
+
+
+def _read_fits(path: Path, fh, hdu: int | None):
+    start = fh.read(len(_FITS_MAGIC))
     if not start.startswith(_FITS_MAGIC):
         reason = "file is empty" if not start else "not a FITS file (no SIMPLE card at the start)"
         raise FrameError(path, reason)
+    chosen = image_hdu(scan_fits(fh, path), path, hdu)
+    fh.seek(0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with fits.open(path, lazy_load_hdus=False) as hdul:
-                indices = [hdu] if hdu is not None else range(len(hdul))
-                for i in indices:
-                    if i >= len(hdul):
-                        raise FrameError(path, f"has no HDU {i} (it has {len(hdul)})")
-                    h = hdul[i]
-                    if not h.is_image:
-                        continue
-                    array = h.data
-                    if array is None:
-                        continue
-                    data = _as_float32(path, array)
-                    header = h.header.copy()
-                    break
-                else:
-                    raise FrameError(path, "no HDU holds image data")
+            data, header = _decode_hdu(path, fh, chosen)
         except FrameError:
             raise
-        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
-            text = str(exc)
-            if "truncated" in text.lower() or "smaller than" in text.lower():
-                raise FrameError(path, f"file is truncated ({text})") from None
-            if "BITPIX" in text:
-                raise FrameError(path, f"unsupported pixel type ({text})") from None
-            raise FrameError(path, f"not a readable FITS file ({text})") from None
+        except Exception as exc:  # astropy and its codecs raise many types for corrupt data
+            raise _fits_error(path, exc) from None
     for w in caught:
         text = str(w.message)
         if "truncated" in text.lower():
             raise FrameError(path, f"file is truncated ({text})")
-    return data, header, i
+    return data, header, chosen.index
 
 
 def _read_tiff(path: Path):
@@ -207,6 +238,29 @@ def _xisf_value(text):
     return t
 
 
+def _read_fits_named(path: Path, fh, kind: str | None, hdu: int | None):
+    """Read FITS; a file with an unknown suffix gets that said in its error."""
+    try:
+        data, header, index = _read_fits(path, fh, hdu)
+    except FrameError as exc:
+        if kind is None:
+            raise FrameError(
+                path, f"not an image file (unknown type '{path.suffix}'; {exc.reason})"
+            ) from None
+        raise
+    return _shape_checked(path, data), header, index
+
+
+def _metadata(path: Path, header: fits.Header, height: int) -> FrameMetadata:
+    """Parse the metadata; unparsable cards are treated as missing, with a warning."""
+    unreadable: list[str] = []
+    meta = parse_metadata(header, height=height, unreadable=unreadable)
+    if unreadable:
+        warnings.warn(f"{path}: unparsable header card(s) {', '.join(unreadable)} treated as "
+                      "missing", UserWarning, stacklevel=3)
+    return meta
+
+
 def read_frame(
     path: str | os.PathLike,
     *,
@@ -241,29 +295,18 @@ def read_frame(
     path = Path(path)
     if debayer is not None and debayer not in DEBAYER_METHODS:
         raise ValueError(f"debayer must be None or one of {DEBAYER_METHODS}, got {debayer!r}")
-    if not path.exists():
-        raise FrameError(path, "file not found")
-    if path.is_dir():
-        raise FrameError(path, "is a folder, not an image file")
     kind = frame_kind(path)
     index = None
-    if kind == "tiff":
-        data, header = _read_tiff(path)
-        data = _shape_checked(path, data, channel_axis_last=True)
-    elif kind == "xisf":
-        data, header = _read_xisf(path)
-        data = _shape_checked(path, data)
-    else:
-        try:
-            data, header, index = _read_fits(path, hdu)
-        except FrameError as exc:
-            if kind is None:
-                raise FrameError(
-                    path, f"not an image file (unknown type '{path.suffix}'; {exc.reason})"
-                ) from None
-            raise
-        data = _shape_checked(path, data)
-    meta = parse_metadata(header, height=data.shape[-2])
+    with _open_regular(path) as fh:
+        if kind == "tiff":
+            data, header = _read_tiff(path)
+            data = _shape_checked(path, data, channel_axis_last=True)
+        elif kind == "xisf":
+            data, header = _read_xisf(path)
+            data = _shape_checked(path, data)
+        else:
+            data, header, index = _read_fits_named(path, fh, kind, hdu)
+    meta = _metadata(path, header, data.shape[-2])
     done = None
     if debayer is not None:
         if data.ndim != 2 or meta.bayer_pattern is None:

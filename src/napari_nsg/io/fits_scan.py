@@ -1,0 +1,302 @@
+"""A bounded scan of a FITS file's structure, done before astropy touches it.
+
+astropy trusts the header: a negative ``NAXIS2`` makes it loop over the same
+HDU forever, an absurd ``TFIELDS`` makes header parsing hang, and a huge
+``ZNAXIS2`` makes it allocate terabytes. :func:`scan_fits` reads only the
+header blocks (2880 bytes, a bounded number of them), checks that every size
+the headers claim is possible for this file and below the documented limits
+(``docs/reading-limits.md``), and says which HDU holds the image. The cost is
+O(headers): the data is never read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from math import ceil, prod
+from typing import BinaryIO
+
+from .errors import FrameError
+
+BLOCK = 2880
+"""Bytes in a FITS block; headers and data are padded to a multiple of it."""
+CARD = 80
+"""Bytes in a header card."""
+MAX_HEADER_BLOCKS = 1000
+"""Most blocks one header may span (36,000 cards)."""
+MAX_HDUS = 1000
+"""Most HDUs a file may hold."""
+MAX_AXES = 999
+"""The FITS standard's limit on NAXIS, ZNAXIS and TFIELDS."""
+MAX_FRAME_PIXELS = 2**30
+"""Most values (pixels times channels) a frame may hold: 1 Gi, 4 GiB as float32."""
+MAX_FRAME_BYTES = 8 * 2**30
+"""Most bytes the image data may take on disk or decompressed (8 GiB)."""
+BITPIX_VALUES = (8, 16, 32, 64, -32, -64)
+COMPRESSION_TYPES = ("NOCOMPRESS", "RICE_1", "RICE_ONE", "GZIP_1", "GZIP_2", "PLIO_1", "HCOMPRESS_1")
+_TABLE_KEYS = ("TFIELDS", "ZIMAGE", "ZCMPTYPE", "TFORM1", "TTYPE1")
+_PAD_BYTES = frozenset(b"\0 ")
+_STRUCTURAL = re.compile(r"SIMPLE|XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|GROUPS|TFIELDS|TFORM\d+|"
+                         r"THEAP|BZERO|BSCALE|BLANK|Z[A-Z]+\d*")
+
+
+@dataclass
+class HduInfo:
+    """What one HDU's header claims.
+
+    Attributes
+    ----------
+    index : int
+        Position in the file (0 = primary).
+    kind : str
+        ``"image"``, ``"compressed"`` (a tile-compressed image) or ``"other"``.
+    data_start : int
+        Byte offset of the data.
+    data_bytes : int
+        Size of the data without padding.
+    shape : tuple of int
+        The image shape in numpy order (``()`` when not an image).
+    keys : dict
+        The raw value text of every keyword with a value, first card wins.
+    """
+
+    index: int
+    kind: str
+    data_start: int
+    data_bytes: int
+    shape: tuple[int, ...] = ()
+    keys: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def has_pixels(self) -> bool:
+        """True for an image HDU with at least one pixel."""
+        return self.kind in ("image", "compressed") and prod(self.shape) > 0 and bool(self.shape)
+
+
+def _padded(n: int) -> int:
+    return -(-n // BLOCK) * BLOCK
+
+
+def _value_text(card: bytes) -> str:
+    """The value field of a card, its comment removed (quotes kept)."""
+    text = card[10:].decode("ascii", "replace").strip()
+    if text.startswith("'"):
+        end = text.find("'", 1)
+        while end != -1 and text[end + 1 : end + 2] == "'":
+            end = text.find("'", end + 2)
+        return text if end == -1 else text[: end + 1]
+    return text.split("/", 1)[0].strip()
+
+
+def _read_header(fh: BinaryIO, path, start: int, index: int) -> tuple[dict[str, str], int]:
+    """Keyword -> value text of the header at ``start``, and where its data begins."""
+    keys: dict[str, str] = {}
+    fh.seek(start)
+    for n in range(MAX_HEADER_BLOCKS):
+        block = fh.read(BLOCK)
+        if len(block) < BLOCK:
+            raise FrameError(path, f"file is truncated (the header of HDU {index} has no END card)")
+        for i in range(0, BLOCK, CARD):
+            card = block[i : i + CARD]
+            name = card[:8].decode("ascii", "replace").strip()
+            if name == "END":
+                return keys, start + (n + 1) * BLOCK
+            if card[8:10] != b"= ":
+                continue
+            value = _value_text(card)
+            if name not in keys:
+                keys[name] = value
+            elif keys[name] != value and _STRUCTURAL.fullmatch(name):
+                raise FrameError(path, f"HDU {index} has two {name} cards ({keys[name]} and "
+                                       f"{value}): the header is corrupted")
+    raise FrameError(path, f"the header of HDU {index} has no END card in its first "
+                           f"{MAX_HEADER_BLOCKS} blocks ({MAX_HEADER_BLOCKS * BLOCK // CARD} cards)")
+
+
+def _int(keys: dict[str, str], key: str, path, index: int, default: int | None = None,
+         low: int | None = None, high: int | None = None) -> int:
+    """An integer keyword, checked against [low, high]; FrameError if missing or unreadable."""
+    text = keys.get(key)
+    if text is None:
+        if default is None:
+            raise FrameError(path, f"HDU {index} has no {key} keyword")
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise FrameError(path, f"HDU {index}: {key} = {text!r} is not an integer") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise FrameError(path, f"HDU {index}: {key} = {value} is impossible "
+                               f"(allowed {low} to {high if high is not None else 'any'})")
+    return value
+
+
+def _bitpix(keys, key: str, path, index: int) -> int:
+    value = _int(keys, key, path, index)
+    if value not in BITPIX_VALUES:
+        raise FrameError(path, f"unsupported pixel type (HDU {index}: {key} = {value})")
+    return value
+
+
+def _logical(keys, key: str) -> bool:
+    return keys.get(key, "").strip() == "T"
+
+
+def _string(keys, key: str) -> str:
+    return keys.get(key, "").strip().strip("'").strip()
+
+
+def _axes(keys, prefix: str, count: int, path, index: int, low: int) -> tuple[int, ...]:
+    """(prefix1 .. prefixN) in FITS order."""
+    return tuple(_int(keys, f"{prefix}{n}", path, index, low=low) for n in range(1, count + 1))
+
+
+def _data_bytes(keys, index: int, bitpix: int, axes: tuple[int, ...], path) -> int:
+    """Size of the data the header describes (FITS standard, section 4.4.1)."""
+    if not axes:
+        return 0
+    groups = index == 0 and _logical(keys, "GROUPS") and axes[0] == 0
+    if index == 0 and not groups:
+        pcount, gcount = 0, 1
+    else:
+        pcount = _int(keys, "PCOUNT", path, index, default=0, low=0)
+        gcount = _int(keys, "GCOUNT", path, index, default=1, low=0)
+    count = prod(axes[1:]) if groups else prod(axes)
+    return abs(bitpix) // 8 * gcount * (pcount + count)
+
+
+def _check_frame_size(path, index: int, values: int, nbytes: int) -> None:
+    if values > MAX_FRAME_PIXELS or nbytes > MAX_FRAME_BYTES:
+        raise FrameError(
+            path, f"HDU {index} claims an image of {values:,} values ({nbytes:,} bytes); the limit "
+                  f"is {MAX_FRAME_PIXELS:,} values and {MAX_FRAME_BYTES:,} bytes")
+
+
+def _compressed_shape(keys, info_naxes, path, index: int) -> tuple[int, ...]:
+    """Validate a tile-compressed image header; the image shape in numpy order."""
+    if len(info_naxes) != 2:
+        raise FrameError(path, f"HDU {index}: a compressed image table must have NAXIS = 2")
+    _int(keys, "TFIELDS", path, index, low=1, high=MAX_AXES)
+    zbitpix = _bitpix(keys, "ZBITPIX", path, index)
+    zaxes = _axes(keys, "ZNAXIS", _int(keys, "ZNAXIS", path, index, low=1, high=MAX_AXES),
+                  path, index, low=1)
+    _check_frame_size(path, index, prod(zaxes), prod(zaxes) * abs(zbitpix) // 8)
+    ctype = _string(keys, "ZCMPTYPE")
+    if ctype not in COMPRESSION_TYPES:
+        raise FrameError(path, f"HDU {index}: unknown compression ZCMPTYPE = {ctype!r}")
+    tiles = 1
+    for n, size in enumerate(zaxes, start=1):
+        tile = _int(keys, f"ZTILE{n}", path, index, default=size if n == 1 else 1, low=1, high=size)
+        tiles *= ceil(size / tile)
+    if tiles != info_naxes[1]:
+        raise FrameError(path, f"HDU {index}: the compressed table has {info_naxes[1]} rows but "
+                               f"the image is cut into {tiles} tiles")
+    return zaxes[::-1]
+
+
+def _scan_hdu(fh: BinaryIO, path, start: int, index: int) -> HduInfo:
+    keys, data_start = _read_header(fh, path, start, index)
+    first = "SIMPLE" if index == 0 else "XTENSION"
+    if first not in keys:
+        raise FrameError(path, f"HDU {index} does not start with {first}")
+    bitpix = _bitpix(keys, "BITPIX", path, index)
+    axes = _axes(keys, "NAXIS", _int(keys, "NAXIS", path, index, low=0, high=MAX_AXES),
+                 path, index, low=0)
+    info = HduInfo(index, "other", data_start, _data_bytes(keys, index, bitpix, axes, path), keys=keys)
+    xtension = _string(keys, "XTENSION")
+    if index == 0 or xtension == "IMAGE":
+        if any(key in keys for key in _TABLE_KEYS):
+            raise FrameError(path, f"HDU {index} is an image whose header also describes a "
+                                   "table (TFIELDS/ZIMAGE): the header is corrupted")
+        info.kind, info.shape = "image", axes[::-1]
+    elif xtension == "BINTABLE" and _logical(keys, "ZIMAGE"):
+        info.kind, info.shape = "compressed", _compressed_shape(keys, axes, path, index)
+    return info
+
+
+def _check_padding(fh: BinaryIO, path, info: HduInfo, end: int) -> None:
+    """The bytes between the data and the next block must be padding (zeros or blanks)."""
+    data_end = info.data_start + info.data_bytes
+    fh.seek(data_end)
+    if not set(fh.read(end - data_end)) <= _PAD_BYTES:
+        raise FrameError(path, f"HDU {info.index}: the bytes after its data are not padding: the "
+                               "data is longer than the header says (NAXISn too small?) or the "
+                               "file is damaged")
+
+
+def _check_tail(fh: BinaryIO, path, end: int, size: int) -> bool:
+    """True if another HDU starts at ``end``; FrameError for garbage after the last HDU."""
+    fh.seek(end)
+    head = fh.read(BLOCK)
+    if head.startswith(b"XTENSION="):
+        return True
+    if size - end <= BLOCK and set(head) <= _PAD_BYTES:
+        return False  # blank padding: harmless
+    raise FrameError(
+        path, f"{size - end:,} bytes follow the data of the last HDU that are not a FITS extension: "
+              "the data is longer than the header says (NAXISn too small?) or the file was damaged")
+
+
+def scan_fits(fh: BinaryIO, path: str | os.PathLike) -> list[HduInfo]:
+    """Check the structure of a FITS file without reading its data.
+
+    Parameters
+    ----------
+    fh : binary file
+        The file, open for reading and seekable.
+    path : path-like
+        Its name, for error messages.
+
+    Returns
+    -------
+    list of HduInfo
+        One per HDU, in file order.
+
+    Raises
+    ------
+    FrameError
+        A header is unreadable or claims a size that is impossible (negative,
+        larger than the file, above :data:`MAX_FRAME_PIXELS` /
+        :data:`MAX_FRAME_BYTES` for an image), the file is truncated, or bytes
+        that are not a FITS extension follow the last HDU.
+    """
+    size = os.fstat(fh.fileno()).st_size
+    hdus: list[HduInfo] = []
+    start = 0
+    while True:
+        if len(hdus) >= MAX_HDUS:
+            raise FrameError(path, f"the file has more than {MAX_HDUS} HDUs")
+        info = _scan_hdu(fh, path, start, len(hdus))
+        hdus.append(info)
+        end = info.data_start + info.data_bytes
+        if end > size:
+            raise FrameError(path, f"file is truncated (HDU {info.index} needs {end:,} bytes, "
+                                   f"the file has {size:,})")
+        start = info.data_start + _padded(info.data_bytes)
+        _check_padding(fh, path, info, min(start, size))
+        if start >= size or not _check_tail(fh, path, start, size):
+            return hdus
+
+
+def image_hdu(hdus: list[HduInfo], path, hdu: int | None = None) -> HduInfo:
+    """The HDU to read: ``hdu`` if given, else the first image with pixels.
+
+    Its size is checked against the frame limits.
+    """
+    if hdu is not None:
+        if not 0 <= hdu < len(hdus):
+            raise FrameError(path, f"has no HDU {hdu} (it has {len(hdus)})")
+        chosen = hdus[hdu]
+        if not chosen.has_pixels:
+            raise FrameError(path, f"HDU {hdu} holds no image data")
+    else:
+        chosen = next((h for h in hdus if h.has_pixels), None)
+        if chosen is None:
+            hint = ""
+            if any("ZCMPTYPE" in h.keys or "ZBITPIX" in h.keys for h in hdus):
+                hint = " (a table looks like a compressed image, but its ZIMAGE is not T)"
+            raise FrameError(path, f"no HDU holds image data{hint}")
+    if chosen.kind == "image":
+        _check_frame_size(path, chosen.index, prod(chosen.shape), chosen.data_bytes)
+    return chosen
