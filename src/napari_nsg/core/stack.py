@@ -123,12 +123,16 @@ class StackChunk:
         Values rejected below / above per pixel.
     n_used : ndarray, int16
         Frames contributing per pixel.
+    frame_low, frame_high : ndarray, int64, (n,)
+        Values rejected below / above in each frame.
     """
 
     stack: np.ndarray
     n_low: np.ndarray
     n_high: np.ndarray
     n_used: np.ndarray
+    frame_low: np.ndarray
+    frame_high: np.ndarray
 
 
 def auto_rejection(n_frames: int) -> str:
@@ -287,5 +291,7 @@ def integrate(values: np.ndarray, weights: np.ndarray | None = None,
     total = wk.sum(axis=0)
     num = (wk * np.where(kept, x, 0.0)).sum(axis=0)
     stack = np.where(total > 0, num / np.where(total > 0, total, 1), 0.0)
+    per_frame = tuple(range(1, x.ndim))
     return StackChunk(stack=stack.astype(np.float32), n_low=low.sum(0).astype(np.int16),
-                      n_high=high.sum(0).astype(np.int16), n_used=kept.sum(0).astype(np.int16))
+                      n_high=high.sum(0).astype(np.int16), n_used=kept.sum(0).astype(np.int16),
+                      frame_low=low.sum(per_frame), frame_high=high.sum(per_frame))
