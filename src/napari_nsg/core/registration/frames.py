@@ -1,0 +1,264 @@
+"""Registering sub-frames of one target onto a reference frame (same pixel scale).
+
+The MSGR engine (:func:`~.register.solve_registration`) is used with a scale
+range near 1 (:data:`FRAME_SCALE_RANGE`): its triangle matcher is rotation and
+mirror invariant, so dithers, field rotation and a 180 degree meridian flip
+need nothing more. Its refined star pairs (windowed centroids) are then fitted
+by the model asked for:
+
+``similarity``  shift, rotation, one scale (4 parameters);
+``affine``      6 parameters;
+``projective``  a homography (8), the default;
+plus an optional smooth distortion spline (``distortion=True``).
+
+Resampling (:func:`resample`, default ``lanczos-clamped``) uses OpenCV's
+Lanczos kernel (8x8 taps, a = 4) with a floor: no sample may fall below the
+darkest of the 4x4 pixels around it. Lanczos keeps star profiles and noise
+sharpest of the kernels OpenCV offers (least smoothing), but like every
+sinc-like kernel it rings: a dark undershoot around bright, undersampled
+stars, which a later rejection or a stretch turns into black rings. The floor
+removes the undershoot and leaves the peaks alone (clamping both sides, as
+PixInsight's clamped Lanczos does at a threshold, flattened undersampled peaks
+by 27-40 % here). Measured numbers are in ``docs/register.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from ..stars import StarTable, detect_stars, intensity, no_data_mask
+from .refine import _choose_spline, _fit_spline
+from .register import RegistrationError, solve_registration
+from .transforms import WideTransform, fit_affine, fit_homography, fit_similarity
+from .warp import model_maps
+
+__all__ = [
+    "FRAME_MODELS",
+    "FRAME_SCALE_RANGE",
+    "RESAMPLERS",
+    "FrameRegistration",
+    "detect_reference_stars",
+    "register_frame",
+    "resample",
+]
+
+#: Scale ratios searched between frames of one camera (focus and refraction change it by < 1 %).
+FRAME_SCALE_RANGE = (0.95, 1.05)
+FRAME_MODELS = ("similarity", "affine", "projective")
+RESAMPLERS = ("lanczos-clamped", "lanczos", "cubic", "linear")
+#: Fewest pairs for each model (more than the parameters, to see the residual).
+MODEL_MIN_PAIRS = {"similarity": 4, "affine": 6, "projective": 8}
+DETECT_THRESHOLD = 5.0
+DETECT_MIN_AREA = 5
+MAX_STARS = 2000
+MIN_PAIRS = 6
+#: Smoothings tried (cross-validated) for the distortion spline.
+SPLINE_SMOOTHINGS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+SPLINE_MIN_PAIRS = 20
+#: The clamp: no sample below the darkest of the CLAMP_SIZE^2 pixels around it.
+CLAMP_SIZE = 4
+CLAMP_ANCHOR = 1
+
+
+@dataclass
+class FrameRegistration:
+    """How one frame maps onto the reference.
+
+    Attributes
+    ----------
+    transform : WideTransform
+        Reference pixel ``(x, y)`` -> frame pixel ``(x, y)``.
+    model : str
+    residual_px : float
+        RMS distance of the matched stars from the model (px).
+    n_pairs : int
+    n_stars : int
+        Stars detected in the frame.
+    rotation_deg, scale : float
+        Of the map at the reference centre (scale in frame px per reference px).
+    shift : (float, float)
+        Where the reference centre lands in the frame, minus the centre.
+    flip : bool
+        Mirrored (never for frames of one camera; reported if found).
+    warnings : list of str
+    """
+
+    transform: WideTransform
+    model: str
+    residual_px: float
+    n_pairs: int
+    n_stars: int
+    rotation_deg: float
+    scale: float
+    shift: tuple
+    flip: bool
+    warnings: list = field(default_factory=list)
+
+
+def detect_reference_stars(reference: np.ndarray) -> StarTable:
+    """The reference's stars (detected once for all frames)."""
+    return detect_stars(intensity(reference), threshold=DETECT_THRESHOLD,
+                        min_area=DETECT_MIN_AREA, max_stars=MAX_STARS)
+
+
+def _fit_model(model: str, src: np.ndarray, dst: np.ndarray, flip: bool) -> np.ndarray:
+    if len(src) < MODEL_MIN_PAIRS[model]:
+        raise RegistrationError(f"only {len(src)} star pairs: a {model} model needs at least "
+                                f"{MODEL_MIN_PAIRS[model]}")
+    if model == "similarity":
+        return fit_similarity(src, dst, flip).matrix()
+    if model == "affine":
+        return fit_affine(src, dst)
+    return fit_homography(src, dst)
+
+
+def _with_distortion(h: np.ndarray, src, dst, shape) -> WideTransform:
+    """``h`` plus a cross-validated smoothing spline of its residuals (if it helps)."""
+    if len(src) < SPLINE_MIN_PAIRS:
+        return WideTransform(homography=h)
+    hh, ww = shape
+    origin = np.array([(ww - 1) / 2.0, (hh - 1) / 2.0])
+    norm = float(np.hypot(hh, ww) / 2.0)
+    best, _, _ = _choose_spline(src, dst, h, origin, norm, np.random.default_rng(0),
+                                SPLINE_SMOOTHINGS)
+    if best is None:
+        return WideTransform(homography=h)
+    from .transforms import apply_homography
+
+    spline = _fit_spline(src, dst - apply_homography(h, src), best, origin, norm)
+    return WideTransform(homography=h, distortion=spline)
+
+
+def register_frame(
+    reference: np.ndarray,
+    frame: np.ndarray,
+    *,
+    model: str = "projective",
+    distortion: bool = False,
+    reference_stars: StarTable | None = None,
+    scale_range: tuple[float, float] = FRAME_SCALE_RANGE,
+    min_pairs: int = MIN_PAIRS,
+) -> FrameRegistration:
+    """Find the reference -> frame map from the stars of both.
+
+    Parameters
+    ----------
+    reference, frame : ndarray, (y, x) or (c, y, x)
+        Colour is matched on the mean of the channels.
+    model : {"similarity", "affine", "projective"}
+    distortion : bool
+        Add a smoothing thin-plate spline of the residuals (cross-validated).
+    reference_stars : StarTable, optional
+        From :func:`detect_reference_stars` (detected here if None).
+    scale_range : (float, float)
+        Frame px per reference px accepted.
+    min_pairs : int
+
+    Raises
+    ------
+    RegistrationError
+        Too few stars, no common star pattern, or too few pairs for the model.
+    """
+    if model not in FRAME_MODELS:
+        raise ValueError(f"unknown model {model!r}; use one of {FRAME_MODELS}")
+    if reference_stars is None:
+        reference_stars = detect_reference_stars(reference)
+    try:
+        reg = solve_registration(reference, frame, scale_range=scale_range, distortion=False,
+                                 min_pairs=min_pairs, max_stars=MAX_STARS,
+                                 narrow_stars=reference_stars)
+    except RegistrationError as exc:
+        text = str(exc).replace("narrow image", "reference").replace("wide image", "frame")
+        raise RegistrationError(text.replace("narrow", "reference").replace("wide", "frame"),
+                                which=exc.which) from None
+    src, dst = reg.narrow_xy, reg.wide_xy
+    h = _fit_model(model, src, dst, reg.flip)
+    shape = np.shape(reference)[-2:]
+    transform = (_with_distortion(h, src, dst, shape) if distortion
+                 else WideTransform(homography=h))
+    resid = transform(src) - dst
+    centre = np.array([[(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0]])
+    ratio, rot, flip = transform.local_similarity(tuple(centre[0]))
+    moved = transform(centre)[0] - centre[0]
+    warnings = list(reg.warnings)
+    if flip:
+        warnings.append("the frame is mirrored relative to the reference")
+    return FrameRegistration(
+        transform=transform, model=model,
+        residual_px=float(np.sqrt(np.mean(np.sum(resid**2, axis=1)))),
+        n_pairs=len(src), n_stars=reg.n_stars_wide, rotation_deg=float(rot),
+        scale=float(1.0 / ratio), shift=(float(moved[0]), float(moved[1])), flip=bool(flip),
+        warnings=warnings)
+
+
+def _floor_of_neighbours(plane: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
+    """Min of the 4x4 pixels around each sample point (the Lanczos kernel's core)."""
+    kernel = np.ones((CLAMP_SIZE, CLAMP_SIZE), np.uint8)
+    lo = cv2.erode(plane, kernel, anchor=(CLAMP_ANCHOR, CLAMP_ANCHOR),
+                   borderType=cv2.BORDER_REPLICATE)
+    return cv2.remap(lo, np.floor(map_x), np.floor(map_y), interpolation=cv2.INTER_NEAREST,
+                     borderMode=cv2.BORDER_CONSTANT, borderValue=float("nan"))
+
+
+_CV_FLAGS = {"lanczos-clamped": cv2.INTER_LANCZOS4, "lanczos": cv2.INTER_LANCZOS4,
+             "cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
+
+
+def _outside(map_x: np.ndarray, map_y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """True where the sample point is off the frame (more than half a pixel out)."""
+    h, w = shape
+    return (map_x < -0.5) | (map_y < -0.5) | (map_x > w - 0.5) | (map_y > h - 0.5)
+
+
+def _resample_plane(plane: np.ndarray, map_x, map_y, method: str) -> np.ndarray:
+    """One plane resampled; NaN off the frame and near its no-data pixels.
+
+    The frame's edge pixels are replicated for the kernel's reach, so a small
+    shift loses no more than the pixels it moves off the frame.
+    """
+    bad = no_data_mask(plane)
+    src = np.ascontiguousarray(plane)
+    if bad.any():
+        src = src.copy()
+        src[bad] = np.nan
+    out = cv2.remap(src, map_x, map_y, _CV_FLAGS[method], borderMode=cv2.BORDER_REPLICATE)
+    missing = np.isnan(out) | _outside(map_x, map_y, plane.shape)
+    if method == "lanczos-clamped":
+        np.fmax(out, _floor_of_neighbours(src, map_x, map_y), out=out)
+    out[missing] = np.nan
+    return out
+
+
+def resample(frame: np.ndarray, transform, shape: tuple[int, int], *,
+             method: str = "lanczos-clamped", map_step: int = 32) -> tuple[np.ndarray, float]:
+    """``frame`` on the reference grid; 0 where it has no data. Returns ``(data, coverage)``.
+
+    Parameters
+    ----------
+    frame : ndarray, (y, x) or (c, y, x)
+    transform : callable
+        Reference ``(n, 2)`` -> frame ``(n, 2)`` pixel positions.
+    shape : (int, int)
+        The reference's ``(height, width)``.
+    method : {"lanczos-clamped", "lanczos", "cubic", "linear"}
+    map_step : int
+        Node spacing of the coordinate maps (see :func:`~.warp.model_maps`).
+
+    Returns
+    -------
+    (ndarray float32, float)
+        The resampled frame, and the fraction of reference pixels it covers.
+    """
+    if method not in RESAMPLERS:
+        raise ValueError(f"unknown resampling {method!r}; use one of {RESAMPLERS}")
+    map_x, map_y = model_maps(transform, shape, step=map_step)
+    arr = np.asarray(frame, dtype=np.float32)
+    planes = arr[None] if arr.ndim == 2 else arr
+    out = np.stack([_resample_plane(p, map_x, map_y, method) for p in planes])
+    bad = ~np.isfinite(out)
+    covered = float(1.0 - bad.any(axis=0).mean())
+    out[bad] = 0.0
+    return (out[0] if arr.ndim == 2 else out), covered
