@@ -117,6 +117,14 @@ def _set_value(raw: bytearray, offset: int, text: str) -> None:
     raw[offset + 8 : offset + CARD] = ("= " + field).ljust(CARD - 8)[: CARD - 8].encode("ascii")
 
 
+def set_card(raw: bytearray, key: str, value: str, after: bytes = b"") -> None:
+    """Set the value text of the first ``key`` card (after the first ``after`` bytes, if given)."""
+    start = raw.find(after) if after else 0
+    offset = next(o for o in range(start - start % CARD, len(raw), CARD)
+                  if raw[o : o + 8] == key.ljust(8).encode("ascii"))
+    _set_value(raw, offset, value)
+
+
 def _value_for(key: str, old: str, rnd: random.Random) -> str:
     roll = rnd.random()
     try:
@@ -176,7 +184,10 @@ def _damage_data(raw, seed, rnd):
 
 
 def _truncate(raw, seed, rnd):
-    cut = rnd.randrange(1, len(raw)) if rnd.random() < 0.7 else rnd.randrange(1, len(raw) // BLOCK + 1) * BLOCK
+    if len(raw) < 2:
+        return "no cut"
+    blocks = len(raw) // BLOCK
+    cut = rnd.randrange(1, blocks + 1) * BLOCK if blocks and rnd.random() < 0.3 else rnd.randrange(1, len(raw))
     del raw[cut:]
     return f"cut at {cut}"
 

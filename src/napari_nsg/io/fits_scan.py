@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from math import ceil, prod
 from typing import BinaryIO
@@ -195,6 +196,63 @@ def _compressed_shape(keys, info_naxes, path, index: int) -> tuple[int, ...]:
     return zaxes[::-1]
 
 
+_TFORM = re.compile(r"(\d*)([LXBIJKAEDCMPQ])")
+_TFORM_BYTES = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8, "M": 16,
+                "P": 8, "Q": 16}
+
+
+def _column_offset(keys, name: str, path, index: int) -> tuple[int, str] | None:
+    """Byte offset in a row and descriptor type (P or Q) of the column ``name``."""
+    offset = 0
+    for n in range(1, _int(keys, "TFIELDS", path, index) + 1):
+        m = _TFORM.match(_string(keys, f"TFORM{n}"))
+        if m is None:
+            raise FrameError(path, f"HDU {index}: TFORM{n} = {keys.get(f'TFORM{n}')} is unreadable")
+        repeat, code = int(m.group(1) or 1), m.group(2)
+        if _string(keys, f"TTYPE{n}") == name:
+            return (offset, code) if code in "PQ" else None
+        offset += -(-repeat // 8) if code == "X" else repeat * _TFORM_BYTES[code]
+    return None
+
+
+def check_hcompress_tiles(fh: BinaryIO, path, info: HduInfo) -> None:
+    """Refuse HCOMPRESS tiles whose stream claims another size than the header's tile.
+
+    astropy's decoder trusts the size written in each tile's stream and writes
+    past its buffer when it is larger (the process aborts); the check reads 10
+    bytes per tile.
+    """
+    keys, index = info.keys, info.index
+    found = _column_offset(keys, "COMPRESSED_DATA", path, index)
+    if found is None or len(info.shape) != 2:
+        return
+    column, code = found
+    row_bytes, rows = int(keys["NAXIS1"]), int(keys["NAXIS2"])
+    heap = info.data_start + _int(keys, "THEAP", path, index, default=row_bytes * rows, low=0)
+    height, width = info.shape
+    tile_w = _int(keys, "ZTILE1", path, index, default=width)
+    tile_h = _int(keys, "ZTILE2", path, index, default=1)
+    per_row = ceil(width / tile_w)
+    fh.seek(info.data_start)
+    table = fh.read(row_bytes * rows)
+    fmt, size = (">ii", 8) if code == "P" else (">qq", 16)
+    if column + size > row_bytes:
+        raise FrameError(path, f"HDU {index}: the COMPRESSED_DATA column lies outside the row")
+    for tile in range(rows):
+        count, offset = struct.unpack_from(fmt, table, tile * row_bytes + column)
+        if count == 0:
+            continue
+        if count < 0 or offset < 0:
+            raise FrameError(path, f"HDU {index}: tile {tile} has a negative size or offset")
+        fh.seek(heap + offset)
+        head = fh.read(10)
+        y, x = divmod(tile, per_row)
+        expected = (min(tile_h, height - y * tile_h), min(tile_w, width - x * tile_w))
+        if len(head) < 10 or struct.unpack(">ii", head[2:10]) != expected:
+            raise FrameError(path, f"HDU {index}: HCOMPRESS tile {tile} does not hold a "
+                                   f"{expected[0]}x{expected[1]} tile: the file is damaged")
+
+
 def _scan_hdu(fh: BinaryIO, path, start: int, index: int) -> HduInfo:
     keys, data_start = _read_header(fh, path, start, index)
     first = "SIMPLE" if index == 0 else "XTENSION"
@@ -299,4 +357,18 @@ def image_hdu(hdus: list[HduInfo], path, hdu: int | None = None) -> HduInfo:
             raise FrameError(path, f"no HDU holds image data{hint}")
     if chosen.kind == "image":
         _check_frame_size(path, chosen.index, prod(chosen.shape), chosen.data_bytes)
+        _check_scaling(chosen, path)
     return chosen
+
+
+def _check_scaling(info: HduInfo, path) -> None:
+    """BZERO, BSCALE (numbers) and BLANK (an integer) decide the pixel values: they must parse."""
+    for key in ("BZERO", "BSCALE", "BLANK"):
+        text = info.keys.get(key)
+        if text is None:
+            continue
+        try:
+            int(text) if key == "BLANK" else float(text.replace("D", "E"))
+        except ValueError:
+            raise FrameError(path, f"HDU {info.index}: {key} = {text!r} cannot be read, and the "
+                                   "pixel values depend on it") from None
