@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,13 @@ import pytest
 from napari_nsg.cli import main
 from napari_nsg.core.reference import background_map, corner_gradients, gradient_complexity
 from napari_nsg.io import read_frame
-from napari_nsg.pipeline.rank import blink_frame, choose_reference, rank_frames
+from napari_nsg.pipeline.rank import (
+    FrameRank,
+    blink_frame,
+    choose_reference,
+    rank_frames,
+    recommend_reference,
+)
 from napari_nsg.synthetic import simulate_sequence
 
 # frame 4: best transmission and the least gradient; frame 6: clouded (T = 0.5)
@@ -204,6 +211,9 @@ def test_wasp12b_twilight_frames_rank_last(real_data):
     dark = {"wasp12b_300.fits", "wasp12b_330.fits", "wasp12b_360.fits", "wasp12b_387.fits"}
     assert set(names[:4]) == dark
     assert names.index("wasp12b_417.fits") >= 5
+    # the bright-sky dawn frames are never recommended as the reference
+    assert Path(result.reference).name not in {"wasp12b_417.fits", "wasp12b_420.fits"}
+    assert Path(result.reference).name in dark
     # the backgrounds of SOURCES.md
     assert result.row(paths[-1]).background[0] == pytest.approx(1046, rel=0.01)
     assert result.row(paths[0]).background[0] == pytest.approx(269, rel=0.01)
@@ -233,3 +243,38 @@ def test_normalize_reference_auto_uses_the_top_ranked_frame(sequence, tmp_path):
     assert report["reference"].endswith(paths[BEST].name)
     rows = {r["file"]: r for r in report["frames"]}
     assert rows[str(paths[BEST])]["is_reference"] is True
+
+
+def _row(name, rank, rating, span, lumpy, transmission=1.0):
+    return FrameRank(file=name, rank=rank, rating=rating, weight=rating, scale=[1.0 / transmission],
+                     transmission=[transmission], background_span=[span], complexity=[lumpy])
+
+
+def test_recommendation_weighs_gradient_size_and_complexity():
+    rows = [_row("big.fits", 1, 1.0, 700, 150), _row("lumpy.fits", 2, 0.95, 300, 200),
+            _row("small.fits", 3, 0.85, 310, 40), _row("smaller.fits", 4, 0.8, 300, 38),
+            _row("noisy.fits", 5, 0.4, 100, 10), _row("cloudy.fits", 6, 0.9, 90, 10, 0.6)]
+    pick, why = recommend_reference(rows)
+    # the largest gradient (best rating) and the lumpiest are passed over; of the two
+    # simple ones (within 10 % of each other) the better-rated; the low-rated and the
+    # clouded frames are not candidates however flat their sky
+    assert pick.file == "small.fits"
+    assert "big.fits has" in why and "more gradient" in why
+    # with equally small gradients the rating decides (NSG's choice)
+    flat = [_row("a.fits", 1, 1.0, 100, 10), _row("b.fits", 2, 0.9, 95, 9.5)]
+    assert recommend_reference(flat)[0].file == "a.fits"
+
+
+def test_a_large_gradient_frame_is_not_recommended_even_with_the_best_weight(tmp_path):
+    # frame 1: clearest sky and the best weight, but a strong gradient
+    trans = [0.8, 1.0, 0.82, 0.78, 0.85]
+    grad = [60, 900, 50, 70, 400]
+    seq = simulate_sequence(len(trans), (320, 384), seed=5, transmission=trans, sky=900,
+                            gradient=grad, **FIELD)
+    paths = seq.write(tmp_path)
+    result = rank_frames(paths)
+    assert result.frames[0].file == str(paths[1])  # the top-ranked by weight ...
+    assert result.reference != str(paths[1])  # ... is not the recommended reference
+    chosen = int(Path(result.reference).stem.split("_")[-1])
+    assert grad[chosen] <= 70
+    assert "more gradient" in result.reference_reason

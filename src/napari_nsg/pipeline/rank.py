@@ -472,9 +472,10 @@ def _rank(measured, raw_scale, raw_weight, yard, reason) -> RankResult:
     )
 
 
-MIN_RATING = 0.5  # a reference candidate keeps at least half the best frame's rating
+MIN_RATING = 0.6  # a reference candidate keeps at least this share of the best frame's rating
 MIN_TRANSMISSION = 0.75  # ... and this transmission relative to it (NSG's default cut-off)
-LUMPY_WEIGHT = 4.0  # ADU of "lumpy" residual weigh this many ADU of plain span
+LUMPY_WEIGHT = 2.0  # ADU of "lumpy" (RMS about a plane) weigh this many ADU of plain span
+GRADIENT_TOLERANCE = 0.10  # gradients within 10 % of the smallest count as equally small
 
 
 def gradient_cost(row: FrameRank) -> float:
@@ -492,10 +493,10 @@ def recommend_reference(rows: list[FrameRank]) -> tuple[FrameRank | None, str]:
 
     NSG only makes every frame match the reference's gradient, so the reference
     should have a small, simple gradient; it must also be a good frame (its
-    noise and transparency set the scale of the others). Among the frames rated
-    at least ``MIN_RATING`` of the best with a transmission of at least
-    ``MIN_TRANSMISSION``, the one with the lowest :func:`gradient_cost` is
-    recommended.
+    noise and transparency set the scale of the others). The candidates are
+    the frames rated at least ``MIN_RATING`` of the best, with a transmission
+    of at least ``MIN_TRANSMISSION``; of those whose :func:`gradient_cost` is
+    within ``GRADIENT_TOLERANCE`` of the smallest, the best-rated is recommended.
 
     Parameters
     ----------
@@ -509,24 +510,34 @@ def recommend_reference(rows: list[FrameRank]) -> tuple[FrameRank | None, str]:
     ranked = [r for r in rows if r.ok]
     if not ranked:
         return None, "no frame could be ranked"
+    top = ranked[0]
     eligible = [r for r in ranked
                 if (r.rating or 0) >= MIN_RATING
                 and np.nanmean(np.asarray(r.transmission, float)) >= MIN_TRANSMISSION
                 and np.isfinite(gradient_cost(r))]
     if not eligible:
-        return ranked[0], "the best-rated frame (no gradient measure to compare)"
-    pick = min(eligible, key=gradient_cost)
-    top = ranked[0]
+        return top, f"{Path(top.file).name}: the best-rated frame (no gradient measure to compare)"
+    least = min(gradient_cost(r) for r in eligible)
+    small = [r for r in eligible if gradient_cost(r) <= (1 + GRADIENT_TOLERANCE) * least]
+    pick = min(small, key=lambda r: r.rank)
+    return pick, _recommend_reason(pick, top, len(eligible), least)
+
+
+def _describe_gradient(row: FrameRank) -> str:
+    return (f"span {np.nanmean(row.background_span):.3g}, lumpy {np.nanmean(row.complexity):.3g}"
+            f" ADU, rating {row.rating:.2f}")
+
+
+def _recommend_reason(pick: FrameRank, top: FrameRank, n_good: int, least: float) -> str:
     name = Path(pick.file).name
-    what = (f"span {np.nanmean(pick.background_span):.3g}, lumpy "
-            f"{np.nanmean(pick.complexity):.3g}; rating {pick.rating:.2f}")
+    lead = (f"{name} ({_describe_gradient(pick)}): among the {n_good} frame(s) rated at least "
+            f"{MIN_RATING:g} of the best with transmission >= {MIN_TRANSMISSION:g}, the best-rated "
+            f"whose gradient is within {100 * GRADIENT_TOLERANCE:.0f} % of the smallest")
     if pick is top:
-        return pick, (f"{name}: the best-rated frame also has the smallest and simplest gradient "
-                      f"of the {len(eligible)} good frame(s) ({what})")
-    return pick, (f"{name}: the smallest and simplest gradient of the {len(eligible)} frame(s) "
-                  f"rated at least {MIN_RATING:g} of the best ({what}); the best-rated "
-                  f"{Path(top.file).name} has span {np.nanmean(top.background_span):.3g}, "
-                  f"lumpy {np.nanmean(top.complexity):.3g}")
+        return lead
+    more = 100.0 * (gradient_cost(top) / least - 1.0)
+    return (f"{lead}; the best-rated {Path(top.file).name} has {more:.0f} % more gradient "
+            f"({_describe_gradient(top)})")
 
 
 def choose_reference(paths, *, debayer: str | None = None, params: NsgParameters | None = None,
