@@ -259,8 +259,8 @@ for line in sys.stdin:
 """
 
 
-def _start_child(paths: list[str], memory_limit: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(memory_limit)],
+def _start_child(paths: list[str], memory_limit: int, child: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", child, str(memory_limit)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
     proc.stdin.write("".join(p + "\n" for p in paths).encode())
@@ -288,17 +288,19 @@ def _lines(proc: subprocess.Popen, timeout: float):
         yield line.decode()
 
 
-def read_in_children(paths: list[str], timeout: float = 5.0,
-                     memory_limit: int = 3 * 2**30) -> list[list]:
+def read_in_children(paths: list[str], timeout: float = 5.0, memory_limit: int = 3 * 2**30,
+                     child: str = _CHILD) -> list[list]:
     """Read each file in a child process; one result list per path.
 
     Each result is ``["read", dtype, shape]``, ``["frame_error", message]``,
     ``["other", message]``, ``["memory", message]``, ``["hang", seconds]`` or
-    ``["crash", returncode]``.
+    ``["crash", returncode]``. ``child`` is the child's Python code (the
+    default reads with ``read_frame``): it gets the address-space limit as its
+    argument, prints ``READY``, then one JSON result line per path on stdin.
     """
     results: list[list] = []
     while len(results) < len(paths):
-        proc = _start_child(paths[len(results):], memory_limit)
+        proc = _start_child(paths[len(results):], memory_limit, child)
         ready = False
         for line in _lines(proc, timeout):
             if line is None:
