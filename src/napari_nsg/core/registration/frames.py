@@ -9,6 +9,10 @@ by the model asked for:
 ``similarity``  shift, rotation, one scale (4 parameters);
 ``affine``      6 parameters;
 ``projective``  a homography (8), the default;
+
+each only when enough pairs support it (30 for a homography, 12 for an affine
+map, as the MSGR refinement): with fewer, the next simpler model is fitted and
+a warning says so.
 plus an optional smooth distortion spline (``distortion=True``).
 
 Resampling (:func:`resample`, default ``lanczos-clamped``) uses OpenCV's
@@ -32,7 +36,14 @@ import numpy as np
 from ..stars import StarTable, detect_stars, intensity, no_data_mask
 from .refine import _choose_spline, _fit_spline
 from .register import RegistrationError, solve_registration
-from .transforms import WideTransform, fit_affine, fit_homography, fit_similarity
+from .transforms import (
+    AFFINE_MIN_PAIRS,
+    HOMOGRAPHY_MIN_PAIRS,
+    WideTransform,
+    fit_affine,
+    fit_homography,
+    fit_similarity,
+)
 from .warp import model_maps
 
 __all__ = [
@@ -49,8 +60,6 @@ __all__ = [
 FRAME_SCALE_RANGE = (0.95, 1.05)
 FRAME_MODELS = ("similarity", "affine", "projective")
 RESAMPLERS = ("lanczos-clamped", "lanczos", "cubic", "linear")
-#: Fewest pairs for each model (more than the parameters, to see the residual).
-MODEL_MIN_PAIRS = {"similarity": 4, "affine": 6, "projective": 8}
 DETECT_THRESHOLD = 5.0
 DETECT_MIN_AREA = 5
 MAX_STARS = 2000
@@ -104,10 +113,17 @@ def detect_reference_stars(reference: np.ndarray) -> StarTable:
                         min_area=DETECT_MIN_AREA, max_stars=MAX_STARS)
 
 
+def _supported_model(model: str, n_pairs: int) -> str:
+    """The model asked for, or a simpler one when too few pairs support it (as
+    :func:`~.transforms.fit_projective`: extra freedom would fit centroid noise)."""
+    if model == "projective" and n_pairs < HOMOGRAPHY_MIN_PAIRS:
+        model = "affine"
+    if model == "affine" and n_pairs < AFFINE_MIN_PAIRS:
+        model = "similarity"
+    return model
+
+
 def _fit_model(model: str, src: np.ndarray, dst: np.ndarray, flip: bool) -> np.ndarray:
-    if len(src) < MODEL_MIN_PAIRS[model]:
-        raise RegistrationError(f"only {len(src)} star pairs: a {model} model needs at least "
-                                f"{MODEL_MIN_PAIRS[model]}")
     if model == "similarity":
         return fit_similarity(src, dst, flip).matrix()
     if model == "affine":
@@ -175,7 +191,11 @@ def register_frame(
         raise RegistrationError(text.replace("narrow", "reference").replace("wide", "frame"),
                                 which=exc.which) from None
     src, dst = reg.narrow_xy, reg.wide_xy
-    h = _fit_model(model, src, dst, reg.flip)
+    warnings = list(reg.warnings)
+    used = _supported_model(model, len(src))
+    if used != model:
+        warnings.append(f"{len(src)} star pairs: fitted the {used} model instead of {model}")
+    h = _fit_model(used, src, dst, reg.flip)
     shape = np.shape(reference)[-2:]
     transform = (_with_distortion(h, src, dst, shape) if distortion
                  else WideTransform(homography=h))
@@ -183,11 +203,10 @@ def register_frame(
     centre = np.array([[(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0]])
     ratio, rot, flip = transform.local_similarity(tuple(centre[0]))
     moved = transform(centre)[0] - centre[0]
-    warnings = list(reg.warnings)
     if flip:
         warnings.append("the frame is mirrored relative to the reference")
     return FrameRegistration(
-        transform=transform, model=model,
+        transform=transform, model=used,
         residual_px=float(np.sqrt(np.mean(np.sum(resid**2, axis=1)))),
         n_pairs=len(src), n_stars=reg.n_stars_wide, rotation_deg=float(rot),
         scale=float(1.0 / ratio), shift=(float(moved[0]), float(moved[1])), flip=bool(flip),
