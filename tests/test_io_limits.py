@@ -31,8 +31,8 @@ def _mono(path, **cards):
 
 
 def _fz(path, compression="RICE_1", **kw):
-    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(SKY.astype(np.int16),
-                                                        compression_type=compression, **kw)]).writeto(path)
+    image = fits.CompImageHDU(SKY.astype(np.int16), compression_type=compression, **kw)
+    fits.HDUList([fits.PrimaryHDU(), image]).writeto(path)
     return path
 
 
@@ -204,8 +204,10 @@ def test_lowered_naxis2_before_another_hdu(tmp_path):
     _error(_edited(path, "NAXIS2", "20"), "longer than the header says")
 
 
-@pytest.mark.parametrize("extra, ok", [(bytes(BLOCK), True), (bytes(2 * BLOCK), False),
-                                       (b"\x01" * 100, False), (b"SIMPLE  =" + bytes(BLOCK), False)])
+@pytest.mark.parametrize("extra, ok", [
+    (bytes(BLOCK), True), (bytes(2 * BLOCK), False), (b"\x01" * 100, False),
+    (b"SIMPLE  =" + bytes(BLOCK), False),
+])
 def test_data_after_the_last_hdu(tmp_path, extra, ok):
     path = _mono(tmp_path / "extra.fits")
     path.write_bytes(path.read_bytes() + extra)

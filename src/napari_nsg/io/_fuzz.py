@@ -187,7 +187,10 @@ def _truncate(raw, seed, rnd):
     if len(raw) < 2:
         return "no cut"
     blocks = len(raw) // BLOCK
-    cut = rnd.randrange(1, blocks + 1) * BLOCK if blocks and rnd.random() < 0.3 else rnd.randrange(1, len(raw))
+    if blocks and rnd.random() < 0.3:
+        cut = rnd.randrange(1, blocks + 1) * BLOCK
+    else:
+        cut = rnd.randrange(1, len(raw))
     del raw[cut:]
     return f"cut at {cut}"
 

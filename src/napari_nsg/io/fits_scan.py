@@ -35,7 +35,9 @@ MAX_FRAME_PIXELS = 2**30
 MAX_FRAME_BYTES = 8 * 2**30
 """Most bytes the image data may take on disk or decompressed (8 GiB)."""
 BITPIX_VALUES = (8, 16, 32, 64, -32, -64)
-COMPRESSION_TYPES = ("NOCOMPRESS", "RICE_1", "RICE_ONE", "GZIP_1", "GZIP_2", "PLIO_1", "HCOMPRESS_1")
+COMPRESSION_TYPES = (
+    "NOCOMPRESS", "RICE_1", "RICE_ONE", "GZIP_1", "GZIP_2", "PLIO_1", "HCOMPRESS_1",
+)
 _TABLE_KEYS = ("TFIELDS", "ZIMAGE", "ZCMPTYPE", "TFORM1", "TTYPE1")
 _PAD_BYTES = frozenset(b"\0 ")
 _STRUCTURAL = re.compile(r"SIMPLE|XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|GROUPS|TFIELDS|TFORM\d+|"
@@ -111,8 +113,9 @@ def _read_header(fh: BinaryIO, path, start: int, index: int) -> tuple[dict[str, 
             elif keys[name] != value and _STRUCTURAL.fullmatch(name):
                 raise FrameError(path, f"HDU {index} has two {name} cards ({keys[name]} and "
                                        f"{value}): the header is corrupted")
+    cards = MAX_HEADER_BLOCKS * BLOCK // CARD
     raise FrameError(path, f"the header of HDU {index} has no END card in its first "
-                           f"{MAX_HEADER_BLOCKS} blocks ({MAX_HEADER_BLOCKS * BLOCK // CARD} cards)")
+                           f"{MAX_HEADER_BLOCKS} blocks ({cards} cards)")
 
 
 def _int(keys: dict[str, str], key: str, path, index: int, default: int | None = None,
@@ -261,7 +264,8 @@ def _scan_hdu(fh: BinaryIO, path, start: int, index: int) -> HduInfo:
     bitpix = _bitpix(keys, "BITPIX", path, index)
     axes = _axes(keys, "NAXIS", _int(keys, "NAXIS", path, index, low=0, high=MAX_AXES),
                  path, index, low=0)
-    info = HduInfo(index, "other", data_start, _data_bytes(keys, index, bitpix, axes, path), keys=keys)
+    data_bytes = _data_bytes(keys, index, bitpix, axes, path)
+    info = HduInfo(index, "other", data_start, data_bytes, keys=keys)
     xtension = _string(keys, "XTENSION")
     if index == 0 or xtension == "IMAGE":
         if any(key in keys for key in _TABLE_KEYS):
@@ -292,8 +296,9 @@ def _check_tail(fh: BinaryIO, path, end: int, size: int) -> bool:
     if size - end <= BLOCK and set(head) <= _PAD_BYTES:
         return False  # blank padding: harmless
     raise FrameError(
-        path, f"{size - end:,} bytes follow the data of the last HDU that are not a FITS extension: "
-              "the data is longer than the header says (NAXISn too small?) or the file was damaged")
+        path, f"{size - end:,} bytes follow the data of the last HDU that are not a FITS "
+              "extension: the data is longer than the header says (NAXISn too small?) or the "
+              "file was damaged")
 
 
 def scan_fits(fh: BinaryIO, path: str | os.PathLike) -> list[HduInfo]:

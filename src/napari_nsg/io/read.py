@@ -101,7 +101,9 @@ def _shape_checked(path, data: np.ndarray, channel_axis_last: bool = False) -> n
     if data.ndim == 3:
         if data.shape[0] != 3:
             raise FrameError(
-                path, f"3-D data with {data.shape[0]} planes is neither mono nor RGB (shape {data.shape})"
+                path,
+                f"3-D data with {data.shape[0]} planes is neither mono nor RGB "
+                f"(shape {data.shape})",
             )
         return data
     raise FrameError(
@@ -118,7 +120,9 @@ def _open_regular(path: Path):
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        reason = "file not found (a link to a missing file)" if path.is_symlink() else "file not found"
+        reason = "file not found"
+        if path.is_symlink():
+            reason += " (a link to a missing file)"
         raise FrameError(path, reason) from None
     except IsADirectoryError:
         raise FrameError(path, "is a folder, not an image file") from None
@@ -150,7 +154,8 @@ def _decode_hdu(path: Path, fh, chosen: HduInfo):
     """Pixels and header of the HDU the scan chose, decoded by astropy."""
     with fits.open(fh, lazy_load_hdus=True) as hdul:
         h = hdul[chosen.index]
-        wanted = fits.CompImageHDU if chosen.kind == "compressed" else (fits.PrimaryHDU, fits.ImageHDU)
+        images = (fits.PrimaryHDU, fits.ImageHDU)
+        wanted = fits.CompImageHDU if chosen.kind == "compressed" else images
         if not isinstance(h, wanted):
             raise FrameError(path, f"HDU {chosen.index} could not be read as an image "
                                    f"(astropy sees a {type(h).__name__})")
