@@ -493,10 +493,10 @@ class NsgSession:
             return {"rejection"}
         stages = set(STAGES[first:])
         if first == 0:
+            # the reference-selection metrics stay those of measure(): call it again to
+            # redo the yardstick scales with the new star settings
             self._model = None
             self._stages.clear()
-            self._measured.clear()  # detection settings do not change rank's metrics,
-            self._ranking = None    # but its yardstick scales do
             return stages
         if self._model is not None:
             resolved = {k: getattr(new, k) for k in changed}
@@ -512,8 +512,8 @@ class NsgSession:
                 cancel: CancelToken | None = None) -> FramePreview:
         """Normalize one frame against the reference, recomputing only the stages
         a parameter change invalidated."""
-        model = self._ensure_model()
         info = self._info(name)
+        model = self._ensure_model()
         data = self._data(name)
         state = self._stages.setdefault(name, {})
         steps = [s for s in STAGES[1:] if s not in state]
