@@ -385,3 +385,15 @@ def test_resume_from_another_working_folder(frames, tmp_path, capsys, monkeypatc
     rows = report_of(out)["frames"]
     assert [r["error"] for r in rows] == [None] * 3
     assert_consistent(out)
+
+
+def test_unreadable_report_is_not_replaced(frames, tmp_path, capsys):
+    out = tmp_path / "nsg"
+    out.mkdir()
+    for text in ("[1, 2]", '{"frames": [{"x": 1}]}', "{not json"):
+        (out / "nsg_results.json").write_text(text)
+        assert normalize(*frames, "--reference", frames[0], "--out", out) == 2
+        assert "cannot be read back" in clean_stderr(capsys)
+        assert (out / "nsg_results.json").read_text() == text
+    assert normalize(*frames, "--reference", frames[0], "--out", out, "--overwrite") == 0
+    assert_consistent(out)

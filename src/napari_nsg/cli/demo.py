@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import remove_partials
 from ._common import EXIT_BAD_INPUT, EXIT_OK, EXIT_SOME_FAILED, error
 
 
@@ -126,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     root = Path(args.dir)
     frames_dir = root / "frames"
+    if frames_dir.is_dir():
+        remove_partials(frames_dir)  # left by a demo that was killed while simulating
     t0 = time.perf_counter()
     paths = _simulate_frames(args, frames_dir)
     truth = read_truth(frames_dir)

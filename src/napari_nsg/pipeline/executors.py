@@ -141,7 +141,7 @@ def _dask(func, context, items, scheduler, cancel):
     try:
         from dask.distributed import Client, as_completed
     except ImportError:
-        raise FrameError(None, "--scheduler needs Dask distributed: "
+        raise FrameError(None, "a Dask scheduler needs Dask distributed: "
                          "pip install 'napari-nsg[distributed]'") from None
     try:
         client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)

@@ -197,7 +197,7 @@ def run_msgr(
     if mode not in MODES:
         raise FrameError(None, f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
     if layers < 1:
-        raise FrameError(None, f"--layers must be at least 1, got {layers}")
+        raise FrameError(None, f"layers must be at least 1, got {layers}")
     outputs = {"corrected": Path(out)}
     if save_model is not None:
         outputs["model"] = Path(save_model)

@@ -211,9 +211,14 @@ def read_report(out_dir: str | Path) -> dict | None:
     cannot be read)."""
     path = Path(out_dir) / JSON_NAME
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    frames = doc.get("frames") if isinstance(doc, dict) else None
+    if not isinstance(frames, list) or not all(isinstance(r, dict) and isinstance(r.get("file"), str)
+                                               for r in frames):
+        return None  # not a report of ours
+    return doc
 
 
 def format_table(rows: list[FrameRow], *, truth: dict[str, list[float]] | None = None) -> str:
