@@ -2,7 +2,7 @@
 outputs bit-identical to an uninterrupted run (pixels and report).
 
 The run is a subprocess; the test hook ``NAPARI_NSG_TEST_PAUSE_AT=<point>:<n>``
-(:func:`napari_nsg.io.atomic.test_pause`) makes it stop at the n-th passage of a
+(:func:`napari_nsg.io.atomic.pause_for_test`) makes it stop at the n-th passage of a
 named point and touch a file, and the test then kills it (SIGKILL, or SIGINT as
 Ctrl-C does). Points: ``before_rename`` (an atomic write's temporary files are
 complete; the report's writes count too), ``after_rename`` (a frame's outputs are

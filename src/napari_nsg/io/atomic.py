@@ -31,7 +31,7 @@ FILE_MODE = 0o666  # before the umask, as open(..., "w") does
 _PROC_STATUS = "/proc/self/status"
 
 __all__ = ["InputCollisionError", "OutputWriteError", "atomic_group", "atomic_path",
-           "atomic_write_text", "refuse_inputs", "remove_partials", "same_file", "test_pause"]
+           "atomic_write_text", "pause_for_test", "refuse_inputs", "remove_partials", "same_file"]
 
 
 class OutputWriteError(FrameError):
@@ -56,7 +56,7 @@ class InputCollisionError(FrameError):
 _pause_counts: dict[str, int] = {}
 
 
-def test_pause(point: str) -> None:
+def pause_for_test(point: str) -> None:
     """Test hook: stop here (sleep) if ``$NAPARI_NSG_TEST_PAUSE_AT`` names this point.
 
     ``NAPARI_NSG_TEST_PAUSE_AT=after_rename:2`` pauses the second time this
@@ -198,7 +198,7 @@ def atomic_group(paths: Sequence[str | os.PathLike], *,
             raise write_error(", ".join(map(str, finals)), exc) from None
         for tmp, final in zip(temps, finals):
             _finish_temp(tmp, final, mode)
-        test_pause("before_rename")
+        pause_for_test("before_rename")
         for tmp, final in zip(temps, finals):
             _check_free(final, overwrite, " (it appeared while writing; not replaced)")
             try:

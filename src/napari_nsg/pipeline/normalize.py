@@ -52,7 +52,7 @@ from ..core.nsg import (
     relative_values,
 )
 from ..io import FrameError, OutputExistsError, read_frame, remove_partials
-from ..io.atomic import InputCollisionError, refuse_inputs, same_file, test_pause
+from ..io.atomic import InputCollisionError, pause_for_test, refuse_inputs, same_file
 from ..io.write import frame_hdu, write_frames
 from ._values import floats
 from .executors import map_frames
@@ -224,7 +224,7 @@ def _write_unit(job: NormalizeJob, paths: dict, res, frame_header, overwrite: bo
             res.curvature, frame_header, gkw,
             ["NSG: gradient minus its best-fit plane"], path=paths["curvature"])
     write_frames(hdus, overwrite=overwrite)
-    test_pause("after_rename")
+    pause_for_test("after_rename")
 
 
 def _error_row(path: str, meta, is_reference: bool, error: str, kind: str | None = None):
@@ -282,10 +282,6 @@ def _complete(row: dict, gradient_images: bool, base: str | None) -> bool:
     return all(row.get(k) and Path(_absolute(row[k], base)).exists() for k in keys)
 
 
-def _same_file(a, b) -> bool:
-    return same_file(a, b)
-
-
 @dataclass
 class _Earlier:
     """What the report already in the output folder says (a run of the same reference
@@ -333,7 +329,7 @@ def _plan(frames: list[Path], reference: Path, out_dir: Path, earlier: _Earlier,
         try:
             refuse_inputs(wanted, inputs)
         except InputCollisionError as exc:
-            rows[i] = _error_row(str(f), None, _same_file(f, reference), str(exc),
+            rows[i] = _error_row(str(f), None, same_file(f, reference), str(exc),
                                  type(exc).__name__)
             continue
         prev = earlier.rows.get(key)
@@ -467,7 +463,7 @@ def normalize_frames(
     done = total - len(todo)
     if done:
         report(progress, done, total, f"{done} frame(s) already done")
-    items = [(str(frames[i]), _same_file(frames[i], reference), mine) for i, mine in todo]
+    items = [(str(frames[i]), same_file(frames[i], reference), mine) for i, mine in todo]
     try:
         for k, row in map_frames(process_frame, job, items, workers=workers,
                                  scheduler=scheduler, cancel=cancel):
@@ -476,7 +472,7 @@ def normalize_frames(
             report(progress, done, total, Path(row.file).name)
             result.rows = [r for r in rows if r is not None]
             result.write(csv_too=False)
-            test_pause("after_row")
+            pause_for_test("after_row")
             check_cancel(cancel)
     finally:
         result.rows = [r for r in rows if r is not None]
@@ -491,7 +487,7 @@ def _check_names(frames: list[Path], out_dir: Path) -> None:
     names: dict[Path, Path] = {}
     for f in frames:
         out = output_paths(f, out_dir)["output"]
-        if out in names and not _same_file(names[out], f):
+        if out in names and not same_file(names[out], f):
             raise FrameError(f, f"would write the same output {out.name} as {names[out]}")
         names[out] = f
 
@@ -499,7 +495,7 @@ def _check_names(frames: list[Path], out_dir: Path) -> None:
 def _relative(result: NormalizeReport, model: ReferenceModel, ref_meta, reference, frames) -> None:
     """Relative weight/transmission and rejection over the finished rows."""
     rows = result.rows
-    ref_in = any(_same_file(f, reference) for f in frames)
+    ref_in = any(same_file(f, reference) for f in frames)
     weight = np.array([r.weight if r.ok and r.weight is not None else np.nan for r in rows], float)
     trans = np.array([r.mean_transmission if r.ok else np.nan for r in rows], float)
     expo = np.array([r.exposure if r.exposure else np.nan for r in rows], float)
