@@ -215,8 +215,8 @@ def read_report(out_dir: str | Path) -> dict | None:
     except (OSError, ValueError):
         return None
     frames = doc.get("frames") if isinstance(doc, dict) else None
-    if not isinstance(frames, list) or not all(isinstance(r, dict) and isinstance(r.get("file"), str)
-                                               for r in frames):
+    if not isinstance(frames, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("file"), str) for r in frames):
         return None  # not a report of ours
     return doc
 
