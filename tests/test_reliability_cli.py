@@ -397,3 +397,47 @@ def test_unreadable_report_is_not_replaced(frames, tmp_path, capsys):
         assert (out / "nsg_results.json").read_text() == text
     assert normalize(*frames, "--reference", frames[0], "--out", out, "--overwrite") == 0
     assert_consistent(out)
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A 600 KiB tmpfs (root only, where mounting is allowed; skips otherwise)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_real_full_disk(frames, small_disk, capsys):
+    """Three 256 x 256 outputs (257 KiB each) on 600 KiB: the third does not fit."""
+    out = small_disk / "nsg"
+    before = digest(frames)
+    assert normalize(*frames, "--reference", frames[0], "--out", out) == 1
+    err = clean_stderr(capsys)
+    assert f"{out / 'frame_002_nsg.fits'}: cannot be written (" in err
+    assert digest(frames) == before
+    assert_consistent(out)
+    assert [r["error"] is None for r in report_of(out)["frames"]] == [True, True, False]
+    # now full: the journal cannot be written, nothing is (exit 2)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh, pytest.raises(OSError):
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    other = small_disk / "other"
+    assert normalize(*frames, "--reference", frames[0], "--out", other) == 2
+    err = clean_stderr(capsys)
+    assert f"{other / 'nsg_results.json'}: cannot be written (No space left on device)" in err
+    assert list(other.iterdir()) == []
+    js = small_disk / "rank.json"
+    assert main(["rank", *map(str, frames), "--json", str(js), "--quiet"]) == 2
+    assert f"{js}: cannot be written (No space left on device)" in clean_stderr(capsys)
+    assert not js.exists()

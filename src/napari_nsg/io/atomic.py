@@ -83,7 +83,9 @@ def pause_for_test(point: str) -> None:
 
 def write_error(path: str | os.PathLike, exc: OSError) -> OutputWriteError:
     """The :class:`OutputWriteError` for an ``OSError`` met while writing ``path``."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
+    reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else None)
+    if not reason:  # astropy's own OSError repeats itself: its first sentence is enough
+        reason = str(exc).split(". ", 1)[0].rstrip(".") or type(exc).__name__
     return OutputWriteError(path, f"cannot be written ({reason})")
 
 
