@@ -233,3 +233,20 @@ def test_legitimate_multi_hdu_file(tmp_path):
     np.testing.assert_allclose(frame.data, (SKY * 2).astype(np.float32))
     with pytest.raises(FrameError, match="HDU 1 holds no image data"):
         read_frame(path, hdu=1)
+
+
+# --- large frames are byte-swapped in place: same pixels as the memmap path ---------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint16, np.int32, np.uint8])
+def test_in_place_path_reads_the_same_pixels(tmp_path, monkeypatch, dtype):
+    from napari_nsg.io import read as read_module
+
+    data = np.stack([SKY, SKY * 0.5, SKY + 7.0]).astype(dtype)
+    path = tmp_path / "frame.fits"
+    fits.PrimaryHDU(data).writeto(path)
+    small = read_frame(path).data  # below the threshold: memmap
+    monkeypatch.setattr(read_module, "IN_PLACE_BYTES", 0)
+    large = read_frame(path).data
+    assert large.dtype == np.float32 and large.dtype.isnative
+    np.testing.assert_array_equal(large, small)
+    np.testing.assert_array_equal(large, data.astype(np.float32))

@@ -22,6 +22,8 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 XISF_SUFFIXES = (".xisf",)
 FRAME_SUFFIXES = FITS_SUFFIXES + TIFF_SUFFIXES + XISF_SUFFIXES
 _FITS_MAGIC = b"SIMPLE  ="
+IN_PLACE_BYTES = 256 * 2**20
+"""Image data this large or larger is read without memmap and byte-swapped in place."""
 
 
 @dataclass
@@ -152,7 +154,11 @@ def _fits_error(path: Path, exc: Exception) -> FrameError:
 
 def _decode_hdu(path: Path, fh, chosen: HduInfo):
     """Pixels and header of the HDU the scan chose, decoded by astropy."""
-    with fits.open(fh, lazy_load_hdus=True) as hdul:
+    # Small frames: memmap, then one swapping copy (fastest). Large ones: read
+    # into memory and swap in place, so that the file's pages and the float32
+    # copy are not held at the same time (half the peak memory).
+    in_place = chosen.data_bytes >= IN_PLACE_BYTES
+    with fits.open(fh, lazy_load_hdus=True, memmap=False if in_place else None) as hdul:
         h = hdul[chosen.index]
         images = (fits.PrimaryHDU, fits.ImageHDU)
         wanted = fits.CompImageHDU if chosen.kind == "compressed" else images
@@ -164,7 +170,21 @@ def _decode_hdu(path: Path, fh, chosen: HduInfo):
             got = None if array is None else array.shape
             raise FrameError(path, f"HDU {chosen.index}: the data read has shape {got}, "
                                    f"the header says {chosen.shape}")
+        if in_place:
+            array = _native_in_place(array)
         return _as_float32(path, array), h.header.copy()
+
+
+def _native_in_place(array: np.ndarray) -> np.ndarray:
+    """The array in native byte order, swapped in place when astropy's buffer allows.
+
+    FITS is big-endian: converting a float32 image with a copy would hold two
+    copies at once; read without memmap, the buffer is ours to swap.
+    """
+    if array.dtype.byteorder != ">" or not array.flags.writeable:
+        return array
+    array.byteswap(inplace=True)
+    return array.view(array.dtype.newbyteorder("="))
 
 
 def _read_fits(path: Path, fh, hdu: int | None):
