@@ -18,6 +18,7 @@ from ._common import (
     warn,
 )
 
+KEPT_PREFIX = "kept the output of an earlier run"
 EXISTS_HINT = ("some outputs exist and are not this run's: use --overwrite to replace them, "
                "or choose another --out")
 
@@ -125,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
         error(f"{row.file}: {row.error}")
     if any(row.error_kind == "OutputExistsError" for row in result.failed):
         error(EXISTS_HINT)
+    if not args.resume and any(w.startswith(KEPT_PREFIX) for r in result.rows for w in r.warnings):
+        warn("use --overwrite to redo the frames kept from the earlier run")
     for row in result.rows:
         for text in row.warnings:
             warn(f"{row.file}: {text}")
