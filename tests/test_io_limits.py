@@ -250,3 +250,22 @@ def test_in_place_path_reads_the_same_pixels(tmp_path, monkeypatch, dtype):
     assert large.dtype == np.float32 and large.dtype.isnative
     np.testing.assert_array_equal(large, small)
     np.testing.assert_array_equal(large, data.astype(np.float32))
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".xisf", ".fits", ".fz"])
+def test_frame_limit_applies_to_every_format(tmp_path, monkeypatch, suffix):
+    from napari_nsg.io import fits_scan
+
+    path = tmp_path / f"frame{suffix}"
+    data = SKY.astype(np.uint16)
+    if suffix == ".tif":
+        pytest.importorskip("tifffile").imwrite(path, data)
+    elif suffix == ".xisf":
+        pytest.importorskip("xisf").XISF.write(str(path), data[..., np.newaxis])
+    elif suffix == ".fz":
+        _fz(path)
+    else:
+        _mono(path)
+    assert read_frame(path).data.shape == (48, 64)
+    monkeypatch.setattr(fits_scan, "MAX_FRAME_PIXELS", SKY.size - 1)
+    _error(path, f"{SKY.size:,} values", "limit")

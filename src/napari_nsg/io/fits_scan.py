@@ -170,10 +170,14 @@ def _data_bytes(keys, index: int, bitpix: int, axes: tuple[int, ...], path) -> i
     return abs(bitpix) // 8 * gcount * (pcount + count)
 
 
-def _check_frame_size(path, index: int, values: int, nbytes: int) -> None:
+def check_frame_size(path, what: str, values: int, nbytes: int) -> None:
+    """FrameError if an image of ``values`` values in ``nbytes`` bytes is above the limits.
+
+    ``what`` names the part of the file that claims it (e.g. ``"HDU 1"``).
+    """
     if values > MAX_FRAME_PIXELS or nbytes > MAX_FRAME_BYTES:
         raise FrameError(
-            path, f"HDU {index} claims an image of {values:,} values ({nbytes:,} bytes); the limit "
+            path, f"{what} claims an image of {values:,} values ({nbytes:,} bytes); the limit "
                   f"is {MAX_FRAME_PIXELS:,} values and {MAX_FRAME_BYTES:,} bytes")
 
 
@@ -185,7 +189,7 @@ def _compressed_shape(keys, info_naxes, path, index: int) -> tuple[int, ...]:
     zbitpix = _bitpix(keys, "ZBITPIX", path, index)
     zaxes = _axes(keys, "ZNAXIS", _int(keys, "ZNAXIS", path, index, low=1, high=MAX_AXES),
                   path, index, low=1)
-    _check_frame_size(path, index, prod(zaxes), prod(zaxes) * abs(zbitpix) // 8)
+    check_frame_size(path, f"HDU {index}", prod(zaxes), prod(zaxes) * abs(zbitpix) // 8)
     ctype = _string(keys, "ZCMPTYPE")
     if ctype not in COMPRESSION_TYPES:
         raise FrameError(path, f"HDU {index}: unknown compression ZCMPTYPE = {ctype!r}")
@@ -361,7 +365,7 @@ def image_hdu(hdus: list[HduInfo], path, hdu: int | None = None) -> HduInfo:
                 hint = " (a table looks like a compressed image, but its ZIMAGE is not T)"
             raise FrameError(path, f"no HDU holds image data{hint}")
     if chosen.kind == "image":
-        _check_frame_size(path, chosen.index, prod(chosen.shape), chosen.data_bytes)
+        check_frame_size(path, f"HDU {chosen.index}", prod(chosen.shape), chosen.data_bytes)
         _check_scaling(chosen, path)
     return chosen
 

@@ -14,7 +14,7 @@ from astropy.io import fits
 from .debayer import METHODS as DEBAYER_METHODS
 from .debayer import debayer as _debayer
 from .errors import FrameError
-from .fits_scan import HduInfo, check_hcompress_tiles, image_hdu, scan_fits
+from .fits_scan import HduInfo, check_frame_size, check_hcompress_tiles, image_hdu, scan_fits
 from .metadata import FrameMetadata, parse_metadata
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz")
@@ -215,7 +215,13 @@ def _read_tiff(path: Path):
     except ImportError:  # pragma: no cover - a base dependency
         raise FrameError(path, "TIFF support needs the tifffile package") from None
     try:
-        array = tifffile.imread(path)
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            values = int(np.prod(series.shape))
+            check_frame_size(path, "the TIFF", values, values * series.dtype.itemsize)
+            array = series.asarray()
+    except FrameError:
+        raise
     except FileNotFoundError:
         raise FrameError(path, "file not found") from None
     except Exception as exc:  # tifffile raises many types for corrupt files
@@ -232,8 +238,12 @@ def _read_xisf(path: Path):
         ) from None
     try:
         x = XISF(str(path))
-        array = np.array(x.read_image(0, data_format="channels_first"))
         meta = x.get_images_metadata()[0]
+        values = int(np.prod(meta["geometry"]))
+        check_frame_size(path, "the XISF", values, values * np.dtype(meta["dtype"]).itemsize)
+        array = np.array(x.read_image(0, data_format="channels_first"))
+    except FrameError:
+        raise
     except Exception as exc:
         raise FrameError(path, f"not a readable XISF file ({exc})") from None
     header = fits.Header()
@@ -313,9 +323,20 @@ def read_frame(
     Raises
     ------
     FrameError
-        The file is missing, not an image file, has no image HDU, holds 1-D or
-        4-D data, is truncated, or has an unsupported pixel type. The message
-        names the file and the reason.
+        The file is missing, not a regular file (FIFO, socket, device), not an
+        image file, has no image HDU, holds 1-D or 4-D data, is truncated or
+        longer than its headers say, has a header that claims an impossible
+        size or one above the frame limit (:data:`~napari_nsg.io.fits_scan.MAX_FRAME_PIXELS`
+        values, :data:`~napari_nsg.io.fits_scan.MAX_FRAME_BYTES` bytes), an
+        unreadable card that decides the pixel values, corrupt compressed tiles,
+        or an unsupported pixel type. The message names the file and the reason.
+        See ``docs/reading-limits.md``.
+
+    Warns
+    -----
+    UserWarning
+        A header card whose value cannot be parsed and that only carries
+        metadata (e.g. OBJCTALT): it is treated as missing.
     """
     path = Path(path)
     if debayer is not None and debayer not in DEBAYER_METHODS:
