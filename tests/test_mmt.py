@@ -148,3 +148,18 @@ def test_linear_borders_keep_a_gradient_up_to_the_edges():
     assert np.abs(lin - ramp)[100:-100, 100:-100].max() < 0.5
     with pytest.raises(ValueError, match="unknown border"):
         mmt_residual(noisy, 3, border="wrap")
+
+
+def test_decomposition_with_linear_borders_is_what_msgr_removes(image):
+    """The layers shown (border="linear") are the layers MSGR removes: same residual."""
+    from napari_nsg.core.msgr import large_scales
+
+    dec = mmt_decompose(image, 5, border="linear")
+    np.testing.assert_array_equal(dec.residual, large_scales(image, 5))
+    np.testing.assert_allclose(dec.reconstruct(), image, rtol=0, atol=2e-6)
+    mirror = mmt_decompose(image, 5)
+    # a gradient keeps its slope up to the edges only with linear borders
+    edge = np.s_[:, :16]
+    assert not np.allclose(dec.residual[edge], mirror.residual[edge], rtol=1e-3)
+    with pytest.raises(ValueError, match="unknown border"):
+        mmt_decompose(image, 5, border="wrap")

@@ -430,11 +430,14 @@ class MMTDecomposition:
         return total.astype(np.float32)
 
 
-def mmt_decompose(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7) -> MMTDecomposition:
+def mmt_decompose(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7,
+                  border: str = "mirror") -> MMTDecomposition:
     """Multiscale median decomposition of a 2-D image into ``n_layers`` layers and a residual.
 
-    Same computation as :func:`mmt_residual`, keeping every layer (``n_layers``
-    + 1 images of the input's size in memory).
+    Same computation as :func:`mmt_residual` (the same ``border`` handling, so
+    ``decomposition.residual`` equals ``mmt_residual(image, n_layers,
+    border=border)``), keeping every layer (``n_layers`` + 1 images of the
+    input's size in memory).
 
     Parameters
     ----------
@@ -444,6 +447,8 @@ def mmt_decompose(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7) 
         Number of detail layers.
     exact_from : int
         See :func:`mmt_residual`.
+    border : {"mirror", "linear"}
+        See :func:`mmt_residual`; MSGR uses ``"linear"``.
 
     Returns
     -------
@@ -453,16 +458,22 @@ def mmt_decompose(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7) 
     if img.ndim != 2:
         raise ValueError(f"mmt_decompose needs a single channel (y, x), got shape {img.shape}")
     check_mmt_size(img.shape, n_layers)
+    if border not in BORDERS:
+        raise ValueError(f"unknown border {border!r}; use one of {BORDERS}")
     c, bad = _prepared(img)
+    p = _pad_width(c.shape, n_layers) if border == "linear" else 0
+    if p:
+        c = _pad_linear(c, p)
+    inner = np.s_[p:-p, p:-p] if p else np.s_[:, :]
     layers = []
     for j in range(1, n_layers + 1):
         nxt = _layer_fast(c, j, exact_from)
-        w = c - nxt
+        w = np.array((c - nxt)[inner], dtype=np.float32)
         if bad is not None:
             w[bad] = 0
-        layers.append(w.astype(np.float32, copy=False))
+        layers.append(w)
         c = nxt
-    residual = np.array(c, dtype=np.float32)
+    residual = np.array(c[inner], dtype=np.float32)
     if bad is not None:
         residual[bad] = np.asarray(img, dtype=np.float32)[bad]
     return MMTDecomposition(layers=layers, residual=residual,

@@ -30,9 +30,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .linear_fit import DEFAULT_FIT_METHOD, LinearFitResult, linear_fit
+from .flatten import FlatSurface, flatten_image
+from .linear_fit import DEFAULT_FIT_METHOD, LinearFitError, LinearFitResult, linear_fit
 from .mmt import min_size_for_layers, mmt_residual
-from .registration import DEFAULT_SCALE_RANGE, Registration, register_wide_to_narrow
+from .registration import (
+    DEFAULT_SCALE_RANGE,
+    Registration,
+    apply_registration,
+    register_wide_to_narrow,
+)
 from .star_removal import detect_star_mask, remove_stars
 from .stars import intensity, no_data_mask
 
@@ -42,12 +48,22 @@ __all__ = [
     "MsgrError",
     "MsgrResult",
     "apply_gradient_model",
+    "auto_layers",
+    "check_fits",
     "check_msgr_size",
+    "create_model",
     "fit_wide_to_narrow",
+    "flatten_wide_image",
+    "fit_large_scales",
+    "fit_with_fallback",
+    "match_channels",
+    "resolve_layers",
+    "data_ranges",
     "gradient_model",
     "large_scales",
     "msgr",
     "remove_stars_both",
+    "smooth_model",
     "suggest_layers",
 ]
 
@@ -55,6 +71,9 @@ MODES = ("multiplicative", "additive")
 #: Below this partial correlation of the large scales (smooth surface removed), the
 #: robust fit's slope is poorly determined: MSGR warns.
 MIN_IDENTIFIABLE = 0.5
+#: Largest relative difference between the slopes fitted on the two halves of the
+#: image before the fit counts as poorly determined (with shared structure).
+MAX_HALF_DISAGREEMENT = 0.5
 
 Progress = Callable[[int, int, str], None]
 
@@ -103,6 +122,47 @@ def suggest_layers(shape: tuple[int, ...]) -> int:
     """
     short = min(shape[-2:])
     return int(np.clip(np.round(np.log2(max(short, 2) / 16.0)), 1, 8))
+
+
+#: Automatic N: the last window (2^N px) about this fraction of the short side.
+AUTO_WINDOW_FRACTION = 1 / 20
+#: ... but never below the wide image's blur: 2^N at least this many wide pixels.
+AUTO_MIN_WIDE_PX = 4
+AUTO_MAX_LAYERS = 8
+
+
+def auto_layers(shape: tuple[int, ...], scale_ratio: float | None = None) -> tuple[int, str]:
+    """The layer count MSGR uses by default, from the narrow size and the scale ratio.
+
+    ``N = round(log2(short side * AUTO_WINDOW_FRACTION))``, raised so that the
+    last window spans at least ``AUTO_MIN_WIDE_PX`` wide pixels
+    (``2^N >= 4 x ratio``), and lowered to what the size allows (the model
+    needs ``2^(N+1)`` px). Chosen on the simulated pairs of
+    ``benchmarks/bench_msgr_layers.py`` (see docs/msgr.md).
+
+    Returns
+    -------
+    (int, str)
+        N and the reason in words.
+    """
+    short = int(min(shape[-2:]))
+    most = int(np.floor(np.log2(max(short, 2)))) - 1
+    if most < 1:
+        raise MsgrError(f"image is {shape[-1]}x{shape[-2]} px: too small for MSGR")
+    n = int(np.round(np.log2(max(short * AUTO_WINDOW_FRACTION, 2.0))))
+    why = f"last window ~1/{round(1 / AUTO_WINDOW_FRACTION)} of the short side ({short} px)"
+    if scale_ratio is not None and scale_ratio > 0:
+        need = int(np.ceil(np.log2(AUTO_MIN_WIDE_PX * scale_ratio)))
+        if need > n:
+            n = need
+            why = (f"last window at least {AUTO_MIN_WIDE_PX} wide pixels (scale ratio "
+                   f"{scale_ratio:.2f})")
+    n = min(n, AUTO_MAX_LAYERS)
+    if n > most:
+        n = most
+        why = f"the most a {short} px short side allows (the model needs 2^(N+1) px)"
+    n = max(1, n)
+    return n, f"{n} layers (scales above {2 ** n} px kept): {why}"
 
 
 def check_msgr_size(shape: tuple[int, ...], n_layers: int) -> None:
@@ -188,6 +248,84 @@ def fit_wide_to_narrow(
     return fits
 
 
+def _half_slopes(narrow_large: np.ndarray, wide_large: np.ndarray, method: str) -> list[float]:
+    """Slopes fitted on the two halves of the image (split across its long axis)."""
+    h, w = narrow_large.shape
+    halves = ((np.s_[:, : w // 2], np.s_[:, w // 2 :]) if w >= h
+              else (np.s_[: h // 2], np.s_[h // 2 :]))
+    out = []
+    for sl in halves:
+        try:
+            out.append(linear_fit(wide_large[sl], narrow_large[sl], method=method,
+                                  reject_high=1.0, max_samples=60_000).b)
+        except LinearFitError:
+            out.append(float("nan"))
+    return out
+
+
+def check_fits(narrow_large: np.ndarray, wide_large: np.ndarray,
+               fits: list[LinearFitResult]) -> list[str]:
+    """Refuse a collapsed or poorly determined fit; return warnings for weak ones.
+
+    A fit is refused (:class:`MsgrError`) when its slope is not positive, or
+    when the two images share large-scale structure (partial correlation at
+    least :data:`MIN_IDENTIFIABLE`, so the slope matters) and the slopes fitted
+    on the two halves of the image differ by more than
+    :data:`MAX_HALF_DISAGREEMENT` of the slope. Without shared structure the
+    slope hardly matters (nothing but gradient to remove): a warning.
+    """
+    n, w = _planes(narrow_large), _planes(wide_large)
+    warnings = []
+    for c, fit in enumerate(fits):
+        if not np.isfinite(fit.b) or fit.b <= 0:
+            raise MsgrError(
+                f"channel {c}: the fit of the wide image to the narrow one collapsed (narrow = "
+                f"{fit.a:.6g} + {fit.b:.4g} x wide): the wide image's large scales do not follow "
+                "the narrow image's; try more layers, star removal, or check the pair")
+        if fit.slope_identifiable is None:
+            continue
+        if fit.slope_identifiable < MIN_IDENTIFIABLE:
+            warnings.append(
+                f"channel {c}: the two images share little large-scale structure beyond a "
+                f"smooth surface (partial correlation {fit.slope_identifiable:.2f}): the fitted "
+                "slope is poorly determined and MSGR then removes every large-scale structure")
+            continue
+        halves = _half_slopes(n[c], w[c if len(w) > 1 else 0], fit.method)
+        spread = max(abs(b - fit.b) for b in halves) / fit.b if all(np.isfinite(halves)) else np.inf
+        if spread > MAX_HALF_DISAGREEMENT:
+            raise MsgrError(
+                f"channel {c}: the fit of the wide image to the narrow one is poorly determined "
+                f"(slope {fit.b:.4g} over the whole image, "
+                f"{' and '.join(f'{b:.4g}' for b in halves)} on its two halves): try more "
+                "layers or star removal")
+    return warnings
+
+
+def flatten_wide_image(wide: np.ndarray, registration: Registration, narrow_shape: tuple[int, int], *,
+                 surface: str = "plane", mode: str = "subtract",
+                 interpolation: str = "cubic") -> tuple[np.ndarray, FlatSurface]:
+    """Remove the wide image's own gradient over its whole field, then resample it (step 1b).
+
+    The surface is fitted on the *original* wide frame (its whole field, stars
+    and bright nebulae clipped; :func:`napari_nsg.core.flatten.flatten_image`)
+    and the flattened frame is resampled onto the narrow grid with the
+    registration's model.
+
+    Returns
+    -------
+    (ndarray, FlatSurface)
+        The flattened wide image on the narrow grid (NaN where uncovered) and
+        the surface fitted (wide frame coordinates).
+    """
+    try:
+        flat, fit = flatten_image(wide, surface, mode)
+    except ValueError as exc:
+        raise MsgrError(f"cannot flatten the wide image: {exc}") from None
+    registered, _ = apply_registration(flat, registration.transform, tuple(narrow_shape),
+                                       interpolation=interpolation)
+    return registered, fit
+
+
 @dataclass
 class GradientModel:
     """The smoothed gradient model of step 5.
@@ -263,40 +401,55 @@ def gradient_model(
         Multiplicative mode on large scales that are not positive (sky-subtracted
         data): use the additive mode.
     """
+    raw = create_model(narrow_large, wide_large, fits, mode)
+    return smooth_model(raw, n_layers, mode, border=border, like=narrow_large)
+
+
+def _raw_plane(nc: np.ndarray, wf: np.ndarray, mode: str) -> np.ndarray:
+    ok = _valid(nc) & np.isfinite(wf)
+    m = np.full(nc.shape, np.nan, np.float32)
+    if mode == "multiplicative":
+        sub_ok, sub_n, sub_w = _sample(ok), _sample(nc)[_sample(ok)], _sample(wf)[_sample(ok)]
+        med_n = float(np.median(sub_n)) if sub_n.size else 0.0
+        med_w = float(np.median(sub_w)) if sub_w.size else 0.0
+        low = (np.count_nonzero(sub_n <= 0) + np.count_nonzero(sub_w <= 0)) / max(1, sub_ok.sum())
+        if med_n <= 0 or med_w <= 0 or low > 0.01:
+            raise MsgrError(
+                "the large scales are not positive (narrow median "
+                f"{med_n:.4g}, fitted wide median {med_w:.4g}; {100 * low:.1f}% of pixels <= 0): "
+                "the images look sky-subtracted; use the additive mode")
+        ok &= wf > 1e-6 * med_w
+        m[ok] = nc[ok] * np.float32(med_w) / wf[ok]
+    else:
+        m[ok] = nc[ok] - wf[ok]
+        # MMT no-data is 0/NaN: an exact 0 of a difference is data, nudge it
+        m[ok & (m == 0)] = np.float32(1e-30)
+    return m
+
+
+def create_model(narrow_large: np.ndarray, wide_large: np.ndarray, fits: list[LinearFitResult],
+                 mode: str = "multiplicative") -> np.ndarray:
+    """The unsmoothed model (step 5a): ``N_L * med(W_Lf) / W_Lf`` or ``N_L - W_Lf``, per channel.
+
+    NaN where either large-scale image has no data. Raises :class:`MsgrError`
+    for an unknown mode or non-positive large scales in multiplicative mode.
+    """
     if mode not in MODES:
         raise MsgrError(f"unknown mode {mode!r}; use one of {MODES}")
     n = _planes(narrow_large)
     w = _planes(wide_large)
-    models = []
-    for c in range(len(n)):
-        nc = n[c]
-        wf = fits[c].apply(w[c if len(w) > 1 else 0])
-        ok = _valid(nc) & np.isfinite(wf)
-        if mode == "multiplicative":
-            sub_ok, sub_n, sub_w = _sample(ok), _sample(nc)[_sample(ok)], _sample(wf)[_sample(ok)]
-            med_n = float(np.median(sub_n)) if sub_n.size else 0.0
-            med_w = float(np.median(sub_w)) if sub_w.size else 0.0
-            low = (np.count_nonzero(sub_n <= 0) + np.count_nonzero(sub_w <= 0)) / max(1, sub_ok.sum())
-            if med_n <= 0 or med_w <= 0 or low > 0.01:
-                raise MsgrError(
-                    "the large scales are not positive (narrow median "
-                    f"{med_n:.4g}, fitted wide median {med_w:.4g}; {100 * low:.1f}% of pixels <= 0): "
-                    "the images look sky-subtracted; use the additive mode")
-            eps = 1e-6 * med_w
-            ok &= wf > eps
-            m = np.full(nc.shape, np.nan, np.float32)
-            m[ok] = nc[ok] * np.float32(med_w) / wf[ok]
-        else:
-            m = np.full(nc.shape, np.nan, np.float32)
-            m[ok] = nc[ok] - wf[ok]
-            # MMT no-data is 0/NaN: an exact 0 of a difference is data, nudge it
-            zero = ok & (m == 0)
-            m[zero] = np.float32(1e-30)
-        models.append(mmt_residual(m, n_layers + 1, border=border))
-    planes = np.stack(models)
+    planes = [_raw_plane(n[c], fits[c].apply(w[c if len(w) > 1 else 0]), mode)
+              for c in range(len(n))]
+    return _layout(np.stack(planes), narrow_large)
+
+
+def smooth_model(raw: np.ndarray, n_layers: int, mode: str = "multiplicative", *,
+                 border: str = "linear", like: np.ndarray | None = None) -> GradientModel:
+    """Smooth the raw model (step 5b): its MMT residual with ``n_layers + 1`` layers removed."""
+    planes = np.stack([mmt_residual(m, n_layers + 1, border=border) for m in _planes(raw)])
     refs = [_median(p) for p in planes]
-    return GradientModel(model=_layout(planes, narrow_large), mode=mode, n_layers=n_layers + 1,
-                         reference=refs)
+    return GradientModel(model=_layout(planes, raw if like is None else like), mode=mode,
+                         n_layers=n_layers + 1, reference=refs)
 
 
 def apply_gradient_model(target: np.ndarray, model: GradientModel) -> np.ndarray:
@@ -343,6 +496,12 @@ class MsgrResult:
     timings : dict
         Seconds per step.
     warnings : list of str
+    layers_reason : str
+        Why this layer count (the automatic choice's reason, or "given").
+    flat_surface : FlatSurface or None
+        The surface removed from the wide image (``flatten_wide``).
+    flatten : str or None
+        The flatten surface asked ("plane", "quadratic") or None.
     """
 
     corrected: np.ndarray
@@ -357,11 +516,16 @@ class MsgrResult:
     stars_removed: bool
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    layers_reason: str = "given"
+    flat_surface: FlatSurface | None = None
+    flatten: str | None = None
 
     def summary(self) -> dict:
         """The parameters and numbers, JSON-ready."""
         return {
             "layers": self.n_layers,
+            "layers_reason": self.layers_reason,
+            "flatten_wide": self.flatten,
             "mode": self.mode,
             "fit_method": self.fit_method,
             "stars_removed": self.stars_removed,
@@ -382,14 +546,83 @@ def _data_max(planes: np.ndarray) -> list[float]:
     return out
 
 
+def match_channels(narrow: np.ndarray, wide: np.ndarray) -> np.ndarray:
+    """The wide image as MSGR uses it: mono (channel mean) for a mono narrow image.
+
+    Raises :class:`MsgrError` when both are colour with different channel counts.
+    """
+    n_planes, w_planes = _planes(narrow), _planes(wide)
+    if len(n_planes) == 1 and len(w_planes) > 1:
+        return intensity(wide)
+    if len(w_planes) > 1 and len(w_planes) != len(n_planes):
+        raise MsgrError(f"the narrow image has {len(n_planes)} channels and the wide "
+                        f"{len(w_planes)}")
+    return wide
+
+
+def resolve_layers(n_layers: int | str, shape: tuple[int, ...],
+                   scale_ratio: float | None) -> tuple[int, str]:
+    """``(N, reason)`` for ``n_layers`` = an int (checked against the size) or ``"auto"``."""
+    if n_layers == "auto":
+        n, why = auto_layers(shape, scale_ratio)
+        return n, f"automatic: {why}"
+    n = int(n_layers)
+    check_msgr_size(shape, n)
+    return n, "given"
+
+
+def fit_large_scales(
+    narrow: np.ndarray, wide: np.ndarray, n_layers: int, *, fit_method: str = DEFAULT_FIT_METHOD,
+    border: str = "linear", ranges: tuple[list, list] | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[LinearFitResult], list[str]]:
+    """Steps 3-4 for one layer count: large scales of both, the fit, its check.
+
+    Returns ``(narrow_large, wide_large, fits, warnings)``; raises
+    :class:`MsgrError` for a refused fit (see :func:`check_fits`).
+    """
+    n_large = large_scales(narrow, n_layers, border=border)
+    w_large = large_scales(wide, n_layers, border=border)
+    rn, rw = ranges if ranges is not None else (None, None)
+    fits = fit_wide_to_narrow(n_large, w_large, method=fit_method, range_narrow=rn, range_wide=rw)
+    return n_large, w_large, fits, check_fits(n_large, w_large, fits)
+
+
+def fit_with_fallback(narrow, wide, n_layers: int, auto: bool, *, fit_method=DEFAULT_FIT_METHOD,
+                      border="linear", ranges=None):
+    """:func:`fit_large_scales`, and with an automatic N, more layers while the fit is refused.
+
+    Returns ``(n_layers, narrow_large, wide_large, fits, warnings)``.
+    """
+    most = int(np.floor(np.log2(max(2, min(np.shape(narrow)[-2:]))))) - 1
+    first = None
+    for n in range(n_layers, (most if auto else n_layers) + 1):
+        try:
+            out = fit_large_scales(narrow, wide, n, fit_method=fit_method, border=border,
+                                   ranges=ranges)
+        except MsgrError as exc:
+            first = first or exc
+            continue
+        warn = [] if n == n_layers else [
+            f"the fit with {n_layers} layers was refused ({first}); used {n} layers"]
+        return (n, *out[:3], warn + out[3])
+    raise first
+
+
+def data_ranges(narrow: np.ndarray, wide: np.ndarray) -> tuple[list, list]:
+    """Per channel maxima of the images before the MMT (the fit's rejection ranges)."""
+    return _data_max(_planes(narrow)), _data_max(_planes(wide))
+
+
 def msgr(
     narrow: np.ndarray,
     wide: np.ndarray,
     *,
-    n_layers: int = 8,
+    n_layers: int | str = "auto",
     mode: str = "multiplicative",
     fit_method: str = DEFAULT_FIT_METHOD,
     remove_stars_first: bool = False,
+    flatten_wide: str | None = None,
+    flatten_mode: str = "subtract",
     scale_hint: float | None = None,
     scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
     registration: Registration | None = None,
@@ -406,14 +639,20 @@ def msgr(
         The narrow-field image to correct (linear, its own units).
     wide : ndarray, (y, x) or (c, y, x)
         The wide-field image of the same sky (any size; pixels 1.5-6x larger).
-    n_layers : int
-        Multiscale median layers removed (default 8: scales above ~256 px kept).
+    n_layers : int or "auto"
+        Multiscale median layers removed; ``"auto"`` (default) chooses from the
+        size and the scale ratio (:func:`auto_layers`) and takes more layers if
+        the fit is refused.
     mode : {"multiplicative", "additive"}
         How the model is removed (default multiplicative, as the nightphotons guide).
     fit_method : {"robust", "pixinsight"}
         LinearFit variant (default robust; see docs/msgr.md).
     remove_stars_first : bool
         Replace stars by a smooth fill in both images before the MMT.
+    flatten_wide : {None, "plane", "quadratic"}
+        Remove the wide image's own gradient first (:func:`flatten_wide_image`).
+    flatten_mode : {"subtract", "divide"}
+        How the flatten surface is removed.
     scale_hint : float, optional
         Expected scale ratio (narrow px per wide px), e.g. from the headers.
     scale_range : (float, float)
@@ -428,8 +667,8 @@ def msgr(
         Border handling of the three MMTs: ``"linear"`` (default) keeps
         gradients right up to the edges; ``"mirror"`` is PixInsight's.
     progress : callable, optional
-        ``progress(done, total, message)``, called between steps (a callback
-        may raise to cancel).
+        ``progress(done, total, message)``, called between steps and inside the
+        registration (a callback may raise to cancel).
 
     Returns
     -------
@@ -439,7 +678,7 @@ def msgr(
     ------
     MsgrError
         Narrow image too small for the layers, bad mode, non-positive large
-        scales in multiplicative mode, channel mismatch.
+        scales in multiplicative mode, channel mismatch, a refused fit.
     napari_nsg.core.registration.RegistrationError
         The wide image cannot be registered (too few stars, no overlap, ratio
         outside ``scale_range``).
@@ -448,14 +687,10 @@ def msgr(
     """
     if mode not in MODES:
         raise MsgrError(f"unknown mode {mode!r}; use one of {MODES}")
-    n_planes = _planes(narrow)
-    w_in = _planes(wide)
-    if len(n_planes) == 1 and len(w_in) > 1:
-        wide = intensity(wide)
-    elif len(w_in) > 1 and len(w_in) != len(n_planes):
-        raise MsgrError(f"the narrow image has {len(n_planes)} channels and the wide {len(w_in)}")
-    check_msgr_size(n_planes.shape, n_layers)
-    total = 7
+    wide = match_channels(narrow, wide)
+    if n_layers != "auto":
+        check_msgr_size(np.shape(narrow), int(n_layers))
+    total = 8
     timings: dict = {}
     warnings: list = []
 
@@ -468,48 +703,50 @@ def msgr(
         step(0, "registering the wide image")
         registration = register_wide_to_narrow(
             narrow, wide, scale_hint=scale_hint, scale_range=scale_range,
-            interpolation=interpolation, min_coverage=min_coverage)
+            interpolation=interpolation, min_coverage=min_coverage,
+            progress=None if progress is None else lambda d, t, m: step(0, m))
     timings["register"] = time.perf_counter() - t0
     warnings.extend(registration.warnings)
-    w_reg = registration.registered
+    w_reg, flat = registration.registered, None
+
+    t0 = time.perf_counter()
+    if flatten_wide:
+        step(1, "flattening the wide image")
+        w_reg, flat = flatten_wide_image(wide, registration, np.shape(narrow)[-2:],
+                                         surface=flatten_wide, mode=flatten_mode,
+                                         interpolation=interpolation)
+    timings["flatten"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     n0, w0 = narrow, w_reg
     if remove_stars_first:
-        step(1, "removing stars")
+        step(2, "removing stars")
         n0, w0 = remove_stars_both(narrow, w_reg, registration.scale_ratio)
     timings["remove_stars"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    step(2, "large scales (narrow)")
-    n_large = large_scales(n0, n_layers, border=border)
-    step(3, "large scales (wide)")
-    w_large = large_scales(w0, n_layers, border=border)
-    timings["mmt"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    step(4, "fitting the wide to the narrow")
-    fits = fit_wide_to_narrow(n_large, w_large, method=fit_method,
-                              range_narrow=_data_max(n_planes), range_wide=_data_max(_planes(w_reg)))
-    for c, fit in enumerate(fits):
-        if fit.slope_identifiable is not None and fit.slope_identifiable < MIN_IDENTIFIABLE:
-            warnings.append(
-                f"channel {c}: the two images share little large-scale structure beyond a "
-                f"smooth surface (partial correlation {fit.slope_identifiable:.2f}): the fitted "
-                "slope is poorly determined and MSGR then removes every large-scale structure")
-    timings["fit"] = time.perf_counter() - t0
+    step(3, "large scales and fit")
+    n_first, reason = resolve_layers(n_layers, np.shape(narrow), registration.scale_ratio)
+    n_used, n_large, w_large, fits, fit_warnings = fit_with_fallback(
+        n0, w0, n_first, n_layers == "auto", fit_method=fit_method, border=border,
+        ranges=data_ranges(narrow, w_reg))
+    warnings.extend(fit_warnings)
+    timings["mmt_fit"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     step(5, "gradient model")
-    model = gradient_model(n_large, w_large, fits, n_layers, mode, border=border)
+    model = gradient_model(n_large, w_large, fits, n_used, mode, border=border)
     timings["model"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    step(6, "removing the gradient")
+    step(7, "removing the gradient")
     corrected = apply_gradient_model(narrow, model)
     timings["apply"] = time.perf_counter() - t0
-    step(7, "done")
+    step(8, "done")
+    if n_used != n_first:
+        reason = f"{reason}; raised to {n_used} (fit refused with {n_first})"
     return MsgrResult(corrected=corrected, model=model, registration=registration, fits=fits,
-                      narrow_large=n_large, wide_large=w_large, n_layers=n_layers, mode=mode,
+                      narrow_large=n_large, wide_large=w_large, n_layers=n_used, mode=mode,
                       fit_method=fit_method, stars_removed=remove_stars_first, timings=timings,
-                      warnings=warnings)
+                      warnings=warnings, layers_reason=reason, flat_surface=flat,
+                      flatten=flatten_wide or None)

@@ -228,6 +228,7 @@ def match_similarity(
     verify_tol: float = 1.5,
     n_verify: int = 400,
     min_pairs: int = 6,
+    progress=None,
 ) -> MatchResult | None:
     """Find the similarity narrow -> wide from star positions alone.
 
@@ -253,6 +254,10 @@ def match_similarity(
         Brightest narrow stars mapped for verification.
     min_pairs : int
         Fewest verified pairs for a solution.
+    progress : callable, optional
+        ``progress(done, total, message)`` once per scale level and window
+        searched (``done``/``total`` count scale levels); it may raise to
+        cancel the search.
 
     Returns
     -------
@@ -273,7 +278,8 @@ def match_similarity(
     wz_all = wide_xy[:, 0] + 1j * wide_xy[:, 1]
     tried = 0
     best: MatchResult | None = None
-    for s_lo, s_hi in scale_levels(scale_range):
+    levels = scale_levels(scale_range)
+    for level, (s_lo, s_hi) in enumerate(levels):
         s_mid = np.sqrt(s_lo * s_hi)
         half = np.log(s_hi / s_lo) / 2 + 0.05
         k = tol / half
@@ -282,7 +288,11 @@ def match_similarity(
         q = np.column_stack([tn.inv, (np.log(tn.size) - np.log(s_mid)) * k])
         qtree = cKDTree(q)
         bin_shift = max(3.0, 0.04 * foot_diag)
-        for x0, y0, x1, y1 in _windows(wide_shape, side):
+        windows = list(_windows(wide_shape, side))
+        for k_win, (x0, y0, x1, y1) in enumerate(windows):
+            if progress is not None:
+                progress(level, len(levels), f"matching star patterns: ratio {s_lo:.2f}-{s_hi:.2f}, "
+                         f"window {k_win + 1}/{len(windows)}")
             tried += 1
             inside = np.nonzero((wide_xy[:, 0] >= x0) & (wide_xy[:, 0] < x1)
                                 & (wide_xy[:, 1] >= y0) & (wide_xy[:, 1] < y1))[0]

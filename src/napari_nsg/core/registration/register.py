@@ -196,7 +196,9 @@ def solve_registration(
     narrow_stars, wide_stars : StarTable, optional
         Detections already made on these images.
     progress : callable, optional
-        ``progress(done, total, message)``.
+        ``progress(done, total, message)``: per stage and per window of the
+        star-pattern search; it may raise (e.g. ``Cancelled``) to stop the
+        registration there.
 
     Returns
     -------
@@ -232,8 +234,10 @@ def solve_registration(
         searches = [(max(lo, scale_hint / 1.1), min(hi, scale_hint * 1.1)), (lo, hi)]
     match = None
     for rng in searches:
-        match = match_similarity(ns.xy, ws.xy, nlum.shape, wlum.shape, scale_range=rng,
-                                 allow_flip=allow_flip, min_pairs=min_pairs)
+        match = match_similarity(
+            ns.xy, ws.xy, nlum.shape, wlum.shape, scale_range=rng, allow_flip=allow_flip,
+            min_pairs=min_pairs,
+            progress=None if progress is None else lambda d, t, m: _report(progress, 2, 4, m))
         if match is not None:
             break
     timings["match"] = time.perf_counter() - t0
@@ -335,6 +339,7 @@ def register_wide_to_narrow(
     reg = solve_registration(narrow, wide, scale_hint=scale_hint, scale_range=scale_range,
                              allow_flip=allow_flip, distortion=distortion, min_pairs=min_pairs,
                              progress=progress)
+    _report(progress, 4, 4, "resampling the wide image")
     t0 = time.perf_counter()
     shape = np.shape(narrow)[-2:]
     registered, coverage = apply_registration(wide, reg.transform, shape,
