@@ -30,6 +30,10 @@ def _model(ref, **params):
     return prepare_reference(ref.data, parse_metadata(ref.header), NsgParameters(**params))
 
 
+def _operators(model):
+    return {k: v for k, v in model.spline_cache.items() if k[0] != "kernel"}
+
+
 def _with_params(model, **changes):
     """The same reference model with other spline parameters (shares its cache)."""
     return dataclasses.replace(model, params=model.params.with_values(**changes))
@@ -40,7 +44,7 @@ def test_changed_smoothness_is_not_served_from_a_stale_cache(pair, smoothness):
     ref, tgt = pair
     model = _model(ref)
     first = normalize_frame(model, tgt.data, gradient_images=True)
-    assert len(model.spline_cache) == 1  # the shared system was used
+    assert len(_operators(model)) == 1  # the shared system was used
     changed = _with_params(model, smoothness=smoothness)
     again = normalize_frame(changed, tgt.data, gradient_images=True)
     fresh = normalize_frame(_model(ref, smoothness=smoothness), tgt.data, gradient_images=True)
@@ -59,8 +63,12 @@ def test_cache_keeps_a_bounded_number_of_systems_and_reuses_them(pair):
     model = _model(ref)
     for s in (-2.0, -1.0, 0.0, -2.0):
         normalize_frame(_with_params(model, smoothness=s), tgt.data, keep_corrected=False)
-    assert len(model.spline_cache) == SPLINE_CACHE_SIZE
-    assert {k[-1] for k in model.spline_cache} == {0.0, -2.0}
+    assert len(_operators(model)) == SPLINE_CACHE_SIZE
+    assert {k[-1] for k in _operators(model)} == {0.0, -2.0}
+    # one kernel (and grid matrix) of the bins serves every smoothness
+    kernels = [v for k, v in model.spline_cache.items() if k[0] == "kernel"]
+    assert len(kernels) == 1
+    assert all(op.nodes_kernel is kernels[0] for op in _operators(model).values())
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +84,7 @@ def test_results_are_slim_and_keep_the_gradient(pair, normalized):
     assert res.surface.operator is None
     blob = pickle.dumps(res)
     n = res.n_nodes
-    op = next(iter(model.spline_cache.values()))
+    op = next(iter(_operators(model).values()))
     # the solver alone is (n+3)^2 doubles and the grid matrix more: the result holds a
     # few hundred bytes per node plus the star tables
     assert len(blob) < 64 * 1024 + 300 * (n + res.n_samples), len(blob)

@@ -177,16 +177,19 @@ def test_thin_plate_system_is_scipys():
 def test_subset_of_the_prepared_system_equals_a_fresh_solve(smoothness):
     """Dropping nodes (a target's no-data border) from the prepared inverse gives
     the spline a fresh solve gives (the same normalization)."""
-    from napari_nsg.core.nsg.spline import SplineOperator
+    from napari_nsg.core.nsg.spline import NodeKernel, SplineOperator
 
     x, y, z = grid_samples(step=24, noise=0.5)
     op = SplineOperator(x, y, smoothness=smoothness).prepare()
     keep = np.flatnonzero((x > 60) & ~((y < 100) & (x > 500)))  # an L-shaped border dropped
     fast = op.fit_subset(keep, z[keep])
-    fresh = SplineOperator(x[keep], y[keep], smoothness=smoothness)
-    fresh.center, fresh.radius = op.center, op.radius  # same normalization
-    fresh.u, fresh.v = op.u[keep], op.v[keep]
+    same_norm = NodeKernel(x[keep], y[keep], center=op.center, radius=op.radius)
+    fresh = SplineOperator(x[keep], y[keep], smoothness=smoothness, kernel=same_norm)
     slow = fresh.fit(z[keep])
+    # without the inverse, the subset's system is solved directly: the same surface
+    direct = SplineOperator(x, y, smoothness=smoothness).fit_subset(keep, z[keep])
+    d = direct(px_all := np.linspace(0, W - 1, 40), np.full(40, H / 2))
+    assert np.abs(d - fast(px_all, np.full(40, H / 2))).max() < 1e-6 * np.ptp(d)
     px, py = np.meshgrid(np.linspace(0, W - 1, 40), np.linspace(0, H - 1, 30))
     a, b = fast(px.ravel(), py.ravel()), slow(px.ravel(), py.ravel())
     assert np.abs(a - b).max() < 1e-6 * np.ptp(b)
@@ -201,8 +204,10 @@ def test_targets_reuse_the_reference_system(glow_pair):
     seq, ref, tgt = glow_pair
     model = prepare_reference(ref.data)
     first = normalize_frame(model, tgt.data)
-    op = model.spline_cache["reference"]
-    assert op._inverse is not None and op._grids
+    ops = [v for k, v in model.spline_cache.items() if k[0] != "kernel"]
+    assert len(ops) == 1
+    op = ops[0]
+    assert op._inverse is not None and op.nodes_kernel._grids
     bordered = tgt.data.copy()
     bordered[:, :40] = 0.0
     cut = normalize_frame(model, bordered)

@@ -543,7 +543,8 @@ class NsgSession:
             state["samples"] = (samples, sample_bins(model.grid, chans, sr.scale,
                                                      model.rejection_circles))
         elif stage == "spline":
-            state["spline"] = fit_gradient(model, state["samples"][0])
+            # one target: a solve, not the inverse normalize_frame keeps for many
+            state["spline"] = fit_gradient(model, state["samples"][0], reuse=False)
         elif stage == "correction":
             state["correction"] = self._result_of(state)
 

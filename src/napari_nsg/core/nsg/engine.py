@@ -50,7 +50,7 @@ from .samples import (
     star_pixel_mask,
 )
 from .scale import ChannelScale, fit_scale
-from .spline import SplineOperator, SurfaceModel
+from .spline import NodeKernel, SplineOperator, SurfaceModel
 from .weights import FrameWeight, compute_weight, transmission_of
 
 __all__ = [
@@ -140,7 +140,8 @@ class ReferenceModel:
         first target needs it and reused by the others (see
         :class:`.spline.SplineOperator`), keyed by what it depends on
         (:func:`spline_cache_key`: node set and smoothness); the
-        ``SPLINE_CACHE_SIZE`` most recently used are kept.
+        ``SPLINE_CACHE_SIZE`` most recently used are kept, with the kernel of
+        the bins that they share (key ``("kernel", ...)``).
     rejection_circles : RejectionCircles or None
         The circles around the brightest reference stars that removed bins.
     """
@@ -686,12 +687,14 @@ def target_samples(model: ReferenceModel, target: np.ndarray, scale) -> Samples:
     return samples
 
 
-def fit_gradient(model: ReferenceModel, samples: Samples
+def fit_gradient(model: ReferenceModel, samples: Samples, *, reuse: bool = True
                  ) -> tuple[Samples, SurfaceModel, GradientField]:
     """Bin the samples into nodes, fit the surface and evaluate it on the coarse grid.
 
     The spline's system is shared by all targets (see :func:`_surface`); the
     returned surface does not keep it (see :meth:`.spline.SurfaceModel.slim`).
+    ``reuse=False`` (one target, e.g. a live preview) solves the system once
+    instead of inverting it for the targets to come: the same surface, sooner.
 
     Returns
     -------
@@ -699,14 +702,19 @@ def fit_gradient(model: ReferenceModel, samples: Samples
     """
     p = model.params
     nodes = bin_samples(samples, max_samples_for(p.smoothness, p.max_samples))
-    surface = _surface(model, samples, nodes)
+    surface = _surface(model, samples, nodes, reuse=reuse)
     fieldv = evaluate_gradient(surface, model.coarse, model.taper)
     return nodes, surface.slim(), fieldv
 
 
-def _surface(model: ReferenceModel, samples: Samples, nodes: Samples) -> SurfaceModel:
+def _surface(model: ReferenceModel, samples: Samples, nodes: Samples, *,
+             reuse: bool = True) -> SurfaceModel:
     """Fit the spline, reusing the reference's prepared system when the nodes are
-    a large enough subset of the reference's usable bins (not binned)."""
+    a large enough subset of the reference's usable bins (not binned).
+
+    The kernel of those bins (and its matrix to the evaluation grid) is kept
+    whatever the smoothness; the system of each smoothness is inverted for reuse
+    over many targets (``reuse``), or solved once for a single target."""
     p = model.params
     grid = model.grid
     full = grid.usable
@@ -716,21 +724,39 @@ def _surface(model: ReferenceModel, samples: Samples, nodes: Samples) -> Surface
             or len(nodes) < REUSE_FRACTION * n_full):
         return SplineOperator(nodes.x, nodes.y, smoothness=p.smoothness,
                               weights=nodes.weight).fit(nodes.values)
-    key = spline_cache_key(grid, p.smoothness)
-    op = model.spline_cache.pop(key, None)
-    if op is None:
-        cx, cy = grid.centers
-        op = SplineOperator(cx[full], cy[full], smoothness=p.smoothness)
-    while len(model.spline_cache) >= SPLINE_CACHE_SIZE:  # least recently used goes
-        model.spline_cache.pop(next(iter(model.spline_cache)))
-    model.spline_cache[key] = op
+    op = _cached_operator(model, p.smoothness)
+    if reuse:
+        op.prepare()
     ids = np.flatnonzero(full)
     index = np.searchsorted(ids, nodes.iy * grid.nx + nodes.ix)
     return op.fit_subset(index, nodes.values)
 
 
+def _cached_operator(model: ReferenceModel, smoothness: float) -> SplineOperator:
+    """The spline operator of the reference's usable bins at this smoothness, from
+    the cache (least recently used out), on the bins' kept kernel."""
+    grid = model.grid
+    key = spline_cache_key(grid, smoothness)
+    cache = model.spline_cache
+    op = cache.pop(key, None)
+    if op is None:
+        kernel_key = ("kernel",) + key[:-1]
+        kernel = cache.get(kernel_key)
+        if kernel is None:
+            for old in [k for k in cache if k[0] == "kernel"]:
+                del cache[old]  # another node set (the grid was replaced)
+            cx, cy = grid.centers
+            kernel = cache[kernel_key] = NodeKernel(cx[grid.usable], cy[grid.usable])
+        op = SplineOperator(kernel.x, kernel.y, smoothness=smoothness, kernel=kernel)
+    operators = [k for k in cache if k[0] != "kernel"]
+    for old in operators[: max(0, len(operators) - SPLINE_CACHE_SIZE + 1)]:
+        del cache[old]
+    cache[key] = op
+    return op
+
+
 REUSE_FRACTION = 0.6  # below this share of the reference's bins a fresh solve is cheaper
-SPLINE_CACHE_SIZE = 2  # prepared systems kept per reference (each up to ~100 MB at 2000 nodes)
+SPLINE_CACHE_SIZE = 2  # systems kept per reference (an inverse is 32 MB at 2000 nodes)
 
 
 def spline_cache_key(grid: SampleGrid, smoothness: float) -> tuple:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import scipy.linalg
 from scipy.spatial.distance import cdist
 
 from .params import MAX_SMOOTHNESS
@@ -128,6 +129,57 @@ def _weighted_plane(u, v, z, w) -> np.ndarray:
     return coef
 
 
+class NodeKernel:
+    """What every thin-plate system on one node set shares, whatever the smoothness
+    and the weights: the normalized node coordinates, the kernel between the nodes
+    and the kernel matrices from the nodes to evaluation grids.
+
+    A smoothness change only adds another diagonal to the kernel, so a
+    :class:`SplineOperator` built on a kept ``NodeKernel`` costs one solve.
+
+    Parameters
+    ----------
+    x, y : ndarray (n,)
+        Node positions in px.
+    center, radius : optional
+        The normalization (coordinates become ``(x - center) / radius``);
+        by default the nodes' centroid and largest distance from it.
+    """
+
+    def __init__(self, x, y, *, center=None, radius: float | None = None):
+        self.x = np.asarray(x, float)
+        self.y = np.asarray(y, float)
+        self.center = (np.array([self.x.mean(), self.y.mean()]) if center is None
+                       else np.asarray(center, float))
+        if radius is None:
+            radius = float(np.max(np.hypot(self.x - self.center[0], self.y - self.center[1])))
+        self.radius = radius if radius > 0 else 1.0
+        self.u = (self.x - self.center[0]) / self.radius
+        self.v = (self.y - self.center[1]) / self.radius
+        self._kernel: np.ndarray | None = None
+        self._grids: dict = {}
+
+    @property
+    def kernel(self) -> np.ndarray:
+        """``r^2 log r`` between the nodes, ``(n, n)`` (computed once)."""
+        if self._kernel is None:
+            nodes = np.column_stack([self.u, self.v])
+            self._kernel = tps_kernel(_sqdist(nodes, nodes))
+        return self._kernel
+
+    def grid_matrix(self, gx: np.ndarray, gy: np.ndarray, key, keep: bool = True) -> np.ndarray:
+        """``[kernel, 1, u, v]`` from the grid points to the nodes (kept under ``key``)."""
+        mat = self._grids.get(key)
+        if mat is None:
+            uv = np.column_stack([(np.ravel(gx) - self.center[0]) / self.radius,
+                                  (np.ravel(gy) - self.center[1]) / self.radius])
+            nodes = np.column_stack([self.u, self.v])
+            mat = np.hstack([tps_kernel(_sqdist(uv, nodes)), np.ones((len(uv), 1)), uv])
+            if keep:
+                self._grids[key] = mat
+        return mat
+
+
 class SplineOperator:
     """The thin-plate system for one set of nodes (positions, weights, smoothness).
 
@@ -148,37 +200,39 @@ class SplineOperator:
         log10 of the smoothing; 4 or more: a plane.
     weights : ndarray (n,), optional
         Node weights (smoothing ``10**smoothness / weight``).
+    kernel : NodeKernel, optional
+        A kept kernel of these nodes (shared by the operators of other
+        smoothness values); made here when omitted.
     """
 
-    def __init__(self, x, y, *, smoothness: float = -2.0, weights=None):
-        self.x = np.asarray(x, float)
-        self.y = np.asarray(y, float)
+    def __init__(self, x, y, *, smoothness: float = -2.0, weights=None,
+                 kernel: NodeKernel | None = None):
+        self._shared = kernel is not None
+        self.nodes_kernel = kernel if kernel is not None else NodeKernel(x, y)
+        k = self.nodes_kernel
+        self.x, self.y = k.x, k.y
         n = len(self.x)
         if n < 3:
             raise ValueError(f"too few samples ({n}) to model the gradient (3 needed)")
         self.weights = np.ones(n) if weights is None else np.asarray(weights, float)
         self.smoothness = float(smoothness)
-        self.center = np.array([self.x.mean(), self.y.mean()])
-        radius = float(np.max(np.hypot(self.x - self.center[0], self.y - self.center[1])))
-        self.radius = radius if radius > 0 else 1.0
-        self.u = (self.x - self.center[0]) / self.radius
-        self.v = (self.y - self.center[1]) / self.radius
+        self.center, self.radius, self.u, self.v = k.center, k.radius, k.u, k.v
         self.kind = "plane" if (self.smoothness >= MAX_SMOOTHNESS or n < 4) else "spline"
         self._inverse: np.ndarray | None = None
-        self._grids: dict = {}
 
     @property
     def n_nodes(self) -> int:
         return len(self.x)
 
-    def _system(self) -> np.ndarray:
-        n = self.n_nodes
-        nodes = np.column_stack([self.u, self.v])
-        k = tps_kernel(_sqdist(nodes, nodes))
-        k[np.diag_indices(n)] += 10.0**self.smoothness / self.weights
-        p = np.column_stack([np.ones(n), self.u, self.v])
+    def _system(self, index: np.ndarray | None = None) -> np.ndarray:
+        """The bordered system of all nodes, or of the nodes ``index`` only."""
+        kern = self.nodes_kernel.kernel
+        idx = np.arange(self.n_nodes) if index is None else np.asarray(index, int)
+        n = len(idx)
         system = np.zeros((n + 3, n + 3))
-        system[:n, :n] = k
+        system[:n, :n] = kern if index is None else kern[np.ix_(idx, idx)]
+        system[np.arange(n), np.arange(n)] += 10.0**self.smoothness / self.weights[idx]
+        p = np.column_stack([np.ones(n), self.u[idx], self.v[idx]])
         system[:n, n:] = p
         system[n:, :n] = p.T
         return system
@@ -215,28 +269,35 @@ class SplineOperator:
     def fit_subset(self, index: np.ndarray, values) -> SurfaceModel:
         """The surface through ``values`` at the nodes ``index`` only (a subset).
 
-        Uses the prepared inverse of the whole system: for the kept rows ``k``
-        and dropped rows ``d`` of ``B = A^-1``, the reduced system's solution is
-        ``B_kk r - B_kd B_dd^-1 B_dk r`` (a Schur complement), which costs the
-        solve of a system the size of the dropped nodes only. Coordinates stay
-        normalized as for the whole set (this scales the effective smoothing by
-        ``(r_subset / r_all)^2``, a few percent when border bins are dropped).
+        With a prepared inverse of the whole system (:meth:`prepare`): for the
+        kept rows ``k`` and dropped rows ``d`` of ``B = A^-1``, the reduced
+        system's solution is ``B_kk r - B_kd B_dd^-1 B_dk r`` (a Schur
+        complement), which costs the solve of a system the size of the dropped
+        nodes only. Without one, the reduced system is solved directly (one
+        symmetric solve: cheaper for a single target, as in a live preview);
+        both give the same surface. Coordinates stay normalized as for the
+        whole set (this scales the effective smoothing by ``(r_subset /
+        r_all)^2``, a few percent when border bins are dropped).
         """
-        self.prepare()
         z = np.asarray(values, float)
         if z.ndim == 1:
             z = z[:, None]
         index = np.asarray(index, int)
         n = self.n_nodes
-        keep = np.r_[index, n, n + 1, n + 2]
-        drop = np.setdiff1d(np.arange(n), index)
-        b = self._inverse
-        r = np.zeros((n + 3, z.shape[1]))
-        r[index] = z
-        sol = b @ r  # B_.k r (r is zero off the kept nodes)
-        if len(drop):
-            sol -= b[:, drop] @ np.linalg.solve(b[np.ix_(drop, drop)], sol[drop])
-        sol = sol[keep]
+        if self._inverse is None:
+            rhs = np.zeros((len(index) + 3, z.shape[1]))
+            rhs[:len(index)] = z
+            sol = scipy.linalg.solve(self._system(index), rhs, assume_a="sym")
+        else:
+            keep = np.r_[index, n, n + 1, n + 2]
+            drop = np.setdiff1d(np.arange(n), index)
+            b = self._inverse
+            r = np.zeros((n + 3, z.shape[1]))
+            r[index] = z
+            sol = b @ r  # B_.k r (r is zero off the kept nodes)
+            if len(drop):
+                sol -= b[:, drop] @ np.linalg.solve(b[np.ix_(drop, drop)], sol[drop])
+            sol = sol[keep]
         u, v, w = self.u[index], self.v[index], self.weights[index]
         plane = _weighted_plane(u, v, z, w)
         coef = np.zeros((n, z.shape[1]))
@@ -247,16 +308,10 @@ class SplineOperator:
 
     def grid_matrix(self, gx: np.ndarray, gy: np.ndarray, key) -> np.ndarray:
         """``[kernel, 1, u, v]`` from the grid points to the nodes, kept under ``key``
-        once :meth:`prepare` was called."""
-        mat = self._grids.get(key)
-        if mat is None:
-            uv = np.column_stack([(np.ravel(gx) - self.center[0]) / self.radius,
-                                  (np.ravel(gy) - self.center[1]) / self.radius])
-            nodes = np.column_stack([self.u, self.v])
-            mat = np.hstack([tps_kernel(_sqdist(uv, nodes)), np.ones((len(uv), 1)), uv])
-            if self._inverse is not None:
-                self._grids[key] = mat
-        return mat
+        (by the shared :class:`NodeKernel`) once the operator is reused: prepared,
+        or built on a kept kernel."""
+        return self.nodes_kernel.grid_matrix(gx, gy, key,
+                                             keep=self._inverse is not None or self._shared)
 
 
 def fit_surface(
