@@ -96,16 +96,16 @@ def test_upsert_image_conventions_and_replacement(make_napari_viewer):
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[:64, :80]
     gradient = (0.5 * xx + 0.2 * yy).astype(np.float32)  # 0 .. 52
-    (g,) = upsert_image(viewer, "g", gradient, kind="gradient")
+    g = upsert_image(viewer, "g", gradient, kind="gradient")
     lo, hi = g.contrast_limits
     assert gradient.min() <= lo < 1.0 and 51.0 < hi <= gradient.max()
     curvature = rng.normal(0, 0.01, (64, 80)).astype(np.float32)
-    (c,) = upsert_image(viewer, "c", curvature, kind="curvature")
+    c = upsert_image(viewer, "c", curvature, kind="curvature")
     lo, hi = c.contrast_limits
     assert lo == pytest.approx(-hi) and 0.02 < hi < 0.04  # small curvature gets the whole colormap
     assert c.colormap.name == "RdBu_r"
     # replacing keeps the layer object and restretches to the new data
-    (g2,) = upsert_image(viewer, "g", gradient * 10, kind="gradient")
+    g2 = upsert_image(viewer, "g", gradient * 10, kind="gradient")
     assert g2 is g and g.contrast_limits[1] > 500
     colour = np.stack([gradient, gradient * 2, gradient * 3])
     layers = upsert_image(viewer, "rgb", colour, kind="sky")
@@ -121,3 +121,151 @@ def test_row0_bottom_flips_the_camera_not_the_data(make_napari_viewer):
     assert is_row0_bottom(viewer)
     set_row0_bottom(viewer, False)
     assert not is_row0_bottom(viewer)
+
+
+# -- Frames & reference ----------------------------------------------------------------------
+@pytest.fixture
+def sample_frames(make_napari_viewer):
+    """A viewer with the simulated sub-frames open (a stack layer with headers)."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-nsg", "synthetic_subs")
+    return viewer
+
+
+def _frames_widget(viewer, qtbot):
+    from napari_nsg._widgets.frames import FramesWidget
+
+    w = FramesWidget(viewer)
+    w.add_open_layers()
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    return w
+
+
+def test_frames_table_fills_sorts_and_recommends(sample_frames, qtbot):
+    w = _frames_widget(sample_frames, qtbot)
+    names = w.table.names()
+    assert len(names) == 5 and all(n.startswith("simulated sub-frames #") for n in names)
+    rows = {r["name"]: r for r in w.session.metrics_table()}
+    col = [k for k, _, _ in w.table.columns].index("gradient_span")
+    w.table.sortItems(col)
+    spans = w.table.column_values("gradient_span")
+    assert spans == sorted(spans) and spans[0] == pytest.approx(
+        min(r["gradient_span"] for r in rows.values()))
+    assert w.recommended_name in names and "lumpy" in w.recommendation.text()
+    assert sample_frames.layers["NSG corner boxes"].nshapes == 4
+
+
+def test_blink_steps_through_frames_with_one_stretch(sample_frames, qtbot):
+    w = _frames_widget(sample_frames, qtbot)
+    layer = sample_frames.layers["NSG blink"]
+    first, limits = layer.metadata["frame"], tuple(layer.contrast_limits)
+    before = layer.data.copy()
+    w.next_button.click()
+    assert layer.metadata["frame"] != first
+    assert not np.array_equal(layer.data, before)
+    assert tuple(layer.contrast_limits) == limits  # one shared stretch
+    np.testing.assert_array_equal(layer.data, w.session.blink_image(layer.metadata["frame"]))
+    w.set_bookmark()
+    w.next_button.click()
+    w.blink_bookmark.setChecked(True)
+    shown = []
+    layer.events.data.connect(lambda e: shown.append(layer.metadata["frame"]))
+    w.interval.setValue(100)
+    w.play_button.setChecked(True)
+    qtbot.waitUntil(lambda: len(shown) >= 4, timeout=WAIT_MS)
+    w.play_button.setChecked(False)
+    assert w.bookmark in shown and len(set(shown)) == 2
+
+
+def test_set_reference_and_orientation(sample_frames, qtbot):
+    w = _frames_widget(sample_frames, qtbot)
+    assert w.row0_at_bottom  # FITS convention by default
+    w.row0_bottom.setChecked(False)
+    assert not w.row0_at_bottom
+    w.set_reference()
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    assert w.session.reference == w.recommended_name
+
+
+# -- Normalize (NSG): preview, plots, run ------------------------------------------------------
+def _normalize_widget(viewer, qtbot):
+    from napari_nsg._widgets.normalize import NormalizeWidget
+
+    frames = _frames_widget(viewer, qtbot)
+    w = NormalizeWidget(viewer, session=frames.session)
+    frames.set_reference()
+    qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
+    w.refresh_targets()
+    return frames, w
+
+
+def _preview(w, qtbot):
+    w.preview()
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    return w.preview_result
+
+
+def test_preview_gradient_follows_the_smoothness_slider(sample_frames, qtbot):
+    from napari_nsg._widgets.normalize import CURVATURE_LAYER, GRADIENT_LAYER
+
+    frames, w = _normalize_widget(sample_frames, qtbot)
+    assert w.session.reference not in [w.target.itemText(i) for i in range(w.target.count())]
+    first = _preview(w, qtbot)
+    grad = sample_frames.layers[GRADIENT_LAYER].data.copy()
+    np.testing.assert_array_equal(grad, first.gradient())
+    computed = dict(w.session.computed)
+    w.form.fields["smoothness"].value = 1.0  # live: debounced preview
+    qtbot.waitUntil(lambda: w.preview_result is not first and not w.busy, timeout=WAIT_MS)
+    second = w.preview_result
+    new = sample_frames.layers[GRADIENT_LAYER].data
+    np.testing.assert_array_equal(new, second.gradient())
+    assert np.abs(new - grad).max() > 1.0  # a stiffer spline: another gradient
+    # only the spline (and the correction assembled from it) was recomputed
+    assert w.session.computed["scale"] == computed["scale"]
+    assert w.session.computed["samples"] == computed["samples"]
+    assert w.session.computed["spline"] == computed["spline"] + 1
+    lo, hi = sample_frames.layers[CURVATURE_LAYER].contrast_limits
+    assert lo == pytest.approx(-hi)
+    # photometry plot: the preview's star pairs and its scale line
+    plotted = w.photometry_plot.plotted
+    np.testing.assert_array_equal(plotted["target_0"], second.stars["tgt_flux"][0])
+    np.testing.assert_array_equal(plotted["reference_0"], second.stars["ref_flux"][0])
+    assert plotted["line_0"][1] == pytest.approx(second.scale[0] * plotted["line_x_0"][1])
+    # gradient graph: clicking the image picks the row
+    w.pick(40, 10)
+    prof = w.gradient_plot.plotted
+    assert int(prof["index"]) == 40
+    np.testing.assert_allclose(prof["model"], second.gradient()[40])
+    # toggles
+    corrected = sample_frames.layers["NSG preview: corrected"]
+    w.toggle("uncorrected")
+    assert not corrected.visible and sample_frames.layers["NSG preview: uncorrected"].visible
+    w.toggle("uncorrected")
+    assert corrected.visible
+    assert len(sample_frames.layers["NSG samples kept"].data) == int(second.samples["kept"].sum())
+
+
+def test_run_all_gives_layers_table_and_weights_plot(sample_frames, qtbot):
+    frames, w = _normalize_widget(sample_frames, qtbot)
+    w.run_all()
+    qtbot.waitUntil(lambda: w.run_rows is not None and not w.busy, timeout=WAIT_MS)
+    names = [f.name for f in w.session.frames]
+    assert sorted(w.results.names()) == sorted(names)
+    first = next(r["name"] for r in w.run_rows if not r["is_reference"])
+    qtbot.waitUntil(lambda: f"{first} curvature" in sample_frames.layers, timeout=WAIT_MS)
+    images = w.session.result_images(first)
+    np.testing.assert_array_equal(sample_frames.layers[f"{first} normalized"].data,
+                                  images["corrected"])
+    np.testing.assert_array_equal(sample_frames.layers[f"{first} gradient"].data,
+                                  images["gradient"])
+    # the weights plot and the table follow a cut-off change
+    weights = w.weights_plot.plotted["weight"]
+    low, high = np.sort(weights)[-3:-1]
+    cut = round(float(low + high) / 2, 3)  # rejects all frames but the best two
+    w.set_cutoffs(cut, 0.0)
+    expected = w.session.results_table(min_weight=cut, min_transmission=0.0)
+    np.testing.assert_array_equal(w.weights_plot.plotted["rejected"],
+                                  [r["rejected"] for r in expected])
+    assert w.weights_plot.plotted["rejected"].sum() >= 1
+    assert w.form.values()["min_weight"] == pytest.approx(cut)
+    assert w.weights_plot.plotted["rejected"].sum() == len(weights) - 2

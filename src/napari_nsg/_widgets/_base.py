@@ -189,12 +189,13 @@ class WorkbenchWidget(QWidget):
         self.set_busy(True)
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
-        if self._pbar is not None and total > 0:
-            self._pbar.total = total
-            self._pbar.n = min(done, total)
+        pbar = self._pbar
+        if pbar is not None and total > 0:
+            pbar.total = total
+            pbar.n = min(done, total)
             if message:
-                self._pbar.set_description(message)
-            self._pbar.refresh()
+                pbar.set_description(message)
+            pbar.refresh()
         if total > 0:
             self.progress_bar.setValue(int(PROGRESS_STEPS * min(done, total) / total))
         if message:

@@ -57,7 +57,8 @@ def upsert_image(viewer: "napari.viewer.Viewer", name: str, data: np.ndarray, *,
 
     Returns
     -------
-    list of napari.layers.Image
+    napari.layers.Image or list of napari.layers.Image
+        The layer of a mono image; the three channel layers of a colour one.
     """
     names = channel_names(name, data)
     chans = list(data) if len(names) > 1 else [data]
@@ -69,7 +70,7 @@ def upsert_image(viewer: "napari.viewer.Viewer", name: str, data: np.ndarray, *,
         layers.append(_put_image(viewer, lname, chan, style, metadata, restretch,
                                  blending="additive" if len(names) > 1 else "translucent",
                                  **kwargs))
-    return layers
+    return layers if len(layers) > 1 else layers[0]
 
 
 def _put_image(viewer, name, data, style, metadata, restretch, blending, **kwargs):
