@@ -269,3 +269,77 @@ def test_run_all_gives_layers_table_and_weights_plot(sample_frames, qtbot):
     assert w.weights_plot.plotted["rejected"].sum() >= 1
     assert w.form.values()["min_weight"] == pytest.approx(cut)
     assert w.weights_plot.plotted["rejected"].sum() == len(weights) - 2
+
+
+# -- real frames, colour, bad frames, cancel -----------------------------------------------------
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_frames_table_preview_and_cancelled_run(make_napari_viewer, qtbot, real_data,
+                                                     tmp_path, errors):
+    from napari_nsg._widgets.frames import FramesWidget
+    from napari_nsg._widgets.normalize import GRADIENT_LAYER, NormalizeWidget
+
+    folder = real_data / "wasp12b_calibrated"
+    paths = [folder / f"wasp12b_{n}.fits" for n in (300, 330, 360, 387)]
+    bad = tmp_path / "broken.fits"
+    bad.write_bytes(b"SIMPLE  = T" + b" " * 100)
+    viewer = make_napari_viewer()
+    frames = FramesWidget(viewer)
+    frames.add_files([str(p) for p in paths] + [str(bad)])
+    qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
+    assert len(errors) == 1 and "broken.fits" in errors[0]  # the bad frame: a notification
+    assert sorted(frames.table.names()) == sorted(p.name for p in paths)
+    rows = {r["name"]: r for r in frames.session.metrics_table()}
+    assert all(200 < r["background"] < 2000 for r in rows.values())  # ADU sky of these frames
+    col = [k for k, _, _ in frames.table.columns].index("background")
+    frames.table.sortItems(col)
+    bg = frames.table.column_values("background")
+    assert bg == sorted(bg)
+    frames.set_reference()
+    qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
+    w = NormalizeWidget(viewer, session=frames.session)
+    w.refresh_targets()
+    result = _preview(w, qtbot)
+    assert result is not None and 0.5 < float(np.mean(result.scale)) < 2.0
+    assert int(np.min(result.n_star_pairs)) >= 10
+    np.testing.assert_array_equal(viewer.layers[GRADIENT_LAYER].data, result.gradient())
+    # a run to a folder, cancelled after its first frame: no partial file is left
+    out = tmp_path / "out"
+    w.out_dir.line_edit.value = str(out)
+    w.run_all()
+    qtbot.waitUntil(lambda: "wasp12b" in w.status.text(), timeout=WAIT_MS)
+    w.cancel_button.click()
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    assert w.run_rows is None and w.status.text() == "cancelled"
+    written = sorted(p.name for p in out.glob("*")) if out.exists() else []
+    assert all(n.endswith("_nsg.fits") or n.startswith(("nsg_results", ".")) for n in written)
+    assert len([n for n in written if n.endswith("_nsg.fits")]) < len(paths)
+    assert not [n for n in written if "tmp" in n or n.endswith(".part")]
+
+
+def test_colour_frames_per_channel(make_napari_viewer, qtbot):
+    from napari_nsg._widgets.frames import FramesWidget
+    from napari_nsg._widgets.normalize import GRADIENT_LAYER, NormalizeWidget
+    from napari_nsg.synthetic import simulate_sequence
+
+    seq = simulate_sequence(3, (160, 200), seed=3, channels=3, star_density=4e-3)
+    viewer = make_napari_viewer()
+    frames = FramesWidget(viewer)
+    for f in seq.iter_frames():
+        frames.session.add_array(f"colour {f.index}", f.data, f.header)
+    frames.add_open_layers()  # nothing open: a message, no error
+    with frames.lock:
+        frames.session.measure()
+    frames.refresh()
+    frames.set_reference("colour 0")
+    qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
+    assert [viewer.layers[f"NSG blink [{c}]"].colormap.name for c in "RGB"] == ["red", "green",
+                                                                                "blue"]
+    w = NormalizeWidget(viewer, session=frames.session)
+    w.refresh_targets()
+    result = _preview(w, qtbot)
+    assert result.gradient().shape == (3, 160, 200)
+    for c, ch in enumerate("RGB"):
+        np.testing.assert_array_equal(viewer.layers[f"{GRADIENT_LAYER} [{ch}]"].data,
+                                      result.gradient()[c])
+        assert f"target_{c}" in w.photometry_plot.plotted
