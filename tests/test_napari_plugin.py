@@ -59,6 +59,10 @@ def test_viewer_opens_a_real_fits_frame(make_napari_viewer, real_data):
     assert layer.metadata["header"]["FILTER"].strip() == "(2) r (530-700)"
     lo, hi = layer.contrast_limits
     assert 200 < lo < 300 < hi  # stretched around the ~269 ADU sky
+    assert hi <= float(layer.data.max())  # limits inside the data range
+    from napari_nsg._widgets._layers import is_row0_bottom
+
+    assert is_row0_bottom(viewer)  # FITS row 0 at the bottom, like DS9
 
 
 @pytest.mark.gui
@@ -82,3 +86,16 @@ def test_sample_data_loads(make_napari_viewer):
     assert len(scales) == layer.data.shape[0]
     viewer.open_sample("napari-nsg", "synthetic_pair")
     assert len(viewer.layers) == 3
+
+
+@pytest.mark.gui
+@pytest.mark.parametrize("name", ["Frames & reference", "Normalize (NSG)"])
+def test_widgets_open_from_the_plugins_menu(make_napari_viewer, name):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-nsg", name)
+    assert widget.viewer is not None and dock is not None
+    if name == "Normalize (NSG)":  # it shares the Frames widget's session (opened for it)
+        from napari_nsg._widgets.frames import FramesWidget, find_widget
+
+        frames = find_widget(viewer, FramesWidget)
+        assert frames is not None and frames.session is widget.session

@@ -43,4 +43,20 @@ def read_frames(path: str | list[str]) -> list[tuple]:
             "meta": frame.meta.to_dict(),
         }
         layers.append(image_layer(frame.data, frame.path.stem, metadata))
+    _orient_viewer()
     return layers
+
+
+def _orient_viewer() -> None:
+    """Show FITS row 0 at the bottom (like DS9) in the viewer the frames open in,
+    when the plugin's display setting asks for it (the default) and the viewer is
+    still empty: a viewer the user already arranged is left as it is."""
+    try:
+        from napari import current_viewer
+
+        from ._widgets._layers import default_row0_bottom, set_row0_bottom
+    except ImportError:  # napari face without napari (a library user): nothing to orient
+        return
+    viewer = current_viewer()
+    if viewer is not None and len(viewer.layers) == 0 and default_row0_bottom():
+        set_row0_bottom(viewer, True)
