@@ -214,7 +214,7 @@ def test_data_after_the_last_hdu(tmp_path, extra, ok):
     if ok:  # one block of blank padding is harmless
         assert read_frame(path).data.shape == (48, 64)
     else:
-        _error(path, "follow the data of the last hdu")
+        _error(path, "follow the data of hdu 0")
 
 
 def test_missing_final_padding_is_accepted(tmp_path):
@@ -269,3 +269,18 @@ def test_frame_limit_applies_to_every_format(tmp_path, monkeypatch, suffix):
     assert read_frame(path).data.shape == (48, 64)
     monkeypatch.setattr(fits_scan, "MAX_FRAME_PIXELS", SKY.size - 1)
     _error(path, f"{SKY.size:,} values", "limit")
+
+
+def test_damaged_table_after_the_image_does_not_matter(tmp_path):
+    path = tmp_path / "img_table.fits"
+    table = fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=np.arange(5.0))])
+    fits.HDUList([fits.PrimaryHDU(SKY.astype(np.int16)), table]).writeto(path)
+    damaged = _edited(path, "NAXIS2", "-7", after=b"XTENSION")
+    np.testing.assert_array_equal(read_frame(damaged).data, SKY.astype(np.int16).astype(np.float32))
+    with pytest.raises(FrameError, match="NAXIS2 = -7"):
+        read_frame(damaged, hdu=1)
+
+
+def test_unusable_bitpix_in_an_empty_primary_of_a_fz(tmp_path):
+    path = _edited(_fz(tmp_path / "p.fz"), "BITPIX", "10")  # no data: BITPIX is not used
+    np.testing.assert_array_equal(read_frame(path).data, SKY.astype(np.int16).astype(np.float32))

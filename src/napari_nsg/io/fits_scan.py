@@ -16,6 +16,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from math import ceil, prod
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from .errors import FrameError
@@ -265,9 +266,9 @@ def _scan_hdu(fh: BinaryIO, path, start: int, index: int) -> HduInfo:
     first = "SIMPLE" if index == 0 else "XTENSION"
     if first not in keys:
         raise FrameError(path, f"HDU {index} does not start with {first}")
-    bitpix = _bitpix(keys, "BITPIX", path, index)
     axes = _axes(keys, "NAXIS", _int(keys, "NAXIS", path, index, low=0, high=MAX_AXES),
                  path, index, low=0)
+    bitpix = _bitpix(keys, "BITPIX", path, index) if axes else 0  # no data: BITPIX unused
     data_bytes = _data_bytes(keys, index, bitpix, axes, path)
     info = HduInfo(index, "other", data_start, data_bytes, keys=keys)
     xtension = _string(keys, "XTENSION")
@@ -291,8 +292,8 @@ def _check_padding(fh: BinaryIO, path, info: HduInfo, end: int) -> None:
                                "file is damaged")
 
 
-def _check_tail(fh: BinaryIO, path, end: int, size: int) -> bool:
-    """True if another HDU starts at ``end``; FrameError for garbage after the last HDU."""
+def _check_tail(fh: BinaryIO, path, info: HduInfo, end: int, size: int) -> bool:
+    """True if another HDU starts at ``end``; FrameError for garbage after ``info``'s data."""
     fh.seek(end)
     head = fh.read(BLOCK)
     if head.startswith(b"XTENSION="):
@@ -300,13 +301,17 @@ def _check_tail(fh: BinaryIO, path, end: int, size: int) -> bool:
     if size - end <= BLOCK and set(head) <= _PAD_BYTES:
         return False  # blank padding: harmless
     raise FrameError(
-        path, f"{size - end:,} bytes follow the data of the last HDU that are not a FITS "
+        path, f"{size - end:,} bytes follow the data of HDU {info.index} that are not a FITS "
               "extension: the data is longer than the header says (NAXISn too small?) or the "
               "file was damaged")
 
 
-def scan_fits(fh: BinaryIO, path: str | os.PathLike) -> list[HduInfo]:
-    """Check the structure of a FITS file without reading its data.
+def iter_hdus(fh: BinaryIO, path: str | os.PathLike) -> Iterator[HduInfo]:
+    """Check a FITS file's HDUs one after the other, without reading their data.
+
+    Each HDU is yielded once its own header, its size, its padding and what
+    follows it (another extension, or the end of the file) have been checked,
+    so a caller that stops at the HDU it wants never depends on later ones.
 
     Parameters
     ----------
@@ -315,55 +320,69 @@ def scan_fits(fh: BinaryIO, path: str | os.PathLike) -> list[HduInfo]:
     path : path-like
         Its name, for error messages.
 
-    Returns
-    -------
-    list of HduInfo
-        One per HDU, in file order.
+    Yields
+    ------
+    HduInfo
 
     Raises
     ------
     FrameError
         A header is unreadable or claims a size that is impossible (negative,
-        larger than the file, above :data:`MAX_FRAME_PIXELS` /
-        :data:`MAX_FRAME_BYTES` for an image), the file is truncated, or bytes
-        that are not a FITS extension follow the last HDU.
+        larger than the file), the file is truncated, or bytes that are
+        neither padding nor a FITS extension follow an HDU's data.
     """
     size = os.fstat(fh.fileno()).st_size
-    hdus: list[HduInfo] = []
     start = 0
-    while True:
-        if len(hdus) >= MAX_HDUS:
-            raise FrameError(path, f"the file has more than {MAX_HDUS} HDUs")
-        info = _scan_hdu(fh, path, start, len(hdus))
-        hdus.append(info)
+    for index in range(MAX_HDUS):
+        info = _scan_hdu(fh, path, start, index)
         end = info.data_start + info.data_bytes
         if end > size:
-            raise FrameError(path, f"file is truncated (HDU {info.index} needs {end:,} bytes, "
+            raise FrameError(path, f"file is truncated (HDU {index} needs {end:,} bytes, "
                                    f"the file has {size:,})")
         start = info.data_start + _padded(info.data_bytes)
         _check_padding(fh, path, info, min(start, size))
-        if start >= size or not _check_tail(fh, path, start, size):
-            return hdus
+        more = start < size and _check_tail(fh, path, info, start, size)
+        yield info
+        if not more:
+            return
+    raise FrameError(path, f"the file has more than {MAX_HDUS} HDUs")
+
+
+def scan_fits(fh: BinaryIO, path: str | os.PathLike) -> list[HduInfo]:
+    """Every HDU of the file, checked as :func:`iter_hdus` does."""
+    return list(iter_hdus(fh, path))
+
+
+def find_image(fh: BinaryIO, path: str | os.PathLike, hdu: int | None = None) -> HduInfo:
+    """The HDU to read: ``hdu`` if given, else the first image with pixels.
+
+    Only the HDUs up to it are scanned (a damaged table after the image does
+    not matter); its size is checked against the frame limits.
+    """
+    return _choose(iter_hdus(fh, path), path, hdu)
 
 
 def image_hdu(hdus: list[HduInfo], path, hdu: int | None = None) -> HduInfo:
-    """The HDU to read: ``hdu`` if given, else the first image with pixels.
+    """As :func:`find_image`, among HDUs already scanned by :func:`scan_fits`."""
+    return _choose(iter(hdus), path, hdu)
 
-    Its size is checked against the frame limits.
-    """
-    if hdu is not None:
-        if not 0 <= hdu < len(hdus):
-            raise FrameError(path, f"has no HDU {hdu} (it has {len(hdus)})")
-        chosen = hdus[hdu]
-        if not chosen.has_pixels:
-            raise FrameError(path, f"HDU {hdu} holds no image data")
+
+def _choose(hdus: Iterator[HduInfo], path, hdu: int | None) -> HduInfo:
+    seen = []
+    for info in hdus:
+        seen.append(info)
+        if info.index == hdu or (hdu is None and info.has_pixels):
+            break
     else:
-        chosen = next((h for h in hdus if h.has_pixels), None)
-        if chosen is None:
-            hint = ""
-            if any("ZCMPTYPE" in h.keys or "ZBITPIX" in h.keys for h in hdus):
-                hint = " (a table looks like a compressed image, but its ZIMAGE is not T)"
-            raise FrameError(path, f"no HDU holds image data{hint}")
+        if hdu is not None:
+            raise FrameError(path, f"has no HDU {hdu} (it has {len(seen)})")
+        hint = ""
+        if any("ZCMPTYPE" in h.keys or "ZBITPIX" in h.keys for h in seen):
+            hint = " (a table looks like a compressed image, but its ZIMAGE is not T)"
+        raise FrameError(path, f"no HDU holds image data{hint}")
+    chosen = seen[-1]
+    if not chosen.has_pixels:
+        raise FrameError(path, f"HDU {hdu} holds no image data")
     if chosen.kind == "image":
         check_frame_size(path, f"HDU {chosen.index}", prod(chosen.shape), chosen.data_bytes)
         _check_scaling(chosen, path)

@@ -14,7 +14,7 @@ from astropy.io import fits
 from .debayer import METHODS as DEBAYER_METHODS
 from .debayer import debayer as _debayer
 from .errors import FrameError
-from .fits_scan import HduInfo, check_frame_size, check_hcompress_tiles, image_hdu, scan_fits
+from .fits_scan import HduInfo, check_frame_size, check_hcompress_tiles, find_image
 from .metadata import FrameMetadata, parse_metadata
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz")
@@ -192,7 +192,7 @@ def _read_fits(path: Path, fh, hdu: int | None):
     if not start.startswith(_FITS_MAGIC):
         reason = "file is empty" if not start else "not a FITS file (no SIMPLE card at the start)"
         raise FrameError(path, reason)
-    chosen = image_hdu(scan_fits(fh, path), path, hdu)
+    chosen = find_image(fh, path, hdu)
     if chosen.kind == "compressed" and "HCOMPRESS" in chosen.keys.get("ZCMPTYPE", ""):
         check_hcompress_tiles(fh, path, chosen)
     fh.seek(0)
