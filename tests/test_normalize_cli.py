@@ -259,19 +259,23 @@ def test_scheduler_unreachable_is_a_clear_error(frames, tmp_path, capsys, monkey
 
 
 def test_demo_runs_and_matches_truth(tmp_path, capsys):
-    assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "256"]) == 0
+    # 384 px: the registered copies keep enough stars in common for 2 % scales
+    assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "384"]) == 0
     out = capsys.readouterr().out
     assert "true scale" in out and "scale error vs truth" in out
     assert "recommended reference" in out and "registration: ratio" in out
+    assert "transform error vs truth" in out and "[5] stack" in out
+    assert (tmp_path / "demo" / "stack.fits").is_file()
     truth = read_truth(tmp_path / "demo" / "frames")
     report = json.loads((tmp_path / "demo" / "nsg" / "nsg_results.json").read_text())
     # the reference is the top-ranked frame; the truth's scales are relative to frame 0
-    true = {f["file"]: f["scale"][0] for f in truth["frames"]}
+    # the demo normalizes registered copies (<stem>_reg.fits) of the simulated frames
+    true = {f["file"].replace(".fits", "_reg.fits"): f["scale"][0] for f in truth["frames"]}
     ref = true[Path(report["reference"]).name]
     for r in report["frames"]:
         assert r["scale"][0] == pytest.approx(true[Path(r["file"]).name] / ref, rel=0.02)
     assert (tmp_path / "demo" / "msgr" / "narrow_msgr.fits").is_file()
-    assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "256"]) == 2
+    assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "384"]) == 2
 
 
 def test_colour_and_bayer_frames(tmp_path):
