@@ -98,9 +98,12 @@ def test_smoothness_change_refits_only_the_spline(files, session):
     fresh.add_files(paths[:2])
     fresh.set_reference(paths[0].name)
     np.testing.assert_allclose(after.gradient(), fresh.preview(name).gradient(), atol=1e-4 * span)
-    # back to the default: the spline again, and the first gradient back
+    # back to the default: the fit of that value is remembered, nothing is recomputed
+    counts = dict(session.computed)
     session.update_params(smoothness=-2.0)
-    np.testing.assert_allclose(session.preview(name).gradient(), gradient, atol=1e-4 * span)
+    np.testing.assert_array_equal(session.preview(name).gradient(), gradient)
+    assert session.computed["spline"] == counts["spline"]
+    assert session.computed["correction"] == counts["correction"] + 1
 
 
 def test_every_parameter_has_a_stage_and_star_settings_redo_the_reference(files, session):
@@ -228,3 +231,12 @@ def test_results_table_recomputes_rejection_only(session):
     loose = session.results_table(min_weight=0.0, min_transmission=0.0)
     assert not any(r["rejected"] for r in loose)
     assert [r["weight"] for r in loose] == [r["weight"] for r in rows]
+
+
+def test_preview_of_the_reference_itself(files, session):
+    _, paths = files
+    p = session.preview(paths[0].name)
+    assert p.scale[0] == 1.0 and not np.any(p.gradient())
+    assert len(p.stars["x"]) == 0 and p.stars["ref_flux"].shape == (1, 0)
+    assert p.samples["kept"].sum() > 0 and np.allclose(p.samples["value"][0, p.samples["kept"]], 0)
+    np.testing.assert_array_equal(p.corrected, np.where(np.isfinite(p.target), p.target, 0))

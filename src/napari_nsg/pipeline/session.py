@@ -70,6 +70,7 @@ STAGE_OF: dict[str, str] = {
 _AUTO = {"sample_size", "aperture_growth", "aperture_gap", "aperture_bg_delta",
          "limit_sample_stars", "sample_star_growth"}
 FRAME_CACHE = 2  # frames read from files kept in memory (the preview target and one more)
+FIT_MEMO = 8  # spline fits (coarse grid, a few 10 kB each) remembered per frame
 
 
 def _check_stage_map() -> None:
@@ -180,7 +181,8 @@ class FramePreview:
     def curvature(self) -> np.ndarray:
         """The gradient minus its best-fit plane (float32)."""
         if "curvature" not in self._cache:
-            self._cache["curvature"] = self.result.gradient_field.minus_plane().full_all()
+            field_ = self.result.gradient_field  # the gradient minus its plane, full size
+            self._cache["curvature"] = field_.curvature_from(self._gradient_all())
         return self._shaped(self._cache["curvature"])
 
     @property
@@ -238,6 +240,8 @@ def _points(table, per_channel: tuple[str, ...]) -> dict:
 
 class NsgSession:
     """Frames, reference, parameters and cached per-frame results of one NSG run.
+
+    Not thread-safe: one call at a time (a GUI runs them in one worker).
 
     Parameters
     ----------
@@ -446,7 +450,7 @@ class NsgSession:
                       cancel: CancelToken | None = None) -> None:
         """Make ``name`` the reference and prepare its model (kept until a
         reference parameter changes)."""
-        info = self._info(name)
+        self._info(name)  # NsgError for an unknown name
         if name == self._reference and self._model is not None:
             return
         report(progress, 0, 1, f"preparing reference {name}")
@@ -454,7 +458,6 @@ class NsgSession:
         self._reference, self._model = name, None
         self._stages.clear()
         self._ensure_model()
-        del info
         report(progress, 1, 1, "reference ready")
 
     def _ensure_model(self) -> ReferenceModel:
@@ -505,6 +508,8 @@ class NsgSession:
         for state in self._stages.values():
             for stage in stages:
                 state.pop(stage, None)
+            if "samples" in stages:
+                state.pop("fits", None)  # fits of other samples
         return stages
 
     # -- one frame -------------------------------------------------------------------
@@ -521,19 +526,22 @@ class NsgSession:
             check_cancel(cancel)
             report(progress, k, len(steps) + 1, f"{name}: {stage}")
             try:
-                self._compute(stage, state, model, info, data)
+                fresh = self._compute(stage, state, model, info, data)
             except NsgError as exc:
                 raise NsgError(f"{name}: {exc}") from None
-            self.computed[stage] += 1
+            self.computed[stage] += int(fresh)
         report(progress, len(steps), len(steps) + 1, f"{name}: preview")
         return self._preview_of(name, state, model, data)
 
     def _compute(self, stage: str, state: dict, model: ReferenceModel, info: FrameInfo,
-                 data: np.ndarray) -> None:
+                 data: np.ndarray) -> bool:
+        """Compute one stage into ``state``; False when a kept fit was reused."""
         chans = data[np.newaxis] if data.ndim == 2 else data
         if info.name == self._reference:
             state[stage] = reference_result(model, keep_corrected=False)
-            return
+            return True
+        if stage == "spline":
+            return self._fit(state, model)
         if stage == "scale":
             sr = measure_scale(model, data)
             state["scale"] = (sr, target_weight(model, chans, sr.scale, info.meta))
@@ -542,11 +550,26 @@ class NsgSession:
             samples = target_samples(model, chans, sr.scale)
             state["samples"] = (samples, sample_bins(model.grid, chans, sr.scale,
                                                      model.rejection_circles))
-        elif stage == "spline":
-            # one target: a solve, not the inverse normalize_frame keeps for many
-            state["spline"] = fit_gradient(model, state["samples"][0], reuse=False)
         elif stage == "correction":
             state["correction"] = self._result_of(state)
+        return True
+
+    @staticmethod
+    def _fit(state: dict, model: ReferenceModel) -> bool:
+        """The spline stage, remembering the last ``FIT_MEMO`` fits of these samples
+        (a slider moved back to a value it had is instant)."""
+        p = model.params
+        key = (p.smoothness, p.max_samples)
+        memo = state.setdefault("fits", OrderedDict())
+        if key in memo:
+            memo.move_to_end(key)
+            state["spline"] = memo[key]
+            return False
+        # one target: a solve, not the inverse normalize_frame keeps for many
+        state["spline"] = memo[key] = fit_gradient(model, state["samples"][0], reuse=False)
+        while len(memo) > FIT_MEMO:
+            memo.popitem(last=False)
+        return True
 
     @staticmethod
     def _result_of(state: dict) -> NormalizationResult:
@@ -560,12 +583,17 @@ class NsgSession:
         circles = _points(model.rejection_circles, ())
         size = int(model.params.sample_size)
         ref = model.data[0] if data.ndim == 2 else model.data
-        if name == self._reference:
-            res = state["correction"]
-            bins = sample_bins(model.grid, model.data, np.ones(model.n_channels), model.rejection_circles)
-            empty = {k: np.zeros(0) for k in ("x", "y")}
-            return FramePreview(name, data, ref, res, stars={}, samples=_points(bins, ("value",)),
-                                nodes=dict(empty, value=np.zeros((model.n_channels, 0))),
+        if name == self._reference:  # scale 1, no gradient, no pairs
+            nc = model.n_channels
+            bins = sample_bins(model.grid, model.data, np.ones(nc), model.rejection_circles)
+            none, per_channel = np.zeros(0), np.zeros((nc, 0))
+            stars = {k: none for k in ("x", "y", "tgt_x", "tgt_y", "radius")}
+            stars.update({k: per_channel for k in ("ref_flux", "tgt_flux", "ref_err", "tgt_err")},
+                         used=np.zeros(0, bool), used_per_channel=np.zeros((nc, 0), bool),
+                         reason=np.zeros(0, str))
+            return FramePreview(name, data, ref, state["correction"], stars=stars,
+                                samples=_points(bins, ("value",)),
+                                nodes={"x": none, "y": none, "value": per_channel, "weight": none},
                                 rejection_circles=circles, sample_size=size)
         res = state["correction"]
         stars = _points(star_pairs(model.candidates, res.scale_result),

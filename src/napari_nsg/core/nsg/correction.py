@@ -82,15 +82,19 @@ class CoarseGrid:
         """Node coordinates ``(x, y)``, each ``(ny, nx)``."""
         return np.meshgrid(self.xs, self.ys)
 
-    def upsample(self, values: np.ndarray) -> np.ndarray:
-        """Cubic full-size image ``(height, width)`` float32 from node values ``(ny, nx)``."""
+    def upsample(self, values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Cubic full-size image ``(height, width)`` float32 from node values ``(ny, nx)``,
+        written into ``out`` when given."""
         h, w = self.shape
         small = np.asarray(values, dtype=np.float32)
+        if out is None:
+            out = np.empty((h, w), np.float32)
         if self.step == 1:
             m = self.margin
-            return np.ascontiguousarray(small[m : m + h, m : m + w])
+            out[...] = small[m : m + h, m : m + w]
+            return out
         wx = cubic_weights(w, self.step, self.margin, self.nx)
-        return _upsample_rows(small @ wx.T, h, self.step, self.margin)
+        return _upsample_rows(small @ wx.T, out, self.step, self.margin)
 
     def coverage(self, valid: np.ndarray) -> np.ndarray:
         """Fraction of valid pixels in each node's cell, ``(ny, nx)``; beyond the
@@ -108,15 +112,15 @@ def _catmull_rom(t: float) -> np.ndarray:
                      (-3 * t3 + 4 * t2 + t) / 2, (t3 - t2) / 2], np.float32)
 
 
-def _upsample_rows(a: np.ndarray, n_out: int, step: int, margin: int) -> np.ndarray:
-    """Catmull-Rom along axis 0 from node rows ``a`` to ``n_out`` pixel rows.
+def _upsample_rows(a: np.ndarray, out: np.ndarray, step: int, margin: int) -> np.ndarray:
+    """Catmull-Rom along axis 0 from node rows ``a`` into the pixel rows of ``out``.
 
     Output rows ``q*step + r`` share one set of weights per phase ``r``, so each
     phase is four scaled slices of ``a`` added together (no matrix product:
     4 multiply-adds per output pixel)."""
-    nq = -(-n_out // step)
-    out = np.empty((nq * step, a.shape[1]), np.float32)
-    for r in range(step):
+    n_out = out.shape[0]
+    for r in range(min(step, n_out)):
+        nq = len(range(r, n_out, step))
         u = (r + 0.5) / step - 0.5
         s = int(np.floor(u))
         w = _catmull_rom(u - s)
@@ -125,7 +129,7 @@ def _upsample_rows(a: np.ndarray, n_out: int, step: int, margin: int) -> np.ndar
         for k in range(1, 4):
             acc += w[k] * a[base + k:base + k + nq]
         out[r::step] = acc
-    return out[:n_out]
+    return out
 
 
 def cubic_weights(n_out: int, step: int, margin: int, n_nodes: int) -> np.ndarray:
@@ -193,21 +197,45 @@ class GradientField:
 
     def full_all(self) -> np.ndarray:
         """Full-size gradient ``(c, height, width)`` float32."""
-        return np.stack([self.full(c) for c in range(self.n_channels)])
+        out = np.empty((self.n_channels,) + tuple(self.grid.shape), np.float32)
+        for c in range(self.n_channels):
+            self.grid.upsample(self.values[c], out=out[c])
+        return out
+
+    def plane(self) -> np.ndarray:
+        """Least-squares plane of each channel over the nodes inside the image:
+        ``(c, 3)`` coefficients of ``a + b*x/width + c*y/height`` (x, y in px)."""
+        x, y = self.grid.mesh()
+        h, w = self.grid.shape
+        inside = (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+        a = np.column_stack([np.ones(inside.sum()), x[inside] / max(w, 1), y[inside] / max(h, 1)])
+        return np.array([np.linalg.lstsq(a, self.values[c][inside].astype(float), rcond=None)[0]
+                         for c in range(self.n_channels)])
 
     def minus_plane(self) -> "GradientField":
         """The curvature: this field minus its least-squares plane (over the nodes
         inside the image), per channel."""
         x, y = self.grid.mesh()
         h, w = self.grid.shape
-        inside = (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
         u, v = x / max(w, 1), y / max(h, 1)
-        a = np.column_stack([np.ones(inside.sum()), u[inside], v[inside]])
         out = np.empty_like(self.values)
-        for c in range(self.n_channels):
-            coef, *_ = np.linalg.lstsq(a, self.values[c][inside].astype(float), rcond=None)
+        for c, coef in enumerate(self.plane()):
             out[c] = self.values[c] - (coef[0] + coef[1] * u + coef[2] * v)
         return GradientField(self.grid, out)
+
+    def curvature_from(self, full: np.ndarray) -> np.ndarray:
+        """The full-size curvature from the full-size gradient ``full`` (c, y, x):
+        ``full`` minus the plane, without a second upsampling. Catmull-Rom
+        reproduces a plane, so this equals ``minus_plane().full_all()`` to float32
+        rounding."""
+        h, w = self.grid.shape
+        xs = (np.arange(w, dtype=np.float32) / np.float32(max(w, 1)))[None, :]
+        ys = (np.arange(h, dtype=np.float32) / np.float32(max(h, 1)))[:, None]
+        out = np.empty_like(full)
+        for c, (a, b, d) in enumerate(self.plane().astype(np.float32)):
+            np.subtract(full[c], a + b * xs, out=out[c])
+            out[c] -= d * ys
+        return out
 
 
 def evaluate_gradient(model: SurfaceModel, grid: CoarseGrid, taper: np.ndarray | None = None):
