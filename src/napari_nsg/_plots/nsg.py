@@ -18,6 +18,7 @@ MONO_COLOUR = "#d6d0ce"
 REJECTED_COLOUR = "#f0ad4e"
 MODEL_COLOUR = "#5bc0de"
 CUTOFF_COLOUR = "#e8554e"
+MAX_TICK_LABELS = 12  # more frames: numbers on the x axis instead of names
 
 
 def channel_colour(c: int, n_channels: int) -> str:
@@ -81,7 +82,7 @@ class GradientPlot(PlotWidget):
     (``target*scale - reference``) and the smoothed model the correction subtracts."""
 
     title = "Gradient profile"
-    ylabel = "target×scale − reference (ADU)"
+    ylabel = "relative gradient (ADU)"
 
     def plot(self, profile: dict, axis: str, index: int, name: str = "",
              channel: int = 0) -> None:
@@ -138,9 +139,9 @@ class WeightsPlot(PlotWidget):
                 spine.set_color(c["foreground"])
             ax.tick_params(colors=c["foreground"], which="both")
             ax.grid(True, color=c["grid"], linewidth=0.5)
-            ax.set_ylabel("relative weight", color=c["foreground"])
+            ax.set_ylabel("weight", color=c["foreground"])
             ax.set_xlabel("frame", color=c["foreground"])
-            self.axes.set_ylabel("relative transmission", color=c["foreground"])
+            self.axes.set_ylabel("transmission", color=c["foreground"])
             self.axes.set_xlabel("")
 
     def plot(self, rows: Sequence[dict], min_weight: float, min_transmission: float) -> None:
@@ -162,9 +163,9 @@ class WeightsPlot(PlotWidget):
                        label=f"cut-off {cut:.2f}")
         self.axes.set_title(f"{(~rejected).sum()} kept, {rejected.sum()} rejected "
                             "(click a panel to move its cut-off)", color=fg, fontsize="small")
-        labels = [str(r.get("name", i)) for i, r in enumerate(rows)]
-        self.weight_axes.set_xticks(x, labels if len(rows) <= 12 else None,
-                                    rotation=45 if len(rows) > 4 else 0, ha="right",
+        labels = [_stem(str(r.get("name", i))) for i, r in enumerate(rows)]
+        self.weight_axes.set_xticks(x, labels if len(rows) <= MAX_TICK_LABELS else None,
+                                    rotation=30 if len(rows) > 4 else 0, ha="right",
                                     fontsize="x-small")
         self.keep(transmission=trans, weight=weight, rejected=rejected,
                   cutoffs=np.array([min_weight, min_transmission]))
@@ -178,6 +179,14 @@ class WeightsPlot(PlotWidget):
             self.on_cutoff(float(event.ydata), self.min_transmission)
         elif event.inaxes is self.axes:
             self.on_cutoff(self.min_weight, float(event.ydata))
+
+
+def _stem(name: str) -> str:
+    """A frame name without its FITS/XISF extension (tick labels)."""
+    for suffix in (".fits", ".fit", ".fts", ".fz", ".xisf"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _num(value) -> float:

@@ -10,6 +10,7 @@ from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem
 
 SORT_ROLE = Qt.ItemDataRole.UserRole
 NAME_ROLE = Qt.ItemDataRole.UserRole + 1
+ROW_PADDING = 6  # px above and below a row's text
 
 
 class SortItem(QTableWidgetItem):
@@ -74,6 +75,7 @@ class RowTable(QTableWidget):
         self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.setSortingEnabled(True)
         self.verticalHeader().setVisible(False)
+        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + ROW_PADDING)
 
     def fill(self, rows: Sequence[dict], name_key: str = "name",
              tooltips: dict[str, str] | None = None) -> None:

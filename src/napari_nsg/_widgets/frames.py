@@ -41,23 +41,23 @@ BLINK_CACHE = 12  # blink images kept in memory
 COLUMNS = (
     ("name", "Frame", "file or layer name"),
     ("rank", "Rank", "reference candidates, best first"),
-    ("date_obs", "Date", "DATE-OBS"),
-    ("exposure", "Exp (s)", "exposure time"),
-    ("altitude", "Alt (°)", "altitude of the target"),
-    ("airmass", "Airmass", "airmass"),
-    ("background", "Background", "sky background (ADU)"),
+    ("gradient_span", "Span", "range of the background map (ADU): the gradient's size"),
+    ("lumpy", "Lumpy", "background left after removing a plane (ADU): the gradient's "
+                       "complexity; a lumpy reference gives lumpy corrections"),
     ("gradient_diag1", "Grad TL-BR", "background difference between the top-left and "
                                      "bottom-right corner boxes (ADU)"),
     ("gradient_diag2", "Grad TR-BL", "background difference between the top-right and "
                                      "bottom-left corner boxes (ADU)"),
-    ("gradient_span", "Span", "range of the background map (ADU): the gradient's size"),
-    ("lumpy", "Lumpy", "background left after removing a plane (ADU): the gradient's "
-                       "complexity; a lumpy reference gives lumpy corrections"),
+    ("rating", "Rating", "weight per exposure time relative to the best frame"),
+    ("transmission", "Transm.", "transmission relative to the recommended frame"),
+    ("background", "Background", "sky background (ADU)"),
     ("noise", "Noise", "background noise (ADU)"),
     ("n_stars", "Stars", "stars detected"),
     ("fwhm", "FWHM", "median star FWHM (px)"),
-    ("rating", "Rating", "weight per exposure time relative to the best frame"),
-    ("transmission", "Transm.", "transmission relative to the recommended frame"),
+    ("exposure", "Exp (s)", "exposure time"),
+    ("altitude", "Alt (°)", "altitude of the target"),
+    ("airmass", "Airmass", "airmass"),
+    ("date_obs", "Date", "DATE-OBS (UT)"),
     ("error", "Error", "why the frame could not be measured"),
 )
 
@@ -274,7 +274,7 @@ class FramesWidget(WorkbenchWidget):
             ref, why = self.session.recommended()
         except NsgError:
             rows, ref, why = [], None, ""
-        self.table.fill(rows)
+        self.table.fill([dict(r, date_obs=_short_date(r.get("date_obs"))) for r in rows])
         self.recommendation.setText(f"Recommended reference: <b>{ref}</b><br>{why}" if ref
                                     else "No frame measured yet.")
         self.recommended_name = ref
@@ -388,3 +388,8 @@ class FramesWidget(WorkbenchWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self.timer.stop()
         super().closeEvent(event)
+
+
+def _short_date(value) -> str | None:
+    """``2024-03-15T21:01:05.000`` -> ``2024-03-15 21:01:05`` (table width)."""
+    return value.replace("T", " ").split(".")[0] if isinstance(value, str) else value

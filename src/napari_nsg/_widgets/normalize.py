@@ -16,7 +16,9 @@ from qtpy.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
+    QWidget,
 )
 
 from .._plots.nsg import GradientPlot, PhotometryPlot, WeightsPlot
@@ -44,14 +46,14 @@ CIRCLES_LAYER = "NSG rejection circles"
 CUTOFF_KEYS = ("min_weight", "min_transmission")
 RESULT_COLUMNS = (
     ("name", "Frame", "frame"),
-    ("is_reference", "Ref", "the reference"),
-    ("scale", "Scale", "factor the frame is multiplied by, per channel"),
-    ("transmission", "Transm.", "1/scale, per channel"),
-    ("relative_weight", "Weight", "NWEIGHT relative to the best frame"),
-    ("n_star_pairs", "Pairs", "star pairs used per channel"),
-    ("n_samples", "Samples", "gradient samples"),
     ("rejected", "Rejected", "rejected by the cut-offs"),
     ("reject_reason", "Why", "why it is rejected"),
+    ("relative_weight", "Weight", "NWEIGHT relative to the best frame"),
+    ("relative_transmission", "Transm.", "transmission relative to the reference"),
+    ("scale", "Scale", "factor the frame is multiplied by, per channel"),
+    ("n_star_pairs", "Pairs", "star pairs used per channel"),
+    ("n_samples", "Samples", "gradient samples"),
+    ("is_reference", "Ref", "the reference"),
     ("error", "Error", "why the frame failed"),
 )
 
@@ -126,13 +128,18 @@ class NormalizeWidget(WorkbenchWidget):
         params = QGroupBox("Parameters (NSG defaults; hover for help)")
         params.setLayout(QVBoxLayout())
         params.layout().addWidget(scroll)
-        lay.addWidget(params, 2)
-        lay.addWidget(self._preview_box())
-        lay.addWidget(self._run_box(), 1)
+        first = QWidget()
+        first.setLayout(QVBoxLayout())
+        first.layout().addWidget(params, 1)
+        first.layout().addWidget(self._preview_box())
+        self.tabs = QTabWidget()
+        self.tabs.addTab(first, "Parameters && preview")
+        self.tabs.addTab(self._run_box(), "Run all frames")
+        lay.addWidget(self.tabs, 1)
         plots = QHBoxLayout()
         for label, plot, name in (("Photometry graph", self.photometry_plot, "NSG photometry"),
                                   ("Gradient graph", self.gradient_plot, "NSG gradient profile"),
-                                  ("Transmission & weight", self.weights_plot, "NSG weights")):
+                                  ("Transmission && weight", self.weights_plot, "NSG weights")):
             b = QPushButton(label)
             b.clicked.connect(lambda _=False, p=plot, n=name: self.dock_plot(p, n))
             plots.addWidget(b)
@@ -183,10 +190,10 @@ class NormalizeWidget(WorkbenchWidget):
         box.layout().addWidget(self.preview_label)
         return box
 
-    def _run_box(self) -> QGroupBox:
+    def _run_box(self) -> QWidget:
         from magicgui.widgets import FileEdit
 
-        box = QGroupBox("Run on all frames")
+        box = QWidget()
         box.setLayout(QVBoxLayout())
         self.out_dir = FileEdit(mode="d", label="output folder")
         self.out_dir.tooltip = ("Write <stem>_nsg.fits and nsg_results.json/csv here "
@@ -395,6 +402,7 @@ class NormalizeWidget(WorkbenchWidget):
 
     def _ran(self, rows) -> None:
         self.run_rows = rows
+        self.tabs.setCurrentIndex(1)
         values = self.form.values()
         self.set_cutoffs(values["min_weight"], values["min_transmission"], sync_form=False)
         failed = [r for r in rows if r.get("error")]

@@ -80,13 +80,18 @@ class ParameterForm(Container):
         low = 0 if low is None else low
         bottom = low - step if optional else low
         top = UNBOUNDED if high is None else high
-        cls = SpinBox if kind is int else FloatSpinBox
-        opts = {} if kind is int else {"step": step}
+        # an "auto" int is a float box with no decimals: Qt's double spin box shows
+        # "auto" at its minimum, superqt's large int spin box cannot
+        as_int = kind is int and not optional
+        cls = SpinBox if as_int else FloatSpinBox
+        opts = {} if as_int else {"step": step}
         widget = cls(name=name, label=label, min=bottom, max=top, value=bottom if value is None
                      else value, tooltip=tip, **opts)
-        if kind is not int:
-            widget.native.setDecimals(FLOAT_DECIMALS if low >= 1e-3 else 4)
+        if not as_int:
+            widget.native.setDecimals(0 if kind is int else
+                                      FLOAT_DECIMALS if low >= 1e-3 else 4)
             widget.min = bottom  # re-apply after the decimals changed the rounding
+            widget._nsg_int = kind is int
         if optional:
             widget.native.setSpecialValueText(AUTO_TEXT)
             widget._nsg_auto = bottom
@@ -98,6 +103,8 @@ class ParameterForm(Container):
         for name, widget in self.fields.items():
             auto = getattr(widget, "_nsg_auto", None)
             value = widget.value
+            if getattr(widget, "_nsg_int", False):
+                value = int(round(value))
             out[name] = None if auto is not None and value <= auto else value
         return out
 
