@@ -2,11 +2,11 @@
 
 astropy trusts the header: a negative ``NAXIS2`` makes it loop over the same
 HDU forever, an absurd ``TFIELDS`` makes header parsing hang, and a huge
-``ZNAXIS2`` makes it allocate terabytes. :func:`scan_fits` reads only the
-header blocks (2880 bytes, a bounded number of them), checks that every size
-the headers claim is possible for this file and below the documented limits
-(``docs/reading-limits.md``), and says which HDU holds the image. The cost is
-O(headers): the data is never read.
+``ZNAXIS2`` makes it allocate terabytes. :func:`find_image` reads only the
+header blocks (2880 bytes, a bounded number of them) up to the image, checks
+that every size the headers claim is possible for this file and below the
+documented limits (``docs/reading-limits.md``), and says which HDU holds the
+image. The cost is O(headers): the data is never read.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from math import ceil, prod
-from collections.abc import Iterator
 from typing import BinaryIO
 
 from .errors import FrameError
@@ -75,7 +75,7 @@ class HduInfo:
     @property
     def has_pixels(self) -> bool:
         """True for an image HDU with at least one pixel."""
-        return self.kind in ("image", "compressed") and prod(self.shape) > 0 and bool(self.shape)
+        return self.kind in ("image", "compressed") and bool(self.shape) and prod(self.shape) > 0
 
 
 def _padded(n: int) -> int:
