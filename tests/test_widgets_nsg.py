@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -231,8 +232,10 @@ def test_preview_gradient_follows_the_smoothness_slider(sample_frames, qtbot):
     np.testing.assert_array_equal(plotted["target_0"], second.stars["tgt_flux"][0])
     np.testing.assert_array_equal(plotted["reference_0"], second.stars["ref_flux"][0])
     assert plotted["line_0"][1] == pytest.approx(second.scale[0] * plotted["line_x_0"][1])
-    # gradient graph: clicking the image picks the row
-    w.pick(40, 10)
+    # gradient graph: clicking the image (the viewer's mouse callback) picks the row
+    w.pick_line.setChecked(True)
+    assert w._on_click in sample_frames.mouse_drag_callbacks
+    w._on_click(sample_frames, SimpleNamespace(position=(40.2, 10.0)))
     prof = w.gradient_plot.plotted
     assert int(prof["index"]) == 40
     np.testing.assert_allclose(prof["model"], second.gradient()[40])
@@ -343,3 +346,19 @@ def test_colour_frames_per_channel(make_napari_viewer, qtbot):
         np.testing.assert_array_equal(viewer.layers[f"{GRADIENT_LAYER} [{ch}]"].data,
                                       result.gradient()[c])
         assert f"target_{c}" in w.photometry_plot.plotted
+
+
+def test_reference_parameter_change_remeasures_and_keeps_the_table(sample_frames, qtbot):
+    frames, w = _normalize_widget(sample_frames, qtbot)
+    _preview(w, qtbot)
+    reference_runs = w.session.computed["reference"]
+    w.form.fields["detection_threshold"].value = 8.0
+    qtbot.waitUntil(lambda: w.session.computed["reference"] > reference_runs and not w.busy,
+                    timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
+    assert len(frames.table.names()) == 5  # re-measured, not emptied
+    assert w.session.params.detection_threshold == 8.0
+    frames.table.select_name(frames.table.names()[-1])
+    frames.remove_selected()
+    qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
+    assert len(frames.table.names()) == 4 and len(w.session.frames) == 4

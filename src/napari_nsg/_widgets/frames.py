@@ -254,15 +254,22 @@ class FramesWidget(WorkbenchWidget):
     def remove_selected(self) -> None:
         """Remove the selected frame from the session."""
         name = self.table.selected_name()
-        if name is None or self.busy:
-            return
-        with self.lock:
+        if name is None or not self.lock.acquire(blocking=False):
+            return  # nothing selected, or a job is using the session
+        try:
             self.session.remove(name)
-            if self.session.frames:
-                self.session.measure()
+        finally:
+            self.lock.release()
         self._blink_cache.pop(name, None)
         self.current = None if self.current == name else self.current
-        self.refresh()
+        if self.session.frames:  # the transmissions are relative to the frames there are
+            self.start(self.session.measure, label="Measuring frames", on_done=self._added_none,
+                       lock=self.lock)
+        else:
+            self.refresh()
+
+    def _added_none(self, _) -> None:
+        self._added([])
 
     # -- table and reference -------------------------------------------------------------------
     def refresh(self) -> None:

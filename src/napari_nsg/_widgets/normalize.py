@@ -266,9 +266,7 @@ class NormalizeWidget(WorkbenchWidget):
         session = self.session
 
         def job(*, progress=None, cancel=None):
-            session.update_params(**values)
-            if session.reference is None:
-                session.set_reference(session.recommended()[0], progress=progress, cancel=cancel)
+            _apply(session, values, progress, cancel)
             result = session.preview(name, progress=progress, cancel=cancel)
             result.gradient(), result.curvature()  # computed here, not in the GUI thread
             result.corrected, result.uncorrected_scaled  # noqa: B018 - cached properties
@@ -279,6 +277,7 @@ class NormalizeWidget(WorkbenchWidget):
 
     def show_preview(self, result) -> None:
         """Put a preview's images, points and plots in the viewer."""
+        self._frames_refresh()
         self.preview_result = result
         v = self.viewer
         ref_layers = upsert_image(v, PREVIEW["reference"], result.reference, kind="sky",
@@ -391,16 +390,20 @@ class NormalizeWidget(WorkbenchWidget):
             self.overwrite.isChecked()
 
         def job(*, progress=None, cancel=None):
-            session.update_params(**values)
-            if session.reference is None:
-                session.set_reference(session.recommended()[0], progress=progress, cancel=cancel)
+            _apply(session, values, progress, cancel)
             return session.run_all(out_dir=out, gradient_images=gradient_images,
                                    overwrite=overwrite, progress=progress, cancel=cancel)
 
         self._job_kind = "run"
         self.start(job, label="Normalizing all frames", on_done=self._ran, lock=self.lock)
 
+    def _frames_refresh(self) -> None:
+        """The Frames widget's table again (a reference parameter re-measured the frames)."""
+        if self.frames_widget is not None and self.frames_widget.session is self.session:
+            self.frames_widget.refresh()
+
     def _ran(self, rows) -> None:
+        self._frames_refresh()
         self.run_rows = rows
         self.tabs.setCurrentIndex(1)
         values = self.form.values()
@@ -457,6 +460,17 @@ class NormalizeWidget(WorkbenchWidget):
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
         self._pick_mode(False)
         super().closeEvent(event)
+
+
+def _apply(session: NsgSession, values: dict, progress, cancel) -> None:
+    """Give the session the form's parameters (in a worker): a changed reference
+    parameter re-measures the frames (the rank table depends on it); without a
+    reference, the recommended frame becomes one."""
+    invalidated = session.update_params(**values)
+    if "reference" in invalidated or session.reference is None:
+        session.measure(progress=progress, cancel=cancel)
+    if session.reference is None:
+        session.set_reference(session.recommended()[0], progress=progress, cancel=cancel)
 
 
 def _share_limits(layers, reference_layers) -> None:
