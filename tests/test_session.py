@@ -240,3 +240,24 @@ def test_preview_of_the_reference_itself(files, session):
     assert len(p.stars["x"]) == 0 and p.stars["ref_flux"].shape == (1, 0)
     assert p.samples["kept"].sum() > 0 and np.allclose(p.samples["value"][0, p.samples["kept"]], 0)
     np.testing.assert_array_equal(p.corrected, np.where(np.isfinite(p.target), p.target, 0))
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_real_frames_preview_and_run_match_normalize(real_data, tmp_path):
+    paths = sorted((real_data / "wasp12b_calibrated").glob("*.fits"))[:4]
+    s = NsgSession()
+    assert s.add_files(paths) == []
+    s.measure()
+    name, why = s.recommended()
+    assert name in why
+    s.set_reference(paths[0].name)
+    p = s.preview(paths[2].name)
+    assert p.stars["used"].sum() == p.n_star_pairs[0] >= 10
+    assert p.samples["kept"].sum() == p.n_samples
+    report = normalize_frames(paths, paths[0], tmp_path, NsgParameters())
+    rows = s.run_all()
+    for mine, theirs in zip(rows, report.rows):
+        assert mine["scale"] == theirs.scale and mine["weight"] == theirs.weight
+    written = read_frame(report.rows[2].output).data
+    np.testing.assert_allclose(p.corrected, written, rtol=1e-6, atol=1e-3)
