@@ -16,6 +16,7 @@ from astropy.io import fits
 
 from napari_nsg.io import FrameError, read_frame
 from napari_nsg.io._fuzz import read_in_children, set_card
+from napari_nsg.io.errors import FrameWarning
 from napari_nsg.io.fits_scan import BLOCK, MAX_FRAME_PIXELS
 
 WATCHDOG_S = 10.0
@@ -152,7 +153,7 @@ def test_unparsable_unneeded_card_reads_with_a_warning(tmp_path):
     i = raw.find(b"OBJCTALT=")
     raw[i + 25] = ord("X")  # '45.5' -> 'X45.5', as a bit flip does
     path.write_bytes(bytes(raw))
-    with pytest.warns(UserWarning, match="OBJCTALT") as caught:
+    with pytest.warns(FrameWarning, match="OBJCTALT") as caught:
         frame = read_frame(path)
     assert str(path) in str(caught[0].message)
     assert frame.meta.altitude is None and frame.meta.airmass is None  # treated as missing

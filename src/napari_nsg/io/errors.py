@@ -27,3 +27,11 @@ class FrameError(Exception):
 
 class OutputExistsError(FrameError):
     """An output file exists and overwriting was not asked for."""
+
+
+class FrameWarning(UserWarning):
+    """A frame was read, but part of it was unusable (e.g. an unparsable metadata card).
+
+    The message names the file and what was ignored; front ends may show it
+    without the source line Python adds by default.
+    """

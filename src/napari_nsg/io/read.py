@@ -13,7 +13,7 @@ from astropy.io import fits
 
 from .debayer import METHODS as DEBAYER_METHODS
 from .debayer import debayer as _debayer
-from .errors import FrameError
+from .errors import FrameError, FrameWarning
 from .fits_scan import HduInfo, check_frame_size, check_hcompress_tiles, find_image
 from .metadata import FrameMetadata, parse_metadata
 
@@ -292,7 +292,7 @@ def _metadata(path: Path, header: fits.Header, height: int) -> FrameMetadata:
     meta = parse_metadata(header, height=height, unreadable=unreadable)
     if unreadable:
         warnings.warn(f"{path}: unparsable header card(s) {', '.join(unreadable)} treated as "
-                      "missing", UserWarning, stacklevel=3)
+                      "missing", FrameWarning, stacklevel=3)
     return meta
 
 
@@ -334,7 +334,7 @@ def read_frame(
 
     Warns
     -----
-    UserWarning
+    FrameWarning
         A header card whose value cannot be parsed and that only carries
         metadata (e.g. OBJCTALT): it is treated as missing.
     """
