@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..star_removal import saturation_level
 from ..stars import StarTable, detect_stars, intensity, no_data_mask
 from .refine import _choose_spline, _fit_spline
 from .register import RegistrationError, solve_registration
@@ -51,6 +52,7 @@ __all__ = [
     "FRAME_SCALE_RANGE",
     "RESAMPLERS",
     "FrameRegistration",
+    "detect_frame_stars",
     "detect_reference_stars",
     "register_frame",
     "resample",
@@ -62,7 +64,9 @@ FRAME_MODELS = ("similarity", "affine", "projective")
 RESAMPLERS = ("lanczos-clamped", "lanczos", "cubic", "linear")
 DETECT_THRESHOLD = 5.0
 DETECT_MIN_AREA = 5
-MAX_STARS = 2000
+MAX_STARS = 1000
+#: Frames with more pixels are searched for stars on a 2x2-binned image.
+BIN_ABOVE_PIXELS = 8_000_000
 MIN_PAIRS = 6
 #: Smoothings tried (cross-validated) for the distortion spline.
 SPLINE_SMOOTHINGS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -107,10 +111,32 @@ class FrameRegistration:
     warnings: list = field(default_factory=list)
 
 
-def detect_reference_stars(reference: np.ndarray) -> StarTable:
-    """The reference's stars (detected once for all frames)."""
-    return detect_stars(intensity(reference), threshold=DETECT_THRESHOLD,
-                        min_area=DETECT_MIN_AREA, max_stars=MAX_STARS)
+def detect_frame_stars(image: np.ndarray) -> StarTable:
+    """A frame's stars for matching (the reference's are detected once for all frames).
+
+    Frames above :data:`BIN_ABOVE_PIXELS` are searched on their 2x2-binned
+    intensity (4x less work; positions and sizes brought back to full
+    pixels): the refinement re-measures every paired star on the full image.
+    """
+    lum = intensity(image)
+    sat = saturation_level(lum)
+    kw = dict(threshold=DETECT_THRESHOLD, min_area=DETECT_MIN_AREA, max_stars=MAX_STARS,
+              saturation=sat)
+    if lum.size <= BIN_ABOVE_PIXELS:
+        return detect_stars(lum, **kw)
+    h, w = (lum.shape[0] // 2) * 2, (lum.shape[1] // 2) * 2
+    binned = lum[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    st = detect_stars(binned, **kw)
+    for name in ("x", "y"):
+        setattr(st, name, 2.0 * getattr(st, name) + 0.5)
+    for name in ("a", "b", "fwhm"):
+        setattr(st, name, 2.0 * getattr(st, name))
+    st.npix = st.npix * 4
+    return st
+
+
+#: The name used for the reference (the same detection).
+detect_reference_stars = detect_frame_stars
 
 
 def _supported_model(model: str, n_pairs: int) -> str:
@@ -182,10 +208,15 @@ def register_frame(
         raise ValueError(f"unknown model {model!r}; use one of {FRAME_MODELS}")
     if reference_stars is None:
         reference_stars = detect_reference_stars(reference)
+    frame_stars = detect_frame_stars(frame)
+    for which, stars in (("reference", reference_stars), ("frame", frame_stars)):
+        if len(stars) < min_pairs:
+            raise RegistrationError(f"only {len(stars)} star(s) detected in the {which}; at "
+                                    f"least {min_pairs} are needed to register", which=which)
     try:
         reg = solve_registration(reference, frame, scale_range=scale_range, distortion=False,
                                  min_pairs=min_pairs, max_stars=MAX_STARS,
-                                 narrow_stars=reference_stars)
+                                 narrow_stars=reference_stars, wide_stars=frame_stars)
     except RegistrationError as exc:
         text = str(exc).replace("narrow image", "reference").replace("wide image", "frame")
         raise RegistrationError(text.replace("narrow", "reference").replace("wide", "frame"),
@@ -251,6 +282,34 @@ def _resample_plane(plane: np.ndarray, map_x, map_y, method: str) -> np.ndarray:
     return out
 
 
+def _warp_homography(plane: np.ndarray, h: np.ndarray, shape: tuple[int, int],
+                     method: str) -> np.ndarray:
+    """One plane through a homography (OpenCV computes the coordinates on the fly); NaN
+    off the frame and near its no-data pixels, as :func:`_resample_plane`."""
+    bad = no_data_mask(plane)
+    src = np.ascontiguousarray(plane)
+    if bad.any():
+        src = src.copy()
+        src[bad] = np.nan
+    size = (shape[1], shape[0])
+    inverse = cv2.WARP_INVERSE_MAP  # h maps output (reference) pixels to frame pixels
+    out = cv2.warpPerspective(src, h, size, flags=_CV_FLAGS[method] | inverse,
+                              borderMode=cv2.BORDER_REPLICATE)
+    covered = cv2.warpPerspective(np.ones(plane.shape, np.uint8), h, size,
+                                  flags=cv2.INTER_NEAREST | inverse,
+                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    missing = np.isnan(out) | (covered == 0)
+    if method == "lanczos-clamped":
+        kernel = np.ones((CLAMP_SIZE, CLAMP_SIZE), np.uint8)
+        lo = cv2.erode(src, kernel, anchor=(CLAMP_ANCHOR, CLAMP_ANCHOR),
+                       borderType=cv2.BORDER_REPLICATE)
+        to_floor = np.array([[1.0, 0, -0.5], [0, 1.0, -0.5], [0, 0, 1.0]]) @ h  # nearest = floor
+        np.fmax(out, cv2.warpPerspective(lo, to_floor, size, flags=cv2.INTER_NEAREST | inverse,
+                                         borderMode=cv2.BORDER_REPLICATE), out=out)
+    out[missing] = np.nan
+    return out
+
+
 def resample(frame: np.ndarray, transform, shape: tuple[int, int], *,
              method: str = "lanczos-clamped", map_step: int = 32) -> tuple[np.ndarray, float]:
     """``frame`` on the reference grid; 0 where it has no data. Returns ``(data, coverage)``.
@@ -259,7 +318,9 @@ def resample(frame: np.ndarray, transform, shape: tuple[int, int], *,
     ----------
     frame : ndarray, (y, x) or (c, y, x)
     transform : callable
-        Reference ``(n, 2)`` -> frame ``(n, 2)`` pixel positions.
+        Reference ``(n, 2)`` -> frame ``(n, 2)`` pixel positions; a
+        :class:`~.transforms.WideTransform` without distortion is applied by
+        ``cv2.warpPerspective`` directly (no coordinate maps: 3x faster on big frames).
     shape : (int, int)
         The reference's ``(height, width)``.
     method : {"lanczos-clamped", "lanczos", "cubic", "linear"}
@@ -273,10 +334,14 @@ def resample(frame: np.ndarray, transform, shape: tuple[int, int], *,
     """
     if method not in RESAMPLERS:
         raise ValueError(f"unknown resampling {method!r}; use one of {RESAMPLERS}")
-    map_x, map_y = model_maps(transform, shape, step=map_step)
     arr = np.asarray(frame, dtype=np.float32)
     planes = arr[None] if arr.ndim == 2 else arr
-    out = np.stack([_resample_plane(p, map_x, map_y, method) for p in planes])
+    h = getattr(transform, "homography", None)
+    if h is not None and getattr(transform, "distortion", None) is None:
+        out = np.stack([_warp_homography(p, h, shape, method) for p in planes])
+    else:
+        map_x, map_y = model_maps(transform, shape, step=map_step)
+        out = np.stack([_resample_plane(p, map_x, map_y, method) for p in planes])
     bad = ~np.isfinite(out)
     covered = float(1.0 - bad.any(axis=0).mean())
     out[bad] = 0.0
