@@ -99,3 +99,16 @@ def test_widgets_open_from_the_plugins_menu(make_napari_viewer, name):
 
         frames = find_widget(viewer, FramesWidget)
         assert frames is not None and frames.session is widget.session
+
+
+@pytest.mark.gui
+def test_plots_open_from_the_plugins_menu_fed_by_the_normalize_widget(make_napari_viewer):
+    from napari_nsg._widgets.frames import find_widget
+    from napari_nsg._widgets.normalize import NormalizeWidget
+
+    viewer = make_napari_viewer()
+    _, plot = viewer.window.add_plugin_dock_widget("napari-nsg", "Transmission & weight graph")
+    normalize = find_widget(viewer, NormalizeWidget)
+    assert normalize is not None and plot is normalize.weights_plot
+    _, photometry = viewer.window.add_plugin_dock_widget("napari-nsg", "Photometry graph")
+    assert photometry is normalize.photometry_plot
