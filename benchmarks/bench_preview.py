@@ -78,7 +78,8 @@ def run(paths: list[Path]) -> list[dict]:
         _, corr_s = _timed(lambda p=preview: p.corrected)
         cpu = time.process_time() - cpu
         total = spline_s + grad_s + curv_s + corr_s
-        rows.append({"step": "cold start" if smoothness is None else f"smoothness {smoothness:+.1f}",
+        step = "cold start" if smoothness is None else f"smoothness {smoothness:+.1f}"
+        rows.append({"step": step,
                      "spline": spline_s, "gradient": grad_s, "curvature": curv_s,
                      "corrected": corr_s, "total": total, "cpu": cpu, "ratio": total / read_s,
                      "nodes": preview.n_nodes})

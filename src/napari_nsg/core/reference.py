@@ -151,7 +151,8 @@ def corner_box_slices(shape: tuple[int, int], box_fraction: float = 0.1) -> dict
     return {key: (rows[key.split("_")[0]], cols[key.split("_")[1]]) for key in CORNERS}
 
 
-def corner_boxes(shape: tuple[int, int], box_fraction: float = 0.1) -> list[tuple[int, int, int, int]]:
+def corner_boxes(shape: tuple[int, int],
+                 box_fraction: float = 0.1) -> list[tuple[int, int, int, int]]:
     """The corner boxes of :func:`corner_gradients` as ``(y0, x0, y1, x1)`` (end
     exclusive), in the order top-left, top-right, bottom-left, bottom-right."""
     where = corner_box_slices(shape, box_fraction)

@@ -405,7 +405,8 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
         frame = load(yard)
         model = prepare_reference(frame.data, frame.meta, params)
     except (FrameError, NsgError) as exc:
-        raise FrameError(ystick.row.file, f"cannot serve as the yardstick reference ({exc})") from None
+        raise FrameError(ystick.row.file,
+                         f"cannot serve as the yardstick reference ({exc})") from None
     frame = None
     ref_noise = ystick.keyword_noise if use_keywords else ystick.measured_noise
     n_channels = common[0] if len(common) == 3 else 1

@@ -697,13 +697,15 @@ class NsgSession:
             raise NsgError("no run yet")
         p = self._given
         min_weight = p.min_weight if min_weight is None else float(min_weight)
-        min_transmission = p.min_transmission if min_transmission is None else float(min_transmission)
+        if min_transmission is None:
+            min_transmission = p.min_transmission
+        min_transmission = float(min_transmission)
         rows = [dict(r) for r in self._run_rows]
         rel_w = np.array([_num(r.get("relative_weight")) for r in rows])
         rel_t = np.array([_num(r.get("relative_transmission")) for r in rows])
+        is_ref = np.array([bool(r["is_reference"]) for r in rows])
         rejected, reasons = rejection(rel_w, rel_t, min_weight=min_weight,
-                                      min_transmission=min_transmission,
-                                      is_reference=np.array([bool(r["is_reference"]) for r in rows]))
+                                      min_transmission=min_transmission, is_reference=is_ref)
         for r, rej, why in zip(rows, rejected, reasons):
             ok = r.get("error") is None
             r["rejected"] = bool(rej) and ok

@@ -134,7 +134,8 @@ class SampleBins(_Table):
     reason: np.ndarray
 
 
-def sample_bins(grid: SampleGrid, target: np.ndarray, scale, circles: "RejectionCircles") -> SampleBins:
+def sample_bins(grid: SampleGrid, target: np.ndarray, scale,
+                circles: "RejectionCircles") -> SampleBins:
     """Values and fate of every grid bin (as :func:`.samples.measure_samples` decides).
 
     Parameters
