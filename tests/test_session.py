@@ -215,6 +215,11 @@ def test_bad_files_layers_and_removal(files, tmp_path):
     assert s.preview("layer").scale[0] == pytest.approx(1 / 0.8, rel=0.01)
     with pytest.raises(NsgError, match="saved to a file"):
         s.run_all(out_dir=tmp_path / "out")
+    blank = s.add_array("blank", np.zeros_like(frame.data))
+    with pytest.raises(NsgError, match="blank cannot serve as the reference: .*no data"):
+        s.set_reference(blank)
+    assert s.reference is None
+    s.set_reference(paths[0].name)
     s.remove(paths[0].name)
     assert s.reference is None
     with pytest.raises(NsgError, match="no reference"):

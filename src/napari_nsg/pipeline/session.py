@@ -457,7 +457,11 @@ class NsgSession:
         check_cancel(cancel)
         self._reference, self._model = name, None
         self._stages.clear()
-        self._ensure_model()
+        try:
+            self._ensure_model()
+        except NsgError:
+            self._reference = None  # no half-set reference
+            raise
         report(progress, 1, 1, "reference ready")
 
     def _ensure_model(self) -> ReferenceModel:
