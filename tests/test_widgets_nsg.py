@@ -272,6 +272,17 @@ def test_run_all_gives_layers_table_and_weights_plot(sample_frames, qtbot):
     assert w.weights_plot.plotted["rejected"].sum() >= 1
     assert w.form.values()["min_weight"] == pytest.approx(cut)
     assert w.weights_plot.plotted["rejected"].sum() == len(weights) - 2
+    # clicking a panel moves its cut-off there: with no weight cut-off and transmission at
+    # 0.7, only the clouded frame (transmission 0.55 in the sample data) is rejected
+    plot = w.weights_plot
+    plot._clicked(SimpleNamespace(inaxes=plot.weight_axes, ydata=0.0))
+    plot._clicked(SimpleNamespace(inaxes=plot.axes, ydata=0.7))
+    assert w.form.values()["min_weight"] == 0.0
+    assert w.form.values()["min_transmission"] == pytest.approx(0.7)
+    trans = plot.plotted["transmission"]
+    np.testing.assert_array_equal(plot.plotted["rejected"], trans <= w.form.values()[
+        "min_transmission"])
+    assert plot.plotted["rejected"].sum() == 1
 
 
 # -- real frames, colour, bad frames, cancel -----------------------------------------------------

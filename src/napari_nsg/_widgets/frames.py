@@ -37,7 +37,7 @@ FRAME_FILTER = "Frames (*.fits *.fit *.fts *.fz *.xisf *.FITS *.FIT *.FTS *.XISF
 BLINK_LAYER = "NSG blink"
 BOXES_LAYER = "NSG corner boxes"
 BLINK_INTERVAL_MS = 500
-BLINK_CACHE = 12  # blink images kept in memory
+BLINK_CACHE_BYTES = 512 * 2**20  # blink images kept in memory (at least the last one)
 COLUMNS = (
     ("name", "Frame", "file or layer name"),
     ("rank", "Rank", "reference candidates, best first"),
@@ -328,9 +328,11 @@ class FramesWidget(WorkbenchWidget):
 
     def _blink_image(self, name: str) -> np.ndarray:
         if name not in self._blink_cache:
-            while len(self._blink_cache) >= BLINK_CACHE:
-                self._blink_cache.pop(next(iter(self._blink_cache)))
-            self._blink_cache[name] = self.session.blink_image(name)
+            image = self.session.blink_image(name)
+            while self._blink_cache and (sum(a.nbytes for a in self._blink_cache.values())
+                                         + image.nbytes > BLINK_CACHE_BYTES):
+                self._blink_cache.pop(next(iter(self._blink_cache)))  # the oldest
+            self._blink_cache[name] = image
         return self._blink_cache[name]
 
     def show_frame(self, name: str | None) -> bool:

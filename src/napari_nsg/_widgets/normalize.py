@@ -448,6 +448,7 @@ class NormalizeWidget(WorkbenchWidget):
             return session.result_images(name)
 
         def done(images):
+            self.status.setText(f"{name}: normalized, gradient and curvature layers")
             upsert_image(self.viewer, f"{name} normalized", images["corrected"], kind="sky")
             upsert_image(self.viewer, f"{name} gradient", images["gradient"], kind="gradient",
                          visible=False)
