@@ -37,7 +37,8 @@ from ..io.write import frame_hdu
 from .executors import map_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
-__all__ = ["EXTENSIONS", "StackResult", "frame_weight", "stack_frames"]
+__all__ = ["EXTENSIONS", "StackResult", "frame_weight", "stack_arrays", "stack_frames",
+           "write_stack"]
 
 #: Extension names of the rejection maps, in file order.
 EXTENSIONS = ("LOWREJ", "HIGHREJ", "NFRAMES")
@@ -332,6 +333,18 @@ def stack_frames(
     return result
 
 
+def write_stack(result: StackResult, out: str | os.PathLike, *, header=None,
+                weights: str | None = None, overwrite: bool = False) -> Path:
+    """Write a :class:`StackResult` as :func:`stack_frames` does (atomically).
+
+    ``weights`` names where the weights came from, for the HISTORY lines.
+    """
+    out = Path(out)
+    _write(result, header, _history(result, weights), out, overwrite)
+    result.output = out
+    return out
+
+
 def _history(result: StackResult, weights: str | None) -> list[str]:
     r = result.rejection
     lines = [f"STACK: napari-nsg {__version__}, weighted mean of "
@@ -341,3 +354,72 @@ def _history(result: StackResult, weights: str | None) -> list[str]:
     lines += [f"STACK.frame = {Path(row['file']).name} weight {row['weight']:.5g}"
               for row in result.rows if not row["error"]]
     return lines
+
+
+def stack_arrays(
+    frames,
+    weights=None,
+    *,
+    names=None,
+    rejection: str = "auto",
+    chunk_rows: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> StackResult:
+    """Integrate frames held in memory (e.g. the NSG session's normalized frames).
+
+    The same integration as :func:`stack_frames`, chunk of rows by chunk of
+    rows, on arrays instead of files (the frames themselves are in memory).
+
+    Parameters
+    ----------
+    frames : sequence of ndarray
+        ``(y, x)`` or ``(c, y, x)``, one shape.
+    weights : sequence of float, optional
+        One per frame (default equal).
+    names : sequence of str, optional
+        For the rows and messages (default ``frame 0``, ``frame 1``...).
+    rejection, chunk_rows, progress, cancel
+        As :func:`stack_frames`.
+
+    Raises
+    ------
+    FrameError
+        No frames, or frames of different shapes.
+    Cancelled
+    """
+    frames = [np.asarray(f) for f in frames]
+    names = list(names) if names is not None else [f"frame {k}" for k in range(len(frames))]
+    if not frames:
+        raise FrameError(None, "no frames to stack")
+    shape = frames[0].shape
+    for name, f in zip(names, frames):
+        if f.shape != shape:
+            raise FrameError(name, f"has shape {f.shape}, {names[0]} has {shape}")
+    w = np.ones(len(frames)) if weights is None else np.asarray(weights, float)
+    method = Rejection.resolve(rejection, len(frames))
+    step = _chunk_rows(len(frames), shape, chunk_rows)
+    height = shape[-2]
+    parts = []
+    for y0 in range(0, height, step):
+        check_cancel(cancel)
+        y1 = min(height, y0 + step)
+        block = np.stack([(f[None] if f.ndim == 2 else f)[:, y0:y1] for f in frames])
+        parts.append(integrate(block, w, method))
+        report(progress, y1, height, f"rows {y0}-{y1}")
+    mono = len(shape) == 2
+
+    def joined(name):
+        arr = np.concatenate([getattr(p, name) for p in parts], axis=-2)
+        return arr[0] if mono else arr
+
+    result = StackResult(output=None, stack=joined("stack"), n_low=joined("n_low"),
+                         n_high=joined("n_high"), n_used=joined("n_used"), rejection=method,
+                         chunk_rows=step)
+    npix = float(np.prod(shape))
+    low = sum(p.frame_low for p in parts)
+    high = sum(p.frame_high for p in parts)
+    result.rows = [{"file": n, "weight": float(wk), "rejected_low": float(lo / npix),
+                    "rejected_high": float(hi / npix), "error": None}
+                   for n, wk, lo, hi in zip(names, w, low, high)]
+    return result
