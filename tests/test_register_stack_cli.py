@@ -161,3 +161,34 @@ def test_wasp12b_register_normalize_stack_end_to_end(real_data, tmp_path, capsys
         return 1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2)
 
     assert noise(stack) < 0.7 * noise(ref)
+
+
+@pytest.mark.slow
+def test_register_workers_equal_serial_and_cancel(dithered, tmp_path):
+    import threading
+
+    from napari_nsg.pipeline.progress import Cancelled
+    from napari_nsg.pipeline.register import register_frames
+
+    d, paths = dithered
+    serial = register_frames(paths, paths[0], tmp_path / "a")
+    pool = register_frames(paths, paths[0], tmp_path / "b", workers=2)
+    assert [r.residual_px for r in pool.rows] == [r.residual_px for r in serial.rows]
+    name = f"{paths[2].stem}_reg.fits"
+    np.testing.assert_array_equal(fits.getdata(tmp_path / "a" / name),
+                                  fits.getdata(tmp_path / "b" / name))
+    cancel = threading.Event()
+    seen = []
+
+    def progress(done, total, message):
+        seen.append(done)
+        if done >= 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        register_frames(paths, paths[0], tmp_path / "c", progress=progress, cancel=cancel)
+    written = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert "dither_000_reg.fits" in written and "dither_004_reg.fits" not in written
+    assert not [n for n in written if n.startswith(".")]  # no partial file
+    rows = json.loads((tmp_path / "c" / "register_results.json").read_text())["frames"]
+    assert len(rows) == 2  # the report holds the finished frames
