@@ -238,19 +238,32 @@ def test_legitimate_multi_hdu_file(tmp_path):
 
 # --- large frames are byte-swapped in place: same pixels as the memmap path ---------------
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint16, np.int32, np.uint8])
-def test_in_place_path_reads_the_same_pixels(tmp_path, monkeypatch, dtype):
+@pytest.mark.parametrize("dtype, cards, mode", [
+    (np.float32, {}, "in_place"), (np.float64, {}, "in_place"), (np.int16, {}, "in_place"),
+    (np.uint16, {}, "unsigned16"), (np.int32, {}, "in_place"), (np.uint8, {}, "in_place"),
+    (np.int16, {"BSCALE": 0.5, "BZERO": 3.0, "BLANK": 1007}, "in_place"),
+])
+def test_large_frame_paths_read_the_same_pixels_and_header(tmp_path, monkeypatch, dtype, cards,
+                                                           mode):
     from napari_nsg.io import read as read_module
 
     data = np.stack([SKY, SKY * 0.5, SKY + 7.0]).astype(dtype)
+    hdu = fits.PrimaryHDU(data)
+    hdu.header.update(cards)
     path = tmp_path / "frame.fits"
-    fits.PrimaryHDU(data).writeto(path)
-    small = read_frame(path).data  # below the threshold: memmap
+    hdu.writeto(path)
+    small = read_frame(path)  # below the threshold: astropy's memmap
     monkeypatch.setattr(read_module, "IN_PLACE_BYTES", 0)
-    large = read_frame(path).data
-    assert large.dtype == np.float32 and large.dtype.isnative
-    np.testing.assert_array_equal(large, small)
-    np.testing.assert_array_equal(large, data.astype(np.float32))
+    with open(path, "rb") as fh:
+        assert read_module._read_mode(read_module.find_image(fh, path)) == mode
+    large = read_frame(path)
+    assert large.data.dtype == np.float32 and large.data.dtype.isnative
+    np.testing.assert_array_equal(large.data, small.data)
+    assert repr(large.header) == repr(small.header)
+    if not cards:
+        np.testing.assert_array_equal(large.data, data.astype(np.float32))
+    else:
+        assert np.isnan(small.data).sum() == (data == 1007).sum() > 0
 
 
 @pytest.mark.parametrize("suffix", [".tif", ".xisf", ".fits", ".fz"])
