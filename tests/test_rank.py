@@ -233,9 +233,9 @@ def test_seestar_strong_gradient_night_has_the_largest_gradient(real_data):
         assert r.ok or "no star of the reference was found" in r.error
 
 
-def test_normalize_reference_auto_uses_the_top_ranked_frame(sequence, tmp_path):
+def test_normalize_reference_auto_uses_the_recommended_frame(sequence, tmp_path):
     _, paths = sequence
-    subset = [str(p) for p in paths[2:6]]  # frames 2..5; frame 4 is the best
+    subset = [str(p) for p in paths[2:6]]  # frames 2..5; frame 4: best, least gradient
     out = tmp_path / "nsg"
     code = main(["normalize", *subset, "--reference", "auto", "--out", str(out), "-q"])
     assert code == 0
