@@ -266,3 +266,25 @@ def test_real_frames_preview_and_run_match_normalize(real_data, tmp_path):
         assert mine["scale"] == theirs.scale and mine["weight"] == theirs.weight
     written = read_frame(report.rows[2].output).data
     np.testing.assert_allclose(p.corrected, written, rtol=1e-6, atol=1e-3)
+
+
+def test_colour_frames_per_channel(tmp_path):
+    seq = simulate_sequence(2, (256, 320), seed=8, channels=3, transmission=[1.0, 0.85],
+                            **FIELD)
+    paths = seq.write(tmp_path)
+    s = NsgSession()
+    s.add_files(paths)
+    s.set_reference(paths[0].name)
+    p = s.preview(paths[1].name)
+    truth = np.asarray(seq.transmission)
+    np.testing.assert_allclose(p.transmission, truth[1] / truth[0], rtol=0.01)
+    assert p.corrected.shape == p.gradient().shape == p.curvature().shape == (3, 256, 320)
+    n = len(p.stars["x"])
+    assert p.stars["ref_flux"].shape == (3, n) and p.stars["used_per_channel"].shape == (3, n)
+    np.testing.assert_array_equal(p.stars["used_per_channel"].sum(axis=1), p.n_star_pairs)
+    assert p.samples["value"].shape[0] == 3 and p.nodes["value"].shape == (3, p.n_nodes)
+    prof = p.profile("column", 100, channel=2)
+    np.testing.assert_array_equal(prof["model"], p.gradient()[2][:, 100])
+    rows = s.run_all()
+    assert len(rows[1]["scale"]) == 3
+    assert s.result_images(paths[1].name)["corrected"].shape == (3, 256, 320)
