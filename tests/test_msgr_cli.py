@@ -90,6 +90,8 @@ def test_existing_output_needs_overwrite(files, tmp_path, capsys):
         ("layers", ["{narrow}", "{wide}", "--layers", "9"],
          "narrow.fits: image is 800x600 px: too small for 9 multiscale layers"),
         ("zero-layers", ["{narrow}", "{wide}", "--layers", "0"], "--layers must be at least 1"),
+        ("text-layers", ["{narrow}", "{wide}", "--layers", "many"],
+         "expected 'auto' or a whole number, got 'many'"),
         ("other-sky", ["{narrow}", "{other_wide}"],
          "other_wide.fits: cannot be registered onto narrow.fits: no star pattern"),
         ("no-stars", ["{blank}", "{wide}"], "blank.fits: only 0 star(s) detected in the narrow image"),
@@ -109,6 +111,20 @@ def test_bad_inputs_exit_2_naming_the_file(files, tmp_path, capsys, which, args,
     assert message in err
     assert "Traceback" not in err
     assert not (tmp_path / "o.fits").exists()
+
+
+def test_auto_layers_and_flatten_wide_from_the_command_line(files, tmp_path, capsys):
+    pair, p = files
+    out = tmp_path / "flat.fits"
+    rc = main(["msgr", str(p["narrow"]), str(p["wide"]), "--out", str(out), "--quiet",
+               "--flatten-wide"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "layers: 5 (automatic: 5 layers (scales above 32 px kept)" in text
+    assert "wide flattened (plane)" in text
+    h = read_frame(out).header
+    assert h["MSGRFLAT"] == "plane" and h["MSGRLAY"] == 5
+    assert any("MSGR.layers_reason = automatic" in str(x) for x in h["HISTORY"])
 
 
 def test_cancel_leaves_no_output(files, tmp_path):
@@ -157,6 +173,13 @@ def test_m67_through_the_command_line(real_data, tmp_path, capsys):
     assert h["MSGRRES"] < 0.5
     # 323x512 px: 8 layers (9 in the model) do not fit
     rc = main(["msgr", str(narrow), str(wide), "--out", str(tmp_path / "x.fits"), "--quiet",
-               "--mode", "additive"])
+               "--mode", "additive", "--layers", "8"])
     assert rc == 2
     assert "use at most 7 layers" in capsys.readouterr().err
+    # the automatic layer count (the default) fits the size and says why
+    rc = main(["msgr", str(narrow), str(wide), "--out", str(tmp_path / "auto.fits"),
+               "--quiet", "--mode", "additive"])
+    assert rc == 0
+    assert "layers: 4 (automatic: 4 layers" in capsys.readouterr().out
+    h = read_frame(tmp_path / "auto.fits").header
+    assert h["MSGRLAY"] == 4 and h["MSGRLAYA"] is True

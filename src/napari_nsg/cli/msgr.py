@@ -18,12 +18,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("narrow", metavar="NARROW", help="the narrow-field image to correct")
     p.add_argument("wide", metavar="WIDE", help="the wide-field image of the same sky")
     p.add_argument("--out", required=True, metavar="FILE", help="corrected image (FITS)")
-    p.add_argument("--layers", type=int, default=8,
-                   help="multiscale median layers removed (default 8: keeps scales > 256 px)")
+    p.add_argument("--layers", type=_layers, default="auto", metavar="auto|N",
+                   help="multiscale median layers removed (default auto: from the image size "
+                   "and the scale ratio; N keeps scales above 2^N px)")
     p.add_argument("--mode", choices=("multiplicative", "additive"), default="multiplicative",
                    help="how the model is removed (default multiplicative, as the guide)")
     p.add_argument("--remove-stars", action="store_true",
                    help="mask and fill stars in both images before the transform")
+    p.add_argument("--flatten-wide", nargs="?", const="plane", default=None,
+                   choices=("plane", "quadratic"),
+                   help="first remove the wide image's own gradient: a plane (default) or a "
+                   "quadratic surface fitted over its whole field, stars and nebulae clipped")
     p.add_argument("--save-model", metavar="F", help="also write the gradient model")
     p.add_argument("--save-registered", metavar="F",
                    help="also write the wide image registered onto the narrow grid")
@@ -32,10 +37,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _layers(text: str):
+    """``auto`` or a whole number."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number, got {text!r}") \
+            from None
+
+
 def _format_summary(run) -> list[str]:
     res = run.result
     reg = res.registration
     lines = [
+        f"layers: {res.n_layers} ({res.layers_reason})"
+        + (f"; wide flattened ({res.flatten})" if res.flatten else ""),
         f"registration: scale ratio {reg.scale_ratio:.4f} (narrow px per wide px), rotation "
         f"{reg.rotation_deg:.3f} deg, {'mirrored, ' if reg.flip else ''}residual "
         f"{reg.residual_px:.3f} px over {reg.n_pairs} stars, coverage "
@@ -64,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline.progress import TqdmProgress
     from ._common import EXIT_BAD_INPUT, EXIT_OK, error, existing_frames, output_name, warn
 
-    if args.layers < 1:
+    if args.layers != "auto" and args.layers < 1:
         error(f"--layers must be at least 1, got {args.layers}")
         return EXIT_BAD_INPUT
     for value, flag in ((args.out, "--out"), (args.save_model, "--save-model"),
@@ -74,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     with TqdmProgress("msgr", disable=True if args.quiet else None) as bar:
         result = run_msgr(
             narrow, wide, args.out, layers=args.layers, mode=args.mode,
-            remove_stars=args.remove_stars, save_model=args.save_model,
+            remove_stars=args.remove_stars, flatten_wide=args.flatten_wide,
+            save_model=args.save_model,
             save_registered=args.save_registered, overwrite=args.overwrite, progress=bar,
         )
     for line in _format_summary(result):

@@ -27,7 +27,7 @@ FLATTEN_MODES = ("subtract", "divide")
 #: Blocks along the short side of the image for the block medians.
 BLOCKS_SHORT_SIDE = 32
 #: Upper clip (nebulae, stars are brighter than the sky) and lower clip, in robust sigma.
-CLIP_HIGH = 2.5
+CLIP_HIGH = 1.0
 CLIP_LOW = 4.0
 MAX_ITERATIONS = 10
 #: A block needs this fraction of valid pixels to count.

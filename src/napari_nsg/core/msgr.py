@@ -49,6 +49,7 @@ __all__ = [
     "MsgrResult",
     "apply_gradient_model",
     "auto_layers",
+    "both_star_mask",
     "check_fits",
     "check_msgr_size",
     "create_model",
@@ -180,19 +181,28 @@ def check_msgr_size(shape: tuple[int, ...], n_layers: int) -> None:
             f"{need} px); {hint}")
 
 
-def remove_stars_both(narrow: np.ndarray, wide_registered: np.ndarray,
-                      scale_ratio: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Replace the stars of both images by a smooth fill over the *same* mask (step 2).
-
-    The mask is the union of the stars detected in the narrow image and in the
-    registered wide one (where they are ``scale_ratio`` times larger). Filling
-    both over identical regions from identical surroundings makes the fills'
-    own errors cancel in the ratio (or difference) of step 5.
-    """
+def both_star_mask(narrow: np.ndarray, wide_registered: np.ndarray,
+                   scale_ratio: float = 1.0) -> np.ndarray:
+    """The star mask of step 2: stars of the narrow image or of the registered wide one."""
     mask_n, _ = detect_star_mask(narrow)
     mesh = int(min(64 * max(1.0, scale_ratio), max(64, min(np.shape(narrow)[-2:]) // 3)))
     mask_w, _ = detect_star_mask(wide_registered, background_size=mesh)
-    mask = mask_n | mask_w
+    return mask_n | mask_w
+
+
+def remove_stars_both(narrow: np.ndarray, wide_registered: np.ndarray,
+                      scale_ratio: float = 1.0, *,
+                      mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Replace the stars of both images by a smooth fill over the *same* mask (step 2).
+
+    The mask (:func:`both_star_mask`, unless given) is the union of the stars
+    detected in the narrow image and in the registered wide one (where they
+    are ``scale_ratio`` times larger). Filling both over identical regions from
+    identical surroundings makes the fills' own errors cancel in the ratio (or
+    difference) of step 5.
+    """
+    if mask is None:
+        mask = both_star_mask(narrow, wide_registered, scale_ratio)
     return remove_stars(narrow, mask=mask).image, remove_stars(wide_registered, mask=mask).image
 
 

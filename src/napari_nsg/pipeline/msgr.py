@@ -104,6 +104,8 @@ def msgr_keywords(result: MsgrResult, wide_name: str) -> tuple[dict, list[str]]:
     kw = {
         "MSGRWIDE": (wide_name[:60], "MSGR wide-field reference image"),
         "MSGRLAY": (int(result.n_layers), "MSGR multiscale median layers removed"),
+        "MSGRLAYA": (result.layers_reason.startswith("automatic"), "MSGR layer count automatic"),
+        "MSGRFLAT": (result.flatten or "none", "MSGR wide image flattened (surface)"),
         "MSGRMODE": (result.mode, "MSGR model removal"),
         "MSGRFIT": (result.fit_method, "MSGR LinearFit method"),
         "MSGRSTAR": (bool(result.stars_removed), "MSGR stars removed before the MMT"),
@@ -121,6 +123,8 @@ def msgr_keywords(result: MsgrResult, wide_name: str) -> tuple[dict, list[str]]:
         f"MSGR: Multiscale Gradient Removal by napari-nsg {__version__}",
         f"MSGR.wide = {wide_name}",
         f"MSGR.layers = {result.n_layers} (model: {result.model.n_layers})",
+        f"MSGR.layers_reason = {result.layers_reason}",
+        f"MSGR.flatten_wide = {result.flatten or 'none'}",
         f"MSGR.mode = {result.mode}",
         f"MSGR.fit = {result.fit_method}",
         f"MSGR.remove_stars = {result.stars_removed}",
@@ -146,9 +150,10 @@ def run_msgr(
     wide: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    layers: int = 8,
+    layers: int | str = "auto",
     mode: str = "multiplicative",
     remove_stars: bool = False,
+    flatten_wide: str | None = None,
     fit_method: str = DEFAULT_FIT_METHOD,
     save_model: str | os.PathLike | None = None,
     save_registered: str | os.PathLike | None = None,
@@ -165,11 +170,15 @@ def run_msgr(
         The narrow-field image to correct and the wide-field image of the same sky.
     out : path-like
         The corrected image (FITS).
-    layers : int
-        Multiscale median layers removed (the model loses one more).
+    layers : int or "auto"
+        Multiscale median layers removed (the model loses one more); "auto"
+        (default) chooses from the size and the scale ratio
+        (:func:`napari_nsg.core.msgr.auto_layers`).
     mode : {"multiplicative", "additive"}
     remove_stars : bool
         Replace stars by a smooth fill before the transform.
+    flatten_wide : {None, "plane", "quadratic"}
+        Remove the wide image's own gradient (that surface) first.
     fit_method : {"robust", "pixinsight"}
     save_model, save_registered : path-like, optional
         Also write the gradient model / the wide image on the narrow grid
@@ -196,7 +205,7 @@ def run_msgr(
     narrow_path, wide_path = Path(narrow), Path(wide)
     if mode not in MODES:
         raise FrameError(None, f"unknown mode {mode!r}; use one of {', '.join(MODES)}")
-    if layers < 1:
+    if layers != "auto" and int(layers) < 1:
         raise FrameError(None, f"layers must be at least 1, got {layers}")
     outputs = {"corrected": Path(out)}
     if save_model is not None:
@@ -207,7 +216,7 @@ def run_msgr(
     for folder in {p.parent for p in outputs.values()}:
         remove_partials(folder, keep=[narrow_path, wide_path])
 
-    total = 9
+    total = 10
 
     def step(done: int, t: int, message: str) -> None:
         check_cancel(cancel)
@@ -219,7 +228,8 @@ def run_msgr(
     wf = read_frame(wide_path)
     check_cancel(cancel)
     try:
-        check_msgr_size(nf.data.shape, layers)
+        if layers != "auto":
+            check_msgr_size(nf.data.shape, int(layers))
     except (MsgrError, MMTSizeError) as exc:
         raise FrameError(narrow_path, str(exc)) from None
     if nf.data.ndim == 3 and wf.data.ndim == 3 and nf.data.shape[0] != wf.data.shape[0]:
@@ -228,8 +238,8 @@ def run_msgr(
     hint = _scale_hint(nf, wf)
     try:
         result = msgr(nf.data, wf.data, n_layers=layers, mode=mode, fit_method=fit_method,
-                      remove_stars_first=remove_stars, scale_hint=hint, scale_range=scale_range,
-                      progress=step)
+                      remove_stars_first=remove_stars, flatten_wide=flatten_wide,
+                      scale_hint=hint, scale_range=scale_range, progress=step)
     except RegistrationError as exc:
         if exc.which == "narrow":
             raise FrameError(narrow_path, str(exc)) from None
