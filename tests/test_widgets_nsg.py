@@ -286,6 +286,25 @@ def test_run_all_gives_layers_table_and_weights_plot(sample_frames, qtbot):
 
 
 # -- real frames, colour, bad frames, cancel -----------------------------------------------------
+MAX_GUI_GAP_S = 1.0  # longest pause of the GUI thread allowed while a worker computes
+TICK_MS = 20
+
+
+def _ticks_during(action) -> list[float]:
+    """Times at which a 20 ms QTimer fired in the GUI thread while ``action`` ran."""
+    from qtpy.QtCore import QTimer
+
+    ticks: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start(TICK_MS)
+    try:
+        action()
+    finally:
+        timer.stop()
+    return ticks
+
+
 @pytest.mark.real
 @pytest.mark.slow
 def test_real_frames_table_preview_and_cancelled_run(make_napari_viewer, qtbot, real_data,
@@ -313,15 +332,28 @@ def test_real_frames_table_preview_and_cancelled_run(make_napari_viewer, qtbot, 
     qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
     w = NormalizeWidget(viewer, session=frames.session)
     w.refresh_targets()
-    result = _preview(w, qtbot)
+    first = _preview(w, qtbot)
+    # a smoothness change: the GUI thread keeps running while the worker re-fits the spline
+    w.live.setChecked(False)
+    w.form.fields["smoothness"].value = 0.0
+    ticks = _ticks_during(lambda: _preview(w, qtbot))
+    result = w.preview_result
+    print(f"longest GUI pause during a smoothness refresh: {np.diff(ticks).max():.3f} s")
+    assert result is not first and len(ticks) > 3
+    assert np.diff(ticks).max() < MAX_GUI_GAP_S
     assert result is not None and 0.5 < float(np.mean(result.scale)) < 2.0
     assert int(np.min(result.n_star_pairs)) >= 10
     np.testing.assert_array_equal(viewer.layers[GRADIENT_LAYER].data, result.gradient())
     # a run to a folder, cancelled after its first frame: no partial file is left
     out = tmp_path / "out"
     w.out_dir.line_edit.value = str(out)
-    w.run_all()
-    qtbot.waitUntil(lambda: "wasp12b" in w.status.text(), timeout=WAIT_MS)
+    def run_until_first_frame():
+        w.run_all()
+        qtbot.waitUntil(lambda: w.busy and w.progress_bar.value() > 0, timeout=WAIT_MS)
+
+    ticks = _ticks_during(run_until_first_frame)
+    print(f"longest GUI pause during the run: {np.diff(ticks).max():.3f} s")
+    assert np.diff(ticks).max() < MAX_GUI_GAP_S
     w.cancel_button.click()
     qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
     assert w.run_rows is None and w.status.text() == "cancelled"

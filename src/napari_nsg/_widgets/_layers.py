@@ -34,9 +34,24 @@ def channel_names(name: str, data: np.ndarray) -> list[str]:
     return [name]
 
 
+def styles_for(data: np.ndarray, kind: str = "sky") -> list[dict]:
+    """The display settings of each channel layer of ``data`` (what :func:`upsert_image`
+    computes; call it in a worker thread and pass the result as ``styles``)."""
+    names = channel_names("", data)
+    chans = list(data) if len(names) > 1 else [data]
+    styles = []
+    for i, chan in enumerate(chans):
+        style = display_kwargs(chan, kind)
+        if len(names) > 1 and kind == "sky":
+            style["colormap"] = CHANNEL_COLORMAPS[i]
+        style["range"] = _range_of(chan, style["contrast_limits"])
+        styles.append(style)
+    return styles
+
+
 def upsert_image(viewer: "napari.viewer.Viewer", name: str, data: np.ndarray, *,
                  kind: str = "sky", metadata: dict | None = None, restretch: bool = True,
-                 **kwargs) -> list:
+                 styles: list[dict] | None = None, **kwargs) -> list:
     """Replace the data of the image layer(s) called ``name`` or add them.
 
     Parameters
@@ -52,6 +67,8 @@ def upsert_image(viewer: "napari.viewer.Viewer", name: str, data: np.ndarray, *,
     restretch : bool
         Recompute the contrast limits of an existing layer (False keeps the
         user's, e.g. while blinking with one shared stretch).
+    styles : list of dict, optional
+        :func:`styles_for` ``(data, kind)`` computed beforehand (in a worker).
     **kwargs
         Passed to ``viewer.add_image`` for a new layer (e.g. ``visible``).
 
@@ -62,26 +79,22 @@ def upsert_image(viewer: "napari.viewer.Viewer", name: str, data: np.ndarray, *,
     """
     names = channel_names(name, data)
     chans = list(data) if len(names) > 1 else [data]
+    styles = styles or styles_for(data, kind)
     layers = []
-    for i, (lname, chan) in enumerate(zip(names, chans)):
-        style = display_kwargs(chan, kind)
-        if len(names) > 1 and kind == "sky":
-            style["colormap"] = CHANNEL_COLORMAPS[i]
-        layers.append(_put_image(viewer, lname, chan, style, metadata, restretch,
+    for lname, chan, style in zip(names, chans, styles):
+        layers.append(_put_image(viewer, lname, chan, dict(style), metadata, restretch,
                                  blending="additive" if len(names) > 1 else "translucent",
                                  **kwargs))
     return layers if len(layers) > 1 else layers[0]
 
 
 def _put_image(viewer, name, data, style, metadata, restretch, blending, **kwargs):
+    value_range = style.pop("range")
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if restretch:
-            # widen first so napari never clamps the new limits to the old range
-            layer.contrast_limits_range = style["contrast_limits"]
         layer.data = data
         if restretch:
-            layer.contrast_limits_range = _range_of(data, style["contrast_limits"])
+            layer.contrast_limits_range = value_range
             layer.contrast_limits = style["contrast_limits"]
         if metadata is not None:
             layer.metadata.update(metadata)

@@ -25,7 +25,7 @@ from .._plots.nsg import GradientPlot, PhotometryPlot, WeightsPlot
 from ..core.nsg import NsgError
 from ..pipeline.session import NsgSession
 from ._base import WorkbenchWidget, session_lock
-from ._layers import circle_boxes, upsert_image, upsert_points, upsert_shapes
+from ._layers import circle_boxes, styles_for, upsert_image, upsert_points, upsert_shapes
 from ._table import RowTable
 from .frames import FramesWidget, find_widget
 from .params_form import ParameterForm
@@ -265,30 +265,67 @@ class NormalizeWidget(WorkbenchWidget):
             return
         session = self.session
 
+        shown = self._shown  # what the viewer shows now (target, reference)
+
         def job(*, progress=None, cancel=None):
+            before = dict(session.computed)
             _apply(session, values, progress, cancel)
             result = session.preview(name, progress=progress, cancel=cancel)
-            result.gradient(), result.curvature()  # computed here, not in the GUI thread
-            result.corrected, result.uncorrected_scaled  # noqa: B018 - cached properties
-            return result
+            redone = {k for k, n in session.computed.items() if n != before.get(k)}
+            # everything heavy here, not in the GUI thread: images and their stretch
+            images = {"corrected": (result.corrected, "sky"),
+                      "gradient": (result.gradient(), "gradient"),
+                      "curvature": (result.curvature(), "curvature")}
+            inputs = (shown != (name, session.reference)) or bool(redone & {"reference",
+                                                                            "scale"})
+            if inputs:
+                images["reference"] = (result.reference, "sky")
+                images["uncorrected"] = (result.uncorrected_scaled, "sky")
+            styles = {k: styles_for(data, kind) for k, (data, kind) in images.items()}
+            return {"result": result, "styles": styles, "inputs": inputs,
+                    "points": inputs or bool(redone & {"samples"})}
 
         self._job_kind = "preview"
-        self.start(job, label=f"Preview {name}", on_done=self.show_preview, lock=self.lock)
+        self.start(job, label=f"Preview {name}", on_done=self._previewed, lock=self.lock)
 
-    def show_preview(self, result) -> None:
-        """Put a preview's images, points and plots in the viewer."""
+    _shown: tuple = ()
+
+    def _previewed(self, update: dict) -> None:
+        self.show_preview(update["result"], update["styles"], update["inputs"], update["points"])
+
+    def show_preview(self, result, styles: dict | None = None, inputs: bool = True,
+                     points: bool = True) -> None:
+        """Put a preview's images, points and plots in the viewer.
+
+        Parameters
+        ----------
+        result : FramePreview
+        styles : dict, optional
+            Display settings per image (``styles_for``), computed in the worker.
+        inputs, points : bool
+            Also replace the reference / uncorrected images, and the star, sample
+            and circle layers (False when only the spline changed).
+        """
         self._frames_refresh()
         self.preview_result = result
-        v = self.viewer
-        ref_layers = upsert_image(v, PREVIEW["reference"], result.reference, kind="sky",
-                                  visible=False)
-        for key, data in (("corrected", result.corrected),
-                          ("uncorrected", result.uncorrected_scaled)):
-            layers = upsert_image(v, PREVIEW[key], data, kind="sky", visible=key == "corrected")
+        self._shown = (result.name, self.session.reference)
+        v, styles = self.viewer, styles or {}
+        ref_layers = self._layers(PREVIEW["reference"])
+        if inputs or not ref_layers:
+            ref_layers = upsert_image(v, PREVIEW["reference"], result.reference, kind="sky",
+                                      visible=False, styles=styles.get("reference"))
+            layers = upsert_image(v, PREVIEW["uncorrected"], result.uncorrected_scaled,
+                                  kind="sky", visible=False, styles=styles.get("uncorrected"))
             _share_limits(layers, ref_layers)  # one stretch: differences are real
-        upsert_image(v, GRADIENT_LAYER, result.gradient(), kind="gradient", visible=False)
-        upsert_image(v, CURVATURE_LAYER, result.curvature(), kind="curvature", visible=False)
-        self._show_points(result)
+        layers = upsert_image(v, PREVIEW["corrected"], result.corrected, kind="sky",
+                              styles=styles.get("corrected"))
+        _share_limits(layers, ref_layers)
+        upsert_image(v, GRADIENT_LAYER, result.gradient(), kind="gradient", visible=False,
+                     styles=styles.get("gradient"))
+        upsert_image(v, CURVATURE_LAYER, result.curvature(), kind="curvature", visible=False,
+                     styles=styles.get("curvature"))
+        if points or SAMPLES_KEPT not in v.layers:
+            self._show_points(result)
         self.photometry_plot.plot(result.stars, np.atleast_1d(result.scale), result.name)
         h, w = result.target.shape[-2:]
         self.profile_index.blockSignals(True)
