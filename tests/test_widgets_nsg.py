@@ -261,6 +261,11 @@ def test_run_all_gives_layers_table_and_weights_plot(sample_frames, qtbot):
                                   images["corrected"])
     np.testing.assert_array_equal(sample_frames.layers[f"{first} gradient"].data,
                                   images["gradient"])
+    lo, hi = sample_frames.layers[f"{first} curvature"].contrast_limits
+    assert lo == pytest.approx(-hi) and hi > 0
+    frames.add_open_layers()  # the result layers are not taken for frames
+    qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
+    assert len(w.session.frames) == len(names)
     # the weights plot and the table follow a cut-off change
     weights = w.weights_plot.plotted["weight"]
     low, high = np.sort(weights)[-3:-1]

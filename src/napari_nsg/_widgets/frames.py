@@ -218,8 +218,9 @@ class FramesWidget(WorkbenchWidget):
         paths, arrays, seen = [], [], {f.path for f in self.session.frames}
         names = {f.name for f in self.session.frames}
         for layer in self.viewer.layers:
-            if not isinstance(layer, Image) or layer.name.startswith("NSG "):
-                continue
+            if (not isinstance(layer, Image) or layer.name.startswith("NSG ")
+                    or "nsg_output" in (layer.metadata or {})):
+                continue  # the workbench's own layers are not frames
             for name, data, header, path in layer_frames(layer):
                 if path is not None:
                     if path not in seen and str(path) not in {str(p) for p in seen}:

@@ -44,6 +44,7 @@ STARS_USED = "NSG stars used"
 STARS_REJECTED = "NSG stars rejected"
 CIRCLES_LAYER = "NSG rejection circles"
 CUTOFF_KEYS = ("min_weight", "min_transmission")
+OUTPUT_KEY = "nsg_output"  # layer metadata of result layers (not frames to add)
 RESULT_COLUMNS = (
     ("name", "Frame", "frame"),
     ("rejected", "Rejected", "rejected by the cut-offs"),
@@ -486,11 +487,11 @@ class NormalizeWidget(WorkbenchWidget):
 
         def done(images):
             self.status.setText(f"{name}: normalized, gradient and curvature layers")
-            upsert_image(self.viewer, f"{name} normalized", images["corrected"], kind="sky")
-            upsert_image(self.viewer, f"{name} gradient", images["gradient"], kind="gradient",
-                         visible=False)
-            upsert_image(self.viewer, f"{name} curvature", images["curvature"],
-                         kind="curvature", visible=False)
+            for key, suffix, kind in (("corrected", "normalized", "sky"),
+                                      ("gradient", "gradient", "gradient"),
+                                      ("curvature", "curvature", "curvature")):
+                upsert_image(self.viewer, f"{name} {suffix}", images[key], kind=kind,
+                             visible=kind == "sky", metadata={OUTPUT_KEY: suffix, "frame": name})
 
         self._job_kind = "result"
         self.start(job, label=f"Result images of {name}", on_done=done, lock=self.lock)
