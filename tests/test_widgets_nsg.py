@@ -138,7 +138,7 @@ def _frames_widget(viewer, qtbot):
 
     w = FramesWidget(viewer)
     w.add_open_layers()
-    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: "NSG blink" in viewer.layers and not w.busy, timeout=WAIT_MS)
     return w
 
 
@@ -161,13 +161,15 @@ def test_blink_steps_through_frames_with_one_stretch(sample_frames, qtbot):
     layer = sample_frames.layers["NSG blink"]
     first, limits = layer.metadata["frame"], tuple(layer.contrast_limits)
     before = layer.data.copy()
-    w.next_button.click()
-    assert layer.metadata["frame"] != first
+    w.next_button.click()  # a frame not shown yet: read in a worker
+    qtbot.waitUntil(lambda: layer.metadata["frame"] != first and not w.busy, timeout=WAIT_MS)
     assert not np.array_equal(layer.data, before)
     assert tuple(layer.contrast_limits) == limits  # one shared stretch
     np.testing.assert_array_equal(layer.data, w.session.blink_image(layer.metadata["frame"]))
     w.set_bookmark()
     w.next_button.click()
+    qtbot.waitUntil(lambda: layer.metadata["frame"] != w.bookmark and not w.busy,
+                    timeout=WAIT_MS)
     w.blink_bookmark.setChecked(True)
     shown = []
     layer.events.data.connect(lambda e: shown.append(layer.metadata["frame"]))
@@ -383,7 +385,8 @@ def test_colour_frames_per_channel(make_napari_viewer, qtbot):
         frames.session.measure()
     frames.refresh()
     frames.set_reference("colour 0")
-    qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: "NSG blink [R]" in viewer.layers and not frames.busy,
+                    timeout=WAIT_MS)
     assert [viewer.layers[f"NSG blink [{c}]"].colormap.name for c in "RGB"] == ["red", "green",
                                                                                 "blue"]
     w = NormalizeWidget(viewer, session=frames.session)

@@ -202,7 +202,10 @@ class WorkbenchWidget(QWidget):
             self.status.setText(message)
 
     def _returned(self, generation: int, result, on_done: Callable | None) -> None:
-        if generation != self._generation or on_done is None:
+        if generation != self._generation:
+            return
+        self._finished(generation)  # not busy any more: on_done may start the next job
+        if on_done is None:
             return
         try:
             on_done(result)
@@ -212,6 +215,7 @@ class WorkbenchWidget(QWidget):
     def _errored(self, generation: int, exc: BaseException, on_error: Callable | None) -> None:
         if generation != self._generation:
             return
+        self._finished(generation)
         if isinstance(exc, Cancelled):
             self.notify_info("cancelled")
         else:
@@ -222,7 +226,7 @@ class WorkbenchWidget(QWidget):
             on_error(exc)
 
     def _finished(self, generation: int) -> None:
-        if generation != self._generation:
+        if generation != self._generation or self.worker is None:
             return
         self.worker = None
         self._cancel_event = None

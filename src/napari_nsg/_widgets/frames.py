@@ -18,6 +18,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..core.nsg import NsgError
 from ..pipeline.session import NsgSession
 from ._base import WorkbenchWidget, session_lock
 from ._layers import (
@@ -327,28 +328,42 @@ class FramesWidget(WorkbenchWidget):
         except NsgError:
             return []
 
-    def _blink_image(self, name: str) -> np.ndarray:
-        if name not in self._blink_cache:
-            image = self.session.blink_image(name)
-            while self._blink_cache and (sum(a.nbytes for a in self._blink_cache.values())
-                                         + image.nbytes > BLINK_CACHE_BYTES):
-                self._blink_cache.pop(next(iter(self._blink_cache)))  # the oldest
-            self._blink_cache[name] = image
-        return self._blink_cache[name]
+    def _keep(self, name: str, image: np.ndarray) -> np.ndarray:
+        """Cache a blink image (the oldest go first beyond ``BLINK_CACHE_BYTES``)."""
+        while self._blink_cache and (sum(a.nbytes for a in self._blink_cache.values())
+                                     + image.nbytes > BLINK_CACHE_BYTES):
+            self._blink_cache.pop(next(iter(self._blink_cache)))
+        self._blink_cache[name] = image
+        return image
 
     def show_frame(self, name: str | None) -> bool:
         """Show ``name`` in the blink layer (normalized to the reference's background,
-        one stretch for all frames) with its corner boxes. False when busy."""
-        if name is None or not self.lock.acquire(blocking=False):
+        one stretch for all frames) with its corner boxes.
+
+        A frame already shown once is shown at once; another is read and normalized in
+        a worker first. Returns False when that cannot start (another job runs).
+        """
+        if name is None:
             return False
+        if name in self._blink_cache:
+            self._display(name, self._blink_cache[name])
+            return True
+        if self.busy:
+            return False
+        session = self.session
+
+        def job(*, progress=None, cancel=None):
+            return session.blink_image(name)
+
+        self.start(job, label=f"Blink: {name}", lock=self.lock,
+                   on_done=lambda image: self._display(name, self._keep(name, image)))
+        return True
+
+    def _display(self, name: str, image: np.ndarray) -> None:
         try:
-            image = self._blink_image(name)
             boxes = self.session.corner_boxes(name)
-        except Exception as exc:  # noqa: BLE001 - any failure is reported, never raised in Qt
-            self.notify_error(exc)
-            return False
-        finally:
-            self.lock.release()
+        except NsgError:  # removed meanwhile
+            return
         upsert_image(self.viewer, BLINK_LAYER, image, kind="sky", restretch=self._restretch,
                      metadata={"frame": name})
         self._restretch = False
@@ -357,7 +372,6 @@ class FramesWidget(WorkbenchWidget):
         self.current = name
         marks = " (bookmark)" if name == self.bookmark else ""
         self.blink_label.setText(f"showing {name}{marks}")
-        return True
 
     def step(self, delta: int) -> None:
         """Show the next (``delta=1``) or previous (``-1``) frame."""
