@@ -50,10 +50,12 @@ def _options(frames, out: Path) -> list[str]:
 
 
 def _start(frames, out: Path, point: str, flag: Path, workers: int = 1) -> subprocess.Popen:
+    """Start the run in its own process group (as a shell job) and wait for the pause."""
     env = dict(os.environ, **{PAUSE_ENV: point, PAUSE_FILE_ENV: str(flag)})
     cmd = [sys.executable, "-m", "napari_nsg.cli", "normalize", *map(str, frames),
            *_options(frames, out), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not flag.exists():
         if proc.poll() is not None:
@@ -156,5 +158,24 @@ def test_sigkill_with_workers_kills_the_workers(setup, tmp_path, point):
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [w for w in workers if _alive(w)], "workers outlived their parent"
+    _resume(frames, out, workers=2)
+    _same_as_expected(out, expected)
+
+
+@pytest.mark.slow
+def test_ctrl_c_with_workers(setup, tmp_path):
+    """Ctrl-C reaches the whole process group: the workers ignore it, the parent drops the
+    pending frames, waits for the running ones, exits 130 without a traceback."""
+    frames, expected = setup
+    out = tmp_path / "nsg"
+    proc = _start(frames, out, "after_row:1", tmp_path / "paused", workers=2)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert b"no partial outputs were left" in err and b"Traceback" not in err
+    assert not list(out.glob(f".*{PARTIAL_TAG}*"))
+    for nsg in out.glob("*_nsg.fits"):  # every frame written is a whole unit
+        stem = nsg.name[: -len("_nsg.fits")]
+        assert (out / f"{stem}_gradient.fits").exists() and (out / f"{stem}_curvature.fits").exists()
     _resume(frames, out, workers=2)
     _same_as_expected(out, expected)

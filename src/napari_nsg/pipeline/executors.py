@@ -57,9 +57,36 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="napari-nsg-parent-watchdog", daemon=True).start()
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Block SIGINT in this thread while workers may be started (they inherit the mask).
+
+    A Ctrl-C meanwhile is delivered when the block ends. The workers ignore
+    SIGINT from their start (see :func:`_init_worker`), so Ctrl-C interrupts
+    only this process, which drops the pending frames and waits for the running
+    ones to finish: their outputs are complete and no worker prints a traceback.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _ignore_sigint() -> None:
+    """In a worker: ignore Ctrl-C (the parent handles it), then lift the inherited block."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def _init_worker(context, parent_pid: int | None = None) -> None:
     global _WORKER_CONTEXT
     if parent_pid is not None:
+        _ignore_sigint()
         _die_with_parent(parent_pid)
     _WORKER_CONTEXT = context
 
@@ -124,7 +151,8 @@ def map_frames(
                         break
                     check_cancel(cancel)
                     i, item = nxt
-                    pending[pool.submit(_call_in_worker, func, item)] = i
+                    with _sigint_blocked():
+                        pending[pool.submit(_call_in_worker, func, item)] = i
                 if not pending:
                     break
                 done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
