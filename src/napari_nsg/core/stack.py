@@ -65,6 +65,9 @@ DEFAULT_THRESHOLDS = {
     "percentile": (0.2, 0.1),
 }
 
+#: The rejection statistics are computed in float32 (sorting is 3x faster than in
+#: float64; sums of at most a few hundred values keep 6 significant digits).
+WORK_DTYPE = np.float32
 #: Fewest values at a pixel for any rejection to be tried there.
 MIN_FOR_REJECTION = 3
 #: Iterations of the clipping loops (they normally stop after 2-4).
@@ -222,7 +225,7 @@ def reject(values: np.ndarray, rejection: Rejection,
     -------
     (low, high) : ndarrays of bool, shaped like ``values``
     """
-    x = np.ascontiguousarray(values, dtype=np.float64)
+    x = np.ascontiguousarray(values, dtype=WORK_DTYPE)
     valid = valid_mask(x) if valid is None else np.ascontiguousarray(valid)
     low = np.zeros(x.shape, bool)
     high = np.zeros(x.shape, bool)
@@ -299,7 +302,7 @@ def integrate(values: np.ndarray, weights: np.ndarray | None = None,
     kept = valid & ~low & ~high
     wk = np.where(kept, w.reshape((n,) + (1,) * (x.ndim - 1)), 0.0)
     total = wk.sum(axis=0)
-    num = (wk * np.where(kept, x, 0.0)).sum(axis=0)
+    num = (wk * np.where(kept, x, 0.0)).sum(axis=0, dtype=np.float64)
     stack = np.where(total > 0, num / np.where(total > 0, total, 1), 0.0)
     per_frame = tuple(range(1, x.ndim))
     return StackChunk(stack=stack.astype(np.float32), n_low=low.sum(0).astype(np.int16),
