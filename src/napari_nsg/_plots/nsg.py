@@ -16,6 +16,7 @@ from ._base import PlotWidget
 CHANNEL_COLOURS = ("#e8554e", "#5cb85c", "#5b9bd5")  # R, G, B
 MONO_COLOUR = "#d6d0ce"
 REJECTED_COLOUR = "#f0ad4e"
+SAMPLE_COLOUR = "#f0ad4e"
 MODEL_COLOUR = "#5bc0de"
 CUTOFF_COLOUR = "#e8554e"
 MAX_TICK_LABELS = 12  # more frames: numbers on the x axis instead of names
@@ -102,7 +103,7 @@ class GradientPlot(PlotWidget):
                             color=fg)
         self.axes.set_xlabel("x (px)" if axis == "row" else "y (px)", color=fg)
         self.axes.scatter(profile["samples_coord"], profile["samples_value"], s=14,
-                          color=REJECTED_COLOUR, label=f"samples ({len(profile['samples_coord'])})")
+                          color=SAMPLE_COLOUR, label=f"samples ({len(profile['samples_coord'])})")
         self.axes.plot(profile["coord"], profile["model"], color=MODEL_COLOUR, linewidth=1.5,
                        label="gradient model")
         self.keep(coord=profile["coord"], model=profile["model"],

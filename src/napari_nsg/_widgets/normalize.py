@@ -337,6 +337,7 @@ class NormalizeWidget(WorkbenchWidget):
         self.update_profile()
         scale = ", ".join(f"{s:.4f}" for s in np.atleast_1d(result.scale))
         pairs = ", ".join(str(int(n)) for n in np.atleast_1d(result.n_star_pairs))
+        self.status.setText(f"preview of {result.name} ready")
         self.preview_label.setText(
             f"{result.name}: scale {scale}, weight {result.weight:.3f}, "
             f"{pairs} star pairs, {result.n_samples} samples, {result.n_nodes} spline nodes")
