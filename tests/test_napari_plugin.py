@@ -112,3 +112,17 @@ def test_plots_open_from_the_plugins_menu_fed_by_the_normalize_widget(make_napar
     assert normalize is not None and plot is normalize.weights_plot
     _, photometry = viewer.window.add_plugin_dock_widget("napari-nsg", "Photometry graph")
     assert photometry is normalize.photometry_plot
+
+
+def test_row0_setting_is_the_default_orientation(plugin_settings, npe2pm):
+    from npe2 import PluginManifest
+
+    from napari_nsg._widgets._layers import default_row0_bottom
+
+    npe2pm.register(PluginManifest.from_distribution("napari-nsg"))
+    from napari.settings import get_plugin_settings
+
+    settings = get_plugin_settings("napari-nsg")
+    assert settings.display.fits_row0_bottom is True and default_row0_bottom()
+    settings.display.fits_row0_bottom = False
+    assert default_row0_bottom() is False
