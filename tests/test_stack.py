@@ -202,3 +202,24 @@ def test_pipeline_errors(tmp_path):
         stack_frames(paths, tmp_path / "s.fits", weights=None)
     with pytest.raises(FrameError, match="input"):
         stack_frames(paths, paths[0], weights=None, overwrite=True)
+
+
+def test_compressed_and_colour_frames_read_like_plain_ones(tmp_path):
+    rng = np.random.default_rng(4)
+    # integers: tile compression of floats would quantize them
+    cubes = [np.round(rng.normal(500, 5, (3, 20, 30))).astype(np.int16) for _ in range(4)]
+    plain, packed = [], []
+    for k, c in enumerate(cubes):
+        p = tmp_path / f"c{k}.fits"
+        fits.PrimaryHDU(c).writeto(p)
+        plain.append(p)
+        z = tmp_path / f"c{k}.fits.fz"
+        fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(c, compression_type="GZIP_1")]
+                     ).writeto(z)
+        packed.append(z)
+    a = stack_frames(plain, None, weights=None, chunk_rows=6)
+    b = stack_frames(packed, None, weights=None, chunk_rows=6)
+    expected = integrate(np.stack(cubes).astype(np.float32), None, Rejection.resolve("auto", 4))
+    np.testing.assert_array_equal(a.stack, expected.stack)
+    np.testing.assert_array_equal(b.stack, expected.stack)
+    assert a.stack.shape == (3, 20, 30) and a.n_used.shape == (3, 20, 30)
