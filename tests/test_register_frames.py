@@ -1,4 +1,4 @@
-"""Registering sub-frames onto a reference: accuracy on simulated dithers, resampling, real frames."""
+"""Registering sub-frames onto a reference: simulated dithers, resampling, real frames."""
 
 from __future__ import annotations
 

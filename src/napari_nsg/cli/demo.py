@@ -134,8 +134,9 @@ def _register(args, paths: list[Path], root: Path) -> tuple[list[Path], dict]:
     grid = np.stack(np.meshgrid(*[np.linspace(0.1 * args.size, 0.9 * args.size, 9)] * 2),
                     -1).reshape(-1, 2)
     print(f"\n[2] register ({time.perf_counter() - t0:.1f} s): {len(paths)} dithered copies in "
-          f"{dith_dir} (shifts up to {DEMO_SHIFT * args.size:.0f} px, rotations up to {DEMO_ROTATION:g} deg, "
-          f"the last turned 180 deg), registered onto {dithered[0].name} in {root / 'registered'}")
+          f"{dith_dir} (shifts up to {DEMO_SHIFT * args.size:.0f} px, rotations up to "
+          f"{DEMO_ROTATION:g} deg, the last turned 180 deg), registered onto "
+          f"{dithered[0].name} in {root / 'registered'}")
     names = {}
     for row in result.rows:
         name = Path(row.file).name
