@@ -287,6 +287,7 @@ class NormalizeWidget(WorkbenchWidget):
                     "points": inputs or bool(redone & {"samples"})}
 
         self._job_kind = "preview"
+        self._steps = []  # an older preview still being drawn is dropped
         self.start(job, label=f"Preview {name}", on_done=self._previewed, lock=self.lock)
 
     _shown: tuple = ()
@@ -310,29 +311,59 @@ class NormalizeWidget(WorkbenchWidget):
         self._frames_refresh()
         self.preview_result = result
         self._shown = (result.name, self.session.reference)
-        v, styles = self.viewer, styles or {}
-        ref_layers = self._layers(PREVIEW["reference"])
-        if inputs or not ref_layers:
-            ref_layers = upsert_image(v, PREVIEW["reference"], result.reference, kind="sky",
-                                      visible=False, styles=styles.get("reference"))
-            layers = upsert_image(v, PREVIEW["uncorrected"], result.uncorrected_scaled,
-                                  kind="sky", visible=False, styles=styles.get("uncorrected"))
-            _share_limits(layers, ref_layers)  # one stretch: differences are real
-        layers = upsert_image(v, PREVIEW["corrected"], result.corrected, kind="sky",
-                              styles=styles.get("corrected"))
-        _share_limits(layers, ref_layers)
-        upsert_image(v, GRADIENT_LAYER, result.gradient(), kind="gradient", visible=False,
-                     styles=styles.get("gradient"))
-        upsert_image(v, CURVATURE_LAYER, result.curvature(), kind="curvature", visible=False,
-                     styles=styles.get("curvature"))
-        if points or SAMPLES_KEPT not in v.layers:
-            self._show_points(result)
+        styles = styles or {}
+        steps = []
+        if inputs or not self._layers(PREVIEW["reference"]):
+            steps += [lambda: self._put(PREVIEW["reference"], result.reference, "sky",
+                                        styles.get("reference"), visible=False),
+                      lambda: self._put(PREVIEW["uncorrected"], result.uncorrected_scaled,
+                                        "sky", styles.get("uncorrected"), visible=False)]
+        steps += [lambda: self._put(PREVIEW["corrected"], result.corrected, "sky",
+                                    styles.get("corrected")),
+                  lambda: self._put(GRADIENT_LAYER, result.gradient(), "gradient",
+                                    styles.get("gradient"), visible=False),
+                  lambda: self._put(CURVATURE_LAYER, result.curvature(), "curvature",
+                                    styles.get("curvature"), visible=False)]
+        if points or SAMPLES_KEPT not in self.viewer.layers:
+            steps += self._point_steps(result)
+        steps.append(lambda: self._show_numbers(result))
+        self._draw(steps)
+
+    # drawing a preview: one layer per turn of the event loop, so that napari's layer
+    # creation (a few hundred ms each) never freezes the GUI for the whole preview
+    _steps: list = []
+
+    @property
+    def busy(self) -> bool:
+        """True while a job runs or its results are still being drawn."""
+        return super().busy or bool(self._steps)
+
+    def _draw(self, steps: list) -> None:
+        self._steps = list(steps)
+        self._next_step()
+
+    def _next_step(self) -> None:
+        if not self._steps:
+            return
+        step = self._steps.pop(0)
+        step()
+        if self._steps:
+            QTimer.singleShot(0, self._next_step)
+
+    def _put(self, name: str, data, kind: str, styles, **kwargs) -> None:
+        layers = upsert_image(self.viewer, name, data, kind=kind, styles=styles, **kwargs)
+        if kind == "sky" and name != PREVIEW["reference"]:
+            _share_limits(layers, self._layers(PREVIEW["reference"]))  # one stretch
+
+    def _show_numbers(self, result) -> None:
+        """The plots and the preview's line of numbers."""
         self.photometry_plot.plot(result.stars, np.atleast_1d(result.scale), result.name)
         h, w = result.target.shape[-2:]
+        size = h if self.profile_axis.currentText() == "row" else w
         self.profile_index.blockSignals(True)
-        self.profile_index.setRange(0, (h if self.profile_axis.currentText() == "row" else w) - 1)
+        self.profile_index.setRange(0, size - 1)
         if self.profile_index.value() == 0:
-            self.profile_index.setValue((h if self.profile_axis.currentText() == "row" else w) // 2)
+            self.profile_index.setValue(size // 2)
         self.profile_index.blockSignals(False)
         self.update_profile()
         scale = ", ".join(f"{s:.4f}" for s in np.atleast_1d(result.scale))
@@ -342,18 +373,21 @@ class NormalizeWidget(WorkbenchWidget):
             f"{result.name}: scale {scale}, weight {result.weight:.3f}, "
             f"{pairs} star pairs, {result.n_samples} samples, {result.n_nodes} spline nodes")
 
-    def _show_points(self, result) -> None:
+    def _point_steps(self, result) -> list:
+        """Steps that draw the sample bins, star pairs and rejection circles."""
         v, s = self.viewer, result.samples
         kept = np.asarray(s["kept"], bool)
         values = np.atleast_2d(s["value"])
+        steps = []
         for name, sel, colour in ((SAMPLES_KEPT, kept, "lime"),
                                   (SAMPLES_REJECTED, ~kept, "orange")):
             feats = {f"value_{'RGB'[c] if len(values) > 1 else 'ADU'}": values[c][sel]
                      for c in range(len(values))}
             feats["reason"] = np.asarray(s["reason"])[sel]
-            upsert_points(v, name, np.c_[s["y"][sel], s["x"][sel]], features=feats,
-                          symbol="square", size=result.sample_size, face_color="transparent",
-                          border_color=colour, visible=False)
+            steps.append(lambda name=name, sel=sel, colour=colour, feats=feats: upsert_points(
+                v, name, np.c_[s["y"][sel], s["x"][sel]], features=feats, symbol="square",
+                size=result.sample_size, face_color="transparent", border_color=colour,
+                visible=False))
         stars = result.stars or {}
         if stars:
             used = np.asarray(stars["used"], bool)
@@ -362,12 +396,14 @@ class NormalizeWidget(WorkbenchWidget):
                 feats = {"ref_flux": np.atleast_2d(stars["ref_flux"])[0][sel],
                          "tgt_flux": np.atleast_2d(stars["tgt_flux"])[0][sel],
                          "reason": np.asarray(stars["reason"])[sel]}
-                upsert_points(v, name, np.c_[stars["y"][sel], stars["x"][sel]], features=feats,
-                              symbol="ring", size=12, face_color=colour, border_color=colour)
+                steps.append(lambda name=name, sel=sel, colour=colour, feats=feats: upsert_points(
+                    v, name, np.c_[stars["y"][sel], stars["x"][sel]], features=feats,
+                    symbol="ring", size=12, face_color=colour, border_color=colour))
         c = result.rejection_circles
-        upsert_shapes(v, CIRCLES_LAYER, circle_boxes(c["x"], c["y"], c["radius"]),
-                      shape_type="ellipse", edge_color="magenta", visible=False,
-                      features={"radius": np.asarray(c["radius"])})
+        steps.append(lambda: upsert_shapes(
+            v, CIRCLES_LAYER, circle_boxes(c["x"], c["y"], c["radius"]), shape_type="ellipse",
+            edge_color="magenta", visible=False, features={"radius": np.asarray(c["radius"])}))
+        return steps
 
     def toggle(self, other: str) -> None:
         """Swap the visible preview image between corrected and ``other``
