@@ -270,7 +270,7 @@ class NormalizeWidget(WorkbenchWidget):
 
         def job(*, progress=None, cancel=None):
             before = dict(session.computed)
-            _apply(session, values, progress, cancel)
+            measured = _apply(session, values, progress, cancel)
             result = session.preview(name, progress=progress, cancel=cancel)
             redone = {k for k, n in session.computed.items() if n != before.get(k)}
             # everything heavy here, not in the GUI thread: images and their stretch
@@ -284,7 +284,7 @@ class NormalizeWidget(WorkbenchWidget):
                 images["uncorrected"] = (result.uncorrected_scaled, "sky")
             styles = {k: styles_for(data, kind) for k, (data, kind) in images.items()}
             return {"result": result, "styles": styles, "inputs": inputs,
-                    "points": inputs or bool(redone & {"samples"})}
+                    "points": inputs or bool(redone & {"samples"}), "measured": measured}
 
         self._job_kind = "preview"
         self._steps = []  # an older preview still being drawn is dropped
@@ -293,6 +293,8 @@ class NormalizeWidget(WorkbenchWidget):
     _shown: tuple = ()
 
     def _previewed(self, update: dict) -> None:
+        if update["measured"]:
+            self._frames_refresh()
         self.show_preview(update["result"], update["styles"], update["inputs"], update["points"])
 
     def show_preview(self, result, styles: dict | None = None, inputs: bool = True,
@@ -308,7 +310,6 @@ class NormalizeWidget(WorkbenchWidget):
             Also replace the reference / uncorrected images, and the star, sample
             and circle layers (False when only the spline changed).
         """
-        self._frames_refresh()
         self.preview_result = result
         self._shown = (result.name, self.session.reference)
         styles = styles or {}
@@ -465,7 +466,7 @@ class NormalizeWidget(WorkbenchWidget):
             self.overwrite.isChecked()
 
         def job(*, progress=None, cancel=None):
-            _apply(session, values, progress, cancel)
+            _apply(session, values, progress, cancel)  # the table is refreshed after the run
             return session.run_all(out_dir=out, gradient_images=gradient_images,
                                    overwrite=overwrite, progress=progress, cancel=cancel)
 
@@ -538,15 +539,17 @@ class NormalizeWidget(WorkbenchWidget):
         super().closeEvent(event)
 
 
-def _apply(session: NsgSession, values: dict, progress, cancel) -> None:
+def _apply(session: NsgSession, values: dict, progress, cancel) -> bool:
     """Give the session the form's parameters (in a worker): a changed reference
     parameter re-measures the frames (the rank table depends on it); without a
-    reference, the recommended frame becomes one."""
+    reference, the recommended frame becomes one. True when the frames were re-measured."""
     invalidated = session.update_params(**values)
-    if "reference" in invalidated or session.reference is None:
+    remeasure = "reference" in invalidated or session.reference is None
+    if remeasure:
         session.measure(progress=progress, cancel=cancel)
     if session.reference is None:
         session.set_reference(session.recommended()[0], progress=progress, cancel=cancel)
+    return remeasure
 
 
 def _share_limits(layers, reference_layers) -> None:
