@@ -156,16 +156,20 @@ def test_a_collapsed_fit_is_refused(demo_files):
 
 
 @pytest.mark.slow
-def test_flatten_wide_removes_the_wide_gradient(demo_files):
-    pair, _, _ = demo_files
+@pytest.mark.parametrize("seed", [1, 2])
+def test_flatten_wide_finds_the_wide_gradient_under_a_faint_sky(seed):
+    # the wide's 2 % gradient dominates its large scales (faint nebula): the clipped
+    # plane follows it (measured correlation 0.99, same peak-to-peak within 2 %)
+    pair = simulate_pair(**{**DEMO_PAIR, "seed": seed, "nebula_amplitude": 10.0,
+                            "narrow_gradient": 150.0, "wide_gradient": 0.02 * 500.0 * 9})
     session = MsgrSession(pair.narrow, pair.wide, scale_hint=3.0, flatten_wide="plane")
-    session.run_step("flatten")
-    surface = session.flat_surface.surface
-    truth = pair.wide_gradient
-    # the fitted plane follows the wide's true gradient (plus its sky level)
-    corr = np.corrcoef(surface.ravel(), truth.ravel())[0, 1]
-    assert corr > 0.95
-    assert np.ptp(surface) == pytest.approx(np.ptp(truth), rel=0.3)
+    session.run_all()
+    surface, truth = session.flat_surface.surface, pair.wide_gradient
+    assert np.corrcoef(surface.ravel(), truth.ravel())[0, 1] > 0.95
+    assert np.ptp(surface) == pytest.approx(np.ptp(truth), rel=0.2)
+    assert residual_fraction(pair, session.corrected) <= 0.05
+    # the collapsed degree-2 fit of this pair is refused and refitted, never applied
+    assert 0.07 < session.fits[0].b < 0.14
 
 
 @pytest.mark.real
@@ -178,4 +182,4 @@ def test_m67_runs_with_the_automatic_layers(real_data):
     assert session.n_layers == 4 and "automatic" in session.layers_reason
     assert session.registration.scale_ratio == pytest.approx(1 / 0.5028, rel=0.01)
     out = session.corrected
-    assert out.shape == (323, 512) and np.isfinite(out).all()
+    assert out.shape == (512, 323) and np.isfinite(out).all()

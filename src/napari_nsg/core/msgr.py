@@ -52,6 +52,7 @@ __all__ = [
     "both_star_mask",
     "check_fits",
     "check_msgr_size",
+    "checked_fit",
     "create_model",
     "fit_wide_to_narrow",
     "flatten_wide_image",
@@ -75,6 +76,8 @@ MIN_IDENTIFIABLE = 0.5
 #: Largest relative difference between the slopes fitted on the two halves of the
 #: image before the fit counts as poorly determined (with shared structure).
 MAX_HALF_DISAGREEMENT = 0.5
+#: Degrees of the robust fit's surface tried in turn while the fit is refused.
+FIT_DEGREES = (2, 3, 4)
 
 Progress = Callable[[int, int, str], None]
 
@@ -225,6 +228,7 @@ def fit_wide_to_narrow(
     range_wide: list[float] | None = None,
     reject_low: float = 0.0,
     reject_high: float = 0.92,
+    poly_degree: int = 2,
 ) -> list[LinearFitResult]:
     """LinearFit of the wide large scales onto the narrow ones, per channel (step 4).
 
@@ -240,6 +244,8 @@ def fit_wide_to_narrow(
         of the images before the MMT).
     reject_low, reject_high : float
         PixInsight's limits, as fractions of the range.
+    poly_degree : int
+        ``robust``: degree of the coordinate polynomial fitted with the slope.
 
     Returns
     -------
@@ -254,11 +260,13 @@ def fit_wide_to_narrow(
         fits.append(linear_fit(
             wc, n[c], method=method, reject_low=reject_low, reject_high=reject_high,
             range_target=None if range_wide is None else range_wide[c if len(w) > 1 else 0],
-            range_reference=None if range_narrow is None else range_narrow[c]))
+            range_reference=None if range_narrow is None else range_narrow[c],
+            poly_degree=poly_degree))
     return fits
 
 
-def _half_slopes(narrow_large: np.ndarray, wide_large: np.ndarray, method: str) -> list[float]:
+def _half_slopes(narrow_large: np.ndarray, wide_large: np.ndarray, method: str,
+                 poly_degree: int = 2) -> list[float]:
     """Slopes fitted on the two halves of the image (split across its long axis)."""
     h, w = narrow_large.shape
     halves = ((np.s_[:, : w // 2], np.s_[:, w // 2 :]) if w >= h
@@ -267,14 +275,15 @@ def _half_slopes(narrow_large: np.ndarray, wide_large: np.ndarray, method: str) 
     for sl in halves:
         try:
             out.append(linear_fit(wide_large[sl], narrow_large[sl], method=method,
-                                  reject_high=1.0, max_samples=60_000).b)
+                                  reject_high=1.0, max_samples=60_000,
+                                  poly_degree=poly_degree).b)
         except LinearFitError:
             out.append(float("nan"))
     return out
 
 
 def check_fits(narrow_large: np.ndarray, wide_large: np.ndarray,
-               fits: list[LinearFitResult]) -> list[str]:
+               fits: list[LinearFitResult], poly_degree: int = 2) -> list[str]:
     """Refuse a collapsed or poorly determined fit; return warnings for weak ones.
 
     A fit is refused (:class:`MsgrError`) when its slope is not positive, or
@@ -300,7 +309,7 @@ def check_fits(narrow_large: np.ndarray, wide_large: np.ndarray,
                 f"smooth surface (partial correlation {fit.slope_identifiable:.2f}): the fitted "
                 "slope is poorly determined and MSGR then removes every large-scale structure")
             continue
-        halves = _half_slopes(n[c], w[c if len(w) > 1 else 0], fit.method)
+        halves = _half_slopes(n[c], w[c if len(w) > 1 else 0], fit.method, poly_degree)
         spread = max(abs(b - fit.b) for b in halves) / fit.b if all(np.isfinite(halves)) else np.inf
         if spread > MAX_HALF_DISAGREEMENT:
             raise MsgrError(
@@ -592,9 +601,37 @@ def fit_large_scales(
     """
     n_large = large_scales(narrow, n_layers, border=border)
     w_large = large_scales(wide, n_layers, border=border)
+    return (n_large, w_large,
+            *checked_fit(n_large, w_large, fit_method=fit_method, ranges=ranges))
+
+
+def checked_fit(narrow_large: np.ndarray, wide_large: np.ndarray, *,
+                fit_method: str = DEFAULT_FIT_METHOD,
+                ranges: tuple[list, list] | None = None) -> tuple[list[LinearFitResult], list[str]]:
+    """Step 4: the fit, checked (:func:`check_fits`); a richer surface when it is refused.
+
+    The robust fit's polynomial (degree 2) can leave part of a strong narrow
+    gradient (a glow) that then pulls the slope (to 0.013 for a true 0.11 on a
+    simulated pair with a faint nebula); the fit is retried with degrees
+    :data:`FIT_DEGREES` and the first accepted is used. Returns ``(fits,
+    warnings)``; raises the first refusal if every degree is refused.
+    """
     rn, rw = ranges if ranges is not None else (None, None)
-    fits = fit_wide_to_narrow(n_large, w_large, method=fit_method, range_narrow=rn, range_wide=rw)
-    return n_large, w_large, fits, check_fits(n_large, w_large, fits)
+    degrees = FIT_DEGREES if fit_method == "robust" else FIT_DEGREES[:1]
+    first = None
+    for degree in degrees:
+        fits = fit_wide_to_narrow(narrow_large, wide_large, method=fit_method, range_narrow=rn,
+                                  range_wide=rw, poly_degree=degree)
+        try:
+            warnings = check_fits(narrow_large, wide_large, fits, degree)
+        except MsgrError as exc:
+            first = first or exc
+            continue
+        if degree != degrees[0]:
+            warnings = [f"the fit with a degree-{degrees[0]} surface was refused ({first}); "
+                        f"used degree {degree}", *warnings]
+        return fits, warnings
+    raise first
 
 
 def fit_with_fallback(narrow, wide, n_layers: int, auto: bool, *, fit_method=DEFAULT_FIT_METHOD,

@@ -243,11 +243,9 @@ class MsgrSession:
     def _do_fit(self, progress):
         large = self.products["large"]
         try:
-            fits_ = core.fit_wide_to_narrow(large["narrow"], large["wide"],
-                                            method=self.params.fit_method,
-                                            range_narrow=self._ranges()[0],
-                                            range_wide=self._ranges()[1])
-            warnings = core.check_fits(large["narrow"], large["wide"], fits_)
+            fits_, warnings = core.checked_fit(large["narrow"], large["wide"],
+                                               fit_method=self.params.fit_method,
+                                               ranges=self._ranges())
         except core.MsgrError as exc:
             if self.params.n_layers != "auto":
                 raise
