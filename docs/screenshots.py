@@ -17,7 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from astropy.io import fits
 
 OUT = Path(__file__).resolve().parent / "images"

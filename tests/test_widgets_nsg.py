@@ -211,7 +211,7 @@ def _preview(w, qtbot):
 def test_preview_gradient_follows_the_smoothness_slider(sample_frames, qtbot):
     from napari_nsg._widgets.normalize import CURVATURE_LAYER, GRADIENT_LAYER
 
-    frames, w = _normalize_widget(sample_frames, qtbot)
+    _, w = _normalize_widget(sample_frames, qtbot)
     assert w.session.reference not in [w.target.itemText(i) for i in range(w.target.count())]
     first = _preview(w, qtbot)
     grad = sample_frames.layers[GRADIENT_LAYER].data.copy()

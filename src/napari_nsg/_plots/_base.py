@@ -38,7 +38,7 @@ class PlotWidget(QWidget):
     xlabel = ""
     ylabel = ""
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer | None" = None, parent=None):
+    def __init__(self, napari_viewer: napari.viewer.Viewer | None = None, parent=None):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg, NavigationToolbar2QT
         from matplotlib.figure import Figure
 

@@ -42,7 +42,7 @@ def error_text(exc: BaseException | str) -> str:
     return f"unexpected error ({type(exc).__name__}): {exc}"
 
 
-_LOCKS: "weakref.WeakKeyDictionary[object, threading.Lock]" = weakref.WeakKeyDictionary()
+_LOCKS: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
 
 
 def session_lock(session) -> threading.Lock:
@@ -89,7 +89,7 @@ class WorkbenchWidget(QWidget):
 
     _progressed = Signal(int, int, str)
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent=None):
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.worker = None
@@ -259,7 +259,7 @@ class WorkbenchWidget(QWidget):
         self.status.setText(text)
         show_info(text)
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+    def closeEvent(self, event) -> None:
         """Stop the running job when the dock closes."""
         self.cancel()
         super().closeEvent(event)

@@ -49,7 +49,7 @@ def styles_for(data: np.ndarray, kind: str = "sky") -> list[dict]:
     return styles
 
 
-def upsert_image(viewer: "napari.viewer.Viewer", name: str, data: np.ndarray, *,
+def upsert_image(viewer: napari.viewer.Viewer, name: str, data: np.ndarray, *,
                  kind: str = "sky", metadata: dict | None = None, restretch: bool = True,
                  styles: list[dict] | None = None, **kwargs) -> list:
     """Replace the data of the image layer(s) called ``name`` or add them.
@@ -112,7 +112,7 @@ def _range_of(data: np.ndarray, limits) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def upsert_points(viewer: "napari.viewer.Viewer", name: str, coords_yx: np.ndarray, *,
+def upsert_points(viewer: napari.viewer.Viewer, name: str, coords_yx: np.ndarray, *,
                   features: dict | None = None, **kwargs):
     """Replace the points (and their features) of the Points layer ``name`` or add it.
 
@@ -140,7 +140,7 @@ def upsert_points(viewer: "napari.viewer.Viewer", name: str, coords_yx: np.ndarr
     return viewer.add_points(coords, name=name, features=features, **kwargs)
 
 
-def upsert_shapes(viewer: "napari.viewer.Viewer", name: str, shapes: list, *,
+def upsert_shapes(viewer: napari.viewer.Viewer, name: str, shapes: list, *,
                   shape_type: str = "rectangle", features: dict | None = None, **kwargs):
     """Replace the shapes of the Shapes layer ``name`` or add it.
 
@@ -178,7 +178,7 @@ def circle_boxes(x: np.ndarray, y: np.ndarray, radius: np.ndarray) -> list[np.nd
     return [box_corners((yy - r, xx - r, yy + r, xx + r)) for xx, yy, r in zip(x, y, radius)]
 
 
-def remove_layers(viewer: "napari.viewer.Viewer", names) -> None:
+def remove_layers(viewer: napari.viewer.Viewer, names) -> None:
     """Remove the layers of these names that exist."""
     for name in names:
         if name in viewer.layers:
@@ -197,7 +197,7 @@ def default_row0_bottom() -> bool:
         return True
 
 
-def set_row0_bottom(viewer: "napari.viewer.Viewer", bottom: bool = True) -> None:
+def set_row0_bottom(viewer: napari.viewer.Viewer, bottom: bool = True) -> None:
     """Show row 0 at the bottom (astronomers' and DS9's convention) or on top (napari's).
 
     The camera is flipped, not the data, so pixel coordinates stay those of the file.
@@ -205,7 +205,7 @@ def set_row0_bottom(viewer: "napari.viewer.Viewer", bottom: bool = True) -> None
     _camera(viewer).orientation2d = ROW0_BOTTOM if bottom else ROW0_TOP
 
 
-def is_row0_bottom(viewer: "napari.viewer.Viewer") -> bool:
+def is_row0_bottom(viewer: napari.viewer.Viewer) -> bool:
     """Whether the viewer shows row 0 at the bottom."""
     vertical = _camera(viewer).orientation2d[0]
     return getattr(vertical, "value", vertical) == "up"

@@ -43,12 +43,12 @@ COLUMNS = (
     ("name", "Frame", "file or layer name"),
     ("rank", "Rank", "reference candidates, best first"),
     ("gradient_span", "Span", "range of the background map (ADU): the gradient's size"),
-    ("lumpy", "Lumpy", "background left after removing a plane (ADU): the gradient's "
-                       "complexity; a lumpy reference gives lumpy corrections"),
-    ("gradient_diag1", "Grad TL-BR", "background difference between the top-left and "
-                                     "bottom-right corner boxes (ADU)"),
-    ("gradient_diag2", "Grad TR-BL", "background difference between the top-right and "
-                                     "bottom-left corner boxes (ADU)"),
+    ("lumpy", "Lumpy", ("background left after removing a plane (ADU): the gradient's "
+                        "complexity; a lumpy reference gives lumpy corrections")),
+    ("gradient_diag1", "Grad TL-BR", ("background difference between the top-left and "
+                                      "bottom-right corner boxes (ADU)")),
+    ("gradient_diag2", "Grad TR-BL", ("background difference between the top-right and "
+                                      "bottom-left corner boxes (ADU)")),
     ("rating", "Rating", "weight per exposure time relative to the best frame"),
     ("transmission", "Transm.", "transmission relative to the recommended frame"),
     ("background", "Background", "sky background (ADU)"),
@@ -103,7 +103,7 @@ class FramesWidget(WorkbenchWidget):
     frames_changed = Signal()
     reference_changed = Signal(str)
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer", session: NsgSession | None = None,
+    def __init__(self, napari_viewer: napari.viewer.Viewer, session: NsgSession | None = None,
                  parent=None):
         super().__init__(napari_viewer, parent)
         self.session = session or NsgSession()
@@ -234,7 +234,9 @@ class FramesWidget(WorkbenchWidget):
             return
 
         def job(*, progress=None, cancel=None):
-            errors = self.session.add_files(paths, progress=progress, cancel=cancel) if paths else []
+            errors = []
+            if paths:
+                errors = self.session.add_files(paths, progress=progress, cancel=cancel)
             for name, data, header in arrays:
                 self.session.add_array(name, data, header)
             self.session.measure(progress=progress, cancel=cancel)
@@ -409,7 +411,7 @@ class FramesWidget(WorkbenchWidget):
         """Whether the viewer shows row 0 at the bottom."""
         return is_row0_bottom(self.viewer)
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+    def closeEvent(self, event) -> None:
         self.timer.stop()
         super().closeEvent(event)
 

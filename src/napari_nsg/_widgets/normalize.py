@@ -81,7 +81,7 @@ class NormalizeWidget(WorkbenchWidget):
     photometry_plot, gradient_plot, weights_plot : PlotWidget
     """
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer", session: NsgSession | None = None,
+    def __init__(self, napari_viewer: napari.viewer.Viewer, session: NsgSession | None = None,
                  parent=None):
         super().__init__(napari_viewer, parent)
         self.frames_widget = None
@@ -332,7 +332,7 @@ class NormalizeWidget(WorkbenchWidget):
 
     # drawing a preview: one layer per turn of the event loop, so that napari's layer
     # creation (a few hundred ms each) never freezes the GUI for the whole preview
-    _steps: list = []
+    _steps: tuple | list = ()
 
     @property
     def busy(self) -> bool:
@@ -413,9 +413,9 @@ class NormalizeWidget(WorkbenchWidget):
         if not corrected:
             return
         show_corrected = not corrected[0].visible
-        for key in PREVIEW:
+        for key, name in PREVIEW.items():
             visible = (key == "corrected") if show_corrected else (key == other)
-            for layer in self._layers(PREVIEW[key]):
+            for layer in self._layers(name):
                 layer.visible = visible
 
     def _layers(self, name: str) -> list:
@@ -446,7 +446,7 @@ class NormalizeWidget(WorkbenchWidget):
     def _on_click(self, viewer, event) -> None:
         """Mouse callback: the clicked row (or column) becomes the profile's line."""
         y, x = event.position[-2:]
-        self.pick(int(round(y)), int(round(x)))
+        self.pick(round(y), round(x))
 
     def pick(self, y: int, x: int) -> None:
         """Choose the profile line through pixel ``(y, x)``."""
@@ -534,7 +534,7 @@ class NormalizeWidget(WorkbenchWidget):
         self._job_kind = "result"
         self.start(job, label=f"Result images of {name}", on_done=done, lock=self.lock)
 
-    def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
+    def closeEvent(self, event) -> None:
         self._pick_mode(False)
         super().closeEvent(event)
 
@@ -555,7 +555,8 @@ def _apply(session: NsgSession, values: dict, progress, cancel) -> bool:
 def _share_limits(layers, reference_layers) -> None:
     """Give ``layers`` the contrast limits of ``reference_layers`` (channel by channel)."""
     layers = layers if isinstance(layers, list) else [layers]
-    reference_layers = reference_layers if isinstance(reference_layers, list) else [reference_layers]
+    if not isinstance(reference_layers, list):
+        reference_layers = [reference_layers]
     for layer, ref in zip(layers, reference_layers):
         lo, hi = ref.contrast_limits
         rlo, rhi = layer.contrast_limits_range

@@ -104,7 +104,7 @@ class ParameterForm(Container):
             auto = getattr(widget, "_nsg_auto", None)
             value = widget.value
             if getattr(widget, "_nsg_int", False):
-                value = int(round(value))
+                value = round(value)
             out[name] = None if auto is not None and value <= auto else value
         return out
 
