@@ -133,7 +133,7 @@ class FramesWidget(WorkbenchWidget):
         lay.addLayout(buttons)
         self.row0_bottom = QCheckBox("Row 0 at the bottom (FITS / DS9)")
         self.row0_bottom.setToolTip("Show frames as astronomers expect; unticked: napari's "
-                                    "row 0 on top. The default is in Preferences > Plugins.")
+                                    "row 0 on top. The default is a plugin preference.")
         self.row0_bottom.setChecked(default_row0_bottom())
         self.row0_bottom.toggled.connect(lambda on: set_row0_bottom(self.viewer, on))
         lay.addWidget(self.row0_bottom)
@@ -392,6 +392,10 @@ class FramesWidget(WorkbenchWidget):
         self.play_button.setText("Stop" if on else "Play")
         if on:
             self._partner = self.current
+            names = self._names()
+            if self._partner is not None and self._partner == self.bookmark and len(names) > 1:
+                # the bookmark is shown: blink it against the next frame
+                self._partner = names[(names.index(self._partner) + 1) % len(names)]
             self.timer.start(self.interval.value())
         else:
             self.timer.stop()
@@ -400,8 +404,7 @@ class FramesWidget(WorkbenchWidget):
         self.timer.setInterval(self.interval.value())
         if self.blink_bookmark.isChecked() and self.bookmark is not None:
             self._tick_phase = not self._tick_phase
-            partner = self._partner if self._partner != self.bookmark else self.current
-            self.show_frame(self.bookmark if self._tick_phase else partner)
+            self.show_frame(self.bookmark if self._tick_phase else self._partner)
         else:
             self.step(1)
             self._partner = self.current
