@@ -404,6 +404,10 @@ def test_colour_frames_per_channel(make_napari_viewer, qtbot):
         np.testing.assert_array_equal(viewer.layers[f"{GRADIENT_LAYER} [{ch}]"].data,
                                       result.gradient()[c])
         assert f"target_{c}" in w.photometry_plot.plotted
+    w.pick(50, 0)  # the gradient graph: one profile per channel
+    prof = w.gradient_plot.plotted
+    for c, key in enumerate(("model", "model_1", "model_2")):
+        np.testing.assert_allclose(prof[key], result.gradient()[c][50])
 
 
 def test_reference_parameter_change_remeasures_and_keeps_the_table(sample_frames, qtbot):

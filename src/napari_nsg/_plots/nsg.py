@@ -85,29 +85,35 @@ class GradientPlot(PlotWidget):
     title = "Gradient profile"
     ylabel = "relative gradient (ADU)"
 
-    def plot(self, profile: dict, axis: str, index: int, name: str = "",
-             channel: int = 0) -> None:
-        """Draw ``FramePreview.profile(axis, index, channel)``.
+    def plot(self, profiles: dict | Sequence[dict], axis: str, index: int,
+             name: str = "") -> None:
+        """Draw ``FramePreview.profile(axis, index, channel)`` of each channel.
 
         Parameters
         ----------
-        profile : dict
-            ``coord``, ``model``, ``samples_coord``, ``samples_value``.
+        profiles : dict or sequence of dict
+            One per channel: ``coord``, ``model``, ``samples_coord``, ``samples_value``.
         axis : {"row", "column"}
         index : int
             The row (y) or column (x) shown.
         """
+        profiles = [profiles] if isinstance(profiles, dict) else list(profiles)
         self.clear()
-        fg = self.colours["foreground"]
-        self.axes.set_title(f"{name} {axis} {index}" + (f" [{'RGB'[channel]}]" if channel else ""),
-                            color=fg)
+        fg, n_ch = self.colours["foreground"], len(profiles)
+        self.axes.set_title(f"{name} {axis} {index}", color=fg)
         self.axes.set_xlabel("x (px)" if axis == "row" else "y (px)", color=fg)
-        self.axes.scatter(profile["samples_coord"], profile["samples_value"], s=14,
-                          color=SAMPLE_COLOUR, label=f"samples ({len(profile['samples_coord'])})")
-        self.axes.plot(profile["coord"], profile["model"], color=MODEL_COLOUR, linewidth=1.5,
-                       label="gradient model")
-        self.keep(coord=profile["coord"], model=profile["model"],
-                  samples_coord=profile["samples_coord"], samples_value=profile["samples_value"])
+        for c, profile in enumerate(profiles):
+            label = "" if n_ch == 1 else f"{'RGB'[c]} "
+            colour = MODEL_COLOUR if n_ch == 1 else channel_colour(c, n_ch)
+            self.axes.scatter(profile["samples_coord"], profile["samples_value"], s=14,
+                              color=SAMPLE_COLOUR if n_ch == 1 else colour, alpha=0.8,
+                              label=f"{label}samples ({len(profile['samples_coord'])})")
+            self.axes.plot(profile["coord"], profile["model"], color=colour, linewidth=1.5,
+                           label=f"{label}gradient model")
+            suffix = "" if c == 0 else f"_{c}"
+            self.keep(**{f"coord{suffix}": profile["coord"], f"model{suffix}": profile["model"],
+                         f"samples_coord{suffix}": profile["samples_coord"],
+                         f"samples_value{suffix}": profile["samples_value"]})
         self.plotted["index"] = np.asarray(index)
         self.legend()
         self.draw()

@@ -433,7 +433,9 @@ class NormalizeWidget(WorkbenchWidget):
         limit = h if axis == "row" else w
         self.profile_index.setMaximum(limit - 1)
         index = min(self.profile_index.value(), limit - 1)
-        self.gradient_plot.plot(result.profile(axis, index), axis, index, result.name)
+        channels = 1 if result.target.ndim == 2 else result.target.shape[0]
+        profiles = [result.profile(axis, index, channel=c) for c in range(channels)]
+        self.gradient_plot.plot(profiles, axis, index, result.name)
         _mark_line(self.viewer, axis, index, (h, w))
 
     def _pick_mode(self, on: bool) -> None:
