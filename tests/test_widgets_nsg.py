@@ -424,3 +424,23 @@ def test_reference_parameter_change_remeasures_and_keeps_the_table(sample_frames
     frames.remove_selected()
     qtbot.waitUntil(lambda: not frames.busy, timeout=WAIT_MS)
     assert len(frames.table.names()) == 4 and len(w.session.frames) == 4
+
+
+def test_open_colour_files_are_added_once_by_file(make_napari_viewer, qtbot, tmp_path):
+    from astropy.io import fits
+
+    from napari_nsg._widgets.frames import FramesWidget
+    from napari_nsg.synthetic import simulate_sequence
+
+    seq = simulate_sequence(2, (96, 120), seed=5, channels=3)
+    viewer = make_napari_viewer()
+    for f in seq.iter_frames():
+        path = tmp_path / f"rgb_{f.index}.fits"
+        fits.PrimaryHDU(f.data, f.header).writeto(path)
+        viewer.open(str(path), plugin="napari-nsg")
+    assert len(viewer.layers) == 6  # three channel layers per file
+    frames = FramesWidget(viewer)
+    frames.add_open_layers()
+    qtbot.waitUntil(lambda: not frames.busy and frames.table.rowCount() == 2, timeout=WAIT_MS)
+    assert sorted(f.path.name for f in frames.session.frames) == ["rgb_0.fits", "rgb_1.fits"]
+    assert all(f.shape == (3, 96, 120) for f in frames.session.frames)
