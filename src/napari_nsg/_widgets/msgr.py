@@ -39,10 +39,23 @@ LAYER = {
     "correction": "MSGR correction",
 }
 STEP_LABELS = {
-    "register": "1. Register wide onto narrow", "flatten": "2. Flatten wide",
+    "register": "1. Register", "flatten": "2. Flatten wide",
     "stars": "3. Remove stars", "large": "4. Large scales", "fit": "5. Linear fit",
-    "model": "6. Create model", "smooth": "7. Smooth model (N+1)", "apply": "8. Remove model",
+    "model": "6. Create model", "smooth": "7. Smooth model", "apply": "8. Remove model",
 }
+STEP_TIPS = {
+    "register": "register the wide image onto the narrow grid (stars; scale, rotation, flip)",
+    "flatten": "remove the wide image's own gradient first (optional)",
+    "stars": "replace the stars of both images by a smooth fill (optional)",
+    "large": "keep the scales above 2^N px of both images (multiscale median transform)",
+    "fit": "fit the wide large scales to the narrow ones: narrow = a + b wide",
+    "model": "narrow / fitted wide (multiplicative) or their difference (additive)",
+    "smooth": "smooth the model: its first N+1 multiscale layers removed",
+    "apply": "remove the model from the narrow image",
+}
+MAX_WIDTH = 520  # px: the dock leaves room for the image
+BUTTON_WIDTH = 150
+PLOT_MIN_HEIGHT = 240
 RGB_SUFFIX = " (RGB)"
 AUTO = "auto"
 MAX_LAYERS = 8
@@ -101,6 +114,8 @@ class MsgrWidget(WorkbenchWidget):
         self.session: MsgrSession | None = None
         self._source: tuple | None = None
         self.fit_plot = MsgrFitPlot(napari_viewer)
+        self.fit_plot.setMinimumHeight(PLOT_MIN_HEIGHT)
+        self.setMaximumWidth(MAX_WIDTH)
         self.buttons: dict[str, QPushButton] = {}
         self._build()
         self.add_status_row()
@@ -129,12 +144,16 @@ class MsgrWidget(WorkbenchWidget):
         steps.setLayout(QVBoxLayout())
         for step in STEPS:
             row = QHBoxLayout()
-            if step in self.params:
-                row.addWidget(self.params[step].native, 1)
             button = QPushButton(STEP_LABELS[step])
+            button.setToolTip(STEP_TIPS[step])
+            button.setFixedWidth(BUTTON_WIDTH)
             button.clicked.connect(lambda _=False, s=step: self.run_step(s))
             self.buttons[step] = button
             row.addWidget(button)
+            if step in self.params:
+                row.addWidget(self.params[step].native, 1)
+            else:
+                row.addStretch(1)
             steps.layout().addLayout(row)
         extra = QHBoxLayout()
         for text, slot, tip in (
@@ -172,17 +191,17 @@ class MsgrWidget(WorkbenchWidget):
                                 step=0.1, tooltip="smallest scale ratio (narrow px per wide px)"),
                 mg.FloatSpinBox(name="ratio_max", label="to", value=hi, min=1.0, max=20.0,
                                 step=0.1, tooltip="largest scale ratio searched"),
-                mg.ComboBox(name="interpolation", label="resampling",
+                mg.ComboBox(name="interpolation", label=" ",
                             choices=["cubic", "lanczos", "linear"], value="cubic")]),
             "flatten": mg.Container(layout="horizontal", labels=True, widgets=[
                 mg.ComboBox(name="surface", choices=["none", *FLATTEN_SURFACES], value="none",
                             tooltip="remove the wide's own gradient: a plane or quadratic "
                             "surface over its whole field (stars, nebulae clipped)"),
-                mg.ComboBox(name="flatten_mode", label="by", choices=list(FLATTEN_MODES))]),
+                mg.ComboBox(name="flatten_mode", label=" ", choices=list(FLATTEN_MODES))]),
             "stars": mg.Container(layout="horizontal", labels=False, widgets=[
-                mg.CheckBox(name="remove_stars", text="remove stars before the transform")]),
+                mg.CheckBox(name="remove_stars", text="before the transform")]),
             "large": mg.Container(layout="horizontal", labels=True, widgets=[
-                mg.ComboBox(name="n_layers", label="layers N",
+                mg.ComboBox(name="n_layers", label="N",
                             choices=[AUTO, *map(str, range(1, MAX_LAYERS + 1))], value=AUTO,
                             tooltip="multiscale median layers removed; auto: from the image "
                             "size and the scale ratio")]),
