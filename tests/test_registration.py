@@ -194,3 +194,23 @@ def test_m67_la_silla_onto_poss_recovers_sources_md(real_data, band):
     centre = reg.transform(np.array([[161.5, 256.0]]))[0]
     assert np.hypot(centre[0] - 553.5, centre[1] - 446.5) < 2.0  # B/V/R differ by <= 2 px
     assert reg.coverage_fraction == 1.0
+
+
+def test_progress_reaches_every_search_window_and_can_stop_the_registration():
+    pair = simulate_pair((600, 800), scale_ratio=3.0, rotation_deg=25.0, seed=1, gain=25.0)
+    seen = []
+    reg = register_wide_to_narrow(pair.narrow, pair.wide,
+                                  progress=lambda d, t, m: seen.append((d, t, m)))
+    windows = [m for _, _, m in seen if m.startswith("matching star patterns: ratio")]
+    assert len(windows) >= 2 and all(t == 4 for _, t, _ in seen)
+    assert seen[-1][2] == "resampling the wide image" and reg.n_pairs >= 6
+
+    class Stop(Exception):
+        pass
+
+    def stop(done, total, message):
+        if "window" in message:
+            raise Stop
+
+    with pytest.raises(Stop):  # a callback that raises (the pipeline's cancel) stops it there
+        register_wide_to_narrow(pair.narrow, pair.wide, progress=stop)
