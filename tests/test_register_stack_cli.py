@@ -164,7 +164,7 @@ def test_wasp12b_register_normalize_stack_end_to_end(real_data, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_register_workers_equal_serial_and_cancel(dithered, tmp_path):
+def test_register_workers_and_dask_equal_serial_and_cancel(dithered, tmp_path):
     import threading
 
     from napari_nsg.pipeline.progress import Cancelled
@@ -173,10 +173,16 @@ def test_register_workers_equal_serial_and_cancel(dithered, tmp_path):
     d, paths = dithered
     serial = register_frames(paths, paths[0], tmp_path / "a")
     pool = register_frames(paths, paths[0], tmp_path / "b", workers=2)
-    assert [r.residual_px for r in pool.rows] == [r.residual_px for r in serial.rows]
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster:
+        dask = register_frames(paths, paths[0], tmp_path / "d",
+                               scheduler=cluster.scheduler_address)
     name = f"{paths[2].stem}_reg.fits"
-    np.testing.assert_array_equal(fits.getdata(tmp_path / "a" / name),
-                                  fits.getdata(tmp_path / "b" / name))
+    for other, folder in ((pool, "b"), (dask, "d")):
+        assert [r.residual_px for r in other.rows] == [r.residual_px for r in serial.rows]
+        np.testing.assert_array_equal(fits.getdata(tmp_path / "a" / name),
+                                      fits.getdata(tmp_path / folder / name))
     cancel = threading.Event()
     seen = []
 
