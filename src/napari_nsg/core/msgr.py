@@ -128,21 +128,26 @@ def suggest_layers(shape: tuple[int, ...]) -> int:
     return int(np.clip(np.round(np.log2(max(short, 2) / 16.0)), 1, 8))
 
 
-#: Automatic N: the last window (2^N px) about this fraction of the short side.
-AUTO_WINDOW_FRACTION = 1 / 20
-#: ... but never below the wide image's blur: 2^N at least this many wide pixels.
-AUTO_MIN_WIDE_PX = 4
+#: Automatic N: the last window (2^N px) about this fraction of the short side ...
+AUTO_WINDOW_FRACTION = 1 / 40
+#: ... plus 2 x log2(ratio / AUTO_RATIO) layers (rounded, never fewer) for coarse wide images.
+AUTO_RATIO = 3.0
 AUTO_MAX_LAYERS = 8
+AUTO_MIN_LAYERS = 2
 
 
 def auto_layers(shape: tuple[int, ...], scale_ratio: float | None = None) -> tuple[int, str]:
     """The layer count MSGR uses by default, from the narrow size and the scale ratio.
 
-    ``N = round(log2(short side * AUTO_WINDOW_FRACTION))``, raised so that the
-    last window spans at least ``AUTO_MIN_WIDE_PX`` wide pixels
-    (``2^N >= 4 x ratio``), and lowered to what the size allows (the model
-    needs ``2^(N+1)`` px). Chosen on the simulated pairs of
-    ``benchmarks/bench_msgr_layers.py`` (see docs/msgr.md).
+    ``N = round(log2(short side / 40)) + max(0, round(2 log2(ratio / 3)))``, between
+    2 and 8 and at most what the size allows (the model needs ``2^(N+1)`` px).
+    The first term keeps the gradient's curvature (glows of a fifth of the
+    field) out of the removed layers; the second keeps the wide image's blur
+    (its stars are ``ratio`` times larger on the narrow grid) out of the kept
+    ones: 2 more layers at ratio 6. Fitted on the simulated pairs of
+    ``benchmarks/bench_msgr_layers.py`` (the table is in docs/msgr.md): on
+    800x600 and 512x323 narrow frames, ratios 1.5 and 3 leave the least
+    gradient with 3-4 layers, ratio 6 with 6 (800x600) and 5 (512x323).
 
     Returns
     -------
@@ -153,19 +158,17 @@ def auto_layers(shape: tuple[int, ...], scale_ratio: float | None = None) -> tup
     most = int(np.floor(np.log2(max(short, 2)))) - 1
     if most < 1:
         raise MsgrError(f"image is {shape[-1]}x{shape[-2]} px: too small for MSGR")
-    n = int(np.round(np.log2(max(short * AUTO_WINDOW_FRACTION, 2.0))))
+    n = int(np.round(np.log2(max(short * AUTO_WINDOW_FRACTION, 1.0))))
     why = f"last window ~1/{round(1 / AUTO_WINDOW_FRACTION)} of the short side ({short} px)"
     if scale_ratio is not None and scale_ratio > 0:
-        need = int(np.ceil(np.log2(AUTO_MIN_WIDE_PX * scale_ratio)))
-        if need > n:
-            n = need
-            why = (f"last window at least {AUTO_MIN_WIDE_PX} wide pixels (scale ratio "
-                   f"{scale_ratio:.2f})")
-    n = min(n, AUTO_MAX_LAYERS)
+        extra = max(0, int(np.round(2 * np.log2(scale_ratio / AUTO_RATIO))))
+        if extra:
+            n += extra
+            why += f", +{extra} for the wide image's {scale_ratio:.2f}x coarser pixels"
+    n = int(np.clip(n, AUTO_MIN_LAYERS, AUTO_MAX_LAYERS))
     if n > most:
         n = most
         why = f"the most a {short} px short side allows (the model needs 2^(N+1) px)"
-    n = max(1, n)
     return n, f"{n} layers (scales above {2 ** n} px kept): {why}"
 
 
