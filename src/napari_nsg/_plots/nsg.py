@@ -28,8 +28,8 @@ def channel_colour(c: int, n_channels: int) -> str:
 
 
 class PhotometryPlot(PlotWidget):
-    """Reference flux against target flux of the matched stars, per channel, with
-    the fitted scale (``ref = scale * target``); rejected pairs marked ×."""
+    """Reference flux against target flux of the matched stars, per channel, on log
+    axes, with the fitted scale (``ref = scale * target``); rejected pairs marked ×."""
 
     title = "Photometry"
     xlabel = "target flux (ADU)"
@@ -67,15 +67,24 @@ class PhotometryPlot(PlotWidget):
             self.axes.scatter(tgt[c][bad], ref[c][bad], s=24, marker="x",
                               color=REJECTED_COLOUR if n_ch == 1 else colour, alpha=0.8,
                               label=f"{label}rejected ({bad.sum()})")
-            finite = np.isfinite(tgt[c])
-            top = float(np.nanmax(tgt[c][finite])) if finite.any() else 1.0
-            line_x = np.array([0.0, top])
+            line_x = _flux_span(tgt[c])
             self.axes.plot(line_x, scale[c] * line_x, color=colour, linewidth=1,
                            label=f"{label}scale {scale[c]:.4f}")
             self.keep(**{f"target_{c}": tgt[c], f"reference_{c}": ref[c], f"used_{c}": used[c],
                          f"line_{c}": scale[c] * line_x, f"line_x_{c}": line_x})
+        # fluxes span decades: on log axes the faint stars and the rejected ones are visible
+        self.axes.set_xscale("log")
+        self.axes.set_yscale("log")
         self.legend()
         self.draw()
+
+
+def _flux_span(flux: np.ndarray) -> np.ndarray:
+    """The positive range of the fluxes (for the fitted line on log axes)."""
+    positive = flux[np.isfinite(flux) & (flux > 0)]
+    if positive.size == 0:
+        return np.array([1.0, 10.0])
+    return np.array([float(positive.min()), float(positive.max())])
 
 
 class GradientPlot(PlotWidget):

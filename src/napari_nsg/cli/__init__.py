@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from .. import __version__
-from ._common import EXIT_BAD_INPUT, run_guarded
+from ..io.errors import FrameWarning
+from ._common import EXIT_BAD_INPUT, run_guarded, warn
 
 SUBCOMMANDS = ("demo", "rank", "normalize", "register", "stack", "msgr")
 
@@ -34,6 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _frame_warning_printer(default):
+    """A ``warnings.showwarning`` that prints a :class:`FrameWarning` as one line,
+    once per message, without Python's file:line prefix (a frame read twice in one
+    run warns once); other warnings go to ``default``."""
+    seen: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, FrameWarning):
+            return default(message, category, filename, lineno, file, line)
+        text = str(message)
+        if text not in seen:
+            seen.add(text)
+            warn(text)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-nsg`` command; returns the exit status."""
     parser = build_parser()
@@ -45,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_BAD_INPUT
-    return run_guarded(args._run, args)
+    previous = warnings.showwarning
+    warnings.showwarning = _frame_warning_printer(previous)
+    try:
+        return run_guarded(args._run, args)
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":  # pragma: no cover

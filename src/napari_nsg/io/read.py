@@ -117,7 +117,7 @@ def _shape_checked(path, data: np.ndarray, channel_axis_last: bool = False) -> n
     )
 
 
-def _open_regular(path: Path):
+def open_regular(path: Path):
     """Open ``path`` for reading without blocking; FrameError unless it is a regular file.
 
     The check is made on the open descriptor (symlinks resolved), so a FIFO,
@@ -378,7 +378,7 @@ def read_frame(
         raise ValueError(f"debayer must be None or one of {DEBAYER_METHODS}, got {debayer!r}")
     kind = frame_kind(path)
     index = None
-    with _open_regular(path) as fh:
+    with open_regular(path) as fh:
         if kind == "tiff":
             data, header = _read_tiff(path)
             data = _shape_checked(path, data, channel_axis_last=True)

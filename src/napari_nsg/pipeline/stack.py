@@ -33,6 +33,7 @@ from ..core.stack import Rejection, integrate
 from ..io import FrameError, read_frame
 from ..io.atomic import atomic_path, refuse_inputs, write_error
 from ..io.fits_scan import image_hdu, scan_fits
+from ..io.read import open_regular
 from ..io.write import frame_hdu
 from .executors import map_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
@@ -96,10 +97,8 @@ def _open_source(path: Path) -> tuple[_Source, fits.Header]:
     """The frame's pixel source and header; FrameError if it cannot be read."""
     if path.suffix.lower() in (".fits", ".fit", ".fts"):
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:  # a FIFO or device is refused, never blocks
                 info = image_hdu(scan_fits(fh, path), path)
-        except FileNotFoundError:
-            raise FrameError(path, "file not found") from None
         except OSError as exc:
             raise FrameError(path, f"cannot be read ({exc.strerror or exc})") from None
         if info.kind == "image" and len(info.shape) in (2, 3):
@@ -118,7 +117,10 @@ def frame_weight(header: fits.Header, keyword: str | None, path) -> float:
     """The frame's weight from ``keyword`` (1 when None); FrameError if missing or bad."""
     if keyword is None:
         return 1.0
-    value = header.get(keyword)
+    try:
+        value = header.get(keyword)
+    except fits.VerifyError:  # an unparsable card: the weight is unusable
+        value = "(unparsable card)"
     try:
         weight = float(value)
     except (TypeError, ValueError):
