@@ -10,6 +10,10 @@ POINT_COLOUR = "#5b9bd5"
 LINE_COLOUR = "#e8554e"
 POINT_SIZE = 2
 POINT_ALPHA = 0.3
+#: Axis limits: these percentiles of the points (star cores left in the large scales are
+#: far out and would squash the cloud), widened by MARGIN of the span.
+VIEW_PERCENTILES = (0.5, 99.5)
+MARGIN = 0.05
 
 
 class MsgrFitPlot(PlotWidget):
@@ -34,6 +38,16 @@ class MsgrFitPlot(PlotWidget):
                        label=f"narrow = {a:.4g} + {b:.4g} × wide")
         if label:
             self.axes.set_title(f"{self.title}: {label}", color=self.colours["foreground"])
+        self._zoom(x, y)
         self.keep(wide=x, narrow=y, line_x=scatter["line_x"], line_y=scatter["line_y"])
         self.legend()
         self.draw()
+
+    def _zoom(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Limit the axes to the bulk of the points (outliers stay plotted, off view)."""
+        if x.size < 2:
+            return
+        for values, setter in ((x, self.axes.set_xlim), (y, self.axes.set_ylim)):
+            lo, hi = np.percentile(values, VIEW_PERCENTILES)
+            pad = MARGIN * (hi - lo) if hi > lo else 1.0
+            setter(lo - pad, hi + pad)
