@@ -49,12 +49,12 @@ def cases(n_seeds: int, quick: bool):
                 for seed in range(n_seeds):
                     rng = np.random.default_rng(1000 + seed)
                     frac = WIDE_GRADIENTS[seed % 2] if n_seeds > 1 else rng.uniform(0.005, 0.02)
-                    kw = dict(narrow_shape=shape, scale_ratio=ratio, seed=seed, gain=25.0,
-                              rotation_deg=float(rng.uniform(-30, 30)),
-                              shift=(float(rng.uniform(-5, 5)), float(rng.uniform(-5, 5))),
-                              nebula_scales=scales, nebula_amplitude=amp,
-                              narrow_sky=NARROW_SKY, narrow_gradient=NARROW_GRADIENT,
-                              wide_gradient=frac * NARROW_SKY * ratio**2)
+                    kw = {"narrow_shape": shape, "scale_ratio": ratio, "seed": seed, "gain": 25.0,
+                              "rotation_deg": float(rng.uniform(-30, 30)),
+                              "shift": (float(rng.uniform(-5, 5)), float(rng.uniform(-5, 5))),
+                              "nebula_scales": scales, "nebula_amplitude": amp,
+                              "narrow_sky": NARROW_SKY, "narrow_gradient": NARROW_GRADIENT,
+                              "wide_gradient": frac * NARROW_SKY * ratio**2}
                     yield (f"{shape[1]}x{shape[0]}", ratio, label), kw
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from screenshots import OUT, WINDOW, only, save, wait  # noqa: E402
+from screenshots import OUT, WINDOW, only, save, wait
 
-PAIR = dict(narrow_shape=(600, 800), scale_ratio=3.0, rotation_deg=25.0, seed=1, gain=25.0,
-            wide_gradient=0.01 * 500.0 * 9)
+PAIR = {"narrow_shape": (600, 800), "scale_ratio": 3.0, "rotation_deg": 25.0, "seed": 1, "gain": 25.0,
+            "wide_gradient": 0.01 * 500.0 * 9}
 
 
 def msgr_screens(viewer, app) -> None:

@@ -114,7 +114,7 @@ def test_bad_inputs_exit_2_naming_the_file(files, tmp_path, capsys, which, args,
 
 
 def test_auto_layers_and_flatten_wide_from_the_command_line(files, tmp_path, capsys):
-    pair, p = files
+    _, p = files
     out = tmp_path / "flat.fits"
     rc = main(["msgr", str(p["narrow"]), str(p["wide"]), "--out", str(out), "--quiet",
                "--flatten-wide"])

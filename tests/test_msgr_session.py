@@ -17,8 +17,8 @@ from napari_nsg.synthetic import simulate_pair
 from napari_nsg.synthetic.scoring import residual_fraction
 
 #: ``napari-nsg demo``'s MSGR pair (cli/demo.py, default seed 1)
-DEMO_PAIR = dict(narrow_shape=(600, 800), scale_ratio=3.0, rotation_deg=25.0, seed=1, gain=25.0,
-                 wide_gradient=0.01 * 500.0 * 9)
+DEMO_PAIR = {"narrow_shape": (600, 800), "scale_ratio": 3.0, "rotation_deg": 25.0, "seed": 1, "gain": 25.0,
+                 "wide_gradient": 0.01 * 500.0 * 9}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_step_by_step_equals_the_command_line(demo_files, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_new_parameter_recomputes_only_the_steps_after_it(demo_files):
-    pair, narrow, wide = demo_files
+    pair, _narrow, _wide = demo_files
     session = MsgrSession(pair.narrow, pair.wide, scale_hint=3.0)
     session.run_all()
     first = session.corrected.copy()
@@ -123,7 +123,7 @@ def test_bad_inputs_are_clear_errors():
         MsgrSession(pair.narrow, pair.wide, mode="divide")
     session = MsgrSession(pair.narrow, pair.wide)
     with pytest.raises(MsgrError, match="'fit' has not been run"):
-        session.fits
+        _ = session.fits
     with pytest.raises(TypeError, match="unknown MSGR parameter"):
         session.update_params(layers=3)
 

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.gui
 
 WAIT_MS = 240_000
 #: ``napari-nsg demo``'s pair (the 400x300 napari sample pair has too few stars to register)
-PAIR = dict(narrow_shape=(600, 800), scale_ratio=3.0, rotation_deg=25.0, seed=1, gain=25.0,
-            wide_gradient=0.01 * 500.0 * 9)
+PAIR = {"narrow_shape": (600, 800), "scale_ratio": 3.0, "rotation_deg": 25.0, "seed": 1, "gain": 25.0,
+            "wide_gradient": 0.01 * 500.0 * 9}
 
 
 @pytest.fixture(scope="module")

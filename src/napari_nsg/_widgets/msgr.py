@@ -109,7 +109,7 @@ class MsgrWidget(WorkbenchWidget):
         Registration numbers, the layer count and its reason, the fit.
     """
 
-    def __init__(self, napari_viewer: "napari.viewer.Viewer", parent=None):
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(napari_viewer, parent)
         self.session: MsgrSession | None = None
         self._source: tuple | None = None

@@ -54,17 +54,17 @@ __all__ = [
     "check_msgr_size",
     "checked_fit",
     "create_model",
-    "fit_wide_to_narrow",
-    "flatten_wide_image",
-    "fit_large_scales",
-    "fit_with_fallback",
-    "match_channels",
-    "resolve_layers",
     "data_ranges",
+    "fit_large_scales",
+    "fit_wide_to_narrow",
+    "fit_with_fallback",
+    "flatten_wide_image",
     "gradient_model",
     "large_scales",
+    "match_channels",
     "msgr",
     "remove_stars_both",
+    "resolve_layers",
     "smooth_model",
     "suggest_layers",
 ]
@@ -631,8 +631,8 @@ def checked_fit(narrow_large: np.ndarray, wide_large: np.ndarray, *,
             first = first or exc
             continue
         if degree != degrees[0]:
-            warnings = [f"the fit with a degree-{degrees[0]} surface was refused ({first}); "
-                        f"used degree {degree}", *warnings]
+            warnings = [(f"the fit with a degree-{degrees[0]} surface was refused ({first}); "
+                        f"used degree {degree}"), *warnings]
         return fits, warnings
     raise first
 
