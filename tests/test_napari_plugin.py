@@ -86,6 +86,10 @@ def test_sample_data_loads(make_napari_viewer):
     assert len(scales) == layer.data.shape[0]
     viewer.open_sample("napari-nsg", "synthetic_pair")
     assert len(viewer.layers) == 3
+    wide, narrow = viewer.layers[1:]
+    assert (narrow.metadata["msgr_role"], wide.metadata["msgr_role"]) == ("narrow", "wide")
+    ratio = narrow.metadata["header"]["FOCALLEN"] / wide.metadata["header"]["FOCALLEN"]
+    assert narrow.data.shape == (600, 800) and ratio == pytest.approx(3.0)
 
 
 @pytest.mark.gui

@@ -465,4 +465,4 @@ def test_pair_headers_rgb_and_errors():
     with pytest.raises(ValueError, match="footprint"):
         simulate_pair((120, 160), scale_ratio=1.5, shift=(40.0, 0.0))
     small = sample_pair()
-    assert small.narrow.shape == (300, 400) and small.scale_ratio == 3.0
+    assert small.narrow.shape == (600, 800) and small.scale_ratio == 3.0 and small.seed == 1

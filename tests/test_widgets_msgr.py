@@ -6,20 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_nsg.synthetic import simulate_pair
+from napari_nsg.synthetic import sample_pair, simulate_pair
 from napari_nsg.synthetic.scoring import residual_fraction
 
 pytestmark = pytest.mark.gui
 
 WAIT_MS = 240_000
-#: ``napari-nsg demo``'s pair (the 400x300 napari sample pair has too few stars to register)
-PAIR = {"narrow_shape": (600, 800), "scale_ratio": 3.0, "rotation_deg": 25.0, "seed": 1, "gain": 25.0,
-            "wide_gradient": 0.01 * 500.0 * 9}
 
 
 @pytest.fixture(scope="module")
 def pair():
-    return simulate_pair(**PAIR)
+    """The napari sample pair (= ``napari-nsg demo``'s: 800x600 narrow, ratio 3, 25 deg)."""
+    return sample_pair()
 
 
 @pytest.fixture
@@ -119,6 +117,27 @@ def test_run_all_and_cancel_during_registration(make_napari_viewer, qtbot, pair,
     assert residual_fraction(pair, viewer.layers[LAYER["corrected"]].data) <= 0.05
 
 
+@pytest.mark.slow
+def test_sample_pair_from_the_menu_runs_all(make_napari_viewer, qtbot, errors):
+    """File > Open Sample > the pair, then Run all: narrow and wide are picked, MSGR works."""
+    from napari_nsg._widgets.msgr import LAYER, MsgrWidget
+
+    viewer = make_napari_viewer()
+    w = MsgrWidget(viewer)
+    viewer.open_sample("napari-nsg", "synthetic_pair")
+    narrow = viewer.layers["simulated narrow field"]
+    assert (w.narrow_choice.value, w.wide_choice.value) == (narrow.name, "simulated wide field")
+    truth = sample_pair(narrow.metadata["simulation"]["seed"])
+    np.testing.assert_array_equal(narrow.data, truth.narrow)  # the truth of the data shown
+    w.run_all()
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+    assert not errors
+    assert w.session.registration.scale_ratio == pytest.approx(truth.scale_ratio, rel=0.01)
+    corrected = viewer.layers[LAYER["corrected"]].data
+    assert residual_fraction(truth, narrow.data) > 0.8
+    assert residual_fraction(truth, corrected) <= 0.10  # measured 0.031
+
+
 def test_bad_input_gives_a_notification(make_napari_viewer, qtbot, errors):
     viewer = make_napari_viewer()
     a = simulate_pair((300, 400), seed=0, shift=(6.0, -4.0), channels=3)
@@ -139,7 +158,7 @@ def test_bad_input_gives_a_notification(make_napari_viewer, qtbot, errors):
 @pytest.mark.slow
 def test_no_overlap_gives_a_notification(make_napari_viewer, qtbot, pair, errors):
     viewer = make_napari_viewer()
-    other = simulate_pair(**{**PAIR, "seed": 9})
+    other = sample_pair(seed=9)
     viewer.add_image(other.wide, name="other wide")
     w = _widget(viewer, pair)
     w.wide_choice.value = "other wide"

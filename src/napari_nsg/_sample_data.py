@@ -26,12 +26,25 @@ def make_synthetic_subs() -> list[tuple]:
     return [image_layer(stack, "simulated sub-frames", metadata, colour=False)]
 
 
+#: ``layer.metadata`` key telling the MSGR widget which image a layer is ("narrow" or "wide").
+MSGR_ROLE = "msgr_role"
+
+
 def make_synthetic_pair() -> list[tuple]:
-    """A simulated wide-field / narrow-field pair of the same sky (for MSGR)."""
+    """A simulated wide-field / narrow-field pair of the same sky (for MSGR).
+
+    ``napari-nsg demo``'s pair (:func:`napari_nsg.synthetic.sample_pair`). Each layer's
+    metadata holds its FITS header, its role for the MSGR widget (:data:`MSGR_ROLE`)
+    and ``simulation``: the arguments that re-create the pair and its truth.
+    """
     from .synthetic import sample_pair
 
     pair = sample_pair()
+    simulation = {"function": "napari_nsg.synthetic.sample_pair", "seed": pair.seed}
     return [
-        image_layer(pair.wide, "simulated wide field", {"header": pair.wide_header}),
-        image_layer(pair.narrow, "simulated narrow field", {"header": pair.narrow_header}),
+        image_layer(pair.wide, "simulated wide field",
+                    {"header": pair.wide_header, MSGR_ROLE: "wide", "simulation": simulation}),
+        image_layer(pair.narrow, "simulated narrow field",
+                    {"header": pair.narrow_header, MSGR_ROLE: "narrow",
+                     "simulation": simulation}),
     ]

@@ -16,6 +16,7 @@ from magicgui import widgets as mg
 from qtpy.QtWidgets import QFileDialog, QGroupBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from .._plots.msgr import MsgrFitPlot
+from .._sample_data import MSGR_ROLE
 from ..core.flatten import FLATTEN_MODES, FLATTEN_SURFACES
 from ..core.linear_fit import DEFAULT_FIT_METHOD, FIT_METHODS
 from ..core.msgr import MODES, MsgrError
@@ -71,6 +72,11 @@ def _choices_of(viewer) -> list[str]:
             if all(f"{base} [{c}]" in names for c in CHANNEL_NAMES):
                 out.append(base + RGB_SUFFIX)
     return out
+
+
+def _role_layer(viewer, role: str) -> str | None:
+    """The first layer whose metadata marks it as the ``role`` ("narrow"/"wide") image."""
+    return next((ly.name for ly in viewer.layers if ly.metadata.get(MSGR_ROLE) == role), None)
 
 
 def _data_ids(viewer, choice: str) -> tuple:
@@ -213,13 +219,16 @@ class MsgrWidget(WorkbenchWidget):
         }
 
     def refresh_choices(self) -> None:
-        """Offer the viewer's image layers (and RGB trios) as narrow and wide."""
+        """Offer the viewer's image layers (and RGB trios) as narrow and wide; an empty
+        choice takes the layer whose metadata names its role (the sample pair's)."""
         choices = _choices_of(self.viewer)
-        for box in (self.narrow_choice, self.wide_choice):
+        for box, role in ((self.narrow_choice, "narrow"), (self.wide_choice, "wide")):
             value = box.value
             box.choices = choices
             if value in choices:
                 box.value = value
+            elif (named := _role_layer(self.viewer, role)) in choices:
+                box.value = named
 
     def set_busy(self, busy: bool) -> None:
         """Disable the step buttons while a job runs."""

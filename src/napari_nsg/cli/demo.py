@@ -183,12 +183,11 @@ def _msgr(args, msgr_dir: Path) -> None:
     """Simulate a wide/narrow pair, run MSGR on the files, score the result on the truth."""
     from ..io import FrameError, OutputExistsError, read_frame, write_frame
     from ..pipeline.msgr import run_msgr
-    from ..synthetic import simulate_pair
+    from ..synthetic import sample_pair
     from ..synthetic.scoring import nebula_correlation, residual_fraction
 
     t0 = time.perf_counter()
-    pair = simulate_pair((600, 800), scale_ratio=3.0, rotation_deg=25.0, seed=args.seed,
-                         gain=25.0, wide_gradient=0.01 * 500.0 * 9)
+    pair = sample_pair(args.seed)  # the napari sample pair, with the demo's seed
     msgr_dir.mkdir(parents=True, exist_ok=True)
     narrow, wide = msgr_dir / "narrow.fits", msgr_dir / "wide.fits"
     try:
