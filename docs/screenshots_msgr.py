@@ -1,7 +1,8 @@
 """Re-take the screenshots of the MSGR widget for docs/msgr.md.
 
-Simulates ``napari-nsg demo``'s wide/narrow pair (800x600 narrow, 3x coarser wide
-rotated 25 deg), opens napari with the MSGR widget, runs each step and saves PNGs
+Opens napari's sample wide/narrow pair (File > Open Sample > NSG Gradient Tools: ``napari-nsg
+demo``'s pair, 800x600 narrow, 3x coarser wide rotated 25 deg) with the MSGR widget, which
+picks the narrow and wide layers itself, runs each step and saves PNGs
 ``docs/images/msgr_*.png`` (with the helpers of ``docs/screenshots.py``)::
 
     xvfb-run -a -s "-screen 0 1400x1000x24" python docs/screenshots_msgr.py
@@ -16,26 +17,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from screenshots import OUT, WINDOW, only, save, wait
 
-PAIR = {"narrow_shape": (600, 800), "scale_ratio": 3.0, "rotation_deg": 25.0, "seed": 1, "gain": 25.0,
-            "wide_gradient": 0.01 * 500.0 * 9}
+NARROW = "simulated narrow field"  # the sample pair's layer
 
 
 def msgr_screens(viewer, app) -> None:
     """Drive the MSGR widget step by step in ``viewer`` and save one PNG per step."""
     from napari_nsg._widgets.msgr import LAYER, MsgrWidget
-    from napari_nsg.synthetic import simulate_pair
 
-    pair = simulate_pair(**PAIR)
-    viewer.add_image(pair.wide, name="wide", metadata={"header": pair.wide_header})
-    viewer.add_image(pair.narrow, name="narrow", metadata={"header": pair.narrow_header})
     widget = MsgrWidget(viewer)
     viewer.window.add_dock_widget(widget, name="MSGR", area="right")
-    widget.narrow_choice.value, widget.wide_choice.value = "narrow", "wide"
+    viewer.open_sample("napari-nsg", "synthetic_pair")
+    if widget.narrow_choice.value != NARROW:
+        raise RuntimeError(f"the widget picked {widget.narrow_choice.value!r} as narrow, not {NARROW!r}")
 
     widget.run_step("register")
     wait(app, [widget])
     widget.blend()
-    only(viewer, {"narrow", LAYER["registered"], LAYER["stars"]})
+    only(viewer, {NARROW, LAYER["registered"], LAYER["stars"]})
     viewer.layers[LAYER["registered"]].colormap = "magenta"
     viewer.layers[LAYER["registered"]].blending = "additive"
     viewer.reset_view()
