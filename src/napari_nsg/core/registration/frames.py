@@ -74,6 +74,11 @@ SPLINE_MIN_PAIRS = 20
 #: The clamp: no sample below the darkest of the CLAMP_SIZE^2 pixels around it.
 CLAMP_SIZE = 4
 CLAMP_ANCHOR = 1
+#: As :func:`~..star_removal.saturation_level`: a plateau of SATURATION_MIN_PIXELS pixels within
+#: SATURATION_NEAR of the maximum marks stars from SATURATION_FRACTION of it as saturated.
+SATURATION_NEAR = 0.98
+SATURATION_MIN_PIXELS = 5
+SATURATION_FRACTION = 0.9
 
 
 @dataclass
@@ -111,6 +116,17 @@ class FrameRegistration:
     warnings: list = field(default_factory=list)
 
 
+def _saturation_level(lum: np.ndarray) -> float | None:
+    """:func:`~..star_removal.saturation_level` without copying the finite pixels out (one
+    NaN-skipping max and one count over the frame instead of a 24 Mpx boolean gather)."""
+    top = float(np.fmax.reduce(lum, axis=None)) if lum.size else float("nan")
+    if not np.isfinite(top):  # all NaN, or +inf present: the exact (slower) definition
+        return saturation_level(lum)
+    if top <= 0 or np.count_nonzero(lum >= SATURATION_NEAR * top) < SATURATION_MIN_PIXELS:
+        return None
+    return SATURATION_FRACTION * top
+
+
 def detect_frame_stars(image: np.ndarray) -> StarTable:
     """A frame's stars for matching (the reference's are detected once for all frames).
 
@@ -119,13 +135,15 @@ def detect_frame_stars(image: np.ndarray) -> StarTable:
     pixels): the refinement re-measures every paired star on the full image.
     """
     lum = intensity(image)
-    sat = saturation_level(lum)
-    kw = dict(threshold=DETECT_THRESHOLD, min_area=DETECT_MIN_AREA, max_stars=MAX_STARS,
-              saturation=sat)
+    sat = _saturation_level(lum)
+    kw = {"threshold": DETECT_THRESHOLD, "min_area": DETECT_MIN_AREA, "max_stars": MAX_STARS,
+          "saturation": sat}
     if lum.size <= BIN_ABOVE_PIXELS:
         return detect_stars(lum, **kw)
     h, w = (lum.shape[0] // 2) * 2, (lum.shape[1] // 2) * 2
-    binned = lum[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    # the mean of each 2x2 block (INTER_AREA at exactly 1/2): 10x faster than numpy's mean
+    binned = cv2.resize(np.ascontiguousarray(lum[:h, :w]), (w // 2, h // 2),
+                        interpolation=cv2.INTER_AREA)
     st = detect_stars(binned, **kw)
     for name in ("x", "y"):
         setattr(st, name, 2.0 * getattr(st, name) + 0.5)
@@ -263,17 +281,24 @@ def _outside(map_x: np.ndarray, map_y: np.ndarray, shape: tuple[int, int]) -> np
     return (map_x < -0.5) | (map_y < -0.5) | (map_x > w - 0.5) | (map_y > h - 0.5)
 
 
+def _nan_no_data(plane: np.ndarray) -> np.ndarray:
+    """``plane`` as contiguous float32 with its no-data pixels (0, inf) set to NaN (a copy only
+    when it has some)."""
+    src = np.ascontiguousarray(plane, dtype=np.float32)
+    bad = no_data_mask(src)
+    if bad.any():
+        src = src.copy()
+        src[bad] = np.nan
+    return src
+
+
 def _resample_plane(plane: np.ndarray, map_x, map_y, method: str) -> np.ndarray:
     """One plane resampled; NaN off the frame and near its no-data pixels.
 
     The frame's edge pixels are replicated for the kernel's reach, so a small
     shift loses no more than the pixels it moves off the frame.
     """
-    bad = no_data_mask(plane)
-    src = np.ascontiguousarray(plane)
-    if bad.any():
-        src = src.copy()
-        src[bad] = np.nan
+    src = _nan_no_data(plane)
     out = cv2.remap(src, map_x, map_y, _CV_FLAGS[method], borderMode=cv2.BORDER_REPLICATE)
     missing = np.isnan(out) | _outside(map_x, map_y, plane.shape)
     if method == "lanczos-clamped":
@@ -282,32 +307,54 @@ def _resample_plane(plane: np.ndarray, map_x, map_y, method: str) -> np.ndarray:
     return out
 
 
-def _warp_homography(plane: np.ndarray, h: np.ndarray, shape: tuple[int, int],
-                     method: str) -> np.ndarray:
-    """One plane through a homography (OpenCV computes the coordinates on the fly); NaN
-    off the frame and near its no-data pixels, as :func:`_resample_plane`."""
-    bad = no_data_mask(plane)
-    src = np.ascontiguousarray(plane)
-    if bad.any():
-        src = src.copy()
-        src[bad] = np.nan
+def _warp_homography(plane: np.ndarray, h: np.ndarray, shape: tuple[int, int], method: str,
+                     covered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One plane through a homography (OpenCV computes the coordinates on the fly).
+
+    Returns ``(out, missing)``: ``out`` is 0 where ``missing`` is True, i.e. off the
+    frame (``covered`` is 0) or near its no-data pixels, as :func:`_resample_plane`.
+    Every full-frame pass is done once, in place (the floor included).
+    """
+    src = _nan_no_data(plane)
     size = (shape[1], shape[0])
     inverse = cv2.WARP_INVERSE_MAP  # h maps output (reference) pixels to frame pixels
     out = cv2.warpPerspective(src, h, size, flags=_CV_FLAGS[method] | inverse,
                               borderMode=cv2.BORDER_REPLICATE)
-    covered = cv2.warpPerspective(np.ones(plane.shape, np.uint8), h, size,
-                                  flags=cv2.INTER_NEAREST | inverse,
-                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    missing = np.isnan(out) | (covered == 0)
+    missing = np.isnan(out)
+    missing |= covered == 0
     if method == "lanczos-clamped":
         kernel = np.ones((CLAMP_SIZE, CLAMP_SIZE), np.uint8)
         lo = cv2.erode(src, kernel, anchor=(CLAMP_ANCHOR, CLAMP_ANCHOR),
                        borderType=cv2.BORDER_REPLICATE)
         to_floor = np.array([[1.0, 0, -0.5], [0, 1.0, -0.5], [0, 0, 1.0]]) @ h  # nearest = floor
-        np.fmax(out, cv2.warpPerspective(lo, to_floor, size, flags=cv2.INTER_NEAREST | inverse,
-                                         borderMode=cv2.BORDER_REPLICATE), out=out)
-    out[missing] = np.nan
-    return out
+        floor = cv2.warpPerspective(lo, to_floor, size, flags=cv2.INTER_NEAREST | inverse,
+                                    borderMode=cv2.BORDER_REPLICATE)
+        del lo
+        np.fmax(out, floor, out=out)
+        del floor
+    out[missing] = 0.0
+    return out, missing
+
+
+def _covered(h: np.ndarray, frame_shape: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """uint8, 1 where the reference pixel's nearest frame pixel is on the frame."""
+    return cv2.warpPerspective(np.ones(frame_shape, np.uint8), h, (shape[1], shape[0]),
+                               flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def _resample_homography(planes: np.ndarray, h: np.ndarray, shape: tuple[int, int],
+                         method: str) -> tuple[np.ndarray, float]:
+    """``(c, y, x)`` planes through ``h`` with 0 for no data, and the coverage."""
+    covered = _covered(h, planes.shape[-2:], shape)
+    outs, any_missing = [], None
+    for plane in planes:
+        out, missing = _warp_homography(plane, h, shape, method, covered)
+        outs.append(out)
+        any_missing = missing if any_missing is None else np.logical_or(any_missing, missing,
+                                                                        out=any_missing)
+    coverage = float(1.0 - np.count_nonzero(any_missing) / any_missing.size)
+    return (outs[0][None] if len(outs) == 1 else np.stack(outs)), coverage
 
 
 def resample(frame: np.ndarray, transform, shape: tuple[int, int], *,
@@ -338,10 +385,10 @@ def resample(frame: np.ndarray, transform, shape: tuple[int, int], *,
     planes = arr[None] if arr.ndim == 2 else arr
     h = getattr(transform, "homography", None)
     if h is not None and getattr(transform, "distortion", None) is None:
-        out = np.stack([_warp_homography(p, h, shape, method) for p in planes])
-    else:
-        map_x, map_y = model_maps(transform, shape, step=map_step)
-        out = np.stack([_resample_plane(p, map_x, map_y, method) for p in planes])
+        out, covered = _resample_homography(planes, h, shape, method)
+        return (out[0] if arr.ndim == 2 else out), covered
+    map_x, map_y = model_maps(transform, shape, step=map_step)
+    out = np.stack([_resample_plane(p, map_x, map_y, method) for p in planes])
     bad = ~np.isfinite(out)
     covered = float(1.0 - bad.any(axis=0).mean())
     out[bad] = 0.0
