@@ -114,6 +114,28 @@ def test_lanczos_floor_removes_rings_and_keeps_peaks():
     assert abs(flux_ratio - 1) < 0.01  # measured +0.6 %
 
 
+def test_homography_fast_path_agrees_with_the_coordinate_maps(dithered):
+    """The fused warpPerspective path (floor, no data, coverage in one pass each) gives what the
+    generic remap path gives for the same map, which is evaluated per pixel from coordinates."""
+    d = dithered
+    frame = d.frames[FLIPPED].copy()
+    frame[100:110, 200:260] = 0.0  # a no-data block inside the frame
+    frame[300, 50] = np.nan
+    reg = register_frame(d.frames[0], d.frames[FLIPPED], model="projective")
+    fast, cov_fast = resample(frame, reg.transform, SHAPE)
+    maps, cov_maps = resample(frame, lambda xy: reg.transform(xy), SHAPE)  # not a WideTransform
+    # measured: the same no-data pixels and coverage (0.92533) in both
+    assert ((fast != 0) == (maps != 0)).mean() > 0.9999
+    assert abs(cov_fast - cov_maps) < 1e-4
+    both = (fast != 0) & (maps != 0)
+    diff = np.abs(fast - maps)[both]
+    # both quantise positions to 1/32 px, the maps from a 32 px grid of nodes: measured median
+    # 0, 99.9th percentile 0.72 ADU (noise 29 ADU), worst 3.6 % of the pixel (a star's slope)
+    assert np.percentile(diff, 99.9) < 0.05 * d.noise
+    assert (diff / np.maximum(np.abs(maps[both]), 1.0)).max() < 0.05
+    assert (fast[both] >= 0).all() and not np.isnan(fast).any()
+
+
 def test_colour_and_no_data_edges(dithered):
     d = dithered
     rgb = np.stack([d.frames[2], 0.8 * d.frames[2], 1.2 * d.frames[2]])
