@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stars import detect_stars, intensity
+from .stars import detect_stars, intensity, no_data_mask
 
 
 @dataclass
@@ -32,12 +32,18 @@ class CornerGradients:
         The box levels ``{"top_left": ..., ...}`` per channel. "top" is row 0.
     box_size : int
         Side of the boxes in pixels.
+    positions : dict
+        ``{corner: (y0, x0, y1, x1)}`` of the boxes measured. A box with less
+        than half of its pixels holding data (a registration border) is slid
+        toward the centre until it has enough, and the difference is scaled
+        to the nominal corner-to-corner distance.
     """
 
     diagonal_1: np.ndarray
     diagonal_2: np.ndarray
     boxes: dict
     box_size: int
+    positions: dict | None = None
 
     @property
     def magnitude(self) -> np.ndarray:
@@ -129,13 +135,48 @@ def corner_gradients(data: np.ndarray, box_fraction: float = 0.1) -> CornerGradi
     CornerGradients
     """
     chans = _channels(np.asarray(data))
-    where = corner_box_slices(chans.shape[-2:], box_fraction)
+    nominal = corner_box_slices(chans.shape[-2:], box_fraction)
+    valid = ~np.any(no_data_mask(chans), axis=0)
+    where = {key: _box_with_data(valid, rows, cols) for key, (rows, cols) in nominal.items()}
     boxes = {key: np.array([sky_level(ch[rows, cols]) for ch in chans])
              for key, (rows, cols) in where.items()}
-    d1 = boxes["bottom_right"] - boxes["top_left"]
-    d2 = boxes["top_right"] - boxes["bottom_left"]
+    d1 = (boxes["bottom_right"] - boxes["top_left"]) * _baseline_ratio(
+        nominal, where, "top_left", "bottom_right")
+    d2 = (boxes["top_right"] - boxes["bottom_left"]) * _baseline_ratio(
+        nominal, where, "bottom_left", "top_right")
     size = where["top_left"][0].stop - where["top_left"][0].start
-    return CornerGradients(diagonal_1=d1, diagonal_2=d2, boxes=boxes, box_size=size)
+    positions = {key: (r.start, c.start, r.stop, c.stop) for key, (r, c) in where.items()}
+    return CornerGradients(diagonal_1=d1, diagonal_2=d2, boxes=boxes, box_size=size,
+                           positions=positions)
+
+
+MIN_BOX_VALID = 0.5  # a corner box needs this fraction of data pixels to be measured
+BOX_SLIDE_STEPS = 16  # positions tried between the nominal corner box and the centre
+
+
+def _box_with_data(valid: np.ndarray, rows: slice, cols: slice) -> tuple[slice, slice]:
+    """The corner box, slid toward the image centre until at least
+    ``MIN_BOX_VALID`` of it is data (the nominal box when none is)."""
+    h, w = valid.shape
+    s = rows.stop - rows.start
+    y_end, x_end = (h - s) / 2, (w - s) / 2
+    for t in np.linspace(0.0, 1.0, BOX_SLIDE_STEPS + 1):
+        y0 = int(round(rows.start + t * (y_end - rows.start)))
+        x0 = int(round(cols.start + t * (x_end - cols.start)))
+        if valid[y0 : y0 + s, x0 : x0 + s].mean() >= MIN_BOX_VALID:
+            return slice(y0, y0 + s), slice(x0, x0 + s)
+    return rows, cols
+
+
+def _baseline_ratio(nominal: dict, where: dict, start: str, end: str) -> float:
+    """Nominal over actual distance between two box centres: scales a difference
+    of slid boxes to the nominal corner-to-corner baseline (exact for a plane)."""
+    def centre(rc):
+        return np.array([(rc[0].start + rc[0].stop) / 2, (rc[1].start + rc[1].stop) / 2])
+
+    full = np.linalg.norm(centre(nominal[end]) - centre(nominal[start]))
+    actual = np.linalg.norm(centre(where[end]) - centre(where[start]))
+    return float(full / actual) if actual > 0 else float("nan")
 
 
 CORNERS = ("top_left", "top_right", "bottom_left", "bottom_right")

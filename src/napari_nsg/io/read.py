@@ -321,6 +321,23 @@ def _read_fits_named(path: Path, fh, kind: str | None, hdu: int | None):
     return _shape_checked(path, data), header, index
 
 
+SUPERPIXEL_SIZE_KEYS = ("XPIXSZ", "YPIXSZ")  # micrometres: one superpixel is 2x2 photosites
+
+
+def _double_pixel_size(header: fits.Header, meta: FrameMetadata) -> None:
+    """After superpixel debayering a pixel is 2x2 photosites: double the pixel
+    size in the header (so a re-read frame has the right image scale) and in
+    the parsed metadata."""
+    for key in SUPERPIXEL_SIZE_KEYS:
+        value = header.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            header[key] = 2.0 * float(value)
+    if meta.pixel_size:
+        meta.pixel_size *= 2.0
+        if meta.image_scale_source == "XPIXSZ/FOCALLEN":
+            meta.image_scale *= 2.0
+
+
 def _metadata(path: Path, header: fits.Header, height: int) -> FrameMetadata:
     """Parse the metadata; unparsable cards are treated as missing, with a warning."""
     unreadable: list[str] = []
@@ -399,8 +416,6 @@ def read_frame(
             header.remove(key, ignore_missing=True, remove_all=True)
         header.add_history(f"napari-nsg: debayered ({debayer}, pattern {meta.bayer_pattern})")
         meta.bayer_pattern = None
-        if debayer == "superpixel" and meta.pixel_size:
-            meta.pixel_size *= 2.0
-            if meta.image_scale_source == "XPIXSZ/FOCALLEN":
-                meta.image_scale *= 2.0
+        if debayer == "superpixel":
+            _double_pixel_size(header, meta)
     return Frame(path=path, data=data, header=header, meta=meta, hdu_index=index, debayered=done)

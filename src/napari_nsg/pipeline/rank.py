@@ -16,6 +16,7 @@ frame in memory at a time (plus the yardstick's model in the second pass).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ..core.reference import (
     blink_normalize,
     corner_gradients,
     gradient_complexity,
+    sky_level,
     star_statistics,
 )
 from ..io import FrameError, read_frame
@@ -191,6 +193,25 @@ class _Measured:
     keyword_noise: NoiseEstimate | None = None
 
 
+def _nanmean(values) -> float:
+    """Mean of the finite values; NaN (without numpy's warning) when there are none."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+SKY_SAMPLE_STEP = 4  # every 4th pixel each way is plenty for a whole-frame sky level
+
+
+def _whole_frame_sky(chans: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Fill a channel whose background map has no cell with enough data (a frame
+    mostly no-data) with the sky level of all its data pixels."""
+    out = np.asarray(background, dtype=float).copy()
+    for c in np.flatnonzero(~np.isfinite(out)):
+        out[c] = sky_level(chans[c, ::SKY_SAMPLE_STEP, ::SKY_SAMPLE_STEP])
+    return out
+
+
 def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate]:
     """Measure one frame on its own (no reference needed).
 
@@ -216,15 +237,18 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
     bmap = background_map(chans)
     complexity = gradient_complexity(bmap, chans.shape[-2:])
     flat = bmap.values.reshape(len(chans), -1)
-    background = np.nanmedian(flat, axis=1)
-    span = np.nanpercentile(flat, 98, axis=1) - np.nanpercentile(flat, 2, axis=1)
+    with warnings.catch_warnings():  # a channel with no background cell gives NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        background = np.nanmedian(flat, axis=1)
+        span = np.nanpercentile(flat, 98, axis=1) - np.nanpercentile(flat, 2, axis=1)
+    background = _whole_frame_sky(chans, background)
     stars = star_statistics(data)
     noise = measure_frame_noise(chans)
     row.background = floats(background)
     row.gradient_1 = floats(corners.diagonal_1)
     row.gradient_2 = floats(corners.diagonal_2)
     with np.errstate(divide="ignore", invalid="ignore"):
-        row.gradient_percent = float(np.nanmean(100.0 * corners.magnitude / np.abs(background)))
+        row.gradient_percent = _nanmean(100.0 * corners.magnitude / np.abs(background))
     row.background_span = floats(span)
     row.complexity = floats(complexity.residual_rms)
     row.noise = floats(noise.sigma)
@@ -486,7 +510,7 @@ def gradient_cost(row: FrameRank) -> float:
     scale = np.asarray(row.scale, float)
     span = np.asarray(row.background_span, float) * scale
     lumpy = np.asarray(row.complexity, float) * scale
-    return float(np.nanmean(span + LUMPY_WEIGHT * lumpy))
+    return _nanmean(span + LUMPY_WEIGHT * lumpy)
 
 
 def recommend_reference(rows: list[FrameRank]) -> tuple[FrameRank | None, str]:
@@ -514,7 +538,7 @@ def recommend_reference(rows: list[FrameRank]) -> tuple[FrameRank | None, str]:
     top = ranked[0]
     eligible = [r for r in ranked
                 if (r.rating or 0) >= MIN_RATING
-                and np.nanmean(np.asarray(r.transmission, float)) >= MIN_TRANSMISSION
+                and _nanmean(r.transmission) >= MIN_TRANSMISSION
                 and np.isfinite(gradient_cost(r))]
     if not eligible:
         return top, f"{Path(top.file).name}: the best-rated frame (no gradient measure to compare)"
@@ -525,7 +549,7 @@ def recommend_reference(rows: list[FrameRank]) -> tuple[FrameRank | None, str]:
 
 
 def _describe_gradient(row: FrameRank) -> str:
-    return (f"span {np.nanmean(row.background_span):.3g}, lumpy {np.nanmean(row.complexity):.3g}"
+    return (f"span {_nanmean(row.background_span):.3g}, lumpy {_nanmean(row.complexity):.3g}"
             f" ADU, rating {row.rating:.2f}")
 
 
