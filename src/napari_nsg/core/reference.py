@@ -161,8 +161,8 @@ def _box_with_data(valid: np.ndarray, rows: slice, cols: slice) -> tuple[slice, 
     s = rows.stop - rows.start
     y_end, x_end = (h - s) / 2, (w - s) / 2
     for t in np.linspace(0.0, 1.0, BOX_SLIDE_STEPS + 1):
-        y0 = int(round(rows.start + t * (y_end - rows.start)))
-        x0 = int(round(cols.start + t * (x_end - cols.start)))
+        y0 = round(rows.start + t * (y_end - rows.start))
+        x0 = round(cols.start + t * (x_end - cols.start))
         if valid[y0 : y0 + s, x0 : x0 + s].mean() >= MIN_BOX_VALID:
             return slice(y0, y0 + s), slice(x0, x0 + s)
     return rows, cols
