@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.nsg.engine import NsgError, measure_scale, prepare_reference
+from ..core.nsg.engine import NotRegisteredError, NsgError, measure_scale, prepare_reference
+from ..core.nsg.registered import REGISTER_HINT
 from ..core.nsg.noise import NoiseEstimate, measure_frame_noise, noise_from_keywords
 from ..core.nsg.params import NsgParameters
 from ..core.nsg.weights import compute_weight
@@ -436,6 +437,7 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
     n_channels = common[0] if len(common) == 3 else 1
     raw_scale = np.full((n, n_channels), np.nan)
     raw_weight = np.full(n, np.nan)
+    unregistered = 0
     for i, m in enumerate(measured):
         check_cancel(cancel)
         report(progress, n + i, total, f"scale of {Path(m.row.file).name}")
@@ -451,6 +453,10 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
         try:
             frame = load(i)
             sr = measure_scale(model, frame.data)
+        except NotRegisteredError as exc:
+            m.row.error = str(exc)
+            unregistered += 1
+            continue
         except (FrameError, NsgError) as exc:
             m.row.error = exc.reason if isinstance(exc, FrameError) else str(exc)
             continue
@@ -461,7 +467,18 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
         m.row.n_star_pairs = [int(v) for v in sr.n_star_pairs]
         m.row.warnings.extend(sr.warnings + w.warnings)
     report(progress, total, total, "ranked")
+    _refuse_lone_yardstick(ystick.row, raw_weight, yard, unregistered)
     return _rank(measured, raw_scale, raw_weight, yard, reason)
+
+
+def _refuse_lone_yardstick(row: FrameRank, raw_weight: np.ndarray, yard: int,
+                           unregistered: int) -> None:
+    """When no other frame could be paired with the yardstick because they are
+    not registered to it, the yardstick cannot be ranked or recommended either."""
+    others = np.isfinite(np.delete(raw_weight, yard))
+    if unregistered and not others.any():
+        row.error = (f"no other frame is registered to this one ({unregistered} frame(s) "
+                     f"refused as not registered): {REGISTER_HINT}")
 
 
 def _rank(measured, raw_scale, raw_weight, yard, reason) -> RankResult:

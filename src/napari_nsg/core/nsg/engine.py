@@ -41,6 +41,7 @@ from .correction import (
 from .intermediates import RejectionCircles
 from .noise import NoiseEstimate, measure_frame_noise, noise_from_keywords
 from .params import NsgParameters, max_samples_for
+from .registered import REGISTER_HINT, UnregisteredError, check_registered
 from .samples import (
     SampleGrid,
     Samples,
@@ -55,6 +56,7 @@ from .weights import FrameWeight, compute_weight, transmission_of
 
 __all__ = [
     "NormalizationResult",
+    "NotRegisteredError",
     "NsgError",
     "ReferenceModel",
     "assemble_result",
@@ -76,6 +78,11 @@ RING_AREA_RATIO = 4.0
 class NsgError(ValueError):
     """A frame cannot be normalized; the message says why (without the file name,
     which the caller adds)."""
+
+
+class NotRegisteredError(NsgError):
+    """The target's stars are not at the reference's star positions: the frames
+    are not registered (or show another field); no scale is measured."""
 
 
 def _channels(data: np.ndarray) -> np.ndarray:
@@ -407,6 +414,7 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
         tgt_stars = full
         match = match_stars(cands, full, offset=offset, search_radius=p.star_search_radius)
     warnings.extend(match.warnings)
+    n_paired = len(match)
     # the target's linear range: the same level as the reference's (NSG)
     in_range = tgt_stars.raw_peak[match.tgt_index] < p.linear_range * model.flux_unit
     ri, ti = match.ref_index[in_range], match.tgt_index[in_range]
@@ -414,14 +422,20 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
     ri, ti = ri[:max_pairs], ti[:max_pairs]
     match = StarMatch(ri, ti, offset, match.ratio, match.warnings)
     if len(ri) == 0:
-        raise NsgError("no star of the reference was found in the frame: cannot measure the "
-                       "scale (clouds, a different field, or frames not registered?)")
+        raise NotRegisteredError("no star of the reference was found in the frame: cannot measure the "
+                       "scale (clouds, a different field, or frames not registered: "
+                       f"{REGISTER_HINT})")
     if not offset_found and len(ri) < p.min_star_pairs:
         # one or two stars near reference stars, and no three bright stars agreeing on a
         # position: chance coincidences are as likely as real pairs
-        raise NsgError(f"only {len(ri)} star(s) near reference stars and no whole-frame offset "
+        raise NotRegisteredError(f"only {len(ri)} star(s) near reference stars and no whole-frame offset "
                        "that three bright stars agree on: cannot pair stars reliably (a "
-                       "different field, frames not registered, or clouds)")
+                       f"different field, clouds, or frames not registered: {REGISTER_HINT})")
+    try:
+        check_registered(n_paired, cands, model.stars, inten, offset,
+                         threshold=p.detection_threshold, target_stars=full)
+    except UnregisteredError as e:
+        raise NotRegisteredError(str(e)) from None
     ref_s, tgt_s = cands.take(ri), tgt_stars.take(ti)
     tgt_fwhm = float(np.nanmedian(tgt_s.fwhm))
     seeing = max(model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else 0.0)
