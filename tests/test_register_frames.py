@@ -11,6 +11,7 @@ from napari_nsg.core.registration.frames import (
     RESAMPLERS,
     detect_reference_stars,
     register_frame,
+    release_scratch,
     resample,
 )
 from napari_nsg.core.registration.transforms import WideTransform
@@ -134,6 +135,21 @@ def test_homography_fast_path_agrees_with_the_coordinate_maps(dithered):
     assert np.percentile(diff, 99.9) < 0.05 * d.noise
     assert (diff / np.maximum(np.abs(maps[both]), 1.0)).max() < 0.05
     assert (fast[both] >= 0).all() and not np.isnan(fast).any()
+
+
+def test_resample_outputs_do_not_share_the_kept_work_arrays(dithered):
+    """The work arrays kept from frame to frame never leak into a returned image."""
+    d = dithered
+    regs = [register_frame(d.frames[0], d.frames[k]) for k in (1, FLIPPED)]
+    first, cov1 = resample(d.frames[1], regs[0].transform, SHAPE)
+    kept = first.copy()
+    second, _ = resample(d.frames[FLIPPED], regs[1].transform, SHAPE)
+    np.testing.assert_array_equal(first, kept)  # not overwritten by the next frame
+    assert not np.shares_memory(first, second)
+    release_scratch()
+    again, cov2 = resample(d.frames[1], regs[0].transform, SHAPE)
+    np.testing.assert_array_equal(again, first)
+    assert cov2 == cov1
 
 
 def test_colour_and_no_data_edges(dithered):

@@ -38,6 +38,7 @@ from ..core.registration.frames import (
     FrameRegistration,
     detect_reference_stars,
     register_frame,
+    release_scratch,
     resample,
 )
 from ..core.stars import intensity
@@ -153,7 +154,7 @@ class RegisterResult:
 
 
 def _wcs_cards(header) -> dict:
-    return {k: header[k] for k in header.keys()
+    return {k: header[k] for k in header
             if k in _WCS_KEYS or k.startswith(_WCS_PREFIXES)}
 
 
@@ -182,7 +183,7 @@ def _keywords(job: RegisterJob, reg: FrameRegistration | None, coverage: float) 
 
 def _header_for_output(header, job: RegisterJob):
     out = header.copy()
-    for key in [k for k in out.keys() if k in _WCS_KEYS or k.startswith(_WCS_PREFIXES)]:
+    for key in [k for k in out if k in _WCS_KEYS or k.startswith(_WCS_PREFIXES)]:
         out.remove(key, ignore_missing=True, remove_all=True)
     for key, value in job.wcs.items():
         out[key] = value
@@ -218,8 +219,8 @@ def _register_one(job: RegisterJob, path: str, is_reference: bool, row: Register
     if coverage < MIN_COVERAGE:
         raise FrameError(path, f"covers only {100 * coverage:.1f}% of the reference")
     history = [f"REG: registered by napari-nsg {__version__} onto {Path(job.reference).name}",
-               f"REG: model {reg.model}, resampling {job.resampling}, "
-               f"residual {reg.residual_px:.3f} px from {reg.n_pairs} stars"]
+               (f"REG: model {reg.model}, resampling {job.resampling}, "
+                f"residual {reg.residual_px:.3f} px from {reg.n_pairs} stars")]
     return data, header, _keywords(job, reg, coverage), history
 
 
@@ -240,7 +241,7 @@ def process_frame(job: RegisterJob, item: tuple[str, bool, bool]) -> RegisterRow
         row.error_kind = type(exc).__name__
     except MemoryError:
         row.error = "out of memory while registering this frame"
-    except Exception as exc:  # a bug must not stop the batch; the row says what happened
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the batch; the row says why
         last = traceback.extract_tb(exc.__traceback__)[-1]
         row.error = (f"unexpected {type(exc).__name__}: {exc} "
                      f"({Path(last.filename).name}:{last.lineno})")
@@ -408,5 +409,6 @@ def register_frames(
             check_cancel(cancel)
     finally:
         result.rows = [r for r in rows if r is not None]
+        release_scratch()  # the resampling's work arrays, kept from frame to frame
     result.write()
     return result
