@@ -102,10 +102,11 @@ def sky_level(values: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> fl
 
     Clipping (MAD-based, both sides) removes stars and hot pixels; the mean of
     what is left is not quantised the way a median of integer ADU data is.
-    No-data (0, NaN, inf) is ignored; NaN if nothing is left.
+    No-data is ignored (:func:`~napari_nsg.core.nodata.no_data_mask` for a 2-D
+    box, NaN and inf for values already picked); NaN if nothing is left.
     """
-    v = np.asarray(values, dtype=np.float64).ravel()
-    v = v[np.isfinite(v) & (v != 0)]
+    v = np.asarray(values, dtype=np.float64)
+    v = (v[~no_data_mask(v)] if v.ndim >= 2 else v[np.isfinite(v)]).ravel()
     if v.size == 0:
         return float("nan")
     for _ in range(iterations):
@@ -138,7 +139,7 @@ def corner_gradients(data: np.ndarray, box_fraction: float = 0.1) -> CornerGradi
     nominal = corner_box_slices(chans.shape[-2:], box_fraction)
     valid = ~np.any(no_data_mask(chans), axis=0)
     where = {key: _box_with_data(valid, rows, cols) for key, (rows, cols) in nominal.items()}
-    boxes = {key: np.array([sky_level(ch[rows, cols]) for ch in chans])
+    boxes = {key: np.array([sky_level(ch[rows, cols][valid[rows, cols]]) for ch in chans])
              for key, (rows, cols) in where.items()}
     d1 = (boxes["bottom_right"] - boxes["top_left"]) * _baseline_ratio(
         nominal, where, "top_left", "bottom_right")
@@ -210,13 +211,12 @@ def background_map(data: np.ndarray, cells: int = 16, min_valid: float = 0.5) ->
     values = np.full((len(chans), ny, nx), np.nan)
     step = max(1, cell // 128)  # about 16k pixels per cell is plenty for a median
     for c, ch in enumerate(chans):
+        good = ~no_data_mask(ch)
         for j in range(ny):
             for i in range(nx):
-                block = ch[
-                    y0 + j * cell : y0 + (j + 1) * cell : step,
-                    x0 + i * cell : x0 + (i + 1) * cell : step,
-                ]
-                valid = np.isfinite(block) & (block != 0)
+                where = (slice(y0 + j * cell, y0 + (j + 1) * cell, step),
+                         slice(x0 + i * cell, x0 + (i + 1) * cell, step))
+                block, valid = ch[where], good[where]
                 if valid.mean() >= min_valid:
                     values[c, j, i] = sky_level(block[valid])
     cy = y0 + (np.arange(ny) + 0.5) * cell - 0.5
@@ -291,6 +291,5 @@ def blink_normalize(
     background = np.broadcast_to(np.asarray(background, np.float32), (n,))
     ref = np.broadcast_to(np.asarray(reference_background, np.float32), (n,))
     out = chans * scale[:, None, None] - (background * scale - ref)[:, None, None]
-    valid = np.isfinite(chans) & (chans != 0)
-    out = np.where(valid, out, 0).astype(np.float32)
+    out = np.where(no_data_mask(chans), 0, out).astype(np.float32)
     return out[0] if np.asarray(data).ndim == 2 else out

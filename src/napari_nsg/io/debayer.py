@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from ..core.nodata import no_data_mask
+
 METHODS = ("superpixel", "bilinear")
 _CHANNEL = {"R": 0, "G": 1, "B": 2}
 
@@ -36,7 +38,8 @@ def debayer(data: np.ndarray, pattern: str, method: str = "superpixel") -> np.nd
     Returns
     -------
     ndarray, float32, (3, y', x')
-        No-data (0 or non-finite) samples give no-data outputs.
+        No-data samples (:func:`~napari_nsg.core.nodata.no_data_mask`: NaN/inf,
+        zero regions) give no-data outputs.
     """
     if data.ndim != 2:
         raise ValueError(f"a CFA mosaic is 2-D, got shape {data.shape}")
@@ -46,7 +49,7 @@ def debayer(data: np.ndarray, pattern: str, method: str = "superpixel") -> np.nd
     if method not in METHODS:
         raise ValueError(f"debayer method must be one of {METHODS}, got {method!r}")
     data = np.asarray(data, dtype=np.float32)
-    valid = np.isfinite(data) & (data != 0)
+    valid = ~no_data_mask(data)  # a lone 0 is a clipped value, not no-data
     if method == "superpixel":
         h, w = (data.shape[0] // 2) * 2, (data.shape[1] // 2) * 2
         out = np.zeros((3, h // 2, w // 2), dtype=np.float32)

@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.nodata import no_data_mask
 from ..core.nsg.engine import NotRegisteredError, NsgError, measure_scale, prepare_reference
-from ..core.nsg.registered import REGISTER_HINT
 from ..core.nsg.noise import NoiseEstimate, measure_frame_noise, noise_from_keywords
 from ..core.nsg.params import NsgParameters
+from ..core.nsg.registered import REGISTER_HINT
 from ..core.nsg.weights import compute_weight
 from ..core.reference import (
     background_map,
@@ -209,7 +210,8 @@ def _whole_frame_sky(chans: np.ndarray, background: np.ndarray) -> np.ndarray:
     mostly no-data) with the sky level of all its data pixels."""
     out = np.asarray(background, dtype=float).copy()
     for c in np.flatnonzero(~np.isfinite(out)):
-        out[c] = sky_level(chans[c, ::SKY_SAMPLE_STEP, ::SKY_SAMPLE_STEP])
+        step = (slice(None, None, SKY_SAMPLE_STEP),) * 2
+        out[c] = sky_level(chans[c][step][~no_data_mask(chans[c])[step]])
     return out
 
 

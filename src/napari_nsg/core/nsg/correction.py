@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..nodata import no_data_mask
 from .spline import SurfaceModel
 
 MARGIN = 2  # nodes beyond each edge (bicubic needs two)
@@ -294,7 +295,7 @@ def apply_correction(
     tiny = np.finfo(np.float32).tiny
     for c in range(tgt.shape[0]):
         t = tgt[c]
-        valid = np.isfinite(t) & (t != 0)
+        valid = ~no_data_mask(t)
         if mask is not None:
             valid &= ~mask
         o = out[c]

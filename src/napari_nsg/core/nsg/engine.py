@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..nodata import no_data_mask
 from ..stars import StarTable, detect_stars, intensity
 from ..stars.matching import (
     StarMatch,
@@ -219,7 +220,7 @@ def prepare_reference(
     nc, h, w = chans.shape
     if nc not in (1, 3):
         raise NsgError(f"{nc} channels; expected mono or RGB")
-    valid = np.isfinite(chans) & (chans != 0)
+    valid = ~no_data_mask(chans)
     if not valid.any():
         raise NsgError("the reference has no data (all pixels are 0 or NaN)")
     inten = intensity(chans if nc > 1 else chans[0])
@@ -607,7 +608,7 @@ class NormalizationResult:
 
 def _masked_full(fieldv: GradientField, chans: np.ndarray, mono: bool) -> np.ndarray:
     out = fieldv.full_all()
-    out[~(np.isfinite(chans) & (chans != 0))] = 0.0
+    out[no_data_mask(chans)] = 0.0
     return out[0] if mono else out
 
 

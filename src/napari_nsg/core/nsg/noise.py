@@ -32,6 +32,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from ..nodata import no_data_mask
+
 B3 = np.array([1, 4, 6, 4, 1], np.float32) / 16.0
 N_LAYERS = 4
 K_SIGMA = 3.0
@@ -169,7 +171,7 @@ def measure_noise(
     w1_vals, tiles_data = [], []
     for sy, sx in _tiles(image.shape, max_pixels):
         tile = np.asarray(image[sy, sx], np.float32)
-        bad = ~np.isfinite(tile) | (tile == 0)
+        bad = no_data_mask(tile)
         if bad.all():
             continue
         if bad.any():

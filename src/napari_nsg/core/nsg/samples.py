@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..nodata import no_data_mask, with_nan_no_data
+
 MAX_NO_DATA_FRACTION = 0.01
 MAX_SUBSET_SIDE = 32
 MIN_FREE_FRACTION = 0.2  # a bin needs this share of star-free pixels
@@ -105,9 +107,9 @@ class SampleGrid:
         """The subset pixels of ``data`` (c, y, x) as ``(c, nbins, m*m)`` float32,
         NaN where there is no data."""
         data = data[np.newaxis] if data.ndim == 2 else data
-        out = np.stack([self.gather(data[c]) for c in range(data.shape[0])]).astype(
-            np.float32, copy=False)
-        out[~np.isfinite(out) | (out == 0)] = np.nan
+        out = np.stack([self.gather(with_nan_no_data(data[c])) for c in range(data.shape[0])])
+        out = out.astype(np.float32, copy=False)
+        out[~np.isfinite(out)] = np.nan
         return out
 
 
@@ -186,7 +188,7 @@ def star_pixel_mask(image: np.ndarray, fwhm: float, *, k: float = 3.0) -> np.nda
     import cv2
 
     img = np.ascontiguousarray(image, dtype=np.float32)
-    bad = ~np.isfinite(img) | (img == 0)
+    bad = no_data_mask(img)
     work = img
     if bad.any():
         work = img.copy()

@@ -8,6 +8,8 @@ import numpy as np
 import sep
 from scipy import ndimage
 
+from ..nodata import no_data_mask
+
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
 
@@ -75,19 +77,19 @@ class StarTable:
 def intensity(data: np.ndarray) -> np.ndarray:
     """The detection image: the frame itself if mono, the mean of the channels if colour.
 
-    A pixel that is no-data in any channel is no-data (0) in the result.
+    A pixel that is no-data in any channel (:func:`~napari_nsg.core.nodata.no_data_mask`)
+    is no-data in the result: NaN where a channel is NaN or inf (as a mono
+    frame keeps its NaN), else 0 (a zero region stays a zero region).
     """
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
         return data
-    valid = np.all(np.isfinite(data) & (data != 0), axis=0)
-    mean = np.mean(np.where(np.isfinite(data), data, 0), axis=0, dtype=np.float32)
-    return np.where(valid, mean, 0).astype(np.float32)
-
-
-def no_data_mask(image: np.ndarray) -> np.ndarray:
-    """True where a pixel is 0, NaN or inf."""
-    return ~np.isfinite(image) | (image == 0)
+    finite = np.isfinite(data)
+    valid = ~np.any(no_data_mask(data), axis=0)
+    mean = np.mean(np.where(finite, data, 0), axis=0, dtype=np.float32)
+    out = np.where(valid, mean, 0).astype(np.float32)
+    out[~finite.all(axis=0)] = np.nan
+    return out
 
 
 def detect_stars(

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.spatial import cKDTree
 
+from ..nodata import with_nan_no_data
 from .detection import FWHM_PER_SIGMA, StarTable
 
 GAUSS_FWHM_FROM_AREA = np.sqrt(8.0 * np.log(2.0) / (2.0 * np.pi))  # fwhm = k * sqrt(flux/peak)
@@ -117,7 +118,6 @@ def _border_stats(stamps: np.ndarray, width: int = 2):
     ring = np.ones((s, s), bool)
     ring[width:-width, width:-width] = False
     vals = stamps[:, ring]
-    vals = np.where(vals == 0, np.nan, vals)  # no-data
     with np.errstate(all="ignore"):
         import warnings
 
@@ -176,8 +176,8 @@ def measure_stars_at(
     half = int(np.ceil(search_radius)) + win + 3
     cx = np.round(x).astype(int)
     cy = np.round(y).astype(int)
-    stamps, _ = _stamps(image, cx, cy, half)
-    bad = ~np.isfinite(stamps) | (stamps == 0)
+    stamps, _ = _stamps(with_nan_no_data(image), cx, cy, half)
+    bad = ~np.isfinite(stamps)  # no-data (NaN from with_nan_no_data) or outside the image
     stamps = np.where(bad, np.nan, stamps)
     bkg, sig = _border_stats(stamps)
     if noise is None or not np.isfinite(noise) or noise <= 0:

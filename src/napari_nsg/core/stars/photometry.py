@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..nodata import with_nan_no_data
+
 
 @dataclass
 class Photometry:
@@ -183,6 +185,7 @@ def aperture_photometry(
     outer = np.where(finite, np.ceil(radius + gap + width + 1.0), 0)
     cx = np.where(finite, np.round(x), 0).astype(int)
     cy = np.where(finite, np.round(y), 0).astype(int)
+    planes = [with_nan_no_data(data[c]) for c in range(nc)]
     for half in np.unique(outer[finite]).astype(int):
         sel = np.flatnonzero(finite & (outer == half))
         offs = np.arange(-half, half + 1)
@@ -198,9 +201,9 @@ def aperture_photometry(
         sum_w = weight.sum(axis=(1, 2))
         sum_w2 = (weight**2).sum(axis=(1, 2))
         for c in range(nc):
-            st, inside = _gather(data[c], cx[sel], cy[sel], offs)
+            st, inside = _gather(planes[c], cx[sel], cy[sel], offs)
             st = st.astype(np.float64)
-            good = inside & np.isfinite(st) & (st != 0)
+            good = inside & np.isfinite(st)  # no-data is NaN in planes
             ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
             ap_bad = np.any(in_ap & ~good, axis=(1, 2)) | ap_outside
             ring_vals = np.where(ring & good, st, np.nan).reshape(len(sel), -1)

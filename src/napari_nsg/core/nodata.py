@@ -1,0 +1,92 @@
+"""Which pixels hold no data: the one rule every part of the package uses.
+
+NaN and inf are always no-data. A 0 is no-data only where it forms a region:
+a connected (4-neighbour) patch of zeros that touches the image border
+(registration or framing borders, a crop; at least ``MIN_BORDER_REGION``
+pixels) or one of at least ``MIN_ZERO_REGION`` pixels (a block masked inside
+the frame). An isolated 0, or a small cluster of them, is a value: raw camera
+frames clip dark sky pixels to exactly 0 (6.5 % of the photosites of a Seestar
+20 s frame), and those must be measured, not dropped.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+#: Zero patches of at least this many pixels are no-data wherever they are
+#: (a 32 x 32 block); smaller ones not touching the border are clipped values.
+MIN_ZERO_REGION = 1024
+#: A zero patch touching the border is no-data from this size (a border of a
+#: registered frame is a strip along an edge; a few clipped pixels at the
+#: edge are values).
+MIN_BORDER_REGION = 16
+
+__all__ = ["MIN_BORDER_REGION", "MIN_ZERO_REGION", "no_data_mask", "with_nan_no_data",
+           "zero_regions"]
+
+
+def _has_zero_neighbour(zero: np.ndarray) -> np.ndarray:
+    """True where one of the 4 neighbours is zero (cheap: 4 shifted ORs)."""
+    nb = np.zeros_like(zero)
+    nb[1:] |= zero[:-1]
+    nb[:-1] |= zero[1:]
+    nb[:, 1:] |= zero[:, :-1]
+    nb[:, :-1] |= zero[:, 1:]
+    return nb
+
+
+def zero_regions(zero: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarray:
+    """The pixels of ``zero`` (2-D bool) in 4-connected regions of at least
+    ``min_area`` pixels, or of ``MIN_BORDER_REGION`` when they touch the border."""
+    if not zero.any():
+        return zero
+    if min_area > 1:  # a lone zero is a value, wherever it is: leave it out of the labelling
+        zero = zero & _has_zero_neighbour(zero)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(
+        zero.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    h, w = zero.shape
+    x0, y0 = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    x1 = x0 + stats[:, cv2.CC_STAT_WIDTH]
+    y1 = y0 + stats[:, cv2.CC_STAT_HEIGHT]
+    border = (x0 == 0) | (y0 == 0) | (x1 == w) | (y1 == h)
+    keep |= border & (stats[:, cv2.CC_STAT_AREA] >= min(min_area, MIN_BORDER_REGION))
+    keep[0] = False  # label 0 is the background (the non-zero pixels)
+    return keep[labels]
+
+
+def no_data_mask(data: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarray:
+    """True where a pixel holds no data.
+
+    Parameters
+    ----------
+    data : ndarray
+        ``(y, x)`` or ``(..., y, x)``; each plane is judged on its own.
+    min_area : int
+        Zero patches not touching the border count as no-data from this size.
+
+    Returns
+    -------
+    ndarray of bool, the shape of ``data``
+        NaN/inf, and zeros in regions (see the module docstring).
+    """
+    data = np.asarray(data)
+    bad = ~np.isfinite(data)
+    zero = data == 0
+    if data.ndim < 2 or not zero.any():
+        return bad | zero if data.ndim < 2 else bad
+    planes = zero.reshape(-1, *zero.shape[-2:])
+    regions = np.stack([zero_regions(np.ascontiguousarray(p), min_area) for p in planes])
+    return bad | regions.reshape(zero.shape)
+
+
+def with_nan_no_data(plane: np.ndarray) -> np.ndarray:
+    """``plane`` as float with NaN where it holds no data (the input itself when
+    it has no zero, so a frame without zeros costs no copy)."""
+    plane = np.asarray(plane)
+    if not np.issubdtype(plane.dtype, np.floating):
+        plane = plane.astype(np.float32)
+    if not (plane == 0).any():
+        return plane
+    return np.where(no_data_mask(plane), np.nan, plane).astype(plane.dtype, copy=False)
