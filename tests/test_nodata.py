@@ -175,8 +175,6 @@ def test_seestar_clipped_frames_register_and_normalize(real_data):
 
 
 @pytest.mark.real
-@pytest.mark.xfail(strict=True, reason="core/registration/frames.py _nan_no_data still treats "
-                   "every 0 as no-data (not this change's file): use core.nodata.no_data_mask")
 def test_seestar_clipped_frames_resample_with_full_coverage(real_data):
     ref, _ = _seestar_clipped(real_data, SEESTAR_SAME_NIGHT[0])
     tgt, _ = _seestar_clipped(real_data, SEESTAR_SAME_NIGHT[1])

@@ -90,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(LEGEND)
     print()
-    print(f"recommended reference: {result.reference}")
+    print(f"recommended reference: {result.reference or 'none (no frame could be measured)'}")
     if result.reference_reason:
         print(f"  why: {result.reference_reason}")
-    if result.yardstick != result.reference:
+    if result.yardstick and result.yardstick != result.reference:
         print(f"(scales measured against {Path(result.yardstick).name}: {result.yardstick_reason})")
     for f in result.frames:
         for w in f.warnings:

@@ -38,6 +38,7 @@ from ..core.nsg.engine import (
     target_samples,
     target_weight,
 )
+from ..core.nodata import no_data_mask
 from ..core.nsg.intermediates import sample_bins, spline_nodes, star_pairs
 from ..core.reference import corner_boxes
 from ..io import Frame, FrameError, FrameMetadata, parse_metadata, read_frame
@@ -169,6 +170,12 @@ class FramePreview:
     def _shaped(self, a: np.ndarray) -> np.ndarray:
         return a[0] if self._mono else a
 
+    def _no_data(self) -> np.ndarray:
+        """The target's no-data pixels ``(c, y, x)`` (kept by the session per frame)."""
+        if "no_data" not in self._cache:
+            self._cache["no_data"] = np.stack([no_data_mask(c) for c in self._chans()])
+        return self._cache["no_data"]
+
     def _gradient_all(self) -> np.ndarray:
         if "gradient" not in self._cache:
             self._cache["gradient"] = self.result.gradient_field.full_all()
@@ -191,7 +198,7 @@ class FramePreview:
         if "corrected" not in self._cache:
             self._cache["corrected"] = apply_correction(
                 self.target, self.scale, _FullGradient(self._gradient_all()),
-                mask=self._cache.get("mask"))
+                mask=self._cache.get("mask"), no_data=self._no_data())
         return self._cache["corrected"]
 
     @property
@@ -199,8 +206,7 @@ class FramePreview:
         """``target*scale`` (no-data 0): what the correction starts from."""
         if "scaled" not in self._cache:
             chans = self._chans()
-            valid = np.isfinite(chans) & (chans != 0)
-            out = np.where(valid, chans * self.scale.astype(np.float32)[:, None, None], 0)
+            out = np.where(self._no_data(), 0, chans * self.scale.astype(np.float32)[:, None, None])
             self._cache["scaled"] = self._shaped(out.astype(np.float32))
         return self._cache["scaled"]
 
@@ -610,6 +616,10 @@ class NsgSession:
             nodes=_points(spline_nodes(res.nodes), ("value",)),
             rejection_circles=circles, sample_size=size)
         preview._cache["mask"] = model.no_data
+        if "no_data" in state:  # the frame's no-data does not depend on any parameter
+            preview._cache["no_data"] = state["no_data"]
+        else:
+            state["no_data"] = preview._no_data()
         return preview
 
     # -- all frames ------------------------------------------------------------------
@@ -739,14 +749,14 @@ class NsgSession:
         gradient = res.gradient_field.full_all()
         curvature = res.gradient_field.minus_plane().full_all()
         chans = data[np.newaxis] if mono else data
-        valid = np.isfinite(chans) & (chans != 0)
+        valid = ~np.stack([no_data_mask(c) for c in chans])
         gradient[~valid] = 0.0
         curvature[~valid] = 0.0
         if res.is_reference:
             corrected = np.where(valid, chans, 0).astype(np.float32)
         else:
             corrected = apply_correction(chans, res.scale, _FullGradient(gradient),
-                                         mask=model.no_data)
+                                         mask=model.no_data, no_data=~valid)
         pick = (lambda a: a[0]) if mono else (lambda a: a)
         return {"corrected": pick(corrected), "gradient": pick(gradient),
                 "curvature": pick(curvature)}

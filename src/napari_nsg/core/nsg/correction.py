@@ -268,6 +268,7 @@ def apply_correction(
     gradient: GradientField,
     *,
     mask: np.ndarray | None = None,
+    no_data: np.ndarray | None = None,
 ) -> np.ndarray:
     """``target*scale - gradient`` where the target has data; no-data stays 0.
 
@@ -280,6 +281,9 @@ def apply_correction(
     gradient : GradientField
     mask : ndarray of bool (y, x), optional
         Extra pixels to make no-data (where the reference has none, in "mask" mode).
+    no_data : ndarray of bool (c, y, x), optional
+        The target's own no-data pixels, when already known (an interactive preview
+        keeps them per frame); else computed with :func:`~napari_nsg.core.nodata.no_data_mask`.
 
     Returns
     -------
@@ -295,7 +299,7 @@ def apply_correction(
     tiny = np.finfo(np.float32).tiny
     for c in range(tgt.shape[0]):
         t = tgt[c]
-        valid = ~no_data_mask(t)
+        valid = ~(no_data_mask(t) if no_data is None else no_data[c])
         if mask is not None:
             valid &= ~mask
         o = out[c]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from ..nodata import no_data_mask
 from ..star_removal import saturation_level
 from ..stars import StarTable, detect_stars, intensity
 from .refine import _choose_spline, _fit_spline
@@ -306,12 +307,11 @@ def release_scratch() -> None:
 
 
 def _nan_no_data(plane: np.ndarray) -> np.ndarray:
-    """``plane`` as contiguous float32 with its no-data pixels (0, inf) set to NaN (a copy only
-    when it has some)."""
+    """``plane`` as contiguous float32 with its no-data pixels (NaN, inf, and zeros that form
+    regions: :func:`~napari_nsg.core.nodata.no_data_mask`) set to NaN (a copy only when it has
+    some). Isolated zeros, as clipped sky in raw camera frames, stay values."""
     src = np.ascontiguousarray(plane, dtype=np.float32)
-    bad = np.isfinite(src, out=_scratch("bad", src.shape, bool))
-    np.logical_not(bad, out=bad)
-    bad |= np.equal(src, 0, out=_scratch("zero", src.shape, bool))
+    bad = no_data_mask(src)
     if bad.any():
         src = src.copy()
         src[bad] = np.nan
