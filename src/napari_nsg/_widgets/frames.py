@@ -249,8 +249,9 @@ class FramesWidget(WorkbenchWidget):
         for exc in errors:
             self.notify_error(exc)
         self.refresh()
-        if self.current is None and self.session.frames:
-            self.show_frame(self._reference_or_recommended())
+        first = self._reference_or_recommended()
+        if self.current is None and first is not None:
+            self.show_frame(first)
         n = len(self.session.frames)
         self.status.setText(f"{n} frame(s) measured" + (f", {len(errors)} not added"
                                                          if errors else ""))
@@ -282,12 +283,20 @@ class FramesWidget(WorkbenchWidget):
 
         try:
             rows = self.session.metrics_table()
-            ref, why = self.session.recommended()
         except NsgError:
-            rows, ref, why = [], None, ""
+            rows = []
+        try:
+            ref, why = self.session.recommended()
+        except NsgError as exc:  # e.g. no frame pairs with another: the rows say why
+            ref, why = None, str(exc)
         self.table.fill([dict(r, date_obs=_short_date(r.get("date_obs"))) for r in rows])
-        self.recommendation.setText(f"Recommended reference: <b>{ref}</b><br>{why}" if ref
-                                    else "No frame measured yet.")
+        if ref:
+            self.recommendation.setText(f"Recommended reference: <b>{ref}</b><br>{why}")
+        elif rows:
+            self.recommendation.setText(f"No reference can be recommended: {why} "
+                                        "(the table's error column says why for each frame)")
+        else:
+            self.recommendation.setText("No frame measured yet.")
         self.recommended_name = ref
         self.reference_label.setText(f"Reference: {self.session.reference or 'none'}")
         self.frames_changed.emit()
