@@ -14,17 +14,14 @@ from napari_nsg.io import read_frame, write_frame
 from napari_nsg.pipeline.msgr_session import STEPS, MsgrSession
 from napari_nsg.pipeline.progress import Cancelled
 from napari_nsg.synthetic import simulate_pair
+from napari_nsg.synthetic.pair import sample_pair
 from napari_nsg.synthetic.scoring import residual_fraction
-
-#: ``napari-nsg demo``'s MSGR pair (cli/demo.py, default seed 1)
-DEMO_PAIR = {"narrow_shape": (600, 800), "scale_ratio": 3.0, "rotation_deg": 25.0, "seed": 1, "gain": 25.0,
-                 "wide_gradient": 0.01 * 500.0 * 9}
 
 
 @pytest.fixture(scope="module")
 def demo_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("msgr_session")
-    pair = simulate_pair(**DEMO_PAIR)
+    pair = sample_pair()  # the demo's and napari's sample pair
     narrow, wide = folder / "narrow.fits", folder / "wide.fits"
     write_frame(narrow, pair.narrow, pair.narrow_header)
     write_frame(wide, pair.wide, pair.wide_header)
@@ -165,8 +162,8 @@ def test_a_collapsed_fit_is_refused(demo_files):
 def test_flatten_wide_finds_the_wide_gradient_under_a_faint_sky(seed):
     # the wide's 2 % gradient dominates its large scales (faint nebula): the clipped
     # plane follows it (measured correlation 0.99, same peak-to-peak within 2 %)
-    pair = simulate_pair(**{**DEMO_PAIR, "seed": seed, "nebula_amplitude": 10.0,
-                            "narrow_gradient": 150.0, "wide_gradient": 0.02 * 500.0 * 9})
+    pair = sample_pair(seed, nebula_amplitude=10.0, narrow_gradient=150.0,
+                       wide_gradient=0.02 * 500.0 * 9)
     session = MsgrSession(pair.narrow, pair.wide, scale_hint=3.0, flatten_wide="plane")
     session.run_all()
     surface, truth = session.flat_surface.surface, pair.wide_gradient
