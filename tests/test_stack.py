@@ -223,3 +223,24 @@ def test_compressed_and_colour_frames_read_like_plain_ones(tmp_path):
     np.testing.assert_array_equal(a.stack, expected.stack)
     np.testing.assert_array_equal(b.stack, expected.stack)
     assert a.stack.shape == (3, 20, 30) and a.n_used.shape == (3, 20, 30)
+
+
+def test_clipped_zeros_are_values_and_zero_borders_are_not(tmp_path):
+    """A raw frame's isolated clipped zeros are measured; a zero border band is no data,
+    also when the band is cut by the chunks of rows."""
+    rng = np.random.default_rng(3)
+    frames = rng.normal(5.0, 3.0, (6, *SHAPE)).clip(0, None).round()  # dark sky clipped at 0
+    zeros = frames == 0
+    assert 0.03 < zeros.mean() < 0.1  # several per cent of the pixels are exactly 0
+    frames[2, :, :12] = 0.0  # a registration border in frame 2
+    valid = ~np.isnan(np.where(frames == 0, np.nan, frames))
+    res = integrate(frames, None)
+    assert (res.n_used[:, :12] == 5).all()  # the border is ignored
+    inner = res.n_used[:, 16:]  # (clipped zeros touching the band join it)
+    assert (inner == 6).all()  # every clipped zero counted as a value
+    np.testing.assert_allclose(res.stack[:, 16:], frames[:, :, 16:].mean(axis=0), rtol=1e-6)
+    assert valid[:, :, 16:].sum() < inner.sum()  # the old "0 = no data" rule would drop them
+    paths = _write(tmp_path, frames)
+    chunked = stack_frames(paths, None, rejection="none", weights=None, chunk_rows=5)
+    np.testing.assert_array_equal(chunked.n_used, res.n_used)
+    np.testing.assert_allclose(chunked.stack, res.stack, rtol=1e-6)

@@ -36,6 +36,15 @@ def _has_zero_neighbour(zero: np.ndarray) -> np.ndarray:
     return nb
 
 
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The smallest (rows, cols) slices holding every True of ``mask``; None if none."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+
+
 def zero_regions(zero: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarray:
     """The pixels of ``zero`` (2-D bool) in 4-connected regions of at least
     ``min_area`` pixels, or of ``MIN_BORDER_REGION`` when they touch the border."""
@@ -43,17 +52,28 @@ def zero_regions(zero: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarra
         return zero
     if min_area > 1:  # a lone zero is a value, wherever it is: leave it out of the labelling
         zero = zero & _has_zero_neighbour(zero)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(
-        zero.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    box = _bounding_box(zero)
+    if box is None:
+        return zero
     h, w = zero.shape
-    x0, y0 = stats[:, cv2.CC_STAT_LEFT], stats[:, cv2.CC_STAT_TOP]
+    crop = np.ascontiguousarray(zero[box])  # label only where zeros are (a border band: cheap)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(
+        crop.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    area = stats[:, cv2.CC_STAT_AREA]
+    keep = area >= min_area
+    ry, rx = box
+    x0 = stats[:, cv2.CC_STAT_LEFT] + rx.start
+    y0 = stats[:, cv2.CC_STAT_TOP] + ry.start
     x1 = x0 + stats[:, cv2.CC_STAT_WIDTH]
     y1 = y0 + stats[:, cv2.CC_STAT_HEIGHT]
     border = (x0 == 0) | (y0 == 0) | (x1 == w) | (y1 == h)
-    keep |= border & (stats[:, cv2.CC_STAT_AREA] >= min(min_area, MIN_BORDER_REGION))
+    # a region touching the border counts from MIN_BORDER_REGION pixels, or when
+    # it is the whole plane (a tiny image with nothing in it)
+    keep |= border & (area >= min(min_area, MIN_BORDER_REGION, h * w))
     keep[0] = False  # label 0 is the background (the non-zero pixels)
-    return keep[labels]
+    out = np.zeros_like(zero)
+    out[box] = keep[labels]
+    return out
 
 
 def no_data_mask(data: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarray:

@@ -4,8 +4,11 @@ Every function works on a ``(n, ...)`` block: ``n`` frames along axis 0, any
 image axes after it (``(n, rows, x)`` mono, ``(n, c, rows, x)`` colour), so
 colour is per channel for free and memory is that of one chunk of rows.
 
-No data: NaN, inf and exact 0 (the borders that ``register`` and ``normalize``
-write) are ignored. A pixel with no data in any frame is 0 in the stack.
+No data: NaN and inf, and zeros where they form regions (the borders that
+``register`` and ``normalize`` write; :func:`napari_nsg.core.nodata.no_data_mask`,
+judged on each frame's chunk of rows, whose cut edges count as borders) are
+ignored; an isolated 0 (a clipped camera pixel) is a value. A pixel with no
+data in any frame is 0 in the stack.
 
 Rejection methods (thresholds in units of the pixel stack's sigma):
 
@@ -41,6 +44,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .nodata import no_data_mask
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -152,8 +157,16 @@ def auto_rejection(n_frames: int) -> str:
 
 
 def valid_mask(values: np.ndarray) -> np.ndarray:
-    """True where a value is data: finite and not exactly 0."""
-    return np.isfinite(values) & (values != 0)
+    """True where a value is data (the shared no-data rule, per image plane).
+
+    ``values`` is ``(n, ..., rows, x)``: each frame's (and channel's) chunk is
+    judged as one image. With fewer than 3 axes there are no planes, and every
+    exact 0 counts as no data.
+    """
+    values = np.asarray(values)
+    if values.ndim < 3:
+        return np.isfinite(values) & (values != 0)
+    return ~no_data_mask(values)
 
 
 def _median(x: np.ndarray) -> np.ndarray:
