@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+import cv2
 import numpy as np
 import sep
 from scipy import ndimage
@@ -11,6 +12,12 @@ from scipy import ndimage
 from ..nodata import no_data_mask
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
+
+#: A clipped star has a flat top: this many pixels within PLATEAU_NEAR of the maximum
+#: mark the image as clipped, and stars from PLATEAU_FRACTION of it as saturated.
+PLATEAU_MIN_PIXELS = 5
+PLATEAU_NEAR = 0.98
+PLATEAU_FRACTION = 0.9
 
 
 @dataclass
@@ -92,6 +99,83 @@ def intensity(data: np.ndarray) -> np.ndarray:
     return out
 
 
+def plateau_level(image: np.ndarray) -> float | None:
+    """``PLATEAU_FRACTION`` of the maximum when the brightest pixels form plateaus, else None.
+
+    The same rule as :func:`napari_nsg.core.star_removal.saturation_level`
+    (at least ``PLATEAU_MIN_PIXELS`` pixels within ``PLATEAU_NEAR`` of the
+    maximum), without copying the finite pixels out: one NaN-skipping maximum
+    and one count over the image.
+    """
+    image = np.asarray(image)
+    top = float(np.fmax.reduce(image, axis=None)) if image.size else float("nan")
+    if not np.isfinite(top):  # all NaN, or +inf present: the exact (slower) definition
+        finite = image[np.isfinite(image)]
+        if finite.size == 0:
+            return None
+        top = float(finite.max())
+        count = np.count_nonzero(finite >= PLATEAU_NEAR * top)
+    else:
+        count = np.count_nonzero(image >= PLATEAU_NEAR * top)
+    if top <= 0 or count < PLATEAU_MIN_PIXELS:
+        return None
+    return PLATEAU_FRACTION * top
+
+
+def bin_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each ``factor x factor`` block (a ragged last row/column is dropped).
+
+    NaN spreads to its block (no data stays no data); zero regions stay zero.
+    """
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    return cv2.resize(np.ascontiguousarray(image[:h, :w], dtype=np.float32),
+                      (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+
+
+def _local_max(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> np.ndarray:
+    """The highest finite pixel within ``radius`` of each ``(x, y)`` (NaN if none)."""
+    h, w = image.shape
+    off = np.arange(-radius, radius + 1)
+    cols = np.clip(np.rint(x).astype(int)[:, None] + off, 0, w - 1)
+    rows = np.clip(np.rint(y).astype(int)[:, None] + off, 0, h - 1)
+    if len(x) == 0:
+        return np.zeros(0)
+    stamps = image[rows[:, :, None], cols[:, None, :]].reshape(len(x), -1)
+    top = np.where(np.isfinite(stamps), stamps, -np.inf).max(axis=1).astype(float)
+    top[~np.isfinite(top)] = np.nan
+    return top
+
+
+def detect_stars_binned(image: np.ndarray, factor: int, **kwargs) -> StarTable:
+    """:func:`detect_stars` on the ``factor``-binned image, in full-resolution pixels.
+
+    ``factor**2`` fewer pixels to search (the background mesh keeps its size
+    on the sky). Positions, axes, FWHM and pixel counts are brought back to
+    full pixels; ``flux`` to full-resolution units (times ``factor**2``);
+    ``raw_peak`` (hence ``saturated``) is the highest full-resolution pixel
+    within ``factor`` px of each star, since binning averages a clipped top
+    away. Centroids are those of the binned image: re-measure them on the
+    full image where precision matters (e.g. windowed centroids).
+    """
+    factor = int(factor)
+    if factor <= 1:
+        return detect_stars(image, **kwargs)
+    image = np.asarray(image, dtype=np.float32)
+    saturation = kwargs.pop("saturation", None)
+    kwargs["background_size"] = max(8, kwargs.get("background_size", 64) // factor)
+    st = detect_stars(bin_image(image, factor), **kwargs)
+    off = (factor - 1) / 2.0
+    st.x, st.y = factor * st.x + off, factor * st.y + off
+    st.a, st.b, st.fwhm = factor * st.a, factor * st.b, factor * st.fwhm
+    st.npix = st.npix * factor * factor
+    st.flux = st.flux * factor * factor
+    st.raw_peak = _local_max(image, st.x, st.y, factor)
+    st.peak = st.raw_peak - st.background
+    st.saturated = (np.zeros(len(st), bool) if saturation is None
+                    else st.raw_peak >= saturation)
+    return st
+
+
 def detect_stars(
     image: np.ndarray,
     *,
@@ -141,7 +225,9 @@ def detect_stars(
         work[bad] = np.median(image[~bad])
     size = int(max(8, min(background_size, min(image.shape) // 2)))
     bkg = sep.Background(work, mask=bad, bw=size, bh=size, fw=3, fh=3)
-    sub = work - bkg.back()
+    back = bkg.back()
+    sub = work - back
+    del work
     rms = float(bkg.globalrms)
     if not np.isfinite(rms) or rms <= 0:
         rms = float(np.std(sub[~bad])) or 1.0
@@ -180,7 +266,7 @@ def detect_stars(
     x, y = objects["x"].astype(float), objects["y"].astype(float)
     ix = np.clip(np.round(x).astype(int), 0, w - 1)
     iy = np.clip(np.round(y).astype(int), 0, h - 1)
-    local_bkg = bkg.back()[iy, ix].astype(float)
+    local_bkg = back[iy, ix].astype(float)
     peak = objects["peak"].astype(float)
     raw_peak = peak + local_bkg
     a, b = objects["a"].astype(float), objects["b"].astype(float)
