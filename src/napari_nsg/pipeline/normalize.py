@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -188,20 +190,47 @@ def _outputs_wanted(paths: dict, gradient_images: bool) -> list[Path]:
                                 if gradient_images else [])
 
 
-def _measure(job: NormalizeJob, path: str, is_reference: bool):
-    """(result, metadata, header) of one frame, its keywords' warnings included."""
-    if is_reference:
+@dataclass
+class _Loaded:
+    """A frame read for its task (or the reference, which is not read again)."""
+
+    path: str
+    is_reference: bool
+    overwrite: bool
+    paths: dict
+    data: np.ndarray | None = None
+    meta: object = None
+    header: object = None
+
+
+def _load(job: NormalizeJob, item: tuple[str, bool, bool]) -> _Loaded:
+    """Refuse outputs in the way, then read the frame (raises FrameError)."""
+    path, is_reference, overwrite = item
+    loaded = _Loaded(path, is_reference, overwrite, output_paths(path, job.out_dir))
+    if not overwrite:
+        for p in _outputs_wanted(loaded.paths, job.gradient_images):
+            if p.exists():
+                raise OutputExistsError(p, "output exists")
+    if not is_reference:
+        frame = read_frame(path, debayer=job.debayer)
+        loaded.data, loaded.meta, loaded.header = frame.data, frame.meta, frame.header
+    return loaded
+
+
+def _measure(job: NormalizeJob, loaded: _Loaded):
+    """(result, metadata, header) of one loaded frame, its keywords' warnings included.
+
+    The frame's pixels are released from ``loaded`` (the result holds the output)."""
+    if loaded.is_reference:
         meta, frame_header = job.model.meta, job.reference_header
         res = reference_result(job.model, gradient_images=job.gradient_images)
     else:
-        frame = read_frame(path, debayer=job.debayer)
-        meta, frame_header = frame.meta, frame.header
-        data = frame.data
-        del frame
+        meta, frame_header = loaded.meta, loaded.header
+        data, loaded.data = loaded.data, None
         res = normalize_frame(job.model, data, meta, gradient_images=job.gradient_images)
         del data
     warn = []
-    if (not is_reference and job.reference_filter and meta.filter
+    if (not loaded.is_reference and job.reference_filter and meta.filter
             and meta.filter != job.reference_filter):
         warn.append(f"FILTER '{meta.filter}' differs from the reference's "
                     f"'{job.reference_filter}'")
@@ -235,6 +264,22 @@ def _error_row(path: str, meta, is_reference: bool, error: str, kind: str | None
     return row
 
 
+def _failed_row(path: str, meta, is_reference: bool, exc: BaseException) -> FrameRow:
+    """The report row of a frame whose task raised ``exc`` (expected or not)."""
+    if isinstance(exc, FrameError):
+        text = exc.reason if Path(exc.path or "") == Path(path) else str(exc)
+        return _error_row(path, meta, is_reference, text, type(exc).__name__)
+    if isinstance(exc, NsgError):
+        return _error_row(path, meta, is_reference, str(exc))
+    if isinstance(exc, MemoryError):
+        return _error_row(path, meta, is_reference, "out of memory while normalizing this frame")
+    # a bug must not stop the batch; the row says what happened
+    last = traceback.extract_tb(exc.__traceback__)[-1]
+    return _error_row(path, meta, is_reference,
+                      f"unexpected {type(exc).__name__}: {exc} "
+                      f"({Path(last.filename).name}:{last.lineno})")
+
+
 def process_frame(job: NormalizeJob, item: tuple[str, bool, bool]) -> FrameRow:
     """Normalize one frame and write its outputs; never raises (errors go in the row).
 
@@ -245,29 +290,83 @@ def process_frame(job: NormalizeJob, item: tuple[str, bool, bool]) -> FrameRow:
         ``overwrite`` replaces this frame's existing outputs (``job.overwrite``,
         or a frame this run had claimed before it was interrupted).
     """
-    path, is_reference, overwrite = item
-    paths = output_paths(path, job.out_dir)
+    path, is_reference, _ = item
     meta = None
     try:
-        if not overwrite:
-            for p in _outputs_wanted(paths, job.gradient_images):
-                if p.exists():
-                    raise OutputExistsError(p, "output exists")
-        res, meta, frame_header = _measure(job, path, is_reference)
-        _write_unit(job, paths, res, frame_header, overwrite)
-        return _row_from(path, res, meta, paths, job)
-    except FrameError as exc:
-        text = exc.reason if Path(exc.path or "") == Path(path) else str(exc)
-        return _error_row(path, meta, is_reference, text, type(exc).__name__)
-    except NsgError as exc:
-        return _error_row(path, meta, is_reference, str(exc))
-    except MemoryError:
-        return _error_row(path, meta, is_reference, "out of memory while normalizing this frame")
-    except Exception as exc:  # a bug must not stop the batch; the row says what happened
-        last = traceback.extract_tb(exc.__traceback__)[-1]
-        return _error_row(path, meta, is_reference,
-                          f"unexpected {type(exc).__name__}: {exc} "
-                          f"({Path(last.filename).name}:{last.lineno})")
+        loaded = _load(job, item)
+        res, meta, frame_header = _measure(job, loaded)
+        return _store(job, loaded, (res, meta, frame_header))
+    except Exception as exc:  # noqa: BLE001 - every failure (bugs too) becomes the frame's row
+        return _failed_row(path, meta, is_reference, exc)
+
+
+def _store(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:
+    """Write a measured frame's outputs as one unit; its report row (raises on failure)."""
+    res, meta, frame_header = measured
+    _write_unit(job, loaded.paths, res, frame_header, loaded.overwrite)
+    return _row_from(loaded.path, res, meta, loaded.paths, job)
+
+
+def _try(func, *args):
+    """``(func(*args), None)``, or ``(None, exception)``: a task's stage never raises."""
+    try:
+        return func(*args), None
+    except Exception as exc:  # noqa: BLE001 - reported as the frame's row by the caller
+        return None, exc
+
+
+def pipelined_frames(job: NormalizeJob, items, cancel: CancelToken | None = None):
+    """Yield ``(index, row)`` like ``map_frames(process_frame, job, items)`` in one
+    process, with reading, computing and writing overlapped.
+
+    A reader thread reads the next frame and a compute thread normalizes the
+    current one while this thread writes the previous one's outputs (as one
+    unit, here, so that Ctrl-C interrupts the write as it would without the
+    threads, and the partial files are removed). At most three frames are in
+    memory. Rows come in order, each once its outputs are in place. When the
+    consumer stops (``cancel``, an exception), the frame being computed is
+    dropped and nothing more is written.
+    """
+    items = list(items)
+    reader = ThreadPoolExecutor(1, thread_name_prefix="nsg-read")
+    computer = ThreadPoolExecutor(1, thread_name_prefix="nsg-compute")
+    try:
+        reads = deque(reader.submit(_try, _load, job, item) for item in items[:READ_AHEAD])
+        following = iter(items[READ_AHEAD:])
+        done = None  # (index, loaded, measured) computed and not yet written
+        for k, item in enumerate(items):
+            loaded, exc = reads.popleft().result()
+            nxt = next(following, None)
+            if nxt is not None:
+                reads.append(reader.submit(_try, _load, job, nxt))
+            computing = None if exc is not None else computer.submit(_try, _measure, job, loaded)
+            if done is not None:  # written while the compute thread works on frame k
+                yield done[0], _stored_row(job, *done[1:])
+                done = None
+            check_cancel(cancel)
+            measured = None
+            if computing is not None:
+                measured, exc = computing.result()
+            if exc is not None:
+                yield k, _failed_row(item[0], getattr(loaded, "meta", None), item[1], exc)
+                continue
+            done = (k, loaded, measured)
+        if done is not None:
+            yield done[0], _stored_row(job, *done[1:])
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)
+        computer.shutdown(wait=False, cancel_futures=True)
+
+
+READ_AHEAD = 1  # frames read ahead of the one being normalized
+
+
+def _stored_row(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:
+    """:func:`_store`, its failure made the frame's error row."""
+    try:
+        return _store(job, loaded, measured)
+    except Exception as exc:  # noqa: BLE001 - the frame's row says what happened
+        return _failed_row(loaded.path, measured[1], loaded.is_reference, exc)
 
 
 def _absolute(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
@@ -351,8 +450,8 @@ def _kept_row(prev: dict, frame: Path, paths: dict, gradient_images: bool,
     if gradient_images:
         row.gradient_output, row.curvature_output = str(paths["gradient"]), str(paths["curvature"])
     if not resume:
-        row.warnings = ["kept the output of an earlier run with the same reference "
-                        "and parameters"]
+        row.warnings = [("kept the output of an earlier run with the same reference "
+                         "and parameters")]
     return row
 
 
@@ -464,9 +563,13 @@ def normalize_frames(
     if done:
         report(progress, done, total, f"{done} frame(s) already done")
     items = [(str(frames[i]), same_file(frames[i], reference), mine) for i, mine in todo]
+    if workers <= 1 and not scheduler:
+        tasks = pipelined_frames(job, items, cancel)
+    else:
+        tasks = map_frames(process_frame, job, items, workers=workers,
+                           scheduler=scheduler, cancel=cancel)
     try:
-        for k, row in map_frames(process_frame, job, items, workers=workers,
-                                 scheduler=scheduler, cancel=cancel):
+        for k, row in tasks:
             rows[todo[k][0]] = row
             done += 1
             report(progress, done, total, Path(row.file).name)
@@ -475,6 +578,7 @@ def normalize_frames(
             pause_for_test("after_row")
             check_cancel(cancel)
     finally:
+        tasks.close()  # now, not when garbage-collected: pending work is dropped or finished
         result.rows = [r for r in rows if r is not None]
     _relative(result, model, ref_meta, reference, frames)
     result.write()
