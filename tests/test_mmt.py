@@ -163,3 +163,42 @@ def test_decomposition_with_linear_borders_is_what_msgr_removes(image):
     assert not np.allclose(dec.residual[edge], mirror.residual[edge], rtol=1e-3)
     with pytest.raises(ValueError, match="unknown border"):
         mmt_decompose(image, 5, border="wrap")
+
+
+# --------------------------------------------------------------------------- fast paths
+
+
+def test_partition_median_equals_scipy_two_way_median():
+    rng = np.random.default_rng(7)
+    small = rng.normal(100, 5, (150, 223)).astype(np.float32)
+    for n in (3, 5, 9):
+        np.testing.assert_array_equal(mmt._two_way_median_fast(small, n), mmt._two_way_median(small, n))
+    tiny = small[:4, :6]  # too small to pad by 4: falls back to scipy
+    np.testing.assert_array_equal(mmt._two_way_median_fast(tiny, 9), mmt._two_way_median(tiny, 9))
+
+
+def test_blocked_keys_upsampling_equals_the_sparse_rows():
+    rng = np.random.default_rng(8)
+    # values near 0 with both signs: PCL's linear clamping acts on many pixels
+    src = rng.normal(0, 1, (37, 90)).astype(np.float32)
+    inner, outer, inner_sum = mmt._keys_matrices(37, 1500)
+    ref = mmt._keys_rows(inner, outer, inner_sum, src, mmt._CLAMP)
+    fast = mmt._keys_upsample_rows(src, 1500)
+    np.testing.assert_allclose(fast, ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(mmt._keys_upsample_rows(src, 1500, crop=20), ref[20:-20], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cubic", "keys"])
+@pytest.mark.parametrize("offset", [100.0, 0.0])
+def test_decimating_a_coarse_layer_equals_decimating_its_full_image(kind, offset):
+    """The composed operators give the numbers of the full-size path (offset 0: clamp acts)."""
+    rng = np.random.default_rng(9)
+    small = (offset + cv2.GaussianBlur(rng.normal(0, 3, (61, 83)), (0, 0), 2)).astype(np.float32)
+    coarse = mmt._Coarse(small, (800, 1100), kind)
+    fr = 0 if kind == "cubic" else 21
+    via_small = mmt._decimate(coarse, 29, 40, fr)
+    via_full = mmt._decimate(coarse.full(), 29, 40, fr)
+    scale = np.abs(via_full).max()
+    np.testing.assert_allclose(via_small, via_full, rtol=0, atol=2e-6 * scale)
+    if kind == "keys":
+        assert mmt._keys_linear_everywhere(small, 800) == (offset > 0)

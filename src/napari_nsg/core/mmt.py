@@ -28,7 +28,9 @@ the medians down) and given back their original value afterwards.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -53,6 +55,10 @@ __all__ = [
 _PCL_DIRECT = 9
 #: Keys bicubic linear-clamping threshold of PCL's ``BicubicSplinePixelInterpolation``.
 _CLAMP = 0.3
+#: Below this many output pixels a resampling pass runs in one thread.
+_THREAD_MIN_PIXELS = 1 << 20
+#: Memory for the gathered windows of one band of :func:`_two_way_median_fast`.
+_MEDIAN_BAND_BYTES = 32 << 20
 
 
 class MMTSizeError(ValueError):
@@ -107,6 +113,36 @@ def _two_way_median(img: np.ndarray, n: int) -> np.ndarray:
     way0, way1 = _two_way_structures(n)
     m0 = ndimage.median_filter(img, footprint=way0, mode="mirror")
     m1 = ndimage.median_filter(img, footprint=way1, mode="mirror")
+    return (np.float32(0.5) * (m0 + m1)).astype(np.float32, copy=False)
+
+
+def _footprint_median(pad: np.ndarray, footprint: np.ndarray, out: np.ndarray) -> None:
+    """Median over ``footprint`` (odd element count) of every window of ``pad``, into ``out``."""
+    k = int(footprint.sum()) // 2
+    windows = np.lib.stride_tricks.sliding_window_view(pad, footprint.shape)[:, :, footprint]
+    windows.partition(k, axis=-1)
+    out[...] = windows[..., k]
+
+
+def _two_way_median_fast(img: np.ndarray, n: int) -> np.ndarray:
+    """:func:`_two_way_median`, the same numbers, faster on the small decimated images.
+
+    Every window's elements are gathered and partitioned (row bands of at most
+    ``_MEDIAN_BAND_BYTES``, both ways and the bands spread over two threads:
+    numpy releases the GIL) instead of ``scipy.ndimage.median_filter``.
+    """
+    r = n // 2
+    h, w = img.shape
+    if min(h, w) <= r:
+        return _two_way_median(img, n)
+    ways = _two_way_structures(n)
+    pad = np.pad(img, r, mode="reflect")  # = ndimage's "mirror"
+    rows = max(1, _MEDIAN_BAND_BYTES // (w * int(ways[0].sum()) * 4))
+    m0, m1 = np.empty_like(img), np.empty_like(img)
+    jobs = [(pad[s : min(s + rows, h) + 2 * r], way, m[s : s + rows])
+            for s in range(0, h, rows) for way, m in zip(ways, (m0, m1), strict=True)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(lambda job: _footprint_median(*job), jobs))
     return (np.float32(0.5) * (m0 + m1)).astype(np.float32, copy=False)
 
 
@@ -199,49 +235,242 @@ def _keys_rows(inner, outer, inner_sum, a: np.ndarray, clamp: float) -> np.ndarr
     return out
 
 
-def _keys_resize(small: np.ndarray, h: int, w: int, clamp: float = _CLAMP) -> np.ndarray:
-    """PCL ``BicubicSplinePixelInterpolation`` resize of ``small`` to (h, w): x first, then y."""
-    sh, sw = small.shape
-    ix, ox, sx = _keys_matrices(sw, w)
+def _keys_taps(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keys cubic (a = -1/2) taps n_src -> n_dst: first inner source index and weights.
+
+    Returns ``(j1, w)``: ``j1[i]`` is the source sample left of output ``i``
+    (centres clipped to the source, as :func:`_keys_matrices`), ``w[i]`` the four
+    weights on samples ``j1 - 1 .. j1 + 2`` (float32, shape ``(n_dst, 4)``).
+    """
+    ratio = n_src / n_dst
+    c = np.clip((np.arange(n_dst) + 0.5) * ratio - 0.5, 0, n_src - 1)
+    j1 = np.minimum(np.floor(c).astype(np.int64), n_src - 1)
+    t = c - j1
+    w = np.column_stack((-0.5 * t**3 + t**2 - 0.5 * t,
+                         1.5 * t**3 - 2.5 * t**2 + 1.0,
+                         -1.5 * t**3 + 2.0 * t**2 + 0.5 * t,
+                         0.5 * t**3 - 0.5 * t**2))
+    return j1, w.astype(np.float32)
+
+
+def _keys_block(src: np.ndarray, j: int, w: np.ndarray, out: np.ndarray, clamp: float) -> None:
+    """Output rows sharing the inner source rows ``j, j + 1`` (weights ``w``, k x 4) into ``out``."""
+    last = src.shape[0] - 1
+    a0, a1, a2, a3 = (src[min(max(k, 0), last)] for k in (j - 1, j, j + 1, j + 2))
+    f12 = w[:, 1:2] * a1
+    f12 += w[:, 2:3] * a2
+    np.multiply(w[:, 0:1], a0, out=out)
+    out += w[:, 3:4] * a3  # f03
+    if clamp >= 1.0:
+        out += f12
+        return
+    # PCL: cubic unless the outer (negative) lobes outweigh clamp * the inner part,
+    # -f03 >= clamp * f12, then linear interpolation between the two inner samples.
+    use_linear = (f12 * np.float32(-clamp)) >= out
+    out += f12
+    f12 /= w[:, 1:2] + w[:, 2:3]
+    np.copyto(out, f12, where=use_linear)
+
+
+def _keys_upsample_rows(src: np.ndarray, n_dst: int, clamp: float = _CLAMP,
+                        crop: int = 0) -> np.ndarray:
+    """Clamped Keys resampling of the rows axis of ``src`` (n_src, w) to ``n_dst`` rows.
+
+    ``crop`` > 0 leaves out the first and last ``crop`` output rows.
+
+    The same numbers as :func:`_keys_rows`, computed block by block: the output
+    rows that share their four source rows are done together, so every
+    temporary stays in cache and the full-size result is written once. The
+    blocks are split between two threads (numpy releases the GIL).
+    """
+    j1, w = _keys_taps(src.shape[0], n_dst)
+    if crop:
+        j1, w = j1[crop:-crop], w[crop:-crop]
+    out = np.empty((j1.size, src.shape[1]), np.float32)
+    starts = np.flatnonzero(np.diff(j1, prepend=-1))
+    ends = np.append(starts[1:], j1.size)
+
+    def run(blocks):
+        for s, e in blocks:
+            _keys_block(src, int(j1[s]), w[s:e], out[s:e], clamp)
+
+    blocks = list(zip(starts.tolist(), ends.tolist(), strict=True))
+    half = len(blocks) // 2
+    if out.size < _THREAD_MIN_PIXELS or half == 0:
+        run(blocks)
+    else:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(run, (blocks[:half], blocks[half:])))
+    return out
+
+
+def _keys_resize(small: np.ndarray, h: int, w: int, clamp: float = _CLAMP,
+                 crop: int = 0) -> np.ndarray:
+    """PCL ``BicubicSplinePixelInterpolation`` resize of ``small`` to (h, w): x first, then y.
+
+    ``crop`` > 0 computes only the inner ``(h - 2 crop, w - 2 crop)`` part.
+    """
+    ix, ox, sx = _keys_matrices(small.shape[1], w)
+    if crop:
+        keep = slice(crop, w - crop)
+        ix, ox, sx = ix[keep], ox[keep], sx[keep]
     tmp = _keys_rows(ix, ox, sx, np.ascontiguousarray(small.T), clamp).T  # (sh, w)
-    iy, oy, sy = _keys_matrices(sh, h)
-    return np.ascontiguousarray(_keys_rows(iy, oy, sy, np.ascontiguousarray(tmp), clamp))
+    return _keys_upsample_rows(np.ascontiguousarray(tmp), h, clamp, crop)
 
 
-def _pcl_large_median(c: np.ndarray, n: int) -> np.ndarray:
+# --------------------------------------------------------------------------- coarse layers
+
+
+@dataclass(frozen=True)
+class _Coarse:
+    """The smooth image of a decimated layer, kept at low resolution.
+
+    ``full()`` is the layer's full-size image: ``small`` upsampled to ``shape``
+    with OpenCV's bicubic (``kind="cubic"``, the fast middle layers) or PCL's
+    clamped Keys cubic (``kind="keys"``, the exact scheme). The next layer
+    decimates it without building it (:func:`_decimate`).
+    """
+
+    small: np.ndarray
+    shape: tuple[int, int]
+    kind: str
+
+    def full(self, crop: int = 0) -> np.ndarray:
+        """The full-size image, without a border of ``crop`` px if ``crop`` > 0."""
+        h, w = self.shape
+        if self.kind == "keys":
+            return _keys_resize(self.small, h, w, crop=crop)
+        return _cropped(cv2.resize(self.small, (w, h), interpolation=cv2.INTER_CUBIC), crop)
+
+
+def _cropped(a: np.ndarray, crop: int) -> np.ndarray:
+    return a[crop:-crop, crop:-crop] if crop else a
+
+
+def _full(c: np.ndarray | _Coarse, crop: int = 0) -> np.ndarray:
+    """The full-size image of a layer (a view when ``c`` is an array), less ``crop`` px of border."""
+    return c.full(crop) if isinstance(c, _Coarse) else _cropped(c, crop)
+
+
+def _up_rows(a: np.ndarray, n_dst: int, kind: str) -> np.ndarray:
+    """Upsample the rows axis of ``a`` (n, k) to ``n_dst`` rows: OpenCV bicubic or unclamped Keys."""
+    if kind == "cubic":
+        return cv2.resize(a, (a.shape[1], n_dst), interpolation=cv2.INTER_CUBIC)
+    inner, outer, _ = _keys_matrices(a.shape[0], n_dst)
+    return np.asarray(inner @ a + outer @ a, dtype=np.float32)
+
+
+def _down_rows(a: np.ndarray, n_dst: int, fr: int) -> np.ndarray:
+    """Decimate the rows axis of ``a`` (n, k): OpenCV area (``fr == 0``) or Mitchell radius ``fr``."""
+    if fr == 0:
+        return cv2.resize(a, (a.shape[1], n_dst), interpolation=cv2.INTER_AREA)
+    return np.asarray(_decimation_matrix(a.shape[0], n_dst, fr) @ a, dtype=np.float32)
+
+
+@lru_cache(maxsize=64)
+def _composed_rows(kind: str, n_small: int, n_full: int, n_dst: int, fr: int) -> sparse.csr_matrix:
+    """The 1-D operator "upsample n_small -> n_full, decimate to n_dst" as a sparse matrix.
+
+    Read off by applying both passes to a comb (column ``k`` is 1 on the source
+    rows ``s = k (mod period)``, ``period`` longer than the operator's support):
+    each output row then sees each of its source rows in a different column.
+    Checked on a random column before use.
+    """
+    up, down = n_full / n_small, n_full / n_dst
+    half = (max(fr, down / 2) + 2) / up + 3  # support half-width, in source rows
+    period = 2 * int(np.ceil(half)) + 4
+    comb = (np.arange(n_small)[:, None] % period == np.arange(period)[None, :]).astype(np.float32)
+    out = _down_rows(_up_rows(comb, n_full, kind), n_dst, fr)
+    centre = np.floor((np.arange(n_dst) + 0.5) * (n_small / n_dst)).astype(np.int64)
+    lo = centre - period // 2
+    cols = lo[:, None] + (np.arange(period)[None, :] - lo[:, None]) % period
+    inside = (cols >= 0) & (cols < n_small)
+    rows = np.broadcast_to(np.arange(n_dst)[:, None], cols.shape)
+    m = sparse.csr_matrix((out[inside], (rows[inside], cols[inside])), shape=(n_dst, n_small))
+    m.eliminate_zeros()
+    # (OpenCV resizes arrays narrower than 4 columns by another path: probe with 4)
+    probe = np.random.default_rng(0).random((n_small, 4), dtype=np.float32)
+    expect = _down_rows(_up_rows(probe, n_full, kind), n_dst, fr)
+    if not np.allclose(m @ probe, expect, rtol=1e-4, atol=1e-5):
+        raise RuntimeError(f"composed resampling {n_small}->{n_full}->{n_dst}: support too wide")
+    return m
+
+
+def _keys_linear_everywhere(a: np.ndarray, n_dst: int, clamp: float = _CLAMP) -> bool:
+    """True if PCL's clamp cannot switch any output of the Keys upsampling of ``a``'s rows.
+
+    The outer taps are <= 0 and the inner ones >= 0, so the cubic value is kept
+    wherever ``q * max(outer samples, 0) < clamp * min(inner samples)``, ``q`` the
+    largest ratio of outer to inner weight among the rows of an interval (1 %
+    margin for rounding).
+    """
+    j1, w = _keys_taps(a.shape[0], n_dst)
+    q = np.zeros(a.shape[0])
+    np.maximum.at(q, j1, -(w[:, 0] + w[:, 3]) / (w[:, 1] + w[:, 2]))
+    js = np.flatnonzero(q > 0)
+    if js.size == 0:
+        return True
+    last = a.shape[0] - 1
+    inner = np.minimum(a[js], a[np.minimum(js + 1, last)])
+    outer = np.maximum(np.maximum(a[np.maximum(js - 1, 0)], a[np.minimum(js + 2, last)]), 0)
+    return bool(np.all(1.01 * q[js, None] * outer < clamp * inner))
+
+
+def _decimate(c: np.ndarray | _Coarse, sh: int, sw: int, fr: int) -> np.ndarray:
+    """``c`` decimated to (sh, sw): OpenCV area (``fr == 0``) or Mitchell (radius ``fr`` px).
+
+    A :class:`_Coarse` input is decimated through the composed operators of
+    :func:`_composed_rows`, never at full size: the same numbers to float
+    rounding. Where PCL's clamp could act (Keys), the full image is built.
+    """
+    if not isinstance(c, _Coarse):
+        if fr == 0:
+            return cv2.resize(c, (sw, sh), interpolation=cv2.INTER_AREA)
+        tmp = _down_rows(c, sh, fr)  # (sh, w)
+        return np.ascontiguousarray(_down_rows(np.ascontiguousarray(tmp.T), sw, fr).T)
+    h, w = c.shape
+    small = c.small
+    if c.kind == "cubic":
+        mx = _composed_rows("cubic", small.shape[1], w, sw, fr)
+        small = np.ascontiguousarray(np.asarray(mx @ small.T, dtype=np.float32).T)  # (sh_s, sw)
+        return np.asarray(_composed_rows("cubic", small.shape[0], h, sh, fr) @ small,
+                          dtype=np.float32)
+    ix, ox, sx = _keys_matrices(small.shape[1], w)
+    rows = np.ascontiguousarray(_keys_rows(ix, ox, sx, np.ascontiguousarray(small.T), _CLAMP).T)
+    if not _keys_linear_everywhere(rows, h):
+        return _decimate(c.full(), sh, sw, fr)
+    tmp = np.asarray(_composed_rows("keys", rows.shape[0], h, sh, fr) @ rows, dtype=np.float32)
+    return np.ascontiguousarray(_down_rows(np.ascontiguousarray(tmp.T), sw, fr).T)
+
+
+def _pcl_large_median(c: np.ndarray | _Coarse, n: int, median=_two_way_median_fast) -> _Coarse:
     """PCL's median for a window n > 9: decimate by r = n/9, two-way 9x9 median, Keys back."""
     h, w = c.shape
     r = n / _PCL_DIRECT
     fr = max(2, int(1.5 * r))
-    sh, sw = max(1, round(h / r)), max(1, round(w / r))
-    dy = _decimation_matrix(h, sh, fr)
-    dx = _decimation_matrix(w, sw, fr)
-    tmp = np.asarray(dy @ c, dtype=np.float32)  # (sh, w)
-    small = np.asarray(dx @ tmp.T, dtype=np.float32).T  # (sh, sw)
-    small = _two_way_median(np.ascontiguousarray(small), _PCL_DIRECT)
-    return _keys_resize(small, h, w)
+    small = _decimate(c, max(1, round(h / r)), max(1, round(w / r)), fr)
+    return _Coarse(median(small, _PCL_DIRECT), (h, w), "keys")
 
 
-def _decimated_box_median(c: np.ndarray, n: int) -> np.ndarray:
+def _decimated_box_median(c: np.ndarray | _Coarse, n: int) -> _Coarse:
     """Fast middle layers: area-decimate by n/5, 5x5 box median, bicubic back (OpenCV)."""
     h, w = c.shape
     r = n / 5.0
     sh, sw = max(1, round(h / r)), max(1, round(w / r))
-    small = cv2.resize(c, (sw, sh), interpolation=cv2.INTER_AREA)
+    small = _decimate(c, sh, sw, 0)
     if min(sh, sw) >= 3:
         small = cv2.medianBlur(small, 5)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return _Coarse(small, (h, w), "cubic")
 
 
 # --------------------------------------------------------------------------- layers
 
 
-def _layer_fast(c: np.ndarray, j: int, exact_from: int) -> np.ndarray:
+def _layer_fast(c: np.ndarray | _Coarse, j: int, exact_from: int) -> np.ndarray | _Coarse:
     n = layer_window(j)
-    if n <= 5 and min(c.shape) >= n:
-        return cv2.medianBlur(c, n)
     if n <= 5:
-        return _two_way_median(c, n)
+        c = _full(c)
+        return cv2.medianBlur(c, n) if min(c.shape) >= n else _two_way_median(c, n)
     if j < exact_from:
         return _decimated_box_median(c, n)
     return _pcl_large_median(c, n)
@@ -251,7 +480,7 @@ def _layer_reference(c: np.ndarray, j: int) -> np.ndarray:
     n = layer_window(j)
     if n <= _PCL_DIRECT:
         return _two_way_median(c, n)
-    return _pcl_large_median(c, n)
+    return _pcl_large_median(c, n, _two_way_median).full()
 
 
 BORDERS = ("mirror", "linear")
@@ -317,7 +546,9 @@ def _per_channel(image: np.ndarray, func) -> np.ndarray:
     if arr.ndim == 2:
         return func(arr)
     if arr.ndim == 3:
-        return np.stack([func(ch) for ch in arr])
+        # two channels at a time: the single-threaded stretches of one overlap the other's
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            return np.stack(list(pool.map(func, arr)))
     raise ValueError(f"expected a (y, x) or (c, y, x) image, got shape {arr.shape}")
 
 
@@ -332,8 +563,7 @@ def _residual_2d(image: np.ndarray, n_layers: int, layer, border: str = "mirror"
         c = _pad_linear(c, p)
     for j in range(1, n_layers + 1):
         c = layer(c, j)
-    if p:
-        c = np.ascontiguousarray(c[p:-p, p:-p])
+    c = np.ascontiguousarray(_full(c, p))
     if bad is not None:
         c = c.copy() if not c.flags.writeable else c
         c[bad] = np.asarray(image, dtype=np.float32)[bad]
@@ -464,16 +694,17 @@ def mmt_decompose(image: np.ndarray, n_layers: int = 8, *, exact_from: int = 7,
     p = _pad_width(c.shape, n_layers) if border == "linear" else 0
     if p:
         c = _pad_linear(c, p)
-    inner = np.s_[p:-p, p:-p] if p else np.s_[:, :]
     layers = []
+    prev = _full(c, p)
     for j in range(1, n_layers + 1):
-        nxt = _layer_fast(c, j, exact_from)
-        w = np.array((c - nxt)[inner], dtype=np.float32)
+        c = _layer_fast(c, j, exact_from)
+        nxt = _full(c, p)
+        w = np.subtract(prev, nxt, dtype=np.float32)
         if bad is not None:
             w[bad] = 0
         layers.append(w)
-        c = nxt
-    residual = np.array(c[inner], dtype=np.float32)
+        prev = nxt
+    residual = np.array(prev, dtype=np.float32)
     if bad is not None:
         residual[bad] = np.asarray(img, dtype=np.float32)[bad]
     return MMTDecomposition(layers=layers, residual=residual,
