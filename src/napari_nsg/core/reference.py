@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stars import detect_stars, intensity, no_data_mask
+from .stars import intensity, no_data_mask
+from .stars.detection import bin_image, detect_stars_binned
 
 
 @dataclass
@@ -187,7 +188,7 @@ def corner_box_slices(shape: tuple[int, int], box_fraction: float = 0.1) -> dict
     """``{corner: (row slice, column slice)}`` of NSG's corner boxes: side and
     inset ``box_fraction`` of the image height (at least 4 px); "top" is row 0."""
     h, w = shape
-    s = max(4, int(round(h * box_fraction)))
+    s = max(4, round(h * box_fraction))
     rows = {"top": slice(s, 2 * s), "bottom": slice(h - 2 * s, h - s)}
     cols = {"left": slice(s, 2 * s), "right": slice(w - 2 * s, w - s)}
     return {key: (rows[key.split("_")[0]], cols[key.split("_")[1]]) for key in CORNERS}
@@ -201,27 +202,50 @@ def corner_boxes(shape: tuple[int, int],
     return [(r.start, c.start, r.stop, c.stop) for r, c in (where[k] for k in CORNERS)]
 
 
-def background_map(data: np.ndarray, cells: int = 16, min_valid: float = 0.5) -> BackgroundMap:
-    """Sigma-clipped background levels on a grid of about ``cells`` cells along the long side."""
+def background_map(data: np.ndarray, cells: int = 16, min_valid: float = 0.5,
+                   binning: int = 1) -> BackgroundMap:
+    """Sigma-clipped background levels on a grid of about ``cells`` cells along the long side.
+
+    ``binning`` > 1 measures each cell on the ``binning x binning`` block means
+    (:func:`~napari_nsg.core.stars.detection.bin_image`) instead of a subsample
+    of its pixels: every pixel counts, at ``binning**2`` fewer values to sort
+    (for large frames; see :func:`metric_binning`). No-data must then be NaN
+    (a zero region would be averaged into its neighbours' blocks): NaN spreads
+    to its block, which is left out. The cells and their centres are the same
+    for any ``binning``.
+    """
     chans = _channels(np.asarray(data))
     h, w = chans.shape[-2:]
     cell = max(8, int(np.ceil(max(h, w) / cells)))
     ny, nx = max(1, h // cell), max(1, w // cell)
     y0, x0 = (h - ny * cell) // 2, (w - nx * cell) // 2
     values = np.full((len(chans), ny, nx), np.nan)
-    step = max(1, cell // 128)  # about 16k pixels per cell is plenty for a median
+    f = max(1, int(binning))
+    step = max(1, cell // f // 128)  # about 16k values per cell is plenty for a median
     for c, ch in enumerate(chans):
-        good = ~no_data_mask(ch)
+        plane = bin_image(ch, f) if f > 1 else ch
+        good = np.isfinite(plane) if f > 1 else ~no_data_mask(ch)
         for j in range(ny):
             for i in range(nx):
-                where = (slice(y0 + j * cell, y0 + (j + 1) * cell, step),
-                         slice(x0 + i * cell, x0 + (i + 1) * cell, step))
-                block, valid = ch[where], good[where]
+                where = (slice((y0 + j * cell) // f, (y0 + (j + 1) * cell) // f, step),
+                         slice((x0 + i * cell) // f, (x0 + (i + 1) * cell) // f, step))
+                block, valid = plane[where], good[where]
                 if valid.mean() >= min_valid:
                     values[c, j, i] = sky_level(block[valid])
     cy = y0 + (np.arange(ny) + 0.5) * cell - 0.5
     cx = x0 + (np.arange(nx) + 0.5) * cell - 0.5
     return BackgroundMap(values=values, centres_y=cy, centres_x=cx, cell=cell)
+
+
+METRIC_BIN_PIXELS = 1024  # binned frames keep at least this many pixels along the long side
+MAX_METRIC_BINNING = 4
+
+
+def metric_binning(shape: tuple[int, int], max_factor: int = MAX_METRIC_BINNING) -> int:
+    """The binning for the background map (and, capped lower, star statistics) of
+    a frame: 1 up to 2047 px along the long side, then one more per 1024 px, at
+    most ``max_factor``. Small frames are measured at full resolution."""
+    return int(np.clip(max(shape) // METRIC_BIN_PIXELS, 1, max_factor))
 
 
 def gradient_complexity(bmap: BackgroundMap, shape: tuple[int, int]) -> GradientComplexity:
@@ -261,9 +285,14 @@ class StarStatistics:
     median_fwhm: float
 
 
-def star_statistics(data: np.ndarray, threshold: float = 5.0) -> StarStatistics:
-    """Count the stars detected at ``threshold`` sigma and take their median FWHM."""
-    stars = detect_stars(intensity(data), threshold=threshold)
+def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1) -> StarStatistics:
+    """Count the stars detected at ``threshold`` sigma and take their median FWHM.
+
+    ``binning`` > 1 detects on the binned intensity
+    (:func:`~napari_nsg.core.stars.detection.detect_stars_binned`; FWHM in full
+    pixels): ``binning**2`` fewer pixels to search on large frames.
+    """
+    stars = detect_stars_binned(intensity(data), binning, threshold=threshold)
     fwhm = float(np.median(stars.fwhm)) if len(stars) else float("nan")
     return StarStatistics(n_stars=len(stars), median_fwhm=fwhm)
 

@@ -17,13 +17,20 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..core.nodata import no_data_mask
-from ..core.nsg.engine import NotRegisteredError, NsgError, measure_scale, prepare_reference
+from ..core.nsg.engine import (
+    NotRegisteredError,
+    NsgError,
+    measure_scale,
+    no_data_as_nan,
+    prepare_reference,
+)
 from ..core.nsg.noise import NoiseEstimate, measure_frame_noise, noise_from_keywords
 from ..core.nsg.params import NsgParameters
 from ..core.nsg.registered import REGISTER_HINT
@@ -33,6 +40,7 @@ from ..core.reference import (
     blink_normalize,
     corner_gradients,
     gradient_complexity,
+    metric_binning,
     sky_level,
     star_statistics,
 )
@@ -202,6 +210,7 @@ def _nanmean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
+STAR_BINNING = 2  # at most 2 x 2 for star statistics: FWHM stays measurable
 SKY_SAMPLE_STEP = 4  # every 4th pixel each way is plenty for a whole-frame sky level
 
 
@@ -235,9 +244,11 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
     chans = data[np.newaxis] if data.ndim == 2 else data
     if not np.any(np.isfinite(chans) & (chans != 0)):
         raise NsgError("the frame has no data (all pixels are 0 or NaN)")
+    chans, _ = no_data_as_nan(chans)  # the no-data rule applied once, not by every metric
+    data = chans[0] if data.ndim == 2 else chans
     row = FrameRank(file="")
     corners = corner_gradients(chans)
-    bmap = background_map(chans)
+    bmap = background_map(chans, binning=metric_binning(chans.shape[-2:]))
     complexity = gradient_complexity(bmap, chans.shape[-2:])
     flat = bmap.values.reshape(len(chans), -1)
     with warnings.catch_warnings():  # a channel with no background cell gives NaN, quietly
@@ -245,7 +256,7 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
         background = np.nanmedian(flat, axis=1)
         span = np.nanpercentile(flat, 98, axis=1) - np.nanpercentile(flat, 2, axis=1)
     background = _whole_frame_sky(chans, background)
-    stars = star_statistics(data)
+    stars = star_statistics(data, binning=metric_binning(chans.shape[-2:], STAR_BINNING))
     noise = measure_frame_noise(chans)
     row.background = floats(background)
     row.gradient_1 = floats(corners.diagonal_1)
@@ -389,16 +400,42 @@ def rank_loaded(
     cache = {} if measured is None else measured
     rows: list[_Measured] = []
     # pass 1: each frame on its own
+    frames = _read_ahead(load, [i for i, name in enumerate(names) if name not in cache])
     for i, name in enumerate(names):
         check_cancel(cancel)
         report(progress, i, total, f"measuring {Path(name).name}")
         if name not in cache:
-            try:
-                cache[name] = measure_loaded(name, load(i))
-            except FrameError as exc:
-                cache[name] = _Measured(FrameRank(file=name, error=exc.reason), ())
+            j, frame, error = next(frames)
+            assert j == i
+            cache[name] = (measure_loaded(name, frame) if error is None
+                           else _Measured(FrameRank(file=name, error=error.reason), ()))
+            frame = None
         rows.append(_fresh(cache[name]))
+    frames.close()
     return _scale_pass(rows, load, params, progress, cancel)
+
+
+def _read_ahead(load, indices: list[int]):
+    """Yield ``(i, frame, None)`` or ``(i, None, FrameError)`` for each index in
+    turn, loading the next frame in a thread while the caller measures this one
+    (two frames in memory at a time). Closing the generator drops the read ahead."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="rank-read")
+
+    def read(i):
+        try:
+            return i, load(i), None
+        except FrameError as exc:
+            return i, None, exc
+
+    try:
+        ahead = pool.submit(read, indices[0]) if indices else None
+        for k in range(len(indices)):
+            result = ahead.result()
+            ahead = pool.submit(read, indices[k + 1]) if k + 1 < len(indices) else None
+            yield result
+            result = None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _fresh(m: _Measured) -> _Measured:
@@ -436,6 +473,8 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
                          f"cannot serve as the yardstick reference ({exc})") from None
     frame = None
     ref_noise = ystick.keyword_noise if use_keywords else ystick.measured_noise
+    frames = _read_ahead(load, [i for i, m in enumerate(measured)
+                                if m.row.error is None and i != yard])
     n_channels = common[0] if len(common) == 3 else 1
     raw_scale = np.full((n, n_channels), np.nan)
     raw_weight = np.full(n, np.nan)
@@ -453,7 +492,10 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
             m.row.n_star_pairs = [len(model.candidates)] * raw_scale.shape[1]
             continue
         try:
-            frame = load(i)
+            j, frame, error = next(frames)
+            assert j == i
+            if error is not None:
+                raise error
             sr = measure_scale(model, frame.data)
         except NotRegisteredError as exc:
             m.row.error = str(exc)
@@ -468,6 +510,7 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
         raw_scale[i], raw_weight[i] = sr.scale, w.weight
         m.row.n_star_pairs = [int(v) for v in sr.n_star_pairs]
         m.row.warnings.extend(sr.warnings + w.warnings)
+    frames.close()
     report(progress, total, total, "ranked")
     _refuse_lone_yardstick(ystick.row, raw_weight, yard, unregistered)
     return _rank(measured, raw_scale, raw_weight, yard, reason)

@@ -60,13 +60,13 @@ __all__ = [
     "NotRegisteredError",
     "NsgError",
     "ReferenceModel",
-    "assemble_result",
     "ScaleResult",
+    "assemble_result",
+    "fit_gradient",
     "measure_scale",
     "measure_target_noise",
     "normalize_frame",
     "prepare_reference",
-    "fit_gradient",
     "reference_result",
     "target_samples",
     "target_weight",
@@ -401,7 +401,7 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
         Wrong shape or colour depth, no data, or no usable star pair in a channel.
     """
     p = model.params
-    chans = _check_target(model, target)
+    chans, _ = no_data_as_nan(_check_target(model, target))  # cheap when already done
     inten = intensity(chans if chans.shape[0] > 1 else chans[0])
     warnings: list[str] = []
     cands = model.candidates
@@ -618,7 +618,7 @@ class NormalizationResult:
     warnings: list[str] = field(default_factory=list)
     nodes: Samples | None = None
 
-    def slim(self) -> "NormalizationResult":
+    def slim(self) -> NormalizationResult:
         """A copy without the full-size images (``corrected``, ``gradient``,
         ``curvature``): what is worth keeping per frame or sending between
         processes. The images come back from :attr:`gradient_field` and the
