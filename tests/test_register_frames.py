@@ -181,3 +181,36 @@ def test_seestar_m94_registers_including_the_rotated_night(real_data):
         rots.append(reg.rotation_deg)
     assert abs(rots[-1] + 69.4) < 1.0  # night 3 is rotated by ~69 degrees
     assert all(abs(r) < 1 for r in rots[:-1])
+
+
+def test_overlapped_serial_run_equals_frame_by_frame(dithered, tmp_path):
+    """The serial pipeline (read / register / write overlapped) gives the rows and files of
+    ``process_frame`` one frame at a time, in order; a bad frame in the middle is its row."""
+    from astropy.io import fits
+
+    from napari_nsg.pipeline.register import _prepare, pipelined_frames, process_frame
+
+    paths = dithered.write(tmp_path / "in")[:4]
+    broken = tmp_path / "in" / "broken.fits"
+    broken.write_bytes(b"SIMPLE  =                    T" + b" " * 50)
+    frames = [paths[0], paths[1], broken, paths[2], paths[3]]
+    outs = {}
+    for name in ("one", "piped"):
+        (tmp_path / name).mkdir()
+        job = _prepare(paths[0], tmp_path / name, None, "projective", False, "lanczos-clamped")
+        items = [(str(f), f == paths[0], False) for f in frames]
+        if name == "one":
+            rows = [process_frame(job, item) for item in items]
+        else:
+            got = list(pipelined_frames(job, items))
+            assert [k for k, _ in got] == list(range(len(frames)))
+            rows = [row for _, row in got]
+        outs[name] = rows
+    for a, b in zip(outs["one"], outs["piped"], strict=True):
+        assert (a.error is None) == (b.error is None) and a.residual_px == b.residual_px
+        assert a.coverage == b.coverage and a.n_pairs == b.n_pairs
+    assert outs["piped"][2].error and "broken" not in (outs["piped"][3].error or "")
+    for row in outs["one"]:
+        if row.output:
+            other = str(row.output).replace(f"{tmp_path}/one", f"{tmp_path}/piped")
+            np.testing.assert_array_equal(fits.getdata(row.output), fits.getdata(other))

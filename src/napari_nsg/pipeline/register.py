@@ -25,6 +25,7 @@ import json
 import os
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -190,8 +191,31 @@ def _header_for_output(header, job: RegisterJob):
     return out
 
 
-def _register_one(job: RegisterJob, path: str, is_reference: bool, row: RegisterRow):
-    """``(data, header, keywords, history)`` of the registered frame; fills ``row``."""
+@dataclass
+class _Loaded:
+    """A frame read for registration (the first stage of its task)."""
+
+    path: str
+    is_reference: bool
+    overwrite: bool
+    out: Path
+    row: RegisterRow
+    data: np.ndarray
+    header: object
+    t0: float
+
+
+def _new_row(item: tuple[str, bool, bool]) -> RegisterRow:
+    return RegisterRow(file=str(item[0]), is_reference=item[1])
+
+
+def _load(job: RegisterJob, item: tuple[str, bool, bool], row: RegisterRow) -> _Loaded:
+    """Read one frame and check it can be registered onto the reference (raises on failure)."""
+    t0 = time.perf_counter()
+    path, is_reference, overwrite = item
+    out = registered_path(path, job.out_dir)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(out, "output exists")
     frame = read_frame(path, debayer=job.debayer)
     if frame.meta.bayer_pattern and frame.data.ndim == 2:
         raise FrameError(path, f"is a raw colour mosaic (BAYERPAT {frame.meta.bayer_pattern}): "
@@ -199,17 +223,23 @@ def _register_one(job: RegisterJob, path: str, is_reference: bool, row: Register
     if frame.n_channels != job.channels:
         raise FrameError(path, f"has {frame.n_channels} channel(s), the reference "
                                f"{job.channels}")
-    header = _header_for_output(frame.header, job)
-    if is_reference:
+    return _Loaded(path=path, is_reference=is_reference, overwrite=overwrite, out=out, row=row,
+                   data=frame.data, header=_header_for_output(frame.header, job), t0=t0)
+
+
+def _compute(job: RegisterJob, loaded: _Loaded):
+    """``(data, keywords, history)`` of the registered frame; fills its row (raises on failure)."""
+    row, path = loaded.row, loaded.path
+    if loaded.is_reference:
         row.coverage, row.residual_px, row.n_pairs = 1.0, 0.0, None
         row.rotation_deg, row.shift_x, row.shift_y, row.scale = 0.0, 0.0, 0.0, 1.0
-        return frame.data, header, _keywords(job, None, 1.0), ["REG: this frame is the reference"]
+        return loaded.data, _keywords(job, None, 1.0), ["REG: this frame is the reference"]
     try:
-        reg = register_frame(job.reference_lum, frame.data, model=job.model,
+        reg = register_frame(job.reference_lum, loaded.data, model=job.model,
                              distortion=job.distortion, reference_stars=job.reference_stars)
     except RegistrationError as exc:
         raise FrameError(path, f"cannot be registered: {exc}") from None
-    data, coverage = resample(frame.data, reg.transform, job.reference_lum.shape,
+    data, coverage = resample(loaded.data, reg.transform, job.reference_lum.shape,
                               method=job.resampling)
     row.n_stars, row.n_pairs, row.residual_px = reg.n_stars, reg.n_pairs, reg.residual_px
     row.rotation_deg, row.scale = reg.rotation_deg, reg.scale
@@ -221,32 +251,102 @@ def _register_one(job: RegisterJob, path: str, is_reference: bool, row: Register
     history = [f"REG: registered by napari-nsg {__version__} onto {Path(job.reference).name}",
                (f"REG: model {reg.model}, resampling {job.resampling}, "
                 f"residual {reg.residual_px:.3f} px from {reg.n_pairs} stars")]
-    return data, header, _keywords(job, reg, coverage), history
+    return data, _keywords(job, reg, coverage), history
+
+
+def _store(loaded: _Loaded, computed) -> RegisterRow:
+    """Write the registered frame (atomically); its completed row (raises on failure)."""
+    data, kw, history = computed
+    write_frame(loaded.out, data, loaded.header, kw, history=history, overwrite=loaded.overwrite)
+    loaded.row.output = str(loaded.out)
+    loaded.row.seconds = time.perf_counter() - loaded.t0
+    return loaded.row
+
+
+def _failed(row: RegisterRow, exc: BaseException, t0: float | None = None) -> RegisterRow:
+    """``row`` with the error of its frame's task (expected failures, and bugs)."""
+    if isinstance(exc, FrameError):
+        row.error = exc.reason if Path(exc.path or "") == Path(row.file) else str(exc)
+        row.error_kind = type(exc).__name__
+    elif isinstance(exc, MemoryError):
+        row.error = "out of memory while registering this frame"
+    else:  # a bug must not stop the batch; the row says why
+        last = traceback.extract_tb(exc.__traceback__)[-1]
+        row.error = (f"unexpected {type(exc).__name__}: {exc} "
+                     f"({Path(last.filename).name}:{last.lineno})")
+    if t0 is not None:
+        row.seconds = time.perf_counter() - t0
+    return row
 
 
 def process_frame(job: RegisterJob, item: tuple[str, bool, bool]) -> RegisterRow:
     """Register one frame and write it; never raises (errors go in the row)."""
-    path, is_reference, overwrite = item
-    out = registered_path(path, job.out_dir)
-    row = RegisterRow(file=str(path), is_reference=is_reference)
+    row = _new_row(item)
     t0 = time.perf_counter()
     try:
-        if out.exists() and not overwrite:
-            raise OutputExistsError(out, "output exists")
-        data, header, kw, history = _register_one(job, path, is_reference, row)
-        write_frame(out, data, header, kw, history=history, overwrite=overwrite)
-        row.output = str(out)
-    except FrameError as exc:
-        row.error = exc.reason if Path(exc.path or "") == Path(path) else str(exc)
-        row.error_kind = type(exc).__name__
-    except MemoryError:
-        row.error = "out of memory while registering this frame"
-    except Exception as exc:  # noqa: BLE001 - a bug must not stop the batch; the row says why
-        last = traceback.extract_tb(exc.__traceback__)[-1]
-        row.error = (f"unexpected {type(exc).__name__}: {exc} "
-                     f"({Path(last.filename).name}:{last.lineno})")
-    row.seconds = time.perf_counter() - t0
-    return row
+        loaded = _load(job, item, row)
+        return _store(loaded, _compute(job, loaded))
+    except Exception as exc:  # noqa: BLE001 - every failure (bugs too) becomes the frame's row
+        return _failed(row, exc, t0)
+
+
+def _try(func, *args):
+    """``(func(*args), None)``, or ``(None, exception)``: a stage of a task never raises."""
+    try:
+        return func(*args), None
+    except Exception as exc:  # noqa: BLE001 - reported as the frame's row by the caller
+        return None, exc
+
+
+def pipelined_frames(job: RegisterJob, items, cancel: CancelToken | None = None):
+    """Yield ``(index, row)`` like ``map_frames(process_frame, job, items)`` in one process,
+    with reading, registering and writing overlapped.
+
+    A reader thread reads the next frame and a compute thread registers and
+    resamples the current one (star detection and matching are partly
+    single-threaded, the resampling uses both cores) while this thread writes
+    the previous one (here, so that Ctrl-C interrupts a write as it would
+    without the threads and its partial file is removed). At most three frames
+    are in memory. Rows come in order, each once its output is in place; when
+    the consumer stops (``cancel``, an exception) the frame being computed is
+    dropped and nothing more is written.
+    """
+    items = list(items)
+    rows = [_new_row(item) for item in items]
+    reader = ThreadPoolExecutor(1, thread_name_prefix="register-read")
+    computer = ThreadPoolExecutor(1, thread_name_prefix="register-compute")
+    try:
+        reading = reader.submit(_try, _load, job, items[0], rows[0]) if items else None
+        done = None  # (index, loaded, computed) not yet written
+        for k in range(len(items)):
+            loaded, exc = reading.result()
+            if k + 1 < len(items):
+                reading = reader.submit(_try, _load, job, items[k + 1], rows[k + 1])
+            computing = None if exc is not None else computer.submit(_try, _compute, job, loaded)
+            if done is not None:  # written while the compute thread works on frame k
+                yield done[0], _stored_row(*done[1:])
+                done = None
+            check_cancel(cancel)
+            if computing is not None:
+                computed, exc = computing.result()
+            if exc is not None:
+                yield k, _failed(rows[k], exc, getattr(loaded, "t0", None))
+                continue
+            done = (k, loaded, computed)
+        if done is not None:
+            yield done[0], _stored_row(*done[1:])
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)
+        computer.submit(release_scratch)  # the compute thread's resampling work arrays
+        computer.shutdown(wait=False)
+
+
+def _stored_row(loaded: _Loaded, computed) -> RegisterRow:
+    """:func:`_store`, its failure made the frame's error row."""
+    try:
+        return _store(loaded, computed)
+    except Exception as exc:  # noqa: BLE001 - the frame's row says what happened
+        return _failed(loaded.row, exc, loaded.t0)
 
 
 def _absolute(path, base=None) -> str:
@@ -398,9 +498,13 @@ def register_frames(
     job = _prepare(reference, out_dir, debayer, model, distortion, resampling)
     items = [(str(frames[i]), same_file(frames[i], reference), mine) for i, mine in todo]
     done = total - len(todo)
+    if workers <= 1 and not scheduler and len(items) > 1:
+        tasks = pipelined_frames(job, items, cancel)
+    else:
+        tasks = map_frames(process_frame, job, items, workers=workers, scheduler=scheduler,
+                           cancel=cancel)
     try:
-        for k, row in map_frames(process_frame, job, items, workers=workers,
-                                 scheduler=scheduler, cancel=cancel):
+        for k, row in tasks:
             rows[todo[k][0]] = row
             done += 1
             report(progress, done, total, Path(row.file).name)
