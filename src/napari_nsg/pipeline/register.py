@@ -47,7 +47,7 @@ from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, atomic_write_text, refuse_inputs, same_file
 from ..io.write import write_frame
 from .executors import map_frames
-from .normalize import ForeignRunError, ResumeMismatchError
+from .normalize import ForeignRunError, ResumeMismatchError, _try  # _try: one stage of a task
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["JSON_NAME", "OUTPUT_SUFFIX", "RegisterResult", "RegisterRow", "register_frames",
@@ -288,14 +288,6 @@ def process_frame(job: RegisterJob, item: tuple[str, bool, bool]) -> RegisterRow
         return _store(loaded, _compute(job, loaded))
     except Exception as exc:  # noqa: BLE001 - every failure (bugs too) becomes the frame's row
         return _failed(row, exc, t0)
-
-
-def _try(func, *args):
-    """``(func(*args), None)``, or ``(None, exception)``: a stage of a task never raises."""
-    try:
-        return func(*args), None
-    except Exception as exc:  # noqa: BLE001 - reported as the frame's row by the caller
-        return None, exc
 
 
 def pipelined_frames(job: RegisterJob, items, cancel: CancelToken | None = None):
