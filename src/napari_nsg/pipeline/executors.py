@@ -83,12 +83,59 @@ def _ignore_sigint() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
+#: Thread pools of the native libraries, one thread each in a worker process: N
+#: workers already use N cores, and more threads per worker only compete for them
+#: (OpenBLAS threads even spin while they wait). Set while the workers start,
+#: unless the user set them.
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+@contextlib.contextmanager
+def _one_thread_per_worker():
+    """Start worker processes with one native thread each (see :data:`THREAD_ENV`)."""
+    added = [name for name in THREAD_ENV if name not in os.environ]
+    for name in added:
+        os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def _init_worker(context, parent_pid: int | None = None) -> None:
     global _WORKER_CONTEXT
     if parent_pid is not None:
         _ignore_sigint()
         _die_with_parent(parent_pid)
+    with contextlib.suppress(ImportError):
+        import cv2
+
+        cv2.setNumThreads(1)
     _WORKER_CONTEXT = context
+
+
+def _ready() -> int:
+    """A no-op task: the worker has started and holds the context."""
+    return os.getpid()
+
+
+def start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
+    """Start all ``workers`` processes of ``pool`` now (each gets one no-op task),
+    with one native thread each, and wait until they hold the context."""
+    with _one_thread_per_worker(), _sigint_blocked():
+        ready = [pool.submit(_ready) for _ in range(workers)]
+    for fut in ready:
+        fut.result()
 
 
 def _call_in_worker(func, item):
@@ -115,7 +162,8 @@ def map_frames(
     items : sequence
         One per task.
     workers : int
-        1: run here, in order; more: that many local processes.
+        1: run here, in order; more: that many local processes (at most one per
+        available core and per item; each with one native thread).
     scheduler : str, optional
         Address of a Dask distributed scheduler: run there (needs the
         ``distributed`` extra; the workers must see the same file paths).
@@ -133,7 +181,8 @@ def map_frames(
     if scheduler:
         yield from _dask(func, context, items, scheduler, cancel)
         return
-    if workers <= 1 or len(items) <= 1:
+    workers = min(workers, len(items), available_cores())
+    if workers <= 1:
         for i, item in enumerate(items):
             check_cancel(cancel)
             yield i, func(context, item)
@@ -141,6 +190,7 @@ def map_frames(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(context, os.getpid())) as pool:
+        start_workers(pool, workers)
         pending: dict = {}
         it = iter(enumerate(items))
         try:
@@ -173,7 +223,7 @@ def _dask(func, context, items, scheduler, cancel):
                          "pip install 'napari-nsg[distributed]'") from None
     try:
         client = Client(scheduler, timeout=SCHEDULER_TIMEOUT)
-    except Exception as exc:  # OSError, TimeoutError, ValueError from distributed
+    except Exception as exc:  # noqa: BLE001 - OSError, TimeoutError, ValueError from distributed
         raise FrameError(None, f"cannot reach the Dask scheduler at {scheduler} ({exc})") from None
     try:
         remote = client.scatter(context, broadcast=True)

@@ -57,7 +57,7 @@ from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, pause_for_test, refuse_inputs, same_file
 from ..io.write import frame_hdu, write_frames
 from ._values import floats
-from .executors import map_frames
+from .executors import available_cores, map_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 from .report import JSON_NAME, FrameRow, NormalizeReport, read_report
 
@@ -563,7 +563,7 @@ def normalize_frames(
     if done:
         report(progress, done, total, f"{done} frame(s) already done")
     items = [(str(frames[i]), same_file(frames[i], reference), mine) for i, mine in todo]
-    if workers <= 1 and not scheduler:
+    if min(workers, available_cores(), len(items)) <= 1 and not scheduler:
         tasks = pipelined_frames(job, items, cancel)
     else:
         tasks = map_frames(process_frame, job, items, workers=workers,
