@@ -203,6 +203,7 @@ class _Loaded:
     data: np.ndarray
     header: object
     t0: float
+    reg: FrameRegistration | None = None  # set by _analyse (None for the reference)
 
 
 def _new_row(item: tuple[str, bool, bool]) -> RegisterRow:
@@ -227,18 +228,30 @@ def _load(job: RegisterJob, item: tuple[str, bool, bool], row: RegisterRow) -> _
                    data=frame.data, header=_header_for_output(frame.header, job), t0=t0)
 
 
+def _analyse(job: RegisterJob, loaded: _Loaded) -> _Loaded:
+    """The frame's map onto the reference: stars, matching, model (raises on failure)."""
+    if not loaded.is_reference:
+        try:
+            loaded.reg = register_frame(job.reference_lum, loaded.data, model=job.model,
+                                        distortion=job.distortion,
+                                        reference_stars=job.reference_stars)
+        except RegistrationError as exc:
+            raise FrameError(loaded.path, f"cannot be registered: {exc}") from None
+    return loaded
+
+
+def _load_and_analyse(job: RegisterJob, item: tuple[str, bool, bool], row: RegisterRow):
+    return _analyse(job, _load(job, item, row))
+
+
 def _compute(job: RegisterJob, loaded: _Loaded):
-    """``(data, keywords, history)`` of the registered frame; fills its row (raises on failure)."""
-    row, path = loaded.row, loaded.path
+    """``(data, keywords, history)`` of the analysed frame, resampled; fills its row (raises
+    on failure)."""
+    row, path, reg = loaded.row, loaded.path, loaded.reg
     if loaded.is_reference:
         row.coverage, row.residual_px, row.n_pairs = 1.0, 0.0, None
         row.rotation_deg, row.shift_x, row.shift_y, row.scale = 0.0, 0.0, 0.0, 1.0
         return loaded.data, _keywords(job, None, 1.0), ["REG: this frame is the reference"]
-    try:
-        reg = register_frame(job.reference_lum, loaded.data, model=job.model,
-                             distortion=job.distortion, reference_stars=job.reference_stars)
-    except RegistrationError as exc:
-        raise FrameError(path, f"cannot be registered: {exc}") from None
     data, coverage = resample(loaded.data, reg.transform, job.reference_lum.shape,
                               method=job.resampling)
     row.n_stars, row.n_pairs, row.residual_px = reg.n_stars, reg.n_pairs, reg.residual_px
@@ -284,7 +297,7 @@ def process_frame(job: RegisterJob, item: tuple[str, bool, bool]) -> RegisterRow
     row = _new_row(item)
     t0 = time.perf_counter()
     try:
-        loaded = _load(job, item, row)
+        loaded = _load_and_analyse(job, item, row)
         return _store(loaded, _compute(job, loaded))
     except Exception as exc:  # noqa: BLE001 - every failure (bugs too) becomes the frame's row
         return _failed(row, exc, t0)
@@ -294,12 +307,11 @@ def pipelined_frames(job: RegisterJob, items, cancel: CancelToken | None = None)
     """Yield ``(index, row)`` like ``map_frames(process_frame, job, items)`` in one process,
     with reading, registering and writing overlapped.
 
-    A reader thread reads the next frame and a compute thread registers and
-    resamples the current one (star detection and matching are partly
-    single-threaded, the resampling uses both cores) while this thread writes
-    the previous one (here, so that Ctrl-C interrupts a write as it would
-    without the threads and its partial file is removed). At most three frames
-    are in memory. Rows come in order, each once its output is in place; when
+    A reader thread reads the next frame and finds its map (star detection and
+    matching: mostly one core), a compute thread resamples the current one
+    (OpenCV: both cores), and this thread writes the previous one (here, so
+    that Ctrl-C interrupts a write as it would without the threads and its
+    partial file is removed). At most three frames are in memory. Rows come in order, each once its output is in place; when
     the consumer stops (``cancel``, an exception) the frame being computed is
     dropped and nothing more is written.
     """
@@ -308,12 +320,12 @@ def pipelined_frames(job: RegisterJob, items, cancel: CancelToken | None = None)
     reader = ThreadPoolExecutor(1, thread_name_prefix="register-read")
     computer = ThreadPoolExecutor(1, thread_name_prefix="register-compute")
     try:
-        reading = reader.submit(_try, _load, job, items[0], rows[0]) if items else None
+        reading = reader.submit(_try, _load_and_analyse, job, items[0], rows[0]) if items else None
         done = None  # (index, loaded, computed) not yet written
         for k in range(len(items)):
             loaded, exc = reading.result()
             if k + 1 < len(items):
-                reading = reader.submit(_try, _load, job, items[k + 1], rows[k + 1])
+                reading = reader.submit(_try, _load_and_analyse, job, items[k + 1], rows[k + 1])
             computing = None if exc is not None else computer.submit(_try, _compute, job, loaded)
             if done is not None:  # written while the compute thread works on frame k
                 yield done[0], _stored_row(*done[1:])
