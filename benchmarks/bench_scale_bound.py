@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from napari_nsg.core.nsg.engine import prepare_reference, measure_scale, ring_width
+from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_width
 from napari_nsg.core.nsg.scale import fit_scale
 from napari_nsg.core.stars.photometry import matched_pair_photometry
 from napari_nsg.synthetic import simulate_sequence
@@ -41,17 +41,17 @@ SHAPE = (640, 896)
 GAUSS_FWHM_PER_SIGMA = 2.3548200450309493
 MEDIAN_ABS_NORMAL = 0.6745  # median |z| of a standard normal
 MATCHED_APERTURE_FWHM = 2.5
-BASE = dict(gain=1.0, read_noise=3.0, star_flux_range=(15.0, 1.5e4), star_density=2.2e-3,
-            n_bright=4, saturation=65535.0)
+BASE = {"gain": 1.0, "read_noise": 3.0, "star_flux_range": (15.0, 1.5e4), "star_density": 2.2e-3,
+            "n_bright": 4, "saturation": 65535.0}
 
 
 def _independent_like(rng):
     """Like the issue's independent data: Gaussian PSF sigma 1.3-2.1 px per frame,
     sky 300-1400 ADU, transmissions 0.64-1.0, ~640 stars detected."""
     sig = rng.uniform(1.3, 2.1, N_FRAMES)
-    return dict(psf="gaussian", fwhm=sig * GAUSS_FWHM_PER_SIGMA,
-                sky=rng.uniform(300, 1400, N_FRAMES),
-                transmission=np.r_[1.0, rng.uniform(0.64, 1.0, N_FRAMES - 1)])
+    return {"psf": "gaussian", "fwhm": sig * GAUSS_FWHM_PER_SIGMA,
+                "sky": rng.uniform(300, 1400, N_FRAMES),
+                "transmission": np.r_[1.0, rng.uniform(0.64, 1.0, N_FRAMES - 1)]}
 
 
 def _seeing_16(rng):
@@ -59,8 +59,8 @@ def _seeing_16(rng):
     lo = rng.uniform(2.6, 3.2)
     fw = lo * rng.uniform(1.0, 1.6, N_FRAMES)
     fw[0] = lo if rng.uniform() < 0.5 else 1.6 * lo
-    return dict(psf="moffat", fwhm=fw, sky=rng.uniform(300, 1400, N_FRAMES),
-                transmission=np.r_[1.0, rng.uniform(0.6, 1.0, N_FRAMES - 1)])
+    return {"psf": "moffat", "fwhm": fw, "sky": rng.uniform(300, 1400, N_FRAMES),
+                "transmission": np.r_[1.0, rng.uniform(0.6, 1.0, N_FRAMES - 1)]}
 
 
 def _with(**extra):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..nodata import with_nan_no_data
+from . import psf_match
 
 
 @dataclass
@@ -137,6 +138,7 @@ def aperture_photometry(
     width: np.ndarray | float = 10.0,
     saturation: np.ndarray | float | None = None,
     min_ring_pixels: int = 12,
+    stamps=None,
 ) -> Photometry:
     """Measure stars in circular apertures with a background ring.
 
@@ -157,6 +159,11 @@ def aperture_photometry(
         that channel.
     min_ring_pixels : int
         Fewest usable ring pixels for a valid background.
+    stamps : callable, optional
+        ``stamps(c, sel, offs) -> (values, inside)``: the pixels of channel
+        ``c`` around stars ``sel`` at offsets ``offs`` from their integer
+        centres (NaN = no data), instead of gathering them from ``data``
+        (PSF-matched stamps, see :func:`matched_pair_photometry`).
 
     Returns
     -------
@@ -185,7 +192,7 @@ def aperture_photometry(
     outer = np.where(finite, np.ceil(radius + gap + width + 1.0), 0)
     cx = np.where(finite, np.round(x), 0).astype(int)
     cy = np.where(finite, np.round(y), 0).astype(int)
-    planes = [with_nan_no_data(data[c]) for c in range(nc)]
+    planes = [with_nan_no_data(data[c]) for c in range(nc)] if stamps is None else None
     for half in np.unique(outer[finite]).astype(int):
         sel = np.flatnonzero(finite & (outer == half))
         offs = np.arange(-half, half + 1)
@@ -201,7 +208,10 @@ def aperture_photometry(
         sum_w = weight.sum(axis=(1, 2))
         sum_w2 = (weight**2).sum(axis=(1, 2))
         for c in range(nc):
-            st, inside = _gather(planes[c], cx[sel], cy[sel], offs)
+            if stamps is None:
+                st, inside = _gather(planes[c], cx[sel], cy[sel], offs)
+            else:
+                st, inside = stamps(c, sel, offs)
             st = st.astype(np.float64)
             good = inside & np.isfinite(st)  # no-data is NaN in planes
             ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
@@ -261,7 +271,7 @@ def pair_photometry(
         Reference and target; the errors include the stars' photon noise
         (:func:`add_shot_noise`).
     """
-    kw = dict(gap=gap, width=width, saturation=saturation)
+    kw = {"gap": gap, "width": width, "saturation": saturation}
     ref_ph = aperture_photometry(ref, ref_x, ref_y, radius, **kw)
     tgt_ph = aperture_photometry(tgt, tgt_x, tgt_y, radius, **kw)
     add_shot_noise(ref_ph)
@@ -292,3 +302,113 @@ def add_shot_noise(ph: Photometry) -> float:
         shot = np.clip(np.nan_to_num(ph.flux), 0, None) * adu_per_e
         ph.flux_err = np.sqrt(ph.flux_err**2 + shot)
     return adu_per_e
+
+
+def _channel_planes(data: np.ndarray) -> list[np.ndarray]:
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    return [with_nan_no_data(data[c]) for c in range(data.shape[0])]
+
+
+def _matched_stamps(sharp_planes, broad_planes, cx, cy, half, order, fwhm_broad):
+    """Per channel: the sharp frame's stamps convolved to the broad PSF (None
+    where no kernel could be fitted), and the kernels."""
+    fit_half = int(np.ceil(psf_match.FIT_RADIUS_FWHM * fwhm_broad)) + 3
+    out, kernels = [], []
+    for sp, bp in zip(sharp_planes, broad_planes):
+        fit_ids = order[: psf_match.FIT_STARS]
+        ksig = fwhm_broad * psf_match.SIGMA_PER_FWHM
+        khalf = max(psf_match.MIN_KERNEL_HALF, int(np.ceil(psf_match.KERNEL_HALF_SIGMA * ksig)))
+        fh = fit_half + khalf
+        fit = psf_match.fit_kernel(psf_match.gather_stamps(sp, cx[fit_ids], cy[fit_ids], fh),
+                                   psf_match.gather_stamps(bp, cx[fit_ids], cy[fit_ids], fh),
+                                   fwhm_broad)
+        kernels.append(fit)
+        if fit is None:
+            out.append(None)
+            continue
+        k = fit.kernel.shape[0] // 2
+        conv = psf_match.convolve_stamps(psf_match.gather_stamps(sp, cx, cy, half + k), fit.kernel)
+        out.append(conv[:, k: k + 2 * half + 1, k: k + 2 * half + 1])
+    return out, kernels
+
+
+def matched_pair_photometry(
+    ref: np.ndarray,
+    tgt: np.ndarray,
+    ref_x: np.ndarray,
+    ref_y: np.ndarray,
+    tgt_x: np.ndarray,
+    tgt_y: np.ndarray,
+    radius: np.ndarray | float,
+    fwhm: tuple[float, float],
+    *,
+    gap: float = 2.0,
+    width: np.ndarray | float = 10.0,
+    saturation: np.ndarray | float | None = None,
+) -> tuple[Photometry, Photometry]:
+    """Photometry of the same stars in two frames after matching their PSFs.
+
+    The sharper frame's stamps are convolved with a fitted unit-sum kernel
+    (:mod:`napari_nsg.core.stars.psf_match`) so that its stars have the
+    broader frame's PSF; both are then measured in identical apertures at the
+    broader frame's star positions. The apertures then enclose the same
+    fraction of every star's light (and of its neighbours') in both frames,
+    whatever their size. A channel where no kernel can be fitted (too few
+    bright stars) is measured as by :func:`pair_photometry`.
+
+    Parameters
+    ----------
+    ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, gap, width, saturation :
+        As in :func:`pair_photometry`.
+    fwhm : (float, float)
+        FWHM (px) of the reference and of the target.
+
+    Returns
+    -------
+    (Photometry, Photometry)
+        Reference and target. Validity, saturation and the errors come from
+        the unconvolved frames (convolution smooths the background noise
+        that the errors are measured from).
+    """
+    kw = {"gap": gap, "width": width, "saturation": saturation}
+    ref_ph, tgt_ph = pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, **kw)
+    ref_sharper = fwhm[0] < fwhm[1]
+    sharp, broad = (ref, tgt) if ref_sharper else (tgt, ref)
+    bx, by = (tgt_x, tgt_y) if ref_sharper else (ref_x, ref_y)
+    bx, by = np.asarray(bx, float), np.asarray(by, float)
+    sharp_ph, broad_ph = (ref_ph, tgt_ph) if ref_sharper else (tgt_ph, ref_ph)
+    n = len(bx)
+    finite = np.isfinite(bx) & np.isfinite(by)
+    if n == 0 or not finite.any():
+        return ref_ph, tgt_ph
+    cx = np.where(finite, np.round(bx), -10**6).astype(int)
+    cy = np.where(finite, np.round(by), -10**6).astype(int)
+    r = np.broadcast_to(np.asarray(radius, float), (n,))
+    wd = np.broadcast_to(np.asarray(width, float), (n,))
+    half = int(np.ceil(np.nanmax(np.where(finite, r + gap + wd, 0)) + 1.0))
+    both = sharp_ph.valid & broad_ph.valid
+    planes_s, planes_b = _channel_planes(sharp), _channel_planes(broad)
+    for c in range(len(planes_s)):
+        order = np.flatnonzero(both[c])
+        order = order[np.argsort(-broad_ph.flux[c, order])]
+        conv, _ = _matched_stamps([planes_s[c]], [planes_b[c]], cx, cy, half, order,
+                                  max(fwhm))
+        if conv[0] is None:
+            continue
+
+        def stamps(_c, sel, offs, conv=conv[0]):
+            h = len(offs) // 2
+            st = conv[sel, half - h: half + h + 1, half - h: half + h + 1]
+            return st, np.isfinite(st)
+
+        sph = aperture_photometry(sharp[c] if np.ndim(sharp) == 3 else sharp, bx, by, r,
+                                  stamps=stamps, **kw)
+        bph = aperture_photometry(broad[c] if np.ndim(broad) == 3 else broad, bx, by, r, **kw)
+        for dst, src in ((sharp_ph, sph), (broad_ph, bph)):
+            ok = dst.valid[c] & src.valid[0]
+            dst.flux[c] = np.where(ok, src.flux[0], np.nan)
+            dst.valid[c] = ok
+            dst.background[c] = src.background[0]
+    return ref_ph, tgt_ph

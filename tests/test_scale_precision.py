@@ -1,0 +1,182 @@
+"""NSG scale precision against its photon limit (issue 12, item 1).
+
+* the Cramér-Rao bound of :mod:`napari_nsg.synthetic.scale_bound` is what a PSF
+  fit with the true PSF reaches (Monte Carlo over noise draws);
+* the engine on "independent-like" sequences (the issue's data: Gaussian PSF
+  sigma 1.3-2.1 px per frame, sky 300-1400 ADU, 16-bit, transmissions
+  0.64-1.0) over several seeds: where it stands against the bound, and the
+  issue's target (1.5x the bound, 0.1 %) as a strict xfail: not reached yet;
+* no bias with the seeing ratio or the transmission;
+* PSF-matched photometry (:mod:`napari_nsg.core.stars.psf_match`) removes the
+  seeing dependence of small apertures for Gaussian PSFs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_width
+from napari_nsg.core.nsg.scale import fit_scale
+from napari_nsg.core.stars import psf_match
+from napari_nsg.core.stars.photometry import matched_pair_photometry, pair_photometry
+from napari_nsg.synthetic import simulate_sequence
+from napari_nsg.synthetic.scale_bound import scale_bound, star_flux_variance
+
+FWHM_PER_SIGMA = 2.3548200450309493
+MEDIAN_ABS_NORMAL = 0.6745
+FIELD = {"gain": 1.0, "read_noise": 3.0, "star_flux_range": (15.0, 1.5e4), "star_density": 2.2e-3,
+             "n_bright": 4}
+SEEDS = (0, 1, 2)
+
+
+def independent_like(seed: int, n: int = 5, psf: str = "gaussian"):
+    """The issue's independent sequence, as far as it is described."""
+    rng = np.random.default_rng(1000 + seed)
+    sigma = rng.uniform(1.3, 2.1, n)
+    return simulate_sequence(n, (640, 896), seed=seed, psf=psf, fwhm=sigma * FWHM_PER_SIGMA,
+                             sky=rng.uniform(300, 1400, n),
+                             transmission=np.r_[1.0, rng.uniform(0.64, 1.0, n - 1)], **FIELD)
+
+
+def test_bound_is_what_a_psf_fit_reaches():
+    """Fluxes from a weighted fit of the true PSF on fresh noise draws scatter as
+    the bound says (ratio of the measured to the predicted sigma within 15 %)."""
+    seq = simulate_sequence(2, (160, 160), seed=4, psf="gaussian", fwhm=[3.0, 4.5],
+                            sky=[500.0, 900.0], transmission=[1.0, 0.8], star_density=1e-3,
+                            n_bright=0, gain=1.0, read_noise=3.0, star_flux_range=(200.0, 5e3))
+    rng = np.random.default_rng(0)
+    bound = scale_bound(seq, 1)
+    ids = bound.ids[bound.star_sigma < 0.05]
+    assert len(ids) >= 5
+    ratios = []
+    for k in (0, 1):
+        plan = seq._plans[k]
+        level = seq.noise_free(k).astype(float)
+        var = level / seq.gain + seq.read_noise**2
+        back = seq.background(k).astype(float)
+        st = seq.stars(k)
+        half = int(np.ceil(2.5 * plan.psf.fwhm))
+        cx, cy = np.round(st.x[ids]).astype(int), np.round(st.y[ids]).astype(int)
+        psf = plan.psf.stamps(st.x[ids] - cx, st.y[ids] - cy, half).astype(float)
+        sl = [(slice(y - half, y + half + 1), slice(x - half, x + half + 1)) for x, y in zip(cx, cy)]
+        fits = []
+        for _ in range(200):
+            img = level + rng.standard_normal(level.shape) * np.sqrt(var)
+            f = [np.sum(p * (img[s] - back[s]) / var[s]) / np.sum(p * p / var[s])
+                 for p, s in zip(psf, sl)]
+            fits.append(f)
+        fits = np.array(fits)
+        _, v = star_flux_variance(seq, k, ids)
+        ratios.append(fits.std(axis=0) / np.sqrt(v))
+    ratio = np.concatenate(ratios)
+    assert 0.85 < np.median(ratio) < 1.15
+
+
+def _engine_errors(seeds):
+    """Per target frame: relative scale error, bound, FWHM ratio target/reference, T."""
+    rows = []
+    for seed in seeds:
+        seq = independent_like(seed)
+        model = prepare_reference(np.round(seq.frame(0).data))
+        for k in range(1, seq.n_frames):
+            sr = measure_scale(model, np.round(seq.frame(k).data))
+            truth = float(seq.truth[k].scale[0])
+            rows.append((float(sr.scale[0]) / truth - 1.0,
+                         scale_bound(seq, k, quantised=True).relative_sigma,
+                         seq.truth[k].fwhm / seq.truth[0].fwhm,
+                         float(seq.truth[k].transmission[0])))
+    return np.array(rows)
+
+
+@pytest.fixture(scope="module")
+def engine_rows():
+    return _engine_errors(SEEDS)
+
+
+@pytest.mark.slow
+def test_independent_like_within_reach_of_the_bound(engine_rows):
+    """Where the default engine stands (measured over 3 seeds: median error about
+    0.1 %, about 2-3x the bound): a guard against getting worse."""
+    err, bound = engine_rows[:, 0], engine_rows[:, 1]
+    assert 4e-4 < np.median(bound) < 9e-4  # the issue's "photon limit near 0.07 %"
+    assert np.median(np.abs(err)) < 0.0025
+    assert np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL < 4.0
+    assert np.max(np.abs(err)) < 0.008
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 12 item 1 target not reached: aperture photometry "
+                   "of 3 FWHM is sky-limited (see docs/nsg.md, 'Scale precision')")
+def test_independent_like_target(engine_rows):
+    err, bound = engine_rows[:, 0], engine_rows[:, 1]
+    assert np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL <= 1.5
+    assert np.median(np.abs(err)) <= 0.001
+
+
+@pytest.mark.slow
+def test_no_bias_with_seeing_or_transmission(engine_rows):
+    """The mean signed error of sharper and of broader targets than the reference,
+    and of low and high transmission, agree within their noise (3 sigma of the
+    difference of means, from the measured scatter)."""
+    err, ratio, trans = engine_rows[:, 0], engine_rows[:, 2], engine_rows[:, 3]
+    for split in (ratio < 1.0, trans < 0.8):
+        a, b = err[split], err[~split]
+        assert len(a) >= 3 and len(b) >= 3
+        se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+        assert abs(a.mean() - b.mean()) < 3.0 * se + 2e-4
+
+
+def _true_positions(seq, k):
+    bound = scale_bound(seq, k, quantised=True)
+    ids = bound.ids[bound.star_sigma < 0.2]
+    st = seq.stars(0)
+    return st.x[ids], st.y[ids], bound
+
+
+def test_kernel_matches_gaussian_psfs():
+    """The fitted kernel between Gaussian PSFs of FWHM 3.2 and 4.8 px has the
+    variance of their difference (sigma_b^2 - sigma_s^2) within 0.1 px^2, and its
+    sum is the flux ratio within 0.5 %."""
+    seq = simulate_sequence(2, (400, 400), seed=3, psf="gaussian", fwhm=[3.2, 4.8],
+                            sky=[800.0, 800.0], transmission=[1.0, 0.8], **FIELD)
+    sharp, broad = (np.round(seq.frame(k).data) for k in (0, 1))
+    x, y, bound = _true_positions(seq, 1)
+    order = np.argsort(-seq.stars(0).flux[bound.ids[bound.star_sigma < 0.2], 0])[:80]
+    cx, cy = np.round(x[order]).astype(int), np.round(y[order]).astype(int)
+    half = 20
+    fit = psf_match.fit_kernel(psf_match.gather_stamps(sharp, cx, cy, half),
+                               psf_match.gather_stamps(broad, cx, cy, half), 4.8)
+    assert fit is not None
+    h = fit.kernel.shape[0] // 2
+    off = np.arange(-h, h + 1)
+    var = float(np.sum(fit.kernel * (off[None] ** 2 + off[:, None] ** 2)) / 2)
+    want = (4.8**2 - 3.2**2) / FWHM_PER_SIGMA**2
+    assert abs(var - want) < 0.1
+    assert abs(fit.kernel_sum / 0.8 - 1) < 0.005
+
+
+@pytest.mark.slow
+def test_matched_photometry_removes_the_seeing_bias_of_small_apertures():
+    """Gaussian PSFs of FWHM 3.2 and 4.8 px, apertures of 1.5 FWHM of the
+    broader frame: the same aperture in both frames is biased by the light
+    outside it (measured: about +2 %), PSF-matched photometry is not (< 0.3 %)."""
+    seq = simulate_sequence(2, (400, 400), seed=5, psf="gaussian", fwhm=[4.8, 3.2],
+                            sky=[800.0, 800.0], transmission=[1.0, 0.8], **FIELD)
+    ref, tgt = (np.round(seq.frame(k).data) for k in (0, 1))
+    x, y, _ = _true_positions(seq, 1)
+    radius = 1.5 * 4.8
+    width = ring_width(radius, 2, 5)
+    truth = float(seq.truth[1].scale[0])
+    errors = {}
+    for name, (pr, pt) in {
+        "plain": pair_photometry(ref, tgt, x, y, x, y, radius, gap=2, width=width),
+        "matched": matched_pair_photometry(ref, tgt, x, y, x, y, radius, (4.8, 3.2), gap=2,
+                                           width=width),
+    }.items():
+        ok = pr.valid[0] & pt.valid[0]
+        cs = fit_scale(np.where(ok, pr.flux[0], np.nan), np.where(ok, pt.flux[0], np.nan),
+                       pr.flux_err[0], pt.flux_err[0])
+        errors[name] = cs.scale / truth - 1
+    assert abs(errors["plain"]) > 0.01
+    assert abs(errors["matched"]) < 0.003
