@@ -120,12 +120,7 @@ def ring_statistics(values: np.ndarray, dx: np.ndarray, dy: np.ndarray):
     return level, sig, count
 
 
-def _gather(plane, cx, cy, offs):
-    h, w = plane.shape
-    rows = cy[:, None] + offs[None, :]
-    cols = cx[:, None] + offs[None, :]
-    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    return plane[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]], inside
+_gather = psf_match.window
 
 
 def aperture_photometry(

@@ -88,13 +88,18 @@ def kernel_basis(sigma_broad: float, half: int) -> np.ndarray:
 def gather_stamps(plane: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: int) -> np.ndarray:
     """Square stamps ``(n, 2 half + 1, 2 half + 1)`` centred on integer pixels,
     float64, NaN outside the image (``plane`` holds NaN for no data)."""
+    st, inside = window(plane, cx, cy, np.arange(-half, half + 1))
+    return np.where(inside, st.astype(np.float64), np.nan)
+
+
+def window(plane: np.ndarray, cx: np.ndarray, cy: np.ndarray, offs: np.ndarray):
+    """Pixels of ``plane`` at offsets ``offs`` (rows and columns) around integer
+    centres: ``(values, inside)``, edge pixels repeated where ``inside`` is False."""
     h, w = plane.shape
-    offs = np.arange(-half, half + 1)
     rows = cy[:, None] + offs[None, :]
     cols = cx[:, None] + offs[None, :]
     inside = ((rows >= 0) & (rows < h))[:, :, None] & ((cols >= 0) & (cols < w))[:, None, :]
-    st = plane[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]]
-    return np.where(inside, st.astype(np.float64), np.nan)
+    return plane[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]], inside
 
 
 def convolve_stamps(stamps: np.ndarray, kernel: np.ndarray) -> np.ndarray:
