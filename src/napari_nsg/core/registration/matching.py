@@ -31,7 +31,7 @@ from scipy.stats import poisson
 
 from .transforms import Similarity, fit_similarity
 
-__all__ = ["MatchResult", "match_similarity", "scale_levels"]
+__all__ = ["MatchResult", "candidate_similarities", "match_similarity", "scale_levels"]
 
 
 @dataclass
@@ -361,3 +361,107 @@ def _verify_and_refit(sim, verifier, narrow_xy, wide_xy, min_pairs, tried):
 
 def _convincing(result: MatchResult, min_pairs: int) -> bool:
     return result.n_pairs >= min_pairs and _tail(result.n_pairs, result.expected_random) < 1e-15
+
+
+def _dedupe(cands: list[tuple[Similarity, int]], centre: np.ndarray, reach: float,
+            min_apart: float) -> list[tuple[Similarity, int]]:
+    """Drop candidates that map the narrow centre and a point ``reach`` away within
+    ``min_apart`` wide px of a better one's (best first)."""
+    probe = np.array([centre, centre + (reach, 0.0), centre + (0.0, reach)])
+    kept, where = [], []
+    for sim, n in sorted(cands, key=lambda c: -c[1]):
+        p = sim(probe)
+        if any(np.max(np.hypot(*(p - q).T)) < min_apart for q in where):
+            continue
+        kept.append((sim, n))
+        where.append(p)
+    return kept
+
+
+def candidate_similarities(
+    narrow_xy: np.ndarray,
+    wide_xy: np.ndarray,
+    narrow_shape: tuple[int, int],
+    wide_shape: tuple[int, int],
+    *,
+    scale_range: tuple[float, float] = (1.5, 6.0),
+    allow_flip: bool = True,
+    n_narrow: int = 30,
+    max_wide_per_window: int = 70,
+    tol: float = 0.01,
+    verify_tol: float = 2.0,
+    min_pairs: int = 3,
+    max_candidates: int = 200,
+    max_hypotheses: int = 3000,
+) -> list[tuple[Similarity, int]]:
+    """Similarities narrow -> wide that a few stars support (too few to prove one).
+
+    Every pair of similar triangles (as in :func:`match_similarity`) within the
+    scale range gives a hypothesis; each distinct one is verified by counting
+    the narrow stars that land within ``verify_tol`` wide px of a wide star and
+    refitted to those. With 3-5 such pairs a chance alignment is likely, so the
+    candidates must be told apart by other evidence (the image intensities:
+    :mod:`.intensity`). Hypotheses are binned as in :func:`match_similarity`
+    (one verified per bin) and at most ``max_hypotheses`` bins are verified.
+
+    Returns
+    -------
+    list of (Similarity, int)
+        Distinct candidates with at least ``min_pairs`` star pairs, most pairs
+        first, at most ``max_candidates``.
+    """
+    narrow_xy = np.asarray(narrow_xy, float)
+    wide_xy = np.asarray(wide_xy, float)
+    hn, wn = narrow_shape
+    centre = np.array([(wn - 1) / 2.0, (hn - 1) / 2.0])
+    zc = complex(*centre)
+    nz = narrow_xy[:n_narrow, 0] + 1j * narrow_xy[:n_narrow, 1] - zc
+    diag_n = float(np.hypot(hn, wn))
+    tn = _triangles(np.column_stack([nz.real, nz.imag]), gap=tol, min_size=0.05 * diag_n)
+    if len(tn) == 0 or len(wide_xy) < 3:
+        return []
+    verifier = _Verifier(narrow_xy, narrow_shape, wide_xy, wide_shape, verify_tol)
+    wz_all = wide_xy[:, 0] + 1j * wide_xy[:, 1]
+    seen: set = set()
+    cands: list[tuple[Similarity, int]] = []
+    for s_lo, s_hi in scale_levels(scale_range):
+        s_mid = np.sqrt(s_lo * s_hi)
+        k = tol / (np.log(s_hi / s_lo) / 2 + 0.05)
+        qtree = cKDTree(np.column_stack([tn.inv, (np.log(tn.size) - np.log(s_mid)) * k]))
+        bin_shift = max(3.0, 0.04 * diag_n / s_mid)
+        for x0, y0, x1, y1 in _windows(wide_shape, 1.4 * diag_n / s_mid):
+            inside = np.nonzero((wide_xy[:, 0] >= x0) & (wide_xy[:, 0] < x1)
+                                & (wide_xy[:, 1] >= y0) & (wide_xy[:, 1] < y1))[0]
+            sel = inside[:max_wide_per_window]
+            tw = _triangles(wide_xy[sel], gap=tol, min_size=0.05 * diag_n / s_hi)
+            if len(tw) == 0:
+                continue
+            wtree = cKDTree(np.column_stack([tw.inv, np.log(tw.size) * k]))
+            sdm = qtree.sparse_distance_matrix(wtree, tol, p=np.inf, output_type="ndarray")
+            if len(sdm) == 0:
+                continue
+            a, b, flip = _hypotheses(tn, nz, tw, wz_all[sel], (sdm["i"], sdm["j"]), allow_flip)
+            ratio = 1.0 / np.abs(a)
+            ok = (ratio >= scale_range[0] * 0.97) & (ratio <= scale_range[1] * 1.03)
+            a, b, flip = a[ok], b[ok], flip[ok]
+            # one hypothesis per bin of (parity, scale, angle, where the centre lands)
+            keys = np.column_stack([flip, np.round(np.log(np.abs(a)) / 0.02),
+                                    np.round(np.angle(a) / np.radians(1.5)),
+                                    np.round(b.real / bin_shift), np.round(b.imag / bin_shift)])
+            _, first = np.unique(keys, axis=0, return_index=True)
+            for u in first:
+                key = tuple(keys[u])
+                if key in seen or len(seen) >= max_hypotheses:
+                    continue
+                seen.add(key)
+                fl, am = bool(flip[u]), a[u]
+                shift = b[u] - am * (np.conj(zc) if fl else zc)
+                sim = Similarity(abs(am), float(np.angle(am)), fl, shift.real, shift.imag)
+                ni, wj, _ = verifier(sim)
+                if len(ni) < min_pairs:
+                    continue
+                sim = fit_similarity(narrow_xy[ni], wide_xy[wj], sim.flip)
+                ni, wj, _ = verifier(sim)
+                if len(ni) >= min_pairs:
+                    cands.append((sim, len(ni)))
+    return _dedupe(cands, centre, 0.5 * diag_n, 2 * verify_tol)[:max_candidates]

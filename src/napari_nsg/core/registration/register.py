@@ -11,10 +11,12 @@ from scipy.spatial import cKDTree
 
 from ..stars import StarTable, intensity, no_data_mask
 from ..stars.detection import detect_stars_binned, plateau_level
+from .intensity import IntensityError, register_by_intensity
 from .matching import match_similarity
 from .refine import refine_model
 from .transforms import WideTransform
 from .warp import model_maps, warp_image
+from .wcs import WcsError, celestial_wcs, register_by_wcs
 
 __all__ = [
     "DEFAULT_SCALE_RANGE",
@@ -27,6 +29,10 @@ __all__ = [
 
 #: Scale ratios (narrow pixels per wide pixel) searched when none is known.
 DEFAULT_SCALE_RANGE = (1.5, 6.0)
+#: How the model was found: star patterns, the headers' WCS, or the image structure.
+METHODS = ("stars", "wcs", "intensity")
+#: Fewest stars in each image for the intensity fallback's seeds.
+FALLBACK_MIN_STARS = 3
 
 Progress = Callable[[int, int, str], None]
 
@@ -88,6 +94,15 @@ class Registration:
     timings : dict
         Seconds per step.
     warnings : list of str
+    method : {"stars", "wcs", "intensity"}
+        How the model was found: star patterns (the normal path), or, when
+        those fail, the WCS of both headers or the images' structure seeded by
+        the few stars that match (:mod:`.wcs`, :mod:`.intensity`).
+    quality : dict
+        The fallback's own measures (empty for ``"stars"``): for ``"wcs"``
+        ``grid_rms_px``, ``star_pairs``, ``star_rms_px``; for ``"intensity"``
+        ``correlation``, ``margin``, ``disagreement_px``, ``seeds``,
+        ``seed_pairs``, ``star_pairs``, ``star_rms_px`` (narrow px).
     """
 
     transform: WideTransform
@@ -109,6 +124,21 @@ class Registration:
     coverage_fraction: float | None = None
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    method: str = "stars"
+    quality: dict = field(default_factory=dict)
+
+    def method_text(self) -> str:
+        """How the model was found, with the fallback's measures, in words."""
+        q = self.quality
+        if self.method == "wcs":
+            check = (f"{q['star_pairs']} matching stars at {q['star_rms_px']:.2f} px"
+                     if q.get("star_pairs") else "no star matches to check it")
+            return f"WCS of both headers (model vs WCS {q['grid_rms_px']:.3f} px; {check})"
+        if self.method == "intensity":
+            return (f"image structure seeded by {q['seed_pairs']} star pairs (ECC correlation "
+                    f"{q['correlation']:.3f}, runs agree within {q['disagreement_px']:.2f} px, "
+                    f"{q['star_pairs']} stars at {q['star_rms_px']:.2f} px)")
+        return f"stars ({self.n_pairs} pairs)"
 
     def summary(self) -> dict:
         """The numbers, JSON-ready."""
@@ -126,6 +156,8 @@ class Registration:
             "scale_range": list(self.scale_range),
             "coverage_fraction": self.coverage_fraction,
             "warnings": list(self.warnings),
+            "method": self.method,
+            "quality": dict(self.quality),
         }
 
 
@@ -144,14 +176,16 @@ def detection_binning(shape: tuple[int, int]) -> int:
     return 2 if shape[0] * shape[1] > BIN_ABOVE_PIXELS else 1
 
 
-def _detect(image: np.ndarray, which: str, max_stars: int, min_stars: int) -> StarTable:
-    stars = detect_stars_binned(image, detection_binning(image.shape), threshold=5.0, min_area=5,
-                                max_stars=max_stars, saturation=plateau_level(image))
+def _detect(image: np.ndarray, max_stars: int) -> StarTable:
+    return detect_stars_binned(image, detection_binning(image.shape), threshold=5.0, min_area=5,
+                               max_stars=max_stars, saturation=plateau_level(image))
+
+
+def _check_count(stars: StarTable, which: str, min_stars: int) -> None:
     if len(stars) < min_stars:
         raise RegistrationError(
             f"only {len(stars)} star(s) detected in the {which} image; at least {min_stars} "
             "are needed to register", which=which)
-    return stars
 
 
 def _window_fwhm(stars: StarTable) -> float:
@@ -182,9 +216,20 @@ def solve_registration(
     max_stars: int = 4000,
     narrow_stars: StarTable | None = None,
     wide_stars: StarTable | None = None,
+    narrow_wcs=None,
+    wide_wcs=None,
+    fallback: bool = True,
     progress: Progress | None = None,
 ) -> Registration:
     """Find the narrow -> wide geometric model from the stars of both images.
+
+    When the star patterns cannot be matched (too few stars, or too few in
+    common: a star-poor narrow field), and ``fallback`` is on, the model comes
+    from the WCS of both images if both have one (:func:`~.wcs.register_by_wcs`),
+    else from the images' structure seeded by the few stars that match
+    (:func:`~.intensity.register_by_intensity`); ``method`` and ``quality`` of
+    the result say which and how well, and a warning says why. A fallback that
+    is not trustworthy is refused like the star match.
 
     Parameters
     ----------
@@ -205,6 +250,10 @@ def solve_registration(
         Brightest stars kept per image.
     narrow_stars, wide_stars : StarTable, optional
         Detections already made on these images.
+    narrow_wcs, wide_wcs : astropy.wcs.WCS or astropy.io.fits.Header, optional
+        The images' world coordinates (headers), for the WCS fallback.
+    fallback : bool
+        Try the WCS / intensity fallbacks when the stars do not match.
     progress : callable, optional
         ``progress(done, total, message)``: per stage and per window of the
         star-pattern search; it may raise (e.g. ``Cancelled``) to stop the
@@ -219,7 +268,8 @@ def solve_registration(
     ------
     RegistrationError
         Too few stars in one image, the scale hint outside ``scale_range``, no
-        star pattern in common (no overlap, or a ratio outside the range).
+        star pattern in common (no overlap, or a ratio outside the range), and
+        the fallback failed too (its reason appended).
     """
     lo, hi = _check_range(scale_range)
     timings = {}
@@ -232,11 +282,27 @@ def solve_registration(
     wlum = intensity(wide)
     t0 = time.perf_counter()
     _report(progress, 0, 4, "detecting stars (narrow)")
-    ns = narrow_stars if narrow_stars is not None else _detect(nlum, "narrow", max_stars, min_pairs)
+    ns = narrow_stars if narrow_stars is not None else _detect(nlum, max_stars)
     _report(progress, 1, 4, "detecting stars (wide)")
-    ws = wide_stars if wide_stars is not None else _detect(wlum, "wide", max_stars, min_pairs)
+    ws = wide_stars if wide_stars is not None else _detect(wlum, max_stars)
     timings["detect"] = time.perf_counter() - t0
+    kw = {"lo": lo, "hi": hi, "scale_hint": scale_hint, "allow_flip": allow_flip,
+          "timings": timings, "warnings": warnings}
+    try:
+        return _solve_by_stars(nlum, wlum, ns, ws, distortion=distortion, min_pairs=min_pairs,
+                               progress=progress, **kw)
+    except RegistrationError as exc:
+        if not fallback:
+            raise
+        _report(progress, 3, 4, "stars do not match: trying the fallback")
+        return _solve_fallback(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, **kw)
 
+
+def _solve_by_stars(nlum, wlum, ns, ws, *, lo, hi, scale_hint, allow_flip, distortion,
+                    min_pairs, progress, timings, warnings) -> Registration:
+    """The star path: pattern match, refinement, checks."""
+    _check_count(ns, "narrow", min_pairs)
+    _check_count(ws, "wide", min_pairs)
     t0 = time.perf_counter()
     _report(progress, 2, 4, "matching star patterns")
     searches = [(lo, hi)]
@@ -293,6 +359,60 @@ def solve_registration(
         scale_range=(lo, hi), timings=timings, warnings=warnings)
 
 
+def _fallback_model(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, rng, allow_flip):
+    """``(method, transform, quality, narrow_xy, wide_xy)`` of the WCS or intensity fallback."""
+    if celestial_wcs(narrow_wcs) is not None and celestial_wcs(wide_wcs) is not None:
+        try:
+            m = register_by_wcs(narrow_wcs, wide_wcs, nlum.shape, ns.xy, ws.xy)
+        except WcsError as err:
+            raise RegistrationError(f"{exc}; the WCS fallback failed: {err}",
+                                    which=exc.which) from None
+        quality = {"grid_rms_px": m.grid_rms_px, "star_pairs": len(m.narrow_xy),
+                   "star_rms_px": m.star_rms_px}
+        return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
+    if len(ns) < FALLBACK_MIN_STARS or len(ws) < FALLBACK_MIN_STARS:
+        raise RegistrationError(f"{exc}; no WCS in both headers, and too few stars to seed a "
+                                "registration by the image structure", which=exc.which)
+    try:
+        m = register_by_intensity(nlum, wlum, ns.xy, ws.xy, scale_range=rng,
+                                  allow_flip=allow_flip)
+    except IntensityError as err:
+        raise RegistrationError(f"{exc}; the registration by the image structure failed too: "
+                                f"{err}", which=exc.which) from None
+    quality = {"correlation": m.correlation, "margin": m.margin,
+               "disagreement_px": m.disagreement_px, "seeds": m.seeds,
+               "seed_pairs": m.seed_pairs, "star_pairs": len(m.narrow_xy),
+               "star_rms_px": m.star_rms_px}
+    return "intensity", WideTransform(homography=m.matrix), quality, m.narrow_xy, m.wide_xy
+
+
+def _solve_fallback(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, *, lo, hi, scale_hint,
+                    allow_flip, timings, warnings) -> Registration:
+    """The WCS or intensity model when the star patterns do not match (or the error)."""
+    t0 = time.perf_counter()
+    rng = (lo, hi)
+    if scale_hint is not None:
+        rng = (max(lo, scale_hint / 1.1), min(hi, scale_hint * 1.1))
+    method, transform, quality, nxy, wxy = _fallback_model(
+        exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, rng, allow_flip)
+    timings["fallback"] = time.perf_counter() - t0
+    h, w = nlum.shape
+    ratio, rot, flip = transform.local_similarity(((w - 1) / 2.0, (h - 1) / 2.0))
+    if not (lo * 0.97 <= ratio <= hi * 1.03):
+        raise RegistrationError(f"{exc}; the {method} fallback gives a scale ratio of {ratio:.3f}, "
+                                f"outside the range asked ({lo:g} to {hi:g})", which=exc.which)
+    res = quality["star_rms_px"] if len(nxy) else quality.get("grid_rms_px", float("nan"))
+    reg = Registration(
+        transform=transform, scale_ratio=float(ratio), rotation_deg=float(rot), flip=bool(flip),
+        residual_px=float(res), residual_homography_px=float(res), n_pairs=len(nxy),
+        narrow_xy=nxy, wide_xy=wxy, n_stars_narrow=len(ns), n_stars_wide=len(ws),
+        distortion=transform.distortion is not None, scale_hint=scale_hint, scale_range=(lo, hi),
+        timings=timings, warnings=warnings, method=method, quality=quality)
+    warnings.append(f"the star patterns did not match ({exc}); registered by "
+                    f"{reg.method_text()}")
+    return reg
+
+
 def apply_registration(
     wide: np.ndarray,
     transform,
@@ -323,6 +443,9 @@ def register_wide_to_narrow(
     interpolation: str = "cubic",
     min_coverage: float = 0.5,
     min_pairs: int = 6,
+    narrow_wcs=None,
+    wide_wcs=None,
+    fallback: bool = True,
     progress: Progress | None = None,
 ) -> Registration:
     """Register ``wide`` onto ``narrow``'s pixel grid (detect, match, model, resample).
@@ -348,6 +471,7 @@ def register_wide_to_narrow(
     """
     reg = solve_registration(narrow, wide, scale_hint=scale_hint, scale_range=scale_range,
                              allow_flip=allow_flip, distortion=distortion, min_pairs=min_pairs,
+                             narrow_wcs=narrow_wcs, wide_wcs=wide_wcs, fallback=fallback,
                              progress=progress)
     _report(progress, 4, 4, "resampling the wide image")
     t0 = time.perf_counter()

@@ -1,0 +1,294 @@
+"""Registration by the images' structure when too few stars match (MSGR fallback).
+
+A star-poor narrow field (a galaxy or a nebula filling a long focal length
+frame) may show only 3-5 stars that the coarser wide image also shows: too few
+to tell a true match from a chance alignment (:mod:`.matching` asks for a
+chance probability below 1e-12). Here those few stars only *seed* the search:
+
+1. Every similarity that at least 3 star pairs support is a candidate
+   (:func:`~.matching.candidate_similarities`).
+2. Both images are band-passed, the wide in its own pixels and the narrow on
+   a working grid (binned to about 2/3 of a wide pixel): a Gaussian of one
+   wide pixel minus one of ``BANDPASS_OUTER`` wide pixels (the gradient, which
+   the two images do not share, goes), then compressed with ``asinh`` so that
+   a few bright stars do not outweigh the nebula, the galaxy and the faint
+   stars. The wide band-pass is resampled onto the grid with each candidate
+   and the candidates are scored by the correlation of the two.
+3. The best candidate is refined by ECC (``cv2.findTransformECC``, an affine
+   correction that maximises the correlation), twice: the second run, on the
+   wide image resampled with the first run's model, must ask for almost no
+   change, and a run started from a shifted seed must end at the same model
+   (``consistency``).
+4. It is refused (never applied silently) when ECC does not converge, the
+   correlation is low, another candidate correlates almost as well, the runs
+   disagree, or the seed stars no longer match under the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..nodata import no_data_mask
+from .matching import candidate_similarities
+from .refine import pair_stars
+from .transforms import Similarity
+
+__all__ = ["IntensityError", "IntensityMatch", "register_by_intensity"]
+
+#: Outer Gaussian of the band-pass, in wide pixels (structure larger than this is gradient).
+BANDPASS_OUTER = 8.0
+#: Band-passed values are compressed as asinh(v / (ASINH_SOFTNESS * robust sigma)).
+ASINH_SOFTNESS = 3.0
+#: The working grid's pixel is at most this fraction of a wide pixel (half of it for
+#: the final refinement).
+WORKING_PIXEL = 0.67
+#: Refusal thresholds: the final correlation, its margin over the next candidate
+#: (as a ratio of correlations before refinement), the disagreement of two ECC runs
+#: (wide px, anywhere in the field) and the distance of the seed stars (wide px).
+MIN_CORRELATION = 0.3
+MIN_MARGIN = 1.5
+MAX_DISAGREEMENT = 0.35
+MAX_STAR_DISTANCE = 2.0
+#: Fewest working-grid pixels the two images must share.
+MIN_OVERLAP = 0.5
+#: Candidates scored at most; brightest stars used for the seed triangles (the wide
+#: image is the shallower one: the stars both show are the narrow image's brightest).
+MAX_SEEDS = 400
+SEED_NARROW_STARS = 10
+SEED_WIDE_STARS = 70
+ECC_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 200, 1e-6)
+#: Start offset (wide px) of the run that checks consistency.
+CHECK_OFFSET = 1.0
+
+
+class IntensityError(ValueError):
+    """The intensity registration found no trustworthy model (the reason in words)."""
+
+
+@dataclass
+class IntensityMatch:
+    """Result of :func:`register_by_intensity`.
+
+    Attributes
+    ----------
+    matrix : ndarray, (3, 3)
+        Affine narrow pixel -> wide pixel.
+    correlation : float
+        ECC correlation of the band-passed images under the model (0..1).
+    margin : float
+        Correlation of the best candidate over the next distinct one (before ECC);
+        inf when there was one candidate.
+    disagreement_px : float
+        Largest distance, over the narrow field, between the models of the two
+        ECC runs (narrow px).
+    seeds : int
+        Candidate similarities scored.
+    seed_pairs : int
+        Star pairs supporting the chosen seed.
+    narrow_xy, wide_xy : ndarray, (n, 2)
+        The stars that match under the final model.
+    star_rms_px : float
+        RMS distance of those stars from the model (narrow px; NaN when none).
+    """
+
+    matrix: np.ndarray
+    correlation: float
+    margin: float
+    disagreement_px: float
+    seeds: int
+    seed_pairs: int
+    narrow_xy: np.ndarray
+    wide_xy: np.ndarray
+    star_rms_px: float
+
+    def __call__(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, float).reshape(-1, 2)
+        return xy @ self.matrix[:2, :2].T + self.matrix[:2, 2]
+
+
+def _filled(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(image with no-data set to its median, valid mask)``, float32."""
+    img = np.asarray(image, dtype=np.float32)
+    valid = ~no_data_mask(img)
+    if not valid.all():
+        img = np.where(valid, img, np.median(img[valid]) if valid.any() else 0).astype(np.float32)
+    return img, valid
+
+
+def _blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=float(sigma), borderType=cv2.BORDER_REFLECT)
+
+
+def bandpass(image: np.ndarray, valid: np.ndarray, inner: float, outer: float) -> np.ndarray:
+    """Gaussian(inner) minus Gaussian(outer) over the valid pixels, asinh-compressed, 0 elsewhere."""
+    w = valid.astype(np.float32)
+    data = np.where(valid, image, 0).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        near = _blur(data, inner) / _blur(w, inner)
+        far = _blur(data, outer) / _blur(w, outer)
+    d = np.where(valid, near - far, 0).astype(np.float32)
+    v = d[valid]
+    sigma = 1.4826 * float(np.median(np.abs(v - np.median(v)))) if v.size else 0.0
+    if not np.isfinite(sigma) or sigma <= 0:
+        sigma = float(np.std(v)) if v.size else 1.0
+    return np.where(valid, np.arcsinh(d / (ASINH_SOFTNESS * max(sigma, 1e-12))), 0).astype(
+        np.float32)
+
+
+class _Grid:
+    """The working grid: narrow pixels binned by ``k``, and the narrow band-pass on it."""
+
+    def __init__(self, narrow: np.ndarray, ratio: float, pixel: float = WORKING_PIXEL):
+        self.ratio = float(ratio)
+        self.k = max(1, int(np.floor(pixel * self.ratio)))
+        img, valid = _filled(narrow)
+        h, w = (img.shape[0] // self.k) * self.k, (img.shape[1] // self.k) * self.k
+        size = (w // self.k, h // self.k)
+        small = cv2.resize(img[:h, :w], size, interpolation=cv2.INTER_AREA)
+        vsmall = cv2.resize(valid[:h, :w].astype(np.float32), size,
+                            interpolation=cv2.INTER_AREA) > 0.999
+        self.shape = small.shape
+        wide_px = self.ratio / self.k  # working px per wide px
+        self.inner, self.outer = max(0.7, wide_px), BANDPASS_OUTER * wide_px
+        self.valid = vsmall
+        self.narrow = bandpass(small, vsmall, self.inner, self.outer)
+        off = (self.k - 1) / 2.0
+        self.to_narrow = np.array([[self.k, 0, off], [0, self.k, off], [0, 0, 1.0]])
+
+    def wide_on_grid(self, wide: np.ndarray, wide_valid: np.ndarray, matrix: np.ndarray, *,
+                     filtered: bool = False):
+        """The wide image read at ``matrix`` (narrow -> wide) on the grid, band-passed there
+        (or already band-passed in its own pixels: ``filtered``), and where both images
+        have data."""
+        m = (matrix @ self.to_narrow)[:2].astype(np.float32)
+        h, w = self.shape
+        flags = (cv2.INTER_LINEAR if filtered else cv2.INTER_CUBIC) | cv2.WARP_INVERSE_MAP
+        img = cv2.warpAffine(wide, m, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                             borderValue=0)
+        inside = cv2.warpAffine(wide_valid.astype(np.float32), m, (w, h), flags=flags,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.999
+        valid = inside & self.valid
+        if filtered:
+            return np.where(valid, img, 0).astype(np.float32), valid
+        return bandpass(img, valid, self.inner, self.outer), valid
+
+    def correlation(self, wide_bp: np.ndarray, valid: np.ndarray) -> float:
+        if valid.mean() < MIN_OVERLAP * self.valid.mean():
+            return 0.0
+        a, b = self.narrow[valid], wide_bp[valid]
+        a, b = a - a.mean(), b - b.mean()
+        den = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+        return float(np.dot(a, b) / den) if den > 0 else 0.0
+
+
+def _ecc(grid: _Grid, wide, wide_valid, matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """One ECC refinement of ``matrix`` (narrow -> wide); raises IntensityError if it fails."""
+    wbp, valid = grid.wide_on_grid(wide, wide_valid, matrix)
+    warp = np.eye(2, 3, dtype=np.float32)
+    try:
+        cc, warp = cv2.findTransformECC(grid.narrow, wbp, warp, cv2.MOTION_AFFINE, ECC_CRITERIA,
+                                        valid.astype(np.uint8), 1)
+    except cv2.error:
+        raise IntensityError("the intensity refinement (ECC) did not converge") from None
+    w3 = np.vstack([warp.astype(float), [0, 0, 1]])
+    # grid u -> warped-grid W(u) -> narrow -> wide
+    new = matrix @ grid.to_narrow @ w3 @ np.linalg.inv(grid.to_narrow)
+    return new, float(cc)
+
+
+def _field_distance(m1: np.ndarray, m2: np.ndarray, shape: tuple[int, int]) -> float:
+    """Largest distance (wide px) between two affine maps over the narrow frame's corners."""
+    h, w = shape
+    c = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float)
+    d = (c @ m1.T)[:, :2] - (c @ m2.T)[:, :2]
+    return float(np.max(np.hypot(d[:, 0], d[:, 1])))
+
+
+def _score_seeds(grid, wide_bp, wide_valid, seeds) -> list[tuple[float, Similarity, int]]:
+    """Seeds by the correlation they give, best first (the wide image band-passed once)."""
+    scored = []
+    for sim, n in seeds[:MAX_SEEDS]:
+        wbp, valid = grid.wide_on_grid(wide_bp, wide_valid, sim.matrix(), filtered=True)
+        scored.append((grid.correlation(wbp, valid), sim, n))
+    return sorted(scored, key=lambda s: -s[0])
+
+
+def register_by_intensity(
+    narrow: np.ndarray,
+    wide: np.ndarray,
+    narrow_xy: np.ndarray,
+    wide_xy: np.ndarray,
+    *,
+    scale_range: tuple[float, float],
+    allow_flip: bool = True,
+) -> IntensityMatch:
+    """Register ``wide`` onto ``narrow`` from their structure, seeded by a few star pairs.
+
+    Parameters
+    ----------
+    narrow, wide : ndarray, (y, x)
+        Detection images (intensity) of the two frames.
+    narrow_xy, wide_xy : ndarray, (n, 2)
+        Their detected stars, brightest first (at least 3 each).
+    scale_range : (float, float)
+        Scale ratios (narrow px per wide px) allowed.
+    allow_flip : bool
+        Accept a mirrored solution.
+
+    Returns
+    -------
+    IntensityMatch
+
+    Raises
+    ------
+    IntensityError
+        No seed, ECC did not converge, or the result is not trustworthy (the
+        reason and the numbers in the message).
+    """
+    shape = np.shape(narrow)
+    seeds = candidate_similarities(narrow_xy, wide_xy, shape, np.shape(wide),
+                                   scale_range=scale_range, allow_flip=allow_flip,
+                                   n_narrow=SEED_NARROW_STARS, max_wide_per_window=SEED_WIDE_STARS,
+                                   max_candidates=MAX_SEEDS)
+    if not seeds:
+        raise IntensityError("no similarity is supported by 3 or more star pairs")
+    ratio = float(np.median([1.0 / s.scale for s, _ in seeds]))
+    grid = _Grid(narrow, ratio)
+    wimg, wvalid = _filled(wide)
+    # scoring: the wide band-passed once in its own pixels (isotropic Gaussians commute
+    # with a similarity, the scale taken into account); ECC: on the grid, exactly
+    scored = _score_seeds(grid, bandpass(wimg, wvalid, 1.0, BANDPASS_OUTER), wvalid, seeds)
+    best_score, best, n_seed = scored[0]
+    margin = best_score / scored[1][0] if len(scored) > 1 and scored[1][0] > 0 else np.inf
+    if best_score <= 0 or margin < MIN_MARGIN:
+        raise IntensityError(
+            f"no candidate stands out: the best of {len(scored)} correlates {best_score:.2f}, "
+            f"the next {scored[1][0]:.2f} (a {MIN_MARGIN:g}x margin is needed)")
+    # coarse first (the seed may be a wide pixel off), then on a grid twice as fine
+    fine = _Grid(narrow, ratio, WORKING_PIXEL / 2)
+    first, _ = _ecc(fine, wimg, wvalid, _ecc(grid, wimg, wvalid, best.matrix())[0])
+    final, cc = _ecc(fine, wimg, wvalid, first)
+    shifted = best.matrix().copy()
+    shifted[:2, 2] += CHECK_OFFSET
+    check, _ = _ecc(fine, wimg, wvalid, _ecc(grid, wimg, wvalid, shifted)[0])
+    scale = np.sqrt(abs(np.linalg.det(final[:2, :2])))  # wide px per narrow px
+    disagree = max(_field_distance(final, first, shape), _field_distance(final, check, shape))
+    if cc < MIN_CORRELATION:
+        raise IntensityError(f"the images correlate too little under the refined model "
+                             f"({cc:.2f} < {MIN_CORRELATION:g})")
+    if disagree > MAX_DISAGREEMENT:
+        raise IntensityError(f"the intensity refinement is unstable: two runs end "
+                             f"{disagree / scale:.2f} narrow px apart")
+    match = IntensityMatch(final, cc, float(margin), float(disagree / scale), len(scored), n_seed,
+                           np.zeros((0, 2)), np.zeros((0, 2)), float("nan"))
+    ni, wj = pair_stars(match(narrow_xy), np.asarray(wide_xy, float), MAX_STAR_DISTANCE)
+    if len(ni) < min(3, n_seed):
+        raise IntensityError(f"the refined model keeps only {len(ni)} of the {n_seed} seed star "
+                             f"pairs within {MAX_STAR_DISTANCE:g} wide px")
+    match.narrow_xy, match.wide_xy = np.asarray(narrow_xy)[ni], np.asarray(wide_xy)[wj]
+    d = match(match.narrow_xy) - match.wide_xy
+    match.star_rms_px = float(np.sqrt(np.mean(np.sum(d**2, axis=1)))) / scale
+    return match
