@@ -20,6 +20,18 @@ spline system, which the others reuse.
     python benchmarks/bench_nsg.py [--frames 20] [--size 6000x4000] [--workdir DIR]
                                    [--gradient-images]
 
+``--compare-with SRC`` runs another version (its ``src`` folder, e.g. from
+``git archive``) and this checkout alternately on the same frames, ``--repeat``
+times (default 3), and prints each run's median time per target and ratio to
+the I/O floor, then the medians. ``--workers 1,2`` alternates runs with those
+worker counts and shows where the time goes: preparing the reference, starting
+the workers (spawn, imports, the reference model shipped once to each; the
+model's pickled size and pickling time), the frames. For example::
+
+    git archive <old commit> src | tar -x -C /tmp/old
+    python benchmarks/bench_nsg.py --frames 12 --compare-with /tmp/old/src
+    python benchmarks/bench_nsg.py --frames 8 --size 2048x2048 --workers 1,2
+
 ``--accuracy`` prints the accuracy tables of ``docs/nsg.md`` instead, with the
 measurements of the tests (``tests/test_nsg_simulated.py`` on six seeds, mono
 and RGB; ``tests/test_nsg_real.py`` frame by frame on WASP-12b):
@@ -31,6 +43,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,18 +54,38 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 
 CHILD = r"""
-import json, shutil, sys, tempfile, time
+import json, pickle, shutil, sys, tempfile, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from _memory import peak_rss_mib
 from napari_nsg.io import read_frame, write_frame
-from napari_nsg.pipeline.normalize import normalize_frames
+from napari_nsg.pipeline import normalize as nz
 
 paths = [Path(p) for p in json.loads(sys.argv[1])]
 out = Path(sys.argv[2])
 gradient_images = sys.argv[3] == "1"
+workers = int(sys.argv[5])
+with_floor = sys.argv[6] == "1"
 peak_mib = peak_rss_mib
 events = []
+pool = {}
+shipped = []
+try:  # where the time of local workers goes (absent in older versions)
+    from napari_nsg.pipeline import executors
+    _start = executors.start_workers
+    def start_workers(p, n):
+        t = time.perf_counter()
+        ready = _start(p, n)
+        def started(_):
+            if all(f.done() for f in ready):
+                pool["startup_s"] = time.perf_counter() - t
+        for f in ready:
+            f.add_done_callback(started)
+        shipped.append(p._initargs[0])
+        return ready
+    executors.start_workers = start_workers
+except (ImportError, AttributeError):
+    pass
 def io_floor():
     times = []
     scratch = Path(tempfile.mkdtemp(prefix="io_floor_", dir=out))
@@ -65,29 +100,107 @@ def io_floor():
 def progress(done, total, message):
     events.append((time.perf_counter(), done, message, peak_mib()))
 out.mkdir(parents=True, exist_ok=True)
-io_before = io_floor()
+io_before = io_floor() if with_floor else [float("nan")] * len(paths)
 t0 = time.perf_counter()
-result = normalize_frames(paths, paths[0], out, gradient_images=gradient_images,
-                          overwrite=True, progress=progress)
+result = nz.normalize_frames(paths, paths[0], out, gradient_images=gradient_images,
+                             overwrite=True, progress=progress, workers=workers)
 wall = time.perf_counter() - t0
+for context in shipped:  # after the run, not to slow it down
+    t = time.perf_counter()
+    blob = pickle.dumps(context, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.loads(blob)
+    pool["context_mib"] = len(blob) / 2**20
+    pool["context_s"] = time.perf_counter() - t
 ready = [t for t, d, m, _ in events if m == "reference ready"][0]
 frames, last = [], ready
 for t, done, message, rss in events:
     if done >= 1 and message != "reference ready":
         frames.append({"name": message, "seconds": t - last, "rss": rss})
         last = t
-io = [0.5 * (a + b) for a, b in zip(io_before, io_floor())]
+io = ([0.5 * (a + b) for a, b in zip(io_before, io_floor())] if with_floor
+      else io_before)
 print(json.dumps({"wall": wall, "reference_s": ready - t0, "frames": frames, "io": io,
-                  "peak_rss": peak_mib(), "failed": len(result.failed),
+                  "peak_rss": peak_mib(), "failed": len(result.failed), "pool": pool,
                   "scales": [r.scale for r in result.rows]}))
 """
 
 
-def run_child(paths, out, gradient_images):
+def run_child(paths, out, gradient_images, *, workers=1, with_floor=True, source=None):
+    """One normalize run in a fresh process; ``source``: a ``src`` folder of another
+    version of napari-nsg to import instead of the installed one."""
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
-                           str(out), "1" if gradient_images else "0", str(BENCH_DIR)],
-                          check=True, capture_output=True, text=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+                           str(out), "1" if gradient_images else "0", str(BENCH_DIR),
+                           str(workers), "1" if with_floor else "0"],
+                          check=True, capture_output=True, text=True, env=env)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    # CPU seconds of the run and of its worker processes (all waited for)
+    res["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return res
+
+
+def _median(values):
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def _target_stats(res) -> tuple[float, float]:
+    """Median seconds per target frame (the reference, copied, left out) and the
+    median ratio to each frame's I/O floor."""
+    times = [fr["seconds"] for fr in res["frames"][1:]]
+    ratios = [fr["seconds"] / io for fr, io in zip(res["frames"][1:], res["io"][1:])]
+    return _median(times), _median(ratios)
+
+
+def compare_versions(paths, work: Path, old_source: Path, repeat: int, gradient_images: bool):
+    """Old and new code alternated (old, new, old, new ...) on the same frames: each
+    run's median per target frame and its ratio to the I/O floor, then the medians."""
+    runs = {"old": [], "new": []}
+    print(f"\n{len(paths)} frames, old = {old_source}, new = this checkout; runs alternated")
+    print(f"{'run':<8}{'version':<9}{'s/target':>10}{'I/O floor s':>13}{'ratio':>8}"
+          f"{'wall s':>9}{'peak MiB':>10}")
+    for r in range(repeat):
+        for name, source in (("old", old_source), ("new", None)):
+            res = run_child(paths, work / f"cmp_{name}", gradient_images, source=source)
+            t, ratio = _target_stats(res)
+            runs[name].append((t, ratio, res))
+            print(f"{r + 1:<8}{name:<9}{t:>10.3f}{_median(res['io'][1:]):>13.3f}{ratio:>8.2f}"
+                  f"{res['wall']:>9.1f}{res['peak_rss']:>10.0f}", flush=True)
+    med = {k: (_median([v[0] for v in runs[k]]), _median([v[1] for v in runs[k]]))
+           for k in runs}
+    print(f"medians: old {med['old'][0]:.3f} s per target (ratio to the floor "
+          f"{med['old'][1]:.2f}); new {med['new'][0]:.3f} s (ratio {med['new'][1]:.2f}); "
+          f"new/old time {med['new'][0] / med['old'][0]:.2f}")
+
+
+def compare_workers(paths, work: Path, counts: list[int], repeat: int, gradient_images: bool):
+    """Runs with each worker count alternated: wall time and where it goes."""
+    print(f"\n{len(paths)} frames; worker counts alternated, {repeat} rounds "
+          "(startup: spawning the workers until each holds the reference model, while the "
+          "parent normalizes frames itself; "
+          "model: pickling + unpickling it once, of that; frames: all after the reference, "
+          "startup included; CPU: user + system seconds of the run and its workers)")
+    print(f"{'run':<5}{'workers':>8}{'wall s':>9}{'reference s':>13}{'startup s':>11}"
+          f"{'model MiB':>11}{'model s':>9}{'frames s':>10}{'s/frame':>9}{'CPU s':>8}")
+    walls = {n: [] for n in counts}
+    for r in range(repeat):
+        for n in counts:
+            res = run_child(paths, work / f"workers_{n}", gradient_images, workers=n,
+                            with_floor=False)
+            pool = res["pool"]
+            frames_s = res["wall"] - res["reference_s"]
+            walls[n].append(res["wall"])
+            print(f"{r + 1:<5}{n:>8}{res['wall']:>9.2f}{res['reference_s']:>13.2f}"
+                  f"{pool.get('startup_s', 0.0):>11.2f}{pool.get('context_mib', 0.0):>11.1f}"
+                  f"{pool.get('context_s', 0.0):>9.2f}{frames_s:>10.2f}"
+                  f"{frames_s / len(paths):>9.3f}{res['cpu_s']:>8.1f}", flush=True)
+    base = _median(walls[counts[0]])
+    print("medians: " + "; ".join(f"{n} worker(s) {_median(walls[n]):.2f} s "
+                                  f"({_median(walls[n]) / base:.2f} x {counts[0]})"
+                                  for n in counts))
 
 
 def accuracy() -> None:
@@ -156,6 +269,13 @@ def main(argv=None):
     ap.add_argument("--workdir", help="keep the simulated frames here (reused if present)")
     ap.add_argument("--gradient-images", action="store_true",
                     help="also write gradient and curvature images")
+    ap.add_argument("--compare-with", metavar="SRC",
+                    help="the src folder of another version (e.g. from git archive): run it "
+                         "and this checkout alternately on the frames, --repeat times")
+    ap.add_argument("--workers", metavar="N,M,...",
+                    help="run with these worker counts alternately, --repeat times, and show "
+                         "where the time goes (startup, model shipping, frames)")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     if args.accuracy:
         accuracy()
@@ -171,6 +291,13 @@ def main(argv=None):
               flush=True)
         paths = write_sequence(frames_dir, args.frames, (height, width), seed=0, border=40,
                                overwrite=True)
+    if args.compare_with:
+        compare_versions(paths, work, Path(args.compare_with), args.repeat, args.gradient_images)
+        return
+    if args.workers:
+        counts = [int(v) for v in args.workers.split(",")]
+        compare_workers(paths, work, counts, args.repeat, args.gradient_images)
+        return
     summary = []
     for n in sorted({min(5, args.frames), args.frames}):
         out = work / f"out_{n}"

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from ..io import FrameError
@@ -129,13 +129,17 @@ def _ready() -> int:
     return os.getpid()
 
 
-def start_workers(pool: ProcessPoolExecutor, workers: int) -> None:
-    """Start all ``workers`` processes of ``pool`` now (each gets one no-op task),
-    with one native thread each, and wait until they hold the context."""
+def start_workers(pool: ProcessPoolExecutor, workers: int) -> list[Future]:
+    """Start all ``workers`` processes of ``pool`` now, with one native thread each.
+
+    Returns
+    -------
+    list of Future
+        One no-op task per worker: all are done once every worker has started
+        and holds the context.
+    """
     with _one_thread_per_worker(), _sigint_blocked():
-        ready = [pool.submit(_ready) for _ in range(workers)]
-    for fut in ready:
-        fut.result()
+        return [pool.submit(_ready) for _ in range(workers)]
 
 
 def _call_in_worker(func, item):
@@ -163,7 +167,8 @@ def map_frames(
         One per task.
     workers : int
         1: run here, in order; more: that many local processes (at most one per
-        available core and per item; each with one native thread).
+        available core and per item; each with one native thread). Items are
+        run here, one at a time, until the workers have started.
     scheduler : str, optional
         Address of a Dask distributed scheduler: run there (needs the
         ``distributed`` extra; the workers must see the same file paths).
@@ -190,9 +195,17 @@ def map_frames(
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(context, os.getpid())) as pool:
-        start_workers(pool, workers)
-        pending: dict = {}
+        ready = start_workers(pool, workers)
         it = iter(enumerate(items))
+        # starting takes a while (spawn, imports, the context unpickled): work here meanwhile,
+        # so that workers are never slower than running here alone
+        while not all(f.done() for f in ready):
+            nxt = next(it, None)
+            if nxt is None:
+                break
+            check_cancel(cancel)
+            yield nxt[0], func(context, nxt[1])
+        pending: dict = {}
         try:
             while True:
                 while len(pending) < 2 * workers:

@@ -53,6 +53,7 @@ from ..core.nsg import (
     rejection,
     relative_values,
 )
+from ..core.nsg.engine import prepare_spline_system
 from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, pause_for_test, refuse_inputs, same_file
 from ..io.write import frame_hdu, write_frames
@@ -565,7 +566,8 @@ def normalize_frames(
     items = [(str(frames[i]), same_file(frames[i], reference), mine) for i, mine in todo]
     if min(workers, available_cores(), len(items)) <= 1 and not scheduler:
         tasks = pipelined_frames(job, items, cancel)
-    else:
+    else:  # the spline system inverted once here and shipped with the model, not per worker
+        prepare_spline_system(model)
         tasks = map_frames(process_frame, job, items, workers=workers,
                            scheduler=scheduler, cancel=cancel)
     try:

@@ -665,7 +665,6 @@ def normalize_frame(
         The frame cannot be normalized (shape, colour depth, no data, no star
         pairs, too few gradient samples); the message says why.
     """
-    p = model.params
     chans, bad = no_data_as_nan(_check_target(model, target))
     mono = np.asarray(target).ndim == 2
     # stars -> photometry -> scale
@@ -788,6 +787,20 @@ def _cached_operator(model: ReferenceModel, smoothness: float) -> SplineOperator
         del cache[old]
     cache[key] = op
     return op
+
+
+def prepare_spline_system(model: ReferenceModel) -> None:
+    """Invert the reference's spline system now, as the first target would.
+
+    For a model about to be sent to worker processes: each then starts with the
+    inverse (shipped with the model) instead of inverting its own, one thread
+    each. A no-op for a plane or when the reference's bins are too many to be
+    used unbinned.
+    """
+    p = model.params
+    if p.is_plane or int(model.grid.usable.sum()) > max_samples_for(p.smoothness, p.max_samples):
+        return
+    _cached_operator(model, p.smoothness).prepare()
 
 
 REUSE_FRACTION = 0.6  # below this share of the reference's bins a fresh solve is cheaper
