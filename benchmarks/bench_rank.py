@@ -7,12 +7,21 @@ frames in the same run, and the peak resident memory of the process (which
 must not grow with N: one frame in memory at a time).
 
     python benchmarks/bench_rank.py [--frames 20] [--size 6000x4000] [--workdir DIR]
+
+``--compare-with SRC`` (the ``src`` folder of another version, e.g. from
+``git archive <commit> src | tar -x -C /tmp/old``) alternates reading the
+frames, ranking them with that version and with this checkout, ``--repeat``
+times (default 3), and prints the seconds per frame of each and the medians::
+
+    python benchmarks/bench_rank.py --frames 8 --compare-with /tmp/old/src
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,11 +52,37 @@ print(json.dumps({"wall": wall, "rss": peak_rss_mib(), "ok": ok}))
 """
 
 
-def run_child(paths, mode):
+def run_child(paths, mode, source=None):
+    """One run in a fresh process; ``source``: the ``src`` folder of another version."""
+    env = dict(os.environ)
+    if source:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]), mode,
                           str(BENCH_DIR)],
-                         check=True, capture_output=True, text=True)
+                         check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare_versions(paths, old_source: Path, repeat: int) -> None:
+    """Reading, the old and the new ranking alternated on the same frames, ``repeat``
+    rounds; seconds per frame of each and their medians."""
+    n = len(paths)
+    walls = {"read": [], "old": [], "new": []}
+    print(f"\nrank on {n} frames; old = {old_source}, new = this checkout; "
+          "read, old, new alternated")
+    print(f"{'round':<7}{'read s/frame':>13}{'old s/frame':>12}{'new s/frame':>12}"
+          f"{'old peak MiB':>13}{'new peak MiB':>13}")
+    for r in range(repeat):
+        read = run_child(paths, "read")
+        old = run_child(paths, "rank", old_source)
+        new = run_child(paths, "rank")
+        for key, res in (("read", read), ("old", old), ("new", new)):
+            walls[key].append(res["wall"] / n)
+        print(f"{r + 1:<7}{read['wall'] / n:>13.3f}{old['wall'] / n:>12.3f}"
+              f"{new['wall'] / n:>12.3f}{old['rss']:>13.0f}{new['rss']:>13.0f}", flush=True)
+    med = {k: statistics.median(v) for k, v in walls.items()}
+    print(f"medians: read {med['read']:.3f}, old {med['old']:.3f}, new {med['new']:.3f} s per "
+          f"frame; new/old {med['new'] / med['old']:.2f}; new/read {med['new'] / med['read']:.1f}")
 
 
 def main(argv=None):
@@ -55,6 +90,10 @@ def main(argv=None):
     ap.add_argument("--frames", type=int, default=20)
     ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT")
     ap.add_argument("--workdir", help="keep the simulated frames here (reused if present)")
+    ap.add_argument("--compare-with", metavar="SRC",
+                    help="the src folder of another version: rank with it and with this "
+                         "checkout alternately, --repeat times")
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_rank_"))
@@ -68,6 +107,9 @@ def main(argv=None):
                                nebula=True)
         print(f"simulated {args.frames} frames of {width}x{height} in "
               f"{time.perf_counter() - t0:.1f} s -> {frames_dir}")
+    if args.compare_with:
+        compare_versions(paths, Path(args.compare_with), args.repeat)
+        return
     small = paths[:5]
     rows = []
     for n, subset in ((len(small), small), (len(paths), paths)):
