@@ -58,7 +58,8 @@ def _format_summary(run) -> list[str]:
         f"{reg.rotation_deg:.3f} deg, {'mirrored, ' if reg.flip else ''}residual "
         f"{reg.residual_px:.3f} px over {reg.n_pairs} stars, coverage "
         f"{100 * (reg.coverage_fraction or 0):.1f}%"
-        + (f" (headers: {run.scale_hint:.4f})" if run.scale_hint else ""),
+        + (f" (headers: {run.scale_hint:.4f})" if run.scale_hint else "")
+        + ("" if reg.method == "stars" else f"; registered by {reg.method_text()}"),
     ]
     for c, fit in enumerate(res.fits):
         label = f" ch {c}" if len(res.fits) > 1 else ""

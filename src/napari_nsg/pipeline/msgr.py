@@ -114,6 +114,7 @@ def msgr_keywords(result: MsgrResult, wide_name: str) -> tuple[dict, list[str]]:
         "MSGRFLIP": (bool(reg.flip), "MSGR wide image mirrored"),
         "MSGRRES": (round(reg.residual_px, 4), "[px] MSGR registration residual (narrow px)"),
         "MSGRNPR": (int(reg.n_pairs), "MSGR registration star pairs"),
+        "MSGRREGM": (reg.method, "MSGR registration method: stars, wcs, intensity"),
         "MSGRCOV": (round(float(reg.coverage_fraction or 0.0), 5), "MSGR wide coverage fraction"),
     }
     for c, fit in enumerate(result.fits):
@@ -130,6 +131,7 @@ def msgr_keywords(result: MsgrResult, wide_name: str) -> tuple[dict, list[str]]:
         f"MSGR.remove_stars = {result.stars_removed}",
         (f"MSGR.registration: ratio {reg.scale_ratio:.5f} rotation {reg.rotation_deg:.4f} deg "
          f"flip {reg.flip} residual {reg.residual_px:.4f} px ({reg.n_pairs} stars)"),
+        f"MSGR.registration_method = {reg.method_text()}",
     ]
     for c, fit in enumerate(result.fits):
         history.append(f"MSGR.fit{c}: narrow = {fit.a:.6g} + {fit.b:.6g} * wide")

@@ -315,7 +315,8 @@ class MsgrSession:
         reg = self.registration
         return (f"scale ratio {reg.scale_ratio:.4f}, rotation {reg.rotation_deg:.2f} deg, "
                 f"{'mirrored, ' if reg.flip else ''}residual {reg.residual_px:.3f} px over "
-                f"{reg.n_pairs} stars, coverage {100 * (reg.coverage_fraction or 0):.1f}%")
+                f"{reg.n_pairs} stars, coverage {100 * (reg.coverage_fraction or 0):.1f}%"
+                + ("" if reg.method == "stars" else f"; registered by {reg.method_text()}"))
 
     @property
     def flattened_wide(self) -> np.ndarray:
