@@ -65,7 +65,7 @@ class StarTable:
     def __len__(self) -> int:
         return len(self.x)
 
-    def take(self, index) -> "StarTable":
+    def take(self, index) -> StarTable:
         """A new table with the rows selected by ``index`` (mask or indices)."""
         return StarTable(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
@@ -75,7 +75,7 @@ class StarTable:
         return np.column_stack([self.x, self.y])
 
     @classmethod
-    def empty(cls) -> "StarTable":
+    def empty(cls) -> StarTable:
         """A table with no stars."""
         z = np.zeros(0)
         return cls(z, z, z, z, z, z, z, z, z, z, np.zeros(0, int), np.zeros(0, bool))
