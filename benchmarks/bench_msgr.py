@@ -10,11 +10,16 @@ temporary folder, and times, in one run:
 * the registration (detection, matching, model, resampling),
 * the whole ``napari-nsg msgr`` recipe file to file (default options, then
   with ``--remove-stars``),
-* the accuracy of the fast MMT against the slow PCL port on a 1000x1500 crop.
+* the accuracy of the fast MMT against the slow PCL port on a 1000x1500 crop,
+* with ``--compare-detection N``: the registration with the star search on the
+  full-resolution images (the code before issue 13) and on 2x2-binned images
+  (now), alternated N times, medians and map errors against the simulator.
 
-Prints a table with each time and its ratio to read+write. Usage::
+Prints a table with each time and its ratio to read+write, and the
+registration's stages (detect, match, refine, warp). Usage::
 
     python benchmarks/bench_msgr.py [--height 4000 --width 6000 --ratio 3 --repeat 1]
+        [--compare-detection 3]
 """
 
 from __future__ import annotations
@@ -39,12 +44,43 @@ def _timed(func, repeat: int):
     return best, out
 
 
+def _compare_detection(narrow, wide, args, map_error) -> list[str]:
+    """Registration with the star search at full resolution (before) and 2x2-binned (now),
+    alternated ``args.compare_detection`` times; lines with medians and map errors."""
+    from napari_nsg.core.registration import register as reg_module
+    from napari_nsg.core.registration import register_wide_to_narrow
+
+    binning = reg_module.detection_binning
+    runs = {"full resolution (before)": [], "2x2 binned (now)": []}
+    errors = {}
+    try:
+        for _ in range(args.compare_detection):
+            for name, rule in (("full resolution (before)", lambda shape: 1),
+                               ("2x2 binned (now)", binning)):
+                reg_module.detection_binning = rule
+                t0 = time.perf_counter()
+                reg = register_wide_to_narrow(narrow, wide, scale_hint=args.ratio)
+                runs[name].append((time.perf_counter() - t0, reg.timings["detect"]))
+                errors[name] = map_error(reg)
+    finally:
+        reg_module.detection_binning = binning
+    lines = [f"star search, alternated {args.compare_detection}x (medians):"]
+    for name, vals in runs.items():
+        tot, det = np.median([v[0] for v in vals]), np.median([v[1] for v in vals])
+        e = errors[name]
+        lines.append(f"  {name:<26} registration {tot:6.2f} s (detect {det:5.2f} s); map error "
+                     f"rms {np.sqrt(np.mean(e**2)):.4f} px, max {e.max():.4f} px")
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--height", type=int, default=4000)
     ap.add_argument("--width", type=int, default=6000)
     ap.add_argument("--ratio", type=float, default=3.0)
     ap.add_argument("--repeat", type=int, default=1, help="best of N for each timing")
+    ap.add_argument("--compare-detection", type=int, default=0, metavar="N",
+                    help="alternate N times: star search at full resolution vs 2x2-binned")
     ap.add_argument("--skip-reference", action="store_true",
                     help="skip the (slow) MMT accuracy check against the PCL port")
     args = ap.parse_args(argv)
@@ -93,12 +129,18 @@ def main(argv=None) -> int:
         t, reg = _timed(lambda: register_wide_to_narrow(narrow, wide, scale_hint=args.ratio),
                         args.repeat)
         rows.append(("registration (detect, match, model, resample)", t))
+        stages = reg.timings
         yy, xx = np.mgrid[0 : shape[0] : 50, 0 : shape[1] : 50]
         xy = np.column_stack([xx.ravel(), yy.ravel()]).astype(float)
         tx, ty = truth.narrow_to_wide(xy[:, 0], xy[:, 1])
-        fitted = reg.transform(xy)
-        map_err = np.hypot(fitted[:, 0] - tx, fitted[:, 1] - ty) * args.ratio
+
+        def map_error(r):
+            fitted = r.transform(xy)
+            return np.hypot(fitted[:, 0] - tx, fitted[:, 1] - ty) * args.ratio
+
+        map_err = map_error(reg)
         reg = None
+        compare = _compare_detection(narrow, wide, args, map_error) if args.compare_detection else []
 
         out = tmp / "out.fits"
         t, run = _timed(lambda: run_msgr(narrow_path, wide_path, out, overwrite=True),
@@ -115,6 +157,9 @@ def main(argv=None) -> int:
     for name, sec in rows:
         print(f"| {name:<54} | {sec:8.2f} | {sec / t_io:12.2f} |")
     print()
+    print("registration stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+    for line in compare:
+        print(line)
     print("recipe steps (s): " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
     reg = run.result.registration
     print(f"registration: ratio {reg.scale_ratio:.4f}, rotation {reg.rotation_deg:.3f} deg, "
