@@ -18,6 +18,7 @@ splits the signed error by the seeing ratio (target sharper / broader than the
 reference) and by transmission.
 
     python benchmarks/bench_scale_bound.py [--seeds 2] [--conditions a,b] [--matched]
+                                           [--param aperture_fwhm=2.0 ...]
 
 Numbers in docs/nsg.md were taken on a busy 2-core machine; the default run
 takes 1-3 minutes.
@@ -30,6 +31,7 @@ import time
 
 import numpy as np
 
+from napari_nsg.core.nsg import NsgParameters
 from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_width
 from napari_nsg.core.nsg.scale import fit_scale
 from napari_nsg.core.stars.photometry import matched_pair_photometry
@@ -73,7 +75,7 @@ def _with(**extra):
 
 CONDITIONS = {
     "independent-like": _independent_like,
-    "moffat, seeing 1.6x": _seeing_16,
+    "moffat seeing 1.6x": _seeing_16,
     "sparse field": _with(star_density=4e-4),
     "crowded field": _with(star_density=8e-3),
     "nebulosity under stars": _with(nebula=True, nebula_amplitude=25.0),
@@ -99,7 +101,7 @@ def _matched_scale(model, data, sr, seq_fwhm_tgt):
     return cs.scale
 
 
-def run_condition(name, seeds, matched):
+def run_condition(name, seeds, matched, params=None):
     """Rows of (seed, frame, bound, error, matched error, pairs, bound stars, fwhm ratio, T)."""
     rows = []
     for seed in seeds:
@@ -108,7 +110,7 @@ def run_condition(name, seeds, matched):
         kw.update(CONDITIONS[name](rng))
         seq = simulate_sequence(N_FRAMES, SHAPE, seed=seed, **kw)
         ref = np.round(seq.frame(0).data)  # 16-bit quantisation
-        model = prepare_reference(ref)
+        model = prepare_reference(ref, params=params)
         for k in range(1, N_FRAMES):
             data = np.round(seq.frame(k).data)
             bound = scale_bound(seq, k, quantised=True)
@@ -138,7 +140,10 @@ def main(argv=None):
                     help="comma-separated condition names (default: all)")
     ap.add_argument("--matched", action="store_true",
                     help="also measure the pairs with PSF-matched photometry")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
     args = ap.parse_args(argv)
+    params = NsgParameters(**{k: float(v) for k, v in (a.split("=", 1) for a in args.param)})
     names = [c.strip() for c in args.conditions.split(",") if c.strip()] or list(CONDITIONS)
     t0 = time.perf_counter()
     header = ("| condition | frames | bound (median) | median error | p90 error | "
@@ -149,7 +154,7 @@ def main(argv=None):
     print("|" + "---|" * (header.count("|") - 1))
     every = []
     for name in names:
-        rows = run_condition(name, range(args.seeds), args.matched)
+        rows = run_condition(name, range(args.seeds), args.matched, params)
         every.append(rows)
         bound, err, m_err = rows[:, 2], rows[:, 3], rows[:, 4]
         med, p90, ratio, bias = summarize(err, bound)
