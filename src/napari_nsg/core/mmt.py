@@ -430,11 +430,12 @@ def _decimate(c: np.ndarray | _Coarse, sh: int, sw: int, fr: int) -> np.ndarray:
         return np.ascontiguousarray(_down_rows(np.ascontiguousarray(tmp.T), sw, fr).T)
     h, w = c.shape
     small = c.small
-    if c.kind == "cubic":
+    if c.kind == "cubic":  # rows first: the transposed array is the smaller one
+        tmp = np.asarray(_composed_rows("cubic", small.shape[0], h, sh, fr) @ small,
+                         dtype=np.float32)  # (sh, sw_small)
         mx = _composed_rows("cubic", small.shape[1], w, sw, fr)
-        small = np.ascontiguousarray(np.asarray(mx @ small.T, dtype=np.float32).T)  # (sh_s, sw)
-        return np.asarray(_composed_rows("cubic", small.shape[0], h, sh, fr) @ small,
-                          dtype=np.float32)
+        return np.ascontiguousarray(np.asarray(mx @ np.ascontiguousarray(tmp.T),
+                                               dtype=np.float32).T)
     ix, ox, sx = _keys_matrices(small.shape[1], w)
     rows = np.ascontiguousarray(_keys_rows(ix, ox, sx, np.ascontiguousarray(small.T), _CLAMP).T)
     if not _keys_linear_everywhere(rows, h):

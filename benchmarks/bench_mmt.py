@@ -1,0 +1,120 @@
+"""Benchmark of the multiscale median transform: seconds per 6000x4000 channel.
+
+Times :func:`napari_nsg.core.mmt.mmt_residual` (8 layers, the default fast
+hybrid) on a synthetic 6000x4000 channel (gradient, nebula blobs, stars,
+noise), with PixInsight's mirrored borders and with the linear borders MSGR
+uses, and on a 3-channel image (seconds per channel). Each timing is repeated
+and the median printed.
+
+``--against OTHER/src`` times the ``core/mmt.py`` of another copy of the code
+in the same process, alternated with this one (A, B, A, B, ...), and prints
+the ratio and the largest difference between the two results (e.g. ``git
+archive REV src | tar -x -C /tmp/old`` then ``--against /tmp/old/src``).
+
+    python benchmarks/bench_mmt.py [--repeat 3] [--size 6000x4000] [--against OTHER/src]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: The image is a tile of this size repeated (quick to make; the MMT does not care).
+TILE = (1000, 1500)
+N_LAYERS = 8
+
+
+def _tile(seed: int = 1) -> np.ndarray:
+    """Gradient + 25 nebula blobs (15-200 px) + ~5000 stars + noise, background ~0.1."""
+    import cv2
+
+    h, w = TILE
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = 0.1 + 0.03 * (x / w) + 0.02 * (y / h) ** 2
+    for _ in range(25):
+        cx, cy, s = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(15, 200)
+        img += rng.uniform(0.005, 0.05) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
+    n = h * w // 300
+    stars = np.zeros((h, w), np.float32)
+    np.add.at(stars, (rng.integers(0, h, n), rng.integers(0, w, n)), rng.pareto(1.5, n) * 0.05)
+    img += cv2.GaussianBlur(stars, (0, 0), 1.5)
+    img += rng.normal(0, 0.002, (h, w)).astype(np.float32)
+    return img.astype(np.float32)
+
+
+def _image(h: int, w: int) -> np.ndarray:
+    tile = _tile()
+    reps = (-(-h // TILE[0]), -(-w // TILE[1]))
+    return np.ascontiguousarray(np.tile(tile, reps)[:h, :w])
+
+
+def _other_mmt(src: str):
+    """``core/mmt.py`` of another source tree, as a module of this package (same helpers)."""
+    path = Path(src) / "napari_nsg" / "core" / "mmt.py"
+    spec = importlib.util.spec_from_file_location("napari_nsg.core._mmt_against", path)
+    module = importlib.util.module_from_spec(spec)
+    module.__package__ = "napari_nsg.core"
+    sys.modules[spec.name] = module  # (dataclasses look their module up there)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _time(func, *args, **kw) -> tuple[float, float, np.ndarray]:
+    """Wall seconds, CPU seconds (all threads of the process) and the result."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = func(*args, **kw)
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT")
+    ap.add_argument("--against", default=None, help="another tree's src folder to compare")
+    args = ap.parse_args(argv)
+    from napari_nsg.core import mmt
+
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    mono = _image(h, w)
+    rgb = np.stack([mono, 1.5 * mono, mono[::-1].copy()])
+    codes = {"this": mmt}
+    if args.against:
+        codes["against"] = _other_mmt(args.against)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"MMT residual, {N_LAYERS} layers, {w}x{h}, {os.cpu_count()} CPU(s), numpy "
+          f"{np.__version__}, load average {load:.1f}; median of {args.repeat}, seconds per "
+          "channel (wall, and CPU of all threads)")
+    cases = [("mono, mirror borders", mono, "mirror"), ("mono, linear borders", mono, "linear"),
+             ("3 channels, linear borders", rgb, "linear")]
+    print(f"{'case':28s} " + " ".join(f"{name:>9s} {'CPU':>5s}" for name in codes)
+          + ("   ratio  CPU ratio  max rel. diff" if len(codes) > 1 else ""))
+    for label, image, border in cases:
+        per = image.shape[0] if image.ndim == 3 else 1
+        times: dict = {name: [] for name in codes}
+        cpus: dict = {name: [] for name in codes}
+        outs: dict = {}
+        for _ in range(args.repeat):
+            for name, module in codes.items():  # alternated
+                sec, cpu, outs[name] = _time(module.mmt_residual, image, N_LAYERS, border=border)
+                times[name].append(sec / per)
+                cpus[name].append(cpu / per)
+        med = {name: float(np.median(t)) for name, t in times.items()}
+        cpu = {name: float(np.median(t)) for name, t in cpus.items()}
+        line = f"{label:28s} " + " ".join(f"{med[name]:9.3f} {cpu[name]:5.2f}" for name in codes)
+        if len(codes) > 1:
+            diff = np.abs(outs["this"] - outs["against"]) / np.abs(outs["against"])
+            line += (f"  {med['against'] / med['this']:6.2f}  {cpu['against'] / cpu['this']:9.2f}"
+                     f"  {float(diff.max()):.2g}")
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
