@@ -25,6 +25,9 @@ sample sizes further on.
 
 from __future__ import annotations
 
+import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,6 +98,18 @@ class CoarseGrid:
             out[...] = small[m : m + h, m : m + w]
             return out
         wx = cubic_weights(w, self.step, self.margin, self.nx)
+        return _upsample_rows(small @ wx.T, out, self.step, self.margin)
+
+    def upsample_columns(self, values: np.ndarray, cols: slice) -> np.ndarray:
+        """The columns ``cols`` of :meth:`upsample` (same values to float32 rounding),
+        ``(height, len(cols))`` float32: a block of the image computed on its own."""
+        h, w = self.shape
+        small = np.asarray(values, dtype=np.float32)
+        if self.step == 1:
+            m = self.margin
+            return np.array(small[m : m + h, m : m + w][:, cols], np.float32)
+        wx = cubic_weights(w, self.step, self.margin, self.nx)[cols]
+        out = np.empty((h, wx.shape[0]), np.float32)
         return _upsample_rows(small @ wx.T, out, self.step, self.margin)
 
     def coverage(self, valid: np.ndarray) -> np.ndarray:
@@ -213,7 +228,7 @@ class GradientField:
         return np.array([np.linalg.lstsq(a, self.values[c][inside].astype(float), rcond=None)[0]
                          for c in range(self.n_channels)])
 
-    def minus_plane(self) -> "GradientField":
+    def minus_plane(self) -> GradientField:
         """The curvature: this field minus its least-squares plane (over the nodes
         inside the image), per channel."""
         x, y = self.grid.mesh()
@@ -296,15 +311,45 @@ def apply_correction(
     tgt = target[np.newaxis] if mono else target
     scale = np.broadcast_to(np.asarray(scale, float), (tgt.shape[0],))
     out = np.empty(tgt.shape, np.float32)
-    tiny = np.finfo(np.float32).tiny
     for c in range(tgt.shape[0]):
         t = tgt[c]
-        valid = ~(no_data_mask(t) if no_data is None else no_data[c])
+        bad = no_data_mask(t) if no_data is None else no_data[c]
         if mask is not None:
-            valid &= ~mask
-        o = out[c]
-        np.multiply(t, np.float32(scale[c]), out=o, dtype=np.float32, casting="unsafe")
-        o -= gradient.full(c)
-        o[o == 0] = tiny
-        o[~valid] = 0.0
+            bad = bad | mask
+        blocks = _column_blocks(t.shape[1], t.size)
+        if len(blocks) == 1:
+            _correct_block(t, np.float32(scale[c]), gradient, c, bad, out[c], blocks[0])
+            continue
+        with ThreadPoolExecutor(len(blocks), thread_name_prefix="nsg-correct") as pool:
+            for fut in [pool.submit(_correct_block, t, np.float32(scale[c]), gradient, c, bad,
+                                    out[c], cols) for cols in blocks]:
+                fut.result()
     return out[0] if mono else out
+
+
+PARALLEL_PIXELS = 2_000_000  # frames from this size are corrected in column blocks, in threads
+MAX_BLOCKS = 2
+
+
+def _column_blocks(width: int, pixels: int) -> list[slice]:
+    """Column ranges corrected in parallel: one for small frames, else one per
+    core (at most ``MAX_BLOCKS``; ``OMP_NUM_THREADS``, which worker processes
+    set to 1, caps it like the native libraries' threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    n = min(MAX_BLOCKS, cores or 1, int(limit) if limit.isdigit() and int(limit) > 0 else 99)
+    n = n if pixels >= PARALLEL_PIXELS else 1
+    edges = np.linspace(0, width, n + 1).round().astype(int)
+    return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+
+
+def _correct_block(t: np.ndarray, scale: np.float32, gradient: GradientField, c: int,
+                   bad: np.ndarray, out: np.ndarray, cols: slice) -> None:
+    """``out[:, cols] = t*scale - gradient`` with the no-data rule of
+    :func:`apply_correction` (NumPy releases the GIL: blocks run in parallel)."""
+    tiny = np.finfo(np.float32).tiny
+    o = out[:, cols]
+    np.multiply(t[:, cols], scale, out=o, dtype=np.float32, casting="unsafe")
+    o -= gradient.grid.upsample_columns(gradient.values[c], cols)
+    o[o == 0] = tiny
+    o[bad[:, cols]] = 0.0
