@@ -1,0 +1,108 @@
+"""The faster paths of normalize and rank give what the plain paths give.
+
+- zero regions found by flood fills from the border = found by labelling;
+- the no-data rule applied once (zero regions as NaN) = applied by every stage;
+- the correction in column blocks (threads) = in one block;
+- the background map on block means agrees with the subsampled one within its noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_nsg.core import nodata
+from napari_nsg.core.nodata import no_data_mask, zero_regions
+from napari_nsg.core.nsg import correction
+from napari_nsg.core.nsg.correction import CoarseGrid, GradientField, apply_correction
+from napari_nsg.core.nsg.engine import no_data_as_nan
+from napari_nsg.core.reference import background_map
+
+
+def _labelled(zero: np.ndarray, min_area: int) -> np.ndarray:
+    """zero_regions by connected-component labelling only (the fast path off)."""
+    original = nodata._border_regions
+    nodata._border_regions = lambda *a: None
+    try:
+        return zero_regions(zero, min_area)
+    finally:
+        nodata._border_regions = original
+
+
+def test_border_fill_equals_labelling_on_random_planes():
+    rng = np.random.default_rng(3)
+    used = 0
+    for _ in range(400):
+        h, w = (int(v) for v in rng.integers(1, 30, 2))
+        zero = rng.random((h, w)) < rng.choice([0.05, 0.3, 0.6, 0.9])
+        min_area = int(rng.choice([2, 20, 1024]))
+        cand = zero & nodata._has_zero_neighbour(zero)
+        used += nodata._border_regions(cand, min_area) is not None
+        assert np.array_equal(zero_regions(zero, min_area), _labelled(zero, min_area))
+    assert used > 50  # the fast path was taken often, not just the fallback
+
+
+def test_border_band_and_inner_block():
+    data = np.ones((300, 400), np.float32)
+    data[:, :25] = 0  # registration border on two sides
+    data[-7:, :] = 0
+    data[0, 200:210] = 0  # 10 zeros on the top edge: fewer than MIN_BORDER_REGION: values
+    data[150, 150] = 0  # a lone zero: a value
+    mask = no_data_mask(data)
+    assert mask[:, :25].all() and mask[-7:].all()
+    assert not mask[0, 200:210].any() and not mask[150, 150]
+    data[100:140, 100:140] = 0  # an inner block of 1600 px: no-data (the labelling path)
+    mask = no_data_mask(data)
+    assert mask[100:140, 100:140].all() and not mask[0, 200:210].any()
+
+
+def test_no_data_as_nan_marks_exactly_the_no_data_pixels():
+    rng = np.random.default_rng(0)
+    chans = rng.normal(100, 5, (3, 120, 160)).astype(np.float32)
+    chans[:, :, :12] = 0  # border
+    chans[1, 60, 60] = 0  # a clipped value in one channel
+    chans[2, 30:35, 40:45] = np.nan
+    before = chans.copy()
+    out, bad = no_data_as_nan(chans)
+    assert np.array_equal(bad, no_data_mask(chans))
+    assert np.array_equal(np.isnan(out), bad)
+    assert out[1, 60, 60] == 0  # a lone zero stays a value
+    assert np.array_equal(chans, before, equal_nan=True)  # the input is not modified
+    again, bad2 = no_data_as_nan(out)  # no zero region left: no copy, same mask
+    assert again is out and np.array_equal(bad2, bad)
+
+
+@pytest.mark.parametrize("step", [1, 7])
+def test_correction_in_column_blocks_equals_one_block(monkeypatch, step):
+    rng = np.random.default_rng(1)
+    shape = (90, 131)
+    grid = CoarseGrid(shape, step)
+    field = GradientField(grid, rng.normal(0, 3, (2, grid.ny, grid.nx)).astype(np.float32))
+    target = rng.normal(500, 20, (2, *shape)).astype(np.float32)
+    target[:, :, :9] = 0
+    extra = np.zeros(shape, bool)
+    extra[40:50, 60:70] = True
+    one = apply_correction(target, [1.1, 0.9], field, mask=extra)
+    monkeypatch.setattr(correction, "PARALLEL_PIXELS", 1)
+    monkeypatch.setattr(correction, "MAX_BLOCKS", 3)
+    monkeypatch.setattr(correction.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert len(correction._column_blocks(shape[1], target[0].size)) > 1
+    blocks = apply_correction(target, [1.1, 0.9], field, mask=extra)
+    np.testing.assert_allclose(blocks, one, rtol=1e-6, atol=1e-4)
+    assert np.array_equal(blocks == 0, one == 0)
+
+
+def test_background_map_on_block_means_agrees_with_subsampled():
+    rng = np.random.default_rng(2)
+    h, w = 512, 768
+    yy, xx = np.mgrid[0:h, 0:w]
+    sky = 1000 + 0.2 * xx - 0.1 * yy + 30 * np.exp(-((xx - 300) ** 2 + (yy - 200) ** 2) / 2e4)
+    data = (sky + rng.normal(0, 10, (h, w))).astype(np.float32)
+    data[:, :20] = np.nan  # no-data as NaN, as rank gives it
+    plain = background_map(data)
+    binned = background_map(data, binning=4)
+    assert np.array_equal(plain.centres_x, binned.centres_x)
+    assert np.array_equal(np.isfinite(plain.values), np.isfinite(binned.values))
+    ok = np.isfinite(plain.values)
+    # each cell: 48 x 48 px; the subsampled level's noise is ~10/sqrt(2304) = 0.2 ADU
+    assert np.max(np.abs(plain.values[ok] - binned.values[ok])) < 1.0
