@@ -106,3 +106,20 @@ def test_background_map_on_block_means_agrees_with_subsampled():
     ok = np.isfinite(plain.values)
     # each cell: 48 x 48 px; the subsampled level's noise is ~10/sqrt(2304) = 0.2 ADU
     assert np.max(np.abs(plain.values[ok] - binned.values[ok])) < 1.0
+
+
+def test_corner_levels_on_block_means_agree_with_pixels():
+    from napari_nsg.core.reference import corner_gradients
+
+    rng = np.random.default_rng(4)
+    h, w = 600, 800
+    yy, xx = np.mgrid[0:h, 0:w]
+    data = (800 + 0.05 * xx + 0.08 * yy + rng.normal(0, 8, (h, w))).astype(np.float32)
+    data[:, :70] = np.nan  # a border: the left boxes slide inward in both
+    plain = corner_gradients(data)
+    binned = corner_gradients(data, binning=2)
+    assert plain.positions == binned.positions
+    true_d1 = 0.05 * 620 + 0.08 * 420  # the nominal box centres are 620 px and 420 px apart
+    for got in (plain.diagonal_1[0], binned.diagonal_1[0]):
+        assert got == pytest.approx(true_d1, abs=0.6)
+    assert binned.diagonal_2[0] == pytest.approx(plain.diagonal_2[0], abs=0.2)

@@ -211,6 +211,7 @@ def _nanmean(values) -> float:
 
 
 STAR_BINNING = 2  # at most 2 x 2 for star statistics: FWHM stays measurable
+CORNER_BINNING = 2  # corner boxes (H/10 a side) keep at least 40k block means on 4000-px frames
 SKY_SAMPLE_STEP = 4  # every 4th pixel each way is plenty for a whole-frame sky level
 
 
@@ -247,8 +248,9 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
     chans, _ = no_data_as_nan(chans)  # the no-data rule applied once, not by every metric
     data = chans[0] if data.ndim == 2 else chans
     row = FrameRank(file="")
-    corners = corner_gradients(chans)
-    bmap = background_map(chans, binning=metric_binning(chans.shape[-2:]))
+    binning = metric_binning(chans.shape[-2:])
+    corners = corner_gradients(chans, binning=min(binning, CORNER_BINNING))
+    bmap = background_map(chans, binning=binning)
     complexity = gradient_complexity(bmap, chans.shape[-2:])
     flat = bmap.values.reshape(len(chans), -1)
     with warnings.catch_warnings():  # a channel with no background cell gives NaN, quietly
