@@ -120,10 +120,10 @@ def test_auto_layers_and_flatten_wide_from_the_command_line(files, tmp_path, cap
                "--flatten-wide"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "layers: 4 (automatic: 4 layers (scales above 16 px kept)" in text
+    assert "layers: 6 (automatic: 6 layers (scales above 64 px kept)" in text
     assert "wide flattened (plane)" in text
     h = read_frame(out).header
-    assert h["MSGRFLAT"] == "plane" and h["MSGRLAY"] == 4
+    assert h["MSGRFLAT"] == "plane" and h["MSGRLAY"] == 6
     assert any("MSGR.layers_reason = automatic" in str(x) for x in h["HISTORY"])
 
 
@@ -180,6 +180,6 @@ def test_m67_through_the_command_line(real_data, tmp_path, capsys):
     rc = main(["msgr", str(narrow), str(wide), "--out", str(tmp_path / "auto.fits"),
                "--quiet", "--mode", "additive"])
     assert rc == 0
-    assert "layers: 3 (automatic: 3 layers" in capsys.readouterr().out
+    assert "layers: 5 (automatic: 5 layers" in capsys.readouterr().out
     h = read_frame(tmp_path / "auto.fits").header
-    assert h["MSGRLAY"] == 3 and h["MSGRLAYA"] is True
+    assert h["MSGRLAY"] == 5 and h["MSGRLAYA"] is True

@@ -90,7 +90,9 @@ def test_products_for_the_widget(demo_files):
     assert len(dec.layers) == session.n_layers
     np.testing.assert_array_equal(dec.residual, session.large[0])
     factor = session.correction_map()
-    np.testing.assert_allclose(session.corrected, pair.narrow * factor, rtol=1e-5)
+    # the model's factor, then the last step's spline (docs/msgr.md, step 7)
+    np.testing.assert_allclose(session.corrected, pair.narrow * factor - session.spline.surface,
+                               rtol=1e-5, atol=1e-3)
     assert session.raw_model.shape == pair.narrow.shape
 
 
@@ -127,15 +129,15 @@ def test_bad_inputs_are_clear_errors():
 
 def test_auto_layers_from_size_and_ratio():
     n, why = auto_layers((600, 800), 3.0)
-    assert n == 4 and "short side (600 px)" in why
-    assert auto_layers((600, 800), 1.5)[0] == 4
+    assert n == 6 and "short side (600 px)" in why
+    assert auto_layers((600, 800), 1.5)[0] == 6
     # M67: 323 px short side; 8 layers (the old default) do not fit
-    assert auto_layers((323, 512), 2.0)[0] == 3
+    assert auto_layers((323, 512), 2.0)[0] == 5
     # a coarse wide image: its blurred stars must stay in the removed layers
     n, why = auto_layers((600, 800), 6.0)
-    assert n == 6 and "+2 for the wide image's 6.00x coarser pixels" in why
-    assert auto_layers((323, 512), 6.0)[0] == 5
-    assert auto_layers((4000, 6000), 3.0)[0] == 7
+    assert n == 8 and "+2 for the wide image's 6.00x coarser pixels" in why
+    assert auto_layers((323, 512), 6.0)[0] == 7
+    assert auto_layers((4000, 6000), 3.0)[0] == 8
     assert auto_layers((600, 800), 12.0)[0] == 8  # never more than 8
     assert auto_layers((40, 60), 3.0)[0] == 2
     n, why = auto_layers((40, 60), 24.0)  # 6 would need a 128 px model: the size limits it
@@ -181,7 +183,7 @@ def test_m67_runs_with_the_automatic_layers(real_data):
     session = MsgrSession.from_files(folder / "M67_V.fits", folder / "M6707HH.fits",
                                      mode="additive")
     session.run_all()
-    assert session.n_layers == 3 and "automatic" in session.layers_reason
+    assert session.n_layers == 5 and "automatic" in session.layers_reason
     assert session.registration.scale_ratio == pytest.approx(1 / 0.5028, rel=0.01)
     out = session.corrected
     assert out.shape == (512, 323) and np.isfinite(out).all()

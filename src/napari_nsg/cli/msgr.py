@@ -25,6 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="how the model is removed (default multiplicative, as the guide)")
     p.add_argument("--remove-stars", action="store_true",
                    help="mask and fill stars in both images before the transform")
+    p.add_argument("--spline", type=_spline, default=-2.0, metavar="S|off",
+                   help="last step: remove a smooth spline (smoothness S, NSG's scale; default "
+                   "-2) of what the model left, measured in star-free boxes; off skips it")
     p.add_argument("--flatten-wide", nargs="?", const="plane", default=None,
                    choices=("plane", "quadratic"),
                    help="first remove the wide image's own gradient: a plane (default) or a "
@@ -46,6 +49,19 @@ def _layers(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number, got {text!r}") \
             from None
+
+
+def _spline(text: str):
+    """``off`` or a smoothness (log10, -4..4)."""
+    if text == "off":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'off' or a number, got {text!r}") from None
+    if not -4.0 <= value <= 4.0:
+        raise argparse.ArgumentTypeError(f"the spline smoothness must be within -4..4, got {value}")
+    return value
 
 
 def _format_summary(run) -> list[str]:
@@ -73,6 +89,10 @@ def _format_summary(run) -> list[str]:
         else:
             lines.append(f"gradient model ({res.n_layers}+1 layers, additive){label}: "
                          f"{lo:+.6g} .. {hi:+.6g}")
+    if res.spline is not None:
+        sp = res.spline
+        lines.append(f"spline (smoothness {sp.smoothness:g}): {sp.n_boxes[0]} boxes of {sp.box} px, "
+                     f"surface {float(sp.surface.max() - sp.surface.min()):.4g} ADU peak-to-peak")
     for kind, path in run.outputs.items():
         lines.append(f"wrote {kind}: {path}")
     return lines
@@ -93,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     with TqdmProgress("msgr", disable=True if args.quiet else None) as bar:
         result = run_msgr(
             narrow, wide, args.out, layers=args.layers, mode=args.mode,
-            remove_stars=args.remove_stars, flatten_wide=args.flatten_wide,
+            remove_stars=args.remove_stars, flatten_wide=args.flatten_wide, spline=args.spline,
             save_model=args.save_model,
             save_registered=args.save_registered, overwrite=args.overwrite, progress=bar,
         )

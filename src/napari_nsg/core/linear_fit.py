@@ -162,9 +162,27 @@ def _poly_terms(u: np.ndarray, v: np.ndarray, degree: int) -> list[np.ndarray]:
     return terms
 
 
+def _weighted_lstsq(design: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+    """Least squares by the normal equations (a few columns, many rows: ~10x faster than SVD).
+
+    The columns are scaled to unit norm first so the small system stays well
+    conditioned; a singular system falls back to ``numpy.linalg.lstsq``.
+    """
+    dw = design if w is None else design * w[:, None]
+    norm = np.sqrt(np.einsum("ij,ij->j", dw, design))
+    norm[norm == 0] = 1.0
+    gram = (dw.T @ design) / np.outer(norm, norm)
+    rhs = (dw.T @ y) / norm
+    try:
+        return np.linalg.solve(gram, rhs) / norm
+    except np.linalg.LinAlgError:
+        sw = np.ones_like(y) if w is None else np.sqrt(w)
+        return np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)[0]
+
+
 def _tukey_irls(design: np.ndarray, y: np.ndarray, iterations: int = 30, c: float = 4.685):
     """Tukey-biweight IRLS; returns (coefficients, weights, residuals)."""
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    coef = _weighted_lstsq(design, y)
     w = np.ones_like(y)
     for _ in range(iterations):
         r = y - design @ coef
@@ -175,8 +193,7 @@ def _tukey_irls(design: np.ndarray, y: np.ndarray, iterations: int = 30, c: floa
         w = np.where(np.abs(t) < 1, (1 - t * t) ** 2, 0.0)
         if w.sum() < design.shape[1] * 3:
             break
-        sw = np.sqrt(w)
-        new, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
+        new = _weighted_lstsq(design, y, w)
         done = np.allclose(new, coef, rtol=1e-8, atol=1e-12 * (np.abs(coef).max() + 1e-30))
         coef = new
         if done:
@@ -274,11 +291,11 @@ def linear_fit(
     # structure (nebula, galaxy), near 0 when the large scales are only gradient
     # and noise; then the slope is undetermined.
     sw = np.sqrt(weights)
-    poly = np.column_stack(terms) * sw[:, None]
+    poly = np.column_stack(terms)
     rest = []
     for v in (design[:, 0], y):
-        pc, *_ = np.linalg.lstsq(poly, v * sw, rcond=None)
-        rest.append(v * sw - poly @ pc)
+        pc = _weighted_lstsq(poly, v, weights)
+        rest.append((v - poly @ pc) * sw)
     denom = np.sqrt(np.sum(rest[0] ** 2) * np.sum(rest[1] ** 2))
     identifiable = float(np.sum(rest[0] * rest[1]) / denom) if denom > 0 else 0.0
     a = float(np.median(y - b * x))

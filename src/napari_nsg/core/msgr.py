@@ -26,21 +26,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .flatten import FlatSurface, flatten_image
 from .linear_fit import DEFAULT_FIT_METHOD, LinearFitError, LinearFitResult, linear_fit
 from .mmt import min_size_for_layers, mmt_residual
+from .msgr_spline import SPLINE_SMOOTHNESS, SplineRefinement, spline_refine
 from .registration import (
     DEFAULT_SCALE_RANGE,
     Registration,
     apply_registration,
     register_wide_to_narrow,
 )
-from .star_removal import detect_star_mask, remove_stars
+from .star_removal import detect_star_mask, remove_stars, saturation_level
 from .stars import intensity, no_data_mask
+from .stars.photometry import aperture_photometry
 
 __all__ = [
     "MODES",
@@ -63,9 +65,12 @@ __all__ = [
     "large_scales",
     "match_channels",
     "msgr",
+    "photometric_slopes",
     "remove_stars_both",
     "resolve_layers",
+    "slopes_from_stars",
     "smooth_model",
+    "spline_step",
     "suggest_layers",
 ]
 
@@ -78,6 +83,15 @@ MIN_IDENTIFIABLE = 0.5
 MAX_HALF_DISAGREEMENT = 0.5
 #: Degrees of the robust fit's surface tried in turn while the fit is refused.
 FIT_DEGREES = (2, 3, 4)
+#: A slope more than this factor off the stars' flux ratio counts as collapsed.
+#: (A fit pulled by a gradient is off by 5-10x: 0.0087 for a true 0.111 in issue 12;
+#: the stars' ratio is good to ~10 %.)
+MAX_SLOPE_FACTOR = 2.0
+#: Fewest matched stars for the photometric slope.
+MIN_PHOTOMETRY_STARS = 5
+#: Aperture radius of the photometric slope (narrow px): BASE + PER_RATIO x scale ratio.
+PHOT_RADIUS_BASE = 4.0
+PHOT_RADIUS_PER_RATIO = 3.0
 
 Progress = Callable[[int, int, str], None]
 
@@ -129,7 +143,7 @@ def suggest_layers(shape: tuple[int, ...]) -> int:
 
 
 #: Automatic N: the last window (2^N px) about this fraction of the short side ...
-AUTO_WINDOW_FRACTION = 1 / 40
+AUTO_WINDOW_FRACTION = 1 / 10
 #: ... plus 2 x log2(ratio / AUTO_RATIO) layers (rounded, never fewer) for coarse wide images.
 AUTO_RATIO = 3.0
 AUTO_MAX_LAYERS = 8
@@ -139,15 +153,16 @@ AUTO_MIN_LAYERS = 2
 def auto_layers(shape: tuple[int, ...], scale_ratio: float | None = None) -> tuple[int, str]:
     """The layer count MSGR uses by default, from the narrow size and the scale ratio.
 
-    ``N = round(log2(short side / 40)) + max(0, round(2 log2(ratio / 3)))``, between
+    ``N = round(log2(short side / 10)) + max(0, round(2 log2(ratio / 3)))``, between
     2 and 8 and at most what the size allows (the model needs ``2^(N+1)`` px).
-    The first term keeps the gradient's curvature (glows of a fifth of the
-    field) out of the removed layers; the second keeps the wide image's blur
-    (its stars are ``ratio`` times larger on the narrow grid) out of the kept
-    ones: 2 more layers at ratio 6. Fitted on the simulated pairs of
-    ``benchmarks/bench_msgr_layers.py`` (the table is in docs/msgr.md): on
-    800x600 and 512x323 narrow frames, ratios 1.5 and 3 leave the least
-    gradient with 3-4 layers, ratio 6 with 6 (800x600) and 5 (512x323).
+    The first term keeps the star light of both images (bright stars' halos,
+    the wide image's stars ``ratio`` times larger on the narrow grid) in the
+    removed layers; the second adds 2 layers at ratio 6 for the wide image's
+    blur. The gradient's curvature at scales below ``2^N`` px (glows of
+    150-350 px) is then left to the spline step (:func:`spline_step`). Chosen on
+    the simulated pairs of ``benchmarks/bench_msgr_accuracy.py`` (field-filling
+    nebulae, docs/msgr.md): with the spline, 2 layers more than the earlier
+    rule (``short / 40``) took the worst gradient left from 0.16 to 0.04.
 
     Returns
     -------
@@ -285,12 +300,43 @@ def _half_slopes(narrow_large: np.ndarray, wide_large: np.ndarray, method: str,
     return out
 
 
+def photometric_slopes(narrow: np.ndarray, wide_registered: np.ndarray,
+                       narrow_xy: np.ndarray | None, scale_ratio: float) -> list:
+    """The slope the stars imply, per channel: median flux ratio narrow / registered wide.
+
+    Both images are measured at the matched stars' narrow positions with one
+    aperture large enough for the wide image's stars (``ratio`` times larger on
+    the narrow grid) and a background ring. Stars and extended signal scale
+    alike, so this is the slope the large-scale fit should find. None for a
+    channel with fewer than :data:`MIN_PHOTOMETRY_STARS` usable stars.
+    """
+    n_planes = _planes(narrow)
+    if narrow_xy is None or len(narrow_xy) < MIN_PHOTOMETRY_STARS:
+        return [None] * len(n_planes)
+    xy = np.asarray(narrow_xy, float)
+    radius = PHOT_RADIUS_BASE + PHOT_RADIUS_PER_RATIO * float(scale_ratio)
+    width = max(PHOT_RADIUS_BASE, radius / 2)
+    pn = aperture_photometry(n_planes, xy[:, 0], xy[:, 1], radius, width=width,
+                             saturation=[saturation_level(p) or np.inf for p in n_planes])
+    pw = aperture_photometry(_planes(wide_registered), xy[:, 0], xy[:, 1], radius, width=width)
+    out = []
+    for c in range(len(n_planes)):
+        cw = c if pw.n_channels > 1 else 0
+        ok = pn.valid[c] & pw.valid[cw] & (pn.flux[c] > 0) & (pw.flux[cw] > 0)
+        out.append(float(np.median(pn.flux[c][ok] / pw.flux[cw][ok]))
+                   if ok.sum() >= MIN_PHOTOMETRY_STARS else None)
+    return out
+
+
 def check_fits(narrow_large: np.ndarray, wide_large: np.ndarray,
-               fits: list[LinearFitResult], poly_degree: int = 2) -> list[str]:
+               fits: list[LinearFitResult], poly_degree: int = 2,
+               expected_slopes: list | None = None) -> list[str]:
     """Refuse a collapsed or poorly determined fit; return warnings for weak ones.
 
-    A fit is refused (:class:`MsgrError`) when its slope is not positive, or
-    when the two images share large-scale structure (partial correlation at
+    A fit is refused (:class:`MsgrError`) when its slope is not positive, when
+    it is more than :data:`MAX_SLOPE_FACTOR` times off the slope the stars
+    imply (``expected_slopes``, :func:`photometric_slopes`; skipped where None),
+    or when the two images share large-scale structure (partial correlation at
     least :data:`MIN_IDENTIFIABLE`, so the slope matters) and the slopes fitted
     on the two halves of the image differ by more than
     :data:`MAX_HALF_DISAGREEMENT` of the slope. Without shared structure the
@@ -304,6 +350,13 @@ def check_fits(narrow_large: np.ndarray, wide_large: np.ndarray,
                 f"channel {c}: the fit of the wide image to the narrow one collapsed (narrow = "
                 f"{fit.a:.6g} + {fit.b:.4g} x wide): the wide image's large scales do not follow "
                 "the narrow image's; try more layers, star removal, or check the pair")
+        expected = None if expected_slopes is None else expected_slopes[c]
+        if expected is not None and not (
+                1 / MAX_SLOPE_FACTOR <= fit.b / expected <= MAX_SLOPE_FACTOR):
+            raise MsgrError(
+                f"channel {c}: the fit of the wide image to the narrow one collapsed (slope "
+                f"{fit.b:.4g} where the stars' flux ratio gives {expected:.4g}): try more "
+                "layers or star removal")
         if fit.slope_identifiable is None:
             continue
         if fit.slope_identifiable < MIN_IDENTIFIABLE:
@@ -524,6 +577,8 @@ class MsgrResult:
         The surface removed from the wide image (``flatten_wide``).
     flatten : str or None
         The flatten surface asked ("plane", "quadratic") or None.
+    spline : SplineRefinement or None
+        The last step's spline (``spline_smoothness``), or None.
     """
 
     corrected: np.ndarray
@@ -541,6 +596,7 @@ class MsgrResult:
     layers_reason: str = "given"
     flat_surface: FlatSurface | None = None
     flatten: str | None = None
+    spline: SplineRefinement | None = None
 
     def summary(self) -> dict:
         """The parameters and numbers, JSON-ready."""
@@ -596,6 +652,7 @@ def resolve_layers(n_layers: int | str, shape: tuple[int, ...],
 def fit_large_scales(
     narrow: np.ndarray, wide: np.ndarray, n_layers: int, *, fit_method: str = DEFAULT_FIT_METHOD,
     border: str = "linear", ranges: tuple[list, list] | None = None,
+    expected_slopes: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[LinearFitResult], list[str]]:
     """Steps 3-4 for one layer count: large scales of both, the fit, its check.
 
@@ -605,19 +662,24 @@ def fit_large_scales(
     n_large = large_scales(narrow, n_layers, border=border)
     w_large = large_scales(wide, n_layers, border=border)
     return (n_large, w_large,
-            *checked_fit(n_large, w_large, fit_method=fit_method, ranges=ranges))
+            *checked_fit(n_large, w_large, fit_method=fit_method, ranges=ranges,
+                         expected_slopes=expected_slopes))
 
 
 def checked_fit(narrow_large: np.ndarray, wide_large: np.ndarray, *,
                 fit_method: str = DEFAULT_FIT_METHOD,
-                ranges: tuple[list, list] | None = None) -> tuple[list[LinearFitResult], list[str]]:
+                ranges: tuple[list, list] | None = None,
+                expected_slopes: list | None = None) -> tuple[list[LinearFitResult], list[str]]:
     """Step 4: the fit, checked (:func:`check_fits`); a richer surface when it is refused.
 
     The robust fit's polynomial (degree 2) can leave part of a strong narrow
     gradient (a glow) that then pulls the slope (to 0.013 for a true 0.11 on a
     simulated pair with a faint nebula); the fit is retried with degrees
-    :data:`FIT_DEGREES` and the first accepted is used. Returns ``(fits,
-    warnings)``; raises the first refusal if every degree is refused.
+    :data:`FIT_DEGREES` and the first accepted is used. If every degree is
+    refused and the stars give the slope of every channel (``expected_slopes``,
+    :func:`photometric_slopes`), that slope is used, with a warning
+    (:func:`slopes_from_stars`); else the first refusal is raised. Returns
+    ``(fits, warnings)``.
     """
     rn, rw = ranges if ranges is not None else (None, None)
     degrees = FIT_DEGREES if fit_method == "robust" else FIT_DEGREES[:1]
@@ -626,7 +688,7 @@ def checked_fit(narrow_large: np.ndarray, wide_large: np.ndarray, *,
         fits = fit_wide_to_narrow(narrow_large, wide_large, method=fit_method, range_narrow=rn,
                                   range_wide=rw, poly_degree=degree)
         try:
-            warnings = check_fits(narrow_large, wide_large, fits, degree)
+            warnings = check_fits(narrow_large, wide_large, fits, degree, expected_slopes)
         except MsgrError as exc:
             first = first or exc
             continue
@@ -634,11 +696,28 @@ def checked_fit(narrow_large: np.ndarray, wide_large: np.ndarray, *,
             warnings = [(f"the fit with a degree-{degrees[0]} surface was refused ({first}); "
                         f"used degree {degree}"), *warnings]
         return fits, warnings
+    if expected_slopes is not None and all(e is not None for e in expected_slopes):
+        fits = slopes_from_stars(narrow_large, wide_large, fits, expected_slopes)
+        return fits, [f"every fit was refused ({first}); used the stars' flux ratio as the slope ("
+                      + ", ".join(f"{f.b:.4g}" for f in fits) + ")"]
     raise first
 
 
+def slopes_from_stars(narrow_large: np.ndarray, wide_large: np.ndarray,
+                      fits: list[LinearFitResult], slopes: list[float]) -> list[LinearFitResult]:
+    """The fits with the stars' slopes and intercepts ``median(N_L - b W_L)`` (the fallback)."""
+    n, w = _planes(narrow_large), _planes(wide_large)
+    out = []
+    for c, (fit, b) in enumerate(zip(fits, slopes)):
+        wc = w[c if len(w) > 1 else 0]
+        ok = _valid(n[c]) & _valid(wc)
+        a = float(np.median(_sample(n[c] - np.float32(b) * wc)[_sample(ok)]))
+        out.append(replace(fit, a=a, b=float(b)))
+    return out
+
+
 def fit_with_fallback(narrow, wide, n_layers: int, auto: bool, *, fit_method=DEFAULT_FIT_METHOD,
-                      border="linear", ranges=None):
+                      border="linear", ranges=None, expected_slopes=None):
     """:func:`fit_large_scales`, and with an automatic N, more layers while the fit is refused.
 
     Returns ``(n_layers, narrow_large, wide_large, fits, warnings)``.
@@ -648,7 +727,7 @@ def fit_with_fallback(narrow, wide, n_layers: int, auto: bool, *, fit_method=DEF
     for n in range(n_layers, (most if auto else n_layers) + 1):
         try:
             out = fit_large_scales(narrow, wide, n, fit_method=fit_method, border=border,
-                                   ranges=ranges)
+                                   ranges=ranges, expected_slopes=expected_slopes)
         except MsgrError as exc:
             first = first or exc
             continue
@@ -656,6 +735,20 @@ def fit_with_fallback(narrow, wide, n_layers: int, auto: bool, *, fit_method=DEF
             f"the fit with {n_layers} layers was refused ({first}); used {n} layers"]
         return (n, *out[:3], warn + out[3])
     raise first
+
+
+def spline_step(corrected: np.ndarray, narrow: np.ndarray, wide_registered: np.ndarray,
+                narrow_large: np.ndarray, wide_large: np.ndarray, fits: list[LinearFitResult],
+                smoothness: float = SPLINE_SMOOTHNESS) -> SplineRefinement:
+    """Step 7 (optional): remove a spline of ``corrected - (a + b wide)`` fitted in star-free boxes.
+
+    Stars are the small-scale excess of the narrow image over its large scales
+    or of the registered wide one over its own (:func:`residual_star_mask`).
+    """
+    w = _planes(wide_registered)
+    fitted = np.stack([fits[c].apply(w[c if len(w) > 1 else 0]) for c in range(len(fits))])
+    return spline_refine(corrected, _layout(fitted, corrected), smoothness=smoothness,
+                         star_sources=((narrow, narrow_large), (wide_registered, wide_large)))
 
 
 def data_ranges(narrow: np.ndarray, wide: np.ndarray) -> tuple[list, list]:
@@ -679,6 +772,7 @@ def msgr(
     interpolation: str = "cubic",
     min_coverage: float = 0.5,
     border: str = "linear",
+    spline_smoothness: float | None = SPLINE_SMOOTHNESS,
     progress: Progress | None = None,
 ) -> MsgrResult:
     """Multiscale Gradient Removal of ``narrow`` with ``wide`` (all steps).
@@ -716,6 +810,10 @@ def msgr(
     border : {"linear", "mirror"}
         Border handling of the three MMTs: ``"linear"`` (default) keeps
         gradients right up to the edges; ``"mirror"`` is PixInsight's.
+    spline_smoothness : float or None
+        A last step removes a smooth thin-plate spline (this smoothness, NSG's
+        scale; default -2) of the corrected image minus the fitted wide one,
+        measured in star-free boxes (:func:`spline_step`); None skips it.
     progress : callable, optional
         ``progress(done, total, message)``, called between steps and inside the
         registration (a callback may raise to cancel).
@@ -777,9 +875,11 @@ def msgr(
     t0 = time.perf_counter()
     step(3, "large scales and fit")
     n_first, reason = resolve_layers(n_layers, np.shape(narrow), registration.scale_ratio)
+    expected = photometric_slopes(narrow, w_reg, registration.narrow_xy,
+                                  registration.scale_ratio)
     n_used, n_large, w_large, fits, fit_warnings = fit_with_fallback(
         n0, w0, n_first, n_layers == "auto", fit_method=fit_method, border=border,
-        ranges=data_ranges(narrow, w_reg))
+        ranges=data_ranges(narrow, w_reg), expected_slopes=expected)
     warnings.extend(fit_warnings)
     timings["mmt_fit"] = time.perf_counter() - t0
 
@@ -792,6 +892,14 @@ def msgr(
     step(7, "removing the gradient")
     corrected = apply_gradient_model(narrow, model)
     timings["apply"] = time.perf_counter() - t0
+    refinement = None
+    if spline_smoothness is not None:
+        t0 = time.perf_counter()
+        step(7, "spline of what the model left")
+        refinement = spline_step(corrected, narrow, w_reg, n_large, w_large, fits,
+                                 spline_smoothness)
+        corrected = refinement.corrected
+        timings["spline"] = time.perf_counter() - t0
     step(8, "done")
     if n_used != n_first:
         reason = f"{reason}; raised to {n_used} (fit refused with {n_first})"
@@ -799,4 +907,4 @@ def msgr(
                       narrow_large=n_large, wide_large=w_large, n_layers=n_used, mode=mode,
                       fit_method=fit_method, stars_removed=remove_stars_first, timings=timings,
                       warnings=warnings, layers_reason=reason, flat_surface=flat,
-                      flatten=flatten_wide or None)
+                      flatten=flatten_wide or None, spline=refinement)

@@ -23,6 +23,7 @@ from .. import __version__
 from ..core.linear_fit import DEFAULT_FIT_METHOD, LinearFitError
 from ..core.mmt import MMTSizeError
 from ..core.msgr import MODES, MsgrError, MsgrResult, check_msgr_size, msgr
+from ..core.msgr_spline import SPLINE_SMOOTHNESS
 from ..core.registration import DEFAULT_SCALE_RANGE, RegistrationError
 from ..io import Frame, FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import refuse_inputs
@@ -98,6 +99,10 @@ def _scale_hint(narrow: Frame, wide: Frame) -> float | None:
     return None
 
 
+def _spline_text(result: MsgrResult) -> str:
+    return "off" if result.spline is None else f"{result.spline.smoothness:g}"
+
+
 def msgr_keywords(result: MsgrResult, wide_name: str) -> tuple[dict, list[str]]:
     """FITS keywords and HISTORY lines describing an MSGR run."""
     reg = result.registration
@@ -109,6 +114,7 @@ def msgr_keywords(result: MsgrResult, wide_name: str) -> tuple[dict, list[str]]:
         "MSGRMODE": (result.mode, "MSGR model removal"),
         "MSGRFIT": (result.fit_method, "MSGR LinearFit method"),
         "MSGRSTAR": (bool(result.stars_removed), "MSGR stars removed before the MMT"),
+        "MSGRSPL": (_spline_text(result), "MSGR last-step spline smoothness (or off)"),
         "MSGRSCL": (round(reg.scale_ratio, 5), "MSGR scale ratio, narrow px per wide px"),
         "MSGRROT": (round(reg.rotation_deg, 4), "[deg] MSGR rotation narrow->wide"),
         "MSGRFLIP": (bool(reg.flip), "MSGR wide image mirrored"),
@@ -129,6 +135,10 @@ def msgr_keywords(result: MsgrResult, wide_name: str) -> tuple[dict, list[str]]:
         f"MSGR.mode = {result.mode}",
         f"MSGR.fit = {result.fit_method}",
         f"MSGR.remove_stars = {result.stars_removed}",
+        f"MSGR.spline = {_spline_text(result)}"
+        + ("" if result.spline is None else
+           f" ({result.spline.n_boxes[0]} boxes of {result.spline.box} px, rms "
+           f"{result.spline.rms[0]:.4g})"),
         (f"MSGR.registration: ratio {reg.scale_ratio:.5f} rotation {reg.rotation_deg:.4f} deg "
          f"flip {reg.flip} residual {reg.residual_px:.4f} px ({reg.n_pairs} stars)"),
         f"MSGR.registration_method = {reg.method_text()}",
@@ -157,6 +167,7 @@ def run_msgr(
     remove_stars: bool = False,
     flatten_wide: str | None = None,
     fit_method: str = DEFAULT_FIT_METHOD,
+    spline: float | None = SPLINE_SMOOTHNESS,
     save_model: str | os.PathLike | None = None,
     save_registered: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -182,6 +193,8 @@ def run_msgr(
     flatten_wide : {None, "plane", "quadratic"}
         Remove the wide image's own gradient (that surface) first.
     fit_method : {"robust", "pixinsight"}
+    spline : float or None
+        Smoothness of the last step's spline (None: no spline step).
     save_model, save_registered : path-like, optional
         Also write the gradient model / the wide image on the narrow grid
         (no-data written as 0).
@@ -241,7 +254,7 @@ def run_msgr(
     try:
         result = msgr(nf.data, wf.data, n_layers=layers, mode=mode, fit_method=fit_method,
                       remove_stars_first=remove_stars, flatten_wide=flatten_wide,
-                      scale_hint=hint, scale_range=scale_range, progress=step)
+                      spline_smoothness=spline, scale_hint=hint, scale_range=scale_range, progress=step)
     except RegistrationError as exc:
         if exc.which == "narrow":
             raise FrameError(narrow_path, str(exc)) from None

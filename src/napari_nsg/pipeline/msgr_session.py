@@ -75,6 +75,7 @@ class MsgrParams:
     border: str = "linear"
     fit_method: str = DEFAULT_FIT_METHOD
     mode: str = "multiplicative"
+    spline_smoothness: float | None = core.SPLINE_SMOOTHNESS
 
 
 #: The step each parameter belongs to (changing it invalidates that step and all later ones).
@@ -82,7 +83,7 @@ PARAM_STEP = {
     "scale_range": "register", "scale_hint": "register", "interpolation": "register",
     "min_coverage": "register", "flatten_wide": "flatten", "flatten_mode": "flatten",
     "remove_stars": "stars", "n_layers": "large", "border": "large", "fit_method": "fit",
-    "mode": "model",
+    "mode": "model", "spline_smoothness": "apply",
 }
 
 
@@ -245,7 +246,8 @@ class MsgrSession:
         try:
             fits_, warnings = core.checked_fit(large["narrow"], large["wide"],
                                                fit_method=self.params.fit_method,
-                                               ranges=self._ranges())
+                                               ranges=self._ranges(),
+                                               expected_slopes=self._expected_slopes())
         except core.MsgrError as exc:
             if self.params.n_layers != "auto":
                 raise
@@ -259,7 +261,8 @@ class MsgrSession:
         try:
             m, n_large, w_large, fits_, warnings = core.fit_with_fallback(
                 n0, w0, n + 1, True, fit_method=self.params.fit_method,
-                border=self.params.border, ranges=self._ranges())
+                border=self.params.border, ranges=self._ranges(),
+                expected_slopes=self._expected_slopes())
         except core.MsgrError:
             raise first from None
         self.products["large"] = {
@@ -278,8 +281,22 @@ class MsgrSession:
         return core.smooth_model(self.products["model"], self.products["large"]["n_layers"],
                                  self.params.mode, border=self.params.border, like=self.narrow)
 
+    def _expected_slopes(self) -> list:
+        """The stars' flux ratio per channel (:func:`~napari_nsg.core.msgr.photometric_slopes`)."""
+        reg = self.products["register"]
+        return core.photometric_slopes(self.narrow, self.products["flatten"][0], reg.narrow_xy,
+                                       reg.scale_ratio)
+
     def _do_apply(self, progress):
-        return core.apply_gradient_model(self.narrow, self.products["smooth"])
+        corrected = core.apply_gradient_model(self.narrow, self.products["smooth"])
+        self.spline = None
+        if self.params.spline_smoothness is None:
+            return corrected
+        large = self.products["large"]
+        self.spline = core.spline_step(corrected, self.narrow, self.products["flatten"][0],
+                                       large["narrow"], large["wide"],
+                                       self.products["fit"]["fits"], self.params.spline_smoothness)
+        return self.spline.corrected
 
     # -- products ------------------------------------------------------------------------------
     def _get(self, step: str):
@@ -439,7 +456,8 @@ class MsgrSession:
             narrow_large=large["narrow"], wide_large=large["wide"], n_layers=large["n_layers"],
             mode=p.mode, fit_method=p.fit_method, stars_removed=p.remove_stars,
             warnings=[*reg.warnings, *fit["warnings"]], layers_reason=large["reason"],
-            flat_surface=flat, flatten=p.flatten_wide or None)
+            flat_surface=flat, flatten=p.flatten_wide or None,
+            spline=getattr(self, "spline", None))
 
     def header(self, kind: str = "corrected") -> fits.Header:
         """A FITS header for saving a product: the narrow's (the wide's for ``registered``)

@@ -23,7 +23,7 @@ saturation level), with the signals noise-free stars + extended signal.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -37,7 +37,8 @@ from .noise import add_noise, noise_sigma
 from .psf import PSF, render_stars
 from .stars import StarCatalog, StarList, observed_stars, random_catalog
 
-__all__ = ["SAMPLE_PAIR", "PairTransform", "SimulatedPair", "sample_pair", "simulate_pair"]
+__all__ = ["SAMPLE_PAIR", "PairTransform", "SimulatedPair", "field_pair", "field_pair_settings",
+           "sample_pair", "simulate_pair"]
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,7 @@ def simulate_pair(
     nebula_scales: tuple[float, float] = (0.03, 0.5),
     narrow_sky: float = 500.0,
     narrow_gradient: float | None = None,
+    narrow_glow_px: float | None = None,
     wide_sky: float | None = None,
     wide_gradient: float | None = None,
     wide_throughput: float = 1.0,
@@ -380,6 +382,9 @@ def simulate_pair(
     narrow_gradient : float, optional
         Peak-to-peak narrow gradient (tilt + curvature + glow), ADU; default
         ``0.5 * nebula_amplitude``.
+    narrow_glow_px : float, optional
+        Width (Gaussian sigma, narrow px) of the narrow gradient's light-pollution
+        glow; default random, 0.4-0.9 of half the long side.
     wide_sky : float, optional
         Wide sky level; default ``narrow_sky * wide_throughput * scale_ratio^2``.
     wide_gradient : float, optional
@@ -477,6 +482,10 @@ def simulate_pair(
     )
     grad_rng = stream(seed, "pair", "gradients")
     n_model = random_gradient(grad_rng, narrow_shape, n_amp, channels=channels)
+    if narrow_glow_px is not None:
+        half = max(narrow_shape[0] - 1, narrow_shape[1] - 1, 1) / 2.0
+        u0, v0, _, strength = n_model.glow
+        n_model = replace(n_model, glow=(u0, v0, float(narrow_glow_px) / half, strength))
     w_model = random_gradient(grad_rng, wide_shape, w_amp, mix=(1.0, 0.0, 0.0), channels=channels)
 
     detector = (gain, read_noise, saturation)
@@ -556,3 +565,71 @@ def sample_pair(seed: int = 1, **changes) -> SimulatedPair:
     ``changes`` override any of :func:`simulate_pair`'s arguments.
     """
     return simulate_pair(**{**SAMPLE_PAIR, "seed": seed, **changes})
+
+
+#: Ranges of :func:`field_pair_settings` (issue 12: an independent pair, ratio 3 rotated
+#: 17 deg, 900x1200, a tilt + glow gradient of ~140 ADU on 500 ADU sky, faint nebulosity
+#: filling the narrow field, the wide with its own ~1 % gradient, left 0.18 of the gradient).
+FIELD_PAIR_SHAPES = ((900, 1200), (600, 800))
+FIELD_PAIR_RATIOS = (1.5, 6.0)
+FIELD_PAIR_GLOW_PX = (150.0, 350.0)
+FIELD_PAIR_NARROW_GRADIENT = (100.0, 200.0)
+FIELD_PAIR_WIDE_GRADIENT = (0.005, 0.02)  # of the wide sky
+FIELD_PAIR_NEBULA_PEAK = (15.0, 150.0)  # ADU per narrow px
+#: Largest nebula blob, in units of the narrow's short side (> 1: larger than the field).
+FIELD_PAIR_NEBULA_LARGEST = (0.8, 2.5)
+FIELD_PAIR_GAIN = (10.0, 30.0)  # e-/ADU: stacked-like noise
+FIELD_PAIR_SKY = 500.0
+#: Wide frame side beyond the narrow footprint's diagonal (wide px).
+FIELD_PAIR_WIDE_MARGIN = 32
+
+
+def _log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    return float(np.exp(rng.uniform(np.log(bounds[0]), np.log(bounds[1]))))
+
+
+def field_pair_settings(seed: int, **fixed) -> dict:
+    """Random :func:`simulate_pair` arguments for a pair with field-filling nebulosity.
+
+    Drawn from ``seed`` (independently of the pair's own random streams): the
+    narrow shape from :data:`FIELD_PAIR_SHAPES`; a scale ratio log-uniform in
+    :data:`FIELD_PAIR_RATIOS`; any rotation and a flip half of the time; faint
+    nebulosity (main object and blobs of peak :data:`FIELD_PAIR_NEBULA_PEAK`
+    ADU, blob sizes from 5 % of the short side up to
+    :data:`FIELD_PAIR_NEBULA_LARGEST` times it); a narrow gradient of
+    :data:`FIELD_PAIR_NARROW_GRADIENT` ADU peak-to-peak (tilt, curvature and a
+    glow of sigma :data:`FIELD_PAIR_GLOW_PX`) on a 500 ADU sky; the wide
+    image's own plane of :data:`FIELD_PAIR_WIDE_GRADIENT` of its sky. ``fixed``
+    overrides any argument (e.g. ``scale_ratio=3.0``).
+    """
+    rng = stream(seed, "pair", "field-settings")
+    shape = FIELD_PAIR_SHAPES[int(rng.integers(len(FIELD_PAIR_SHAPES)))]
+    ratio = _log_uniform(rng, FIELD_PAIR_RATIOS)
+    settings = {
+        "narrow_shape": shape,
+        "scale_ratio": round(ratio, 3),
+        "rotation_deg": float(rng.uniform(-180.0, 180.0)),
+        "flip": bool(rng.integers(2)),
+        "shift": (float(rng.uniform(-5, 5)), float(rng.uniform(-5, 5))),
+        "seed": int(seed),
+        "gain": float(rng.uniform(*FIELD_PAIR_GAIN)),
+        "nebula_amplitude": _log_uniform(rng, FIELD_PAIR_NEBULA_PEAK),
+        "nebula_scales": (0.05, float(rng.uniform(*FIELD_PAIR_NEBULA_LARGEST))),
+        "narrow_sky": FIELD_PAIR_SKY,
+        "narrow_gradient": float(rng.uniform(*FIELD_PAIR_NARROW_GRADIENT)),
+        "narrow_glow_px": float(rng.uniform(*FIELD_PAIR_GLOW_PX)),
+    }
+    wide_fraction = float(rng.uniform(*FIELD_PAIR_WIDE_GRADIENT))
+    settings.update(fixed)
+    ratio = float(settings["scale_ratio"])
+    if "wide_shape" not in fixed:  # the footprint must fit at any rotation
+        ny, nx = settings["narrow_shape"]
+        side = int(np.ceil(np.hypot(ny, nx) / ratio)) + FIELD_PAIR_WIDE_MARGIN
+        settings["wide_shape"] = (max(ny, side), max(nx, side))
+    settings.setdefault("wide_gradient", wide_fraction * settings["narrow_sky"] * ratio**2)
+    return settings
+
+
+def field_pair(seed: int, **fixed) -> SimulatedPair:
+    """A pair with field-filling faint nebulosity (:func:`field_pair_settings`)."""
+    return simulate_pair(**field_pair_settings(seed, **fixed))

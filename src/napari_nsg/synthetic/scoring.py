@@ -68,3 +68,48 @@ def nebula_kept(pair, image: np.ndarray, c: int = 0) -> float:
     design = np.column_stack([large[ok], (nebula - large)[ok], np.ones(ok.sum())])
     coef, *_ = np.linalg.lstsq(design, img[ok], rcond=None)
     return float(coef[0] / coef[1])
+
+
+#: Spacing (narrow px) of the grid on which :func:`true_registration` samples the true map.
+TRUE_MAP_STEP = 16
+#: Matched stars :func:`true_registration` lists (the brightest unsaturated ones in both).
+TRUE_STARS = 100
+
+
+def _common_stars(pair) -> tuple[np.ndarray, np.ndarray]:
+    """True positions of the brightest unsaturated stars in both images (narrow, wide px)."""
+    n, w = pair.narrow_stars, pair.wide_stars
+    _, i_n, i_w = np.intersect1d(n.id, w.id, return_indices=True)
+    keep = ~n.saturated[i_n] & ~w.saturated[i_w]
+    i_n, i_w = i_n[keep], i_w[keep]
+    order = np.argsort(-n.flux[i_n].sum(axis=1))[:TRUE_STARS]
+    i_n, i_w = i_n[order], i_w[order]
+    return (np.column_stack([n.x[i_n], n.y[i_n]]), np.column_stack([w.x[i_w], w.y[i_w]]))
+
+
+def true_registration(pair):
+    """A :class:`~napari_nsg.core.registration.Registration` from the simulator's exact geometry.
+
+    The wide image resampled onto the narrow grid with a homography fitted to
+    the true map (exact without distortion), so that MSGR's later steps can be
+    measured apart from the registration (``msgr(..., registration=...)``).
+    ``narrow_xy`` / ``wide_xy`` hold the true positions of up to
+    :data:`TRUE_STARS` stars seen in both images, as a star registration would.
+    """
+    from ..core.registration import Registration, apply_registration
+    from ..core.registration.transforms import WideTransform, fit_homography
+
+    h, w = pair.narrow.shape[-2:]
+    yy, xx = np.mgrid[0:h:TRUE_MAP_STEP, 0:w:TRUE_MAP_STEP].astype(float)
+    wx, wy = pair.transform.narrow_to_wide(xx.ravel(), yy.ravel())
+    tf = WideTransform(fit_homography(np.column_stack([xx.ravel(), yy.ravel()]),
+                                      np.column_stack([wx, wy])))
+    registered, coverage = apply_registration(pair.wide, tf, (h, w))
+    narrow_xy, wide_xy = _common_stars(pair)
+    return Registration(
+        transform=tf, scale_ratio=pair.scale_ratio, rotation_deg=pair.rotation_deg,
+        flip=pair.flip, residual_px=0.0, residual_homography_px=0.0, n_pairs=len(narrow_xy),
+        narrow_xy=narrow_xy, wide_xy=wide_xy, n_stars_narrow=len(pair.narrow_stars),
+        n_stars_wide=len(pair.wide_stars), distortion=False,
+        scale_hint=None, scale_range=(1.5, 6.0), registered=registered, coverage=coverage,
+        coverage_fraction=float(coverage.mean()))
