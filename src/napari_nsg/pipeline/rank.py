@@ -210,7 +210,7 @@ def _nanmean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-STAR_BINNING = 2  # at most 2 x 2 for star statistics: FWHM stays measurable
+STAR_BINNING = 2  # large frames: stars detected in the central half (width and height)
 CORNER_BINNING = 2  # corner boxes (H/10 a side) keep at least 40k block means on 4000-px frames
 SKY_SAMPLE_STEP = 4  # every 4th pixel each way is plenty for a whole-frame sky level
 
