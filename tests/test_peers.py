@@ -92,3 +92,24 @@ def test_gradient_table_marks_failures():
     text = report.gradient_table({"compact": {"ours": ours, "peer": peer}}, "ours")
     assert "| ours | 0.05 / 1.00 | 2 | 1 |" in text
     assert "failed: RuntimeError: boom" in text
+
+
+def test_truth_cache_leaves_the_scores_unchanged():
+    from _peers.gradient import truth_evaluated_once
+
+    from napari_nsg.synthetic import scoring, simulate_pair
+
+    pair = simulate_pair((150, 200), seed=3, gain=25.0)
+    tilted = pair.narrow + np.linspace(0, 30, 200, dtype=np.float32)[None, :]
+    images = (pair.narrow, tilted, pair.narrow)
+    original = scoring.pair_truth
+    plain = [scoring.residual_fraction(pair, img) for img in images]
+    plain.append(scoring.nebula_kept(pair, tilted))
+    with truth_evaluated_once():
+        # the same image scored again after another: the cached star mask was not altered
+        cached = [scoring.residual_fraction(pair, img) for img in images]
+        cached.append(scoring.nebula_kept(pair, tilted))
+    assert scoring.pair_truth is original
+    assert cached == pytest.approx(plain, rel=1e-6)
+    # the tilt changes the score, so equal scores are not a constant
+    assert plain[1] != pytest.approx(plain[0], rel=0.05)
