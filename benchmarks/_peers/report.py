@@ -103,23 +103,26 @@ def plot_gradient(tables: dict[str, dict[str, Score]], key: str, ylabel: str, pa
     """One line per tool across nebula sizes (values outside ``ylim`` run off the plot)."""
     plt = _pyplot()
     sizes = list(tables)
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=100)
-    for tool in tables[sizes[0]]:
+    fig, ax = plt.subplots(figsize=(9.5, 4.2), dpi=100)
+    palette = plt.get_cmap("tab20").colors
+    for k, tool in enumerate(tables[sizes[0]]):
         if tool == "before" and key == "kept":
             continue
         ys = [tables[s][tool].median(key) for s in sizes]
         if np.all(np.isnan(ys)):
             continue
-        ours = tool.startswith("ours")
-        ax.plot(range(len(sizes)), ys, marker="o", lw=3 if ours else 1.2,
-                color="black" if ours else None, ls="--" if tool == "before" else "-",
-                label="no correction" if tool == "before" else tool)
+        style = {"marker": "o", "lw": 1.2, "color": palette[k % len(palette)], "label": tool}
+        if tool.startswith("ours"):
+            style.update(lw=3, color="black")
+        elif tool == "before":
+            style.update(ls="--", color="grey", label="no correction")
+        ax.plot(range(len(sizes)), ys, **style)
     ax.axhline(ideal, color="grey", lw=0.8)
     ax.set_ylim(*ylim)
     ax.set_xticks(range(len(sizes)), sizes)
     ax.set_xlabel("nebula size")
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
