@@ -18,13 +18,25 @@ the reference stars); then the second frame once more stage by stage (read,
 stars + match + model fit, resampling with clamped Lanczos and with cubic,
 write), to show where the time goes.
 
+Serial runs overlap the reading and star work of the next frame, the
+resampling of the current one and the writing of the previous one, so a
+frame's seconds are the time between two finished frames (the rate of the
+batch); the first frame also pays for filling the pipeline.
+
     python benchmarks/bench_register.py [--frames 4] [--size 6000x4000] [--workdir DIR]
+                                        [--src OTHER/src]
+
+``--workdir`` keeps the simulated frames (and their truth) for the next run;
+``--src`` registers them with another copy of the code (e.g. ``git archive REV
+| tar -x -C /tmp/old`` then ``--src /tmp/old/src``), to compare versions in
+alternated runs on the same frames.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -48,9 +60,13 @@ out = Path(sys.argv[2])
 events = []
 def progress(done, total, message):
     events.append((time.perf_counter(), done, message))
-t0 = time.perf_counter()
+import os, napari_nsg
+t0, c0 = time.perf_counter(), os.times()
 res = register_frames(paths, paths[0], out, overwrite=True, progress=progress)
 wall = time.perf_counter() - t0
+c1 = os.times()
+cpu = (c1.user - c0.user) + (c1.system - c0.system)
+code = str(Path(napari_nsg.__file__).parents[1])
 peak = peak_rss_mib()
 times, last = {}, t0
 for t, done, message in events:
@@ -87,49 +103,73 @@ shutil.rmtree(scratch)
 rows = [{"file": Path(r.file).name, "residual": r.residual_px, "error": r.error,
          "output": r.output} for r in res.rows]
 print(json.dumps({"wall": wall, "times": times, "io": io, "rows": rows, "peak_mib": peak,
-                  "stages": stages}))
+                  "stages": stages, "cpu": cpu, "code": code}))
 """
 
 
-def main(argv=None) -> int:
+def _frames(work: Path, n: int, w: int, h: int):
+    """The simulated frames in ``work/frames`` (made once), the reference stars inside the
+    frame, and their true positions in every frame (saved with the frames)."""
+    truth_file = work / "frames" / "truth.npz"
+    paths = [work / "frames" / f"dither_{k:03d}.fits" for k in range(n)]
+    if truth_file.exists() and all(p.exists() for p in paths):
+        saved = np.load(truth_file)
+        if saved["shape"].tolist() == [h, w] and len(saved["frames"]) == n:
+            return paths, saved["inside"], dict(zip(
+                [p.name for p in paths], saved["frames"], strict=True))
     from napari_nsg.synthetic.dithered import simulate_dithered
 
+    n_stars = int(STAR_DENSITY * w * h * 1.7**2)
+    sim = simulate_dithered(n, (h, w), seed=1, flip_frame=n - 1, n_stars=n_stars)
+    paths = sim.write(work / "frames")
+    inside = sim.star_xy[(sim.star_xy[:, 0] > 0) & (sim.star_xy[:, 0] < w - 1)
+                         & (sim.star_xy[:, 1] > 0) & (sim.star_xy[:, 1] < h - 1)]
+    frames = np.stack([sim.reference_to_frame(k, inside) for k in range(n)])
+    np.savez(truth_file, shape=np.array([h, w]), inside=inside, frames=frames)
+    return paths, inside, dict(zip([p.name for p in paths], frames, strict=True))
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=4)
     ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT")
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None,
+                    help="folder for the frames; frames simulated there before are reused")
+    ap.add_argument("--src", default=None, help="register with the package found in this folder")
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_register_"))
-    n_stars = int(STAR_DENSITY * w * h * 1.7**2)
-    sim = simulate_dithered(args.frames, (h, w), seed=1, flip_frame=args.frames - 1,
-                            n_stars=n_stars)
-    paths = sim.write(work / "frames")
-    truth = {p.name: k for k, p in enumerate(paths)}
-    inside = sim.star_xy[(sim.star_xy[:, 0] > 0) & (sim.star_xy[:, 0] < w - 1)
-                         & (sim.star_xy[:, 1] > 0) & (sim.star_xy[:, 1] < h - 1)]
-    del sim.frames[:]
+    paths, inside, truth_xy = _frames(work, args.frames, w, h)
+    env = dict(os.environ)
+    if args.src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.src, env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
                            str(work / "out"), str(BENCH_DIR)],
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env=env)
     r = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"register {args.frames} frames of {w}x{h} float32 (work folder {work}); "
-          f"peak memory {r['peak_mib']:.0f} MiB, total {r['wall']:.1f} s")
+    print(f"register {args.frames} frames of {w}x{h} float32 (work folder {work}, code "
+          f"{r['code']}); peak memory {r['peak_mib']:.0f} MiB, total {r['wall']:.1f} s, "
+          f"CPU {r['cpu']:.1f} s")
     print(f"{'frame':18s} {'seconds':>8s} {'read+write':>10s} {'ratio':>6s} {'resid.px':>9s} "
           f"{'truth RMS px':>12s}")
     from astropy.io import fits
 
     from napari_nsg.core.registration.transforms import apply_homography
 
+    ratios = []
     for row in r["rows"][1:]:
         name = row["file"]
         hdr = fits.getheader(row["output"])
         hom = np.array([[hdr[f"REGH{i}{j}"] for j in (1, 2, 3)] for i in (1, 2, 3)])
-        err = apply_homography(hom, inside) - sim.reference_to_frame(truth[name], inside)
+        err = apply_homography(hom, inside) - truth_xy[name]
         rms = float(np.sqrt(np.mean(np.sum(err**2, axis=1))))
         sec, io = r["times"].get(name, float("nan")), r["io"][name]
         print(f"{name:18s} {sec:8.2f} {io:10.2f} {sec / io:6.1f} {row['residual']:9.3f} "
               f"{rms:12.4f}")
+        ratios.append(sec / io)
+    if ratios:
+        print(f"median ratio to read+write {np.median(ratios):.1f} "
+              f"(frames after the reference: {len(ratios)})")
     if r["stages"]:
         print(f"stages of {r['rows'][1]['file']} run again (s): "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items()))
