@@ -151,6 +151,7 @@ class _Grid:
         vsmall = cv2.resize(valid[:h, :w].astype(np.float32), size,
                             interpolation=cv2.INTER_AREA) > 0.999
         self.shape = small.shape
+        self.narrow_shape = np.shape(narrow)
         wide_px = self.ratio / self.k  # working px per wide px
         self.inner, self.outer = max(0.7, wide_px), BANDPASS_OUTER * wide_px
         self.valid = vsmall
@@ -196,7 +197,25 @@ def _ecc(grid: _Grid, wide, wide_valid, matrix: np.ndarray) -> tuple[np.ndarray,
     w3 = np.vstack([warp.astype(float), [0, 0, 1]])
     # grid u -> warped-grid W(u) -> narrow -> wide
     new = matrix @ grid.to_narrow @ w3 @ np.linalg.inv(grid.to_narrow)
-    return new, float(cc)
+    return nearest_similarity(new, grid.narrow_shape), float(cc)
+
+
+def nearest_similarity(matrix: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The similarity closest to an affine ``matrix`` (same parity), mapping the narrow
+    centre where ``matrix`` does. ECC's affine freedom over a small, star-poor footprint
+    shears along the structure; a similarity does not."""
+    lin = matrix[:2, :2]
+    flip = np.linalg.det(lin) < 0
+    m = lin @ np.diag([-1.0, 1.0]) if flip else lin
+    a, b = (m[0, 0] + m[1, 1]) / 2, (m[1, 0] - m[0, 1]) / 2
+    sim = np.array([[a, -b], [b, a]])
+    if flip:
+        sim = sim @ np.diag([-1.0, 1.0])
+    c = np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0])
+    out = np.eye(3)
+    out[:2, :2] = sim
+    out[:2, 2] = lin @ c + matrix[:2, 2] - sim @ c
+    return out
 
 
 def _field_distance(m1: np.ndarray, m2: np.ndarray, shape: tuple[int, int]) -> float:

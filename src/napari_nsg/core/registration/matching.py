@@ -364,17 +364,21 @@ def _convincing(result: MatchResult, min_pairs: int) -> bool:
 
 
 def _dedupe(cands: list[tuple[Similarity, int]], centre: np.ndarray, reach: float,
-            min_apart: float) -> list[tuple[Similarity, int]]:
-    """Drop candidates that map the narrow centre and a point ``reach`` away within
-    ``min_apart`` wide px of a better one's (best first)."""
+            min_apart: float, limit: int) -> list[tuple[Similarity, int]]:
+    """At most ``limit`` candidates, most pairs first, none mapping the narrow centre and the
+    points ``reach`` away from it within ``min_apart`` wide px of a better one's."""
     probe = np.array([centre, centre + (reach, 0.0), centre + (0.0, reach)])
-    kept, where = [], []
+    kept: list[tuple[Similarity, int]] = []
+    where = np.zeros((0, 3, 2))
     for sim, n in sorted(cands, key=lambda c: -c[1]):
         p = sim(probe)
-        if any(np.max(np.hypot(*(p - q).T)) < min_apart for q in where):
+        if len(where) and np.min(np.max(np.hypot(*(where - p).transpose(2, 0, 1)), axis=1)) \
+                < min_apart:
             continue
         kept.append((sim, n))
-        where.append(p)
+        where = np.concatenate([where, p[None]])
+        if len(kept) >= limit:
+            break
     return kept
 
 
@@ -464,4 +468,4 @@ def candidate_similarities(
                 ni, wj, _ = verifier(sim)
                 if len(ni) >= min_pairs:
                     cands.append((sim, len(ni)))
-    return _dedupe(cands, centre, 0.5 * diag_n, 2 * verify_tol)[:max_candidates]
+    return _dedupe(cands, centre, 0.5 * diag_n, 2 * verify_tol, max_candidates)
