@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from napari_nsg.cli import main
 from napari_nsg.core.registration import RegistrationError, register_wide_to_narrow
 from napari_nsg.core.stars import intensity
-from napari_nsg.io import read_frame
+from napari_nsg.io import read_frame, write_frame
 from napari_nsg.synthetic import simulate_pair
 
 
@@ -171,3 +172,41 @@ def test_real_nebula_crop_that_cannot_be_told_apart_is_refused(real_data):
     narrow, wide, _ = _crop_case(lum, 0.3)
     with pytest.raises(RegistrationError, match="image structure failed too"):
         register_wide_to_narrow(narrow, wide, scale_hint=3.0)
+
+
+def _header_of(pair_header, wcs_header=None) -> fits.Header:
+    h = pair_header.copy()
+    if wcs_header is not None:
+        h.update(wcs_header)
+    return h
+
+
+@pytest.mark.slow
+def test_napari_nsg_msgr_uses_the_headers_wcs_and_says_so(star_poor_pair, tmp_path, capsys):
+    pair = star_poor_pair
+    nh, wh = _wcs_headers(pair)
+    narrow, wide, out = tmp_path / "narrow.fits", tmp_path / "wide.fits", tmp_path / "out.fits"
+    write_frame(narrow, pair.narrow, _header_of(pair.narrow_header, nh))
+    write_frame(wide, pair.wide, _header_of(pair.wide_header, wh))
+    assert main(["msgr", str(narrow), str(wide), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "registered by WCS of both headers" in text
+    header = read_frame(out).header
+    assert header["MSGRREGM"] == "wcs"
+    assert any("registration_method = WCS" in str(h) for h in header["HISTORY"])
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_napari_nsg_msgr_on_a_real_star_poor_crop_reports_the_intensity_fallback(
+        real_data, tmp_path, capsys):
+    path = min(glob.glob(str(real_data / "seestar_m94" / "*212046.fit")))
+    lum = intensity(read_frame(path, debayer="superpixel").data)
+    narrow_img, wide_img, _ = _crop_case(lum, 0.5)
+    narrow, wide, out = tmp_path / "narrow.fits", tmp_path / "wide.fits", tmp_path / "out.fits"
+    write_frame(narrow, narrow_img)
+    write_frame(wide, wide_img)
+    assert main(["msgr", str(narrow), str(wide), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "registered by image structure seeded by" in text
+    assert read_frame(out).header["MSGRREGM"] == "intensity"

@@ -769,6 +769,7 @@ def msgr(
     scale_hint: float | None = None,
     scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
     registration: Registration | None = None,
+    wcs: tuple | None = None,
     interpolation: str = "cubic",
     min_coverage: float = 0.5,
     border: str = "linear",
@@ -803,6 +804,8 @@ def msgr(
         Scale ratios accepted by the registration.
     registration : Registration, optional
         A registration already made (with ``registered`` set); skips step 1.
+    wcs : (narrow, wide) headers or WCS, optional
+        For the registration's WCS fallback when the stars do not match.
     interpolation : {"cubic", "lanczos", "linear"}
         Resampling of the wide image.
     min_coverage : float
@@ -852,6 +855,7 @@ def msgr(
         registration = register_wide_to_narrow(
             narrow, wide, scale_hint=scale_hint, scale_range=scale_range,
             interpolation=interpolation, min_coverage=min_coverage,
+            narrow_wcs=(wcs or (None, None))[0], wide_wcs=(wcs or (None, None))[1],
             progress=None if progress is None else lambda d, t, m: step(0, m))
     timings["register"] = time.perf_counter() - t0
     warnings.extend(registration.warnings)

@@ -254,7 +254,8 @@ def run_msgr(
     try:
         result = msgr(nf.data, wf.data, n_layers=layers, mode=mode, fit_method=fit_method,
                       remove_stars_first=remove_stars, flatten_wide=flatten_wide,
-                      spline_smoothness=spline, scale_hint=hint, scale_range=scale_range, progress=step)
+                      spline_smoothness=spline, scale_hint=hint, scale_range=scale_range,
+                      wcs=(nf.header, wf.header), progress=step)
     except RegistrationError as exc:
         if exc.which == "narrow":
             raise FrameError(narrow_path, str(exc)) from None

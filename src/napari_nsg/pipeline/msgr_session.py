@@ -207,7 +207,8 @@ class MsgrSession:
         p = self.params
         reg = register_wide_to_narrow(
             self.narrow, self.wide, scale_hint=p.scale_hint, scale_range=tuple(p.scale_range),
-            interpolation=p.interpolation, min_coverage=p.min_coverage, progress=progress)
+            interpolation=p.interpolation, min_coverage=p.min_coverage,
+            narrow_wcs=self.narrow_header, wide_wcs=self.wide_header, progress=progress)
         return reg
 
     def _do_flatten(self, progress):
