@@ -4,6 +4,8 @@
   background to the reference's;
 * the Siril log parsing reads linear_match's fit and the operations' times (a log of
   Siril 1.0.6 as captured on the development machine), and its affine keeps no-data;
+* where siril-cli is installed (skipped otherwise), the coefficients recovered from Siril are
+  exact on an exact linear relation;
 * GraXpert is reported missing, not run, when no environment is given;
 * the gradient table marks a failed tool as failed.
 """
@@ -113,3 +115,27 @@ def test_truth_cache_leaves_the_scores_unchanged():
     assert cached == pytest.approx(plain, rel=1e-6)
     # the tilt changes the score, so equal scores are not a constant
     assert plain[1] != pytest.approx(plain[0], rel=0.05)
+
+
+@pytest.mark.skipif(siril.find() is None, reason="siril-cli not installed (apt-get install siril)")
+def test_siril_coefficients_are_recovered_on_an_exact_linear_relation(tmp_path):
+    """reference = 1.25 * target - 375 exactly: linear_match and addscale find it (the
+    coefficients the benchmark recovers are Siril's); mulscale multiplies by the spread ratio
+    times the location ratio (0.81 here) and adds almost nothing."""
+    rng = np.random.default_rng(1)
+    _, xx = np.mgrid[0:160, 0:240]
+    # integers both ways (target in steps of 4 ADU): 16-bit files hold the relation exactly
+    steps = np.rint(150 + 0.05 * xx + rng.normal(0, 3, xx.shape))
+    target, reference = 4.0 * steps, 5.0 * steps - 375.0
+    exe = siril.find()
+    (lm,), _ = siril.linear_match(exe, (tmp_path / "lm").mkdir() or tmp_path / "lm",
+                                  reference, [target])
+    assert (lm.a, lm.b) == pytest.approx((1.25, -375.0), rel=2e-3)
+    (add,), _ = siril.stack_normalization(exe, (tmp_path / "a").mkdir() or tmp_path / "a",
+                                          reference, [target], "addscale")
+    assert (add.a, add.b) == pytest.approx((1.25, -375.0), rel=2e-3)
+    (mul,), _ = siril.stack_normalization(exe, (tmp_path / "m").mkdir() or tmp_path / "m",
+                                          reference, [target], "mulscale")
+    # measured a = 0.807, b = 2.7 ADU: the location ratio, not the relation
+    assert abs(mul.b) < 0.01 * np.median(reference)
+    assert mul.a == pytest.approx(1.25 * np.median(reference) / np.median(target), rel=0.02)
