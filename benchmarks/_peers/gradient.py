@@ -65,25 +65,30 @@ def _ours(narrow, wide):
     return msgr(narrow, wide).corrected
 
 
+def _attempt(func, *args):
+    """``(image, seconds)``, or the error text: a tool failing is a result of the benchmark."""
+    try:
+        seconds, image = timed(func, *args)
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    return image, seconds
+
+
+def _siril_runs(siril_exe, narrow) -> dict:
+    with tempfile.TemporaryDirectory(prefix="peers_siril_") as tmp:
+        done = _attempt(siril.seqsubsky, siril_exe, Path(tmp), narrow, SIRIL_DEGREES)
+    if isinstance(done, str):
+        return {siril_name(d): done for d in SIRIL_DEGREES}
+    return {siril_name(d): res for d, res in done[0].items()}
+
+
 def _local_tools(narrow, wide, siril_exe):
     """``{tool: (image, seconds) or error}`` for ours, Siril and photutils."""
-    out = {}
-    try:
-        seconds, image = timed(_ours, narrow, wide)
-        out[OURS] = (image, seconds)
-    except Exception as exc:  # noqa: BLE001 - a failure of ours is reported in the table
-        out[OURS] = f"{type(exc).__name__}: {exc}"
+    out = {OURS: _attempt(_ours, narrow, wide)}
     for box in photutils_peer.BOXES:
-        seconds, image = timed(photutils_peer.remove_gradient, narrow, box)
-        out[photutils_name(box)] = (image, seconds)
+        out[photutils_name(box)] = _attempt(photutils_peer.remove_gradient, narrow, box)
     if siril_exe:
-        with tempfile.TemporaryDirectory(prefix="peers_siril_") as tmp:
-            try:
-                for d, res in siril.seqsubsky(siril_exe, Path(tmp), narrow, SIRIL_DEGREES).items():
-                    out[siril_name(d)] = res
-            except siril.SirilError as exc:
-                for d in SIRIL_DEGREES:
-                    out[siril_name(d)] = str(exc)
+        out.update(_siril_runs(siril_exe, narrow))
     return out
 
 
