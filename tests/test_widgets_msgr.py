@@ -181,6 +181,6 @@ def test_m67_pair_from_files(make_napari_viewer, qtbot, real_data, errors):
     w.params["model"]["mode"].value = "additive"
     _run(qtbot, w, "apply")
     assert LAYER["corrected"] in viewer.layers
-    assert w.session.n_layers == 3 and w.session.computed["register"] == 1
+    assert w.session.n_layers == 5 and w.session.computed["register"] == 1  # auto N, 323 px
     assert w.session.registration.scale_ratio == pytest.approx(1 / 0.5028, rel=0.01)
     assert len(w.fit_plot.plotted["wide"]) > 1000

@@ -83,6 +83,9 @@ MIN_IDENTIFIABLE = 0.5
 MAX_HALF_DISAGREEMENT = 0.5
 #: Degrees of the robust fit's surface tried in turn while the fit is refused.
 FIT_DEGREES = (2, 3, 4)
+#: Pixels (a regular subsample) of the large scales the fit uses: they are smooth above 2^N
+#: px, and the fit's cost grows with the count (250 000: 2-6 s on a busy 2-core machine).
+FIT_SAMPLES = 60_000
 #: A slope more than this factor off the stars' flux ratio counts as collapsed.
 #: (A fit pulled by a gradient is off by 5-10x: 0.0087 for a true 0.111 in issue 12;
 #: the stars' ratio is good to ~10 %.)
@@ -279,7 +282,7 @@ def fit_wide_to_narrow(
             wc, n[c], method=method, reject_low=reject_low, reject_high=reject_high,
             range_target=None if range_wide is None else range_wide[c if len(w) > 1 else 0],
             range_reference=None if range_narrow is None else range_narrow[c],
-            poly_degree=poly_degree))
+            poly_degree=poly_degree, max_samples=FIT_SAMPLES))
     return fits
 
 
