@@ -133,6 +133,14 @@ def summarize(errors, bound):
             np.median(np.abs(z)) / MEDIAN_ABS_NORMAL, float(np.mean(z)))
 
 
+def _value(text: str):
+    """A --param value: a number when it reads as one, else the text."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=2, help="seeds per condition (default 2)")
@@ -143,7 +151,7 @@ def main(argv=None):
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
     args = ap.parse_args(argv)
-    params = NsgParameters(**{k: float(v) for k, v in (a.split("=", 1) for a in args.param)})
+    params = NsgParameters(**{k: _value(v) for k, v in (a.split("=", 1) for a in args.param)})
     names = [c.strip() for c in args.conditions.split(",") if c.strip()] or list(CONDITIONS)
     t0 = time.perf_counter()
     header = ("| condition | frames | bound (median) | median error | p90 error | "

@@ -13,7 +13,8 @@ import typing
 
 from magicgui.widgets import ComboBox, Container, FloatSlider, FloatSpinBox, SpinBox
 
-from ..core.nsg.params import DESCRIPTIONS, NO_REFERENCE_MODES, RANGES, NsgParameters
+from ..core.nsg.params import (DESCRIPTIONS, NO_REFERENCE_MODES, PHOTOMETRY_MODES, RANGES,
+                               NsgParameters)
 
 UNBOUNDED = 1e6  # top of a spin box whose range has no upper limit
 FLOAT_STEP = {"smoothness": 0.1, "linear_range": 0.01, "min_weight": 0.01,
@@ -21,7 +22,8 @@ FLOAT_STEP = {"smoothness": 0.1, "linear_range": 0.01, "min_weight": 0.01,
               "sample_star_growth": 0.01}
 DEFAULT_FLOAT_STEP = 0.1
 FLOAT_DECIMALS = 3
-CHOICES = {"no_reference": NO_REFERENCE_MODES, "target_detection": ("guided", "full")}
+CHOICES = {"no_reference": NO_REFERENCE_MODES, "target_detection": ("guided", "full"),
+           "photometry": PHOTOMETRY_MODES}
 AUTO_TEXT = "auto"
 EXTRA_TIPS = {
     "max_star_pairs": "most star pairs measured, brightest first (auto = max(250, stars/20))",

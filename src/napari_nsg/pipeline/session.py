@@ -62,7 +62,7 @@ STAGE_OF: dict[str, str] = {
     "star_search_radius": "scale", "max_offset": "scale", "star_flux_tolerance": "scale",
     "aperture_growth": "scale", "aperture_gap": "scale", "aperture_bg_delta": "scale",
     "aperture_fwhm": "scale", "outlier_removal": "scale", "target_detection": "scale",
-    "min_star_pairs": "scale",
+    "min_star_pairs": "scale", "photometry": "scale", "small_aperture_fwhm": "scale",
     "smoothness": "spline", "max_samples": "spline",
     "min_weight": "rejection", "min_transmission": "rejection",
 }

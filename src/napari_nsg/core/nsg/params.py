@@ -30,6 +30,8 @@ class NsgParameterError(ValueError):
 
 
 # name: (low, high) inclusive; None = unbounded on that side
+PHOTOMETRY_MODES = ("aperture", "corrected")
+
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "smoothness": (-4.0, 4.0),
     "sample_size": (2, 150),
@@ -43,6 +45,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "aperture_gap": (0, 50),
     "aperture_bg_delta": (1, 50),
     "aperture_fwhm": (0.5, 10.0),
+    "small_aperture_fwhm": (0.5, 10.0),
     "outlier_removal": (0.0, 20.0),
     "limit_sample_stars": (0.0, 100.0),
     "sample_star_growth": (0.0, 3.0),
@@ -69,6 +72,9 @@ DESCRIPTIONS = {
     "aperture_gap": "px between aperture and background ring (None = auto)",
     "aperture_bg_delta": "width of the background ring in px (None = auto)",
     "aperture_fwhm": "smallest aperture radius in units of the frames' FWHM",
+    "photometry": "'aperture': large apertures; 'corrected': small apertures plus a per-frame "
+                  "aperture correction from a fitted Moffat profile",
+    "small_aperture_fwhm": "aperture radius (FWHM of the broader frame) with photometry='corrected'",
     "outlier_removal": "percent of star pairs removed as outliers",
     "limit_sample_stars": "percent of the reference stars (brightest) that reject samples (None = auto)",
     "sample_star_growth": "rejection-circle growth per unit star flux (None = auto)",
@@ -150,6 +156,14 @@ class NsgParameters:
     max_star_pairs : int or None
         Most star pairs measured, brightest first; None = NSG's
         ``max(250, n_stars / 20)``.
+    photometry : {"aperture", "corrected"}
+        "aperture": every pair in apertures of ``aperture_fwhm`` (the default);
+        "corrected": apertures of ``small_aperture_fwhm`` FWHM, each frame's
+        fluxes divided by the fraction of the light they return, from a Moffat
+        profile fitted to its brightest isolated stars
+        (:mod:`napari_nsg.core.stars.aperture_correction`; not NSG's).
+    small_aperture_fwhm : float
+        Aperture radius for ``photometry="corrected"``, in FWHM of the broader frame.
     """
 
     smoothness: float = -2.0
@@ -177,6 +191,8 @@ class NsgParameters:
     target_detection: str = "guided"
     min_star_pairs: int = 3
     max_star_pairs: int | None = None
+    photometry: str = "aperture"
+    small_aperture_fwhm: float = 1.5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -192,7 +208,7 @@ class NsgParameters:
         """
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("no_reference", "target_detection"):
+            if f.name in ("no_reference", "target_detection", "photometry"):
                 continue
             if value is None:
                 continue
@@ -211,6 +227,10 @@ class NsgParameters:
         if self.target_detection not in ("guided", "full"):
             raise NsgParameterError(
                 f"target_detection must be 'guided' or 'full', got {self.target_detection!r}"
+            )
+        if self.photometry not in PHOTOMETRY_MODES:
+            raise NsgParameterError(
+                f"photometry must be 'aperture' or 'corrected', got {self.photometry!r}"
             )
         return self
 
