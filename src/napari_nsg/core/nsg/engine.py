@@ -30,6 +30,7 @@ from ..stars.matching import (
     measure_stars_at,
 )
 from ..stars.photometry import Photometry, pair_photometry
+from ..stars.aperture_correction import corrected_pair_photometry
 from .correction import (
     CoarseGrid,
     GradientField,
@@ -462,12 +463,21 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
     seeing = max(model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else 0.0)
     flux_n = np.maximum(ref_s.flux, tgt_s.flux * match.ratio if np.isfinite(match.ratio)
                         else tgt_s.flux) / model.flux_unit
-    base = np.maximum(p.aperture_fwhm * seeing, model.candidate_radius[ri])
-    radius = base + p.aperture_add + p.aperture_growth * flux_n
-    width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
-    ref_ph, tgt_ph = pair_photometry(model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
-                                     radius, gap=p.aperture_gap, width=width,
-                                     saturation=model.saturation)
+    if p.photometry == "corrected":  # small apertures + per-frame correction
+        radius = np.full(len(ri), p.small_aperture_fwhm * seeing)
+        width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
+        ref_ph, tgt_ph, _ = corrected_pair_photometry(
+            model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y, radius,
+            (model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else model.fwhm),
+            (model.stars.x, model.stars.y, model.stars.flux), offset=offset,
+            gap=p.aperture_gap, width=width, saturation=model.saturation)
+    else:
+        base = np.maximum(p.aperture_fwhm * seeing, model.candidate_radius[ri])
+        radius = base + p.aperture_add + p.aperture_growth * flux_n
+        width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
+        ref_ph, tgt_ph = pair_photometry(model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
+                                         radius, gap=p.aperture_gap, width=width,
+                                         saturation=model.saturation)
     crowd = _crowding(model.stars, ref_s,
                       [radius, radius + p.aperture_gap, radius + p.aperture_gap + width],
                       2.0 * seeing)
