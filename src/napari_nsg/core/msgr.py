@@ -748,9 +748,7 @@ def spline_step(corrected: np.ndarray, narrow: np.ndarray, wide_registered: np.n
     Stars are the small-scale excess of the narrow image over its large scales
     or of the registered wide one over its own (:func:`residual_star_mask`).
     """
-    w = _planes(wide_registered)
-    fitted = np.stack([fits[c].apply(w[c if len(w) > 1 else 0]) for c in range(len(fits))])
-    return spline_refine(corrected, _layout(fitted, corrected), smoothness=smoothness,
+    return spline_refine(corrected, wide_registered, fits=fits, smoothness=smoothness,
                          star_sources=((narrow, narrow_large), (wide_registered, wide_large)))
 
 

@@ -153,27 +153,30 @@ def box_grid(shape: tuple[int, ...]) -> BoxGrid:
     return BoxGrid(box, ny, nx, len(inner), stride, rows, cols)
 
 
-def _evaluate(surface, shape: tuple[int, int], step: int) -> np.ndarray:
-    """The surface on a grid every ``step`` px (edges included), interpolated to full size."""
+def _evaluate(surface, shape: tuple[int, int], step: int, level: float) -> np.ndarray:
+    """The surface minus ``level`` on a grid every ``step`` px (edges included), interpolated
+    to full size."""
     h, w = shape
     xs = np.linspace(0, w - 1, int(np.ceil((w - 1) / step)) + 1)
     ys = np.linspace(0, h - 1, int(np.ceil((h - 1) / step)) + 1)
     gx, gy = np.meshgrid(xs, ys)
-    coarse = surface(gx.ravel(), gy.ravel())[:, 0].reshape(gy.shape).astype(np.float32)
+    coarse = surface(gx.ravel(), gy.ravel())[:, 0].reshape(gy.shape) - level
+    coarse = coarse.astype(np.float32)
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 def _fit_spline(residual: np.ndarray, bad: np.ndarray, grid: BoxGrid, smoothness: float):
     x, y, z = grid.medians(residual, bad)
     if len(z) < MIN_BOXES:
-        return None, len(z), float("nan")
+        return None, len(z), float("nan"), 0.0
     surface = fit_surface(x, y, z, smoothness=smoothness)
     r = z - surface(x, y)[:, 0]
     keep = np.abs(r - np.median(r)) <= CLIP_SIGMA * max(_robust_sigma(r), 1e-12)
     if MIN_BOXES <= keep.sum() < len(z):
         surface = fit_surface(x[keep], y[keep], z[keep], smoothness=smoothness)
         r = z[keep] - surface(x[keep], y[keep])[:, 0]
-    return surface, int(keep.sum()), float(np.sqrt(np.mean(r * r)))
+    level = float(np.median(surface(x, y)[:, 0]))
+    return surface, int(keep.sum()), float(np.sqrt(np.mean(r * r))), level
 
 
 def spline_refine(
@@ -181,6 +184,7 @@ def spline_refine(
     fitted_wide: np.ndarray,
     star_mask: np.ndarray | None = None,
     *,
+    fits: list | None = None,
     star_sources: tuple = (),
     smoothness: float = SPLINE_SMOOTHNESS,
 ) -> SplineRefinement:
@@ -195,7 +199,11 @@ def spline_refine(
         The narrow image after MSGR.
     fitted_wide : ndarray, (y, x) or (c, y, x)
         The registered wide image on the narrow's scale (``a + b * wide``), per
-        channel (a mono one serves every channel).
+        channel (a mono one serves every channel); with ``fits``, the wide
+        image itself and ``fits[c].apply`` brings it onto the scale (on the
+        boxes' pixels only).
+    fits : list of LinearFitResult, optional
+        Per channel fits of the wide image to the narrow one.
     star_mask : ndarray of bool, (y, x), optional
         Pixels to leave out of the box medians.
     star_sources : sequence of (image, large scales)
@@ -213,6 +221,9 @@ def spline_refine(
     grid = box_grid((h, w))
     w_sub = grid.take(fitted_wide)
     w_sub = w_sub[None] if w_sub.ndim == 2 else w_sub
+    if fits is not None:
+        w_sub = np.stack([fits[c].apply(w_sub[c if len(w_sub) > 1 else 0])
+                          for c in range(len(fits))])
     stars = (np.zeros((len(grid.rows), len(grid.cols)), bool) if star_mask is None
              else grid.take(star_mask).astype(bool))
     grow = int(np.ceil(STAR_GROW / grid.stride))
@@ -224,18 +235,18 @@ def spline_refine(
         wide = w_sub[c if len(w_sub) > 1 else 0]
         residual = p_sub - wide
         bad = stars | no_data_mask(p_sub) | ~np.isfinite(residual) | no_data_mask(wide)
-        surface, n, err = _fit_spline(residual, bad, grid, smoothness)
+        surface, n, err, level = _fit_spline(residual, bad, grid, smoothness)
         counts.append(n)
         rms.append(err)
         if surface is None:
             out.append(plane.copy())
             surf.append(np.zeros_like(plane))
             continue
-        s = _evaluate(surface, (h, w), max(1, grid.box // EVAL_PER_BOX))
-        s -= np.float32(np.median(grid.take(s)[~bad]) if (~bad).any() else np.median(s))
-        res = plane - s
-        nodata = no_data_mask(plane)
-        res[nodata] = plane[nodata]
+        s = _evaluate(surface, (h, w), max(1, grid.box // EVAL_PER_BOX), level)
+        res = plane - s  # NaN / inf stay as they are
+        if (plane == 0).any():  # zero regions are no data and stay 0
+            nodata = no_data_mask(plane)
+            res[nodata] = plane[nodata]
         out.append(res)
         surf.append(s)
     layout = (lambda p: p[0]) if corrected.ndim == 2 else np.stack
