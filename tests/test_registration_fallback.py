@@ -210,3 +210,23 @@ def test_napari_nsg_msgr_on_a_real_star_poor_crop_reports_the_intensity_fallback
     text = capsys.readouterr().out
     assert "registered by image structure seeded by" in text
     assert read_frame(out).header["MSGRREGM"] == "intensity"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(10))
+def test_star_poor_pairs_are_registered_within_bounds_or_refused_never_silently_wrong(seed):
+    """Ratio 5-6, 800x600, rotations all round: measured over these 10 pairs: 8 by the image
+    structure (RMS 0.8-3.2 px, max <= 5.9 px, reported 1.1-5.4 px), 1 by stars, 1 refused."""
+    ratio = (6.0, 5.0)[seed % 2]
+    pair = simulate_pair((600, 800), scale_ratio=ratio, rotation_deg=(37 * seed) % 360 - 180,
+                         seed=seed + 10)
+    try:
+        reg = register_wide_to_narrow(pair.narrow, pair.wide, scale_hint=ratio)
+    except RegistrationError as exc:
+        assert "failed too" in str(exc)
+        return
+    rms, worst = map_error_px(reg.transform, _pair_map(pair), pair.narrow.shape)
+    assert rms < 4.0
+    assert worst < 8.0
+    # the residual reported is of the size of the true error, not a flattering number
+    assert reg.residual_px > 0.5 * rms
