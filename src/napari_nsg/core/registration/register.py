@@ -101,7 +101,7 @@ class Registration:
     quality : dict
         The fallback's own measures (empty for ``"stars"``): for ``"wcs"``
         ``grid_rms_px``, ``star_pairs``, ``star_rms_px``; for ``"intensity"``
-        ``correlation``, ``margin``, ``disagreement_px``, ``seeds``,
+        ``correlation``, ``margin`` (None with one candidate), ``disagreement_px``, ``seeds``,
         ``seed_pairs``, ``star_pairs``, ``star_rms_px`` (narrow px).
     """
 
@@ -380,7 +380,7 @@ def _fallback_model(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, rng, allow_fl
             raise RegistrationError(f"{exc}; the WCS fallback failed: {err}",
                                     which=exc.which) from None
         quality = {"grid_rms_px": m.grid_rms_px, "star_pairs": len(m.narrow_xy),
-                   "star_rms_px": m.star_rms_px}
+                   "star_rms_px": m.star_rms_px if len(m.narrow_xy) else None}
         return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
     if len(ns) < FALLBACK_MIN_STARS or len(ws) < FALLBACK_MIN_STARS:
         raise RegistrationError(f"{exc}; no WCS in both headers, and too few stars to seed a "
@@ -391,7 +391,8 @@ def _fallback_model(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, rng, allow_fl
     except IntensityError as err:
         raise RegistrationError(f"{exc}; the registration by the image structure failed too: "
                                 f"{err}", which=exc.which) from None
-    quality = {"correlation": m.correlation, "margin": m.margin,
+    quality = {"correlation": m.correlation,
+               "margin": m.margin if np.isfinite(m.margin) else None,  # None: one candidate
                "disagreement_px": m.disagreement_px, "seeds": m.seeds,
                "seed_pairs": m.seed_pairs, "star_pairs": len(m.narrow_xy),
                "star_rms_px": m.star_rms_px}
