@@ -161,19 +161,20 @@ def compare_versions(paths, work: Path, old_source: Path, repeat: int, gradient_
     runs = {"old": [], "new": []}
     print(f"\n{len(paths)} frames, old = {old_source}, new = this checkout; runs alternated")
     print(f"{'run':<8}{'version':<9}{'s/target':>10}{'I/O floor s':>13}{'ratio':>8}"
-          f"{'wall s':>9}{'peak MiB':>10}")
+          f"{'wall s':>9}{'CPU s':>8}{'peak MiB':>10}")
     for r in range(repeat):
         for name, source in (("old", old_source), ("new", None)):
             res = run_child(paths, work / f"cmp_{name}", gradient_images, source=source)
             t, ratio = _target_stats(res)
             runs[name].append((t, ratio, res))
             print(f"{r + 1:<8}{name:<9}{t:>10.3f}{_median(res['io'][1:]):>13.3f}{ratio:>8.2f}"
-                  f"{res['wall']:>9.1f}{res['peak_rss']:>10.0f}", flush=True)
-    med = {k: (_median([v[0] for v in runs[k]]), _median([v[1] for v in runs[k]]))
-           for k in runs}
+                  f"{res['wall']:>9.1f}{res['cpu_s']:>8.1f}{res['peak_rss']:>10.0f}", flush=True)
+    med = {k: (_median([v[0] for v in runs[k]]), _median([v[1] for v in runs[k]]),
+               _median([v[2]["cpu_s"] for v in runs[k]])) for k in runs}
     print(f"medians: old {med['old'][0]:.3f} s per target (ratio to the floor "
           f"{med['old'][1]:.2f}); new {med['new'][0]:.3f} s (ratio {med['new'][1]:.2f}); "
-          f"new/old time {med['new'][0] / med['old'][0]:.2f}")
+          f"new/old time {med['new'][0] / med['old'][0]:.2f}; CPU s of the runs (I/O floor "
+          f"passes included) old {med['old'][2]:.1f}, new {med['new'][2]:.1f}")
 
 
 def compare_workers(paths, work: Path, counts: list[int], repeat: int, gradient_images: bool):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,10 +58,16 @@ def run_child(paths, mode, source=None):
     env = dict(os.environ)
     if source:
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]), mode,
                           str(BENCH_DIR)],
                          check=True, capture_output=True, text=True, env=env)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    # CPU seconds (user + system) of the child, imports included: steadier than the wall
+    # time on a shared machine
+    res["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return res
 
 
 def compare_versions(paths, old_source: Path, repeat: int) -> None:
@@ -68,21 +75,27 @@ def compare_versions(paths, old_source: Path, repeat: int) -> None:
     rounds; seconds per frame of each and their medians."""
     n = len(paths)
     walls = {"read": [], "old": [], "new": []}
+    cpus = {"old": [], "new": []}
     print(f"\nrank on {n} frames; old = {old_source}, new = this checkout; "
           "read, old, new alternated")
     print(f"{'round':<7}{'read s/frame':>13}{'old s/frame':>12}{'new s/frame':>12}"
-          f"{'old peak MiB':>13}{'new peak MiB':>13}")
+          f"{'old peak MiB':>13}{'new peak MiB':>13}{'old CPU s':>10}{'new CPU s':>10}")
     for r in range(repeat):
         read = run_child(paths, "read")
         old = run_child(paths, "rank", old_source)
         new = run_child(paths, "rank")
         for key, res in (("read", read), ("old", old), ("new", new)):
             walls[key].append(res["wall"] / n)
+        cpus["old"].append(old["cpu"])
+        cpus["new"].append(new["cpu"])
         print(f"{r + 1:<7}{read['wall'] / n:>13.3f}{old['wall'] / n:>12.3f}"
-              f"{new['wall'] / n:>12.3f}{old['rss']:>13.0f}{new['rss']:>13.0f}", flush=True)
+              f"{new['wall'] / n:>12.3f}{old['rss']:>13.0f}{new['rss']:>13.0f}"
+              f"{old['cpu']:>10.1f}{new['cpu']:>10.1f}", flush=True)
     med = {k: statistics.median(v) for k, v in walls.items()}
+    cpu = {k: statistics.median(v) for k, v in cpus.items()}
     print(f"medians: read {med['read']:.3f}, old {med['old']:.3f}, new {med['new']:.3f} s per "
-          f"frame; new/old {med['new'] / med['old']:.2f}; new/read {med['new'] / med['read']:.1f}")
+          f"frame; new/old {med['new'] / med['old']:.2f}; new/read {med['new'] / med['read']:.1f}; "
+          f"CPU s old {cpu['old']:.1f}, new {cpu['new']:.1f} (new/old {cpu['new'] / cpu['old']:.2f})")
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ from scipy.spatial import cKDTree
 
 from ..nodata import no_data_mask
 from ..stars import StarTable, detect_stars, intensity
+from ..stars.aperture_correction import corrected_pair_photometry
 from ..stars.matching import (
     StarMatch,
     estimate_offset,
@@ -30,7 +31,6 @@ from ..stars.matching import (
     measure_stars_at,
 )
 from ..stars.photometry import Photometry, pair_photometry
-from ..stars.aperture_correction import corrected_pair_photometry
 from .correction import (
     CoarseGrid,
     GradientField,
@@ -323,7 +323,8 @@ def no_data_as_nan(chans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if not np.issubdtype(chans.dtype, np.floating):
         chans = chans.astype(np.float32)
     bad = no_data_mask(chans)
-    if bad.any() and (chans[bad] == 0).any():
+    zero = (chans == 0) if bad.any() else None
+    if zero is not None and zero.any() and (zero & bad).any():  # else NaN/inf only: no copy
         chans = np.where(bad, np.float32(np.nan), chans).astype(chans.dtype, copy=False)
     return chans, bad
 
@@ -401,8 +402,13 @@ def measure_scale(model: ReferenceModel, target: np.ndarray) -> ScaleResult:
     NsgError
         Wrong shape or colour depth, no data, or no usable star pair in a channel.
     """
+    chans, _ = no_data_as_nan(_check_target(model, target))
+    return _measure_scale(model, chans)
+
+
+def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
+    """:func:`measure_scale` of a target ``(c, y, x)`` whose no-data is NaN already."""
     p = model.params
-    chans, _ = no_data_as_nan(_check_target(model, target))  # cheap when already done
     inten = intensity(chans if chans.shape[0] > 1 else chans[0])
     warnings: list[str] = []
     cands = model.candidates
@@ -678,7 +684,7 @@ def normalize_frame(
     chans, bad = no_data_as_nan(_check_target(model, target))
     mono = np.asarray(target).ndim == 2
     # stars -> photometry -> scale
-    sr = measure_scale(model, chans if not mono else chans[0])
+    sr = _measure_scale(model, chans)
     warnings = list(sr.warnings)
     # samples -> spline
     samples = target_samples(model, chans, sr.scale)
