@@ -230,3 +230,38 @@ def test_star_poor_pairs_are_registered_within_bounds_or_refused_never_silently_
     assert worst < 8.0
     # the residual reported is of the size of the true error, not a flattering number
     assert reg.residual_px > 0.5 * rms
+
+
+def _tan_header(src: fits.Header, offset=(0.0, 0.0), k: int = 1) -> fits.Header:
+    """The TAN part of ``src`` for a crop starting at ``offset`` (x, y) and/or a k x k binning."""
+    h = fits.Header()
+    for key in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2"):
+        h[key] = src[key]
+    for axis, off in ((1, offset[0]), (2, offset[1])):
+        p0 = src[f"CRPIX{axis}"] - 1 - off  # 0-based, in the crop
+        h[f"CRPIX{axis}"] = (p0 - (k - 1) / 2.0) / k + 1
+    for key in ("CD1_1", "CD1_2", "CD2_1", "CD2_2"):
+        h[key] = src[key] * k
+    return h
+
+
+@pytest.mark.real
+def test_real_nebula_crop_registers_by_its_wcs_checked_by_its_stars(real_data):
+    """A HorseHead crop (445x446, 23 stars, 20 in the binned frame) that neither the stars nor
+    the structure can register (refused) registers by the plate solution carried into the
+    crop's and the binned frame's headers, and 3 real stars check it (measured 0.35 px)."""
+    frame = read_frame(real_data / "single" / "HorseHead.fits")
+    narrow, wide, true_map = _crop_case(frame.data, 0.5)
+    with pytest.raises(RegistrationError, match="failed too"):
+        register_wide_to_narrow(narrow, wide, scale_hint=3.0)
+    hh, ww = frame.data.shape
+    h, w = narrow.shape
+    y0, x0 = (hh - h) // 2 + 10, (ww - w) // 2 - 20
+    nh = _tan_header(frame.header, offset=(x0, y0))
+    wh = _tan_header(frame.header, k=3)
+    reg = register_wide_to_narrow(narrow, wide, scale_hint=3.0, narrow_wcs=nh, wide_wcs=wh)
+    assert reg.method == "wcs"
+    _rms, worst = map_error_px(reg.transform, true_map, narrow.shape)
+    assert worst < 0.05  # the two headers describe the crop and the binning exactly
+    assert reg.quality["star_pairs"] >= 3
+    assert reg.quality["star_rms_px"] < 1.0
