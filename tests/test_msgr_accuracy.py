@@ -194,3 +194,12 @@ def test_collapse_case_is_refused_or_recovered():
     assert residual_fraction(pair, res.corrected) <= 0.3
     nl = large_scales(pair.narrow, 4)
     assert np.isfinite(nl).all()
+
+
+def test_spline_step_without_star_free_boxes_changes_nothing():
+    rng = np.random.default_rng(2)
+    corrected = rng.normal(500, 3, (200, 300)).astype(np.float32)
+    out = spline_refine(corrected, corrected * 0, np.ones((200, 300), bool))
+    assert out.n_boxes == [0]
+    np.testing.assert_array_equal(out.corrected, corrected)
+    assert not out.surface.any()

@@ -33,7 +33,7 @@ import numpy as np
 from .flatten import FlatSurface, flatten_image
 from .linear_fit import DEFAULT_FIT_METHOD, LinearFitError, LinearFitResult, linear_fit
 from .mmt import min_size_for_layers, mmt_residual
-from .msgr_spline import SPLINE_SMOOTHNESS, SplineRefinement, spline_refine
+from .msgr_spline import MIN_BOXES, SPLINE_SMOOTHNESS, SplineRefinement, spline_refine
 from .registration import (
     DEFAULT_SCALE_RANGE,
     Registration,
@@ -904,6 +904,10 @@ def msgr(
         refinement = spline_step(corrected, narrow, w_reg, n_large, w_large, fits,
                                  spline_smoothness)
         corrected = refinement.corrected
+        warnings.extend(
+            f"channel {c}: the spline step was skipped: only {n} star-free boxes "
+            f"(at least {MIN_BOXES} are needed)"
+            for c, n in enumerate(refinement.n_boxes) if n < MIN_BOXES)
         timings["spline"] = time.perf_counter() - t0
     step(8, "done")
     if n_used != n_first:
