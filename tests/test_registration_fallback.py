@@ -265,3 +265,13 @@ def test_real_nebula_crop_registers_by_its_wcs_checked_by_its_stars(real_data):
     assert worst < 0.05  # the two headers describe the crop and the binning exactly
     assert reg.quality["star_pairs"] >= 3
     assert reg.quality["star_rms_px"] < 1.0
+
+
+def test_wcs_that_the_stars_place_elsewhere_is_refused(star_poor_pair):
+    """A WCS 10 wide px (60 narrow px) off matches no star within tolerance; the stars agree
+    on the offset instead, so it is refused rather than accepted unchecked."""
+    pair = star_poor_pair
+    nh, wh = _wcs_headers(pair, wide_offset=(10.0, -4.0))
+    with pytest.raises(RegistrationError, match="star pairs agree on an offset"):
+        register_wide_to_narrow(pair.narrow, pair.wide, scale_hint=6.0, narrow_wcs=nh,
+                                wide_wcs=wh)

@@ -15,6 +15,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
+from scipy.stats import poisson
 
 from .refine import pair_stars
 from .transforms import DistortionSpline, WideTransform, apply_homography, fit_homography
@@ -31,6 +33,11 @@ STAR_TOLERANCE = 3.0
 #: MAX_STAR_MEDIAN (wide px) refuses the WCS model.
 CHECK_PAIRS = 3
 MAX_STAR_MEDIAN = 1.5
+#: Offsets (wide px) searched for a consistent star displacement the WCS would have missed,
+#: the radius within which star differences agree, and how unlikely by chance it must be.
+OFFSET_REACH = 30.0
+OFFSET_RADIUS = 2.0
+OFFSET_CHANCE = 0.02
 
 
 class WcsError(ValueError):
@@ -143,6 +150,7 @@ def register_by_wcs(
     match = WcsMatch(transform, grid_rms, np.zeros((0, 2)), np.zeros((0, 2)), float("nan"))
     if narrow_xy is None or wide_xy is None or len(narrow_xy) == 0 or len(wide_xy) == 0:
         return match
+    _check_offset(transform(narrow_xy), np.asarray(wide_xy, float), scale)
     ni, wj = pair_stars(transform(narrow_xy), np.asarray(wide_xy, float), STAR_TOLERANCE)
     if len(ni) == 0:
         return match
@@ -153,6 +161,32 @@ def register_by_wcs(
         raise WcsError(f"the stars contradict the WCS: {len(ni)} matching stars lie a median "
                        f"{np.median(dist) / scale:.2f} narrow px from where it puts them")
     return match
+
+
+def _check_offset(pred: np.ndarray, wide_xy: np.ndarray, scale: float) -> None:
+    """Refuse a WCS that the stars place consistently elsewhere: ``CHECK_PAIRS`` or more
+    star differences (wide - predicted, up to ``OFFSET_REACH`` wide px) within
+    ``OFFSET_RADIUS`` of each other, away from zero, more than twice the pairs at the
+    WCS's own position, and unlikely by chance (``OFFSET_CHANCE`` over the search disc).
+    Refusing a right WCS by such a chance is the safe error; the costly one is accepting
+    a wrong WCS that no star checks."""
+    d = (wide_xy[None, :, :] - pred[:, None, :]).reshape(-1, 2)
+    d = d[np.hypot(d[:, 0], d[:, 1]) < OFFSET_REACH]
+    if len(d) < CHECK_PAIRS:
+        return
+    votes = np.array([len(n) for n in cKDTree(d).query_ball_point(d, OFFSET_RADIUS)])
+    best = int(np.argmax(votes))
+    near = np.hypot(*(d - d[best]).T) < OFFSET_RADIUS
+    centre = d[near].mean(axis=0)
+    if votes[best] < CHECK_PAIRS or np.hypot(*centre) <= STAR_TOLERANCE:
+        return
+    at_zero = int(np.count_nonzero(np.hypot(d[:, 0], d[:, 1]) < STAR_TOLERANCE))
+    cells = (OFFSET_REACH / OFFSET_RADIUS) ** 2
+    chance = cells * poisson.sf(votes[best] - 1, len(d) / cells)
+    if votes[best] > 2 * at_zero and chance < OFFSET_CHANCE:
+        raise WcsError(f"the stars contradict the WCS: {votes[best]} star pairs agree on an "
+                       f"offset of ({centre[0] / scale:+.1f}, {centre[1] / scale:+.1f}) narrow px "
+                       "from where it puts them")
 
 
 def _wide_per_narrow(h: np.ndarray, shape: tuple[int, int]) -> float:
