@@ -2,7 +2,9 @@
 
 :func:`normalize_frames` reads the reference once, prepares the
 :class:`~napari_nsg.core.nsg.ReferenceModel`, then normalizes every frame
-against it, one frame in memory at a time per worker:
+against it (in one process, reading the next frame and writing the last one
+while one is normalized: at most three frames in memory; or one frame at a
+time per worker process):
 
     read -> stars -> photometry -> scale -> samples -> spline -> correct -> weight -> write
 

@@ -9,8 +9,11 @@ NSG engine (:mod:`napari_nsg.core.nsg`). Frames are ranked best first by
 NSG's criterion, the weight per unit exposure; the gradient measures sit
 beside it so a user can prefer a frame with a simpler gradient.
 
-Memory stays flat in the number of frames: two passes over the files, one
-frame in memory at a time (plus the yardstick's model in the second pass).
+Memory stays flat in the number of frames: two passes over the files, two
+frames in memory at a time (the next one is read while one is measured; plus
+the yardstick's model in the second pass). On frames over 2047 px the
+background map and the corner boxes are measured on block means and the
+stars in the central half of the frame (:func:`~napari_nsg.core.reference.metric_binning`).
 """
 
 from __future__ import annotations
@@ -90,9 +93,11 @@ class FrameRank:
         measured with the multiresolution-support estimator).
     noise_source : str
     n_stars : int
-        Stars detected at 5 sigma on the intensity image.
+        Stars detected at 5 sigma on the intensity image (frames over 2047 px:
+        detected in the central half of the width and height, the count scaled
+        to the frame's data pixels).
     fwhm : float
-        Median star FWHM in pixels.
+        Median star FWHM in pixels (of those stars).
     exposure, altitude, airmass : float or None
     date_obs, filter : str or None
     airmass_scaled_noise : float or None
