@@ -16,6 +16,7 @@ the sky-noise-limited wings themselves.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,18 @@ NEIGHBOUR_MASK_FWHM = 1.5
 #: Bounds of the Moffat exponent (beta = 200 is a Gaussian within the noise); the
 #: fit's parameters are log(FWHM) and 1 / beta.
 BETA_RANGE = (1.2, 200.0)
+MEDIAN_CHI2_1 = 0.4549364  # median of a chi-square with one degree of freedom
+#: Largest ellipticity component (axis ratio about 2).
+MAX_ELLIPTICITY = 0.6
+#: Position angles of the numerical growth-curve integral of an elliptical profile.
+N_ANGLES = 90
 FWHM_PER_ALPHA_AT = lambda beta: 2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0)  # noqa: E731
+
+
+def _shape_matrix(e1: float, e2: float) -> np.ndarray:
+    """Unit-determinant quadratic form ``[[1 + e1, e2], [e2, 1 - e1]] / sqrt(det)``."""
+    m = np.array([[1.0 + e1, e2], [e2, 1.0 - e1]])
+    return m / np.sqrt(max(np.linalg.det(m), 1e-12))
 
 
 @dataclass
@@ -49,23 +61,39 @@ class Profile:
     Attributes
     ----------
     alpha, beta : float
-        Moffat core radius (px) and exponent.
+        Moffat core radius (px, geometric mean of the axes) and exponent.
     n_stars : int
         Stars in the fit.
+    e1, e2 : float
+        Ellipticity: the profile is ``(1 + q / alpha^2)^-beta`` with
+        ``q = (1 + e1) dx^2 + (1 - e1) dy^2 + 2 e2 dx dy`` over the square root
+        of its determinant.
     """
 
     alpha: float
     beta: float
     n_stars: int
+    e1: float = 0.0
+    e2: float = 0.0
 
     @property
     def fwhm(self) -> float:
         return float(self.alpha * FWHM_PER_ALPHA_AT(self.beta))
 
     def enclosed(self, r) -> np.ndarray:
-        """Fraction of the light within radius ``r`` (px)."""
+        """Fraction of the light within radius ``r`` (px): along each direction
+        ``phi`` the radial integral is closed-form, ``(1 - (1 + r^2 h)^(1 - beta))
+        / (2 h)`` with ``h = q(cos phi, sin phi) / alpha^2``; averaged over angles."""
         r = np.asarray(r, float)
-        return 1.0 - (1.0 + (r / self.alpha) ** 2) ** (1.0 - self.beta)
+        if self.e1 == 0.0 and self.e2 == 0.0:
+            return 1.0 - (1.0 + (r / self.alpha) ** 2) ** (1.0 - self.beta)
+        phi = (np.arange(N_ANGLES) + 0.5) * (np.pi / N_ANGLES)  # q is even in phi
+        c, s = np.cos(phi), np.sin(phi)
+        m = _shape_matrix(self.e1, self.e2)
+        h = (m[0, 0] * c * c + m[1, 1] * s * s + 2 * m[0, 1] * c * s) / self.alpha**2
+        rr = r[..., None] ** 2
+        part = (1.0 - (1.0 + rr * h) ** (1.0 - self.beta)) / (2.0 * h)
+        return part.mean(axis=-1) * 2.0 / self.alpha**2
 
     def measured_fraction(self, radius, gap, width) -> np.ndarray:
         """Fraction of a star's light that aperture photometry returns: the
@@ -82,14 +110,23 @@ def _moffat(d2, alpha, beta):
 
 
 def _shape(theta):
-    """(alpha, beta) from (log FWHM, 1 / beta)."""
+    """(alpha, beta) from (log FWHM, 1 / beta, ...)."""
     beta = 1.0 / theta[1]
     return np.exp(theta[0]) / FWHM_PER_ALPHA_AT(beta), beta
 
 
-def _chi2(theta, d2, v, w, use):
-    """Chi-square of the best per-star flux and background for (log FWHM, 1 / beta)."""
+def _quadratic(theta, dxy):
+    """``q`` of every pixel (see :class:`Profile`) from theta's ellipticity."""
+    dx, dy = dxy
+    m = _shape_matrix(theta[2], theta[3])
+    return m[0, 0] * dx * dx + m[1, 1] * dy * dy + 2 * m[0, 1] * dx * dy
+
+
+def _chi2(theta, dxy, v, w, use):
+    """Chi-square of the best per-star flux and background for
+    (log FWHM, 1 / beta, e1, e2)."""
     alpha, beta = _shape(theta)
+    d2 = _quadratic(theta, dxy)
     m = np.where(use, _moffat(d2, alpha, beta), 0.0)
     ww = np.where(use, w, 0.0)
     s_mm, s_m, s_1 = (ww * m * m).sum(1), (ww * m).sum(1), ww.sum(1)
@@ -119,15 +156,56 @@ def _select(x, y, flux, fwhm, neighbours, n_max):
     return np.array(keep, int), tree, (nx, ny)
 
 
+def _stamps(plane, x, y, fwhm, tree, nxy):
+    """Offsets ``(dx, dy)``, values and usable pixels (within the fit radius, no
+    fainter neighbour within NEIGHBOUR_MASK_FWHM) of each star's stamp, ``(n, p)``."""
+    half = int(np.ceil(FIT_RADIUS_FWHM * fwhm))
+    offs = np.arange(-half, half + 1)
+    cx, cy = np.round(x).astype(int), np.round(y).astype(int)
+    vals, inside = window(plane, cx, cy, offs)
+    dx = np.broadcast_to(offs[None, None, :] + (cx - x)[:, None, None], vals.shape).reshape(len(x), -1)
+    dy = np.broadcast_to(offs[None, :, None] + (cy - y)[:, None, None], vals.shape).reshape(len(x), -1)
+    v = vals.astype(float).reshape(len(x), -1)
+    use = inside.reshape(len(x), -1) & np.isfinite(v) & (dx * dx + dy * dy <= (half - 0.5) ** 2)
+    mask_r = NEIGHBOUR_MASK_FWHM * fwhm
+    for k in range(len(x)):
+        for j in tree.query_ball_point((x[k], y[k]), half + mask_r):
+            if np.hypot(nxy[0][j] - x[k], nxy[1][j] - y[k]) > 1.5:
+                ddx, ddy = dx[k] + x[k] - nxy[0][j], dy[k] + y[k] - nxy[1][j]
+                use[k] &= ddx * ddx + ddy * ddy > mask_r * mask_r
+    return (dx, dy), np.where(use, v, 0.0), use
+
+
+def _sky(dxy, v, use, fwhm):
+    """Each stamp's sky level and pixel variance from its outer pixels."""
+    outer = use & (dxy[0] ** 2 + dxy[1] ** 2 > (0.7 * FIT_RADIUS_FWHM * fwhm) ** 2)
+    edge = np.where(outer, v, np.nan)
+    with np.errstate(all="ignore"):
+        sky = np.nanmedian(edge, axis=1)
+        var = np.nanmedian((edge - sky[:, None]) ** 2, axis=1) / MEDIAN_CHI2_1
+    return np.nan_to_num(sky, nan=0.0), np.maximum(np.nan_to_num(var, nan=1.0), 1e-6)
+
+
+def _weights(sky, sky_var, signal):
+    """Inverse pixel variance: sky variance, growing with the star's light as
+    photon noise does (variance proportional to the level)."""
+    level = np.maximum(np.abs(sky[:, None]), 1.0)
+    return 1.0 / (sky_var[:, None] * (1.0 + np.clip(signal, 0, None) / level))
+
+
 def fit_profile(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
-    """Fit a Moffat profile to the brightest isolated stars of one frame.
+    """Fit an elliptical Moffat profile to the brightest isolated stars of one frame.
+
+    Every star has its own flux and background (solved linearly); the shape
+    (FWHM, 1 / beta, e1, e2) is common and found by Nelder-Mead, first with
+    weights from the data, then from the fitted model.
 
     Parameters
     ----------
     plane : ndarray (y, x)
         The frame (no data as NaN or 0).
     x, y, flux : ndarray (n,)
-        Candidate stars (valid, unsaturated) with a flux to rank them.
+        Candidate stars (valid, unsaturated; NaN flux = not a candidate).
     fwhm : float
         The frame's FWHM estimate (px).
     neighbours : (x, y, flux)
@@ -140,47 +218,25 @@ def fit_profile(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     """
     plane = with_nan_no_data(plane)
     x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
-    ok = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0)
-    ids = np.flatnonzero(ok)
-    sel, tree, (nx, ny) = _select(x[ids], y[ids], flux[ids], fwhm, neighbours, PROFILE_STARS)
+    ids = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0))
+    sel, tree, nxy = _select(x[ids], y[ids], flux[ids], fwhm, neighbours, PROFILE_STARS)
     if len(sel) < MIN_PROFILE_STARS:
         return None
     ids = ids[sel]
-    half = int(np.ceil(FIT_RADIUS_FWHM * fwhm))
-    offs = np.arange(-half, half + 1)
-    cx, cy = np.round(x[ids]).astype(int), np.round(y[ids]).astype(int)
-    vals, inside = window(plane, cx, cy, offs)
-    dx = offs[None, None, :] + cx[:, None, None] - x[ids][:, None, None]
-    dy = offs[None, :, None] + cy[:, None, None] - y[ids][:, None, None]
-    d2 = (dx * dx + dy * dy).reshape(len(ids), -1)
-    v = vals.astype(float).reshape(len(ids), -1)
-    use = inside.reshape(len(ids), -1) & np.isfinite(v) & (d2 <= (FIT_RADIUS_FWHM * fwhm) ** 2)
-    for k, i in enumerate(ids):  # mask fainter neighbours
-        for j in tree.query_ball_point((x[i], y[i]), FIT_RADIUS_FWHM * fwhm + NEIGHBOUR_MASK_FWHM * fwhm):
-            ddx = offs[None, :] + cx[k] - nx[j]
-            ddy = offs[:, None] + cy[k] - ny[j]
-            if np.hypot(nx[j] - x[i], ny[j] - y[i]) > 1.5:
-                use[k] &= (ddx * ddx + ddy * ddy).ravel() > (NEIGHBOUR_MASK_FWHM * fwhm) ** 2
-    v = np.where(use, v, 0.0)
-    edge = np.where(use & (d2 > (0.7 * FIT_RADIUS_FWHM * fwhm) ** 2), v, np.nan)
-    sky = np.nanmedian(edge, axis=1)
-    sky_var = np.nanmedian((edge - sky[:, None]) ** 2, axis=1) / 0.455
-    sky = np.nan_to_num(sky, nan=0.0)
-    sky_var = np.maximum(np.nan_to_num(sky_var, nan=1.0), 1e-6)
-    theta = np.array([np.log(fwhm), 0.25])
-    bounds = [(np.log(fwhm) - 1.0, np.log(fwhm) + 1.0), (1.0 / BETA_RANGE[1], 1.0 / BETA_RANGE[0])]
-    w = 1.0 / (sky_var[:, None] * (1.0 + np.clip(v - sky[:, None], 0, None)
-                                   / np.maximum(np.abs(sky[:, None]), 1.0)))
-    for _ in range(2):  # weights from the data, then from the fitted model
-        res = minimize(lambda t: _chi2(t, d2, v, w, use)[0], theta, method="Nelder-Mead",
-                       bounds=bounds, options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 600})
+    dxy, v, use = _stamps(plane, x[ids], y[ids], fwhm, tree, nxy)
+    sky, sky_var = _sky(dxy, v, use, fwhm)
+    theta = np.array([np.log(fwhm), 0.25, 0.0, 0.0])
+    bounds = [(np.log(fwhm) - 1.0, np.log(fwhm) + 1.0), (1.0 / BETA_RANGE[1], 1.0 / BETA_RANGE[0]),
+              (-MAX_ELLIPTICITY, MAX_ELLIPTICITY), (-MAX_ELLIPTICITY, MAX_ELLIPTICITY)]
+    w = _weights(sky, sky_var, v - sky[:, None])
+    for _ in range(2):
+        res = minimize(lambda t: _chi2(t, dxy, v, w, use)[0], theta, method="Nelder-Mead",
+                       bounds=bounds, options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 1500})
         theta = res.x
-        _, f, b = _chi2(theta, d2, v, w, use)
-        model = f[:, None] * _moffat(d2, *_shape(theta))
-        w = 1.0 / (sky_var[:, None] * (1.0 + np.clip(model, 0, None)
-                                       / np.maximum(np.abs(b[:, None]), 1.0)))
+        _, f, b = _chi2(theta, dxy, v, w, use)
+        w = _weights(b, sky_var, f[:, None] * _moffat(_quadratic(theta, dxy), *_shape(theta)))
     alpha, beta = _shape(theta)
-    return Profile(float(alpha), float(beta), len(ids))
+    return Profile(float(alpha), float(beta), len(ids), float(theta[2]), float(theta[3]))
 
 
 def _correct(ph: Photometry, profile: Profile | None, c: int, gap, width) -> bool:
@@ -190,6 +246,23 @@ def _correct(ph: Photometry, profile: Profile | None, c: int, gap, width) -> boo
     ph.flux[c] = ph.flux[c] / frac
     ph.flux_err[c] = ph.flux_err[c] / frac
     return True
+
+
+_REFERENCE_PROFILES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _reference_profile(ref, c, x, y, flux, fwhm, neighbours):
+    """:func:`fit_profile` of the reference, fitted once per reference array
+    and channel (the first target's pairs choose its stars)."""
+    try:
+        cache = _REFERENCE_PROFILES.setdefault(ref, {})
+    except TypeError:  # not weak-referenceable
+        cache = {}
+    key = (c, float(fwhm))
+    if key not in cache:
+        plane = ref[c] if np.ndim(ref) == 3 else ref
+        cache[key] = fit_profile(plane, x, y, flux, fwhm, neighbours)
+    return cache[key]
 
 
 def corrected_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, fwhm, neighbours,
@@ -217,16 +290,18 @@ def corrected_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, fwhm
     """
     ref_ph, tgt_ph = pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, gap=gap,
                                      width=width, saturation=saturation)
-    ref3 = ref if np.ndim(ref) == 3 else np.asarray(ref)[None]
     tgt3 = tgt if np.ndim(tgt) == 3 else np.asarray(tgt)[None]
     nx, ny, nf = neighbours
     shifted = (np.asarray(nx) + offset[0], np.asarray(ny) + offset[1], nf)
     profiles = []
     for c in range(ref_ph.n_channels):
-        both = ref_ph.valid[c] & tgt_ph.valid[c]
-        rank = np.where(both, ref_ph.flux[c], np.nan)
-        pr = fit_profile(ref3[c], ref_x, ref_y, rank, fwhm[0], neighbours)
-        pt = fit_profile(tgt3[c], tgt_x, tgt_y, rank, fwhm[1], shifted)
+        # each frame's own valid stars, so that the reference's profile is the
+        # same (the same stars) for every target
+        pr = _reference_profile(ref, c, ref_x, ref_y,
+                                np.where(ref_ph.valid[c], ref_ph.flux[c], np.nan), fwhm[0],
+                                neighbours)
+        pt = fit_profile(tgt3[c], tgt_x, tgt_y, np.where(tgt_ph.valid[c], tgt_ph.flux[c], np.nan),
+                         fwhm[1], shifted)
         if pr is not None and pt is not None:
             _correct(ref_ph, pr, c, gap, width)
             _correct(tgt_ph, pt, c, gap, width)
