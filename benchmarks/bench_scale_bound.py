@@ -19,6 +19,11 @@ reference) and by transmission.
 
     python benchmarks/bench_scale_bound.py [--seeds 2] [--conditions a,b] [--matched]
                                            [--param aperture_fwhm=2.0 ...]
+                                           [--param photometry=corrected]
+
+``--param photometry=corrected`` measures with small apertures and a per-frame
+aperture correction (:mod:`napari_nsg.core.stars.aperture_correction`); run the
+command with and without it to compare (about 1 min and 2-5 min at 3 seeds).
 
 Numbers in docs/nsg.md were taken on a busy 2-core machine; the default run
 takes 1-3 minutes.
