@@ -71,7 +71,7 @@ def cases(n_seeds: int, n_registered: int):
     for seed in range(FIRST_SEED, FIRST_SEED + n_seeds):
         kw = field_pair_settings(seed)
         lo, hi = next(g for g in RATIO_GROUPS if g[0] <= kw["scale_ratio"] < g[1])
-        yield f"ratio {lo:g}-{hi:g}", kw, False
+        yield f"ratio {lo:g}-{round(hi, 1):g}", kw, False
 
 
 def run_variant(pair, reg, options: dict):
