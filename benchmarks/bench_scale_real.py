@@ -1,0 +1,59 @@
+"""NSG scale on the real WASP-12b sequence, per photometry mode, against photutils.
+
+The frames of ``<data>/wasp12b_calibrated`` are registered and measured as in
+``tests/test_nsg_real.py`` (whose helpers this imports): the independent scale
+is the median ratio of photutils 30-px aperture fluxes of the reference's bright
+stars; every ``photometry`` mode of :class:`NsgParameters` is printed beside it.
+The real test requires the default within 1 %.
+
+    python benchmarks/bench_scale_real.py [--data ../shared/data/real]
+
+About 1-2 minutes on a busy 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from napari_nsg.core.nsg import NsgParameters, measure_scale, prepare_reference
+from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
+from napari_nsg.io import read_frame
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import test_nsg_real as real  # noqa: E402
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/real"))
+    args = ap.parse_args(argv)
+    folder = Path(args.data) / "wasp12b_calibrated"
+    frames = {n: read_frame(folder / f"{n}.fits") for n in real.NAMES}
+    ref = frames[real.NAMES[0]]
+    stars = real.bright_stars(ref.data)
+    models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(photometry=m))
+              for m in PHOTOMETRY_MODES}
+    print("| frame | photutils scale | " + " | ".join(f"{m}: scale (difference)" for m in models)
+          + " |")
+    print("|---|---|" + "---|" * len(models))
+    for name in real.NAMES[1:]:
+        img = frames[name].data
+        reg = real.into_register(img, real.independent_offset(ref.data, img))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ind = float(np.median(real.photutils_flux(ref.data, stars)
+                                  / real.photutils_flux(reg, stars)))
+        cells = []
+        for model in models.values():
+            s = float(measure_scale(model, reg).scale[0])
+            cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %)")
+        print(f"| {name} | {ind:.5f} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
