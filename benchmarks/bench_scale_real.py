@@ -31,13 +31,15 @@ import test_nsg_real as real  # noqa: E402
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/real"))
+    ap.add_argument("--small", type=float, default=NsgParameters.small_aperture_fwhm,
+                    help="small_aperture_fwhm of the corrected mode")
     args = ap.parse_args(argv)
     folder = Path(args.data) / "wasp12b_calibrated"
     frames = {n: read_frame(folder / f"{n}.fits") for n in real.NAMES}
     ref = frames[real.NAMES[0]]
     stars = real.bright_stars(ref.data)
-    models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(photometry=m))
-              for m in PHOTOMETRY_MODES}
+    models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(
+        photometry=m, small_aperture_fwhm=args.small)) for m in PHOTOMETRY_MODES}
     print("| frame | photutils scale | " + " | ".join(f"{m}: scale (difference)" for m in models)
           + " |")
     print("|---|---|" + "---|" * len(models))
