@@ -293,7 +293,7 @@ def apply_correction(
         ``(y, x)`` or ``(c, y, x)``.
     scale : array_like (c,)
         Photometric scale per channel.
-    gradient : GradientField
+    gradient : GradientField, or any object whose ``full(c)`` gives channel ``c`` full size
     mask : ndarray of bool (y, x), optional
         Extra pixels to make no-data (where the reference has none, in "mask" mode).
     no_data : ndarray of bool (c, y, x), optional
@@ -343,13 +343,23 @@ def _column_blocks(width: int, pixels: int) -> list[slice]:
     return [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
 
 
-def _correct_block(t: np.ndarray, scale: np.float32, gradient: GradientField, c: int,
+def _gradient_columns(gradient, c: int, cols: slice) -> np.ndarray:
+    """Columns ``cols`` of the full-size gradient of channel ``c``: upsampled for those
+    columns only from a :class:`GradientField`, or cut from ``gradient.full(c)`` for any
+    other object that gives full-size channels (e.g. images computed once)."""
+    grid = getattr(gradient, "grid", None)
+    if grid is None:
+        return gradient.full(c)[:, cols]
+    return grid.upsample_columns(gradient.values[c], cols)
+
+
+def _correct_block(t: np.ndarray, scale: np.float32, gradient, c: int,
                    bad: np.ndarray, out: np.ndarray, cols: slice) -> None:
     """``out[:, cols] = t*scale - gradient`` with the no-data rule of
     :func:`apply_correction` (NumPy releases the GIL: blocks run in parallel)."""
     tiny = np.finfo(np.float32).tiny
     o = out[:, cols]
     np.multiply(t[:, cols], scale, out=o, dtype=np.float32, casting="unsafe")
-    o -= gradient.grid.upsample_columns(gradient.values[c], cols)
+    o -= _gradient_columns(gradient, c, cols)
     o[o == 0] = tiny
     o[bad[:, cols]] = 0.0
