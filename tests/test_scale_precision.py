@@ -198,7 +198,7 @@ def test_measured_fraction_is_what_aperture_photometry_returns():
     img = np.full((2 * half + 1, 2 * half + 1), 500.0)
     img += 1e5 * psf.stamps(np.array([0.3]), np.array([-0.2]), half)[0]
     x, y = np.array([half + 0.3]), np.array([half - 0.2])
-    profile = Profile(psf.alpha, 3.0, 1)
+    profile = Profile.moffat(psf.alpha, 3.0)
     for radius in (6.0, 12.0):
         width = ring_width(radius, 2, 5)
         ph = aperture_photometry(img, x, y, radius, gap=2, width=width)
@@ -221,7 +221,7 @@ def test_profile_fit_recovers_moffat_wings():
     prof = fit_profile(img, st.x[bright], st.y[bright], flux[bright], 3.3,
                        (st.x, st.y, flux))
     assert prof is not None and prof.n_stars >= 20
-    truth = Profile(PSF(3.5, "moffat", 4.0).alpha, 4.0, 0)
+    truth = Profile.moffat(PSF(3.5, "moffat", 4.0).alpha, 4.0)
     assert abs(prof.fwhm / 3.5 - 1) < 0.02
     r = 1.5 * 3.5
     assert abs((1 - prof.enclosed(r)) / (1 - truth.enclosed(r)) - 1) < 0.1

@@ -3,8 +3,9 @@
 A small aperture (about 1.5 FWHM) has a fraction of the sky noise of the
 default 3-FWHM one, but it misses the PSF's wings and its background ring
 contains some of them, by an amount that depends on the seeing. Here each
-frame's PSF is fitted as a Moffat profile ``(1 + r^2/alpha^2)^-beta`` (beta
-free, so a Gaussian is its large-beta limit) to the stacked pixels of its
+frame's PSF is fitted as an elliptical Moffat profile ``(1 + r^2/alpha^2)^-beta``
+(1 / beta free down to 0, a Gaussian, and below: tails lighter than a
+Gaussian's, so that its noise is two-sided; :class:`Profile`) to the pixels of its
 brightest isolated stars (each star with its own flux and background), and the
 fraction of a star's light that the small-aperture measurement returns,
 ``E(r) - A_ap / A_ring * (E(r2) - E(r1))`` with ``E`` the Moffat growth curve,
@@ -37,15 +38,16 @@ FIT_RADIUS_FWHM = 3.0
 NEIGHBOUR_FRACTION = 0.02
 ISOLATION_MARGIN_FWHM = 1.0
 NEIGHBOUR_MASK_FWHM = 1.5
-#: Bounds of the Moffat exponent (beta = 200 is a Gaussian within the noise); the
-#: fit's parameters are log(FWHM) and 1 / beta.
-BETA_RANGE = (1.2, 200.0)
-MEDIAN_CHI2_1 = 0.4549364  # median of a chi-square with one degree of freedom
+#: Bounds of the tail parameter u (1 / beta of a Moffat profile; 0 = Gaussian,
+#: negative = lighter tails than a Gaussian, so that the noise of u around a
+#: Gaussian is not one-sided); the fit's parameters are log(FWHM) and u.
+TAIL_RANGE = (-0.3, 0.8)
+TINY_TAIL = 1e-6  # |u| below this: the Gaussian formulas
 #: Largest ellipticity component (axis ratio about 2).
 MAX_ELLIPTICITY = 0.6
 #: Position angles of the numerical growth-curve integral of an elliptical profile.
 N_ANGLES = 90
-FWHM_PER_ALPHA_AT = lambda beta: 2.0 * np.sqrt(2.0 ** (1.0 / beta) - 1.0)  # noqa: E731
+MEDIAN_CHI2_1 = 0.4549364  # median of a chi-square with one degree of freedom
 
 
 def _shape_matrix(e1: float, e2: float) -> np.ndarray:
@@ -54,46 +56,71 @@ def _shape_matrix(e1: float, e2: float) -> np.ndarray:
     return m / np.sqrt(max(np.linalg.det(m), 1e-12))
 
 
+def _power(x, u, exponent_times_u):
+    """``max(1 + u x, 0) ** (exponent_times_u / u)``, ``exp(exponent_times_u x)``
+    in the limit ``u -> 0``."""
+    x = np.asarray(x, float)
+    if abs(u) < TINY_TAIL:
+        return np.exp(exponent_times_u * x)
+    base = 1.0 + u * x
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.exp(exponent_times_u / u * np.log(np.where(base > 0, base, 1.0)))
+    return np.where(base > 0, out, 0.0)
+
+
+def _scale_of(fwhm: float, u: float) -> float:
+    """The profile's scale ``s`` for a FWHM: ``FWHM = 2 s sqrt((2^u - 1) / u)``."""
+    k = np.log(2.0) if abs(u) < TINY_TAIL else (2.0**u - 1.0) / u
+    return fwhm / (2.0 * np.sqrt(k))
+
+
 @dataclass
 class Profile:
-    """A frame's fitted Moffat profile.
+    """A frame's fitted profile ``(1 - u) / (pi s^2) (1 + u q / s^2)^(-1/u)``.
+
+    ``u = 1 / beta`` of a Moffat profile with ``alpha^2 = s^2 / u``; ``u = 0`` is
+    the Gaussian ``exp(-q / s^2)``; ``u < 0`` a profile with lighter tails that
+    ends at ``q = s^2 / |u|``.
 
     Attributes
     ----------
-    alpha, beta : float
-        Moffat core radius (px, geometric mean of the axes) and exponent.
+    fwhm : float
+        FWHM (px, geometric mean of the axes).
+    u : float
+        Tail parameter.
     n_stars : int
         Stars in the fit.
     e1, e2 : float
-        Ellipticity: the profile is ``(1 + q / alpha^2)^-beta`` with
-        ``q = (1 + e1) dx^2 + (1 - e1) dy^2 + 2 e2 dx dy`` over the square root
-        of its determinant.
+        Ellipticity: ``q = (1 + e1) dx^2 + (1 - e1) dy^2 + 2 e2 dx dy`` over
+        the square root of its determinant.
     """
 
-    alpha: float
-    beta: float
+    fwhm: float
+    u: float
     n_stars: int
     e1: float = 0.0
     e2: float = 0.0
 
+    @classmethod
+    def moffat(cls, alpha: float, beta: float, **kw) -> "Profile":
+        """The profile of a Moffat ``(1 + r^2 / alpha^2)^-beta``."""
+        u = 1.0 / beta
+        return cls(float(2.0 * alpha * np.sqrt(2.0**u - 1.0)), u, kw.pop("n_stars", 0), **kw)
+
     @property
-    def fwhm(self) -> float:
-        return float(self.alpha * FWHM_PER_ALPHA_AT(self.beta))
+    def scale(self) -> float:
+        return _scale_of(self.fwhm, self.u)
 
     def enclosed(self, r) -> np.ndarray:
         """Fraction of the light within radius ``r`` (px): along each direction
-        ``phi`` the radial integral is closed-form, ``(1 - (1 + r^2 h)^(1 - beta))
-        / (2 h)`` with ``h = q(cos phi, sin phi) / alpha^2``; averaged over angles."""
-        r = np.asarray(r, float)
-        if self.e1 == 0.0 and self.e2 == 0.0:
-            return 1.0 - (1.0 + (r / self.alpha) ** 2) ** (1.0 - self.beta)
+        ``phi`` the radial integral is closed-form, ``(1 - (1 + u r^2 g / s^2)^(1 - 1/u))
+        / g`` with ``g = q(cos phi, sin phi)``; averaged over angles."""
+        r2 = np.asarray(r, float)[..., None] ** 2 / self.scale**2
         phi = (np.arange(N_ANGLES) + 0.5) * (np.pi / N_ANGLES)  # q is even in phi
         c, s = np.cos(phi), np.sin(phi)
         m = _shape_matrix(self.e1, self.e2)
-        h = (m[0, 0] * c * c + m[1, 1] * s * s + 2 * m[0, 1] * c * s) / self.alpha**2
-        rr = r[..., None] ** 2
-        part = (1.0 - (1.0 + rr * h) ** (1.0 - self.beta)) / (2.0 * h)
-        return part.mean(axis=-1) * 2.0 / self.alpha**2
+        g = m[0, 0] * c * c + m[1, 1] * s * s + 2 * m[0, 1] * c * s
+        return np.mean((1.0 - _power(r2 * g, self.u, self.u - 1.0)) / g, axis=-1)
 
     def measured_fraction(self, radius, gap, width) -> np.ndarray:
         """Fraction of a star's light that aperture photometry returns: the
@@ -105,29 +132,19 @@ class Profile:
         return self.enclosed(r) - r**2 * ring
 
 
-def _moffat(d2, alpha, beta):
-    return (beta - 1.0) / (np.pi * alpha**2) * (1.0 + d2 / alpha**2) ** (-beta)
-
-
-def _shape(theta):
-    """(alpha, beta) from (log FWHM, 1 / beta, ...)."""
-    beta = 1.0 / theta[1]
-    return np.exp(theta[0]) / FWHM_PER_ALPHA_AT(beta), beta
-
-
-def _quadratic(theta, dxy):
-    """``q`` of every pixel (see :class:`Profile`) from theta's ellipticity."""
+def _unit_psf(theta, dxy):
+    """The unit-flux profile at every pixel for (log FWHM, u, e1, e2)."""
+    u = theta[1]
+    s = _scale_of(np.exp(theta[0]), u)
     dx, dy = dxy
     m = _shape_matrix(theta[2], theta[3])
-    return m[0, 0] * dx * dx + m[1, 1] * dy * dy + 2 * m[0, 1] * dx * dy
+    q = (m[0, 0] * dx * dx + m[1, 1] * dy * dy + 2 * m[0, 1] * dx * dy) / (s * s)
+    return (1.0 - u) / (np.pi * s * s) * _power(q, u, -1.0)
 
 
 def _chi2(theta, dxy, v, w, use):
-    """Chi-square of the best per-star flux and background for
-    (log FWHM, 1 / beta, e1, e2)."""
-    alpha, beta = _shape(theta)
-    d2 = _quadratic(theta, dxy)
-    m = np.where(use, _moffat(d2, alpha, beta), 0.0)
+    """Chi-square of the best per-star flux and background for (log FWHM, u, e1, e2)."""
+    m = np.where(use, _unit_psf(theta, dxy), 0.0)
     ww = np.where(use, w, 0.0)
     s_mm, s_m, s_1 = (ww * m * m).sum(1), (ww * m).sum(1), ww.sum(1)
     s_mv, s_v = (ww * m * v).sum(1), (ww * v).sum(1)
@@ -197,7 +214,7 @@ def fit_profile(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     """Fit an elliptical Moffat profile to the brightest isolated stars of one frame.
 
     Every star has its own flux and background (solved linearly); the shape
-    (FWHM, 1 / beta, e1, e2) is common and found by Nelder-Mead, first with
+    (FWHM, tail u, e1, e2) is common and found by Nelder-Mead, first with
     weights from the data, then from the fitted model.
 
     Parameters
@@ -226,7 +243,7 @@ def fit_profile(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     dxy, v, use = _stamps(plane, x[ids], y[ids], fwhm, tree, nxy)
     sky, sky_var = _sky(dxy, v, use, fwhm)
     theta = np.array([np.log(fwhm), 0.25, 0.0, 0.0])
-    bounds = [(np.log(fwhm) - 1.0, np.log(fwhm) + 1.0), (1.0 / BETA_RANGE[1], 1.0 / BETA_RANGE[0]),
+    bounds = [(np.log(fwhm) - 1.0, np.log(fwhm) + 1.0), TAIL_RANGE,
               (-MAX_ELLIPTICITY, MAX_ELLIPTICITY), (-MAX_ELLIPTICITY, MAX_ELLIPTICITY)]
     w = _weights(sky, sky_var, v - sky[:, None])
     for _ in range(2):
@@ -234,9 +251,9 @@ def fit_profile(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
                        bounds=bounds, options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 1500})
         theta = res.x
         _, f, b = _chi2(theta, dxy, v, w, use)
-        w = _weights(b, sky_var, f[:, None] * _moffat(_quadratic(theta, dxy), *_shape(theta)))
-    alpha, beta = _shape(theta)
-    return Profile(float(alpha), float(beta), len(ids), float(theta[2]), float(theta[3]))
+        w = _weights(b, sky_var, f[:, None] * _unit_psf(theta, dxy))
+    return Profile(float(np.exp(theta[0])), float(theta[1]), len(ids), float(theta[2]),
+                   float(theta[3]))
 
 
 def _correct(ph: Photometry, profile: Profile | None, c: int, gap, width) -> bool:
