@@ -38,6 +38,7 @@ FIT_RADIUS_FWHM = 3.0
 NEIGHBOUR_FRACTION = 0.02
 ISOLATION_MARGIN_FWHM = 1.0
 NEIGHBOUR_MASK_FWHM = 1.5
+SELF_PX = 1.5  # a detected star this close to a fitted one is that star
 #: Bounds of the tail parameter u (1 / beta of a Moffat profile; 0 = Gaussian,
 #: negative = lighter tails than a Gaussian, so that the noise of u around a
 #: Gaussian is not one-sided); the fit's parameters are log(FWHM) and u.
@@ -165,7 +166,7 @@ def _select(x, y, flux, fwhm, neighbours, n_max):
     for i in np.argsort(-flux):
         near = np.asarray(tree.query_ball_point((x[i], y[i]), reach), int)
         d = np.hypot(nx[near] - x[i], ny[near] - y[i])
-        if np.any((d > 1.5) & (nf[near] > NEIGHBOUR_FRACTION * flux[i])):
+        if np.any((d > SELF_PX) & (nf[near] > NEIGHBOUR_FRACTION * flux[i])):
             continue
         keep.append(i)
         if len(keep) == n_max:
@@ -187,7 +188,7 @@ def _stamps(plane, x, y, fwhm, tree, nxy):
     mask_r = NEIGHBOUR_MASK_FWHM * fwhm
     for k in range(len(x)):
         for j in tree.query_ball_point((x[k], y[k]), half + mask_r):
-            if np.hypot(nxy[0][j] - x[k], nxy[1][j] - y[k]) > 1.5:
+            if np.hypot(nxy[0][j] - x[k], nxy[1][j] - y[k]) > SELF_PX:
                 ddx, ddy = dx[k] + x[k] - nxy[0][j], dy[k] + y[k] - nxy[1][j]
                 use[k] &= ddx * ddx + ddy * ddy > mask_r * mask_r
     return (dx, dy), np.where(use, v, 0.0), use
@@ -257,6 +258,8 @@ def fit_profile(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
 
 
 def _correct(ph: Photometry, profile: Profile | None, c: int, gap, width) -> bool:
+    """Divide channel ``c``'s fluxes and errors by the fraction of the light
+    that their apertures return (in place); False when there is no profile."""
     if profile is None:
         return False
     frac = profile.measured_fraction(ph.radius, gap, width)
@@ -270,7 +273,8 @@ _REFERENCE_PROFILES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _reference_profile(ref, c, x, y, flux, fwhm, neighbours):
     """:func:`fit_profile` of the reference, fitted once per reference array
-    and channel (the first target's pairs choose its stars)."""
+    and channel (the first target's pairs choose its stars; an array changed
+    in place keeps its first profile)."""
     try:
         cache = _REFERENCE_PROFILES.setdefault(ref, {})
     except TypeError:  # not weak-referenceable
