@@ -86,6 +86,13 @@ def test_each_step_adds_its_layer_and_the_fit_plot(make_napari_viewer, qtbot, pa
     w.params["model"]["mode"].value = "additive"
     _run(qtbot, w, "apply")
     assert w.session.computed["fit"] == 1 and w.session.computed["apply"] == 2
+    # the spline step off: only the removal is redone, and the spline's product goes
+    with_spline = w.session.corrected.copy()
+    w.params["model"]["spline"].value = "off"
+    _run(qtbot, w, "apply")
+    assert w.session.params.spline_smoothness is None and w.session.spline is None
+    assert w.session.computed["fit"] == 1 and w.session.computed["apply"] == 3
+    assert not np.array_equal(with_spline, w.session.corrected)
     # save a product with the plugin's writer: header + MSGR keywords
     path = tmp_path / "model.fits"
     w.save_product("model", path)

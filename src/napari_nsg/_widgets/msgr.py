@@ -20,6 +20,7 @@ from .._sample_data import MSGR_ROLE
 from ..core.flatten import FLATTEN_MODES, FLATTEN_SURFACES
 from ..core.linear_fit import DEFAULT_FIT_METHOD, FIT_METHODS
 from ..core.msgr import MODES, MsgrError
+from ..core.msgr_spline import SPLINE_SMOOTHNESS
 from ..core.registration import DEFAULT_SCALE_RANGE
 from ..pipeline.msgr_session import STEPS, MsgrSession
 from ._base import WorkbenchWidget, session_lock
@@ -59,6 +60,9 @@ BUTTON_WIDTH = 150
 PLOT_MIN_HEIGHT = 240
 RGB_SUFFIX = " (RGB)"
 AUTO = "auto"
+#: The spline step's choices: off, or its smoothness (NSG's log10 scale).
+SPLINE_OFF = "off"
+SPLINE_CHOICES = (SPLINE_OFF, "-3", "-2", "-1", "0", "1", "2")
 MAX_LAYERS = 8
 
 
@@ -215,7 +219,12 @@ class MsgrWidget(WorkbenchWidget):
                 mg.ComboBox(name="fit_method", label="method", choices=list(FIT_METHODS),
                             value=DEFAULT_FIT_METHOD)]),
             "model": mg.Container(layout="horizontal", labels=True, widgets=[
-                mg.ComboBox(name="mode", choices=list(MODES), value=MODES[0])]),
+                mg.ComboBox(name="mode", choices=list(MODES), value=MODES[0]),
+                mg.ComboBox(name="spline", choices=list(SPLINE_CHOICES),
+                            value=f"{SPLINE_SMOOTHNESS:g}",
+                            tooltip="after the removal, a smooth spline of narrow minus the "
+                            "fitted wide on star-free boxes takes out what the N layers "
+                            "leave; smoothness (log10, higher = stiffer) or off")]),
         }
 
     def refresh_choices(self) -> None:
@@ -248,6 +257,7 @@ class MsgrWidget(WorkbenchWidget):
             "flatten_mode": p["flatten_mode"], "remove_stars": bool(p["remove_stars"]),
             "n_layers": layers if layers == AUTO else int(layers),
             "fit_method": p["fit_method"], "mode": p["mode"],
+            "spline_smoothness": None if p["spline"] == SPLINE_OFF else float(p["spline"]),
         }
 
     def ensure_session(self) -> MsgrSession:
