@@ -123,8 +123,9 @@ def main(argv=None) -> int:
         print(f"# At {BIG_SHAPE[1]}x{BIG_SHAPE[0]}\n")
         _normalization(BIG_SHAPE, NORMALIZE_SEEDS[:1], BIG_SEQUENCE_FRAMES, exe, False)
         _gradient(BIG_SHAPE, PAIR_SEEDS[:1], [BIG_SIZE], exe, python)
-    print("(measured on this machine; times are medians of single runs, and a busy machine "
-          "moves them: compare the ratios)")
+    print("(measured on this machine; times are medians over the cases, or of 3 interleaved "
+          "runs on the real frames, single runs at 6000x4000; a busy machine moves them: "
+          "compare the ratios)")
     return 0
 
 
