@@ -25,7 +25,8 @@ Usage::
 
     python benchmarks/peers.py                      # test sizes, ~3-5 min on 2 busy cores
     python benchmarks/peers.py --graxpert-python /opt/graxpert-venv/bin/python --plots docs/images
-    python benchmarks/peers.py --big                # also time everything at 6000x4000
+    python benchmarks/peers.py --big                # also at 6000x4000 (10-15 min more, most
+                                                    # of it scoring against the full-size truth)
 """
 
 from __future__ import annotations
