@@ -107,7 +107,8 @@ def _matched_scale(model, data, sr, seq_fwhm_tgt):
 
 
 def run_condition(name, seeds, matched, params=None):
-    """Rows of (seed, frame, bound, error, matched error, pairs, bound stars, fwhm ratio, T)."""
+    """Rows of (seed, frame, bound, error, matched error, pairs, bound stars, fwhm ratio, T,
+    small apertures used (photometry="corrected" and the profile check passed))."""
     rows = []
     for seed in seeds:
         rng = np.random.default_rng([seed, sum(map(ord, name))])
@@ -124,9 +125,12 @@ def run_condition(name, seeds, matched, params=None):
             err = float(sr.scale[0]) / truth - 1.0
             m_err = (_matched_scale(model, data, sr, seq.truth[k].fwhm) / truth - 1.0
                      if matched else np.nan)
+            small = model.params.small_aperture_fwhm * max(model.fwhm, sr.target_fwhm)
+            corrected = (model.params.photometry == "corrected"
+                         and np.allclose(sr.ref_photometry.radius, small))
             rows.append((seed, k, bound.relative_sigma, err, m_err, int(sr.n_star_pairs[0]),
                          bound.n_stars, seq.truth[k].fwhm / seq.truth[0].fwhm,
-                         float(seq.truth[k].transmission[0])))
+                         float(seq.truth[k].transmission[0]), corrected))
     return np.array(rows, float)
 
 
@@ -160,7 +164,8 @@ def main(argv=None):
     names = [c.strip() for c in args.conditions.split(",") if c.strip()] or list(CONDITIONS)
     t0 = time.perf_counter()
     header = ("| condition | frames | bound (median) | median error | p90 error | "
-              "ratio to bound | mean error/bound | pairs used | stars in bound |")
+              "ratio to bound | mean error/bound | pairs used | stars in bound | "
+              "small apertures used |")
     if args.matched:
         header += " matched: median error | matched: ratio | matched: mean error/bound |"
     print(header)
@@ -173,7 +178,7 @@ def main(argv=None):
         med, p90, ratio, bias = summarize(err, bound)
         line = (f"| {name} | {len(rows)} | {100 * np.median(bound):.3f} % | {med:.3f} % | "
                 f"{p90:.3f} % | {ratio:.2f} | {bias:+.2f} | {np.median(rows[:, 5]):.0f} | "
-                f"{np.median(rows[:, 6]):.0f} |")
+                f"{np.median(rows[:, 6]):.0f} | {int(rows[:, 9].sum())} |")
         if args.matched:
             mm, _, mr, mb = summarize(m_err, bound)
             line += f" {mm:.3f} % | {mr:.2f} | {mb:+.2f} |"

@@ -20,9 +20,10 @@ from napari_nsg.core.nsg import NsgParameters
 from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_width
 from napari_nsg.core.nsg.scale import fit_scale
 from napari_nsg.core.stars import psf_match
-from napari_nsg.core.stars.aperture_correction import Profile, fit_profile
-from napari_nsg.core.stars.photometry import (aperture_photometry, matched_pair_photometry,
-                                              pair_photometry)
+from napari_nsg.core.stars.aperture_correction import (AGREEMENT_GATE_Z, Profile,
+                                                       agreement_z, fit_profile)
+from napari_nsg.core.stars.photometry import (Photometry, aperture_photometry,
+                                              matched_pair_photometry, pair_photometry)
 from napari_nsg.synthetic import simulate_sequence
 from napari_nsg.synthetic.psf import PSF
 from napari_nsg.synthetic.scale_bound import scale_bound, star_flux_variance
@@ -244,3 +245,25 @@ def test_corrected_photometry_beats_the_default_on_independent_like(engine_rows)
     err, bound = np.array(rows).T
     assert np.median(np.abs(err)) < np.median(np.abs(engine_rows[:, 0]))
     assert np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL < 2.5
+
+
+def _photometry(flux, err):
+    n = len(flux)
+    return Photometry(flux[None], err[None], np.zeros((1, n)), np.ones((1, n)), flux[None],
+                      np.ones((1, n), bool), np.full(n, 5.0), np.full(n, "", dtype=object))
+
+
+def test_agreement_gate_refuses_a_wrong_correction():
+    """Corrected small-aperture ratios 1 % off the large-aperture ones over 100
+    pairs with 1 % errors (2 % per ratio of ratios) are ~5 standard errors away
+    (refused); the same
+    pairs without the offset are within the gate."""
+    rng = np.random.default_rng(2)
+    flux = rng.uniform(1e3, 1e5, 100)
+    err = 0.01 * flux
+    large = tuple(_photometry(flux * t * (1 + 0.01 * rng.standard_normal(100)), err)
+                  for t in (1.0, 0.8))
+    for offset, refused in ((1.0, False), (1.01, True)):
+        small = (_photometry(flux * offset, err), _photometry(flux * 0.8, err))
+        z = agreement_z(small, large, 0)
+        assert (z > AGREEMENT_GATE_Z) == refused, z

@@ -469,18 +469,20 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
     seeing = max(model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else 0.0)
     flux_n = np.maximum(ref_s.flux, tgt_s.flux * match.ratio if np.isfinite(match.ratio)
                         else tgt_s.flux) / model.flux_unit
+    base = np.maximum(p.aperture_fwhm * seeing, model.candidate_radius[ri])
+    radius = base + p.aperture_add + p.aperture_growth * flux_n
+    width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
     if p.photometry == "corrected":  # small apertures + per-frame correction
-        radius = np.full(len(ri), p.small_aperture_fwhm * seeing)
-        width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
+        small = np.full(len(ri), p.small_aperture_fwhm * seeing)
         ref_ph, tgt_ph, _ = corrected_pair_photometry(
-            model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y, radius,
+            model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y, small,
             (model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else model.fwhm),
             (model.stars.x, model.stars.y, model.stars.flux), offset=offset,
-            gap=p.aperture_gap, width=width, saturation=model.saturation)
-    else:
-        base = np.maximum(p.aperture_fwhm * seeing, model.candidate_radius[ri])
-        radius = base + p.aperture_add + p.aperture_growth * flux_n
+            gap=p.aperture_gap, width=ring_width(small, p.aperture_gap, p.aperture_bg_delta),
+            saturation=model.saturation, large=(radius, width))
+        radius = ref_ph.radius
         width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
+    else:
         ref_ph, tgt_ph = pair_photometry(model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
                                          radius, gap=p.aperture_gap, width=width,
                                          saturation=model.saturation)

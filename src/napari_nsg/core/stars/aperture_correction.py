@@ -48,6 +48,10 @@ TINY_TAIL = 1e-6  # |u| below this: the Gaussian formulas
 MAX_ELLIPTICITY = 0.6
 #: Position angles of the numerical growth-curve integral of an elliptical profile.
 N_ANGLES = 90
+#: Corrected small-aperture ratios further than this from the large-aperture
+#: ones (in standard errors) are not used (:func:`agreement_z`).
+AGREEMENT_GATE_Z = 3.0
+CLIP_SIGMA = 5.0
 MEDIAN_CHI2_1 = 0.4549364  # median of a chi-square with one degree of freedom
 
 
@@ -286,10 +290,43 @@ def _reference_profile(ref, c, x, y, flux, fwhm, neighbours):
     return cache[key]
 
 
+def agreement_z(small: tuple[Photometry, Photometry], large: tuple[Photometry, Photometry],
+                c: int) -> float:
+    """How far the corrected small-aperture flux ratios are from the large-aperture
+    ones, in standard errors.
+
+    Per pair ``q = (S_ref / S_tgt) / (L_ref / L_tgt)``; its inverse-variance mean
+    (variance from the four photometric errors, pairs beyond CLIP_SIGMA of the
+    median dropped) minus 1, over its standard error. Neighbours' light cancels
+    in both ratios; what is left is the profile's error in the two frames'
+    corrections, measured as precisely as the large apertures can. ``inf`` with
+    fewer than MIN_PROFILE_STARS pairs.
+    """
+    ok = small[0].valid[c] & small[1].valid[c] & large[0].valid[c] & large[1].valid[c]
+    if ok.sum() < MIN_PROFILE_STARS:
+        return float("inf")
+    terms = [(ph.flux[c, ok], ph.flux_err[c, ok]) for ph in (*small, *large)]
+    q = terms[0][0] / terms[1][0] / (terms[2][0] / terms[3][0])
+    sig = q * np.sqrt(sum((e / f) ** 2 for f, e in terms))
+    keep = np.abs(q - np.median(q)) <= CLIP_SIGMA * sig
+    if keep.sum() < MIN_PROFILE_STARS:
+        return float("inf")
+    w = 1.0 / sig[keep] ** 2
+    mean = float(np.sum(w * q[keep]) / np.sum(w))
+    return abs(mean - 1.0) * float(np.sqrt(np.sum(w)))
+
+
 def corrected_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, fwhm, neighbours,
-                              *, offset=(0.0, 0.0), gap=2.0, width=10.0, saturation=None):
+                              *, offset=(0.0, 0.0), gap=2.0, width=10.0, saturation=None,
+                              large=None):
     """Small-aperture photometry of star pairs, each frame's fluxes divided by
     the fraction of the light its apertures return (:class:`Profile`).
+
+    With ``large = (radius, width)`` the pairs are also measured in those
+    apertures, and when the corrected flux ratios disagree with theirs by more
+    than AGREEMENT_GATE_Z standard errors in any channel (:func:`agreement_z`: a
+    PSF that the profile does not describe), the large-aperture photometry is
+    returned instead.
 
     Parameters
     ----------
@@ -301,13 +338,16 @@ def corrected_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, fwhm
         Every detected star of the reference (isolation and masking).
     offset : (dx, dy)
         Target position minus reference position.
+    large : (ndarray, ndarray), optional
+        Radii and ring widths of the large apertures for the check.
 
     Returns
     -------
     (Photometry, Photometry, list of (Profile or None, Profile or None))
-        The corrected photometry and each channel's fitted profiles. A channel
-        where a profile cannot be fitted (too few isolated stars) keeps the
-        uncorrected fluxes in both frames.
+        The photometry and each channel's fitted profiles (empty when the
+        large-aperture photometry was returned). A channel where a profile
+        cannot be fitted (too few isolated stars) keeps the uncorrected fluxes
+        in both frames.
     """
     ref_ph, tgt_ph = pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, gap=gap,
                                      width=width, saturation=saturation)
@@ -323,8 +363,15 @@ def corrected_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, radius, fwhm
                                 neighbours)
         pt = fit_profile(tgt3[c], tgt_x, tgt_y, np.where(tgt_ph.valid[c], tgt_ph.flux[c], np.nan),
                          fwhm[1], shifted)
+        profiles.append((pr, pt))
+    for c, (pr, pt) in enumerate(profiles):
         if pr is not None and pt is not None:
             _correct(ref_ph, pr, c, gap, width)
             _correct(tgt_ph, pt, c, gap, width)
-        profiles.append((pr, pt))
+    if large is not None:
+        big = pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, large[0], gap=gap,
+                              width=large[1], saturation=saturation)
+        if any(agreement_z((ref_ph, tgt_ph), big, c) > AGREEMENT_GATE_Z
+               for c in range(ref_ph.n_channels)):
+            return big[0], big[1], []
     return ref_ph, tgt_ph, profiles
