@@ -72,7 +72,7 @@ def _progress(message: str) -> None:
 
 
 def _normalization(shape, seeds, frames, exe, real: bool) -> dict:
-    print(f"## Normalization, simulated: {len(seeds)} sequences of {frames} frames "
+    print(f"## Normalization, simulated: {len(seeds)} sequence(s) of {frames} frames "
           f"{shape[1]}x{shape[0]} (reference + {frames - 1})\n")
     sim = normalization.bench_simulated(shape, seeds, frames, exe, _progress)
     print(report.normalization_table(sim, normalization.OURS) + "\n")
