@@ -259,8 +259,18 @@ def _owner_alive(name: str) -> bool:
     except ProcessLookupError:
         return False
     except OSError:
-        return True  # exists, owned by someone else
-    return True
+        pass  # exists, owned by someone else
+    return not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but was not reaped yet (Linux ``/proc``; a killed
+    run's worker, orphaned under an init that reaps late, writes nothing more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
 
 
 def remove_partials(folder: str | os.PathLike,
