@@ -214,3 +214,29 @@ def test_progress_reaches_every_search_window_and_can_stop_the_registration():
 
     with pytest.raises(Stop):  # a callback that raises (the pipeline's cancel) stops it there
         register_wide_to_narrow(pair.narrow, pair.wide, progress=stop)
+
+
+def test_banded_warp_equals_full_maps():
+    """warp_model (maps built band by band) gives exactly warp_image at model_maps."""
+    from napari_nsg.core.registration import model_maps, warp_image
+    from napari_nsg.core.registration.warp import WARP_BAND_ROWS, warp_model
+
+    rng = np.random.default_rng(5)
+    wide = rng.normal(1000, 10, (3, 700, 900)).astype(np.float32)
+    wide[:, :, :40] = 0  # a no-data border
+    wide[1, 300, 300] = np.nan
+
+    def transform(p):
+        return p @ np.array([[0.32, -0.1], [0.1, 0.32]]).T + [200.0, 90.0] + 1e-5 * p ** 2
+
+    shape = (2 * WARP_BAND_ROWS + 37, 1013)  # bands and a partial run of columns
+    for interp in ("cubic", "lanczos"):
+        full = warp_image(wide, *model_maps(transform, shape), interp)
+        banded = warp_model(wide, transform, shape, interp)
+        np.testing.assert_array_equal(banded, full)
+        assert np.isnan(banded).any() and np.isfinite(banded).mean() > 0.5
+    yy, xx = np.mgrid[0:shape[0]:41, 0:shape[1]:43]
+    mx, my = model_maps(transform, shape)
+    exact = transform(np.column_stack([xx.ravel(), yy.ravel()]).astype(float))
+    assert np.abs(mx[yy, xx].ravel() - exact[:, 0]).max() < 0.01  # smooth model: linear nodes
+    assert np.abs(my[yy, xx].ravel() - exact[:, 1]).max() < 0.01

@@ -15,7 +15,7 @@ from .intensity import IntensityError, register_by_intensity
 from .matching import match_similarity
 from .refine import refine_model
 from .transforms import WideTransform
-from .warp import model_maps, warp_image
+from .warp import warp_model
 from .wcs import WcsError, celestial_wcs, register_by_wcs
 
 __all__ = [
@@ -438,8 +438,7 @@ def apply_registration(
     ``registered`` is float32 with NaN where the wide image has no data;
     ``coverage`` is True where it has data (in every channel).
     """
-    map_x, map_y = model_maps(transform, narrow_shape)
-    registered = warp_image(wide, map_x, map_y, interpolation)
+    registered = warp_model(wide, transform, tuple(narrow_shape), interpolation)
     valid = ~no_data_mask(registered)
     coverage = valid if valid.ndim == 2 else valid.all(axis=0)
     return registered, coverage
