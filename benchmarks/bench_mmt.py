@@ -31,22 +31,10 @@ N_LAYERS = 8
 
 
 def _tile(seed: int = 1) -> np.ndarray:
-    """Gradient + 25 nebula blobs (15-200 px) + ~5000 stars + noise, background ~0.1."""
-    import cv2
+    """Gradient, 25 nebula blobs (15-200 px), ~5000 stars and noise, background ~0.1."""
+    from napari_nsg.synthetic.hard_image import hard_image
 
-    h, w = TILE
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = 0.1 + 0.03 * (x / w) + 0.02 * (y / h) ** 2
-    for _ in range(25):
-        cx, cy, s = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(15, 200)
-        img += rng.uniform(0.005, 0.05) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
-    n = h * w // 300
-    stars = np.zeros((h, w), np.float32)
-    np.add.at(stars, (rng.integers(0, h, n), rng.integers(0, w, n)), rng.pareto(1.5, n) * 0.05)
-    img += cv2.GaussianBlur(stars, (0, 0), 1.5)
-    img += rng.normal(0, 0.002, (h, w)).astype(np.float32)
-    return img.astype(np.float32)
+    return hard_image(*TILE, seed=seed)
 
 
 def _image(h: int, w: int) -> np.ndarray:

@@ -14,22 +14,7 @@ from napari_nsg.core.mmt import (
     mmt_residual,
     mmt_residual_reference,
 )
-
-
-def hard_image(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Gradient + nebula blobs (15..200 px) + a few thousand stars + noise, background ~0.1."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    img = 0.1 + 0.03 * (x / w) + 0.02 * (y / h) ** 2
-    for _ in range(25):
-        cx, cy, s = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(15, 200)
-        img += rng.uniform(0.005, 0.05) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
-    n = h * w // 300
-    stars = np.zeros((h, w), np.float32)
-    np.add.at(stars, (rng.integers(0, h, n), rng.integers(0, w, n)), rng.pareto(1.5, n) * 0.05)
-    img += cv2.GaussianBlur(stars, (0, 0), 1.5)
-    img += rng.normal(0, 0.002, (h, w)).astype(np.float32)
-    return img.astype(np.float32)
+from napari_nsg.synthetic.hard_image import hard_image
 
 
 @pytest.fixture(scope="module")

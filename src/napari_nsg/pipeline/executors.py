@@ -21,7 +21,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from typing import Any
 
 from ..io import FrameError
@@ -266,3 +272,58 @@ def _dask(func, context, items, scheduler, cancel):
                 ac.add(new)
     finally:
         client.close()
+
+
+def _try(func, *args):
+    """``(func(*args), None)``, or ``(None, exception)``: a task's stage never raises."""
+    try:
+        return func(*args), None
+    except Exception as exc:  # noqa: BLE001 - reported as the frame's row by the caller
+        return None, exc
+
+
+def overlapped_frames(items, load, compute, store, fail, *, cancel: CancelToken | None = None,
+                      name: str = "frames", finish_compute: Callable[[], Any] | None = None):
+    """Yield ``(index, row)`` for ``items`` in one process, with reading, computing and
+    writing overlapped.
+
+    A reader thread runs ``load(k, item)`` for the next frame and a compute thread
+    ``compute(loaded)`` for the current one while this thread runs
+    ``store(loaded, computed)`` for the previous one (the write stays here, so that
+    Ctrl-C interrupts it as it would without the threads and its partial files are
+    removed). ``store`` returns the frame's row, its own failure included; a failed
+    load or compute becomes ``fail(k, item, loaded, exc)`` (``loaded`` None when the
+    load failed). At most three frames are in memory. Rows come in order, each once
+    its outputs are in place; when the consumer stops (``cancel``, an exception) the
+    frame being computed is dropped and nothing more is written. ``finish_compute``
+    runs last on the compute thread (e.g. to free its work arrays).
+    """
+    items = list(items)
+    reader = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-read")
+    computer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-compute")
+    try:
+        reading = reader.submit(_try, load, 0, items[0]) if items else None
+        done = None  # (index, loaded, computed) not yet written
+        for k, item in enumerate(items):
+            loaded, exc = reading.result()
+            if k + 1 < len(items):
+                reading = reader.submit(_try, load, k + 1, items[k + 1])
+            computing = None if exc is not None else computer.submit(_try, compute, loaded)
+            if done is not None:  # written while the compute thread works on frame k
+                yield done[0], store(*done[1:])
+                done = None
+            check_cancel(cancel)
+            computed = None
+            if computing is not None:
+                computed, exc = computing.result()
+            if exc is not None:
+                yield k, fail(k, item, loaded, exc)
+                continue
+            done = (k, loaded, computed)
+        if done is not None:
+            yield done[0], store(*done[1:])
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)
+        if finish_compute is not None:
+            computer.submit(finish_compute)
+        computer.shutdown(wait=False, cancel_futures=finish_compute is None)

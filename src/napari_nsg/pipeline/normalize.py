@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +58,7 @@ from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, pause_for_test, refuse_inputs, same_file
 from ..io.write import frame_hdu, write_frames
 from ._values import floats
-from .executors import available_cores, map_frames
+from .executors import available_cores, map_frames, overlapped_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 from .report import JSON_NAME, FrameRow, NormalizeReport, read_report
 
@@ -310,58 +308,16 @@ def _store(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:
     return _row_from(loaded.path, res, meta, loaded.paths, job)
 
 
-def _try(func, *args):
-    """``(func(*args), None)``, or ``(None, exception)``: a task's stage never raises."""
-    try:
-        return func(*args), None
-    except Exception as exc:  # noqa: BLE001 - reported as the frame's row by the caller
-        return None, exc
-
-
 def pipelined_frames(job: NormalizeJob, items, cancel: CancelToken | None = None):
     """Yield ``(index, row)`` like ``map_frames(process_frame, job, items)`` in one
-    process, with reading, computing and writing overlapped.
-
-    A reader thread reads the next frame and a compute thread normalizes the
-    current one while this thread writes the previous one's outputs (as one
-    unit, here, so that Ctrl-C interrupts the write as it would without the
-    threads, and the partial files are removed). At most three frames are in
-    memory. Rows come in order, each once its outputs are in place. When the
-    consumer stops (``cancel``, an exception), the frame being computed is
-    dropped and nothing more is written.
-    """
-    items = list(items)
-    reader = ThreadPoolExecutor(1, thread_name_prefix="nsg-read")
-    computer = ThreadPoolExecutor(1, thread_name_prefix="nsg-compute")
-    try:
-        reads = deque(reader.submit(_try, _load, job, item) for item in items[:READ_AHEAD])
-        following = iter(items[READ_AHEAD:])
-        done = None  # (index, loaded, measured) computed and not yet written
-        for k, item in enumerate(items):
-            loaded, exc = reads.popleft().result()
-            nxt = next(following, None)
-            if nxt is not None:
-                reads.append(reader.submit(_try, _load, job, nxt))
-            computing = None if exc is not None else computer.submit(_try, _measure, job, loaded)
-            if done is not None:  # written while the compute thread works on frame k
-                yield done[0], _stored_row(job, *done[1:])
-                done = None
-            check_cancel(cancel)
-            measured = None
-            if computing is not None:
-                measured, exc = computing.result()
-            if exc is not None:
-                yield k, _failed_row(item[0], getattr(loaded, "meta", None), item[1], exc)
-                continue
-            done = (k, loaded, measured)
-        if done is not None:
-            yield done[0], _stored_row(job, *done[1:])
-    finally:
-        reader.shutdown(wait=False, cancel_futures=True)
-        computer.shutdown(wait=False, cancel_futures=True)
-
-
-READ_AHEAD = 1  # frames read ahead of the one being normalized
+    process, with reading, normalizing and writing overlapped
+    (:func:`~.executors.overlapped_frames`)."""
+    return overlapped_frames(
+        items, lambda k, item: _load(job, item), lambda loaded: _measure(job, loaded),
+        lambda loaded, measured: _stored_row(job, loaded, measured),
+        lambda k, item, loaded, exc: _failed_row(item[0], getattr(loaded, "meta", None),
+                                                 item[1], exc),
+        cancel=cancel, name="nsg")
 
 
 def _stored_row(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:

@@ -25,7 +25,6 @@ import json
 import os
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,8 +45,8 @@ from ..core.stars import intensity
 from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, atomic_write_text, refuse_inputs, same_file
 from ..io.write import write_frame
-from .executors import map_frames
-from .normalize import ForeignRunError, ResumeMismatchError, _try  # _try: one stage of a task
+from .executors import map_frames, overlapped_frames
+from .normalize import ForeignRunError, ResumeMismatchError
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
 __all__ = ["JSON_NAME", "OUTPUT_SUFFIX", "RegisterResult", "RegisterRow", "register_frames",
@@ -305,44 +304,20 @@ def process_frame(job: RegisterJob, item: tuple[str, bool, bool]) -> RegisterRow
 
 def pipelined_frames(job: RegisterJob, items, cancel: CancelToken | None = None):
     """Yield ``(index, row)`` like ``map_frames(process_frame, job, items)`` in one process,
-    with reading, registering and writing overlapped.
+    with reading, registering and writing overlapped (:func:`~.executors.overlapped_frames`).
 
-    A reader thread reads the next frame and finds its map (star detection and
-    matching: mostly one core), a compute thread resamples the current one
-    (OpenCV: both cores), and this thread writes the previous one (here, so
-    that Ctrl-C interrupts a write as it would without the threads and its
-    partial file is removed). At most three frames are in memory. Rows come in order, each once its output is in place; when
-    the consumer stops (``cancel``, an exception) the frame being computed is
-    dropped and nothing more is written.
+    The reader thread also finds the next frame's map (star detection and matching:
+    mostly one core) while the compute thread resamples the current one (OpenCV:
+    both cores).
     """
     items = list(items)
     rows = [_new_row(item) for item in items]
-    reader = ThreadPoolExecutor(1, thread_name_prefix="register-read")
-    computer = ThreadPoolExecutor(1, thread_name_prefix="register-compute")
-    try:
-        reading = reader.submit(_try, _load_and_analyse, job, items[0], rows[0]) if items else None
-        done = None  # (index, loaded, computed) not yet written
-        for k in range(len(items)):
-            loaded, exc = reading.result()
-            if k + 1 < len(items):
-                reading = reader.submit(_try, _load_and_analyse, job, items[k + 1], rows[k + 1])
-            computing = None if exc is not None else computer.submit(_try, _compute, job, loaded)
-            if done is not None:  # written while the compute thread works on frame k
-                yield done[0], _stored_row(*done[1:])
-                done = None
-            check_cancel(cancel)
-            if computing is not None:
-                computed, exc = computing.result()
-            if exc is not None:
-                yield k, _failed(rows[k], exc, getattr(loaded, "t0", None))
-                continue
-            done = (k, loaded, computed)
-        if done is not None:
-            yield done[0], _stored_row(*done[1:])
-    finally:
-        reader.shutdown(wait=False, cancel_futures=True)
-        computer.submit(release_scratch)  # the compute thread's resampling work arrays
-        computer.shutdown(wait=False)
+    return overlapped_frames(
+        items, lambda k, item: _load_and_analyse(job, item, rows[k]),
+        lambda loaded: _compute(job, loaded), _stored_row,
+        lambda k, item, loaded, exc: _failed(rows[k], exc, getattr(loaded, "t0", None)),
+        cancel=cancel, name="register",
+        finish_compute=release_scratch)  # the compute thread's resampling work arrays
 
 
 def _stored_row(loaded: _Loaded, computed) -> RegisterRow:

@@ -214,6 +214,67 @@ def _hypotheses(tn: _Triangles, nz: np.ndarray, tw: _Triangles, wz: np.ndarray, 
     return a, b, flip
 
 
+def _narrow_pattern(narrow_xy: np.ndarray, narrow_shape: tuple[int, int], n_narrow: int,
+                    tol: float):
+    """The narrow frame's centre (complex), its brightest ``n_narrow`` stars about
+    that centre (complex), its diagonal and their triangles."""
+    hn, wn = narrow_shape
+    centre = complex((wn - 1) / 2.0, (hn - 1) / 2.0)
+    nz = narrow_xy[:n_narrow, 0] + 1j * narrow_xy[:n_narrow, 1] - centre
+    diag_n = float(np.hypot(hn, wn))
+    return centre, nz, diag_n, _triangles(np.column_stack([nz.real, nz.imag]), gap=tol,
+                                          min_size=0.05 * diag_n)
+
+
+@dataclass(frozen=True)
+class _WindowHypotheses:
+    """The similarity hypotheses ``w = a z + b`` of one window of the wide image."""
+
+    a: np.ndarray
+    b: np.ndarray
+    flip: np.ndarray
+    s_lo: float
+    s_hi: float
+    bin_shift: float
+    tried: int
+
+
+def _window_hypotheses(tn, nz, wide_xy, wide_shape, diag_n, scale_range, *, allow_flip, tol,
+                       max_wide_per_window, progress=None):
+    """Walk the scale levels and, in each, the windows of the wide image a narrow
+    footprint fits in; yield the hypotheses of every window whose triangles match
+    the narrow ones (``tried`` counts the windows walked so far)."""
+    wz_all = wide_xy[:, 0] + 1j * wide_xy[:, 1]
+    tried = 0
+    levels = scale_levels(scale_range)
+    for level, (s_lo, s_hi) in enumerate(levels):
+        s_mid = np.sqrt(s_lo * s_hi)
+        k = tol / (np.log(s_hi / s_lo) / 2 + 0.05)
+        foot_diag = diag_n / s_mid
+        qtree = cKDTree(np.column_stack([tn.inv, (np.log(tn.size) - np.log(s_mid)) * k]))
+        bin_shift = max(3.0, 0.04 * foot_diag)
+        windows = list(_windows(wide_shape, 1.4 * foot_diag))
+        for k_win, (x0, y0, x1, y1) in enumerate(windows):
+            if progress is not None:
+                progress(level, len(levels), f"matching star patterns: ratio {s_lo:.2f}-{s_hi:.2f}, "
+                         f"window {k_win + 1}/{len(windows)}")
+            tried += 1
+            inside = np.nonzero((wide_xy[:, 0] >= x0) & (wide_xy[:, 0] < x1)
+                                & (wide_xy[:, 1] >= y0) & (wide_xy[:, 1] < y1))[0]
+            if len(inside) < 3:
+                continue
+            sel = inside[:max_wide_per_window]
+            tw = _triangles(wide_xy[sel], gap=tol, min_size=0.05 * diag_n / s_hi)
+            if len(tw) == 0:
+                continue
+            wtree = cKDTree(np.column_stack([tw.inv, np.log(tw.size) * k]))
+            sdm = qtree.sparse_distance_matrix(wtree, tol, p=np.inf, output_type="ndarray")
+            if len(sdm) == 0:
+                continue
+            a, b, flip = _hypotheses(tn, nz, tw, wz_all[sel], (sdm["i"], sdm["j"]), allow_flip)
+            yield _WindowHypotheses(a, b, flip, s_lo, s_hi, bin_shift, tried)
+
+
 def match_similarity(
     narrow_xy: np.ndarray,
     wide_xy: np.ndarray,
@@ -266,81 +327,48 @@ def match_similarity(
     """
     narrow_xy = np.asarray(narrow_xy, float)
     wide_xy = np.asarray(wide_xy, float)
-    hn, wn = narrow_shape
-    centre = complex((wn - 1) / 2.0, (hn - 1) / 2.0)
-    nz_all = narrow_xy[:, 0] + 1j * narrow_xy[:, 1] - centre
-    nz = nz_all[:n_narrow]
-    diag_n = float(np.hypot(hn, wn))
-    tn = _triangles(np.column_stack([nz.real, nz.imag]), gap=tol, min_size=0.05 * diag_n)
+    centre, nz, diag_n, tn = _narrow_pattern(narrow_xy, narrow_shape, n_narrow, tol)
     if len(tn) == 0:
         return None
     verifier = _Verifier(narrow_xy[:n_verify], narrow_shape, wide_xy, wide_shape, verify_tol)
-    wz_all = wide_xy[:, 0] + 1j * wide_xy[:, 1]
-    tried = 0
     best: MatchResult | None = None
-    levels = scale_levels(scale_range)
-    for level, (s_lo, s_hi) in enumerate(levels):
-        s_mid = np.sqrt(s_lo * s_hi)
-        half = np.log(s_hi / s_lo) / 2 + 0.05
-        k = tol / half
-        foot_diag = diag_n / s_mid
-        side = 1.4 * foot_diag
-        q = np.column_stack([tn.inv, (np.log(tn.size) - np.log(s_mid)) * k])
-        qtree = cKDTree(q)
-        bin_shift = max(3.0, 0.04 * foot_diag)
-        windows = list(_windows(wide_shape, side))
-        for k_win, (x0, y0, x1, y1) in enumerate(windows):
-            if progress is not None:
-                progress(level, len(levels), f"matching star patterns: ratio {s_lo:.2f}-{s_hi:.2f}, "
-                         f"window {k_win + 1}/{len(windows)}")
-            tried += 1
-            inside = np.nonzero((wide_xy[:, 0] >= x0) & (wide_xy[:, 0] < x1)
-                                & (wide_xy[:, 1] >= y0) & (wide_xy[:, 1] < y1))[0]
-            if len(inside) < 3:
+    for win in _window_hypotheses(tn, nz, wide_xy, wide_shape, diag_n, scale_range,
+                                  allow_flip=allow_flip, tol=tol,
+                                  max_wide_per_window=max_wide_per_window, progress=progress):
+        a, b, flip, tried, bin_shift = win.a, win.b, win.flip, win.tried, win.bin_shift
+        ratio = 1.0 / np.abs(a)
+        ok = (ratio >= max(scale_range[0], win.s_lo) * 0.97) \
+            & (ratio <= min(scale_range[1], win.s_hi) * 1.03)
+        if not ok.any():
+            continue
+        a, b, flip = a[ok], b[ok], flip[ok]
+        keys = np.column_stack([
+            flip.astype(np.int64),
+            np.floor(np.log(np.abs(a)) / 0.02).astype(np.int64),
+            np.floor(np.angle(a) / np.radians(1.5)).astype(np.int64),
+            np.floor(b.real / bin_shift).astype(np.int64),
+            np.floor(b.imag / bin_shift).astype(np.int64),
+        ])
+        keys -= keys.min(axis=0)
+        flat = np.ravel_multi_index(keys.T, tuple(keys.max(axis=0) + 1))
+        _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+        for u in np.argsort(-counts)[:5]:
+            if counts[u] < 3:
+                break
+            m = inverse == u
+            am = complex(np.median(a[m].real), np.median(a[m].imag))
+            bm = complex(np.median(b[m].real), np.median(b[m].imag))
+            fl = bool(flip[m][0])
+            c = np.conj(centre) if fl else centre
+            shift = bm - am * c
+            sim = Similarity(abs(am), float(np.angle(am)), fl, shift.real, shift.imag)
+            result = _verify_and_refit(sim, verifier, narrow_xy, wide_xy, min_pairs, tried)
+            if result is None:
                 continue
-            sel = inside[:max_wide_per_window]
-            wz = wz_all[sel]
-            tw = _triangles(np.column_stack([wz.real, wz.imag]), gap=tol,
-                            min_size=0.05 * diag_n / s_hi)
-            if len(tw) == 0:
-                continue
-            wtree = cKDTree(np.column_stack([tw.inv, np.log(tw.size) * k]))
-            sdm = qtree.sparse_distance_matrix(wtree, tol, p=np.inf, output_type="ndarray")
-            if len(sdm) == 0:
-                continue
-            a, b, flip = _hypotheses(tn, nz, tw, wz, (sdm["i"], sdm["j"]), allow_flip)
-            ratio = 1.0 / np.abs(a)
-            ok = (ratio >= max(scale_range[0], s_lo) * 0.97) & (ratio <= min(scale_range[1], s_hi) * 1.03)
-            if not ok.any():
-                continue
-            a, b, flip = a[ok], b[ok], flip[ok]
-            keys = np.column_stack([
-                flip.astype(np.int64),
-                np.floor(np.log(np.abs(a)) / 0.02).astype(np.int64),
-                np.floor(np.angle(a) / np.radians(1.5)).astype(np.int64),
-                np.floor(b.real / bin_shift).astype(np.int64),
-                np.floor(b.imag / bin_shift).astype(np.int64),
-            ])
-            keys -= keys.min(axis=0)
-            flat = np.ravel_multi_index(keys.T, tuple(keys.max(axis=0) + 1))
-            _, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-            for u in np.argsort(-counts)[:5]:
-                if counts[u] < 3:
-                    break
-                m = inverse == u
-                am = complex(np.median(a[m].real), np.median(a[m].imag))
-                bm = complex(np.median(b[m].real), np.median(b[m].imag))
-                fl = bool(flip[m][0])
-                c = np.conj(centre) if fl else centre
-                shift = bm - am * c
-                sim = Similarity(abs(am), float(np.angle(am)), fl, shift.real, shift.imag)
-                result = _verify_and_refit(sim, verifier, narrow_xy, wide_xy, min_pairs, tried)
-                if result is None:
-                    continue
-                if best is None or result.n_pairs > best.n_pairs:
-                    best = result
-            if best is not None and _convincing(best, min_pairs):
-                return best
+            if best is None or result.n_pairs > best.n_pairs:
+                best = result
+        if best is not None and _convincing(best, min_pairs):
+            return best
     return best
 
 
@@ -416,56 +444,37 @@ def candidate_similarities(
     """
     narrow_xy = np.asarray(narrow_xy, float)
     wide_xy = np.asarray(wide_xy, float)
-    hn, wn = narrow_shape
-    centre = np.array([(wn - 1) / 2.0, (hn - 1) / 2.0])
-    zc = complex(*centre)
-    nz = narrow_xy[:n_narrow, 0] + 1j * narrow_xy[:n_narrow, 1] - zc
-    diag_n = float(np.hypot(hn, wn))
-    tn = _triangles(np.column_stack([nz.real, nz.imag]), gap=tol, min_size=0.05 * diag_n)
+    zc, nz, diag_n, tn = _narrow_pattern(narrow_xy, narrow_shape, n_narrow, tol)
+    centre = np.array([zc.real, zc.imag])
     if len(tn) == 0 or len(wide_xy) < 3:
         return []
     verifier = _Verifier(narrow_xy, narrow_shape, wide_xy, wide_shape, verify_tol)
-    wz_all = wide_xy[:, 0] + 1j * wide_xy[:, 1]
     seen: set = set()
     cands: list[tuple[Similarity, int]] = []
-    for s_lo, s_hi in scale_levels(scale_range):
-        s_mid = np.sqrt(s_lo * s_hi)
-        k = tol / (np.log(s_hi / s_lo) / 2 + 0.05)
-        qtree = cKDTree(np.column_stack([tn.inv, (np.log(tn.size) - np.log(s_mid)) * k]))
-        bin_shift = max(3.0, 0.04 * diag_n / s_mid)
-        for x0, y0, x1, y1 in _windows(wide_shape, 1.4 * diag_n / s_mid):
-            inside = np.nonzero((wide_xy[:, 0] >= x0) & (wide_xy[:, 0] < x1)
-                                & (wide_xy[:, 1] >= y0) & (wide_xy[:, 1] < y1))[0]
-            sel = inside[:max_wide_per_window]
-            tw = _triangles(wide_xy[sel], gap=tol, min_size=0.05 * diag_n / s_hi)
-            if len(tw) == 0:
+    for win in _window_hypotheses(tn, nz, wide_xy, wide_shape, diag_n, scale_range,
+                                  allow_flip=allow_flip, tol=tol,
+                                  max_wide_per_window=max_wide_per_window):
+        ratio = 1.0 / np.abs(win.a)
+        ok = (ratio >= scale_range[0] * 0.97) & (ratio <= scale_range[1] * 1.03)
+        a, b, flip, bin_shift = win.a[ok], win.b[ok], win.flip[ok], win.bin_shift
+        # one hypothesis per bin of (parity, scale, angle, where the centre lands)
+        keys = np.column_stack([flip, np.round(np.log(np.abs(a)) / 0.02),
+                                np.round(np.angle(a) / np.radians(1.5)),
+                                np.round(b.real / bin_shift), np.round(b.imag / bin_shift)])
+        _, first = np.unique(keys, axis=0, return_index=True)
+        for u in first:
+            key = tuple(keys[u])
+            if key in seen or len(seen) >= max_hypotheses:
                 continue
-            wtree = cKDTree(np.column_stack([tw.inv, np.log(tw.size) * k]))
-            sdm = qtree.sparse_distance_matrix(wtree, tol, p=np.inf, output_type="ndarray")
-            if len(sdm) == 0:
+            seen.add(key)
+            fl, am = bool(flip[u]), a[u]
+            shift = b[u] - am * (np.conj(zc) if fl else zc)
+            sim = Similarity(abs(am), float(np.angle(am)), fl, shift.real, shift.imag)
+            ni, wj, _ = verifier(sim)
+            if len(ni) < min_pairs:
                 continue
-            a, b, flip = _hypotheses(tn, nz, tw, wz_all[sel], (sdm["i"], sdm["j"]), allow_flip)
-            ratio = 1.0 / np.abs(a)
-            ok = (ratio >= scale_range[0] * 0.97) & (ratio <= scale_range[1] * 1.03)
-            a, b, flip = a[ok], b[ok], flip[ok]
-            # one hypothesis per bin of (parity, scale, angle, where the centre lands)
-            keys = np.column_stack([flip, np.round(np.log(np.abs(a)) / 0.02),
-                                    np.round(np.angle(a) / np.radians(1.5)),
-                                    np.round(b.real / bin_shift), np.round(b.imag / bin_shift)])
-            _, first = np.unique(keys, axis=0, return_index=True)
-            for u in first:
-                key = tuple(keys[u])
-                if key in seen or len(seen) >= max_hypotheses:
-                    continue
-                seen.add(key)
-                fl, am = bool(flip[u]), a[u]
-                shift = b[u] - am * (np.conj(zc) if fl else zc)
-                sim = Similarity(abs(am), float(np.angle(am)), fl, shift.real, shift.imag)
-                ni, wj, _ = verifier(sim)
-                if len(ni) < min_pairs:
-                    continue
-                sim = fit_similarity(narrow_xy[ni], wide_xy[wj], sim.flip)
-                ni, wj, _ = verifier(sim)
-                if len(ni) >= min_pairs:
-                    cands.append((sim, len(ni)))
+            sim = fit_similarity(narrow_xy[ni], wide_xy[wj], sim.flip)
+            ni, wj, _ = verifier(sim)
+            if len(ni) >= min_pairs:
+                cands.append((sim, len(ni)))
     return _dedupe(cands, centre, 0.5 * diag_n, 2 * verify_tol, max_candidates)
