@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.signal import fftconvolve
 
 __all__ = ["KernelFit", "convolve_stamps", "fit_kernel", "gather_stamps", "kernel_basis"]
 
@@ -41,6 +40,14 @@ FIT_RADIUS_FWHM = 2.0
 #: A stamp whose chi-square per pixel exceeds this times the median is dropped.
 REJECT_CHI2 = 4.0
 SIGMA_PER_FWHM = 1.0 / 2.3548200450309493
+
+
+def fftconvolve(*args, **kwargs):
+    """``scipy.signal.fftconvolve``, imported on first use (scipy.signal takes ~0.5 s to
+    import, which every process that imports the star modules would pay)."""
+    from scipy.signal import fftconvolve as convolve
+
+    return convolve(*args, **kwargs)
 
 
 @dataclass
