@@ -23,6 +23,7 @@ from scipy.spatial import cKDTree
 from ..nodata import no_data_mask
 from ..stars import StarTable, detect_stars, intensity
 from ..stars.aperture_correction import corrected_pair_photometry
+from ..stars.empirical import empirical_pair_photometry
 from ..stars.matching import (
     StarMatch,
     estimate_offset,
@@ -480,6 +481,17 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
             (model.stars.x, model.stars.y, model.stars.flux), offset=offset,
             gap=p.aperture_gap, width=ring_width(small, p.aperture_gap, p.aperture_bg_delta),
             saturation=model.saturation, large=(radius, width))
+        radius = ref_ph.radius
+        width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
+    elif p.photometry == "empirical":  # small apertures + measured wing ratio
+        small = np.full(len(ri), p.small_aperture_fwhm * seeing)
+        s_width = ring_width(small, p.aperture_gap, p.aperture_bg_delta)
+        edges = [r + d for r, w in ((small, s_width), (radius, width))
+                 for d in (0, p.aperture_gap, p.aperture_gap + w)]
+        ref_ph, tgt_ph, _ = empirical_pair_photometry(
+            model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y, small, (radius, width),
+            gap=p.aperture_gap, width=s_width, saturation=model.saturation,
+            crowding=_crowding(model.stars, ref_s, edges, 2.0 * seeing))
         radius = ref_ph.radius
         width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
     else:

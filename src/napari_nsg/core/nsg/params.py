@@ -30,7 +30,7 @@ class NsgParameterError(ValueError):
 
 
 # name: (low, high) inclusive; None = unbounded on that side
-PHOTOMETRY_MODES = ("aperture", "corrected")
+PHOTOMETRY_MODES = ("aperture", "corrected", "empirical")
 
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "smoothness": (-4.0, 4.0),
@@ -73,8 +73,10 @@ DESCRIPTIONS = {
     "aperture_bg_delta": "width of the background ring in px (None = auto)",
     "aperture_fwhm": "smallest aperture radius in units of the frames' FWHM",
     "photometry": "'aperture': large apertures; 'corrected': small apertures plus a per-frame "
-                  "aperture correction from a fitted Moffat profile",
-    "small_aperture_fwhm": "aperture radius (FWHM of the broader frame) with photometry='corrected'",
+                  "aperture correction from a fitted Moffat profile; 'empirical': small "
+                  "apertures times the mean large/small flux-ratio ratio of the pairs",
+    "small_aperture_fwhm": "aperture radius (FWHM of the broader frame) with photometry="
+                           "'corrected' or 'empirical'",
     "outlier_removal": "percent of star pairs removed as outliers",
     "limit_sample_stars": "percent of the reference stars (brightest) that reject samples (None = auto)",
     "sample_star_growth": "rejection-circle growth per unit star flux (None = auto)",
@@ -156,14 +158,18 @@ class NsgParameters:
     max_star_pairs : int or None
         Most star pairs measured, brightest first; None = NSG's
         ``max(250, n_stars / 20)``.
-    photometry : {"aperture", "corrected"}
+    photometry : {"aperture", "corrected", "empirical"}
         "aperture": every pair in apertures of ``aperture_fwhm`` (the default);
         "corrected": apertures of ``small_aperture_fwhm`` FWHM, each frame's
         fluxes divided by the fraction of the light they return, from a Moffat
         profile fitted to its brightest isolated stars
-        (:mod:`napari_nsg.core.stars.aperture_correction`; not NSG's).
+        (:mod:`napari_nsg.core.stars.aperture_correction`; not NSG's);
+        "empirical": the same small apertures, their flux ratios times the mean
+        ratio of the large- to the small-aperture flux ratios of the pairs, no
+        PSF model (:mod:`napari_nsg.core.stars.empirical`; not NSG's).
     small_aperture_fwhm : float
-        Aperture radius for ``photometry="corrected"``, in FWHM of the broader frame.
+        Aperture radius for ``photometry="corrected"`` or ``"empirical"``, in FWHM
+        of the broader frame.
     """
 
     smoothness: float = -2.0
@@ -230,7 +236,8 @@ class NsgParameters:
             )
         if self.photometry not in PHOTOMETRY_MODES:
             raise NsgParameterError(
-                f"photometry must be 'aperture' or 'corrected', got {self.photometry!r}"
+                f"photometry must be one of {', '.join(PHOTOMETRY_MODES)}, "
+                f"got {self.photometry!r}"
             )
         return self
 
