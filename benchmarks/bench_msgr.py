@@ -14,18 +14,25 @@ temporary folder, and times, in one run:
 * with ``--compare-detection N``: the registration with the star search on the
   full-resolution images (the code before issue 13) and on 2x2-binned images
   (now), alternated N times, medians and map errors against the simulator.
+* with ``--compare-with SRC`` (instead of the table above): the whole recipe
+  file to file and the MMT of one channel, by the code in ``SRC`` (a ``src``
+  folder or a checkout holding one, e.g. a ``git worktree`` of an older
+  commit) and by this code, each in its own process, alternated ``--rounds``
+  times; medians per step, the ratios, and how far the two outputs differ.
 
 Prints a table with each time and its ratio to read+write, and the
 registration's stages (detect, match, refine, warp). Usage::
 
     python benchmarks/bench_msgr.py [--height 4000 --width 6000 --ratio 3 --repeat 1]
-        [--compare-detection 3]
+        [--compare-detection 3] [--compare-with /tmp/base --rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +80,99 @@ def _compare_detection(narrow, wide, args, map_error) -> list[str]:
     return lines
 
 
+#: The code each side of ``--compare-with`` runs in its own process: one JSON line per command
+#: read from stdin ("recipe OUT" or "mmt"), with the wall times.
+_WORKER = r"""
+import json, sys, time
+import numpy as np
+from napari_nsg.core.mmt import mmt_residual
+from napari_nsg.io import read_frame
+from napari_nsg.pipeline.msgr import run_msgr
+narrow, wide = sys.argv[1], sys.argv[2]
+channel = read_frame(narrow).data
+print(json.dumps({"ready": True}), flush=True)
+for line in sys.stdin:
+    cmd, *rest = line.split()
+    t0 = time.perf_counter()
+    if cmd == "recipe":
+        run = run_msgr(narrow, wide, rest[0], overwrite=True)
+        out = {"total": time.perf_counter() - t0, **run.result.timings,
+               "b": run.result.fits[0].b}
+    else:
+        mmt_residual(channel, 8, border="linear")
+        out = {"mmt": time.perf_counter() - t0}
+    print(json.dumps(out), flush=True)
+"""
+
+
+def _src_folder(path: str) -> Path:
+    """The folder holding ``napari_nsg`` in ``path`` (a ``src`` folder or a checkout)."""
+    p = Path(path)
+    for cand in (p, p / "src"):
+        if (cand / "napari_nsg" / "__init__.py").exists():
+            return cand.resolve()
+    raise SystemExit(f"{path}: no napari_nsg package there (nor in its src/)")
+
+
+def _worker(src: Path, narrow: Path, wide: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    proc = subprocess.Popen([sys.executable, "-c", _WORKER, str(narrow), str(wide)], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    json.loads(proc.stdout.readline())
+    return proc
+
+
+def _ask(proc: subprocess.Popen, command: str) -> dict:
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    line = proc.stdout.readline()
+    if not line:
+        raise SystemExit(f"a benchmark worker died on {command!r}")
+    return json.loads(line)
+
+
+def _compare_code(args, narrow_path: Path, wide_path: Path, tmp: Path) -> list[str]:
+    """The recipe and the MMT by the code in ``args.compare_with`` (before) and this code (now),
+    alternated ``args.rounds`` times; the table lines."""
+    from napari_nsg.io import read_frame
+
+    here = Path(__file__).resolve().parents[1] / "src"
+    sides = {"before": _src_folder(args.compare_with), "now": _src_folder(str(here))}
+    procs = {k: _worker(v, narrow_path, wide_path) for k, v in sides.items()}
+    runs: dict = {k: [] for k in sides}
+    try:
+        for r in range(args.rounds):
+            order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+            for k in order:
+                rec = _ask(procs[k], f"recipe {tmp / f'{k}.fits'}")
+                rec.update(_ask(procs[k], "mmt"))
+                runs[k].append(rec)
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
+    keys = [k for k in runs["now"][0] if k != "b" and all(k in r for r in runs["before"])]
+    med = {k: {key: float(np.median([r[key] for r in v])) for key in keys}
+           for k, v in runs.items()}
+    old, new = (read_frame(tmp / f"{k}.fits").data for k in sides)
+    scale = float(np.nanmedian(old))
+    lines = [(f"before = {sides['before']}, now = {sides['now']}; {args.rounds} rounds "
+              "alternated, medians (s):"), "",
+             f"| {'step':<22} | {'before':>8} | {'now':>8} | {'before/now':>10} |",
+             f"|{'-' * 24}|{'-' * 10}|{'-' * 10}|{'-' * 12}|"]
+    for key in keys:
+        b, n = med["before"][key], med["now"][key]
+        name = {"total": "whole recipe (file to file)",
+                "mmt": "MMT 8 layers, 1 channel"}.get(key, f"  {key}")
+        lines.append(f"| {name:<22} | {b:8.2f} | {n:8.2f} | {b / max(n, 1e-9):10.2f} |")
+    lines += ["", "whole recipe, each round (s): " + "; ".join(
+        f"{k} " + ", ".join(f"{r['total']:.2f}" for r in v) for k, v in runs.items()),
+        (f"slope b: before {runs['before'][0]['b']:.6g}, now {runs['now'][0]['b']:.6g}; "
+         f"corrected images: max |now - before| = {np.nanmax(np.abs(new - old)):.4g} ADU "
+         f"({np.nanmax(np.abs(new - old)) / scale:.3g} of the median level {scale:.4g})")]
+    return lines
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--height", type=int, default=4000)
@@ -81,6 +181,10 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="best of N for each timing")
     ap.add_argument("--compare-detection", type=int, default=0, metavar="N",
                     help="alternate N times: star search at full resolution vs 2x2-binned")
+    ap.add_argument("--compare-with", metavar="SRC",
+                    help="time the recipe and the MMT by the code in SRC against this code "
+                         "(alternated, medians) instead of the table")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of --compare-with")
     ap.add_argument("--skip-reference", action="store_true",
                     help="skip the (slow) MMT accuracy check against the PCL port")
     args = ap.parse_args(argv)
@@ -108,6 +212,10 @@ def main(argv=None) -> int:
         write_frame(wide_path, pair.wide, pair.wide_header)
         truth = pair.transform
         del pair
+        if args.compare_with:
+            for line in _compare_code(args, narrow_path, wide_path, tmp):
+                print(line)
+            return 0
 
         def io():
             n = read_frame(narrow_path)

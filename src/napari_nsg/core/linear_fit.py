@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_FIT_METHOD", "FIT_METHODS", "LinearFitError", "LinearFitResult", "linear_fit"]
+__all__ = ["DEFAULT_FIT_METHOD", "FIT_METHODS", "LinearFitError", "LinearFitResult", "finite_max",
+           "linear_fit"]
 
 FIT_METHODS = ("robust", "pixinsight")
 #: The default of MSGR; see docs/msgr.md ("LinearFit") for the numbers behind it.
@@ -85,17 +86,30 @@ class LinearFitResult:
     slope_identifiable: float | None = None
 
     def apply(self, target: np.ndarray) -> np.ndarray:
-        """``a + b * target`` as float32."""
-        return (np.float32(self.a) + np.float32(self.b) * np.asarray(target, np.float32)).astype(
-            np.float32, copy=False
-        )
+        """``a + b * target`` as float32 (one new array)."""
+        out = np.multiply(np.asarray(target, np.float32), np.float32(self.b))
+        out += np.float32(self.a)
+        return out
+
+
+def finite_max(values: np.ndarray) -> float:
+    """The largest finite value of ``values`` (0.0 when there is none).
+
+    One pass (``fmax`` skips NaN) where the maximum is finite; the slow path
+    (select the finite values) only for data holding +inf or nothing finite.
+    """
+    v = np.asarray(values)
+    if v.size == 0:
+        return 0.0
+    top = float(np.fmax.reduce(v, axis=None))
+    if np.isfinite(top):
+        return top
+    finite = v[np.isfinite(v)]
+    return float(finite.max()) if finite.size else 0.0
 
 
 def _limits(values: np.ndarray, reject_low: float, reject_high: float, data_range: float | None):
-    rng = data_range
-    if rng is None:
-        finite = values[np.isfinite(values)]
-        rng = float(finite.max()) if finite.size else 0.0
+    rng = finite_max(values) if data_range is None else data_range
     return reject_low * rng, reject_high * rng
 
 
