@@ -98,6 +98,14 @@ def _channels(data: np.ndarray) -> np.ndarray:
     return data[np.newaxis] if data.ndim == 2 else data
 
 
+def holds_data_everywhere(data: np.ndarray) -> bool:
+    """True when every pixel is finite and none is 0: the frame has no no-data
+    (:mod:`~napari_nsg.core.nodata` needs zeros or NaN/inf), so the metrics can
+    skip the no-data mask. Two cheap passes over the pixels, no labelling."""
+    data = np.asarray(data)
+    return bool(np.isfinite(data).all() and not (data == 0).any())
+
+
 def sky_level(values: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> float:
     """Sky level of a box: the mean after iterative sigma clipping about the median.
 
@@ -111,19 +119,102 @@ def sky_level(values: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> fl
     if v.size == 0:
         return float("nan")
     for _ in range(iterations):
-        med = np.median(v)
-        mad = 1.4826 * np.median(np.abs(v - med))
+        med = _median(v)
+        dev = np.abs(v - med)
+        mad = 1.4826 * _median(dev)
         if mad <= 0:
             break
-        keep = np.abs(v - med) <= sigma * mad
+        keep = dev <= sigma * mad
         if keep.all():
             break
         v = v[keep]
     return float(np.mean(v))
 
 
+def _median(v: np.ndarray) -> float:
+    """``np.median`` of a 1-D float array without NaN (the same value: the middle
+    element, or the mean of the two middle ones), by a partition alone: about twice
+    as fast on the few thousand values of a background cell."""
+    k = v.size // 2
+    if v.size % 2:
+        return np.partition(v, k)[k]
+    part = np.partition(v, (k - 1, k))
+    return (part[k - 1] + part[k]) / 2
+
+
+def sky_levels(rows: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> np.ndarray:
+    """:func:`sky_level` of every row of ``rows`` at once (NaN/inf = no value).
+
+    The same clipping, the same values: each row is sorted once, after which the
+    values kept by a clipping are a run of the sorted row, its median is the
+    middle of the run, and the median absolute deviation is found by bisection
+    (the ``t + 1`` values closest to the median are a window of the run). One
+    sort of all the rows instead of two partitions per row and iteration: the
+    160 cells of a background map in a few milliseconds.
+    """
+    rows = np.asarray(rows, dtype=np.float64)
+    s = np.sort(np.where(np.isfinite(rows), rows, np.nan), axis=1)  # no value last
+    lo = np.zeros(len(s), np.intp)
+    hi = np.isfinite(s).sum(axis=1)
+    active = hi > 0
+    for _ in range(iterations):
+        r = np.flatnonzero(active)
+        if r.size == 0:
+            break
+        a, b = lo[r], hi[r]
+        new_a, new_b, done = _clip_runs(s, r, a, b, sigma)
+        lo[r[~done]], hi[r[~done]] = new_a[~done], new_b[~done]
+        active[r[done]] = False
+    return np.array([np.mean(row[i:j]) if j > i else np.nan for row, i, j in zip(s, lo, hi)])
+
+
+def _clip_runs(s, r, a, b, sigma):
+    """One clipping of :func:`sky_level` on the runs ``s[r, a:b]`` of sorted rows:
+    ``(first kept, end of kept, done)``; done where the MAD is 0 or nothing is clipped."""
+    m = b - a
+    med = (s[r, a + (m - 1) // 2] + s[r, a + m // 2]) / 2
+    dev = (_kth_deviation(s, r, a, b, med, (m - 1) // 2)
+           + _kth_deviation(s, r, a, b, med, m // 2)) / 2
+    thr = sigma * (1.4826 * dev)
+    new_a = _first_true(lambda j: med - s[r, j] <= thr, a, b)
+    new_b = _first_true(lambda j: s[r, j] - med > thr, a, b)
+    return new_a, new_b, (thr <= 0) | ((new_a == a) & (new_b == b))
+
+
+def _first_true(pred, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per row, the first index ``j`` in ``[lo, hi)`` where ``pred(j)`` holds (``pred``
+    false then true along a row), or ``hi`` where it never does (a bisection)."""
+    lo, hi = lo.copy(), hi.copy()
+    while (open_ := lo < hi).any():
+        mid = np.where(open_, (lo + hi) // 2, 0)
+        ok = pred(mid)
+        hi = np.where(open_ & ok, mid, hi)
+        lo = np.where(open_ & ~ok, mid + 1, lo)
+    return lo
+
+
+def _kth_deviation(s, r, a, b, med, t):
+    """The ``t``-th smallest (from 0) of ``|s[r, j] - med|`` for ``j`` in ``[a, b)``
+    (``s`` sorted along its rows): the least largest deviation of the windows of
+    ``t + 1`` values, whose largest deviations are at their ends."""
+    def worst(u):
+        return np.maximum(med - s[r, u], s[r, u + t] - med)
+
+    u = _first_true(lambda j: med - s[r, j] <= s[r, j + t] - med, a, b - t)
+    before = np.maximum(u - 1, a)
+    return np.minimum(worst(np.minimum(u, b - t - 1)), worst(before))
+
+
+def _padded(samples: list[np.ndarray]) -> np.ndarray:
+    """Rows of unequal length as one array, NaN after each row's values."""
+    out = np.full((len(samples), max(len(v) for v in samples)), np.nan)
+    for k, v in enumerate(samples):
+        out[k, :len(v)] = v
+    return out
+
+
 def corner_gradients(data: np.ndarray, box_fraction: float = 0.1,
-                     binning: int = 1) -> CornerGradients:
+                     binning: int = 1, clean: bool = False) -> CornerGradients:
     """NSG's corner-box gradient estimates.
 
     Parameters
@@ -136,6 +227,9 @@ def corner_gradients(data: np.ndarray, box_fraction: float = 0.1,
         > 1: each box's level from its ``binning x binning`` block means (a
         block with a no-data pixel left out): fewer values to sort on large
         frames, the same boxes.
+    clean : bool
+        The caller knows that every pixel holds data (:func:`holds_data_everywhere`):
+        the no-data mask is not computed.
 
     Returns
     -------
@@ -143,7 +237,8 @@ def corner_gradients(data: np.ndarray, box_fraction: float = 0.1,
     """
     chans = _channels(np.asarray(data))
     nominal = corner_box_slices(chans.shape[-2:], box_fraction)
-    valid = ~np.any(no_data_mask(chans), axis=0)
+    valid = (np.broadcast_to(np.True_, chans.shape[-2:]) if clean
+             else ~np.any(no_data_mask(chans), axis=0))
     where = {key: _box_with_data(valid, rows, cols) for key, (rows, cols) in nominal.items()}
     boxes = {key: np.array([_box_level(ch[rows, cols], valid[rows, cols], binning)
                             for ch in chans])
@@ -162,7 +257,7 @@ def _box_level(box: np.ndarray, valid: np.ndarray, binning: int) -> float:
     """:func:`sky_level` of a box's data pixels, or of its block means (``binning`` > 1)."""
     if binning <= 1:
         return sky_level(box[valid])
-    means = bin_image(np.where(valid, box, np.float32(np.nan)), binning)
+    means = bin_image(box if valid.all() else np.where(valid, box, np.float32(np.nan)), binning)
     return sky_level(means[np.isfinite(means)])
 
 
@@ -217,7 +312,7 @@ def corner_boxes(shape: tuple[int, int],
 
 
 def background_map(data: np.ndarray, cells: int = 16, min_valid: float = 0.5,
-                   binning: int = 1) -> BackgroundMap:
+                   binning: int = 1, binned: list[np.ndarray] | None = None) -> BackgroundMap:
     """Sigma-clipped background levels on a grid of about ``cells`` cells along the long side.
 
     ``binning`` > 1 measures each cell on the ``binning x binning`` block means
@@ -226,7 +321,8 @@ def background_map(data: np.ndarray, cells: int = 16, min_valid: float = 0.5,
     (for large frames; see :func:`metric_binning`). No-data must then be NaN
     (a zero region would be averaged into its neighbours' blocks): NaN spreads
     to its block, which is left out. The cells and their centres are the same
-    for any ``binning``.
+    for any ``binning``. ``binned``: those block means of each channel, when the
+    caller has them already (``bin_image(channel, binning)``).
     """
     chans = _channels(np.asarray(data))
     h, w = chans.shape[-2:]
@@ -237,15 +333,20 @@ def background_map(data: np.ndarray, cells: int = 16, min_valid: float = 0.5,
     f = max(1, int(binning))
     step = max(1, cell // f // 128)  # about 16k values per cell is plenty for a median
     for c, ch in enumerate(chans):
-        plane = bin_image(ch, f) if f > 1 else ch
+        plane = (binned[c] if binned is not None else bin_image(ch, f)) if f > 1 else ch
         good = np.isfinite(plane) if f > 1 else ~no_data_mask(ch)
+        cells_at, samples = [], []
         for j in range(ny):
             for i in range(nx):
                 where = (slice((y0 + j * cell) // f, (y0 + (j + 1) * cell) // f, step),
                          slice((x0 + i * cell) // f, (x0 + (i + 1) * cell) // f, step))
                 block, valid = plane[where], good[where]
                 if valid.mean() >= min_valid:
-                    values[c, j, i] = sky_level(block[valid])
+                    cells_at.append((j, i))
+                    samples.append(block[valid])
+        if cells_at:
+            at = np.array(cells_at)
+            values[c, at[:, 0], at[:, 1]] = sky_levels(_padded(samples))
     cy = y0 + (np.arange(ny) + 0.5) * cell - 0.5
     cx = x0 + (np.arange(nx) + 0.5) * cell - 0.5
     return BackgroundMap(values=values, centres_y=cy, centres_x=cx, cell=cell)
@@ -299,14 +400,16 @@ class StarStatistics:
     median_fwhm: float
 
 
-def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1) -> StarStatistics:
+def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1,
+                    clean: bool = False) -> StarStatistics:
     """Count the stars detected at ``threshold`` sigma and take their median FWHM.
 
     ``binning`` > 1 (large frames): stars are detected at full resolution in the
     central ``1/binning`` of the width and of the height only, and the count is
     scaled by the ratio of data pixels in the frame to those in that crop
     (an estimate, good to a few per cent where stars are spread evenly); the
-    FWHM is measured the same way as on the whole frame.
+    FWHM is measured the same way as on the whole frame. ``clean``: every pixel
+    holds data (:func:`holds_data_everywhere`), so none is counted.
     """
     inten = intensity(data)
     h, w = inten.shape
@@ -316,7 +419,9 @@ def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1) 
     stars = detect_stars(crop if f > 1 else inten, threshold=threshold)
     fwhm = float(np.median(stars.fwhm)) if len(stars) else float("nan")
     n = len(stars)
-    if f > 1 and n:
+    if f > 1 and n and clean:
+        n = round(n * inten.size / crop.size)
+    elif f > 1 and n:
         in_crop = np.count_nonzero(np.isfinite(crop) & (crop != 0))
         in_frame = np.count_nonzero(np.isfinite(inten) & (inten != 0))
         n = round(n * in_frame / max(in_crop, 1))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,12 +42,15 @@ from ..core.reference import (
     blink_normalize,
     corner_gradients,
     gradient_complexity,
+    holds_data_everywhere,
     metric_binning,
     sky_level,
     star_statistics,
 )
+from ..core.stars.detection import bin_image
 from ..io import FrameError, read_frame
 from ._values import floats, json_clean
+from .executors import overlapped_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 
 AEROSOL_EXTINCTION = 0.36  # NSG's airmass-scaled noise: exp(-0.36 * airmass)
@@ -246,16 +248,45 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
         The row with the frame's own measurements filled in (no rank yet), and
         its measured noise.
     """
+    sky = _sky_metrics(data)
+    return _with_stars(sky, meta)
+
+
+@dataclass
+class _SkyMetrics:
+    """The first half of :func:`measure_frame` (numpy and OpenCV: it lets the other
+    thread run): the row with everything but the stars, and what the stars need."""
+
+    row: FrameRank
+    noise: NoiseEstimate
+    data: np.ndarray  # (y, x) or (c, y, x), no-data as NaN
+    clean: bool  # every pixel holds data
+
+
+def _has_data(chans: np.ndarray) -> bool:
+    """Some pixel is finite and not 0 (a sparse look first: a frame with data
+    usually shows it in every 7th pixel)."""
+    def some(a):
+        return bool(np.any(np.isfinite(a) & (a != 0)))
+
+    return some(chans[:, ::7, ::7]) or some(chans)
+
+
+def _sky_metrics(data: np.ndarray) -> _SkyMetrics:
+    """Background, corner gradients, span, complexity and noise of one frame."""
     data = np.asarray(data, dtype=np.float32)
     chans = data[np.newaxis] if data.ndim == 2 else data
-    if not np.any(np.isfinite(chans) & (chans != 0)):
+    if not _has_data(chans):
         raise NsgError("the frame has no data (all pixels are 0 or NaN)")
-    chans, _ = no_data_as_nan(chans)  # the no-data rule applied once, not by every metric
+    clean = holds_data_everywhere(chans)  # then no no-data mask anywhere
+    if not clean:
+        chans, _ = no_data_as_nan(chans)  # the no-data rule applied once, not by every metric
     data = chans[0] if data.ndim == 2 else chans
     row = FrameRank(file="")
     binning = metric_binning(chans.shape[-2:])
-    corners = corner_gradients(chans, binning=min(binning, CORNER_BINNING))
-    bmap = background_map(chans, binning=binning)
+    corners = corner_gradients(chans, binning=min(binning, CORNER_BINNING), clean=clean)
+    binned = [bin_image(ch, binning) for ch in chans] if binning > 1 else None
+    bmap = background_map(chans, binning=binning, binned=binned)
     complexity = gradient_complexity(bmap, chans.shape[-2:])
     flat = bmap.values.reshape(len(chans), -1)
     with warnings.catch_warnings():  # a channel with no background cell gives NaN, quietly
@@ -263,7 +294,6 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
         background = np.nanmedian(flat, axis=1)
         span = np.nanpercentile(flat, 98, axis=1) - np.nanpercentile(flat, 2, axis=1)
     background = _whole_frame_sky(chans, background)
-    stars = star_statistics(data, binning=metric_binning(chans.shape[-2:], STAR_BINNING))
     noise = measure_frame_noise(chans)
     row.background = floats(background)
     row.gradient_1 = floats(corners.diagonal_1)
@@ -274,6 +304,16 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
     row.complexity = floats(complexity.residual_rms)
     row.noise = floats(noise.sigma)
     row.noise_source = noise.source
+    return _SkyMetrics(row, noise, data, clean)
+
+
+def _with_stars(sky: _SkyMetrics, meta=None) -> tuple[FrameRank, NoiseEstimate]:
+    """The second half of :func:`measure_frame`: stars, FWHM and the header values
+    (star detection holds the GIL: it runs beside the next frame's sky metrics)."""
+    row = sky.row
+    data = sky.data
+    stars = star_statistics(data, binning=metric_binning(data.shape[-2:], STAR_BINNING),
+                            clean=sky.clean)
     row.n_stars = stars.n_stars
     row.fwhm = stars.median_fwhm
     if meta is not None:
@@ -282,7 +322,7 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
         row.airmass = meta.airmass
         row.date_obs = meta.date_obs
         row.filter = meta.filter
-    return row, noise
+    return row, sky.noise
 
 
 def airmass_scaled_noise(noise: float, exposure: float | None, airmass: float | None) -> float | None:
@@ -356,12 +396,16 @@ def measure_loaded(name: str, frame) -> _Measured:
     frame : object with ``data``, ``meta`` and ``n_channels``
         A :class:`~napari_nsg.io.Frame` or alike.
     """
-    row = FrameRank(file=name)
     try:
-        own, noise = measure_frame(frame.data, frame.meta)
+        sky = _sky_metrics(frame.data)
     except NsgError as exc:
-        row.error = str(exc)
-        return _Measured(row, ())
+        return _Measured(FrameRank(file=name, error=str(exc)), ())
+    return _measured_row(name, frame, sky)
+
+
+def _measured_row(name: str, frame, sky: _SkyMetrics) -> _Measured:
+    """Pass 1 finished: the stars and the header values added to a frame's sky metrics."""
+    own, noise = _with_stars(sky, frame.meta)
     own.file = name
     if frame.data.ndim == 2 and frame.meta.bayer_pattern:
         own.warnings.append("raw Bayer mosaic measured as mono: use debayering for "
@@ -372,6 +416,15 @@ def measure_loaded(name: str, frame) -> _Measured:
         own.airmass_scaled_noise = airmass_scaled_noise(
             float(keywords.sigma[0]), own.exposure, own.airmass)
     return _Measured(own, frame.data.shape, noise, keywords)
+
+
+def _failed(name: str, exc: Exception) -> _Measured:
+    """The row of a frame that could not be read or measured (a bug is raised)."""
+    if isinstance(exc, FrameError):
+        return _Measured(FrameRank(file=name, error=exc.reason), ())
+    if isinstance(exc, NsgError):
+        return _Measured(FrameRank(file=name, error=str(exc)), ())
+    raise exc
 
 
 def rank_loaded(
@@ -391,7 +444,8 @@ def rank_loaded(
         One name per frame (``FrameRank.file``).
     load : callable ``load(i) -> Frame``
         Loads frame ``i`` (may raise :class:`~napari_nsg.io.FrameError`); called
-        at most twice per frame, one frame in memory at a time.
+        at most twice per frame, from a reader thread, the next frame while
+        this one is measured (at most three in memory).
     params, progress, cancel :
         As for :func:`rank_frames`.
     measured : dict, optional
@@ -405,44 +459,19 @@ def rank_loaded(
     n = len(names)
     total = 2 * n
     cache = {} if measured is None else measured
-    rows: list[_Measured] = []
-    # pass 1: each frame on its own
-    frames = _read_ahead(load, [i for i, name in enumerate(names) if name not in cache])
-    for i, name in enumerate(names):
-        check_cancel(cancel)
-        report(progress, i, total, f"measuring {Path(name).name}")
-        if name not in cache:
-            j, frame, error = next(frames)
-            assert j == i
-            cache[name] = (measure_loaded(name, frame) if error is None
-                           else _Measured(FrameRank(file=name, error=error.reason), ()))
-            frame = None
-        rows.append(_fresh(cache[name]))
-    frames.close()
+    # pass 1: each frame on its own. Reading, the sky metrics (numpy, OpenCV) of one
+    # frame and the star detection (which holds the GIL) of the one before overlap.
+    todo = [i for i, name in enumerate(names) if name not in cache]
+    report(progress, n - len(todo), total, "measuring the frames")
+    steps = overlapped_frames(
+        todo, lambda k, i: (i, load(i)), lambda loaded: _sky_metrics(loaded[1].data),
+        lambda loaded, sky: _measured_row(names[loaded[0]], loaded[1], sky),
+        lambda k, i, loaded, exc: _failed(names[i], exc), cancel=cancel, name="rank")
+    for done, (k, m) in enumerate(steps, start=n - len(todo) + 1):
+        cache[names[todo[k]]] = m
+        report(progress, done, total, f"measured {Path(names[todo[k]]).name}")
+    rows = [_fresh(cache[name]) for name in names]
     return _scale_pass(rows, load, params, progress, cancel)
-
-
-def _read_ahead(load, indices: list[int]):
-    """Yield ``(i, frame, None)`` or ``(i, None, FrameError)`` for each index in
-    turn, loading the next frame in a thread while the caller measures this one
-    (two frames in memory at a time). Closing the generator drops the read ahead."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="rank-read")
-
-    def read(i):
-        try:
-            return i, load(i), None
-        except FrameError as exc:
-            return i, None, exc
-
-    try:
-        ahead = pool.submit(read, indices[0]) if indices else None
-        for k in range(len(indices)):
-            result = ahead.result()
-            ahead = pool.submit(read, indices[k + 1]) if k + 1 < len(indices) else None
-            yield result
-            result = None
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _fresh(m: _Measured) -> _Measured:
@@ -455,7 +484,6 @@ def _fresh(m: _Measured) -> _Measured:
 def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> RankResult:
     """Pass 2: scale and weight of every frame against the yardstick, then the ranking."""
     n = len(measured)
-    total = 2 * n
     good = [m for m in measured if m.row.error is None]
     if not good:
         reasons = "; ".join(f"{Path(m.row.file).name}: {m.row.error}" for m in measured)
@@ -474,53 +502,91 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
     check_cancel(cancel)
     try:
         frame = load(yard)
-        model = prepare_reference(frame.data, frame.meta, params)
-    except (FrameError, NsgError) as exc:
+    except FrameError as exc:
         raise FrameError(ystick.row.file,
-                         f"cannot serve as the yardstick reference ({exc})") from None
+                         f"cannot serve as the yardstick reference ({exc.reason})") from None
+    model, window = _yardstick_model(ystick.row.file, frame, params)
     frame = None
     ref_noise = ystick.keyword_noise if use_keywords else ystick.measured_noise
-    frames = _read_ahead(load, [i for i, m in enumerate(measured)
-                                if m.row.error is None and i != yard])
     n_channels = common[0] if len(common) == 3 else 1
     raw_scale = np.full((n, n_channels), np.nan)
     raw_weight = np.full(n, np.nan)
+    raw_scale[yard], raw_weight[yard] = 1.0, 1.0
+    ystick.row.n_star_pairs = [len(model.candidates)] * n_channels
+    targets = [i for i, m in enumerate(measured) if m.row.error is None and i != yard]
+    if use_keywords:
+        for m in measured:
+            if m.row.error is None:
+                m.row.noise, m.row.noise_source = floats(m.keyword_noise.sigma), "keywords"
     unregistered = 0
-    for i, m in enumerate(measured):
-        check_cancel(cancel)
-        report(progress, n + i, total, f"scale of {Path(m.row.file).name}")
-        if m.row.error is not None:
-            continue
+    for done, (i, sr) in enumerate(_scales(model, window, targets, load, cancel), start=1):
+        report(progress, n + done, 2 * n, f"scale of {Path(measured[i].row.file).name}")
+        m = measured[i]
         tgt_noise = m.keyword_noise if use_keywords else m.measured_noise
-        if use_keywords:
-            m.row.noise, m.row.noise_source = floats(tgt_noise.sigma), "keywords"
-        if i == yard:
-            raw_scale[i], raw_weight[i] = 1.0, 1.0
-            m.row.n_star_pairs = [len(model.candidates)] * raw_scale.shape[1]
+        if isinstance(sr, Exception):
+            m.row.error = sr.reason if isinstance(sr, FrameError) else str(sr)
+            unregistered += isinstance(sr, NotRegisteredError)
             continue
-        try:
-            j, frame, error = next(frames)
-            assert j == i
-            if error is not None:
-                raise error
-            sr = measure_scale(model, frame.data)
-        except NotRegisteredError as exc:
-            m.row.error = str(exc)
-            unregistered += 1
-            continue
-        except (FrameError, NsgError) as exc:
-            m.row.error = exc.reason if isinstance(exc, FrameError) else str(exc)
-            continue
-        finally:
-            frame = None
         w = compute_weight(ref_noise, tgt_noise, sr.scale)
         raw_scale[i], raw_weight[i] = sr.scale, w.weight
         m.row.n_star_pairs = [int(v) for v in sr.n_star_pairs]
         m.row.warnings.extend(sr.warnings + w.warnings)
-    frames.close()
-    report(progress, total, total, "ranked")
+    report(progress, 2 * n, 2 * n, "ranked")
     _refuse_lone_yardstick(ystick.row, raw_weight, yard, unregistered)
     return _rank(measured, raw_scale, raw_weight, yard, reason)
+
+
+def scale_window(shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """Where the scales are measured: the central ``1/STAR_BINNING`` of the width and
+    of the height on frames over 2047 px (the crop whose stars are counted), else
+    the whole frame. Photometry is local; the crop spares the whole-frame passes
+    (star detection, star mask, sample grid, no-data tests) of the yardstick's model
+    and of every target."""
+    h, w = shape[-2:]
+    f = metric_binning((h, w), STAR_BINNING)
+    ch, cw = h // f, w // f
+    return slice((h - ch) // 2, (h - ch) // 2 + ch), slice((w - cw) // 2, (w - cw) // 2 + cw)
+
+
+def _crop(data: np.ndarray, window: tuple[slice, slice]) -> np.ndarray:
+    """The window of a frame, as its own array (the full frame can then be freed)."""
+    data = np.asarray(data)
+    if window[0] == slice(0, data.shape[-2]) and window[1] == slice(0, data.shape[-1]):
+        return data
+    return np.ascontiguousarray(data[(Ellipsis, *window)])
+
+
+def _yardstick_model(name: str, frame, params):
+    """The yardstick's reference model on its :func:`scale_window`; on the whole
+    frame when the window has no measurable star (``(model, window)``)."""
+    whole = (slice(0, frame.data.shape[-2]), slice(0, frame.data.shape[-1]))
+    windows = [scale_window(frame.data.shape)]
+    if windows[0] != whole:
+        windows.append(whole)
+    for k, window in enumerate(windows):
+        try:
+            return prepare_reference(_crop(frame.data, window), frame.meta, params), window
+        except NsgError as exc:
+            if k + 1 == len(windows):
+                raise FrameError(name, f"cannot serve as the yardstick reference ({exc})") from None
+    raise AssertionError("unreachable")
+
+
+def _scales(model, window, targets: list[int], load, cancel):
+    """Yield ``(i, ScaleResult or the exception)`` for each target, in order: the next
+    frame read while this one is measured."""
+    def cropped(k, i):
+        return i, _crop(load(i).data, window)
+
+    def failed(k, i, loaded, exc):
+        if isinstance(exc, (FrameError, NsgError)):
+            return exc
+        raise exc
+
+    steps = overlapped_frames(targets, cropped, lambda loaded: measure_scale(model, loaded[1]),
+                              lambda loaded, sr: sr, failed, cancel=cancel, name="rank-scale")
+    for k, result in steps:
+        yield targets[k], result
 
 
 def _refuse_lone_yardstick(row: FrameRank, raw_weight: np.ndarray, yard: int,
