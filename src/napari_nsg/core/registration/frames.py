@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..nodata import no_data_mask
+from ..nodata import find_no_data, no_data_mask
 from ..star_removal import saturation_level
 from ..stars import StarTable, detect_stars, intensity
 from .refine import _choose_spline, _fit_spline
@@ -47,6 +47,7 @@ from .transforms import (
     fit_homography,
     fit_similarity,
 )
+from .separable import LANCZOS_A, ShearPlan, release_shear_scratch, shear_plan, warp_shears
 from .warp import model_maps
 
 __all__ = [
@@ -304,6 +305,7 @@ def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 def release_scratch() -> None:
     """Free this thread's work arrays of :func:`resample` (kept for the next frame)."""
     _SCRATCH.__dict__.clear()
+    release_shear_scratch()
 
 
 def _nan_no_data(plane: np.ndarray) -> np.ndarray:
@@ -372,9 +374,101 @@ def _off_frame(h: np.ndarray, frame_shape: tuple[int, int], shape: tuple[int, in
     return np.equal(covered, 0, out=_scratch("off", shape, bool))
 
 
+#: Sub-sampling step of the pixels whose median fills no-data pixels before the shear passes.
+FILL_STEP = 16
+
+
+def _inside_columns(affine: np.ndarray, frame_shape: tuple[int, int],
+                    shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per output row, the columns ``[lo, hi)`` whose sample point (``affine``: output ->
+    frame pixels) lies on the frame's pixel area (as :func:`_outside`)."""
+    h, w = shape
+    y = np.arange(h, dtype=float)
+    lo, hi = np.zeros(h), np.full(h, w - 1.0)
+    for r, size in ((0, frame_shape[1]), (1, frame_shape[0])):
+        alpha, beta = affine[r, 0], affine[r, 1] * y + affine[r, 2]
+        if abs(alpha) < 1e-12:
+            inside = (beta >= -0.5) & (beta <= size - 0.5)
+            hi = np.where(inside, hi, -1.0)
+            continue
+        ends = np.stack([(-0.5 - beta) / alpha, (size - 0.5 - beta) / alpha])
+        lo, hi = np.maximum(lo, ends.min(axis=0)), np.minimum(hi, ends.max(axis=0))
+    first = np.ceil(lo).astype(np.int64)
+    stop = np.maximum(np.floor(hi).astype(np.int64) + 1, first)
+    return first, stop
+
+
+def _floor_warp(image: np.ndarray, affine: np.ndarray, shape: tuple[int, int], name: str,
+                border: int) -> np.ndarray:
+    """``image`` read at the pixel below-left of each sample point (nearest of ``u - 0.5``)."""
+    to_floor = affine - np.array([[0, 0, 0.5], [0, 0, 0.5]])
+    return cv2.warpAffine(image, to_floor, (shape[1], shape[0]),
+                          dst=_scratch(name, shape, image.dtype),
+                          flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=border,
+                          borderValue=0)
+
+
+def _shear_plane(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int], method: str
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """One plane through the shear passes, floored for ``lanczos-clamped``; ``(out, missing)``,
+    ``missing`` (None if the plane has no no-data pixel) True where the kernel's core (the
+    2a x 2a pixels around the sample point) touches a no-data pixel."""
+    src = np.ascontiguousarray(plane, dtype=np.float32)
+    bad, _ = find_no_data(src)
+    if bad is not None:
+        good = src[::FILL_STEP, ::FILL_STEP][~bad[::FILL_STEP, ::FILL_STEP]]
+        src = src.copy()
+        src[bad] = np.median(good) if good.size else 0.0  # finite, near the sky: no spill
+    out = warp_shears(src, plan, shape)
+    if method == "lanczos-clamped":
+        kernel = np.ones((CLAMP_SIZE, CLAMP_SIZE), np.uint8)
+        lo = cv2.erode(src, kernel, dst=_scratch("lo", src.shape, np.float32),
+                       anchor=(CLAMP_ANCHOR, CLAMP_ANCHOR), borderType=cv2.BORDER_REPLICATE)
+        np.fmax(out, _floor_warp(lo, plan.affine, shape, "floor", cv2.BORDER_REPLICATE),
+                out=out)
+    if bad is None:
+        return out, None
+    core = np.ones((2 * LANCZOS_A, 2 * LANCZOS_A), np.uint8)
+    near = cv2.dilate(bad.view(np.uint8), core, anchor=(LANCZOS_A - 1, LANCZOS_A - 1),
+                      borderType=cv2.BORDER_REPLICATE)
+    missing = _floor_warp(near, plan.affine, shape, "near", cv2.BORDER_CONSTANT).astype(bool)
+    out[missing] = 0.0
+    return out, missing
+
+
+def _resample_shears(planes: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
+                     method: str) -> tuple[np.ndarray, float]:
+    """``(c, y, x)`` planes through the shear passes with 0 for no data, and the coverage."""
+    first, stop = _inside_columns(plan.affine, planes.shape[-2:], shape)
+    outs, any_missing = [], None
+    for plane in planes:
+        out, missing = _shear_plane(plane, plan, shape, method)
+        outs.append(out)
+        if missing is not None:
+            any_missing = missing if any_missing is None else any_missing | missing
+    for y in range(shape[0]):  # off the frame: no data
+        for arr in outs + ([] if any_missing is None else [any_missing]):
+            arr[y, :first[y]] = 0
+            arr[y, stop[y]:] = 0
+    covered = int(np.sum(stop - first))
+    if any_missing is not None:
+        covered -= int(np.count_nonzero(any_missing))
+    coverage = covered / float(shape[0] * shape[1])
+    return (outs[0][None] if len(outs) == 1 else np.stack(outs)), coverage
+
+
 def _resample_homography(planes: np.ndarray, h: np.ndarray, shape: tuple[int, int],
                          method: str) -> tuple[np.ndarray, float]:
-    """``(c, y, x)`` planes through ``h`` with 0 for no data, and the coverage."""
+    """``(c, y, x)`` planes through ``h`` with 0 for no data, and the coverage.
+
+    Lanczos on a map within :data:`~.separable.MAX_DEVIATION` of an affine map of
+    determinant 1 (frames of one camera) runs as three 1-D shear passes
+    (:mod:`.separable`); other maps and kernels through OpenCV's 2-D warp.
+    """
+    if method in ("lanczos-clamped", "lanczos"):
+        plan = shear_plan(h, shape, planes.shape[-2:])
+        if plan is not None:
+            return _resample_shears(planes, plan, shape, method)
     off = _off_frame(h, planes.shape[-2:], shape)
     outs = []
     any_missing = _scratch("any_missing", shape, bool)
