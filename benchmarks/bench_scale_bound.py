@@ -18,12 +18,16 @@ splits the signed error by the seeing ratio (target sharper / broader than the
 reference) and by transmission.
 
     python benchmarks/bench_scale_bound.py [--seeds 2] [--conditions a,b] [--matched]
-                                           [--param aperture_fwhm=2.0 ...]
-                                           [--param photometry=corrected]
+                                           [--kernel] [--param aperture_fwhm=2.0 ...]
+                                           [--param photometry=corrected|empirical]
 
 ``--param photometry=corrected`` measures with small apertures and a per-frame
-aperture correction (:mod:`napari_nsg.core.stars.aperture_correction`); run the
-command with and without it to compare (about 1 min and 2-5 min at 3 seeds).
+aperture correction (:mod:`napari_nsg.core.stars.aperture_correction`),
+``--param photometry=empirical`` with small apertures and the pairs' measured
+large/small ratio (:mod:`napari_nsg.core.stars.empirical`); run the command with
+and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--kernel``
+adds the scale of a free pixel kernel fit (Alard-Lupton style,
+:mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame).
 
 Numbers in docs/nsg.md were taken on a busy 2-core machine; the default run
 takes 1-3 minutes.
@@ -38,6 +42,7 @@ import numpy as np
 
 from napari_nsg.core.nsg import NsgParameters
 from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_width
+from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
 from napari_nsg.core.nsg.scale import fit_scale
 from napari_nsg.core.stars.photometry import matched_pair_photometry
 from napari_nsg.synthetic import simulate_sequence
@@ -106,9 +111,10 @@ def _matched_scale(model, data, sr, seq_fwhm_tgt):
     return cs.scale
 
 
-def run_condition(name, seeds, matched, params=None):
+def run_condition(name, seeds, matched, params=None, kernel=False):
     """Rows of (seed, frame, bound, error, matched error, pairs, bound stars, fwhm ratio, T,
-    small apertures used (photometry="corrected" and the profile check passed))."""
+    small apertures used (photometry="corrected" or "empirical", no fall-back), kernel-fit
+    error)."""
     rows = []
     for seed in seeds:
         rng = np.random.default_rng([seed, sum(map(ord, name))])
@@ -126,11 +132,12 @@ def run_condition(name, seeds, matched, params=None):
             m_err = (_matched_scale(model, data, sr, seq.truth[k].fwhm) / truth - 1.0
                      if matched else np.nan)
             small = model.params.small_aperture_fwhm * max(model.fwhm, sr.target_fwhm)
-            corrected = (model.params.photometry == "corrected"
+            corrected = (model.params.photometry in ("corrected", "empirical")
                          and np.allclose(sr.ref_photometry.radius, small))
+            k_err = kernel_scale_of(model, data, sr) / truth - 1.0 if kernel else np.nan
             rows.append((seed, k, bound.relative_sigma, err, m_err, int(sr.n_star_pairs[0]),
                          bound.n_stars, seq.truth[k].fwhm / seq.truth[0].fwhm,
-                         float(seq.truth[k].transmission[0]), corrected))
+                         float(seq.truth[k].transmission[0]), corrected, k_err))
     return np.array(rows, float)
 
 
@@ -157,6 +164,8 @@ def main(argv=None):
                     help="comma-separated condition names (default: all)")
     ap.add_argument("--matched", action="store_true",
                     help="also measure the pairs with PSF-matched photometry")
+    ap.add_argument("--kernel", action="store_true",
+                    help="also the scale of a free pixel kernel fit (core/nsg/kernel_scale.py)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
     args = ap.parse_args(argv)
@@ -168,11 +177,13 @@ def main(argv=None):
               "small apertures used |")
     if args.matched:
         header += " matched: median error | matched: ratio | matched: mean error/bound |"
+    if args.kernel:
+        header += " kernel: median error | kernel: ratio | kernel: mean error/bound |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     every = []
     for name in names:
-        rows = run_condition(name, range(args.seeds), args.matched, params)
+        rows = run_condition(name, range(args.seeds), args.matched, params, args.kernel)
         every.append(rows)
         bound, err, m_err = rows[:, 2], rows[:, 3], rows[:, 4]
         med, p90, ratio, bias = summarize(err, bound)
@@ -182,6 +193,9 @@ def main(argv=None):
         if args.matched:
             mm, _, mr, mb = summarize(m_err, bound)
             line += f" {mm:.3f} % | {mr:.2f} | {mb:+.2f} |"
+        if args.kernel:
+            km, _, kr, kb = summarize(rows[:, 10], bound)
+            line += f" {km:.3f} % | {kr:.2f} | {kb:+.2f} |"
         print(line, flush=True)
     rows = np.concatenate(every)
     print()

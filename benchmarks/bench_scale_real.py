@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_nsg.core.nsg import NsgParameters, measure_scale, prepare_reference
+from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
 from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
 from napari_nsg.io import read_frame
 
@@ -32,7 +33,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/real"))
     ap.add_argument("--small", type=float, default=NsgParameters.small_aperture_fwhm,
-                    help="small_aperture_fwhm of the corrected mode")
+                    help="small_aperture_fwhm of the corrected and empirical modes")
+    ap.add_argument("--kernel", action="store_true",
+                    help="also the scale of a free pixel kernel fit (slow: ~10-30 s a frame)")
     args = ap.parse_args(argv)
     folder = Path(args.data) / "wasp12b_calibrated"
     frames = {n: read_frame(folder / f"{n}.fits") for n in real.NAMES}
@@ -40,9 +43,10 @@ def main(argv=None):
     stars = real.bright_stars(ref.data)
     models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(
         photometry=m, small_aperture_fwhm=args.small)) for m in PHOTOMETRY_MODES}
-    print("| frame | photutils scale | " + " | ".join(f"{m}: scale (difference)" for m in models)
-          + " |")
-    print("|---|---|" + "---|" * len(models))
+    extra = ["kernel fit"] if args.kernel else []
+    print("| frame | photutils scale | " + " | ".join(f"{m}: scale (difference)"
+                                                    for m in [*models, *extra]) + " |")
+    print("|---|---|" + "---|" * (len(models) + len(extra)))
     for name in real.NAMES[1:]:
         img = frames[name].data
         reg = real.into_register(img, real.independent_offset(ref.data, img))
@@ -50,9 +54,13 @@ def main(argv=None):
             warnings.simplefilter("ignore")
             ind = float(np.median(real.photutils_flux(ref.data, stars)
                                   / real.photutils_flux(reg, stars)))
-        cells = []
+        cells, results = [], []
         for model in models.values():
-            s = float(measure_scale(model, reg).scale[0])
+            results.append(measure_scale(model, reg))
+            s = float(results[-1].scale[0])
+            cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %)")
+        if args.kernel:
+            s = kernel_scale_of(models[PHOTOMETRY_MODES[0]], reg, results[0])
             cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %)")
         print(f"| {name} | {ind:.5f} | " + " | ".join(cells) + " |", flush=True)
 
