@@ -187,3 +187,30 @@ def test_decimating_a_coarse_layer_equals_decimating_its_full_image(kind, offset
     np.testing.assert_allclose(via_small, via_full, rtol=0, atol=2e-6 * scale)
     if kind == "keys":
         assert mmt._keys_linear_everywhere(small, 800) == (offset > 0)
+
+
+def test_keys_upsampling_without_the_clamp_where_it_cannot_act_is_unchanged():
+    """Blocks whose source rows are positive and smooth skip PCL's clamp: the same numbers."""
+    rng = np.random.default_rng(10)
+    src = (100 + cv2.GaussianBlur(rng.normal(0, 3, (37, 90)), (0, 0), 2)).astype(np.float32)
+    src[25:] -= 100  # values about 0 there: the clamp acts in those blocks
+    j1, w = mmt._keys_taps(37, 1500)
+    skipped = [not mmt._clamp_may_act(*(src[np.clip(j + d, 0, 36)] for d in (-1, 0, 1, 2)),
+                                      w[j1 == j], mmt._CLAMP) for j in np.unique(j1)]
+    assert 0 < sum(skipped) < len(skipped)  # both paths are taken
+    inner, outer, inner_sum = mmt._keys_matrices(37, 1500)
+    ref = mmt._keys_rows(inner, outer, inner_sum, src, mmt._CLAMP)
+    np.testing.assert_allclose(mmt._keys_upsample_rows(src, 1500), ref, rtol=0, atol=2e-5)
+
+
+def test_edge_values_median_is_scipys():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    band = rng.normal(100, 5, (300, 16)).astype(np.float32)
+    v = ndimage.median_filter(band.astype(np.float64), size=(9, 1), mode="nearest")
+    x = np.arange(16.0)
+    slope = ((v - v.mean(axis=1, keepdims=True)) * (x - x.mean())).sum(axis=1) / np.sum(
+        (x - x.mean()) ** 2)
+    expect = ndimage.gaussian_filter1d(v.mean(axis=1) - slope * x.mean(), 4.0, mode="nearest")
+    np.testing.assert_array_equal(mmt._edge_values(band), expect)

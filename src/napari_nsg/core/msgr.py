@@ -29,7 +29,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
-import cv2
 import numpy as np
 
 from .flatten import FlatSurface, flatten_image
@@ -40,7 +39,7 @@ from .linear_fit import (
     finite_max,
     linear_fit,
 )
-from .mmt import EXACT_FROM, min_size_for_layers, mmt_residual
+from .mmt import min_size_for_layers, mmt_residual, mmt_residual_binned
 from .msgr_spline import MIN_BOXES, SPLINE_SMOOTHNESS, SplineRefinement, spline_refine
 from .registration import (
     DEFAULT_SCALE_RANGE,
@@ -48,7 +47,7 @@ from .registration import (
     apply_registration,
     register_wide_to_narrow,
 )
-from .star_removal import detect_star_mask, fill_masked, remove_stars, saturation_level
+from .star_removal import detect_star_mask, remove_stars, saturation_level
 from .stars import intensity, no_data_mask
 from .stars.photometry import aperture_photometry
 
@@ -547,37 +546,6 @@ def model_binning(n_layers: int) -> int:
     return int(2 ** int(np.clip(n_layers - 4, 0, int(np.log2(MODEL_MAX_BINNING)))))
 
 
-def _smooth_plane(m: np.ndarray, n_model: int, border: str, k: int) -> np.ndarray:
-    """The MMT residual of one raw model plane (``n_model`` layers), computed on ``k x k`` bins.
-
-    The bins hold the mean of their valid pixels (none: filled by the push-pull
-    fill); the binned transform removes ``n_model - log2(k)`` layers (the same
-    windows in full pixels; PCL's exact scheme from the same scale on) and is
-    brought back by bilinear interpolation. No-data pixels keep their value.
-    """
-    if k == 1:
-        return mmt_residual(m, n_model, border=border)
-    h, w = m.shape
-    size = (-(-w // k), -(-h // k))
-    bad = no_data_mask(m)
-    if bad.any():
-        valid = (~bad).astype(np.float32)
-        binned = cv2.resize(np.where(bad, np.float32(0), m), size, interpolation=cv2.INTER_AREA)
-        weight = cv2.resize(valid, size, interpolation=cv2.INTER_AREA)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            binned /= weight
-        empty = ~(weight > 0)
-        if empty.any():
-            binned = fill_masked(binned, empty)
-    else:
-        binned = cv2.resize(m, size, interpolation=cv2.INTER_AREA)
-    shift = int(np.log2(k))
-    small = mmt_residual(binned, n_model - shift, border=border, exact_from=EXACT_FROM - shift)
-    out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    np.copyto(out, m, where=bad)
-    return out
-
-
 def smooth_model(raw: np.ndarray, n_layers: int, mode: str = "multiplicative", *,
                  border: str = "linear", like: np.ndarray | None = None) -> GradientModel:
     """Smooth the raw model (step 5b): its MMT residual with ``n_layers + 1`` layers removed.
@@ -588,9 +556,8 @@ def smooth_model(raw: np.ndarray, n_layers: int, mode: str = "multiplicative", *
     edges) on a 6000x4000 pair, 20x less than the fast MMT's own difference
     from PCL's, for ~1/6 of the time (docs/msgr.md, "Speed").
     """
-    k = model_binning(n_layers)
-    smoothed = [_smooth_plane(m, n_layers + 1, border, k) for m in _planes(raw)]
-    planes = smoothed[0][None] if len(smoothed) == 1 else np.stack(smoothed)
+    planes = _planes(mmt_residual_binned(np.asarray(raw, np.float32), n_layers + 1,
+                                         model_binning(n_layers), border=border))
     refs = [_median(p) for p in planes]
     return GradientModel(model=_layout(planes, raw if like is None else like), mode=mode,
                          n_layers=n_layers + 1, reference=refs)
