@@ -24,12 +24,15 @@ frame's seconds are the time between two finished frames (the rate of the
 batch); the first frame also pays for filling the pipeline.
 
     python benchmarks/bench_register.py [--frames 4] [--size 6000x4000] [--workdir DIR]
-                                        [--src OTHER/src]
+                                        [--src OTHER/src] [--compare-with OLD/src --repeat 3]
 
 ``--workdir`` keeps the simulated frames (and their truth) for the next run;
 ``--src`` registers them with another copy of the code (e.g. ``git archive REV
 | tar -x -C /tmp/old`` then ``--src /tmp/old/src``), to compare versions in
-alternated runs on the same frames.
+alternated runs on the same frames. ``--compare-with OLD/src`` does that in one
+command: this checkout (or ``--src``) and ``OLD/src`` alternated ``--repeat`` times,
+then the medians of each (seconds per frame, ratio to read+write, CPU of the run,
+the resampling stage's wall and CPU seconds).
 """
 
 from __future__ import annotations
@@ -86,19 +89,18 @@ if len(paths) > 1:  # one frame again, stage by stage (the reference's stars com
     from napari_nsg.core.registration.frames import register_frame, resample
     from napari_nsg.pipeline.register import _prepare
     job = _prepare(paths[0], out, None, "projective", False, "lanczos-clamped")
-    t = time.perf_counter()
-    f = read_frame(paths[1])
-    stages["read"] = time.perf_counter() - t
-    t = time.perf_counter()
-    reg = register_frame(job.reference_lum, f.data, reference_stars=job.reference_stars)
-    stages["stars+match+fit"] = time.perf_counter() - t
+    def timed(name, fn):  # wall and CPU seconds (all threads) of one stage
+        t, c = time.perf_counter(), time.process_time()
+        value = fn()
+        stages[name] = (time.perf_counter() - t, time.process_time() - c)
+        return value
+    f = timed("read", lambda: read_frame(paths[1]))
+    reg = timed("stars+match+fit", lambda: register_frame(
+        job.reference_lum, f.data, reference_stars=job.reference_stars))
     for method in ("lanczos-clamped", "cubic"):
-        t = time.perf_counter()
-        data, _ = resample(f.data, reg.transform, job.reference_lum.shape, method=method)
-        stages["resample " + method] = time.perf_counter() - t
-    t = time.perf_counter()
-    write_frame(scratch / "stage.fits", data, f.header, overwrite=True)
-    stages["write"] = time.perf_counter() - t
+        data, _ = timed("resample " + method, lambda: resample(
+            f.data, reg.transform, job.reference_lum.shape, method=method))
+    timed("write", lambda: write_frame(scratch / "stage.fits", data, f.header, overwrite=True))
 shutil.rmtree(scratch)
 rows = [{"file": Path(r.file).name, "residual": r.residual_px, "error": r.error,
          "output": r.output} for r in res.rows]
@@ -129,25 +131,20 @@ def _frames(work: Path, n: int, w: int, h: int):
     return paths, inside, dict(zip([p.name for p in paths], frames, strict=True))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--frames", type=int, default=4)
-    ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT")
-    ap.add_argument("--workdir", default=None,
-                    help="folder for the frames; frames simulated there before are reused")
-    ap.add_argument("--src", default=None, help="register with the package found in this folder")
-    args = ap.parse_args(argv)
-    w, h = (int(v) for v in args.size.lower().split("x"))
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_register_"))
-    paths, inside, truth_xy = _frames(work, args.frames, w, h)
+def _run(paths: list[Path], work: Path, src: str | None) -> dict:
+    """One registration run in a fresh process (``src``: another copy of the package)."""
     env = dict(os.environ)
-    if args.src:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [args.src, env.get("PYTHONPATH")]))
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
                            str(work / "out"), str(BENCH_DIR)],
                           capture_output=True, text=True, check=True, env=env)
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"register {args.frames} frames of {w}x{h} float32 (work folder {work}, code "
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _report(r: dict, n: int, w: int, h: int, work: Path, inside, truth_xy) -> dict:
+    """Print one run's table; its summary (median seconds and ratio, CPU, stages)."""
+    print(f"register {n} frames of {w}x{h} float32 (work folder {work}, code "
           f"{r['code']}); peak memory {r['peak_mib']:.0f} MiB, total {r['wall']:.1f} s, "
           f"CPU {r['cpu']:.1f} s")
     print(f"{'frame':18s} {'seconds':>8s} {'read+write':>10s} {'ratio':>6s} {'resid.px':>9s} "
@@ -156,7 +153,7 @@ def main(argv=None) -> int:
 
     from napari_nsg.core.registration.transforms import apply_homography
 
-    ratios = []
+    ratios, secs = [], []
     for row in r["rows"][1:]:
         name = row["file"]
         hdr = fits.getheader(row["output"])
@@ -167,12 +164,56 @@ def main(argv=None) -> int:
         print(f"{name:18s} {sec:8.2f} {io:10.2f} {sec / io:6.1f} {row['residual']:9.3f} "
               f"{rms:12.4f}")
         ratios.append(sec / io)
+        secs.append(sec)
     if ratios:
         print(f"median ratio to read+write {np.median(ratios):.1f} "
               f"(frames after the reference: {len(ratios)})")
     if r["stages"]:
-        print(f"stages of {r['rows'][1]['file']} run again (s): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in r["stages"].items()))
+        print(f"stages of {r['rows'][1]['file']} run again (wall / CPU s): "
+              + ", ".join(f"{k} {v[0]:.2f} / {v[1]:.2f}" for k, v in r["stages"].items()))
+    return {"ratio": float(np.median(ratios)) if ratios else float("nan"),
+            "seconds": float(np.median(secs)) if secs else float("nan"), "cpu": r["cpu"],
+            "resample": r["stages"].get("resample lanczos-clamped", [np.nan, np.nan])}
+
+
+def _compare(summaries: dict) -> None:
+    """Medians over the alternated runs of each code version."""
+    print("\nalternated runs, medians per code version:")
+    print(f"{'code':40s} {'runs':>4s} {'s/frame':>8s} {'ratio':>6s} {'CPU run':>8s} "
+          f"{'resample wall/CPU':>18s}")
+    for code, runs in summaries.items():
+        med = {k: float(np.median([x[k] for x in runs])) for k in ("seconds", "ratio", "cpu")}
+        rw = np.median([x["resample"][0] for x in runs])
+        rc = np.median([x["resample"][1] for x in runs])
+        print(f"{code[-40:]:40s} {len(runs):4d} {med['seconds']:8.2f} {med['ratio']:6.1f} "
+              f"{med['cpu']:8.1f} {rw:8.2f} / {rc:.2f}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--frames", type=int, default=4)
+    ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT")
+    ap.add_argument("--workdir", default=None,
+                    help="folder for the frames; frames simulated there before are reused")
+    ap.add_argument("--src", default=None, help="register with the package found in this folder")
+    ap.add_argument("--compare-with", default=None, metavar="OTHER_SRC",
+                    help="also run the package in this folder, alternated with --src (or this "
+                         "checkout), --repeat times each, and print the medians of both")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each version with "
+                    "--compare-with")
+    args = ap.parse_args(argv)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_register_"))
+    paths, inside, truth_xy = _frames(work, args.frames, w, h)
+    versions = [args.src] + ([args.compare_with] if args.compare_with else [])
+    summaries: dict = {}
+    for _ in range(args.repeat if args.compare_with else 1):
+        for src in versions:
+            r = _run(paths, work, src)
+            summaries.setdefault(r["code"], []).append(
+                _report(r, args.frames, w, h, work, inside, truth_xy))
+    if args.compare_with:
+        _compare(summaries)
     return 0
 
 

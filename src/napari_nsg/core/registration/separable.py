@@ -146,6 +146,8 @@ def shear_plan(h: np.ndarray, shape: tuple[int, int], source_shape: tuple[int, i
 
 
 _SCRATCH = threading.local()
+#: Work arrays are made this much larger than asked: the next frame's (another rotation) fits.
+SCRATCH_SPARE = 1.15
 
 
 def _scratch(name: str, size: int) -> np.ndarray:
@@ -154,7 +156,7 @@ def _scratch(name: str, size: int) -> np.ndarray:
     arr = store.get(name)
     if arr is None or arr.size < size:
         store[name] = None
-        arr = store[name] = np.empty(size, np.float32)
+        arr = store[name] = np.empty(int(size * SCRATCH_SPARE), np.float32)
     return arr[:size]
 
 
@@ -218,7 +220,7 @@ def _xpass(src: np.ndarray, rows: np.ndarray, shifts: np.ndarray, width: int, a:
 def _padded_source(plane: np.ndarray, quarter: int, pad: int) -> np.ndarray:
     """``np.rot90(plane, quarter)`` with ``pad`` replicated columns each side (kept array)."""
     h, w = plane.shape if quarter % 2 == 0 else plane.shape[::-1]
-    out = _scratch("source", h * (w + 2 * pad)).reshape(h, w + 2 * pad)
+    out = _scratch("a", h * (w + 2 * pad)).reshape(h, w + 2 * pad)
     if quarter == 0:
         return cv2.copyMakeBorder(plane, 0, 0, pad, pad, cv2.BORDER_REPLICATE, dst=out)
     cv2.rotate(plane, _QUARTER_CODES[quarter], dst=out[:, pad:pad + w])
@@ -254,10 +256,11 @@ def warp_shears(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
     shifts = x0 + pa * qy + tx - pa * ty
     pad = _reach(shifts, nx, a, plane.shape[1 if plan.quarter % 2 == 0 else 0])
     src = _padded_source(plane, plan.quarter, pad)
-    g1 = _xpass(src, qy, shifts + pad, nx, a, _scratch("g1", ny * nx + 2 * a))
-    g1t = _transposed(g1, "g1t")
+    # two kept arrays, used in turn: each pass's input is dead once it has run
+    g1 = _xpass(src, qy, shifts + pad, nx, a, _scratch("b", ny * nx + 2 * a))
+    g1t = _transposed(g1, "a")
     rx = np.arange(x0, x1)
-    g2t = _xpass(g1t, np.arange(nx), pb * rx + ty - y0, h, a, _scratch("g2t", nx * h + 2 * a))
-    g2 = _transposed(g2t, "g2")
+    g2t = _xpass(g1t, np.arange(nx), pb * rx + ty - y0, h, a, _scratch("b", nx * h + 2 * a))
+    g2 = _transposed(g2t, "a")
     yy = np.arange(h)
     return _xpass(g2, yy, pc * yy - x0, w, a, np.empty(h * w + 2 * a, np.float32))
