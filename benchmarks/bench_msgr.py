@@ -155,7 +155,9 @@ def _compare_code(args, narrow_path: Path, wide_path: Path, tmp: Path) -> list[s
     med = {k: {key: float(np.median([r[key] for r in v])) for key in keys}
            for k, v in runs.items()}
     old, new = (read_frame(tmp / f"{k}.fits").data for k in sides)
-    scale = float(np.nanmedian(old))
+    diff = np.abs(new - old)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = diff / np.abs(old)
     lines = [(f"before = {sides['before']}, now = {sides['now']}; {args.rounds} rounds "
               "alternated, medians (s):"), "",
              f"| {'step':<22} | {'before':>8} | {'now':>8} | {'before/now':>10} |",
@@ -168,8 +170,10 @@ def _compare_code(args, narrow_path: Path, wide_path: Path, tmp: Path) -> list[s
     lines += ["", "whole recipe, each round (s): " + "; ".join(
         f"{k} " + ", ".join(f"{r['total']:.2f}" for r in v) for k, v in runs.items()),
         (f"slope b: before {runs['before'][0]['b']:.6g}, now {runs['now'][0]['b']:.6g}; "
-         f"corrected images: max |now - before| = {np.nanmax(np.abs(new - old)):.4g} ADU "
-         f"({np.nanmax(np.abs(new - old)) / scale:.3g} of the median level {scale:.4g})")]
+         f"corrected images, |now - before|: median {np.nanmedian(diff):.3g}, p99 "
+         f"{np.nanpercentile(diff, 99):.3g}, max {np.nanmax(diff):.3g} ADU (sky "
+         f"{np.nanmedian(old):.4g}); relative to the pixel: p99 {np.nanpercentile(rel, 99):.2g}, "
+         f"max {np.nanmax(rel[np.isfinite(rel)]):.2g}")]
     return lines
 
 
