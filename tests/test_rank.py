@@ -9,14 +9,25 @@ import numpy as np
 import pytest
 
 from napari_nsg.cli import main
-from napari_nsg.core.reference import background_map, corner_gradients, gradient_complexity
+from napari_nsg.core.reference import (
+    _padded,
+    background_map,
+    corner_gradients,
+    gradient_complexity,
+    holds_data_everywhere,
+    sky_level,
+    sky_levels,
+)
 from napari_nsg.io import read_frame
 from napari_nsg.pipeline.rank import (
+    SCALE_PAIRS,
     FrameRank,
     blink_frame,
     choose_reference,
+    measure_frame,
     rank_frames,
     recommend_reference,
+    scale_window,
 )
 from napari_nsg.synthetic import simulate_sequence
 
@@ -279,3 +290,87 @@ def test_a_large_gradient_frame_is_not_recommended_even_with_the_best_weight(tmp
     chosen = int(Path(result.reference).stem.split("_")[-1])
     assert grad[chosen] <= 70
     assert "more gradient" in result.reference_reason
+
+
+def test_sky_levels_of_many_rows_equal_sky_level_of_each():
+    """The background map's clipping of all cells at once gives each cell's sky_level."""
+    rng = np.random.default_rng(3)
+    rows = []
+    for n in (1, 2, 3, 40, 41, 500, 8649):
+        v = rng.normal(1000.0, 20.0, n)
+        v[: max(1, n // 20)] += rng.exponential(500.0, max(1, n // 20))  # stars
+        rows.append(v)
+    rows.append(np.round(rng.normal(300.0, 2.0, 999)))  # integer ADU: many ties
+    rows.append(np.full(30, 7.0))  # MAD 0
+    rows.append(np.array([np.nan, np.inf, 5.0, 6.0, 1e6]))
+    rows.append(np.array([np.nan]))  # no value
+    got = sky_levels(_padded(rows))
+    want = np.array([sky_level(v) for v in rows])
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-12)
+    assert np.isnan(got[-1]) and np.isnan(want[-1])
+
+
+def test_metrics_skip_the_no_data_mask_only_when_every_pixel_holds_data():
+    seq = simulate_sequence(1, (300, 400), seed=2, gradient=200, **FIELD)
+    data = seq.frame(0).data.astype(np.float32)
+    assert holds_data_everywhere(data)
+    fast, masked = corner_gradients(data, clean=True), corner_gradients(data)
+    np.testing.assert_array_equal(fast.diagonal_1, masked.diagonal_1)
+    np.testing.assert_array_equal(fast.diagonal_2, masked.diagonal_2)
+    holed = data.copy()
+    holed[:40, :] = 0.0  # a zero border: no-data
+    assert not holds_data_everywhere(holed)
+    one_nan = data.copy()
+    one_nan[150, 200] = np.nan
+    assert not holds_data_everywhere(one_nan)
+    row, _ = measure_frame(holed)
+    assert row.background[0] == pytest.approx(measure_frame(data)[0].background[0], rel=0.01)
+
+
+@pytest.fixture(scope="module")
+def large_sequence(tmp_path_factory):
+    """Frames over 2047 px: metrics on block means, stars and scales in the central half."""
+    trans = [0.9, 1.0, 0.7, 0.85]
+    seq = simulate_sequence(len(trans), (1400, 2100), seed=4, transmission=trans,
+                            gradient=[150, 300, 100, 200], **FIELD)
+    return seq, seq.write(tmp_path_factory.mktemp("rank_large"))
+
+
+@pytest.mark.slow
+def test_large_frames_scales_on_the_central_half_match_truth(large_sequence):
+    seq, paths = large_sequence
+    window = scale_window((1400, 2100))
+    assert (window[0].stop - window[0].start, window[1].stop - window[1].start) == (700, 1050)
+    result = rank_frames(paths)
+    assert all(r.ok for r in result.frames)
+    t = np.asarray(seq.transmission)[:, 0]
+    best = int(np.argmax(t))
+    assert result.frames[0].file == str(paths[best])
+    for k, path in enumerate(paths):
+        row = result.row(path)
+        assert row.transmission[0] == pytest.approx(t[k] / t[best], rel=0.01), path.name
+        assert max(row.n_star_pairs) <= 2 * SCALE_PAIRS  # the yardstick: its candidates
+    # the whole-frame metrics as measured frame by frame, on their own
+    for k in (0, 3):
+        own, _ = measure_frame(read_frame(paths[k]).data)
+        row = result.row(paths[k])
+        assert row.background == own.background and row.n_stars == own.n_stars
+        assert row.background_span == own.background_span
+
+
+@pytest.mark.slow
+def test_large_unregistered_frame_is_refused_in_the_central_half(large_sequence, tmp_path):
+    _, paths = large_sequence
+    from astropy.io import fits
+
+    shifted = tmp_path / "shifted.fits"
+    with fits.open(paths[2]) as hdul:
+        data, header = hdul[0].data.astype(np.float32), hdul[0].header.copy()
+    moved = np.zeros_like(data)
+    moved[60:, 120:] = data[:-60, :-120]
+    fits.PrimaryHDU(moved, header).writeto(shifted)
+    result = rank_frames([*paths[:2], shifted, paths[3]])
+    failed = {f.file: f.error for f in result.failed}
+    assert list(failed) == [str(shifted)]
+    assert "napari-nsg register" in failed[str(shifted)]
+    assert result.reference in {str(p) for p in (paths[0], paths[1], paths[3])}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -565,11 +565,26 @@ def _yardstick_model(name: str, frame, params):
         windows.append(whole)
     for k, window in enumerate(windows):
         try:
-            return prepare_reference(_crop(frame.data, window), frame.meta, params), window
+            return prepare_reference(_crop(frame.data, window), frame.meta,
+                                     _scale_params(params, window != whole)), window
         except NsgError as exc:
             if k + 1 == len(windows):
                 raise FrameError(name, f"cannot serve as the yardstick reference ({exc})") from None
     raise AssertionError("unreachable")
+
+
+SCALE_PAIRS = 100  # large frames: star pairs for a scale (more add little precision there)
+
+
+def _scale_params(params: NsgParameters | None, cropped: bool) -> NsgParameters | None:
+    """The NSG parameters of the scales: on a cropped large frame at most
+    ``SCALE_PAIRS`` star pairs unless the caller chose a number. The scale's
+    precision is set by the brightest pairs (on the 6000 x 4000 benchmark frames
+    its standard error is 0.09 % with 100 pairs and with 250), the photometry's
+    time by their number."""
+    if not cropped or (params is not None and params.max_star_pairs is not None):
+        return params
+    return replace(params or NsgParameters(), max_star_pairs=SCALE_PAIRS)
 
 
 def _scales(model, window, targets: list[int], load, cancel):
