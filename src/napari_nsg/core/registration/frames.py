@@ -39,6 +39,7 @@ from ..star_removal import saturation_level
 from ..stars import StarTable, detect_stars, intensity
 from .refine import _choose_spline, _fit_spline
 from .register import RegistrationError, solve_registration
+from .separable import LANCZOS_A, ShearPlan, release_shear_scratch, shear_plan, warp_shears
 from .transforms import (
     AFFINE_MIN_PAIRS,
     HOMOGRAPHY_MIN_PAIRS,
@@ -47,7 +48,6 @@ from .transforms import (
     fit_homography,
     fit_similarity,
 )
-from .separable import LANCZOS_A, ShearPlan, release_shear_scratch, shear_plan, warp_shears
 from .warp import model_maps
 
 __all__ = [
