@@ -20,6 +20,7 @@ reference) and by transmission.
     python benchmarks/bench_scale_bound.py [--seeds 2] [--conditions a,b] [--matched]
                                            [--kernel] [--param aperture_fwhm=2.0 ...]
                                            [--param photometry=corrected|empirical]
+    python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
 ``--param photometry=corrected`` measures with small apertures and a per-frame
 aperture correction (:mod:`napari_nsg.core.stars.aperture_correction`),
@@ -27,7 +28,10 @@ aperture correction (:mod:`napari_nsg.core.stars.aperture_correction`),
 large/small ratio (:mod:`napari_nsg.core.stars.empirical`); run the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--kernel``
 adds the scale of a free pixel kernel fit (Alard-Lupton style,
-:mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame).
+:mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame). With
+``photometry=empirical`` a last column gives the median relative standard error
+of its wing ratio ``Q`` over the bound: the sky noise of the annulus between the
+two radii that a PSF-model-free correction pays.
 
 Numbers in docs/nsg.md were taken on a busy 2-core machine; the default run
 takes 1-3 minutes.
@@ -37,13 +41,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from napari_nsg.core.nsg import NsgParameters
 from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_width
 from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
+from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
 from napari_nsg.core.nsg.scale import fit_scale
+from napari_nsg.core.stars.empirical import wing_ratio
 from napari_nsg.core.stars.photometry import matched_pair_photometry
 from napari_nsg.synthetic import simulate_sequence
 from napari_nsg.synthetic.scale_bound import scale_bound
@@ -53,6 +60,7 @@ SHAPE = (640, 896)
 GAUSS_FWHM_PER_SIGMA = 2.3548200450309493
 MEDIAN_ABS_NORMAL = 0.6745  # median |z| of a standard normal
 MATCHED_APERTURE_FWHM = 2.5
+TIMING_SHAPE = (4000, 6000)
 BASE = {"gain": 1.0, "read_noise": 3.0, "star_flux_range": (15.0, 1.5e4), "star_density": 2.2e-3,
             "n_bright": 4, "saturation": 65535.0}
 
@@ -111,11 +119,22 @@ def _matched_scale(model, data, sr, seq_fwhm_tgt):
     return cs.scale
 
 
+def _wing_ratio_error(large_model, data, sr):
+    """Relative standard error of the empirical mode's wing ratio ``Q``: the ratio of
+    ratios of its (corrected) small-aperture photometry to the default apertures' of the
+    same pairs has the same relative error as ``Q`` (its mean is 1)."""
+    big = measure_scale(large_model, data)
+    wr = wing_ratio((sr.ref_photometry, sr.target_photometry),
+                    (big.ref_photometry, big.target_photometry), 0)
+    return np.nan if wr is None else wr.error / wr.ratio
+
+
 def run_condition(name, seeds, matched, params=None, kernel=False):
     """Rows of (seed, frame, bound, error, matched error, pairs, bound stars, fwhm ratio, T,
     small apertures used (photometry="corrected" or "empirical", no fall-back), kernel-fit
-    error)."""
+    error, the empirical wing ratio's relative error)."""
     rows = []
+    empirical = params is not None and params.photometry == "empirical"
     for seed in seeds:
         rng = np.random.default_rng([seed, sum(map(ord, name))])
         kw = dict(BASE)
@@ -123,6 +142,8 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
         seq = simulate_sequence(N_FRAMES, SHAPE, seed=seed, **kw)
         ref = np.round(seq.frame(0).data)  # 16-bit quantisation
         model = prepare_reference(ref, params=params)
+        large = prepare_reference(ref, params=replace(params, photometry="aperture")) \
+            if empirical else None
         for k in range(1, N_FRAMES):
             data = np.round(seq.frame(k).data)
             bound = scale_bound(seq, k, quantised=True)
@@ -135,10 +156,35 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
             corrected = (model.params.photometry in ("corrected", "empirical")
                          and np.allclose(sr.ref_photometry.radius, small))
             k_err = kernel_scale_of(model, data, sr) / truth - 1.0 if kernel else np.nan
+            q_err = _wing_ratio_error(large, data, sr) if empirical and corrected else np.nan
             rows.append((seed, k, bound.relative_sigma, err, m_err, int(sr.n_star_pairs[0]),
                          bound.n_stars, seq.truth[k].fwhm / seq.truth[0].fwhm,
-                         float(seq.truth[k].transmission[0]), corrected, k_err))
+                         float(seq.truth[k].transmission[0]), corrected, k_err, q_err))
     return np.array(rows, float)
+
+
+def timing(rounds: int = 3, shape=TIMING_SHAPE):
+    """Seconds of ``measure_scale`` per photometry mode on one simulated target of
+    ``shape``, the modes interleaved in each round; medians and the time added to the
+    default."""
+    seq = simulate_sequence(2, shape, seed=0, border=40)
+    ref, tgt = seq.frame(0).data, seq.frame(1).data
+    models = {m: prepare_reference(ref, params=NsgParameters(photometry=m))
+              for m in PHOTOMETRY_MODES}
+    times = {m: [] for m in models}
+    pairs = {}
+    for _ in range(rounds):
+        for m, model in models.items():
+            t0 = time.perf_counter()
+            pairs[m] = int(measure_scale(model, tgt).n_star_pairs[0])
+            times[m].append(time.perf_counter() - t0)
+    base = float(np.median(times[PHOTOMETRY_MODES[0]]))
+    print(f"measure_scale on a {shape[1]}x{shape[0]} target, {rounds} interleaved rounds "
+          "(a busy 2-core machine)")
+    print("| photometry | median s | added s | pairs used |")
+    print("|---|---|---|---|")
+    for m, t in times.items():
+        print(f"| {m} | {np.median(t):.3f} | {np.median(t) - base:+.3f} | {pairs[m]} |")
 
 
 def summarize(errors, bound):
@@ -168,7 +214,12 @@ def main(argv=None):
                     help="also the scale of a free pixel kernel fit (core/nsg/kernel_scale.py)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
+    ap.add_argument("--timing", action="store_true",
+                    help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
+    if args.timing:
+        timing()
+        return
     params = NsgParameters(**{k: _value(v) for k, v in (a.split("=", 1) for a in args.param)})
     names = [c.strip() for c in args.conditions.split(",") if c.strip()] or list(CONDITIONS)
     t0 = time.perf_counter()
@@ -179,6 +230,8 @@ def main(argv=None):
         header += " matched: median error | matched: ratio | matched: mean error/bound |"
     if args.kernel:
         header += " kernel: median error | kernel: ratio | kernel: mean error/bound |"
+    if params.photometry == "empirical":
+        header += " wing ratio error / bound (median) |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     every = []
@@ -196,6 +249,8 @@ def main(argv=None):
         if args.kernel:
             km, _, kr, kb = summarize(rows[:, 10], bound)
             line += f" {km:.3f} % | {kr:.2f} | {kb:+.2f} |"
+        if params.photometry == "empirical":
+            line += f" {np.nanmedian(rows[:, 11] / bound):.2f} |"
         print(line, flush=True)
     rows = np.concatenate(every)
     print()

@@ -30,6 +30,10 @@ from .photometry import Photometry, pair_photometry
 MIN_WING_PAIRS = 5
 CLIP_SIGMA = 4.0
 CLIP_ITERATIONS = 3
+#: The annulus's variance is taken as the large aperture's minus the small one's
+#: (the core's sky and photon noise cancel in ``q``), at least this fraction of
+#: the large aperture's.
+MIN_ANNULUS_VARIANCE = 0.1
 #: Relative error of ``q`` per unit of neighbour flux crossing an aperture or
 #: ring edge (the crowding term of :func:`napari_nsg.core.nsg.scale.fit_scale`).
 CROWDING_SENSITIVITY = 0.05
@@ -73,6 +77,12 @@ def _clipped_mean(q: np.ndarray, sig: np.ndarray) -> tuple[float, float, int]:
     return mean, float(1.0 / np.sqrt(np.sum(w))), int(keep.sum())
 
 
+def _annulus_variance(err_large: np.ndarray, err_small: np.ndarray) -> np.ndarray:
+    """Variance of ``large - small``: the noise of the light between the radii."""
+    var_l = err_large**2
+    return np.maximum(var_l - err_small**2, MIN_ANNULUS_VARIANCE * var_l)
+
+
 def wing_ratio(small: tuple[Photometry, Photometry], large: tuple[Photometry, Photometry],
                c: int, crowding: np.ndarray | None = None) -> WingRatio | None:
     """``Q``, the mean ratio of the large- to the small-aperture flux ratios.
@@ -99,7 +109,8 @@ def wing_ratio(small: tuple[Photometry, Photometry], large: tuple[Photometry, Ph
         return None
     f = [ph.flux[c, ok] for ph in (sr, st, lr, lt)]
     q = (f[2] / f[0]) / (f[3] / f[1])
-    rel2 = (lr.flux_err[c, ok] / f[2]) ** 2 + (lt.flux_err[c, ok] / f[3]) ** 2
+    rel2 = sum(_annulus_variance(big.flux_err[c, ok], sm.flux_err[c, ok]) / fl**2
+               for big, sm, fl in ((lr, sr, f[2]), (lt, st, f[3])))
     if crowding is not None:
         rel2 = rel2 + (CROWDING_SENSITIVITY * np.nan_to_num(np.asarray(crowding)[ok])) ** 2
     sig = q * np.sqrt(rel2)
