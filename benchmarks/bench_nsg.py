@@ -25,12 +25,15 @@ spline system, which the others reuse.
 times (default 3), and prints each run's median time per target and ratio to
 the I/O floor, then the medians. ``--workers 1,2`` alternates runs with those
 worker counts and shows where the time goes: preparing the reference, starting
-the workers (spawn, imports, the reference model shipped once to each; the
-model's pickled size and pickling time), the frames. For example::
+the workers (fork server or spawn, imports, the reference model shipped once to
+each; the model's pickled size and pickling time), the frames, how many of them the
+parent normalized itself; with ``--compare-with SRC`` too, it alternates both
+versions at each worker count and prints the new/old ratios. For example::
 
     git archive <old commit> src | tar -x -C /tmp/old
     python benchmarks/bench_nsg.py --frames 12 --compare-with /tmp/old/src
-    python benchmarks/bench_nsg.py --frames 8 --size 2048x2048 --workers 1,2
+    python benchmarks/bench_nsg.py --frames 12 --workers 1,2
+    python benchmarks/bench_nsg.py --frames 12 --workers 1,2 --compare-with /tmp/old/src
 
 ``--accuracy`` prints the accuracy tables of ``docs/nsg.md`` instead, with the
 measurements of the tests (``tests/test_nsg_simulated.py`` on six seeds, mono
@@ -77,13 +80,19 @@ try:  # where the time of local workers goes (absent in older versions)
         t = time.perf_counter()
         ready = _start(p, n)
         def started(_):
-            if all(f.done() for f in ready):
+            if all(f.done() and not f.cancelled() and f.exception() is None for f in ready):
                 pool["startup_s"] = time.perf_counter() - t
         for f in ready:
             f.add_done_callback(started)
         shipped.append(p._initargs[0])
         return ready
     executors.start_workers = start_workers
+    _here = executors._Source.here
+    def here(self, taken):  # the frames this process took itself
+        for item in _here(self, taken):
+            pool["parent_frames"] = pool.get("parent_frames", 0) + 1
+            yield item
+    executors._Source.here = here
 except (ImportError, AttributeError):
     pass
 def io_floor():
@@ -177,31 +186,44 @@ def compare_versions(paths, work: Path, old_source: Path, repeat: int, gradient_
           f"passes included) old {med['old'][2]:.1f}, new {med['new'][2]:.1f}")
 
 
-def compare_workers(paths, work: Path, counts: list[int], repeat: int, gradient_images: bool):
-    """Runs with each worker count alternated: wall time and where it goes."""
-    print(f"\n{len(paths)} frames; worker counts alternated, {repeat} rounds "
-          "(startup: spawning the workers until each holds the reference model, while the "
-          "parent normalizes frames itself; "
-          "model: pickling + unpickling it once, of that; frames: all after the reference, "
-          "startup included; CPU: user + system seconds of the run and its workers)")
-    print(f"{'run':<5}{'workers':>8}{'wall s':>9}{'reference s':>13}{'startup s':>11}"
-          f"{'model MiB':>11}{'model s':>9}{'frames s':>10}{'s/frame':>9}{'CPU s':>8}")
-    walls = {n: [] for n in counts}
+def compare_workers(paths, work: Path, counts: list[int], repeat: int, gradient_images: bool,
+                    old_source: Path | None = None):
+    """Runs with each worker count (and each version, with ``old_source``) alternated:
+    wall time and where it goes, then the medians and their ratios to the first count."""
+    versions = [("old", old_source), ("new", None)] if old_source else [("new", None)]
+    print(f"\n{len(paths)} frames; worker counts{' and versions' if old_source else ''} "
+          f"alternated, {repeat} rounds (startup: from starting the workers until each holds "
+          "the reference model, while the parent normalizes frames itself; model: pickling + "
+          "unpickling it once; frames: all after the reference, startup included; parent: "
+          "frames the parent normalized itself (new code only); CPU: user + system seconds "
+          "of the run and its workers)" + (f"; old = {old_source}" if old_source else ""))
+    print(f"{'run':<5}{'version':<9}{'workers':>8}{'wall s':>9}{'reference s':>13}"
+          f"{'startup s':>11}{'model MiB':>11}{'model s':>9}{'frames s':>10}{'s/frame':>9}"
+          f"{'parent':>8}{'CPU s':>8}")
+    walls = {(v, n): [] for v, _ in versions for n in counts}
     for r in range(repeat):
-        for n in counts:
-            res = run_child(paths, work / f"workers_{n}", gradient_images, workers=n,
-                            with_floor=False)
-            pool = res["pool"]
-            frames_s = res["wall"] - res["reference_s"]
-            walls[n].append(res["wall"])
-            print(f"{r + 1:<5}{n:>8}{res['wall']:>9.2f}{res['reference_s']:>13.2f}"
-                  f"{pool.get('startup_s', 0.0):>11.2f}{pool.get('context_mib', 0.0):>11.1f}"
-                  f"{pool.get('context_s', 0.0):>9.2f}{frames_s:>10.2f}"
-                  f"{frames_s / len(paths):>9.3f}{res['cpu_s']:>8.1f}", flush=True)
-    base = _median(walls[counts[0]])
-    print("medians: " + "; ".join(f"{n} worker(s) {_median(walls[n]):.2f} s "
-                                  f"({_median(walls[n]) / base:.2f} x {counts[0]})"
-                                  for n in counts))
+        for version, source in versions:
+            for n in counts:
+                res = run_child(paths, work / f"workers_{version}_{n}", gradient_images,
+                                workers=n, with_floor=False, source=source)
+                pool = res["pool"]
+                frames_s = res["wall"] - res["reference_s"]
+                walls[version, n].append(res["wall"])
+                parent = pool.get("parent_frames")
+                print(f"{r + 1:<5}{version:<9}{n:>8}{res['wall']:>9.2f}{res['reference_s']:>13.2f}"
+                      f"{pool.get('startup_s', float('nan')):>11.2f}"
+                      f"{pool.get('context_mib', 0.0):>11.1f}{pool.get('context_s', 0.0):>9.2f}"
+                      f"{frames_s:>10.2f}{frames_s / len(paths):>9.3f}"
+                      f"{'-' if parent is None else parent:>8}{res['cpu_s']:>8.1f}", flush=True)
+    for version, _ in versions:
+        base = _median(walls[version, counts[0]])
+        print(f"medians ({version}): " + "; ".join(
+            f"{n} worker(s) {_median(walls[version, n]):.2f} s "
+            f"({_median(walls[version, n]) / base:.2f} x {counts[0]})" for n in counts))
+    if old_source:
+        print("new/old wall time: " + "; ".join(
+            f"{n} worker(s) {_median(walls['new', n]) / _median(walls['old', n]):.2f}"
+            for n in counts))
 
 
 def accuracy() -> None:
@@ -292,12 +314,13 @@ def main(argv=None):
               flush=True)
         paths = write_sequence(frames_dir, args.frames, (height, width), seed=0, border=40,
                                overwrite=True)
-    if args.compare_with:
-        compare_versions(paths, work, Path(args.compare_with), args.repeat, args.gradient_images)
-        return
     if args.workers:
         counts = [int(v) for v in args.workers.split(",")]
-        compare_workers(paths, work, counts, args.repeat, args.gradient_images)
+        compare_workers(paths, work, counts, args.repeat, args.gradient_images,
+                        Path(args.compare_with) if args.compare_with else None)
+        return
+    if args.compare_with:
+        compare_versions(paths, work, Path(args.compare_with), args.repeat, args.gradient_images)
         return
     summary = []
     for n in sorted({min(5, args.frames), args.frames}):

@@ -3,11 +3,13 @@
 :func:`map_frames` calls ``func(context, item)`` for every item and yields
 ``(index, result)`` as results arrive. The ``context`` (for NSG: the reference
 model) is sent to each worker once; each task reads and writes its own frame,
-so only small results travel back. At most ``2 x workers`` tasks are in flight,
-which keeps memory bounded however many frames there are. ``func`` must be a
-module-level function and must not raise (it returns its error as a result).
-Local workers die with the process that started them, even when it is killed
-with SIGKILL (see :func:`_die_with_parent`).
+so only small results travel back. Local workers are forks of a fork server that
+has imported the package once; they start in the background while this process
+works on the items itself, and each item goes to whoever is free first (one task
+per worker in flight, which keeps memory bounded however many frames there are).
+``func`` must be a module-level function and must not raise (it returns its
+error as a result). Local workers die with the process that started them, even
+when it is killed with SIGKILL (see :func:`_die_with_parent`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import multiprocessing
+import multiprocessing.connection
 import os
+import queue
 import signal
 import sys
 import threading
@@ -37,29 +41,42 @@ _WORKER_CONTEXT: Any = None
 SCHEDULER_TIMEOUT = "10s"  # to connect to a Dask scheduler
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WATCHDOG_SECONDS = 0.5  # how often a worker checks that its parent lives
+_FORK_SERVER_GUARD = "napari_nsg.pipeline._fork_server"
 EXIT_ORPHANED = 3
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """End this worker process when its parent dies (even by SIGKILL).
-
-    Linux: the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``).
-    Everywhere: a daemon thread checks ``os.getppid()`` every
-    :data:`WATCHDOG_SECONDS`. A worker killed mid-write leaves at most a hidden
-    partial file, which the next run in that folder removes.
-    """
+def die_with_parent_thread() -> None:
+    """Linux: have the kernel SIGKILL this process when the thread that started it ends
+    (``PR_SET_PDEATHSIG``; its process's death included, by SIGKILL too)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             libc = ctypes.CDLL(None, use_errno=True)
             libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
+
+def _die_with_parent() -> None:
+    """End this worker process when the process that asked for it dies (even by SIGKILL).
+
+    Linux: the kernel kills it when its own parent dies (:func:`die_with_parent_thread`):
+    the process that started it (spawn), or the fork server, which dies with that process.
+    Everywhere: a daemon thread waits for the end of the pipe that process holds for it
+    (``multiprocessing.parent_process().sentinel``; where there is none, it checks
+    ``os.getppid()`` every :data:`WATCHDOG_SECONDS`). A worker killed mid-write leaves at
+    most a hidden partial file, which the next run in that folder removes.
+    """
+    die_with_parent_thread()
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+    ppid = os.getppid()
+
     def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(WATCHDOG_SECONDS)
+        if sentinel is not None:
+            multiprocessing.connection.wait([sentinel])
+        else:
+            while os.getppid() == ppid:
+                time.sleep(WATCHDOG_SECONDS)
         os._exit(EXIT_ORPHANED)
 
-    if os.getppid() != parent_pid:  # the parent died before the signal was armed
-        os._exit(EXIT_ORPHANED)
     threading.Thread(target=watch, name="napari-nsg-parent-watchdog", daemon=True).start()
 
 
@@ -89,17 +106,19 @@ def _ignore_sigint() -> None:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-#: Thread pools of the native libraries, one thread each in a worker process: N
-#: workers already use N cores, and more threads per worker only compete for them
-#: (OpenBLAS threads even spin while they wait). Set while the workers start,
-#: unless the user set them.
+#: Thread pools of the native libraries in a worker process: ``cores // workers``
+#: threads each (at least one; see :func:`threads_per_worker`): N workers already use
+#: N cores, and more threads per worker only compete for them (OpenBLAS threads even
+#: spin while they wait). Set in each worker, unless the user set them; OpenBLAS's own
+#: pool keeps the one thread it starts with (the workers import numpy with these at 1).
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
               "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+WAIT_SECONDS = 0.5  # how often waiting threads look at the cancel token and stop flag
 
 
 @contextlib.contextmanager
 def _one_thread_per_worker():
-    """Start worker processes with one native thread each (see :data:`THREAD_ENV`)."""
+    """Start worker processes (and the fork server) with one native thread each."""
     added = [name for name in THREAD_ENV if name not in os.environ]
     for name in added:
         os.environ[name] = "1"
@@ -118,15 +137,22 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _init_worker(context, parent_pid: int | None = None) -> None:
+def threads_per_worker(workers: int) -> int:
+    """Native threads for each of ``workers`` worker processes: the cores shared out."""
+    return max(1, available_cores() // max(1, workers))
+
+
+def _init_worker(context, thread_env: dict | None = None) -> None:
+    """In a new worker: ignore Ctrl-C, die with the parent, size the native thread
+    pools, keep ``context``."""
     global _WORKER_CONTEXT
-    if parent_pid is not None:
-        _ignore_sigint()
-        _die_with_parent(parent_pid)
+    _ignore_sigint()
+    _die_with_parent()
+    os.environ.update(thread_env or {})
     with contextlib.suppress(ImportError):
         import cv2
 
-        cv2.setNumThreads(1)
+        cv2.setNumThreads(int((thread_env or {}).get("OMP_NUM_THREADS", 1)))
     _WORKER_CONTEXT = context
 
 
@@ -136,7 +162,8 @@ def _ready() -> int:
 
 
 def start_workers(pool: ProcessPoolExecutor, workers: int) -> list[Future]:
-    """Start all ``workers`` processes of ``pool`` now, with one native thread each.
+    """Start all ``workers`` processes of ``pool`` now, with one native thread each
+    while they import (the fork server too, when this starts it).
 
     Returns
     -------
@@ -152,6 +179,154 @@ def _call_in_worker(func, item):
     return func(_WORKER_CONTEXT, item)
 
 
+def _start_method() -> str:
+    """``forkserver`` on Linux (where the server can die with this process: see
+    :mod:`._fork_server`), else ``spawn``; never plain ``fork``: this process may run
+    threads, e.g. a GUI's, whose locks a forked child would inherit."""
+    linux = sys.platform.startswith("linux")
+    return "forkserver" if linux and "forkserver" in multiprocessing.get_all_start_methods() \
+        else "spawn"
+
+
+def _process_pool(func, context, workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes holding ``context``.
+
+    With ``forkserver`` the server process imports this package's modules of ``func``
+    once (in the background of this process's own work) and each worker is a fork of
+    it: it starts in milliseconds and imports nothing more; the server lives as long
+    as this process, so later pools start at once. With ``spawn`` each worker starts a
+    new interpreter and imports everything itself (seconds).
+    """
+    from multiprocessing import resource_tracker
+
+    method = _start_method()
+    ctx = multiprocessing.get_context(method)
+    with _one_thread_per_worker():
+        resource_tracker.ensure_running()  # first: it unblocks SIGINT once it has started
+    if method == "forkserver":
+        from multiprocessing import forkserver
+
+        modules = sorted({__name__, func.__module__} & _package_modules())
+        ctx.set_forkserver_preload([_FORK_SERVER_GUARD, *modules])
+        with _one_thread_per_worker(), _sigint_blocked():
+            forkserver.ensure_running()  # by this thread, which outlives the pool
+    thread_env = {name: str(threads_per_worker(workers))
+                  for name in THREAD_ENV if name not in os.environ}
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(context, thread_env))
+
+
+def _package_modules() -> set[str]:
+    """Modules of this package already imported here (the fork server may preload them)."""
+    top = __name__.split(".")[0]
+    return {name for name in sys.modules if name == top or name.startswith(top + ".")}
+
+
+class _Source:
+    """Items handed out one at a time, to whichever thread asks first."""
+
+    def __init__(self, items: Sequence[Any]):
+        self._it = iter(enumerate(items))
+        self._lock = threading.Lock()
+        self.exhausted = False
+
+    def take(self) -> tuple[int, Any] | None:
+        """The next ``(index, item)``, or None when all have been taken."""
+        with self._lock:
+            nxt = next(self._it, None)
+            self.exhausted = nxt is None
+            return nxt
+
+    def here(self, taken: list[int]) -> Iterator[Any]:
+        """Items for this process's own runner; their indices are appended to ``taken``."""
+        while (nxt := self.take()) is not None:
+            taken.append(nxt[0])
+            yield nxt[1]
+
+
+class _Feeder:
+    """A thread that starts the worker processes and hands each free worker the next
+    item of the shared source; finished tasks go to :attr:`results` as
+    ``(index, future)``, a failure as ``(None, exception)``, and None at the end.
+    SIGINT stays blocked in this thread, so the processes it starts inherit the block
+    (see :func:`_sigint_blocked`)."""
+
+    def __init__(self, pool: ProcessPoolExecutor, func, source: _Source, workers: int):
+        self.pool, self.func, self.source, self.workers = pool, func, source, workers
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: dict[Future, int] = {}
+        self.stop = threading.Event()
+        self.ended = False  # the end of the results has been seen
+        self.thread = threading.Thread(target=self._run, name="napari-nsg-feeder", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            with _sigint_blocked():
+                self._feed(set(start_workers(self.pool, self.workers)))
+        except BaseException as exc:  # noqa: BLE001 - raised by the consumer's thread
+            self.results.put((None, exc))
+        finally:
+            self.results.put(None)
+
+    def _feed(self, starting: set[Future]) -> None:
+        while not self.stop.is_set():
+            for _ in range(self.workers - len(starting) - len(self.pending)):
+                nxt = self.source.take()
+                if nxt is None:
+                    break
+                self.pending[self.pool.submit(_call_in_worker, self.func, nxt[1])] = nxt[0]
+            if not self.pending and self.source.exhausted:
+                return  # workers still starting have nothing left to do
+            done, _ = wait([*starting, *self.pending], timeout=WAIT_SECONDS,
+                           return_when=FIRST_COMPLETED)
+            for fut in done:
+                if fut in starting:
+                    starting.discard(fut)
+                    fut.result()  # a worker that could not start breaks the pool: raise
+                else:
+                    self.results.put((self.pending.pop(fut), fut))
+
+    def finished(self, block: bool, cancel: CancelToken | None) -> Iterator[tuple[int, Any]]:
+        """Yield the finished tasks' ``(index, result)``: those there now, or (``block``)
+        all until the feeder ends."""
+        while not self.ended:
+            try:
+                msg = self.results.get(timeout=WAIT_SECONDS) if block else self.results.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return
+                check_cancel(cancel)
+                continue
+            if msg is None:
+                self.ended = True
+                return
+            index, outcome = msg
+            if index is None:
+                raise outcome
+            yield index, outcome.result()
+
+    def close(self, pool_processes: list) -> None:
+        """Stop feeding, drop the tasks not started; with no task left running the
+        worker processes (idle or still starting) are ended now rather than waited for."""
+        self.stop.set()
+        self.thread.join()
+        running = [fut for fut in self.pending if not fut.cancel() and not fut.done()]
+        if not running:
+            for proc in pool_processes:
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    proc.kill()
+
+
+def _one_at_a_time(func, context, cancel):
+    """The default runner for this process's share: ``func`` on each item, in turn."""
+    def run(items):
+        for k, item in enumerate(items):
+            check_cancel(cancel)
+            yield k, func(context, item)
+    return run
+
+
 def map_frames(
     func: Callable[[Any, Any], Any],
     context: Any,
@@ -160,6 +335,7 @@ def map_frames(
     workers: int = 1,
     scheduler: str | None = None,
     cancel: CancelToken | None = None,
+    local: Callable[[Iterator[Any]], Iterator[tuple[int, Any]]] | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """Yield ``(index, func(context, items[index]))`` for every item.
 
@@ -172,9 +348,12 @@ def map_frames(
     items : sequence
         One per task.
     workers : int
-        1: run here, in order; more: that many local processes (at most one per
-        available core and per item; each with one native thread). Items are
-        run here, one at a time, until the workers have started.
+        1: run here; more: this process and up to that many local worker processes
+        (at most one per available core, and only as many as there are items this
+        process will not already hold) take the items one at a time, each item going
+        to whichever is free first. This process starts at once while the workers
+        start in the background, so a run with workers is never much slower than
+        one without, even when the workers start too late to help.
     scheduler : str, optional
         Address of a Dask distributed scheduler: run there (needs the
         ``distributed`` extra; the workers must see the same file paths).
@@ -182,6 +361,10 @@ def map_frames(
         Checked between tasks; pending tasks are dropped and :class:`Cancelled`
         is raised once running ones have finished (their outputs are complete,
         being written atomically).
+    local : callable, optional
+        How this process runs its share: ``local(items)`` takes items from the
+        iterator as it goes and yields ``(k, result)`` for its k-th item (e.g.
+        :func:`overlapped_frames`). Default: ``func`` on one item at a time.
 
     Raises
     ------
@@ -192,46 +375,26 @@ def map_frames(
     if scheduler:
         yield from _dask(func, context, items, scheduler, cancel)
         return
-    workers = min(workers, len(items), available_cores())
-    if workers <= 1:
-        for i, item in enumerate(items):
-            check_cancel(cancel)
-            yield i, func(context, item)
+    held_here = 1 if local is None else 2  # an overlapped runner takes one item ahead
+    local = local or _one_at_a_time(func, context, cancel)
+    workers = min(workers, len(items) - held_here, available_cores())
+    if workers < 1:
+        yield from local(iter(items))
         return
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(context, os.getpid())) as pool:
-        ready = start_workers(pool, workers)
-        it = iter(enumerate(items))
-        # starting takes a while (spawn, imports, the context unpickled): work here meanwhile,
-        # so that workers are never slower than running here alone
-        while not all(f.done() for f in ready):
-            nxt = next(it, None)
-            if nxt is None:
-                break
-            check_cancel(cancel)
-            yield nxt[0], func(context, nxt[1])
-        pending: dict = {}
+    source = _Source(items)
+    with _process_pool(func, context, workers) as pool:
+        feeder = _Feeder(pool, func, source, workers)
+        taken: list[int] = []
+        mine = local(source.here(taken))
         try:
-            while True:
-                while len(pending) < 2 * workers:
-                    nxt = next(it, None)
-                    if nxt is None:
-                        break
-                    check_cancel(cancel)
-                    i, item = nxt
-                    with _sigint_blocked():
-                        pending[pool.submit(_call_in_worker, func, item)] = i
-                if not pending:
-                    break
-                done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield pending.pop(fut), fut.result()
+            for k, result in mine:
+                yield taken[k], result
+                yield from feeder.finished(False, cancel)
                 check_cancel(cancel)
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
+            yield from feeder.finished(True, cancel)
+        finally:
+            mine.close()
+            feeder.close(list((pool._processes or {}).values()))
 
 
 def _dask(func, context, items, scheduler, cancel):
@@ -274,6 +437,9 @@ def _dask(func, context, items, scheduler, cancel):
         client.close()
 
 
+_END = object()  # no more items
+
+
 def _try(func, *args):
     """``(func(*args), None)``, or ``(None, exception)``: a task's stage never raises."""
     try:
@@ -287,6 +453,10 @@ def overlapped_frames(items, load, compute, store, fail, *, cancel: CancelToken 
     """Yield ``(index, row)`` for ``items`` in one process, with reading, computing and
     writing overlapped.
 
+    ``items`` may be any iterable: an item is taken when the one before it has been
+    read (so a source shared with worker processes hands this process only what it
+    is about to read). ``index`` counts the items taken, from 0.
+
     A reader thread runs ``load(k, item)`` for the next frame and a compute thread
     ``compute(loaded)`` for the current one while this thread runs
     ``store(loaded, computed)`` for the previous one (the write stays here, so that
@@ -298,16 +468,18 @@ def overlapped_frames(items, load, compute, store, fail, *, cancel: CancelToken 
     frame being computed is dropped and nothing more is written. ``finish_compute``
     runs last on the compute thread (e.g. to free its work arrays).
     """
-    items = list(items)
+    it = iter(items)  # taken one at a time: the source may be shared with workers
     reader = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-read")
     computer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-compute")
     try:
-        reading = reader.submit(_try, load, 0, items[0]) if items else None
+        item = next(it, _END)
+        reading = None if item is _END else reader.submit(_try, load, 0, item)
         done = None  # (index, loaded, computed) not yet written
-        for k, item in enumerate(items):
+        k = 0
+        while reading is not None:
             loaded, exc = reading.result()
-            if k + 1 < len(items):
-                reading = reader.submit(_try, load, k + 1, items[k + 1])
+            following = next(it, _END)
+            reading = None if following is _END else reader.submit(_try, load, k + 1, following)
             computing = None if exc is not None else computer.submit(_try, compute, loaded)
             if done is not None:  # written while the compute thread works on frame k
                 yield done[0], store(*done[1:])
@@ -318,8 +490,9 @@ def overlapped_frames(items, load, compute, store, fail, *, cancel: CancelToken 
                 computed, exc = computing.result()
             if exc is not None:
                 yield k, fail(k, item, loaded, exc)
-                continue
-            done = (k, loaded, computed)
+            else:
+                done = (k, loaded, computed)
+            k, item = k + 1, following
         if done is not None:
             yield done[0], store(*done[1:])
     finally:

@@ -526,8 +526,8 @@ def normalize_frames(
         tasks = pipelined_frames(job, items, cancel)
     else:  # the spline system inverted once here and shipped with the model, not per worker
         prepare_spline_system(model)
-        tasks = map_frames(process_frame, job, items, workers=workers,
-                           scheduler=scheduler, cancel=cancel)
+        tasks = map_frames(process_frame, job, items, workers=workers, scheduler=scheduler,
+                           cancel=cancel, local=lambda mine: pipelined_frames(job, mine, cancel))
     try:
         for k, row in tasks:
             rows[todo[k][0]] = row
