@@ -446,16 +446,29 @@ class GradientModel:
         """
         out = []
         for plane, ref in zip(_planes(self.model), self.reference):
-            v = plane[_valid(plane)]
-            if v.size == 0:
-                out.append((float("nan"), float("nan")))
-                continue
-            if self.mode == "multiplicative":
-                f = ref / v
-                out.append((float(f.min()), float(f.max())))
+            lo, hi = np.fmin.reduce(plane, axis=None), np.fmax.reduce(plane, axis=None)
+            if not (np.isfinite(lo) and np.isfinite(hi) and (lo > 0 or hi < 0)):
+                out.append(_correction_range_slow(plane, ref, self.mode))
+            elif self.mode == "multiplicative" and ref > 0 and lo > 0:
+                # no NaN-free zero or inf: the valid pixels are the non-NaN ones, and
+                # ref / v decreases with v (float32 division rounds monotonically)
+                out.append((float(np.float32(ref) / hi), float(np.float32(ref) / lo)))
+            elif self.mode != "multiplicative":
+                out.append((float(lo - ref), float(hi - ref)))
             else:
-                out.append((float(v.min() - ref), float(v.max() - ref)))
+                out.append(_correction_range_slow(plane, ref, self.mode))
         return out
+
+
+def _correction_range_slow(plane: np.ndarray, ref: float, mode: str) -> tuple[float, float]:
+    """:meth:`GradientModel.correction_range` of one plane over its valid pixels, selected."""
+    v = plane[_valid(plane)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    if mode == "multiplicative":
+        f = ref / v
+        return float(f.min()), float(f.max())
+    return float(v.min() - ref), float(v.max() - ref)
 
 
 def gradient_model(
@@ -576,14 +589,16 @@ def apply_gradient_model(target: np.ndarray, model: GradientModel) -> np.ndarray
     for c in range(len(t)):
         mc = m[c if len(m) > 1 else 0]
         ref = np.float32(model.reference[c if len(m) > 1 else 0])
-        if model.mode == "multiplicative":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                res = t[c] * ref / mc
-        else:
-            res = t[c] - (mc - ref)
-        bad = no_data_mask(t[c]) | ~np.isfinite(res)
-        res[bad] = t[c][bad]
-        out[c] = res
+        res = out[c]  # the same operations as t * ref / mc and t - (mc - ref), in place
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if model.mode == "multiplicative":
+                np.multiply(t[c], ref, out=res)
+                res /= mc
+            else:
+                np.subtract(t[c], np.subtract(mc, ref), out=res)
+        bad = no_data_mask(t[c])
+        bad |= ~np.isfinite(res)
+        np.copyto(res, t[c], where=bad)
     return _layout(out, target)
 
 

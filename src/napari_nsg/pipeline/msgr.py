@@ -14,6 +14,7 @@ input (links resolved) always; the outputs are written as one unit (all or none)
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -238,9 +239,11 @@ def run_msgr(
         report(progress, 1 + done, total, message)
 
     report(progress, 0, total, "reading")
-    nf = read_frame(narrow_path)
-    check_cancel(cancel)
-    wf = read_frame(wide_path)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # both files at once (I/O frees the GIL)
+        wide_job = pool.submit(read_frame, wide_path)
+        nf = read_frame(narrow_path)  # a narrow file's error first, as before
+        check_cancel(cancel)
+        wf = wide_job.result()
     check_cancel(cancel)
     try:
         if layers != "auto":
