@@ -39,7 +39,14 @@ from ..star_removal import saturation_level
 from ..stars import StarTable, detect_stars, intensity
 from .refine import _choose_spline, _fit_spline
 from .register import RegistrationError, solve_registration
-from .separable import LANCZOS_A, ShearPlan, release_shear_scratch, shear_plan, warp_shears
+from .separable import (
+    LANCZOS_A,
+    ShearPlan,
+    release_shear_scratch,
+    shear_plan,
+    warp_shears,
+    work_array,
+)
 from .transforms import (
     AFFINE_MIN_PAIRS,
     HOMOGRAPHY_MIN_PAIRS,
@@ -398,12 +405,11 @@ def _inside_columns(affine: np.ndarray, frame_shape: tuple[int, int],
     return first, stop
 
 
-def _floor_warp(image: np.ndarray, affine: np.ndarray, shape: tuple[int, int], name: str,
-                border: int) -> np.ndarray:
+def _floor_warp(image: np.ndarray, affine: np.ndarray, shape: tuple[int, int],
+                dst: np.ndarray, border: int) -> np.ndarray:
     """``image`` read at the pixel below-left of each sample point (nearest of ``u - 0.5``)."""
     to_floor = affine - np.array([[0, 0, 0.5], [0, 0, 0.5]])
-    return cv2.warpAffine(image, to_floor, (shape[1], shape[0]),
-                          dst=_scratch(name, shape, image.dtype),
+    return cv2.warpAffine(image, to_floor, (shape[1], shape[0]), dst=dst,
                           flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=border,
                           borderValue=0)
 
@@ -422,16 +428,19 @@ def _shear_plane(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int], met
     out = warp_shears(src, plan, shape)
     if method == "lanczos-clamped":
         kernel = np.ones((CLAMP_SIZE, CLAMP_SIZE), np.uint8)
-        lo = cv2.erode(src, kernel, dst=_scratch("lo", src.shape, np.float32),
+        # the passes' work arrays are free now: the erosion and the floor go there
+        lo = cv2.erode(src, kernel, dst=work_array("a", src.shape),
                        anchor=(CLAMP_ANCHOR, CLAMP_ANCHOR), borderType=cv2.BORDER_REPLICATE)
-        np.fmax(out, _floor_warp(lo, plan.affine, shape, "floor", cv2.BORDER_REPLICATE),
-                out=out)
+        floor = _floor_warp(lo, plan.affine, shape, work_array("b", shape),
+                            cv2.BORDER_REPLICATE)
+        np.fmax(out, floor, out=out)
     if bad is None:
         return out, None
     core = np.ones((2 * LANCZOS_A, 2 * LANCZOS_A), np.uint8)
     near = cv2.dilate(bad.view(np.uint8), core, anchor=(LANCZOS_A - 1, LANCZOS_A - 1),
                       borderType=cv2.BORDER_REPLICATE)
-    missing = _floor_warp(near, plan.affine, shape, "near", cv2.BORDER_CONSTANT).astype(bool)
+    missing = _floor_warp(near, plan.affine, shape, _scratch("near", shape, np.uint8),
+                          cv2.BORDER_CONSTANT).astype(bool)
     out[missing] = 0.0
     return out, missing
 

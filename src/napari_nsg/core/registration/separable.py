@@ -30,7 +30,7 @@ import numpy as np
 from .transforms import apply_homography
 
 __all__ = ["LANCZOS_A", "MAX_DEVIATION", "ShearPlan", "lanczos_taps", "shear_plan",
-           "warp_shears"]
+           "warp_shears", "work_array"]
 
 #: Lanczos kernel order of each pass (2a taps, support +-a px).
 LANCZOS_A = 4
@@ -158,6 +158,12 @@ def _scratch(name: str, size: int) -> np.ndarray:
         store[name] = None
         arr = store[name] = np.empty(int(size * SCRATCH_SPARE), np.float32)
     return arr[:size]
+
+
+def work_array(name: str, shape: tuple[int, int]) -> np.ndarray:
+    """Kept float32 work array ``name`` ("a" or "b") of :func:`warp_shears`, free for other
+    use between its calls (fewer fresh frame-sized arrays: page faults, peak memory)."""
+    return _scratch(name, int(np.prod(shape))).reshape(shape)
 
 
 def release_shear_scratch() -> None:
