@@ -2,7 +2,7 @@
 
 - zero regions found by flood fills from the border = found by labelling;
 - the no-data rule applied once (zero regions as NaN) = applied by every stage;
-- the correction in column blocks (threads) = in one block;
+- the correction by bands of rows (threads) = the formula, upsampling = its matrices;
 - the background map on block means agrees with the subsampled one within its noise.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_nsg.core import nodata
+from napari_nsg.core import nodata, threads
 from napari_nsg.core.nodata import no_data_mask, zero_regions
 from napari_nsg.core.nsg import correction
 from napari_nsg.core.nsg.correction import CoarseGrid, GradientField, apply_correction
@@ -72,24 +72,44 @@ def test_no_data_as_nan_marks_exactly_the_no_data_pixels():
     assert again is out and np.array_equal(bad2, bad)
 
 
+@pytest.mark.parametrize("step", [1, 7, 33])
+def test_upsampling_by_row_bands_equals_the_interpolation_matrices(step):
+    rng = np.random.default_rng(5)
+    shape = (97, 250)
+    grid = CoarseGrid(shape, step)
+    values = rng.normal(0, 3, (grid.ny, grid.nx)).astype(np.float32)
+    wy = correction.cubic_weights(shape[0], step, grid.margin, grid.ny).astype(float)
+    wx = correction.cubic_weights(shape[1], step, grid.margin, grid.nx).astype(float)
+    exact = wy @ values.astype(float) @ wx.T
+    np.testing.assert_allclose(grid.upsample(values), exact, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("step", [1, 7])
-def test_correction_in_column_blocks_equals_one_block(monkeypatch, step):
+def test_correction_in_threads_equals_the_formula(monkeypatch, step):
     rng = np.random.default_rng(1)
     shape = (90, 131)
     grid = CoarseGrid(shape, step)
     field = GradientField(grid, rng.normal(0, 3, (2, grid.ny, grid.nx)).astype(np.float32))
     target = rng.normal(500, 20, (2, *shape)).astype(np.float32)
     target[:, :, :9] = 0
+    target[0, 5, 50] = 0  # a lone zero: a value
     extra = np.zeros(shape, bool)
     extra[40:50, 60:70] = True
-    one = apply_correction(target, [1.1, 0.9], field, mask=extra)
+    scale = np.array([1.1, 0.9], np.float32)
+    formula = target * scale[:, None, None] - field.full_all()
+    bad = no_data_mask(target) | extra
+    one = apply_correction(target, scale, field, mask=extra)
     monkeypatch.setattr(correction, "PARALLEL_PIXELS", 1)
-    monkeypatch.setattr(correction, "MAX_BLOCKS", 3)
-    monkeypatch.setattr(correction.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert len(correction._column_blocks(shape[1], target[0].size)) > 1
-    blocks = apply_correction(target, [1.1, 0.9], field, mask=extra)
-    np.testing.assert_allclose(blocks, one, rtol=1e-6, atol=1e-4)
-    assert np.array_equal(blocks == 0, one == 0)
+    monkeypatch.setattr(correction, "MAX_THREADS", 3)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert correction._thread_count(target[0].size) == 3
+    banded = apply_correction(target, scale, field, mask=extra)
+    assert np.array_equal(banded, one)
+    assert np.array_equal(one == 0, bad)
+    np.testing.assert_allclose(one[~bad], formula[~bad], rtol=1e-6, atol=1e-4)
+    known = apply_correction(target, scale, field, mask=extra, no_data=no_data_mask(target))
+    assert np.array_equal(known, one)
 
 
 def test_background_map_on_block_means_agrees_with_subsampled():

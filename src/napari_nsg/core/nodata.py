@@ -22,8 +22,8 @@ MIN_ZERO_REGION = 1024
 #: edge are values).
 MIN_BORDER_REGION = 16
 
-__all__ = ["MIN_BORDER_REGION", "MIN_ZERO_REGION", "no_data_mask", "with_nan_no_data",
-           "zero_regions"]
+__all__ = ["MIN_BORDER_REGION", "MIN_ZERO_REGION", "may_hold_zero", "find_no_data",
+           "no_data_mask", "with_nan_no_data", "zero_regions"]
 
 
 def _has_zero_neighbour(zero: np.ndarray) -> np.ndarray:
@@ -45,13 +45,15 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice] | None:
     return slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
 
 
-def _border_regions(zero: np.ndarray, min_area: int) -> np.ndarray | None:
-    """:func:`zero_regions` of ``zero`` (lone zeros already left out) when every zero
-    is connected to the image border, else None.
+def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
+                    ) -> np.ndarray | None:
+    """:func:`zero_regions` of ``zero`` when every zero is connected to the image
+    border, else None. ``n_zero``: the number of zeros, when known.
 
     A registration border surrounds the whole frame, so its bounding box is the
     frame and labelling it costs a pass over every pixel; flood fills from the
     zeros on the edges cost about the zeros' own number (5x faster on 24 Mpx).
+    A lone zero on an edge is a region of one pixel, too small to count.
     """
     h, w = zero.shape
     mask = np.zeros((h + 2, w + 2), np.uint8)  # cv2's fill mask: 1 kept, 2 too small
@@ -62,6 +64,7 @@ def _border_regions(zero: np.ndarray, min_area: int) -> np.ndarray | None:
     seeds += [(x, h - 1) for x in np.flatnonzero(zero[-1])]
     seeds += [(0, y) for y in np.flatnonzero(zero[:, 0])]
     seeds += [(w - 1, y) for y in np.flatnonzero(zero[:, -1])]
+    filled = 0
     for x, y in seeds:
         if inner[y, x]:
             continue
@@ -69,17 +72,25 @@ def _border_regions(zero: np.ndarray, min_area: int) -> np.ndarray | None:
             img, mask, (int(x), int(y)), 0, 0, 0, 4 | cv2.FLOODFILL_MASK_ONLY | (3 << 8))
         box = inner[ry:ry + rh, rx:rx + rw]
         box[box == 3] = 1 if area >= small else 2
-    if (zero & (inner == 0)).any():  # a region away from the border: label them all
-        return None
+        filled += int(area)
+    if filled != (np.count_nonzero(zero) if n_zero is None else n_zero):
+        return None  # a region away from the border: label them all
     return inner == 1
 
 
 def zero_regions(zero: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarray:
     """The pixels of ``zero`` (2-D bool) in 4-connected regions of at least
     ``min_area`` pixels, or of ``MIN_BORDER_REGION`` when they touch the border."""
-    if not zero.any():
+    n_zero = np.count_nonzero(zero)
+    if n_zero == 0:
         return zero
-    if min_area > 1:  # a lone zero is a value, wherever it is: leave it out of the labelling
+    if min_area > 1:
+        # a border alone: no more passes (a lone zero on an edge is a region too small
+        # to count, unless the image is one pixel)
+        from_border = _border_regions(zero, min_area, n_zero) if zero.size > 1 else None
+        if from_border is not None:
+            return from_border
+        # a lone zero is a value, wherever it is: leave it out of the labelling
         zero = zero & _has_zero_neighbour(zero)
         from_border = _border_regions(zero, min_area)
         if from_border is not None:
@@ -123,14 +134,62 @@ def no_data_mask(data: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarra
     ndarray of bool, the shape of ``data``
         NaN/inf, and zeros in regions (see the module docstring).
     """
+    bad, _ = find_no_data(data, min_area)
+    return np.zeros(np.shape(data), bool) if bad is None else bad
+
+
+def find_no_data(data: np.ndarray, min_area: int = MIN_ZERO_REGION
+                 ) -> tuple[np.ndarray | None, bool]:
+    """``(no_data_mask(data), whether any zero region is part of it)``, the mask
+    None when surely no pixel lacks data.
+
+    The full-size passes are only those that the data needs: a frame whose
+    smallest and largest values are finite has no NaN/inf (no finiteness test),
+    and one that is positive (or negative) everywhere has no zero (no zero test,
+    no regions): such a frame costs two reductions and no mask.
+    """
     data = np.asarray(data)
-    bad = ~np.isfinite(data)
+    if data.ndim < 2:
+        return ~np.isfinite(data) | (data == 0), False
+    lo, hi = _value_range(data)
+    finite = bool(np.isfinite(lo) and np.isfinite(hi))  # no NaN, no inf
+    if finite and (lo > 0 or hi < 0):
+        return None, False
+    bad = np.zeros(data.shape, bool) if finite else ~np.isfinite(data)
+    if not finite and not may_hold_zero(data):
+        return bad, False
     zero = data == 0
-    if data.ndim < 2 or not zero.any():
-        return bad | zero if data.ndim < 2 else bad
     planes = zero.reshape(-1, *zero.shape[-2:])
-    regions = np.stack([zero_regions(np.ascontiguousarray(p), min_area) for p in planes])
-    return bad | regions.reshape(zero.shape)
+    found = False
+    for b, p in zip(bad.reshape(planes.shape), planes):
+        regions = zero_regions(np.ascontiguousarray(p), min_area)
+        if regions.any():
+            b |= regions
+            found = True
+    return bad, found
+
+
+def _value_range(data: np.ndarray) -> tuple[float, float]:
+    """Smallest and largest value, NaN when there is a NaN (one or two reductions,
+    no temporary array)."""
+    if data.size == 0:
+        return float("nan"), float("nan")
+    with np.errstate(invalid="ignore"):
+        lo = float(np.min(data))
+        return lo, (float(np.max(data)) if np.isfinite(lo) else float("nan"))
+
+
+def may_hold_zero(data: np.ndarray) -> bool:
+    """False when ``data`` surely holds no 0: its smallest value (NaN left out) is
+    positive or its largest negative. Two reductions, no temporary array: most sky
+    frames are above 0 everywhere, so their zero test costs no full-size pass."""
+    data = np.asarray(data)
+    if data.size == 0 or not np.issubdtype(data.dtype, np.floating):
+        return data.size > 0
+    with np.errstate(invalid="ignore"):
+        if np.fmin.reduce(data, axis=None) > 0:
+            return False
+        return not np.fmax.reduce(data, axis=None) < 0
 
 
 def with_nan_no_data(plane: np.ndarray) -> np.ndarray:
@@ -139,6 +198,6 @@ def with_nan_no_data(plane: np.ndarray) -> np.ndarray:
     plane = np.asarray(plane)
     if not np.issubdtype(plane.dtype, np.floating):
         plane = plane.astype(np.float32)
-    if not (plane == 0).any():
+    if not may_hold_zero(plane) or not (plane == 0).any():
         return plane
     return np.where(no_data_mask(plane), np.nan, plane).astype(plane.dtype, copy=False)

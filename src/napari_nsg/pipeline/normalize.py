@@ -228,7 +228,8 @@ def _measure(job: NormalizeJob, loaded: _Loaded):
     else:
         meta, frame_header = loaded.meta, loaded.header
         data, loaded.data = loaded.data, None
-        res = normalize_frame(job.model, data, meta, gradient_images=job.gradient_images)
+        res = normalize_frame(job.model, data, meta, gradient_images=job.gradient_images,
+                              overwrite_input=True)
         del data
     warn = []
     if (not loaded.is_reference and job.reference_filter and meta.filter

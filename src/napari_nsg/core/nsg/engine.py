@@ -15,12 +15,13 @@ reference ranking can reuse them without correcting anything.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..nodata import no_data_mask
+from ..nodata import find_no_data
 from ..stars import StarTable, detect_stars, intensity
 from ..stars.aperture_correction import corrected_pair_photometry
 from ..stars.empirical import empirical_pair_photometry
@@ -32,7 +33,9 @@ from ..stars.matching import (
     measure_stars_at,
 )
 from ..stars.photometry import Photometry, pair_photometry
+from ..threads import available_threads
 from .correction import (
+    PARALLEL_PIXELS,
     CoarseGrid,
     GradientField,
     apply_correction,
@@ -310,7 +313,8 @@ def _check_target(model: ReferenceModel, data: np.ndarray) -> np.ndarray:
     return chans
 
 
-def no_data_as_nan(chans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def no_data_as_nan(chans: np.ndarray, *, in_place: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """``(chans with NaN at every no-data pixel, the no-data mask)``.
 
     The no-data rule (:func:`~napari_nsg.core.nodata.no_data_mask`) labels zero
@@ -318,15 +322,24 @@ def no_data_as_nan(chans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     (stars, photometry, samples, noise) would apply it again. With the zero
     regions turned into NaN it is applied once: NaN is no-data by the same rule,
     so each stage finds the same pixels with a cheap finiteness test. The input
-    is not modified (a float32 copy is made when there is a zero region).
+    is not modified (a float32 copy is made when there is a zero region) unless
+    ``in_place`` (a float array that the caller no longer needs).
     """
+    chans, bad = _no_data_as_nan(chans, in_place)
+    return chans, (np.zeros(chans.shape, bool) if bad is None else bad)
+
+
+def _no_data_as_nan(chans: np.ndarray, in_place: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`no_data_as_nan` with ``None`` for the mask of a frame without no-data
+    (no full-size mask made: most frames)."""
     chans = np.asarray(chans)
     if not np.issubdtype(chans.dtype, np.floating):
-        chans = chans.astype(np.float32)
-    bad = no_data_mask(chans)
-    zero = (chans == 0) if bad.any() else None
-    if zero is not None and zero.any() and (zero & bad).any():  # else NaN/inf only: no copy
-        chans = np.where(bad, np.float32(np.nan), chans).astype(chans.dtype, copy=False)
+        chans, in_place = chans.astype(np.float32), True
+    bad, regions = find_no_data(chans)
+    if regions:  # else NaN/inf only: no copy
+        if not in_place or not chans.flags.writeable:
+            chans = chans.copy()
+        np.copyto(chans, chans.dtype.type(np.nan), where=bad)
     return chans, bad
 
 
@@ -656,9 +669,10 @@ class NormalizationResult:
         return replace(self, corrected=None, gradient=None, curvature=None)
 
 
-def _masked_full(fieldv: GradientField, no_data: np.ndarray, mono: bool) -> np.ndarray:
+def _masked_full(fieldv: GradientField, no_data: np.ndarray | None, mono: bool) -> np.ndarray:
     out = fieldv.full_all()
-    out[no_data] = 0.0
+    if no_data is not None:
+        np.copyto(out, np.float32(0), where=no_data)
     return out[0] if mono else out
 
 
@@ -669,6 +683,7 @@ def normalize_frame(
     *,
     gradient_images: bool = False,
     keep_corrected: bool = True,
+    overwrite_input: bool = False,
 ) -> NormalizationResult:
     """Normalize one target to the reference: scale, gradient, correction, weight.
 
@@ -684,6 +699,10 @@ def normalize_frame(
         Also return the full-size gradient and curvature images.
     keep_corrected : bool
         Compute the corrected image (False: measurements only).
+    overwrite_input : bool
+        ``target`` (float) may be used as the working copy: its no-data pixels
+        become NaN (no 96 MB copy of a 24 Mpx frame, for a caller that no longer
+        needs its pixels).
 
     Returns
     -------
@@ -695,22 +714,33 @@ def normalize_frame(
         The frame cannot be normalized (shape, colour depth, no data, no star
         pairs, too few gradient samples); the message says why.
     """
-    chans, bad = no_data_as_nan(_check_target(model, target))
+    chans, bad = _no_data_as_nan(_check_target(model, target), overwrite_input)
     mono = np.asarray(target).ndim == 2
-    # stars -> photometry -> scale
-    sr = _measure_scale(model, chans)
-    warnings = list(sr.warnings)
-    # samples -> spline
-    samples = target_samples(model, chans, sr.scale)
-    nodes, surface, fieldv = fit_gradient(model, samples)
-    # correct
-    corrected = None
-    if keep_corrected:
-        corrected = apply_correction(chans, sr.scale, fieldv, mask=model.no_data, no_data=bad)
-        if mono:
-            corrected = corrected[0]
-    # weight
-    wr = target_weight(model, chans, sr.scale, meta)
+    # the target's noise (for its weight) on a thread of its own, next to the rest
+    background = ThreadPoolExecutor(1, thread_name_prefix="nsg-noise") \
+        if chans[0].size >= PARALLEL_PIXELS and available_threads(2) > 1 else None
+    try:
+        noise = None if background is None else \
+            background.submit(measure_target_noise, model, chans, meta)
+        # stars -> photometry -> scale
+        sr = _measure_scale(model, chans)
+        warnings = list(sr.warnings)
+        # samples -> spline
+        samples = target_samples(model, chans, sr.scale)
+        nodes, surface, fieldv = fit_gradient(model, samples)
+        # correct
+        corrected = None
+        if keep_corrected:
+            corrected = apply_correction(chans, sr.scale, fieldv, mask=model.no_data,
+                                         no_data=False if bad is None else bad)
+            if mono:
+                corrected = corrected[0]
+        # weight
+        noises = measure_target_noise(model, chans, meta) if noise is None else noise.result()
+    finally:
+        if background is not None:
+            background.shutdown(wait=True)
+    wr = compute_weight(*noises, sr.scale)
     warnings.extend(wr.warnings)
     gradient = curvature = None
     if gradient_images:

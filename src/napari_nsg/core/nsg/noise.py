@@ -30,7 +30,6 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from ..nodata import no_data_mask
 
@@ -113,6 +112,14 @@ def _kclip_std(values: np.ndarray, k: float = K_SIGMA, n_iter: int = 50) -> floa
     return sigma
 
 
+def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``ndimage.binary_dilation(mask, iterations=iterations)`` (4-neighbour cross,
+    nothing beyond the edges), the same pixels 3x faster with OpenCV."""
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    out = cv2.dilate(np.ascontiguousarray(mask).view(np.uint8), cross, iterations=iterations)
+    return out.view(bool)
+
+
 def _tiles(shape: tuple[int, int], max_pixels: int):
     h, w = shape
     if h * w <= max_pixels or h <= TILE or w <= TILE:
@@ -177,7 +184,7 @@ def measure_noise(
         if bad.any():
             tile = tile.copy()
             tile[bad] = np.median(tile[~bad])
-            bad = ndimage.binary_dilation(bad, iterations=edge)
+            bad = _dilate(bad, edge)
         use = ~bad
         if min(tile.shape) > 4 * edge:
             inner = np.zeros_like(use)
