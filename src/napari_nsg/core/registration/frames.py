@@ -15,9 +15,11 @@ map, as the MSGR refinement): with fewer, the next simpler model is fitted and
 a warning says so.
 plus an optional smooth distortion spline (``distortion=True``).
 
-Resampling (:func:`resample`, default ``lanczos-clamped``) uses OpenCV's
-Lanczos kernel (8x8 taps, a = 4) with a floor: no sample may fall below the
-darkest of the 4x4 pixels around it. Lanczos keeps star profiles and noise
+Resampling (:func:`resample`, default ``lanczos-clamped``) uses the Lanczos
+kernel (a = 4, OpenCV's) with a floor: no sample may fall below the darkest of
+the 4x4 pixels around it. Maps of frames of one camera (rotation and shift
+within 0.01 px) run it as three 1-D shear passes (:mod:`.separable`, 8 taps a
+pass instead of 8x8); other maps through OpenCV's 2-D warps. Lanczos keeps star profiles and noise
 sharpest of the kernels OpenCV offers (least smoothing), but like every
 sinc-like kernel it rings: a dark undershoot around bright, undersampled
 stars, which a later rejection or a stretch turns into black rings. The floor
