@@ -141,10 +141,13 @@ def saturation_level(image: np.ndarray) -> float | None:
 
     A clipped star has a flat top: at least 5 pixels within 2 % of the maximum.
     """
-    finite = np.asarray(image)[np.isfinite(image)]
-    if finite.size == 0:
-        return None
-    top = float(finite.max())
+    finite = np.asarray(image)  # NaN never counts below; select only if there is an inf
+    top = float(np.fmax.reduce(finite, axis=None)) if finite.size else np.nan
+    if not np.isfinite(top):
+        finite = finite[np.isfinite(finite)]
+        if finite.size == 0:
+            return None
+        top = float(finite.max())
     if top <= 0 or np.count_nonzero(finite >= 0.98 * top) < 5:
         return None
     return 0.9 * top
