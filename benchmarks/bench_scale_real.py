@@ -1,12 +1,14 @@
 """NSG scale on the real WASP-12b sequence, per photometry mode, against photutils.
 
 The frames of ``<data>/wasp12b_calibrated`` are registered and measured as in
-``tests/test_nsg_real.py`` (whose helpers this imports): the independent scale
-is the median ratio of photutils 30-px aperture fluxes of the reference's bright
-stars; every ``photometry`` mode of :class:`NsgParameters` is printed beside it.
-The real test requires the default within 1 %.
+``tests/test_nsg_real.py`` (``tests/test_scale_precision.py:wasp_targets``): the
+independent scale is the median ratio of photutils 30-px aperture fluxes of the
+reference's bright stars; every ``photometry`` mode of :class:`NsgParameters` is
+printed beside it, and with ``--kernel`` the kernel-fit scale
+(:mod:`napari_nsg.core.nsg.kernel_scale`). The real tests require the default
+and the empirical mode within 1 %.
 
-    python benchmarks/bench_scale_real.py [--data ../shared/data/real]
+    python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -15,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
-
-import numpy as np
 
 from napari_nsg.core.nsg import NsgParameters, measure_scale, prepare_reference
 from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
 from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
-from napari_nsg.io import read_frame
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import test_nsg_real as real  # noqa: E402
+from test_scale_precision import wasp_targets  # noqa: E402
 
 
 def main(argv=None):
@@ -35,25 +33,17 @@ def main(argv=None):
     ap.add_argument("--small", type=float, default=NsgParameters.small_aperture_fwhm,
                     help="small_aperture_fwhm of the corrected and empirical modes")
     ap.add_argument("--kernel", action="store_true",
-                    help="also the scale of a free pixel kernel fit (slow: ~10-30 s a frame)")
+                    help="also the scale of a free pixel kernel fit (1-2 s a frame)")
     args = ap.parse_args(argv)
     folder = Path(args.data) / "wasp12b_calibrated"
-    frames = {n: read_frame(folder / f"{n}.fits") for n in real.NAMES}
-    ref = frames[real.NAMES[0]]
-    stars = real.bright_stars(ref.data)
+    ref, targets = wasp_targets(folder)
     models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(
         photometry=m, small_aperture_fwhm=args.small)) for m in PHOTOMETRY_MODES}
     extra = ["kernel fit"] if args.kernel else []
     print("| frame | photutils scale | " + " | ".join(f"{m}: scale (difference)"
                                                     for m in [*models, *extra]) + " |")
     print("|---|---|" + "---|" * (len(models) + len(extra)))
-    for name in real.NAMES[1:]:
-        img = frames[name].data
-        reg = real.into_register(img, real.independent_offset(ref.data, img))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ind = float(np.median(real.photutils_flux(ref.data, stars)
-                                  / real.photutils_flux(reg, stars)))
+    for name, reg, ind in targets:
         cells, results = [], []
         for model in models.values():
             results.append(measure_scale(model, reg))

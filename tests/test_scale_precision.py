@@ -346,23 +346,16 @@ def test_pixel_kernel_scale_on_gaussian_psfs():
         assert abs(scale / float(seq.truth[1].scale[0]) - 1) < 0.002
 
 
-@pytest.mark.real
-@pytest.mark.slow
-def test_empirical_photometry_on_real_frames(real_data):
-    """photometry='empirical' on the WASP-12b sequence (registered by whole pixels
-    with an independent offset, as in tests/test_nsg_real.py) is within 1 % of
-    photutils on every frame, like the default (measured: -0.18 to +0.61 %,
-    median |difference| 0.18 %), and within 0.2 % of the default scale."""
+def wasp_targets(folder):
+    """The WASP-12b reference frame and, per target, ``(name, frame registered by whole
+    pixels with an independent offset, photutils scale)``, as in tests/test_nsg_real.py
+    (also used by benchmarks/bench_scale_real.py)."""
     import test_nsg_real as real
 
-    folder = real_data / "wasp12b_calibrated"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is missing")
     frames = {n: read_frame(folder / f"{n}.fits") for n in real.NAMES}
     ref = frames[real.NAMES[0]]
     stars = real.bright_stars(ref.data)
-    models = [prepare_reference(ref.data, ref.meta, params=NsgParameters(photometry=m))
-              for m in ("empirical", "aperture")]
+    targets = []
     for name in real.NAMES[1:]:
         img = frames[name].data
         reg = real.into_register(img, real.independent_offset(ref.data, img))
@@ -370,6 +363,24 @@ def test_empirical_photometry_on_real_frames(real_data):
             warnings.simplefilter("ignore")
             ind = float(np.median(real.photutils_flux(ref.data, stars)
                                   / real.photutils_flux(reg, stars)))
+        targets.append((name, reg, ind))
+    return ref, targets
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_empirical_photometry_on_real_frames(real_data):
+    """photometry='empirical' on the WASP-12b sequence (registered by whole pixels
+    with an independent offset, as in tests/test_nsg_real.py) is within 1 % of
+    photutils on every frame, like the default (measured: -0.18 to +0.61 %,
+    median |difference| 0.18 %), and within 0.2 % of the default scale."""
+    folder = real_data / "wasp12b_calibrated"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is missing")
+    ref, targets = wasp_targets(folder)
+    models = [prepare_reference(ref.data, ref.meta, params=NsgParameters(photometry=m))
+              for m in ("empirical", "aperture")]
+    for name, reg, ind in targets:
         emp, default = (float(measure_scale(m, reg).scale[0]) for m in models)
         assert abs(emp / ind - 1) < 0.01, (name, emp, ind)
         assert abs(emp / default - 1) < 0.002, (name, emp, default)
