@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -95,6 +94,28 @@ try:  # where the time of local workers goes (absent in older versions)
     executors._Source.here = here
 except (ImportError, AttributeError):
     pass
+import os, resource, threading
+CLOCK = os.sysconf("SC_CLK_TCK")
+cpu_of = {}  # descendant pid -> CPU seconds last seen (workers, fork server: not waited for)
+def sample_descendants(stop):
+    while not stop.wait(0.2):
+        parent, cpu = {}, {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    f = open(f"/proc/{entry.name}/stat").read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                parent[int(entry.name)] = int(f[1])
+                cpu[int(entry.name)] = (int(f[11]) + int(f[12])) / CLOCK
+        for pid in cpu:
+            p = pid
+            while p in parent and p != os.getpid() and p > 1:
+                p = parent[p]
+            if p == os.getpid() and pid != p:
+                cpu_of[pid] = max(cpu_of.get(pid, 0.0), cpu[pid])
+stop_sampling = threading.Event()
+threading.Thread(target=sample_descendants, args=(stop_sampling,), daemon=True).start()
 def io_floor():
     times = []
     scratch = Path(tempfile.mkdtemp(prefix="io_floor_", dir=out))
@@ -114,6 +135,9 @@ t0 = time.perf_counter()
 result = nz.normalize_frames(paths, paths[0], out, gradient_images=gradient_images,
                              overwrite=True, progress=progress, workers=workers)
 wall = time.perf_counter() - t0
+stop_sampling.set()
+own = resource.getrusage(resource.RUSAGE_SELF)
+cpu_s = own.ru_utime + own.ru_stime + sum(cpu_of.values())
 for context in shipped:  # after the run, not to slow it down
     t = time.perf_counter()
     blob = pickle.dumps(context, protocol=pickle.HIGHEST_PROTOCOL)
@@ -130,6 +154,7 @@ io = ([0.5 * (a + b) for a, b in zip(io_before, io_floor())] if with_floor
       else io_before)
 print(json.dumps({"wall": wall, "reference_s": ready - t0, "frames": frames, "io": io,
                   "peak_rss": peak_mib(), "failed": len(result.failed), "pool": pool,
+                  "cpu_s": cpu_s,
                   "scales": [r.scale for r in result.rows]}))
 """
 
@@ -140,16 +165,13 @@ def run_child(paths, out, gradient_images, *, workers=1, with_floor=True, source
     env = dict(os.environ)
     if source:
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
                            str(out), "1" if gradient_images else "0", str(BENCH_DIR),
                            str(workers), "1" if with_floor else "0"],
                           check=True, capture_output=True, text=True, env=env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    # CPU seconds of the run and of its worker processes (all waited for)
-    res["cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return res
+    # cpu_s: CPU seconds of the run's process (I/O floor passes included) and of its
+    # descendants (worker processes, fork server), sampled from /proc every 0.2 s
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _median(values):

@@ -127,8 +127,8 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
                             start_new_session=True, stderr=subprocess.PIPE)
     try:
-        assert _wait_for(lambda: len(list(tmp_path.glob("pid_*"))) >= 3), \
-            "the parent and two workers did not all take an item"
+        assert _wait_for(lambda: len(list(tmp_path.glob("pid_*"))) >= 2), \
+            "the parent and its worker did not both take an item"
         pids = [int(p.name[4:]) for p in tmp_path.glob("pid_*")]
         assert proc.pid in pids
     finally:

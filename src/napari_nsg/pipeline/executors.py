@@ -197,6 +197,32 @@ def _process_pool(func, context, workers: int) -> ProcessPoolExecutor:
     as this process, so later pools start at once. With ``spawn`` each worker starts a
     new interpreter and imports everything itself (seconds).
     """
+    ctx = _worker_context(func)
+    thread_env = {name: str(threads_per_worker(workers))
+                  for name in THREAD_ENV if name not in os.environ}
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(context, thread_env))
+
+
+def worker_processes(workers: int, n_items: int, overlapped: bool = True) -> int:
+    """The worker processes :func:`map_frames` starts for ``workers`` processes in all
+    (this one included, at most one per available core) and ``n_items`` items: none for
+    the items this process holds anyway (two when it runs them ``overlapped``)."""
+    held_here = 2 if overlapped else 1  # an overlapped runner takes one item ahead
+    return max(0, min(min(workers, available_cores()) - 1, n_items - held_here))
+
+
+def prestart_workers(func, workers: int, n_items: int | None = None) -> None:
+    """Start the fork server for workers running ``func`` now, if it is not running and
+    :func:`worker_processes` would start any: it imports the package in the background
+    (e.g. while the reference is prepared), so that the workers start at once when they
+    are asked for."""
+    if worker_processes(workers, n_items if n_items is not None else workers + 2) > 0:
+        _worker_context(func)
+
+
+def _worker_context(func):
+    """The multiprocessing context of the workers, its fork server started."""
     from multiprocessing import resource_tracker
 
     method = _start_method()
@@ -210,10 +236,7 @@ def _process_pool(func, context, workers: int) -> ProcessPoolExecutor:
         ctx.set_forkserver_preload([_FORK_SERVER_GUARD, *modules])
         with _one_thread_per_worker(), _sigint_blocked():
             forkserver.ensure_running()  # by this thread, which outlives the pool
-    thread_env = {name: str(threads_per_worker(workers))
-                  for name in THREAD_ENV if name not in os.environ}
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(context, thread_env))
+    return ctx
 
 
 def _package_modules() -> set[str]:
@@ -348,12 +371,13 @@ def map_frames(
     items : sequence
         One per task.
     workers : int
-        1: run here; more: this process and up to that many local worker processes
-        (at most one per available core, and only as many as there are items this
-        process will not already hold) take the items one at a time, each item going
-        to whichever is free first. This process starts at once while the workers
-        start in the background, so a run with workers is never much slower than
-        one without, even when the workers start too late to help.
+        Processes working at once, this one included (at most one per available
+        core): 1 runs here; N also starts N - 1 local worker processes (only as
+        many as there are items this process will not already hold). This process
+        and the workers take the items one at a time, each item going to whichever
+        is free first. This process starts at once while the workers start in the
+        background, so a run with workers is never much slower than one without,
+        even when the workers start too late to help.
     scheduler : str, optional
         Address of a Dask distributed scheduler: run there (needs the
         ``distributed`` extra; the workers must see the same file paths).
@@ -375,9 +399,8 @@ def map_frames(
     if scheduler:
         yield from _dask(func, context, items, scheduler, cancel)
         return
-    held_here = 1 if local is None else 2  # an overlapped runner takes one item ahead
+    workers = worker_processes(workers, len(items), overlapped=local is not None)
     local = local or _one_at_a_time(func, context, cancel)
-    workers = min(workers, len(items) - held_here, available_cores())
     if workers < 1:
         yield from local(iter(items))
         return

@@ -58,7 +58,7 @@ from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, pause_for_test, refuse_inputs, same_file
 from ..io.write import frame_hdu, write_frames
 from ._values import floats
-from .executors import available_cores, map_frames, overlapped_frames
+from .executors import available_cores, map_frames, overlapped_frames, prestart_workers
 from .progress import CancelToken, ProgressCallback, check_cancel, report
 from .report import JSON_NAME, FrameRow, NormalizeReport, read_report
 
@@ -502,6 +502,8 @@ def normalize_frames(
                            overwrite=overwrite, resume=resume)
     total = len(frames)
     report(progress, 0, total, f"reference {reference.name}")
+    if not scheduler:  # the fork server imports while the reference is prepared
+        prestart_workers(process_frame, workers, len(frames))
     ref_frame = read_frame(reference, debayer=debayer)
     try:
         model = prepare_reference(ref_frame.data, ref_frame.meta, params)
