@@ -19,8 +19,8 @@ Resampling (:func:`resample`, default ``lanczos-clamped``) uses the Lanczos
 kernel (a = 4, OpenCV's) with a floor: no sample may fall below the darkest of
 the 4x4 pixels around it. Maps of frames of one camera (rotation and shift
 within 0.01 px) run it as three 1-D shear passes (:mod:`.separable`, 8 taps a
-pass instead of 8x8); other maps through OpenCV's 2-D warps. Lanczos keeps star profiles and noise
-sharpest of the kernels OpenCV offers (least smoothing), but like every
+pass instead of 8x8); other maps through OpenCV's 2-D warps. Lanczos keeps star
+profiles and noise sharpest of the kernels OpenCV offers (least smoothing), but like every
 sinc-like kernel it rings: a dark undershoot around bright, undersampled
 stars, which a later rejection or a stretch turns into black rings. The floor
 removes the undershoot and leaves the peaks alone (clamping both sides, as

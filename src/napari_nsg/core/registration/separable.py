@@ -12,7 +12,8 @@ pixel, scalar code):
    kernel of ``2 * LANCZOS_A`` taps serves a whole row (OpenCV's ``filter2D``);
    the y pass runs on the transposed image.
 
-A pure shift is exact (two passes); a rotation interpolates x twice. The
+A pure shift gives the 2-D kernel's samples (the third pass only copies); a
+rotation interpolates x twice. The
 plan (:func:`shear_plan`) is made only when the affine map it applies stays
 within :data:`MAX_DEVIATION` px of the fitted map over the whole output (scale
 and perspective of frames of one camera); otherwise the caller uses its 2-D
@@ -29,8 +30,8 @@ import numpy as np
 
 from .transforms import apply_homography
 
-__all__ = ["LANCZOS_A", "MAX_DEVIATION", "ShearPlan", "lanczos_taps", "shear_plan",
-           "warp_shears", "work_array"]
+__all__ = ["LANCZOS_A", "MAX_DEVIATION", "ShearPlan", "lanczos_taps", "release_shear_scratch",
+           "shear_plan", "warp_shears", "work_array"]
 
 #: Lanczos kernel order of each pass (2a taps, support +-a px).
 LANCZOS_A = 4
