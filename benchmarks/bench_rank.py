@@ -14,6 +14,9 @@ frames, ranking them with that version and with this checkout, ``--repeat``
 times (default 3), and prints the seconds per frame of each and the medians::
 
     python benchmarks/bench_rank.py --frames 8 --compare-with /tmp/old/src
+
+``--stages`` times the stages of this checkout one by one on the frames, in one
+process, one thread (CPU seconds: what each costs, whatever runs beside it).
 """
 
 from __future__ import annotations
@@ -98,6 +101,53 @@ def compare_versions(paths, old_source: Path, repeat: int) -> None:
           f"CPU s old {cpu['old']:.1f}, new {cpu['new']:.1f} (new/old {cpu['new'] / cpu['old']:.2f})")
 
 
+STAGES = r"""
+import json, statistics, sys, time
+from pathlib import Path
+from napari_nsg.core.nsg.engine import measure_scale
+from napari_nsg.core.reference import (background_map, corner_gradients, holds_data_everywhere,
+                                       metric_binning)
+from napari_nsg.core.nsg.noise import measure_frame_noise
+from napari_nsg.core.stars.detection import bin_image
+from napari_nsg.io import read_frame
+from napari_nsg.pipeline import rank as R
+paths = [Path(p) for p in json.loads(sys.argv[1])]
+times = {}
+def timed(name, func, *args, **kwargs):
+    t0 = time.process_time()
+    out = func(*args, **kwargs)
+    times.setdefault(name, []).append(time.process_time() - t0)
+    return out
+frames = []
+for p in paths:
+    frame = timed("read", read_frame, p)
+    data = frame.data
+    clean = timed("no-data test", holds_data_everywhere, data)
+    f = metric_binning(data.shape)
+    timed("corner boxes", corner_gradients, data, binning=min(f, R.CORNER_BINNING), clean=clean)
+    binned = timed("block means", lambda: [bin_image(data, f)])
+    timed("background map", background_map, data[None], binning=f, binned=binned)
+    timed("noise", measure_frame_noise, data)
+    sky = timed("sky metrics (all above)", R._sky_metrics, data)
+    timed("stars + FWHM", R._with_stars, sky, frame.meta)
+    frames.append(frame)
+model, window = timed("yardstick model (once)", R._yardstick_model, "yardstick", frames[0], None)
+for frame in frames[1:]:
+    timed("scale of a target", measure_scale, model, R._crop(frame.data, window))
+print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
+"""
+
+
+def print_stages(paths) -> None:
+    """CPU seconds of each stage of this checkout (median over the frames, one thread)."""
+    out = subprocess.run([sys.executable, "-c", STAGES, json.dumps([str(p) for p in paths[:4]])],
+                         check=True, capture_output=True, text=True)
+    stages = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"\nstages of rank on {min(len(paths), 4)} frames (CPU s, median per frame, one thread)")
+    for name, sec in stages.items():
+        print(f"  {name:<26}{sec:>7.3f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=20)
@@ -107,6 +157,8 @@ def main(argv=None):
                     help="the src folder of another version: rank with it and with this "
                          "checkout alternately, --repeat times")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--stages", action="store_true",
+                    help="also time the stages of this checkout one by one")
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_rank_"))
@@ -120,6 +172,8 @@ def main(argv=None):
                                nebula=True)
         print(f"simulated {args.frames} frames of {width}x{height} in "
               f"{time.perf_counter() - t0:.1f} s -> {frames_dir}")
+    if args.stages:
+        print_stages(paths)
     if args.compare_with:
         compare_versions(paths, Path(args.compare_with), args.repeat)
         return
