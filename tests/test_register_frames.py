@@ -365,3 +365,21 @@ def test_shear_passes_colour_and_a_large_rotation(dithered, monkeypatch):
     assert abs(cov_fast - cov_slow) < 1e-3 and ((mono != 0) == (slow != 0)).mean() > 0.999
     both = (mono != 0) & (slow != 0)
     assert np.median(np.abs(mono - slow)[both]) < 0.25 * d.noise
+
+
+def test_work_arrays_made_ahead_serve_the_dithers(dithered):
+    """prepare_scratch (run by the pipeline while the first frame is read) makes the shear
+    passes' work arrays large enough for dithers of a few degrees: none is made again."""
+    from napari_nsg.core.registration import separable
+    from napari_nsg.core.registration.frames import prepare_scratch
+
+    d = dithered
+    release_scratch()
+    prepare_scratch(SHAPE)
+    kept = {k: id(v) for k, v in separable._SCRATCH.__dict__.items()}
+    assert set(kept) == {"a", "b"}
+    for k in range(1, len(d.frames)):  # up to 3 degrees, and the flip
+        resample(d.frames[k], WideTransform(homography=_truth_homography(d, k)), SHAPE)
+    assert {k: id(v) for k, v in separable._SCRATCH.__dict__.items()} == kept
+    release_scratch()
+    assert not separable._SCRATCH.__dict__

@@ -44,6 +44,7 @@ from .register import RegistrationError, solve_registration
 from .separable import (
     LANCZOS_A,
     ShearPlan,
+    prepare_work_arrays,
     release_shear_scratch,
     shear_plan,
     warp_shears,
@@ -66,6 +67,7 @@ __all__ = [
     "FrameRegistration",
     "detect_frame_stars",
     "detect_reference_stars",
+    "prepare_scratch",
     "register_frame",
     "release_scratch",
     "resample",
@@ -309,6 +311,13 @@ def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
         store[name] = None
         arr = store[name] = np.empty(shape, dtype)
     return arr
+
+
+def prepare_scratch(shape: tuple[int, int], method: str = "lanczos-clamped") -> None:
+    """Make this thread's work arrays of :func:`resample` for frames of ``shape`` ahead of
+    the first frame (a pipeline does it while the first frame is being read)."""
+    if method in ("lanczos-clamped", "lanczos"):
+        prepare_work_arrays(shape)
 
 
 def release_scratch() -> None:
