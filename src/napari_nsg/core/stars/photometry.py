@@ -142,6 +142,14 @@ def ring_statistics(values: np.ndarray, dx: np.ndarray, dy: np.ndarray):
 _gather = psf_match.window
 
 
+def _aperture_box(half: int, max_radius: float) -> slice:
+    """The rows (and columns) of a ``2*half+1`` stamp that apertures of radius up to
+    ``max_radius`` can touch: the centre is within half a pixel of the star, so a
+    pixel further than ``max_radius + 1`` px along an axis has weight 0."""
+    a = min(half, int(np.ceil(max_radius + 1.0)))
+    return slice(half - a, half + a + 1)
+
+
 def aperture_photometry(
     data: np.ndarray,
     x: np.ndarray,
@@ -214,9 +222,11 @@ def aperture_photometry(
         fy = (y[sel] - cy[sel])[:, None, None]
         dist = np.hypot(offs[None, None, :] - fx, offs[None, :, None] - fy)
         r = radius[sel][:, None, None]
-        weight = np.clip(r + 0.5 - dist, 0.0, 1.0)
-        in_ap = weight > 0
         ring = (dist >= r + gap) & (dist <= r + gap + width[sel][:, None, None])
+        # the apertures lie in a box at the stamps' centre: their sums and tests there
+        box = _aperture_box(half, float(radius[sel].max()))
+        weight = np.clip(r + 0.5 - dist[:, box, box], 0.0, 1.0)
+        in_ap = weight > 0
         rdx = np.broadcast_to(offs[None, None, :] - fx, dist.shape).reshape(len(sel), -1)
         rdy = np.broadcast_to(offs[None, :, None] - fy, dist.shape).reshape(len(sel), -1)
         sum_w = weight.sum(axis=(1, 2))
@@ -228,10 +238,11 @@ def aperture_photometry(
                 st, inside = stamps(c, sel, offs)
             st = st.astype(np.float64)
             good = inside & np.isfinite(st)  # no-data is NaN in planes
-            ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
-            ap_bad = np.any(in_ap & ~good, axis=(1, 2)) | ap_outside
             ring_vals = np.where(ring & good, st, np.nan).reshape(len(sel), -1)
             mean, sig, count = ring_statistics(ring_vals, rdx, rdy)
+            st, inside, good = st[:, box, box], inside[:, box, box], good[:, box, box]
+            ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
+            ap_bad = np.any(in_ap & ~good, axis=(1, 2)) | ap_outside
             total = (np.where(in_ap & good, st, 0.0) * weight).sum(axis=(1, 2))
             f = total - mean * sum_w
             pk = np.where(in_ap & good, st, -np.inf).max(axis=(1, 2))
