@@ -15,15 +15,12 @@ from napari_nsg.core.reference import (
     corner_gradients,
     gradient_complexity,
     holds_data_everywhere,
-    metric_binning,
     sky_level,
     sky_levels,
-    star_statistics,
 )
 from napari_nsg.io import read_frame
 from napari_nsg.pipeline.rank import (
     SCALE_PAIRS,
-    STAR_BINNING,
     FrameRank,
     blink_frame,
     choose_reference,
@@ -378,13 +375,3 @@ def test_large_unregistered_frame_is_refused_in_the_central_half(large_sequence,
     assert "napari-nsg register" in failed[str(shifted)]
     assert result.reference in {str(p) for p in (paths[0], paths[1], paths[3])}
 
-
-@pytest.mark.slow
-def test_star_count_of_the_central_third_scales_to_the_whole_frame():
-    """Frames from 3072 px: stars counted in the central third, scaled to the frame."""
-    data = simulate_sequence(1, (2100, 3100), seed=8, **FIELD).frame(0).data
-    assert metric_binning(data.shape, STAR_BINNING) == 3
-    whole = star_statistics(data)
-    third = star_statistics(data, binning=3, clean=holds_data_everywhere(data))
-    assert third.n_stars == pytest.approx(whole.n_stars, rel=0.1)
-    assert third.median_fwhm == pytest.approx(whole.median_fwhm, rel=0.1)

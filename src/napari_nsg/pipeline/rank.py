@@ -13,9 +13,9 @@ Memory stays flat in the number of frames: two passes over the files, at most
 three frames in memory (the next one is read while one is measured and the
 stars of the one before are detected; plus the yardstick's model in the second
 pass). On frames over 2047 px the background map and the corner boxes are
-measured on block means, the stars in the central half of the frame (third from
-3072 px; :func:`~napari_nsg.core.reference.metric_binning`) and the scales in
-its central half (:func:`scale_window`).
+measured on block means, the stars in the central half of the frame
+(:func:`~napari_nsg.core.reference.metric_binning`) and the scales in that half
+too (:func:`scale_window`).
 """
 
 from __future__ import annotations
@@ -98,8 +98,8 @@ class FrameRank:
     noise_source : str
     n_stars : int
         Stars detected at 5 sigma on the intensity image (frames over 2047 px:
-        detected in the central half of the width and height, third from 3072 px,
-        the count scaled to the frame's data pixels).
+        detected in the central half of the width and height, the count scaled
+        to the frame's data pixels).
     fwhm : float
         Median star FWHM in pixels (of those stars).
     exposure, altitude, airmass : float or None
@@ -219,7 +219,7 @@ def _nanmean(values) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-STAR_BINNING = 3  # large frames: stars detected in the central half or third (width and height)
+STAR_BINNING = 2  # large frames: stars detected in the central half (width and height)
 SCALE_CROP = 2  # large frames: scales measured in the central half (width and height)
 CORNER_BINNING = 2  # corner boxes (H/10 a side) keep at least 40k block means on 4000-px frames
 SKY_SAMPLE_STEP = 4  # every 4th pixel each way is plenty for a whole-frame sky level
