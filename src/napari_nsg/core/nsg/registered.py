@@ -69,6 +69,8 @@ def check_registered(n_paired: int, candidates: StarTable, reference_stars: Star
         The target's detected stars if already known (else detected here, only
         when the pairs are suspiciously few).
     """
+    if n_paired >= MIN_PAIRED_FRACTION * len(candidates):  # n_on is at most all: no mask needed
+        return
     n_on = candidates_on_data(candidates, target_intensity, offset)
     if n_on < MIN_EXPECTED_STARS or n_paired >= MIN_PAIRED_FRACTION * n_on:
         return
