@@ -26,7 +26,7 @@ times (default 3), and prints each run's median time per target and ratio to
 the I/O floor, then the medians. ``--workers 1,2`` alternates runs with those
 worker counts and shows where the time goes: preparing the reference, starting
 the workers (fork server or spawn, imports, the reference model shipped once to
-each; the model's pickled size and pickling time), the frames, how many of them the
+each; the size sent to each and its pickling time), the frames, how many of them the
 parent normalized itself; with ``--compare-with SRC`` too, it alternates both
 versions at each worker count and prints the new/old ratios. For example::
 
@@ -215,8 +215,8 @@ def compare_workers(paths, work: Path, counts: list[int], repeat: int, gradient_
     versions = [("old", old_source), ("new", None)] if old_source else [("new", None)]
     print(f"\n{len(paths)} frames; worker counts{' and versions' if old_source else ''} "
           f"alternated, {repeat} rounds (startup: from starting the workers until each holds "
-          "the reference model, while the parent normalizes frames itself; model: pickling + "
-          "unpickling it once; frames: all after the reference, startup included; parent: "
+          "the reference model, while the parent normalizes frames itself; model: what each worker is sent (new code: its "
+          "large arrays go once through shared memory instead) and pickling + unpickling it once; frames: all after the reference, startup included; parent: "
           "frames the parent normalized itself (new code only); CPU: user + system seconds "
           "of the run and its workers)" + (f"; old = {old_source}" if old_source else ""))
     print(f"{'run':<5}{'version':<9}{'workers':>8}{'wall s':>9}{'reference s':>13}"

@@ -63,6 +63,32 @@ def test_items_go_to_whoever_is_free(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("done_*"))) == len(items)  # nothing done twice
 
 
+def total(context: dict, item: int) -> tuple[float, bool, int]:
+    """A task reading the context's array: its sum, whether it may be written, who read it."""
+    if IN_PARENT and item > 0:
+        _wait_for(lambda: _someone_else_wrote(Path(context["folder"])))
+    (Path(context["folder"]) / f"done_{item}_{os.getpid()}").touch()
+    return float(context["big"].sum()) + item, context["big"].flags.writeable, os.getpid()
+
+
+def _shm_blocks() -> set[str]:
+    return {p.name for p in Path(executors.SHM_DIR).glob("psm_*")}
+
+
+def test_large_arrays_reach_the_workers_through_shared_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "IN_PARENT", True)
+    big = np.random.default_rng(0).normal(size=(700, 1000))  # 5.6 MB
+    before = _shm_blocks()
+    got = dict(map_frames(total, {"big": big, "folder": str(tmp_path)}, list(range(6)),
+                          workers=2))
+    assert sorted(got) == list(range(6))
+    for i, (value, writeable, pid) in got.items():
+        assert value == float(big.sum()) + i
+        assert writeable == (pid == os.getpid())  # read-only where mapped
+    assert len({pid for _, _, pid in got.values()}) >= 2
+    assert _shm_blocks() == before  # freed
+
+
 def test_too_few_items_for_workers_start_none(tmp_path, monkeypatch):
     def no_pool(*args):
         raise AssertionError("a worker process was started")
@@ -95,6 +121,7 @@ def test_workers_write_what_a_serial_run_writes(tmp_path, monkeypatch):
         return measure(job, loaded)
 
     monkeypatch.setattr(nz, "_measure", parent_waits)
+    monkeypatch.setattr(executors, "SHARE_BYTES", 1024)  # the model's arrays: shared memory
     pool = nz.normalize_frames(frames, frames[0], out, workers=2)
     assert waited == [True], "no worker normalized a frame"
     assert [r.scale for r in pool.rows] == [r.scale for r in serial.rows]
