@@ -236,7 +236,8 @@ def compare_workers(paths, work: Path, counts: list[int], repeat: int, gradient_
                       f"{pool.get('startup_s', float('nan')):>11.2f}"
                       f"{pool.get('context_mib', 0.0):>11.1f}{pool.get('context_s', 0.0):>9.2f}"
                       f"{frames_s:>10.2f}{frames_s / len(paths):>9.3f}"
-                      f"{'-' if parent is None else parent:>8}{res['cpu_s']:>8.1f}", flush=True)
+                      f"{'-' if parent is None else parent:>8}{res['cpu_s']:>8.1f}"
+                      + (f"  ({res['failed']} FAILED)" if res["failed"] else ""), flush=True)
     for version, _ in versions:
         base = _median(walls[version, counts[0]])
         print(f"medians ({version}): " + "; ".join(
