@@ -104,6 +104,8 @@ MIN_PHOTOMETRY_STARS = 5
 #: Aperture radius of the photometric slope (narrow px): BASE + PER_RATIO x scale ratio.
 PHOT_RADIUS_BASE = 4.0
 PHOT_RADIUS_PER_RATIO = 3.0
+#: From this many pixels, whole-plane passes run on two row bands in two threads.
+BAND_MIN_PIXELS = 1 << 20
 #: Largest binning of the raw model before its MMT (:func:`model_binning`).
 MODEL_MAX_BINNING = 4
 
@@ -508,11 +510,27 @@ def gradient_model(
     return smooth_model(raw, n_layers, mode, border=border, like=narrow_large)
 
 
-def _raw_plane(nc: np.ndarray, wf: np.ndarray, mode: str) -> np.ndarray:
-    ok = _valid(nc)
-    ok &= np.isfinite(wf)
+def _in_row_bands(func: Callable[[slice], None], shape: tuple[int, ...]) -> None:
+    """``func(rows)`` over the two halves of a plane's rows, in two threads from 1 Mpx.
+
+    For whole-array numpy passes (they free the GIL): each writes its own rows.
+    """
+    h = shape[0]
+    if h < 2 or h * shape[1] < BAND_MIN_PIXELS:
+        func(np.s_[:h])
+        return
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(func, (np.s_[: h // 2], np.s_[h // 2 :])))
+
+
+def _raw_plane(nc: np.ndarray, wc: np.ndarray, fit: LinearFitResult, mode: str) -> np.ndarray:
+    """One channel of :func:`create_model` (the wide plane ``wc`` fitted here, band by band)."""
+    valid = _valid(nc)  # zero regions: the whole plane at once
+    med_w = 0.0
     if mode == "multiplicative":
-        sub_ok, sub_n, sub_w = _sample(ok), _sample(nc)[_sample(ok)], _sample(wf)[_sample(ok)]
+        sub_wf = fit.apply(_sample(wc))  # = _sample(fit.apply(wc)): elementwise
+        sub_ok = _sample(valid) & np.isfinite(sub_wf)
+        sub_n, sub_w = _sample(nc)[sub_ok], sub_wf[sub_ok]
         med_n = float(np.median(sub_n)) if sub_n.size else 0.0
         med_w = float(np.median(sub_w)) if sub_w.size else 0.0
         low = (np.count_nonzero(sub_n <= 0) + np.count_nonzero(sub_w <= 0)) / max(1, sub_ok.sum())
@@ -521,16 +539,26 @@ def _raw_plane(nc: np.ndarray, wf: np.ndarray, mode: str) -> np.ndarray:
                 "the large scales are not positive (narrow median "
                 f"{med_n:.4g}, fitted wide median {med_w:.4g}; {100 * low:.1f}% of pixels <= 0): "
                 "the images look sky-subtracted; use the additive mode")
-        ok &= wf > 1e-6 * med_w
+    m = np.empty(nc.shape, np.float32)
+
+    def band(rows: slice) -> None:
         # whole-array passes (boolean indexing of 24 Mpx cost 3x as much); same values
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            m = np.multiply(nc, np.float32(med_w))
-            m /= wf
-    else:
-        m = np.subtract(nc, wf, dtype=np.float32)
-        # MMT no-data is 0/NaN: an exact 0 of a difference is data, nudge it
-        m[m == 0] = np.float32(1e-30)
-    np.copyto(m, np.float32(np.nan), where=~ok)
+        wf = fit.apply(wc[rows])
+        ok = valid[rows]
+        ok &= np.isfinite(wf)
+        out = m[rows]
+        if mode == "multiplicative":
+            ok &= wf > 1e-6 * med_w
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                np.multiply(nc[rows], np.float32(med_w), out=out)
+                out /= wf
+        else:
+            np.subtract(nc[rows], wf, out=out)
+            # MMT no-data is 0/NaN: an exact 0 of a difference is data, nudge it
+            out[out == 0] = np.float32(1e-30)
+        np.copyto(out, np.float32(np.nan), where=~ok)
+
+    _in_row_bands(band, nc.shape)
     return m
 
 
@@ -545,9 +573,8 @@ def create_model(narrow_large: np.ndarray, wide_large: np.ndarray, fits: list[Li
         raise MsgrError(f"unknown mode {mode!r}; use one of {MODES}")
     n = _planes(narrow_large)
     w = _planes(wide_large)
-    planes = [_raw_plane(n[c], fits[c].apply(w[c if len(w) > 1 else 0]), mode)
-              for c in range(len(n))]
-    return _layout(np.stack(planes), narrow_large)
+    planes = [_raw_plane(n[c], w[c if len(w) > 1 else 0], fits[c], mode) for c in range(len(n))]
+    return planes[0] if np.ndim(narrow_large) == 2 else np.stack(planes)
 
 
 def model_binning(n_layers: int) -> int:
@@ -577,6 +604,26 @@ def smooth_model(raw: np.ndarray, n_layers: int, mode: str = "multiplicative", *
                          n_layers=n_layers + 1, reference=refs)
 
 
+def _apply_plane(tc: np.ndarray, mc: np.ndarray, ref: np.float32, mode: str,
+                 res: np.ndarray) -> None:
+    """One channel of :func:`apply_gradient_model` into ``res``, band by band."""
+    keep = no_data_mask(tc)  # zero regions: the whole plane at once
+
+    def band(rows: slice) -> None:
+        # the same operations as t * ref / mc and t - (mc - ref), in place
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            if mode == "multiplicative":
+                np.multiply(tc[rows], ref, out=res[rows])
+                res[rows] /= mc[rows]
+            else:
+                np.subtract(tc[rows], np.subtract(mc[rows], ref), out=res[rows])
+        bad = keep[rows]
+        bad |= ~np.isfinite(res[rows])
+        np.copyto(res[rows], tc[rows], where=bad)
+
+    _in_row_bands(band, tc.shape)
+
+
 def apply_gradient_model(target: np.ndarray, model: GradientModel) -> np.ndarray:
     """Remove the model from the original narrow image (step 6).
 
@@ -587,18 +634,8 @@ def apply_gradient_model(target: np.ndarray, model: GradientModel) -> np.ndarray
     m = _planes(model.model)
     out = np.empty_like(t)
     for c in range(len(t)):
-        mc = m[c if len(m) > 1 else 0]
-        ref = np.float32(model.reference[c if len(m) > 1 else 0])
-        res = out[c]  # the same operations as t * ref / mc and t - (mc - ref), in place
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            if model.mode == "multiplicative":
-                np.multiply(t[c], ref, out=res)
-                res /= mc
-            else:
-                np.subtract(t[c], np.subtract(mc, ref), out=res)
-        bad = no_data_mask(t[c])
-        bad |= ~np.isfinite(res)
-        np.copyto(res, t[c], where=bad)
+        k = c if len(m) > 1 else 0
+        _apply_plane(t[c], m[k], np.float32(model.reference[k]), model.mode, out[c])
     return _layout(out, target)
 
 
