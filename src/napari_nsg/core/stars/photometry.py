@@ -227,8 +227,12 @@ def aperture_photometry(
         box = _aperture_box(half, float(radius[sel].max()))
         weight = np.clip(r + 0.5 - dist[:, box, box], 0.0, 1.0)
         in_ap = weight > 0
-        rdx = np.broadcast_to(offs[None, None, :] - fx, dist.shape).reshape(len(sel), -1)
-        rdy = np.broadcast_to(offs[None, :, None] - fy, dist.shape).reshape(len(sel), -1)
+        # the ring statistics on the pixels in some star's ring only (a third fewer)
+        in_ring = np.flatnonzero(ring.any(axis=0))
+        ring = ring.reshape(len(sel), -1)[:, in_ring]
+        grid_x, grid_y = np.meshgrid(offs, offs)
+        rdx = grid_x.ravel()[in_ring][None, :] - fx[:, :, 0]
+        rdy = grid_y.ravel()[in_ring][None, :] - fy[:, :, 0]
         sum_w = weight.sum(axis=(1, 2))
         sum_w2 = (weight**2).sum(axis=(1, 2))
         for c in range(nc):
@@ -238,7 +242,9 @@ def aperture_photometry(
                 st, inside = stamps(c, sel, offs)
             st = st.astype(np.float64)
             good = inside & np.isfinite(st)  # no-data is NaN in planes
-            ring_vals = np.where(ring & good, st, np.nan).reshape(len(sel), -1)
+            flat = (len(sel), -1)
+            ring_vals = np.where(ring & good.reshape(flat)[:, in_ring],
+                                 st.reshape(flat)[:, in_ring], np.nan)
             mean, sig, count = ring_statistics(ring_vals, rdx, rdy)
             st, inside, good = st[:, box, box], inside[:, box, box], good[:, box, box]
             ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
