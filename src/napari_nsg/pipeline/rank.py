@@ -407,8 +407,12 @@ def measure_loaded(name: str, frame) -> _Measured:
 
 
 def _measured_row(name: str, frame, sky: _SkyMetrics) -> _Measured:
-    """Pass 1 finished: the stars and the header values added to a frame's sky metrics."""
-    own, noise = _with_stars(sky, frame.meta)
+    """Pass 1 finished: the stars and the header values added to a frame's sky metrics
+    (never raises for a frame that cannot be measured: the error goes in the row)."""
+    try:
+        own, noise = _with_stars(sky, frame.meta)
+    except NsgError as exc:
+        return _Measured(FrameRank(file=name, error=str(exc)), ())
     own.file = name
     if frame.data.ndim == 2 and frame.meta.bayer_pattern:
         own.warnings.append("raw Bayer mosaic measured as mono: use debayering for "
