@@ -98,12 +98,21 @@ def _channels(data: np.ndarray) -> np.ndarray:
     return data[np.newaxis] if data.ndim == 2 else data
 
 
+CLEAN_TEST_ROWS = 256  # rows tested at a time: small temporaries, reused (no page faults)
+
+
 def holds_data_everywhere(data: np.ndarray) -> bool:
     """True when every pixel is finite and none is 0: the frame has no no-data
     (:mod:`~napari_nsg.core.nodata` needs zeros or NaN/inf), so the metrics can
-    skip the no-data mask. Two cheap passes over the pixels, no labelling."""
+    skip the no-data mask. Two cheap tests of each band of rows, no labelling;
+    the first band with a NaN, an inf or a 0 ends it."""
     data = np.asarray(data)
-    return bool(np.isfinite(data).all() and not (data == 0).any())
+    rows = data.reshape(-1, data.shape[-1]) if data.ndim >= 2 else data[np.newaxis]
+    for start in range(0, len(rows), CLEAN_TEST_ROWS):
+        band = rows[start:start + CLEAN_TEST_ROWS]
+        if not np.isfinite(band).all() or (band == 0).any():
+            return False
+    return True
 
 
 def sky_level(values: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> float:
