@@ -21,8 +21,10 @@ MIN_ZERO_REGION = 1024
 #: registered frame is a strip along an edge; a few clipped pixels at the
 #: edge are values).
 MIN_BORDER_REGION = 16
+#: Edge zeros tested together for being reached by an earlier flood fill.
+SEED_CHUNK = 256
 
-__all__ = ["MIN_BORDER_REGION", "MIN_ZERO_REGION", "may_hold_zero", "find_no_data",
+__all__ = ["MIN_BORDER_REGION", "MIN_ZERO_REGION", "find_no_data", "may_hold_zero",
            "no_data_mask", "with_nan_no_data", "zero_regions"]
 
 
@@ -60,19 +62,21 @@ def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
     inner = mask[1:-1, 1:-1]
     small = min(min_area, MIN_BORDER_REGION, h * w)
     img = np.ascontiguousarray(zero).view(np.uint8)
-    seeds = [(x, 0) for x in np.flatnonzero(zero[0])]
-    seeds += [(x, h - 1) for x in np.flatnonzero(zero[-1])]
-    seeds += [(0, y) for y in np.flatnonzero(zero[:, 0])]
-    seeds += [(w - 1, y) for y in np.flatnonzero(zero[:, -1])]
+    top, bottom = np.flatnonzero(zero[0]), np.flatnonzero(zero[-1])
+    left, right = np.flatnonzero(zero[:, 0]), np.flatnonzero(zero[:, -1])
+    xs = np.concatenate([top, bottom, np.zeros_like(left), np.full_like(right, w - 1)])
+    ys = np.concatenate([np.zeros_like(top), np.full_like(bottom, h - 1), left, right])
     filled = 0
-    for x, y in seeds:
-        if inner[y, x]:
-            continue
-        area, _, _, (rx, ry, rw, rh) = cv2.floodFill(
-            img, mask, (int(x), int(y)), 0, 0, 0, 4 | cv2.FLOODFILL_MASK_ONLY | (3 << 8))
-        box = inner[ry:ry + rh, rx:rx + rw]
-        box[box == 3] = 1 if area >= small else 2
-        filled += int(area)
+    for k in range(0, len(xs), SEED_CHUNK):  # seeds a fill already reached: skipped at once
+        cx, cy = xs[k:k + SEED_CHUNK], ys[k:k + SEED_CHUNK]
+        for x, y in zip(cx[inner[cy, cx] == 0], cy[inner[cy, cx] == 0]):
+            if inner[y, x]:
+                continue
+            area, _, _, (rx, ry, rw, rh) = cv2.floodFill(
+                img, mask, (int(x), int(y)), 0, 0, 0, 4 | cv2.FLOODFILL_MASK_ONLY | (3 << 8))
+            box = inner[ry:ry + rh, rx:rx + rw]
+            box[box == 3] = 1 if area >= small else 2
+            filled += int(area)
     if filled != (np.count_nonzero(zero) if n_zero is None else n_zero):
         return None  # a region away from the border: label them all
     return inner == 1
