@@ -65,8 +65,6 @@ _PCL_DIRECT = 9
 _CLAMP = 0.3
 #: Below this many output pixels a resampling pass runs in one thread.
 _THREAD_MIN_PIXELS = 1 << 20
-#: Rows of the median along an edge before the linear extension (:func:`_edge_values`).
-_EDGE_MEDIAN = 9
 #: Memory for the gathered windows of one band of :func:`_two_way_median_fast`.
 _MEDIAN_BAND_BYTES = 32 << 20
 
@@ -515,13 +513,11 @@ BORDERS = ("mirror", "linear")
 def _edge_values(band: np.ndarray) -> np.ndarray:
     """Value at column 0 of each row of ``band`` (rows along an image edge, columns inward).
 
-    Rows are median-smoothed along the edge (``_EDGE_MEDIAN`` px), a straight line is fitted
+    Rows are median-smoothed along the edge (9 px), a straight line is fitted
     across the band per row and its intercept smoothed (Gaussian, 4 px).
     """
     b = band.shape[1]
-    r = _EDGE_MEDIAN // 2  # = ndimage.median_filter(size=(9, 1), mode="nearest"), 5x faster
-    pad = np.pad(band.astype(np.float64), ((r, r), (0, 0)), mode="edge")
-    v = np.median(np.lib.stride_tricks.sliding_window_view(pad, _EDGE_MEDIAN, axis=0), axis=-1)
+    v = ndimage.median_filter(band.astype(np.float64), size=(9, 1), mode="nearest")
     x = np.arange(b, dtype=np.float64)
     xm = x.mean()
     slope = ((v - v.mean(axis=1, keepdims=True)) * (x - xm)).sum(axis=1) / np.sum((x - xm) ** 2)
@@ -529,26 +525,45 @@ def _edge_values(band: np.ndarray) -> np.ndarray:
     return ndimage.gaussian_filter1d(edge, 4.0, mode="nearest")
 
 
+def _linear_strips(img: np.ndarray, p: int) -> tuple[np.ndarray, ...]:
+    """The four strips :func:`_pad_linear` adds: top, left, right, bottom.
+
+    Left and right are ``(h, p)``, top and bottom ``(p, w + 2p)`` (corners
+    included): point reflections about smoothed edge values, columns first,
+    then the rows of the column-padded image.
+    """
+    h, w = img.shape
+    band = min(16, w)
+    left = _edge_values(img[:, :band]).astype(np.float32)
+    right = _edge_values(img[:, ::-1][:, :band]).astype(np.float32)
+    lstrip = 2 * left[:, None] - img[:, p:0:-1]
+    rstrip = 2 * right[:, None] - img[:, w - 1 - p : w - 1][:, ::-1]
+
+    def rows(sl: slice) -> np.ndarray:  # rows of the column-padded image
+        return np.hstack([lstrip[sl], img[sl], rstrip[sl]])
+
+    band = min(16, h)
+    top = _edge_values(np.ascontiguousarray(rows(np.s_[:band]).T)).astype(np.float32)
+    bottom = _edge_values(np.ascontiguousarray(rows(np.s_[h - band :])[::-1].T)).astype(np.float32)
+    tstrip = 2 * top[None, :] - rows(np.s_[1 : p + 1])[::-1]
+    bstrip = 2 * bottom[None, :] - rows(np.s_[h - 1 - p : h - 1])[::-1]
+    return tstrip, lstrip, rstrip, bstrip
+
+
 def _pad_linear(img: np.ndarray, p: int) -> np.ndarray:
     """Point-reflection padding by ``p`` (< each side - 1): a linear gradient runs on unchanged.
 
     Columns first (pad = 2 * edge value - mirrored column), then rows of the
-    column-padded image, so the corners are consistent.
+    column-padded image, so the corners are consistent (:func:`_linear_strips`).
     """
     h, w = img.shape
+    top, left, right, bottom = _linear_strips(img, p)
     out = np.empty((h + 2 * p, w + 2 * p), np.float32)
     out[p : p + h, p : p + w] = img
-    band = min(16, w)
-    left = _edge_values(img[:, :band]).astype(np.float32)
-    right = _edge_values(img[:, ::-1][:, :band]).astype(np.float32)
-    out[p : p + h, :p] = 2 * left[:, None] - img[:, p:0:-1]
-    out[p : p + h, p + w :] = 2 * right[:, None] - img[:, w - 1 - p : w - 1][:, ::-1]
-    rows = out[p : p + h]
-    band = min(16, h)
-    top = _edge_values(np.ascontiguousarray(rows[:band].T)).astype(np.float32)
-    bottom = _edge_values(np.ascontiguousarray(rows[::-1][:band].T)).astype(np.float32)
-    out[:p] = 2 * top[None, :] - rows[p:0:-1]
-    out[p + h :] = 2 * bottom[None, :] - rows[h - 1 - p : h - 1][::-1]
+    out[p : p + h, :p] = left
+    out[p : p + h, p + w :] = right
+    out[:p] = top
+    out[p + h :] = bottom
     return out
 
 
@@ -647,17 +662,30 @@ def _binned_2d(image: np.ndarray, n_layers: int, k: int, border: str, exact_from
         raise ValueError(f"binning must be a power of 2 below 2^n_layers, got {k}")
     c, bad = _prepared(image)
     p = _pad_width(c.shape, n_layers) if border == "linear" else 0
-    if p:
-        c = _pad_linear(c, p)
-    h, w = c.shape
-    small = cv2.resize(c, (-(-w // k), -(-h // k)), interpolation=cv2.INTER_AREA)
+    small = _binned_extended(c, p, k)
     small = _residual_2d(small, n_layers - shift,
                          lambda x, j: _layer_fast(x, j, max(1, exact_from - shift)))
-    out = np.ascontiguousarray(_cropped(cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR),
-                                        p))
+    h, w = c.shape
+    # the interior of the upsampled extension: a view (a crop would copy 24 Mpx)
+    out = _cropped(cv2.resize(small, (w + 2 * p, h + 2 * p), interpolation=cv2.INTER_LINEAR), p)
     if bad is not None:
         out[bad] = np.asarray(image, dtype=np.float32)[bad]
     return out
+
+
+def _binned_extended(c: np.ndarray, p: int, k: int) -> np.ndarray:
+    """``_pad_linear(c, p)`` area-binned by ``k``; from the strips and ``c`` when the bins align
+    (the same block means, without writing the extended image)."""
+    def binned(a):
+        return cv2.resize(a, (-(-a.shape[1] // k), -(-a.shape[0] // k)),
+                          interpolation=cv2.INTER_AREA)
+
+    h, w = c.shape
+    if p == 0 or p % k or h % k or w % k:
+        return binned(_pad_linear(c, p) if p else c)
+    top, left, right, bottom = _linear_strips(c, p)
+    return np.vstack([binned(top), np.hstack([binned(left), binned(c), binned(right)]),
+                      binned(bottom)])
 
 
 def mmt_residual_binned(image: np.ndarray, n_layers: int, binning: int, *,
