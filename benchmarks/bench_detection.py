@@ -1,0 +1,114 @@
+"""Benchmark of the star detection (``core/stars/detection.py: detect_stars``), old and new alternated.
+
+Simulates one dithered 6000x4000 mono frame (the star density of
+``bench_register.py``) and times ``detect_stars`` (threshold 5, the brightest
+1000, as registration asks) on four images:
+
+* the 2x2-binned frame (what ``register`` and MSGR search on frames above 8 Mpx);
+* the 2x2-binned frame with a no-data border (NaN wedge, zero band: a registered frame);
+* the full frame with that border (``rank`` and ``normalize`` on registered frames);
+* the full clean frame.
+
+With ``--compare-with OLD/src`` the ``detection.py`` of that tree is loaded next to
+this one (both with this tree's ``no_data_mask``, so only detection's own work
+differs) and the two run alternated, ``--repeat`` times each; the table gives
+median CPU seconds (``time.process_time``: all threads, user + system), median
+wall seconds, and whether both found the same stars at the same positions.
+
+    python benchmarks/bench_detection.py [--compare-with /tmp/base/src] [--repeat 3]
+                                         [--size 6000x4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+STAR_DENSITY = 1.2e-4  # stars per pixel of the field, as bench_register.py
+MAX_STARS = 1000
+THRESHOLD = 5.0
+
+
+def _frame(h: int, w: int) -> np.ndarray:
+    from napari_nsg.synthetic.dithered import simulate_dithered
+
+    sim = simulate_dithered(2, (h, w), seed=1, n_stars=int(STAR_DENSITY * w * h * 1.7**2))
+    return np.ascontiguousarray(sim.frames[1], dtype=np.float32)
+
+
+def _with_border(image: np.ndarray) -> np.ndarray:
+    out = image.copy()
+    h, w = out.shape
+    yy, xx = np.ogrid[:h, :w]
+    out[xx < 0.03 * w + 0.02 * yy] = np.nan
+    out[: h // 50] = 0.0
+    return out
+
+
+def _binned(image: np.ndarray) -> np.ndarray:
+    h, w = image.shape
+    return cv2.resize(image[: h // 2 * 2, : w // 2 * 2], (w // 2, h // 2),
+                      interpolation=cv2.INTER_AREA)
+
+
+def _load(src: Path, tag: str):
+    """``detection.py`` of another tree as a module beside this one (relative imports: ours)."""
+    spec = importlib.util.spec_from_file_location(
+        f"napari_nsg.core.stars._bench_{tag}", src / "napari_nsg/core/stars/detection.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timed(detect, image):
+    t, c = time.perf_counter(), time.process_time()
+    stars = detect(image, threshold=THRESHOLD, max_stars=MAX_STARS)
+    return time.perf_counter() - t, time.process_time() - c, stars
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and bool(np.all(np.abs(a.x - b.x) < 1e-3)
+                                     and np.all(np.abs(a.y - b.y) < 1e-3))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--compare-with", type=Path, help="another tree's src/ (e.g. /tmp/base/src)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--size", default="6000x4000")
+    args = ap.parse_args()
+    from napari_nsg.core.stars import detection
+
+    w, h = (int(v) for v in args.size.split("x"))
+    frame = _frame(h, w)
+    border = _with_border(frame)
+    images = {"binned, clean": _binned(frame), "binned, no-data border": _binned(border),
+              "full, no-data border": border, "full, clean": frame}
+    codes = {"new": detection.detect_stars}
+    if args.compare_with:
+        codes = {"old": _load(args.compare_with, "old").detect_stars, **codes}
+    print(f"detect_stars on a {w}x{h} frame (threshold {THRESHOLD}, brightest {MAX_STARS}); "
+          f"median of {args.repeat}, codes alternated")
+    print(f"{'image':24s} {'shape':>10s} " + " ".join(f"{k + ' CPU/wall s':>18s}" for k in codes)
+          + ("  CPU ratio  same stars" if len(codes) > 1 else "  stars"))
+    for name, image in images.items():
+        cpu, wall, found = {k: [] for k in codes}, {k: [] for k in codes}, {}
+        for _ in range(args.repeat):
+            for k, detect in codes.items():
+                dw, dc, found[k] = _timed(detect, image)
+                wall[k].append(dw)
+                cpu[k].append(dc)
+        med = {k: (float(np.median(cpu[k])), float(np.median(wall[k]))) for k in codes}
+        cols = " ".join(f"{med[k][0]:8.3f} / {med[k][1]:6.3f}  " for k in codes)
+        tail = (f"  {med['new'][0] / med['old'][0]:9.2f}  {_same(found['old'], found['new'])}"
+                if len(codes) > 1 else f"  {len(found['new'])}")
+        print(f"{name:24s} {'x'.join(map(str, image.shape[::-1])):>10s} {cols}{tail}")
+
+
+if __name__ == "__main__":
+    main()
