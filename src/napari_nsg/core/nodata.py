@@ -159,17 +159,18 @@ def find_no_data(data: np.ndarray, min_area: int = MIN_ZERO_REGION
     finite = bool(np.isfinite(lo) and np.isfinite(hi))  # no NaN, no inf
     if finite and (lo > 0 or hi < 0):
         return None, False
-    bad = np.zeros(data.shape, bool) if finite else ~np.isfinite(data)
     if not finite and not may_hold_zero(data):
-        return bad, False
+        return ~np.isfinite(data), False
     zero = data == 0
     planes = zero.reshape(-1, *zero.shape[-2:])
-    found = False
-    for b, p in zip(bad.reshape(planes.shape), planes):
-        regions = zero_regions(np.ascontiguousarray(p), min_area)
-        if regions.any():
-            b |= regions
-            found = True
+    regions = [zero_regions(np.ascontiguousarray(p), min_area) for p in planes]
+    found = any(r.any() for r in regions)
+    if finite:  # the zero regions are all there is
+        bad = regions[0] if len(regions) == 1 else np.stack(regions)
+        return bad.reshape(data.shape), found
+    bad = ~np.isfinite(data)
+    for b, r in zip(bad.reshape(planes.shape), regions):
+        b |= r
     return bad, found
 
 
