@@ -15,6 +15,7 @@ reference ranking can reuse them without correcting anything.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -566,14 +567,16 @@ def _crowding(stars: StarTable, measured: StarTable, edges: list[np.ndarray],
     tree = cKDTree(stars.xy)
     edges = np.stack([np.asarray(e, float) for e in edges])  # (k, n)
     reach = edges.max(axis=0) + margin
+    found = tree.query_ball_point(measured.xy, reach)  # one list of neighbours per star
+    counts = np.fromiter(map(len, found), int, len(found))
+    j = np.fromiter(itertools.chain.from_iterable(found), int, int(counts.sum()))
+    i = np.repeat(np.arange(len(measured)), counts)  # all (star, neighbour) pairs at once
+    d = np.hypot(stars.x[j] - measured.x[i], stars.y[j] - measured.y[i])
+    near = (d > 1.5) & np.any(np.abs(d[None, :] - edges[:, i]) < margin, axis=0)
+    crossing = np.bincount(i[near], weights=stars.flux[j][near], minlength=len(measured))
     out = np.zeros(len(measured))
-    for i in range(len(measured)):
-        nbrs = np.asarray(tree.query_ball_point(measured.xy[i], reach[i]), int)
-        if len(nbrs) == 0:
-            continue
-        d = np.hypot(stars.x[nbrs] - measured.x[i], stars.y[nbrs] - measured.y[i])
-        near = (d > 1.5) & np.any(np.abs(d[None, :] - edges[:, i:i + 1]) < margin, axis=0)
-        out[i] = float(np.sum(stars.flux[nbrs][near])) / max(float(measured.flux[i]), 1e-30)
+    has = counts > 0
+    out[has] = crossing[has] / np.maximum(np.asarray(measured.flux, float)[has], 1e-30)
     return out
 
 
