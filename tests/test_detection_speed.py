@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from napari_nsg.core.nodata import no_data_mask
 from napari_nsg.core.stars import detect_stars
-from napari_nsg.core.stars.detection import fast_median, near_no_data
+from napari_nsg.core.stars.detection import fast_median, intensity, near_no_data
 from napari_nsg.io import read_frame
 from napari_nsg.synthetic import simulate_pair
 
@@ -121,3 +121,40 @@ def test_fast_median_falls_back_when_the_sample_misses_the_middle():
     values[::2] = -np.arange(200_000, dtype=np.float32)
     values[::20] = -1e6
     assert fast_median(values.copy()) == float(np.median(values))
+
+
+def _intensity_as_before(data: np.ndarray) -> np.ndarray:
+    """f696fb7's colour intensity: masks of every channel, then the mean."""
+    data = np.asarray(data, dtype=np.float32)
+    finite = np.isfinite(data)
+    valid = ~np.any(no_data_mask(data), axis=0)
+    mean = np.mean(np.where(finite, data, 0), axis=0, dtype=np.float32)
+    out = np.where(valid, mean, 0).astype(np.float32)
+    out[~finite.all(axis=0)] = np.nan
+    return out
+
+
+def _colour_cases() -> dict:
+    rng = np.random.default_rng(3)
+    clean = 800.0 + 20.0 * rng.standard_normal((3, 120, 160)).astype(np.float32)
+    mixed = clean.copy()
+    mixed[1, 10:40, 30:70] = np.nan  # NaN in one channel
+    mixed[2, :20] = 0.0  # a zero band (no-data) in another
+    mixed[0, 60, 60] = np.inf
+    mixed[0, 90, 90] = 0.0  # a lone zero: a value
+    border = clean.copy()
+    border[:, :, :20] = 0.0
+    return {"clean": clean, "mixed": mixed, "zero border": border,
+            "not contiguous": np.transpose(clean, (0, 2, 1)),
+            "float64": clean.astype(np.float64)}
+
+
+@pytest.mark.parametrize("case", ["clean", "mixed", "zero border", "not contiguous", "float64"])
+def test_colour_intensity_is_as_before(case):
+    data = _colour_cases()[case]
+    new, old = intensity(data), _intensity_as_before(data)
+    assert new.dtype == np.float32 and new.shape == old.shape
+    np.testing.assert_array_equal(new, old)  # NaN where NaN, 0 where no data, the same means
+    if case == "mixed":
+        assert np.isnan(new[20, 40]) and new[5, 5] == 0.0 and np.isnan(new[60, 60])
+        assert new[90, 90] != 0.0

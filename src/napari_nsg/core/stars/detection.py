@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import sep
 
-from ..nodata import no_data_mask
+from ..nodata import find_no_data, no_data_mask
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -90,11 +90,15 @@ def intensity(data: np.ndarray) -> np.ndarray:
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
         return data
+    bad, _ = find_no_data(data)
+    if bad is None:  # all finite, no zero region (most frames): the plain mean, no masks
+        return np.mean(data, axis=0, dtype=np.float32)
     finite = np.isfinite(data)
-    valid = ~np.any(no_data_mask(data), axis=0)
-    mean = np.mean(np.where(finite, data, 0), axis=0, dtype=np.float32)
-    out = np.where(valid, mean, 0).astype(np.float32)
-    out[~finite.all(axis=0)] = np.nan
+    all_finite = finite.all(axis=0)
+    out = np.mean(data if all_finite.all() else np.where(finite, data, np.float32(0)),
+                  axis=0, dtype=np.float32)
+    out[bad.any(axis=0)] = 0
+    out[~all_finite] = np.nan
     return out
 
 
