@@ -7,7 +7,10 @@ Simulates one dithered 6000x4000 mono frame (the star density of
 * the 2x2-binned frame (what ``register`` and MSGR search on frames above 8 Mpx);
 * the 2x2-binned frame with a no-data border (NaN wedge, zero band: a registered frame);
 * the full frame with that border (``rank`` and ``normalize`` on registered frames);
-* the full clean frame.
+* the full clean frame;
+
+and ``intensity`` (the detection image of a colour frame: the mean of the channels,
+no-data kept) on a 3-channel version of the frame, clean and with the border.
 
 With ``--compare-with OLD/src`` the ``detection.py`` of that tree is loaded next to
 this one (both with this tree's ``no_data_mask``, so only detection's own work
@@ -65,15 +68,41 @@ def _load(src: Path, tag: str):
     return module
 
 
-def _timed(detect, image):
+def _timed(fn, image):
     t, c = time.perf_counter(), time.process_time()
-    stars = detect(image, threshold=THRESHOLD, max_stars=MAX_STARS)
-    return time.perf_counter() - t, time.process_time() - c, stars
+    value = fn(image)
+    return time.perf_counter() - t, time.process_time() - c, value
 
 
 def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return bool(np.array_equal(a, b, equal_nan=True))
     return len(a) == len(b) and bool(np.all(np.abs(a.x - b.x) < 1e-3)
                                      and np.all(np.abs(a.y - b.y) < 1e-3))
+
+
+def _detector(module):
+    return lambda image: module.detect_stars(image, threshold=THRESHOLD, max_stars=MAX_STARS)
+
+
+def _table(tasks: dict, codes: dict, repeat: int) -> None:
+    """One row per ``tasks`` item ``name: (function name, image)``, codes alternated."""
+    print(f"{'task':38s} {'shape':>12s} " + " ".join(f"{k + ' CPU/wall s':>18s}" for k in codes)
+          + ("  CPU ratio  same result" if len(codes) > 1 else ""))
+    for name, (what, image) in tasks.items():
+        cpu, wall, found = {k: [] for k in codes}, {k: [] for k in codes}, {}
+        for _ in range(repeat):
+            for k, module in codes.items():
+                fn = _detector(module) if what == "detect_stars" else module.intensity
+                dw, dc, found[k] = _timed(fn, image)
+                wall[k].append(dw)
+                cpu[k].append(dc)
+        med = {k: (float(np.median(cpu[k])), float(np.median(wall[k]))) for k in codes}
+        cols = " ".join(f"{med[k][0]:8.3f} / {med[k][1]:6.3f}  " for k in codes)
+        tail = (f"  {med['new'][0] / med['old'][0]:9.2f}  {_same(found['old'], found['new'])}"
+                if len(codes) > 1 else "")
+        shape = "x".join(map(str, image.shape[::-1]))
+        print(f"{what + ', ' + name:38s} {shape:>12s} {cols}{tail}")
 
 
 def main() -> None:
@@ -87,28 +116,18 @@ def main() -> None:
     w, h = (int(v) for v in args.size.split("x"))
     frame = _frame(h, w)
     border = _with_border(frame)
-    images = {"binned, clean": _binned(frame), "binned, no-data border": _binned(border),
-              "full, no-data border": border, "full, clean": frame}
-    codes = {"new": detection.detect_stars}
+    tasks = {"binned, clean": ("detect_stars", _binned(frame)),
+             "binned, no-data border": ("detect_stars", _binned(border)),
+             "full, no-data border": ("detect_stars", border),
+             "full, clean": ("detect_stars", frame),
+             "colour, clean": ("intensity", np.stack([frame, 0.9 * frame, 1.1 * frame])),
+             "colour, no-data border": ("intensity", np.stack([border, 0.9 * border, border]))}
+    codes = {"new": detection}
     if args.compare_with:
-        codes = {"old": _load(args.compare_with, "old").detect_stars, **codes}
-    print(f"detect_stars on a {w}x{h} frame (threshold {THRESHOLD}, brightest {MAX_STARS}); "
-          f"median of {args.repeat}, codes alternated")
-    print(f"{'image':24s} {'shape':>10s} " + " ".join(f"{k + ' CPU/wall s':>18s}" for k in codes)
-          + ("  CPU ratio  same stars" if len(codes) > 1 else "  stars"))
-    for name, image in images.items():
-        cpu, wall, found = {k: [] for k in codes}, {k: [] for k in codes}, {}
-        for _ in range(args.repeat):
-            for k, detect in codes.items():
-                dw, dc, found[k] = _timed(detect, image)
-                wall[k].append(dw)
-                cpu[k].append(dc)
-        med = {k: (float(np.median(cpu[k])), float(np.median(wall[k]))) for k in codes}
-        cols = " ".join(f"{med[k][0]:8.3f} / {med[k][1]:6.3f}  " for k in codes)
-        tail = (f"  {med['new'][0] / med['old'][0]:9.2f}  {_same(found['old'], found['new'])}"
-                if len(codes) > 1 else f"  {len(found['new'])}")
-        print(f"{name:24s} {'x'.join(map(str, image.shape[::-1])):>10s} {cols}{tail}")
-
+        codes = {"old": _load(args.compare_with, "old"), **codes}
+    print(f"detect_stars (threshold {THRESHOLD}, brightest {MAX_STARS}) and intensity on a "
+          f"simulated {w}x{h} frame; median of {args.repeat}, codes alternated")
+    _table(tasks, codes, args.repeat)
 
 if __name__ == "__main__":
     main()
