@@ -77,6 +77,10 @@ def _shm_blocks() -> set[str]:
 
 def test_large_arrays_reach_the_workers_through_shared_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "IN_PARENT", True)
+    shared = []
+    real = executors._SharedContext._share
+    monkeypatch.setattr(executors._SharedContext, "_share",
+                        lambda self, obj: shared.append(real(self, obj)) or shared[-1])
     big = np.random.default_rng(0).normal(size=(700, 1000))  # 5.6 MB
     before = _shm_blocks()
     got = dict(map_frames(total, {"big": big, "folder": str(tmp_path)}, list(range(6)),
@@ -84,8 +88,9 @@ def test_large_arrays_reach_the_workers_through_shared_memory(tmp_path, monkeypa
     assert sorted(got) == list(range(6))
     for i, (value, writeable, pid) in got.items():
         assert value == float(big.sum()) + i
-        assert writeable == (pid == os.getpid())  # read-only where mapped
+        assert writeable  # mapped copy-on-write: sep, for one, refuses read-only arrays
     assert len({pid for _, _, pid in got.values()}) >= 2
+    assert [p[0] for p in shared if p] == ["shm"]  # the one large array, the rest pickled
     assert _shm_blocks() == before  # freed
 
 

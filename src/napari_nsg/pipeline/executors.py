@@ -3,7 +3,7 @@
 :func:`map_frames` calls ``func(context, item)`` for every item and yields
 ``(index, result)`` as results arrive. The ``context`` (for NSG: the reference
 model) is sent to each worker once, its large arrays through shared memory (one copy
-for all workers, mapped read-only); each task reads and writes its own frame, so
+for all workers, mapped copy-on-write); each task reads and writes its own frame, so
 only small results travel back. Local workers are forks of a fork server that
 has imported the package once; they start in the background while this process
 works on the items itself, and each item goes to whoever is free first (one task
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import mmap
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -168,13 +169,12 @@ def _init_worker(context, thread_env: dict | None = None, shared: bool = False) 
 SHARE_BYTES = 1 << 20
 SHM_DIR = "/dev/shm"  # where POSIX shared memory lives on Linux (its free space is checked)
 SHM_MARGIN = 2.0  # shared memory is used only with this times the arrays' size free
-_ATTACHED: list = []  # shared-memory blocks this worker maps (kept open while it lives)
+_ATTACHED: list = []  # shared-memory mappings of this worker (kept while it lives)
 
 
 class _SharedContext:
     """A context pickled once, its large arrays in shared memory: ``blob`` goes to each
-    worker (small), which maps the arrays read-only without copying them
-    (:func:`_unshare`). :meth:`close` frees the memory (also freed by the resource tracker
+    worker (small), which maps the arrays copy-on-write (:func:`_unshare`). :meth:`close` frees the memory (also freed by the resource tracker
     if this process is killed)."""
 
     def __init__(self, context):
@@ -221,16 +221,20 @@ def _shm_room(nbytes: int) -> bool:
 
 
 def _unshare(blob: bytes):
-    """In a worker: the context of a :class:`_SharedContext`, its arrays mapped read-only."""
-    from multiprocessing import shared_memory
-
+    """In a worker: the context of a :class:`_SharedContext`, its arrays mapped from shared
+    memory copy-on-write (``MAP_PRIVATE``): nothing is copied until written, and what a
+    worker writes stays its own, as with a pickled copy (writable, as e.g. ``sep`` needs)."""
     def load(pid):
         _, name, dtype, shape = pid
-        block = shared_memory.SharedMemory(name=name)
-        _ATTACHED.append(block)
-        arr = np.ndarray(shape, np.dtype(dtype), buffer=block.buf)
-        arr.flags.writeable = False
-        return arr
+        fd = os.open(os.path.join(SHM_DIR, name.lstrip("/")), os.O_RDONLY)
+        try:
+            size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            mapped = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            os.close(fd)
+        _ATTACHED.append(mapped)
+        return np.frombuffer(mapped, np.dtype(dtype)).reshape(shape)
 
     unpickler = pickle.Unpickler(io.BytesIO(blob))
     unpickler.persistent_load = load
