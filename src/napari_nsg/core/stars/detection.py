@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import sep
 
-from ..nodata import find_no_data, no_data_mask
+from ..nodata import find_no_data, no_data_mask  # noqa: F401 (no_data_mask: re-exported by core.stars)
 
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -267,10 +267,10 @@ def detect_stars(
     image = np.ascontiguousarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise ValueError(f"detect_stars needs a 2-D image, got shape {image.shape}")
-    bad = no_data_mask(image)
-    if bad.all():
+    bad, _ = find_no_data(image)  # None: surely no no-data pixel (no mask made)
+    any_bad = bad is not None and bool(bad.any())
+    if any_bad and bad.all():
         return StarTable.empty()
-    any_bad = bool(bad.any())
     # sep skips masked pixels: an all-False mask gives the same result, for a pass more
     mask = bad if any_bad else None
     work = image
@@ -284,7 +284,7 @@ def detect_stars(
     del work
     rms = float(bkg.globalrms)
     if not np.isfinite(rms) or rms <= 0:
-        rms = float(np.std(sub[~bad])) or 1.0
+        rms = float(np.std(sub[~bad] if any_bad else sub.ravel())) or 1.0
     objects = None
     pixstack = 300_000
     sep.set_sub_object_limit(4096)
