@@ -158,3 +158,19 @@ def test_colour_intensity_is_as_before(case):
     if case == "mixed":
         assert np.isnan(new[20, 40]) and new[5, 5] == 0.0 and np.isnan(new[60, 60])
         assert new[90, 90] != 0.0
+
+
+@pytest.mark.parametrize("max_stars", [20, 10_000])
+def test_quick_threshold_is_the_two_searches_of_before(simulated, max_stars):
+    """One background map for both searches: the quick search's stars when it found
+    ``max_stars``, else the full search's, as two calls of ``detect_stars`` gave."""
+    image = _with_no_data(simulated)
+    quick = detect_stars(image, threshold=12.0, max_stars=max_stars)
+    full = detect_stars(image, threshold=5.0, max_stars=max_stars)
+    both = detect_stars(image, threshold=5.0, quick_threshold=12.0, max_stars=max_stars)
+    expected = quick if len(quick) >= max_stars else full
+    assert len(both) == len(expected)
+    # the two searches differ (fluxes: the isophote moves with the threshold), so the test can fail
+    assert len(quick) != len(full) or not np.array_equal(quick.flux, full.flux)
+    for name in ("x", "y", "flux", "raw_peak", "background", "npix"):
+        np.testing.assert_array_equal(getattr(both, name), getattr(expected, name))

@@ -237,6 +237,7 @@ def detect_stars(
     background_size: int = 64,
     edge: int = 3,
     deblend_cont: float = 0.005,
+    quick_threshold: float | None = None,
 ) -> StarTable:
     """Detect stars in a 2-D image.
 
@@ -258,54 +259,92 @@ def detect_stars(
         Stars closer than this to the image edge or to no-data pixels are dropped.
     deblend_cont : float
         sep's deblending contrast.
+    quick_threshold : float, optional
+        Search first at this (higher) threshold, and return that search if it found
+        ``max_stars`` stars (fewer pixels to label and deblend on a crowded field); the
+        background map is made once for both searches.
 
     Returns
     -------
     StarTable
         Brightest first. Empty if nothing was found.
     """
+    prep = _subtracted(image, background_size)
+    if prep is None:
+        return StarTable.empty()
+    if quick_threshold is not None and max_stars is not None:
+        quick = _star_table(_extract(prep, quick_threshold, min_area, deblend_cont), prep,
+                            max_stars, saturation, edge)
+        if len(quick) >= max_stars:
+            return quick
+    return _star_table(_extract(prep, threshold, min_area, deblend_cont), prep, max_stars,
+                       saturation, edge)
+
+
+@dataclass
+class _Subtracted:
+    """A detection image ready for sep's extraction (:func:`_subtracted`)."""
+
+    sub: np.ndarray  # background-subtracted, no-data filled
+    back: np.ndarray  # sep's background map
+    bad: np.ndarray | None  # no-data mask, None if the image has none
+    rms: float  # the noise (sep's global RMS)
+
+
+def _subtracted(image: np.ndarray, background_size: int) -> _Subtracted | None:
+    """sep's background map of ``image`` and the image less it (no-data filled by the
+    median, masked for sep); None if every pixel is no-data."""
     image = np.ascontiguousarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise ValueError(f"detect_stars needs a 2-D image, got shape {image.shape}")
     bad, _ = find_no_data(image)  # None: surely no no-data pixel (no mask made)
-    any_bad = bad is not None and bool(bad.any())
-    if any_bad and bad.all():
-        return StarTable.empty()
-    # sep skips masked pixels: an all-False mask gives the same result, for a pass more
-    mask = bad if any_bad else None
+    if bad is not None and not bad.any():
+        bad = None  # sep skips masked pixels: no mask gives the same result, a pass less
+    if bad is not None and bad.all():
+        return None
     work = image
-    if any_bad:
+    if bad is not None:
         work = image.copy()
         work[bad] = fast_median(image[~bad])
     size = int(max(8, min(background_size, min(image.shape) // 2)))
-    bkg = sep.Background(work, mask=mask, bw=size, bh=size, fw=3, fh=3)
+    bkg = sep.Background(work, mask=bad, bw=size, bh=size, fw=3, fh=3)
     back = bkg.back()
-    sub = np.subtract(work, back, out=work if any_bad else None)  # in place in a copy only
-    del work
+    sub = np.subtract(work, back, out=work if bad is not None else None)  # in place in a copy
     rms = float(bkg.globalrms)
     if not np.isfinite(rms) or rms <= 0:
-        rms = float(np.std(sub[~bad] if any_bad else sub.ravel())) or 1.0
+        rms = float(np.std(sub[~bad] if bad is not None else sub.ravel())) or 1.0
+    return _Subtracted(sub, back, bad, rms)
+
+
+def _extract(prep: _Subtracted, threshold: float, min_area: int, deblend_cont: float):
+    """sep's objects above ``threshold`` (its pixel buffer grown as needed)."""
     objects = None
     pixstack = 300_000
     sep.set_sub_object_limit(4096)
     while objects is None:
         sep.set_extract_pixstack(pixstack)
         try:
-            objects = sep.extract(
-                sub, threshold, err=rms, mask=mask, minarea=min_area, deblend_cont=deblend_cont
-            )
+            objects = sep.extract(prep.sub, threshold, err=prep.rms, mask=prep.bad,
+                                  minarea=min_area, deblend_cont=deblend_cont)
         except Exception as exc:  # sep raises plain Exception for buffer overflows
             if "pixel buffer full" not in str(exc) or pixstack > 50_000_000:
                 raise
             pixstack *= 4
+    return objects
+
+
+def _star_table(objects, prep: _Subtracted, max_stars: int | None, saturation: float | None,
+                edge: int) -> StarTable:
+    """The kept objects (off the edges and the no-data), brightest first, as a table."""
     if len(objects) == 0:
         return StarTable.empty()
     x, y = objects["x"].astype(float), objects["y"].astype(float)
-    h, w = image.shape
+    h, w = prep.sub.shape
+    bad, back = prep.bad, prep.back
     keep = (x >= edge) & (y >= edge) & (x <= w - 1 - edge) & (y <= h - 1 - edge)
     keep &= objects["flux"] > 0
     keep &= (objects["flag"] & sep.OBJ_TRUNC) == 0
-    if any_bad and edge > 0:
+    if bad is not None and edge > 0:
         ix = np.clip(np.round(x).astype(int), 0, w - 1)
         iy = np.clip(np.round(y).astype(int), 0, h - 1)
         keep &= ~near_no_data(bad, ix, iy, edge)
