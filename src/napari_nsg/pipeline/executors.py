@@ -280,7 +280,7 @@ def _process_pool(func, context, workers: int) -> ProcessPoolExecutor:
     With ``forkserver`` the server process imports this package's modules of ``func``
     once (in the background of this process's own work) and each worker is a fork of
     it: it starts in milliseconds and imports nothing more; the server lives as long
-    as this process, so later pools start at once. With ``spawn`` each worker starts a
+    as the thread that started it, so that thread's later pools start at once. With ``spawn`` each worker starts a
     new interpreter and imports everything itself (seconds).
     """
     ctx = _worker_context(func)
