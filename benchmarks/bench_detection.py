@@ -9,6 +9,9 @@ Simulates one dithered 6000x4000 mono frame (the star density of
 * the full frame with that border (``rank`` and ``normalize`` on registered frames);
 * the full clean frame;
 
+MSGR's search on the two binned images (threshold 12 first, 5 if that found fewer than
+1000: one background map since ``quick_threshold``, two before);
+
 and ``intensity`` (the detection image of a colour frame: the mean of the channels,
 no-data kept) on a 3-channel version of the frame, clean and with the border.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import time
 from pathlib import Path
 
@@ -35,6 +39,7 @@ import numpy as np
 STAR_DENSITY = 1.2e-4  # stars per pixel of the field, as bench_register.py
 MAX_STARS = 1000
 THRESHOLD = 5.0
+QUICK_THRESHOLD = 12.0  # MSGR's first search (core/registration/register.py)
 
 
 def _frame(h: int, w: int) -> np.ndarray:
@@ -85,15 +90,32 @@ def _detector(module):
     return lambda image: module.detect_stars(image, threshold=THRESHOLD, max_stars=MAX_STARS)
 
 
+def _two_searches(module):
+    """MSGR's search: at QUICK_THRESHOLD first, at THRESHOLD if that found too few (code
+    without ``quick_threshold``: two calls, two background maps)."""
+    if "quick_threshold" in inspect.signature(module.detect_stars).parameters:
+        return lambda image: module.detect_stars(image, threshold=THRESHOLD, max_stars=MAX_STARS,
+                                                 quick_threshold=QUICK_THRESHOLD)
+
+    def run(image):
+        quick = module.detect_stars(image, threshold=QUICK_THRESHOLD, max_stars=MAX_STARS)
+        return quick if len(quick) >= MAX_STARS else _detector(module)(image)
+    return run
+
+
+_FUNCTIONS = {"detect_stars": _detector, "quick then full": _two_searches,
+              "intensity": lambda module: module.intensity}
+
+
 def _table(tasks: dict, codes: dict, repeat: int) -> None:
     """One row per ``tasks`` item ``name: (function name, image)``, codes alternated."""
-    print(f"{'task':38s} {'shape':>12s} " + " ".join(f"{k + ' CPU/wall s':>18s}" for k in codes)
+    print(f"{'task':42s} {'shape':>12s} " + " ".join(f"{k + ' CPU/wall s':>18s}" for k in codes)
           + ("  CPU ratio  same result" if len(codes) > 1 else ""))
     for name, (what, image) in tasks.items():
         cpu, wall, found = {k: [] for k in codes}, {k: [] for k in codes}, {}
         for _ in range(repeat):
             for k, module in codes.items():
-                fn = _detector(module) if what == "detect_stars" else module.intensity
+                fn = _FUNCTIONS[what](module)
                 dw, dc, found[k] = _timed(fn, image)
                 wall[k].append(dw)
                 cpu[k].append(dc)
@@ -102,7 +124,7 @@ def _table(tasks: dict, codes: dict, repeat: int) -> None:
         tail = (f"  {med['new'][0] / med['old'][0]:9.2f}  {_same(found['old'], found['new'])}"
                 if len(codes) > 1 else "")
         shape = "x".join(map(str, image.shape[::-1]))
-        print(f"{what + ', ' + name:38s} {shape:>12s} {cols}{tail}")
+        print(f"{what + ', ' + name.strip():42s} {shape:>12s} {cols}{tail}")
 
 
 def main() -> None:
@@ -120,6 +142,8 @@ def main() -> None:
              "binned, no-data border": ("detect_stars", _binned(border)),
              "full, no-data border": ("detect_stars", border),
              "full, clean": ("detect_stars", frame),
+             "binned, clean ": ("quick then full", _binned(frame)),
+             "binned, no-data border ": ("quick then full", _binned(border)),
              "colour, clean": ("intensity", np.stack([frame, 0.9 * frame, 1.1 * frame])),
              "colour, no-data border": ("intensity", np.stack([border, 0.9 * border, border]))}
     codes = {"new": detection}
