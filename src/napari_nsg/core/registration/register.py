@@ -186,10 +186,8 @@ QUICK_THRESHOLD = 12.0
 def _detect(image: np.ndarray, max_stars: int) -> StarTable:
     k = detection_binning(image.shape)
     kw = {"min_area": 5, "max_stars": max_stars, "saturation": plateau_level(image)}
-    if k > 1:
-        quick = detect_stars_binned(image, k, threshold=QUICK_THRESHOLD, **kw)
-        if len(quick) >= max_stars:
-            return quick
+    if k > 1:  # one background map for both searches
+        kw["quick_threshold"] = QUICK_THRESHOLD
     return detect_stars_binned(image, k, threshold=DETECT_THRESHOLD, **kw)
 
 
