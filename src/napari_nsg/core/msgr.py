@@ -305,16 +305,15 @@ def _half_slopes(narrow_large: np.ndarray, wide_large: np.ndarray, method: str,
     h, w = narrow_large.shape
     halves = ((np.s_[:, : w // 2], np.s_[:, w // 2 :]) if w >= h
               else (np.s_[: h // 2], np.s_[h // 2 :]))
-
-    def slope(sl) -> float:
+    out = []
+    for sl in halves:  # (two threads were tried: no faster, the fit's many small steps hold the GIL)
         try:
-            return linear_fit(wide_large[sl], narrow_large[sl], method=method, reject_high=1.0,
-                              max_samples=FIT_SAMPLES, poly_degree=poly_degree).b
+            out.append(linear_fit(wide_large[sl], narrow_large[sl], method=method,
+                                  reject_high=1.0, max_samples=FIT_SAMPLES,
+                                  poly_degree=poly_degree).b)
         except LinearFitError:
-            return float("nan")
-
-    with ThreadPoolExecutor(max_workers=2) as pool:  # numpy's sorts and products free the GIL
-        return list(pool.map(slope, halves))
+            out.append(float("nan"))
+    return out
 
 
 def photometric_slopes(narrow: np.ndarray, wide_registered: np.ndarray,
