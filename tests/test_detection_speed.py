@@ -146,10 +146,11 @@ def _colour_cases() -> dict:
     border[:, :, :20] = 0.0
     return {"clean": clean, "mixed": mixed, "zero border": border,
             "not contiguous": np.transpose(clean, (0, 2, 1)),
-            "float64": clean.astype(np.float64)}
+            "float64": clean.astype(np.float64), "two channels": mixed[:2].copy()}
 
 
-@pytest.mark.parametrize("case", ["clean", "mixed", "zero border", "not contiguous", "float64"])
+@pytest.mark.parametrize("case", ["clean", "mixed", "zero border", "not contiguous", "float64",
+                                  "two channels"])
 def test_colour_intensity_is_as_before(case):
     data = _colour_cases()[case]
     new, old = intensity(data), _intensity_as_before(data)

@@ -93,12 +93,21 @@ def intensity(data: np.ndarray) -> np.ndarray:
     bad, _ = find_no_data(data)
     if bad is None:  # all finite, no zero region (most frames): the plain mean, no masks
         return np.mean(data, axis=0, dtype=np.float32)
-    finite = np.isfinite(data)
-    all_finite = finite.all(axis=0)
-    out = np.mean(data if all_finite.all() else np.where(finite, data, np.float32(0)),
-                  axis=0, dtype=np.float32)
+    # plane by plane (numpy's float32 mean over axis 0 adds the planes in order, then
+    # divides): no channel-stack of temporaries
+    out, not_finite = None, np.zeros(data.shape[1:], bool)
+    for plane in data:
+        finite = np.isfinite(plane)
+        if not finite.all():
+            plane = np.where(finite, plane, np.float32(0))
+            not_finite |= ~finite
+        if out is None:
+            out = np.array(plane, dtype=np.float32)  # a copy, as numpy's first plane
+        else:
+            out += plane
+    out /= data.shape[0]
     out[bad.any(axis=0)] = 0
-    out[~all_finite] = np.nan
+    out[not_finite] = np.nan
     return out
 
 
