@@ -375,3 +375,25 @@ def test_large_unregistered_frame_is_refused_in_the_central_half(large_sequence,
     assert "napari-nsg register" in failed[str(shifted)]
     assert result.reference in {str(p) for p in (paths[0], paths[1], paths[3])}
 
+
+
+@pytest.mark.slow
+def test_the_yardstick_model_reuses_pass_1_stars_and_is_unchanged(large_sequence):
+    from napari_nsg.pipeline.rank import _yardstick_model, measure_loaded
+
+    _, paths = large_sequence
+    frame = read_frame(paths[1])
+    measured = measure_loaded(str(paths[1]), frame)
+    assert measured.stars is not None and len(measured.stars) > 0
+    reused, window = _yardstick_model("y", frame, None, measured.stars)
+    fresh, fresh_window = _yardstick_model("y", frame, None)
+    assert window == fresh_window == scale_window(frame.data.shape)
+    assert reused.stars is measured.stars  # not detected a second time
+    for name in ("x", "y", "flux", "fwhm"):  # ... and the same detection
+        np.testing.assert_array_equal(getattr(reused.stars, name), getattr(fresh.stars, name))
+        np.testing.assert_array_equal(getattr(reused.candidates, name),
+                                      getattr(fresh.candidates, name))
+    assert reused.params == fresh.params
+    holed = read_frame(paths[1])
+    holed.data[:30, :] = 0.0  # a zero border: the crop's no-data rule could differ
+    assert measure_loaded("holed", holed).stars is None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stars import detect_stars, intensity, no_data_mask
+from .stars import StarTable, detect_stars, intensity, no_data_mask
 from .stars.detection import bin_image
 
 
@@ -407,6 +407,8 @@ class StarStatistics:
 
     n_stars: int
     median_fwhm: float
+    #: the detection itself (in the central crop when ``binning`` > 1), brightest first
+    stars: StarTable | None = None
 
 
 def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1,
@@ -434,7 +436,7 @@ def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1,
         in_crop = np.count_nonzero(np.isfinite(crop) & (crop != 0))
         in_frame = np.count_nonzero(np.isfinite(inten) & (inten != 0))
         n = round(n * in_frame / max(in_crop, 1))
-    return StarStatistics(n_stars=n, median_fwhm=fwhm)
+    return StarStatistics(n_stars=n, median_fwhm=fwhm, stars=stars)
 
 
 def blink_normalize(

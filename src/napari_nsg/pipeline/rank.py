@@ -49,6 +49,7 @@ from ..core.reference import (
     sky_level,
     star_statistics,
 )
+from ..core.stars import StarTable
 from ..core.stars.detection import bin_image
 from ..io import FrameError, read_frame
 from ._values import floats, json_clean
@@ -210,6 +211,9 @@ class _Measured:
     shape: tuple
     measured_noise: NoiseEstimate | None = None
     keyword_noise: NoiseEstimate | None = None
+    #: pass 1's star detection, when it is the one the yardstick's model would make
+    #: (:func:`_reusable_stars`): the yardstick's stars are then not detected twice
+    stars: StarTable | None = None
 
 
 def _nanmean(values) -> float:
@@ -220,6 +224,7 @@ def _nanmean(values) -> float:
 
 
 STAR_BINNING = 2  # large frames: stars detected in the central half (width and height)
+STAR_THRESHOLD = 5.0  # star count and FWHM: detection threshold in noise sigmas
 SCALE_CROP = 2  # large frames: scales measured in the central half (width and height)
 CORNER_BINNING = 2  # corner boxes (H/10 a side) keep at least 40k block means on 4000-px frames
 SKY_SAMPLE_STEP = 4  # every 4th pixel each way is plenty for a whole-frame sky level
@@ -252,7 +257,7 @@ def measure_frame(data: np.ndarray, meta=None) -> tuple[FrameRank, NoiseEstimate
         its measured noise.
     """
     sky = _sky_metrics(data)
-    return _with_stars(sky, meta)
+    return _with_stars(sky, meta)[:2]
 
 
 @dataclass
@@ -310,12 +315,15 @@ def _sky_metrics(data: np.ndarray) -> _SkyMetrics:
     return _SkyMetrics(row, noise, data, clean)
 
 
-def _with_stars(sky: _SkyMetrics, meta=None) -> tuple[FrameRank, NoiseEstimate]:
+def _with_stars(sky: _SkyMetrics, meta=None) -> tuple[FrameRank, NoiseEstimate,
+                                                      StarTable | None]:
     """The second half of :func:`measure_frame`: stars, FWHM and the header values
-    (star detection holds the GIL: it runs beside the next frame's sky metrics)."""
+    (star detection holds the GIL: it runs beside the next frame's sky metrics), and
+    the detection if the yardstick's model can reuse it (:func:`_reusable_stars`)."""
     row = sky.row
     data = sky.data
-    stars = star_statistics(data, binning=metric_binning(data.shape[-2:], STAR_BINNING),
+    stars = star_statistics(data, threshold=STAR_THRESHOLD,
+                            binning=metric_binning(data.shape[-2:], STAR_BINNING),
                             clean=sky.clean)
     row.n_stars = stars.n_stars
     row.fwhm = stars.median_fwhm
@@ -325,7 +333,14 @@ def _with_stars(sky: _SkyMetrics, meta=None) -> tuple[FrameRank, NoiseEstimate]:
         row.airmass = meta.airmass
         row.date_obs = meta.date_obs
         row.filter = meta.filter
-    return row, sky.noise
+    return row, sky.noise, _reusable_stars(stars.stars, sky)
+
+
+def _reusable_stars(stars: StarTable | None, sky: _SkyMetrics) -> StarTable | None:
+    """``stars`` if :func:`prepare_reference` on the frame's :func:`scale_window`
+    would detect exactly them: every pixel holds data (its no-data rule then changes
+    nothing) and the star crop is the scale window; else None."""
+    return stars if sky.clean and STAR_BINNING == SCALE_CROP else None
 
 
 def airmass_scaled_noise(noise: float, exposure: float | None, airmass: float | None) -> float | None:
@@ -410,7 +425,7 @@ def _measured_row(name: str, frame, sky: _SkyMetrics) -> _Measured:
     """Pass 1 finished: the stars and the header values added to a frame's sky metrics
     (never raises for a frame that cannot be measured: the error goes in the row)."""
     try:
-        own, noise = _with_stars(sky, frame.meta)
+        own, noise, stars = _with_stars(sky, frame.meta)
     except NsgError as exc:
         return _Measured(FrameRank(file=name, error=str(exc)), ())
     own.file = name
@@ -422,7 +437,7 @@ def _measured_row(name: str, frame, sky: _SkyMetrics) -> _Measured:
     if keywords is not None:
         own.airmass_scaled_noise = airmass_scaled_noise(
             float(keywords.sigma[0]), own.exposure, own.airmass)
-    return _Measured(own, frame.data.shape, noise, keywords)
+    return _Measured(own, frame.data.shape, noise, keywords, stars)
 
 
 def _failed(name: str, exc: Exception) -> _Measured:
@@ -485,7 +500,7 @@ def _fresh(m: _Measured) -> _Measured:
     """A copy of a pass-1 measurement whose row pass 2 may fill in."""
     row = FrameRank(**{k: (list(v) if isinstance(v, list) else v)
                        for k, v in asdict(m.row).items()})
-    return _Measured(row, m.shape, m.measured_noise, m.keyword_noise)
+    return _Measured(row, m.shape, m.measured_noise, m.keyword_noise, m.stars)
 
 
 def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> RankResult:
@@ -512,7 +527,7 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
     except FrameError as exc:
         raise FrameError(ystick.row.file,
                          f"cannot serve as the yardstick reference ({exc.reason})") from None
-    model, window = _yardstick_model(ystick.row.file, frame, params)
+    model, window = _yardstick_model(ystick.row.file, frame, params, ystick.stars)
     frame = None
     ref_noise = ystick.keyword_noise if use_keywords else ystick.measured_noise
     n_channels = common[0] if len(common) == 3 else 1
@@ -562,9 +577,14 @@ def _crop(data: np.ndarray, window: tuple[slice, slice]) -> np.ndarray:
     return np.ascontiguousarray(data[(Ellipsis, *window)])
 
 
-def _yardstick_model(name: str, frame, params):
+def _yardstick_model(name: str, frame, params, stars: StarTable | None = None):
     """The yardstick's reference model on its :func:`scale_window`; on the whole
-    frame when the window has no measurable star (``(model, window)``)."""
+    frame when the window has no measurable star (``(model, window)``). ``stars``:
+    pass 1's detection in the scale window (:func:`_reusable_stars`), reused there
+    when the model detects at the same threshold."""
+    scale_params = _scale_params(params, True)
+    if (scale_params or NsgParameters()).detection_threshold != STAR_THRESHOLD:
+        stars = None
     whole = (slice(0, frame.data.shape[-2]), slice(0, frame.data.shape[-1]))
     windows = [scale_window(frame.data.shape)]
     if windows[0] != whole:
@@ -572,7 +592,8 @@ def _yardstick_model(name: str, frame, params):
     for k, window in enumerate(windows):
         try:
             return prepare_reference(_crop(frame.data, window), frame.meta,
-                                     _scale_params(params, window != whole)), window
+                                     _scale_params(params, window != whole),
+                                     stars=stars if k == 0 else None), window
         except NsgError as exc:
             if k + 1 == len(windows):
                 raise FrameError(name, f"cannot serve as the yardstick reference ({exc})") from None

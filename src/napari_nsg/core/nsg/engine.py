@@ -199,6 +199,7 @@ def prepare_reference(
     data: np.ndarray,
     meta=None,
     params: NsgParameters | None = None,
+    stars: StarTable | None = None,
 ) -> ReferenceModel:
     """Analyse the reference once: stars, auto parameters, sample grid, noise.
 
@@ -211,6 +212,9 @@ def prepare_reference(
         parameters, NOISExx keywords, exposure.
     params : NsgParameters, optional
         Defaults when omitted; "auto" values are resolved here.
+    stars : StarTable, optional
+        ``detect_stars`` of this frame's intensity at ``params.detection_threshold``
+        when the caller has it already (no second detection); detected here if omitted.
 
     Returns
     -------
@@ -232,7 +236,8 @@ def prepare_reference(
         raise NsgError("the reference has no data (all pixels are 0 or NaN)")
     inten = intensity(chans if nc > 1 else chans[0])
     flux_unit = float(np.max(inten[np.isfinite(inten)]))
-    stars = detect_stars(inten, threshold=params.detection_threshold)
+    if stars is None:
+        stars = detect_stars(inten, threshold=params.detection_threshold)
     if len(stars) == 0:
         raise NsgError("no stars found in the reference")
     params = params.resolved(shape=(h, w), meta=meta,
