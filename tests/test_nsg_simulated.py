@@ -125,3 +125,21 @@ def test_full_detection_agrees_with_guided():
         # sep (5 sigma per pixel, deblending) finds somewhat fewer faint stars than the
         # guided search (5 sigma on a 3x3 mean)
         assert b.n_star_pairs[0] >= 0.6 * a.n_star_pairs[0]
+
+
+@pytest.mark.parametrize("border", [16, 0])
+def test_correction_written_into_the_working_copy_gives_the_same_result(border):
+    seq = simulate_sequence(2, (256, 256), seed=5, transmission=[1.0, 0.8], border=border,
+                            **FIELD)
+    ref, tgt = seq.frame(0), seq.frame(1)
+    model = prepare_reference(ref.data, parse_metadata(ref.header), NsgParameters())
+    meta = parse_metadata(tgt.header)
+    original = tgt.data.copy()
+    kept = normalize_frame(model, tgt.data, meta)
+    assert np.array_equal(tgt.data, original)  # not the caller's copy to overwrite
+    work = original.astype(np.float32)
+    mine = normalize_frame(model, work, meta, overwrite_input=True)
+    assert np.shares_memory(mine.corrected, work)  # no fresh output
+    assert np.array_equal(mine.corrected, kept.corrected)
+    assert mine.weight == kept.weight and np.array_equal(mine.scale, kept.scale)
+    assert np.all(mine.corrected[~tgt.valid] == 0)

@@ -110,6 +110,11 @@ def test_correction_in_threads_equals_the_formula(monkeypatch, step):
     np.testing.assert_allclose(one[~bad], formula[~bad], rtol=1e-6, atol=1e-4)
     known = apply_correction(target, scale, field, mask=extra, no_data=no_data_mask(target))
     assert np.array_equal(known, one)
+    work = target.copy()  # corrected in place, the bands in threads: the same pixels
+    inplace = apply_correction(work, scale, field, mask=extra, no_data=bad, out=work)
+    assert inplace is work and np.array_equal(work, one)
+    with pytest.raises(ValueError, match="float32"):
+        apply_correction(target, scale, field, out=np.empty(shape, np.float32))
 
 
 def test_background_map_on_block_means_agrees_with_subsampled():

@@ -304,6 +304,7 @@ def apply_correction(
     *,
     mask: np.ndarray | None = None,
     no_data: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``target*scale - gradient`` where the target has data; no-data stays 0.
 
@@ -320,6 +321,10 @@ def apply_correction(
         The target's own no-data pixels, when already known (an interactive preview
         keeps them per frame); ``False`` when it is known to have none; else
         computed with :func:`~napari_nsg.core.nodata.no_data_mask`.
+    out : ndarray float32, optional
+        Where to write the result, the shape of ``target``; it may be ``target``
+        itself (corrected in place: no fresh 96 MB output of a 24 Mpx frame, whose
+        pages would all be faulted in).
 
     Returns
     -------
@@ -338,7 +343,11 @@ def apply_correction(
     mono = target.ndim == 2
     tgt = target[np.newaxis] if mono else target
     scale = np.broadcast_to(np.asarray(scale, float), (tgt.shape[0],))
-    out = np.empty(tgt.shape, np.float32)
+    if out is None:
+        out = np.empty(target.shape, np.float32)
+    elif out.shape != target.shape or out.dtype != np.float32:
+        raise ValueError(f"out is {out.dtype} {out.shape}; expected float32 {target.shape}")
+    out = out[np.newaxis] if mono else out
     for c in range(tgt.shape[0]):
         t = tgt[c]
         if no_data is False:

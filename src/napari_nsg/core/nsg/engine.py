@@ -349,6 +349,15 @@ def _no_data_as_nan(chans: np.ndarray, in_place: bool) -> tuple[np.ndarray, np.n
     return chans, bad
 
 
+def _own_copy(chans: np.ndarray, target, overwrite_input: bool) -> np.ndarray | None:
+    """``chans`` when the correction may be written into it (float32, writable, and
+    either the caller's own working copy or a copy made here), else ``None``."""
+    copied = not np.may_share_memory(chans, np.asarray(target))
+    if (overwrite_input or copied) and chans.dtype == np.float32 and chans.flags.writeable:
+        return chans
+    return None
+
+
 def _has_data(a: np.ndarray) -> bool:
     return bool(np.any(np.isfinite(a) & (a != 0)))
 
@@ -710,7 +719,8 @@ def normalize_frame(
     overwrite_input : bool
         ``target`` (float) may be used as the working copy: its no-data pixels
         become NaN (no 96 MB copy of a 24 Mpx frame, for a caller that no longer
-        needs its pixels).
+        needs its pixels), and a float32 ``target`` then receives the corrected
+        image (``corrected`` is a view of it: no fresh 96 MB output).
 
     Returns
     -------
@@ -736,15 +746,16 @@ def normalize_frame(
         # samples -> spline
         samples = target_samples(model, chans, sr.scale)
         nodes, surface, fieldv = fit_gradient(model, samples)
+        # weight (the noise first: the correction may overwrite the working copy)
+        noises = measure_target_noise(model, chans, meta) if noise is None else noise.result()
         # correct
         corrected = None
         if keep_corrected:
             corrected = apply_correction(chans, sr.scale, fieldv, mask=model.no_data,
-                                         no_data=False if bad is None else bad)
+                                         no_data=False if bad is None else bad,
+                                         out=_own_copy(chans, target, overwrite_input))
             if mono:
                 corrected = corrected[0]
-        # weight
-        noises = measure_target_noise(model, chans, meta) if noise is None else noise.result()
     finally:
         if background is not None:
             background.shutdown(wait=True)
