@@ -397,3 +397,28 @@ def test_the_yardstick_model_reuses_pass_1_stars_and_is_unchanged(large_sequence
     holed = read_frame(paths[1])
     holed.data[:30, :] = 0.0  # a zero border: the crop's no-data rule could differ
     assert measure_loaded("holed", holed).stars is None
+
+
+def test_cancel_during_the_scales_stops_reading(sequence):
+    import threading
+
+    from napari_nsg.pipeline.progress import Cancelled
+    from napari_nsg.pipeline.rank import rank_loaded
+
+    _, paths = sequence
+    cancel, loads = threading.Event(), []
+
+    def load(i):
+        loads.append(i)
+        return read_frame(paths[i])
+
+    def progress(done, total, message):
+        if message.startswith("scale of"):  # the first target's scale is in
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        rank_loaded([str(p) for p in paths], load, progress=progress, cancel=cancel)
+    n = len(paths)
+    # pass 1 reads every frame; pass 2 the yardstick, the first target and at most the
+    # two after it (one measured, one read ahead), not the other four
+    assert n + 1 < len(loads) <= n + 1 + 3
