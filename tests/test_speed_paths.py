@@ -148,3 +148,30 @@ def test_corner_levels_on_block_means_agree_with_pixels():
     for got in (plain.diagonal_1[0], binned.diagonal_1[0]):
         assert got == pytest.approx(true_d1, abs=0.6)
     assert binned.diagonal_2[0] == pytest.approx(plain.diagonal_2[0], abs=0.2)
+
+
+def test_marked_planes_give_the_same_stars_photometry_and_samples():
+    from napari_nsg.core.nsg import NsgParameters, prepare_reference
+    from napari_nsg.core.nsg.samples import measure_samples
+    from napari_nsg.core.stars import aperture_photometry, measure_stars_at
+    from napari_nsg.synthetic import simulate_sequence
+
+    seq = simulate_sequence(2, (256, 256), seed=6, transmission=[1.0, 0.8], border=16,
+                            star_density=5e-3, n_bright=40, bright_flux_range=(1e3, 1.5e4))
+    ref, tgt = seq.frame(0), seq.frame(1)
+    model = prepare_reference(ref.data, None, NsgParameters())
+    raw = tgt.data.copy()
+    raw[100, 100] = 0  # a lone zero: a value in both
+    marked, bad = no_data_as_nan(raw[None])
+    assert bad[0, 0, 0] and not bad[0, 100, 100]
+    x, y = model.candidates.x, model.candidates.y
+    a, fa = measure_stars_at(raw, x, y)
+    b, fb = measure_stars_at(marked[0], x, y, marked=True)
+    assert np.array_equal(fa, fb) and np.array_equal(a.flux, b.flux, equal_nan=True)
+    pa = aperture_photometry(raw, x, y, 4.0)
+    pb = aperture_photometry(marked, x, y, 4.0, marked=True)
+    assert np.array_equal(pa.flux, pb.flux, equal_nan=True) and pa.valid.sum() > 10
+    sa = measure_samples(model.grid, raw[None], [0.8])
+    sb = measure_samples(model.grid, marked, [0.8], marked=True)
+    assert len(sa) == len(sb) > 3
+    assert np.array_equal(sa.values, sb.values, equal_nan=True)

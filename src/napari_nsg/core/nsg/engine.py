@@ -465,7 +465,8 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
     if full is None:
         tgt_stars, found = measure_stars_at(inten, cands.x + offset[0], cands.y + offset[1],
                                             search_radius=p.star_search_radius,
-                                            threshold=p.detection_threshold, fwhm=model.fwhm)
+                                            threshold=p.detection_threshold, fwhm=model.fwhm,
+                                            marked=chans.shape[0] == 1)  # mono: inten is chans[0]
         match = match_found(cands, tgt_stars, found, offset=offset)
     else:
         tgt_stars = full
@@ -525,7 +526,7 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
     else:
         ref_ph, tgt_ph = pair_photometry(model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
                                          radius, gap=p.aperture_gap, width=width,
-                                         saturation=model.saturation)
+                                         saturation=model.saturation, marked=True)
     crowd = _crowding(model.stars, ref_s,
                       [radius, radius + p.aperture_gap, radius + p.aperture_gap + width],
                       2.0 * seeing)
@@ -744,7 +745,7 @@ def normalize_frame(
         sr = _measure_scale(model, chans)
         warnings = list(sr.warnings)
         # samples -> spline
-        samples = target_samples(model, chans, sr.scale)
+        samples = target_samples(model, chans, sr.scale, marked=True)
         nodes, surface, fieldv = fit_gradient(model, samples)
         # weight (the noise first: the correction may overwrite the working copy)
         noises = measure_target_noise(model, chans, meta) if noise is None else noise.result()
@@ -785,15 +786,17 @@ def assemble_result(sr: ScaleResult, wr: FrameWeight, samples: Samples, fitted: 
     )
 
 
-def target_samples(model: ReferenceModel, target: np.ndarray, scale) -> Samples:
-    """The gradient samples of a target (``(c, y, x)``) at its scale.
+def target_samples(model: ReferenceModel, target: np.ndarray, scale, *,
+                   marked: bool = False) -> Samples:
+    """The gradient samples of a target (``(c, y, x)``) at its scale (``marked``: its
+    no-data is already NaN, see :func:`measure_samples`).
 
     Raises
     ------
     NsgError
         Fewer than 3 samples where both frames have data.
     """
-    samples = measure_samples(model.grid, target, scale)
+    samples = measure_samples(model.grid, target, scale, marked=marked)
     if len(samples) < 3:
         raise NsgError(f"only {len(samples)} gradient sample(s) where both frames have data "
                        "(3 needed): the frames hardly overlap")

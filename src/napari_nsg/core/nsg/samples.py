@@ -25,6 +25,11 @@ import numpy as np
 from ..nodata import no_data_mask, with_nan_no_data
 
 MAX_NO_DATA_FRACTION = 0.01
+
+
+def _as_is(plane: np.ndarray) -> np.ndarray:
+    return plane
+
 MAX_SUBSET_SIDE = 32
 MIN_FREE_FRACTION = 0.2  # a bin needs this share of star-free pixels
 
@@ -103,11 +108,12 @@ class SampleGrid:
         block = plane[np.ix_(self.rows, self.cols)]
         return block.reshape(self.ny, m, self.nx, m).transpose(0, 2, 1, 3).reshape(self.n_bins, m * m)
 
-    def subset(self, data: np.ndarray) -> np.ndarray:
+    def subset(self, data: np.ndarray, *, marked: bool = False) -> np.ndarray:
         """The subset pixels of ``data`` (c, y, x) as ``(c, nbins, m*m)`` float32,
-        NaN where there is no data."""
+        NaN where there is no data (``marked``: no-data is already NaN in ``data``)."""
         data = data[np.newaxis] if data.ndim == 2 else data
-        out = np.stack([self.gather(with_nan_no_data(data[c])) for c in range(data.shape[0])])
+        nan_at_no_data = _as_is if marked else with_nan_no_data
+        out = np.stack([self.gather(nan_at_no_data(data[c])) for c in range(data.shape[0])])
         out = out.astype(np.float32, copy=False)
         out[~np.isfinite(out)] = np.nan
         return out
@@ -302,7 +308,8 @@ def robust_rows(values: np.ndarray, clip: float = 3.0):
     return mean, med, sig, n
 
 
-def measure_samples(grid: SampleGrid, target: np.ndarray, scale: np.ndarray) -> Samples:
+def measure_samples(grid: SampleGrid, target: np.ndarray, scale: np.ndarray, *,
+                    marked: bool = False) -> Samples:
     """Samples of ``scale*target - reference`` on the grid, per channel.
 
     Parameters
@@ -313,13 +320,16 @@ def measure_samples(grid: SampleGrid, target: np.ndarray, scale: np.ndarray) -> 
         ``(y, x)`` or ``(c, y, x)`` with the reference's shape.
     scale : array_like (c,)
         Photometric scale per channel.
+    marked : bool
+        No-data is already NaN in ``target`` (:func:`~.engine.no_data_as_nan`): its
+        planes are used as they are, without the no-data rule's full-frame test.
 
     Returns
     -------
     Samples
         Only bins usable in every channel.
     """
-    tgt = grid.subset(target)
+    tgt = grid.subset(target, marked=marked)
     scale = np.asarray(scale, np.float32).reshape(-1, 1, 1)
     tgt_ok = np.all(np.isnan(tgt).mean(axis=2) < MAX_NO_DATA_FRACTION, axis=0)
     diff = tgt * scale - grid.ref_values  # NaN where either has no data

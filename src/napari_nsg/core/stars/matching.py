@@ -137,6 +137,7 @@ def measure_stars_at(
     threshold: float = 5.0,
     fwhm: float = 3.0,
     noise: float | None = None,
+    marked: bool = False,
 ) -> tuple[StarTable, np.ndarray]:
     """Find and measure one star near each given position ("guided" detection).
 
@@ -159,6 +160,9 @@ def measure_stars_at(
         Typical star FWHM in px (sets the measuring window).
     noise : float, optional
         Pixel noise sigma; by default the median of the windows' robust sigmas.
+    marked : bool
+        No-data is already NaN in ``image`` (:func:`~napari_nsg.core.nsg.engine.no_data_as_nan`):
+        used as it is, without the no-data rule's full-frame test.
 
     Returns
     -------
@@ -176,7 +180,7 @@ def measure_stars_at(
     half = int(np.ceil(search_radius)) + win + 3
     cx = np.round(x).astype(int)
     cy = np.round(y).astype(int)
-    stamps, _ = _stamps(with_nan_no_data(image), cx, cy, half)
+    stamps, _ = _stamps(image if marked else with_nan_no_data(image), cx, cy, half)
     bad = ~np.isfinite(stamps)  # no-data (NaN from with_nan_no_data) or outside the image
     stamps = np.where(bad, np.nan, stamps)
     bkg, sig = _border_stats(stamps)

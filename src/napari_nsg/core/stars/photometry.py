@@ -161,6 +161,7 @@ def aperture_photometry(
     saturation: np.ndarray | float | None = None,
     min_ring_pixels: int = 12,
     stamps=None,
+    marked: bool = False,
 ) -> Photometry:
     """Measure stars in circular apertures with a background ring.
 
@@ -186,6 +187,10 @@ def aperture_photometry(
         ``c`` around stars ``sel`` at offsets ``offs`` from their integer
         centres (NaN = no data), instead of gathering them from ``data``
         (PSF-matched stamps, see :func:`matched_pair_photometry`).
+    marked : bool
+        No-data is already NaN in ``data`` (the planes of
+        :func:`~napari_nsg.core.nsg.engine.no_data_as_nan`): used as they are,
+        without the no-data rule's full-frame test.
 
     Returns
     -------
@@ -214,7 +219,9 @@ def aperture_photometry(
     outer = np.where(finite, np.ceil(radius + gap + width + 1.0), 0)
     cx = np.where(finite, np.round(x), 0).astype(int)
     cy = np.where(finite, np.round(y), 0).astype(int)
-    planes = [with_nan_no_data(data[c]) for c in range(nc)] if stamps is None else None
+    planes = None
+    if stamps is None:
+        planes = [data[c] if marked else with_nan_no_data(data[c]) for c in range(nc)]
     for half in np.unique(outer[finite]).astype(int):
         sel = np.flatnonzero(finite & (outer == half))
         offs = np.arange(-half, half + 1)
@@ -282,6 +289,7 @@ def pair_photometry(
     gap: float = 2.0,
     width: np.ndarray | float = 10.0,
     saturation: np.ndarray | float | None = None,
+    marked: bool = False,
 ) -> tuple[Photometry, Photometry]:
     """Photometry of the same stars in two frames with identical apertures.
 
@@ -293,8 +301,8 @@ def pair_photometry(
         The stars' centres in each frame.
     radius : float or ndarray (n,)
         Aperture radii (the same in both frames).
-    gap, width, saturation :
-        As in :func:`aperture_photometry`.
+    gap, width, saturation, marked :
+        As in :func:`aperture_photometry` (``marked``: in both frames).
 
     Returns
     -------
@@ -302,7 +310,7 @@ def pair_photometry(
         Reference and target; the errors include the stars' photon noise
         (:func:`add_shot_noise`).
     """
-    kw = {"gap": gap, "width": width, "saturation": saturation}
+    kw = {"gap": gap, "width": width, "saturation": saturation, "marked": marked}
     if len(np.atleast_1d(ref_x)) >= PARALLEL_STARS and available_threads(2) > 1:
         with ThreadPoolExecutor(1, thread_name_prefix="photometry") as pool:  # the two frames
             ref_job = pool.submit(aperture_photometry, ref, ref_x, ref_y, radius, **kw)
