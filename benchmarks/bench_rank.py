@@ -129,10 +129,12 @@ for p in paths:
     timed("background map", background_map, data[None], binning=f, binned=binned)
     timed("noise", measure_frame_noise, data)
     sky = timed("sky metrics (all above)", R._sky_metrics, data)
-    timed("stars + FWHM", R._with_stars, sky, frame.meta)
-    frames.append(frame)
-model, window = timed("yardstick model (once)", R._yardstick_model, "yardstick", frames[0], None)
-for frame in frames[1:]:
+    _, _, stars = timed("stars + FWHM", R._with_stars, sky, frame.meta)
+    frames.append((frame, stars))
+# the yardstick's model as rank_frames makes it: with pass 1's stars when they can be reused
+model, window = timed("yardstick model (once)", R._yardstick_model, "yardstick",
+                      frames[0][0], None, frames[0][1])
+for frame, _ in frames[1:]:
     timed("scale of a target", measure_scale, model, R._crop(frame.data, window))
 print(json.dumps({k: statistics.median(v) for k, v in times.items()}))
 """
