@@ -118,13 +118,16 @@ def _border_stats(stamps: np.ndarray, width: int = 2):
     ring = np.ones((s, s), bool)
     ring[width:-width, width:-width] = False
     vals = stamps[:, ring]
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(vals, axis=1)
-            mad = np.nanmedian(np.abs(vals - med[:, None]), axis=1) * 1.4826
+    # rows without a finite value get NaN without numpy's "All-NaN slice" warning: a
+    # warnings.catch_warnings() here is not thread-safe (photometry runs in two threads)
+    empty = ~np.isfinite(vals).any(axis=1)
+    if empty.any():
+        vals = vals.copy()
+        vals[empty] = 0.0
+    med = np.nanmedian(vals, axis=1)
+    mad = np.nanmedian(np.abs(vals - med[:, None]), axis=1) * 1.4826
+    med[empty] = np.nan
+    mad[empty] = np.nan
     return med, mad
 
 
