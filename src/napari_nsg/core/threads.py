@@ -12,13 +12,21 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["available_threads"]
+__all__ = ["available_cores", "available_threads"]
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def available_threads(limit: int) -> int:
     """Threads for one pass: at most ``limit``, one per available core, at most
     ``OMP_NUM_THREADS`` when that is set; 1 at least."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = available_cores()
     env = os.environ.get("OMP_NUM_THREADS", "")
     cap = int(env) if env.isdigit() and int(env) > 0 else limit
-    return max(1, min(limit, cores or 1, cap))
+    return max(1, min(limit, cores, cap))

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.threads import available_cores
 from ..io import FrameError
 from .progress import Cancelled, CancelToken, check_cancel
 
@@ -133,14 +134,6 @@ def _one_thread_per_worker():
     finally:
         for name in added:
             os.environ.pop(name, None)
-
-
-def available_cores() -> int:
-    """The CPU cores this process may run on (its affinity where the OS tells it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def threads_per_worker(workers: int) -> int:
