@@ -10,7 +10,11 @@ neighbours and the star, the read noise and 16-bit rounding, in both frames).
 Columns per condition: frames measured, median bound (%), median and p90 of
 ``|error|`` (%), ``ratio`` = ``median(|error| / bound) / 0.674`` (1.0 = at the
 bound for Gaussian errors; the issue's target is <= 1.5), the mean signed
-``error / bound`` (bias), pairs used, stars in the bound. With ``--matched``
+``error / bound`` (bias), pairs used, stars in the bound, the bound when each
+frame's PSF parameters must be learned from its stars
+(:func:`napari_nsg.synthetic.scale_bound.learned_psf_bound`: Gaussian FWHM; Moffat
+FWHM and beta), its ratio to the known-PSF bound and the ratio of the errors to it.
+With ``--matched``
 the same star pairs are also measured with PSF-matched photometry
 (:func:`napari_nsg.core.stars.photometry.matched_pair_photometry`, apertures of
 2.5 FWHM of the broader frame) and fitted with the same scale fit. A last table
@@ -53,7 +57,7 @@ from napari_nsg.core.nsg.scale import fit_scale
 from napari_nsg.core.stars.empirical import wing_ratio
 from napari_nsg.core.stars.photometry import matched_pair_photometry
 from napari_nsg.synthetic import simulate_sequence
-from napari_nsg.synthetic.scale_bound import scale_bound
+from napari_nsg.synthetic.scale_bound import learned_psf_bound, scale_bound
 
 N_FRAMES = 5  # reference + 4 targets
 SHAPE = (640, 896)
@@ -132,7 +136,7 @@ def _wing_ratio_error(large_model, data, sr):
 def run_condition(name, seeds, matched, params=None, kernel=False):
     """Rows of (seed, frame, bound, error, matched error, pairs, bound stars, fwhm ratio, T,
     small apertures used (photometry="corrected" or "empirical", no fall-back), kernel-fit
-    error, the empirical wing ratio's relative error)."""
+    error, the empirical wing ratio's relative error, the learned-PSF bound)."""
     rows = []
     empirical = params is not None and params.photometry == "empirical"
     for seed in seeds:
@@ -159,7 +163,8 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
             q_err = _wing_ratio_error(large, data, sr) if empirical and corrected else np.nan
             rows.append((seed, k, bound.relative_sigma, err, m_err, int(sr.n_star_pairs[0]),
                          bound.n_stars, seq.truth[k].fwhm / seq.truth[0].fwhm,
-                         float(seq.truth[k].transmission[0]), corrected, k_err, q_err))
+                         float(seq.truth[k].transmission[0]), corrected, k_err, q_err,
+                         learned_psf_bound(seq, k, quantised=True)))
     return np.array(rows, float)
 
 
@@ -225,7 +230,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     header = ("| condition | frames | bound (median) | median error | p90 error | "
               "ratio to bound | mean error/bound | pairs used | stars in bound | "
-              "small apertures used |")
+              "small apertures used | learned-PSF bound | learned / bound | ratio to learned |")
     if args.matched:
         header += " matched: median error | matched: ratio | matched: mean error/bound |"
     if args.kernel:
@@ -242,7 +247,9 @@ def main(argv=None):
         med, p90, ratio, bias = summarize(err, bound)
         line = (f"| {name} | {len(rows)} | {100 * np.median(bound):.3f} % | {med:.3f} % | "
                 f"{p90:.3f} % | {ratio:.2f} | {bias:+.2f} | {np.median(rows[:, 5]):.0f} | "
-                f"{np.median(rows[:, 6]):.0f} | {int(rows[:, 9].sum())} |")
+                f"{np.median(rows[:, 6]):.0f} | {int(rows[:, 9].sum())} | "
+                f"{100 * np.median(rows[:, 12]):.3f} % | {np.median(rows[:, 12] / bound):.2f} | "
+                f"{summarize(err, rows[:, 12])[2]:.2f} |")
         if args.matched:
             mm, _, mr, mb = summarize(m_err, bound)
             line += f" {mm:.3f} % | {mr:.2f} | {mb:+.2f} |"

@@ -31,7 +31,7 @@ from napari_nsg.core.stars.photometry import (Photometry, aperture_photometry,
 from napari_nsg.io import read_frame
 from napari_nsg.synthetic import simulate_sequence
 from napari_nsg.synthetic.psf import PSF
-from napari_nsg.synthetic.scale_bound import scale_bound, star_flux_variance
+from napari_nsg.synthetic.scale_bound import learned_psf_bound, scale_bound, star_flux_variance
 
 FWHM_PER_SIGMA = 2.3548200450309493
 MEDIAN_ABS_NORMAL = 0.6745
@@ -82,6 +82,31 @@ def test_bound_is_what_a_psf_fit_reaches():
         ratios.append(fits.std(axis=0) / np.sqrt(v))
     ratio = np.concatenate(ratios)
     assert 0.85 < np.median(ratio) < 1.15
+
+
+def _bound_pair(psf, sky, flux_range, fwhm=(3.5, 4.5)):
+    return simulate_sequence(2, (300, 300), seed=1, psf=psf, fwhm=list(fwhm), sky=[sky, sky],
+                             transmission=[1.0, 0.8], gain=1.0, read_noise=3.0,
+                             star_flux_range=flux_range, star_density=1e-3, n_bright=0,
+                             saturation=1e12)
+
+
+def test_learned_psf_bound_limits():
+    """The bound with each frame's PSF parameters learned from its stars: sqrt(2)
+    times the known-PSF bound for sky-limited Gaussian stars (the width is known
+    as well as the frame's scale, and its error is common to every star), the
+    known-PSF bound where the stars' own photon noise dominates (their flux is
+    the sum of their pixels), and more than sqrt(2) for a Moffat profile whose
+    beta is learned too."""
+    ratio = {}
+    for name, psf, sky, flux in (("sky", "gaussian", 1e5, (200.0, 3e3)),
+                                 ("star", "gaussian", 10.0, (1e5, 1e6)),
+                                 ("moffat", "moffat", 1e5, (200.0, 3e3))):
+        seq = _bound_pair(psf, sky, flux)
+        ratio[name] = learned_psf_bound(seq, 1) / scale_bound(seq, 1).relative_sigma
+    assert abs(ratio["sky"] - np.sqrt(2)) < 0.02, ratio
+    assert abs(ratio["star"] - 1.0) < 0.01, ratio
+    assert ratio["moffat"] > 1.6, ratio
 
 
 def _engine_errors(seeds):

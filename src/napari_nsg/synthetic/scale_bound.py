@@ -18,6 +18,28 @@ Neighbours count only as noise (a joint fit would lose some information to
 them), so the bound is slightly optimistic in crowded fields. Photometry that
 reaches it is a perfect PSF fit; aperture photometry typically sits 1.1-1.3
 times above it.
+
+**The PSF learned from the frame** (:func:`learned_psf_bound`). The bound above
+assumes the true PSF known. An estimator that must learn it from the frame
+pays for that: with per-star fluxes ``F_i`` and the PSF's parameters ``theta``
+(Gaussian: the FWHM; Moffat: the FWHM and beta) shared by all stars of a frame,
+the Fisher matrix of one frame is an arrow, ``a_i = sum P_i^2 / v`` on the
+diagonal, ``b_i = F_i sum P_i dP_i/dtheta / v`` linking each flux to
+``theta``, and ``D = sum_i F_i^2 sum dP_i/dtheta dP_i/dtheta^T / v``. The
+log-fluxes' covariance once ``theta`` is marginalised is
+
+    C = diag(1 / (a_i F_i^2)) + u S u^T,   u_i = b_i / (a_i F_i),
+    S = (D - sum_i b_i b_i^T / a_i)^-1,
+
+the known-PSF variances plus an error common to every star of the frame (a
+wrong width moves every flux the same way), which does not average down. The
+two frames are independent and each star's true flux is unknown, so the scale's
+bound is the generalised-least-squares variance ``1 / (1^T (C_ref + C_tgt)^-1
+1)`` of the common log-ratio. For a sky-limited Gaussian ``dF/F = dsigma /
+sigma`` and the width is known as well as the frame's known-PSF scale, so the
+learned-PSF bound is sqrt(2) times the known-PSF one; less where the stars' own
+photon noise dominates (their flux is then the sum of their pixels, whatever
+the PSF).
 """
 
 from __future__ import annotations
@@ -26,12 +48,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ScaleBound", "scale_bound", "star_flux_variance"]
+from .psf import PSF
+
+__all__ = ["ScaleBound", "learned_psf_bound", "scale_bound", "star_flux_variance"]
 
 #: Stamp half-size in FWHM for the information sums (the Gaussian core holds it all).
 STAMP_FWHM = 2.5
 #: Variance of rounding to whole ADU.
 QUANTISATION_VARIANCE = 1.0 / 12.0
+#: Relative step of the numerical derivatives of the PSF in its parameters.
+DERIVATIVE_STEP = 1e-4
 
 
 @dataclass
@@ -90,12 +116,22 @@ def star_flux_variance(seq, k: int, ids: np.ndarray, *, quantised: bool = False,
     (flux, variance) : ndarray (n,), ndarray (n,)
         In ADU and ADU^2.
     """
+    _, psf, var_pix, flux = _star_stamps(seq, k, ids, quantised, channel)
+    info = np.sum(psf * psf / var_pix, axis=(1, 2))
+    return flux, 1.0 / info
+
+
+def _star_stamps(seq, k, ids, quantised, channel, params=None):
+    """Float64 unit-sum PSF stamps of stars ``ids`` in frame ``k`` (for the PSF
+    parameters ``params`` (fwhm, beta); the frame's own when None), the noise
+    variance of their pixels and their true fluxes."""
     plan = seq._plans[k]
     stars = seq.stars(k)
     half = int(np.ceil(STAMP_FWHM * plan.psf.fwhm))
     x, y = stars.x[ids], stars.y[ids]
     cx, cy = np.round(x).astype(int), np.round(y).astype(int)
-    psf = plan.psf.stamps(x - cx, y - cy, half).astype(np.float64)
+    psf = plan.psf if params is None else PSF(params[0], plan.psf.kind, params[1])
+    stamps = _stamps64(psf, x - cx, y - cy, half)
     level = seq.noise_free(k)
     if level.ndim == 3:
         level = level[channel]
@@ -106,8 +142,80 @@ def star_flux_variance(seq, k: int, ids: np.ndarray, *, quantised: bool = False,
     var_pix = var_pix / seq.gain + seq.read_noise**2
     if quantised:
         var_pix += QUANTISATION_VARIANCE
-    info = np.sum(psf * psf / var_pix, axis=(1, 2))
-    return stars.flux[ids, channel], 1.0 / info
+    return half, stamps, var_pix, stars.flux[ids, channel].astype(np.float64)
+
+
+def _stamps64(psf: PSF, fx: np.ndarray, fy: np.ndarray, half: int) -> np.ndarray:
+    """:meth:`PSF.stamps` in float64 (smooth enough for numerical derivatives)."""
+    offsets = np.arange(-half, half + 1, dtype=np.float64)
+    if psf.kind == "gaussian":
+        px, py = psf._gauss_1d(offsets, fx), psf._gauss_1d(offsets, fy)
+        return py[:, :, None] * px[:, None, :]
+    a2 = psf.alpha**2
+    dx2 = (offsets[None, :] - fx[:, None]) ** 2 / a2
+    dy2 = (offsets[None, :] - fy[:, None]) ** 2 / a2
+    out = (1.0 + dy2[:, :, None] + dx2[:, None, :]) ** (-psf.beta)
+    return out / out.sum(axis=(1, 2), keepdims=True)
+
+
+def _psf_parameters(psf: PSF) -> list[tuple[float, float]]:
+    """The (fwhm, beta) steps of the PSF's free parameters: the FWHM, and beta
+    for a Moffat profile."""
+    steps = [(psf.fwhm * DERIVATIVE_STEP, 0.0)]
+    if psf.kind == "moffat":
+        steps.append((0.0, psf.beta * DERIVATIVE_STEP))
+    return steps
+
+
+def _log_flux_covariance(seq, k, ids, quantised, channel):
+    """Known-PSF log-flux variances ``(n,)`` of the stars of frame ``k``, and the
+    common part once the PSF's parameters are learned from them: ``u (n, m)``
+    and ``S (m, m)`` with ``cov = diag(var) + u S u^T``."""
+    _, psf, var_pix, flux = _star_stamps(seq, k, ids, quantised, channel)
+    base = seq._plans[k].psf
+    derivs = []
+    for dfw, dbeta in _psf_parameters(base):
+        hi = _star_stamps(seq, k, ids, quantised, channel, (base.fwhm + dfw, base.beta + dbeta))[1]
+        lo = _star_stamps(seq, k, ids, quantised, channel, (base.fwhm - dfw, base.beta - dbeta))[1]
+        derivs.append((hi - lo) / (2.0 * (dfw + dbeta)))
+    dp = np.stack(derivs)  # (m, n, s, s)
+    a = np.sum(psf * psf / var_pix, axis=(1, 2))
+    b = flux[None] * np.sum(psf[None] * dp / var_pix[None], axis=(2, 3))  # (m, n)
+    d = np.einsum("n,inyx,jnyx->ij", flux**2, dp / var_pix[None], dp)
+    s = np.linalg.inv(d - (b / a[None]) @ b.T)
+    return 1.0 / (a * flux**2), (b / (a * flux)[None]).T, s
+
+
+def learned_psf_bound(seq, k: int, *, quantised: bool = False, channel: int = 0) -> float:
+    """The scale bound of frame ``k`` when each frame's PSF parameters must be
+    learned from its own stars (the module docstring).
+
+    Parameters
+    ----------
+    seq, k, quantised, channel :
+        As in :func:`scale_bound`.
+
+    Returns
+    -------
+    float
+        Smallest possible standard deviation of ``scale / true scale - 1``.
+    """
+    ids = scale_bound(seq, k, quantised=quantised, channel=channel).ids
+    if len(ids) == 0:
+        return float("inf")
+    parts = [_log_flux_covariance(seq, f, ids, quantised, channel) for f in (seq.reference, k)]
+    diag = parts[0][0] + parts[1][0]
+    u = np.hstack([p[1] for p in parts])  # (n, 2m)
+    m = u.shape[1] // 2
+    s_inv = np.zeros((2 * m, 2 * m))
+    s_inv[:m, :m] = np.linalg.inv(parts[0][2])
+    s_inv[m:, m:] = np.linalg.inv(parts[1][2])
+    # 1^T C^-1 1 by Woodbury, C = diag + u S u^T
+    w1 = 1.0 / diag
+    ut_w1 = u.T @ w1
+    inner = s_inv + (u * w1[:, None]).T @ u
+    info = float(np.sum(w1) - ut_w1 @ np.linalg.solve(inner, ut_w1))
+    return float(np.sqrt(1.0 / info)) if info > 0 else float("inf")
 
 
 def scale_bound(seq, k: int, *, quantised: bool = False, channel: int = 0) -> ScaleBound:
