@@ -226,3 +226,65 @@ def test_binned_residual_is_close_to_the_full_one_on_a_smooth_image():
     np.testing.assert_array_equal(mmt.mmt_residual_binned(smooth, 7, 1, border="linear"), full)
     with pytest.raises(ValueError, match="power of 2"):
         mmt.mmt_residual_binned(smooth, 7, 3)
+
+
+# --------------------------------------------------------------------------- fused first layers
+
+
+def _layer_by_layer(c: np.ndarray, p: int, n_layers: int) -> np.ndarray | mmt._Coarse:
+    x = mmt._pad_linear(c, p) if p else c
+    for j in range(1, n_layers + 1):
+        x = mmt._layer_fast(x, j, mmt.EXACT_FROM)
+    return x
+
+
+@pytest.mark.parametrize("p", [0, 64])
+def test_first_three_layers_in_bands_equal_the_layer_by_layer_path(image, p, monkeypatch):
+    """Bands of 64 rows with their halo, the extension built band by band: the same values."""
+    c = np.ascontiguousarray(image[:517, :733])  # band edges fall anywhere
+    expect = _layer_by_layer(c, p, 3)
+    got = mmt._first_three_layers(c, p)
+    assert got.shape == expect.shape and got.kind == expect.kind == "cubic"
+    np.testing.assert_array_equal(got.small, expect.small)
+    assert len(mmt._bands(c.shape[0] + 2 * p, mmt._FRONT_BAND_ROWS)) > 5
+    monkeypatch.setattr(mmt, "_THREADS", 1)  # the order of the bands does not matter
+    np.testing.assert_array_equal(mmt._first_three_layers(c, p).small, expect.small)
+
+
+def test_extended_rows_are_rows_of_the_linear_padding(image):
+    c = np.ascontiguousarray(image[:300, :400])
+    full = mmt._pad_linear(c, 64)
+    strips = mmt._linear_strips(c, 64)
+    for a, b in [(0, 10), (60, 70), (0, 428), (100, 200), (360, 428), (300, 428), (63, 365)]:
+        np.testing.assert_array_equal(mmt._extended_rows(c, 64, strips, a, b), full[a:b])
+
+
+def test_banded_median_blur_equals_opencv():
+    rng = np.random.default_rng(11)
+    img = rng.normal(100, 5, (1100, 1000)).astype(np.float32)
+    assert img.size >= mmt._THREAD_MIN_PIXELS  # the banded path
+    for n in (3, 5):
+        np.testing.assert_array_equal(mmt._median_blur(img, n), cv2.medianBlur(img, n))
+
+
+def test_edge_median_equals_scipy():
+    from scipy import ndimage
+
+    band = np.random.default_rng(12).normal(0, 1, (333, 16)).astype(np.float32)
+    np.testing.assert_array_equal(
+        mmt._edge_median(band), ndimage.median_filter(band, size=(9, 1), mode="nearest"))
+
+
+@pytest.mark.parametrize("border", ["mirror", "linear"])
+def test_residual_equals_the_layer_by_layer_path(image, border):
+    """mmt_residual (fused first layers, residual written in place) = the unfused composition."""
+    c = np.ascontiguousarray(image[:600, :900])
+    p = mmt._pad_width(c.shape, 8) if border == "linear" else 0
+    expect = mmt._full(_layer_by_layer(c, p, 8), p)
+    np.testing.assert_array_equal(mmt_residual(c, 8, border=border), expect)
+    rgb = np.stack([c, 2 * c, c[::-1]])
+    got = mmt_residual(rgb, 8, border=border)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got[0], expect)
+    np.testing.assert_array_equal(got[2], mmt_residual(np.ascontiguousarray(c[::-1]), 8,
+                                                       border=border))
