@@ -70,26 +70,33 @@ def windowed_centroids(image: np.ndarray, xy: np.ndarray, fwhm,
     iy0 = np.rint(xy[:, 1]).astype(int)
     cols = np.clip(ix0[:, None] + off[None, :], 0, w - 1)
     rows = np.clip(iy0[:, None] + off[None, :], 0, h - 1)
-    stamps = img[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, 2r+1, 2r+1)
+    if img.flags.c_contiguous:  # one flat gather: 2x faster than two index arrays
+        stamps = img.ravel()[rows[:, :, None] * w + cols[:, None, :]].astype(np.float64)
+    else:
+        stamps = img[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, 2r+1, 2r+1)
     stamps = np.where(np.isfinite(stamps), stamps, 0.0)
     ring = np.ones((2 * r + 1, 2 * r + 1), bool)
     ring[2:-2, 2:-2] = False
     bkg = np.median(stamps[:, ring], axis=1)
     stamps -= bkg[:, None, None]
-    gx = cols.astype(float)[:, None, :]
-    gy = rows.astype(float)[:, :, None]
+    # the Gaussian window is separable: exp(-(dx^2 + dy^2) / 2s^2) = ex(x) ey(y), so each
+    # iteration is a batched matrix product over the stamps (no (n, 2r+1, 2r+1) weights)
+    gx, gy = cols.astype(float), rows.astype(float)  # (n, 2r+1)
+    two_var = 2 * sigma[:, 0] * sigma[:, 0]  # (n, 1)
+    step = sigma[:, 0, 0]
     x = xy[:, 0].copy()
     y = xy[:, 1].copy()
     for _ in range(iterations):
-        dx = gx - x[:, None, None]
-        dy = gy - y[:, None, None]
-        wgt = np.exp(-(dx * dx + dy * dy) / (2 * sigma * sigma)) * stamps
-        s = wgt.sum(axis=(1, 2))
+        dx, dy = gx - x[:, None], gy - y[:, None]
+        ex, ey = np.exp(-dx * dx / two_var), np.exp(-dy * dy / two_var)
+        rows_sum = stamps @ np.stack([ex, ex * dx], axis=2)  # (n, 2r+1, 2): sum over x
+        s = np.einsum("ny,ny->n", ey, rows_sum[:, :, 0])
         good = s > 0
-        sx = np.where(good, 2 * (wgt * dx).sum(axis=(1, 2)) / np.where(good, s, 1), 0)
-        sy = np.where(good, 2 * (wgt * dy).sum(axis=(1, 2)) / np.where(good, s, 1), 0)
-        x += np.clip(sx, -sigma[:, 0, 0], sigma[:, 0, 0])
-        y += np.clip(sy, -sigma[:, 0, 0], sigma[:, 0, 0])
+        safe = np.where(good, s, 1)
+        sx = np.where(good, 2 * np.einsum("ny,ny->n", ey, rows_sum[:, :, 1]) / safe, 0)
+        sy = np.where(good, 2 * np.einsum("ny,ny->n", ey * dy, rows_sum[:, :, 0]) / safe, 0)
+        x += np.clip(sx, -step, step)
+        y += np.clip(sy, -step, step)
     moved = np.hypot(x - xy[:, 0], y - xy[:, 1])
     bad = ~np.isfinite(moved) | (moved > np.maximum(1.0, fwhm))
     x[bad], y[bad] = xy[bad, 0], xy[bad, 1]

@@ -1,0 +1,155 @@
+"""Matching a frame's stars to the reference's, the reference prepared once per run.
+
+:func:`~.frames.register_frame` is called once per frame with the same
+reference. What depends on the reference alone is made once and kept
+(:func:`reference_index`): its Gaussian-windowed centroids (all its stars, at
+full resolution). Per frame (:func:`match_frame`):
+
+1. the star-pattern matcher (:func:`~.matching.match_similarity`) on the
+   :data:`QUICK_REFERENCE` brightest reference stars and the
+   :data:`QUICK_FRAME` brightest of the frame (frames of one camera share their
+   brightest stars: 20 x 40 instead of 30 x 70, 6x fewer triangles);
+2. the refinement (:func:`~.refine.refine_model`) pairs all stars on the
+   windowed centroids already measured (the reference's kept, the frame's from
+   :func:`~.frame_stars.bright_stars`, or measured here for frames detected by sep).
+
+None when the quick match fails: the caller then runs the full search
+(:func:`~.register.solve_registration`), so nothing that registered before fails now.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ..stars import StarTable, intensity
+from .matching import match_similarity
+from .refine import refine_model, windowed_centroids
+
+__all__ = ["FrameMatch", "ReferenceIndex", "match_frame", "reference_index", "window_fwhm"]
+
+#: Brightest reference and frame stars of the quick star-pattern search.
+QUICK_REFERENCE = 20
+QUICK_FRAME = 40
+#: First pairing tolerance of the refinement (px), as :func:`~.register.solve_registration`.
+PAIR_TOL = 2.5
+#: A saturated frame star is looked for within this distance (px) of a predicted reference star.
+SATURATED_REACH = 3.0
+#: References kept (one per run; a few for interleaved runs in one process).
+CACHE_SIZE = 4
+
+
+def window_fwhm(stars: StarTable) -> float:
+    """The centroid window: the median FWHM of the stars (as :mod:`.register`)."""
+    return float(np.median(stars.fwhm))
+
+
+@dataclass(frozen=True)
+class ReferenceIndex:
+    """What the matching needs of the reference, made once per run.
+
+    Attributes
+    ----------
+    lum : ndarray
+        The reference's detection image.
+    stars : StarTable
+        Its stars, brightest first.
+    xy : ndarray, (n, 2)
+        Their Gaussian-windowed centroids (in a window of their median FWHM).
+    """
+
+    lum: np.ndarray
+    stars: StarTable
+    xy: np.ndarray
+
+
+_CACHE: list = []  # (weakref to the reference, weakref to its stars, ReferenceIndex)
+_LOCK = threading.Lock()
+
+
+def reference_index(reference: np.ndarray, stars: StarTable) -> ReferenceIndex:
+    """The :class:`ReferenceIndex` of ``reference`` and its ``stars``, kept for the next call
+    with the same two objects (as long as they live)."""
+    with _LOCK:
+        for ref, st, index in _CACHE:
+            if ref() is reference and st() is stars:
+                return index
+    lum = intensity(reference)
+    xy = windowed_centroids(lum, stars.xy, window_fwhm(stars)) if len(stars) else stars.xy
+    index = ReferenceIndex(lum=lum, stars=stars, xy=xy)
+    try:
+        entry = (weakref.ref(reference), weakref.ref(stars), index)
+    except TypeError:  # not weakly referenceable (e.g. a memmap subclass): not kept
+        return index
+    with _LOCK:
+        _CACHE[:] = [e for e in _CACHE if e[0]() is not None and e[1]() is not None]
+        _CACHE.insert(0, entry)
+        del _CACHE[CACHE_SIZE:]
+    return index
+
+
+@dataclass
+class FrameMatch:
+    """The refined star pairs of one frame (reference -> frame, windowed centroids)."""
+
+    narrow_xy: np.ndarray
+    wide_xy: np.ndarray
+    flip: bool
+
+
+def _frame_xy(lum: np.ndarray, stars: StarTable, measured: bool) -> np.ndarray:
+    return stars.xy if measured else windowed_centroids(lum, stars.xy, window_fwhm(stars))
+
+
+def _excluded(index: ReferenceIndex, frame: StarTable, similarity) -> np.ndarray:
+    """Per reference star: saturated in either image (paired, kept out of the fits)."""
+    exclude = index.stars.saturated.copy()
+    if frame.saturated.any():
+        near = cKDTree(frame.xy).query(similarity(index.xy), distance_upper_bound=SATURATED_REACH)[1]
+        hit = near < len(frame)
+        exclude[hit] |= frame.saturated[near[hit]]
+    return exclude
+
+
+def match_frame(index: ReferenceIndex, lum: np.ndarray, stars: StarTable, *,
+                measured: bool, scale_range: tuple[float, float], min_pairs: int
+                ) -> FrameMatch | None:
+    """The frame's star pairs with the reference by the quick search; None if it fails.
+
+    Parameters
+    ----------
+    index : ReferenceIndex
+    lum : ndarray
+        The frame's detection image.
+    stars : StarTable
+        The frame's stars, brightest first.
+    measured : bool
+        Their positions are windowed centroids already (:func:`~.frame_stars.bright_stars`).
+    scale_range : (float, float)
+        Frame px per reference px accepted.
+    min_pairs : int
+    """
+    shape = index.lum.shape
+    lo, hi = scale_range  # as register_frame gives it to solve_registration
+    frame_xy = _frame_xy(lum, stars, measured)
+    match = match_similarity(index.xy, frame_xy, shape, lum.shape, scale_range=(lo, hi),
+                             n_narrow=QUICK_REFERENCE, max_wide_per_window=QUICK_FRAME,
+                             min_pairs=min_pairs)
+    if match is None:
+        return None
+    try:
+        refined = refine_model(index.xy, frame_xy, match.similarity,
+                               exclude=_excluded(index, stars, match.similarity),
+                               narrow_shape=shape, tol=PAIR_TOL, distortion=False,
+                               min_pairs=min_pairs)
+    except ValueError:
+        return None
+    ratio, _, flip = refined.transform.local_similarity(((shape[1] - 1) / 2.0,
+                                                         (shape[0] - 1) / 2.0))
+    if not (lo * 0.97 <= ratio <= hi * 1.03):
+        return None
+    return FrameMatch(refined.narrow_xy, refined.wide_xy, bool(flip))

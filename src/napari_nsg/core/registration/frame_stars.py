@@ -1,0 +1,192 @@
+"""The bright stars of a big frame, found cheaply and measured at full resolution.
+
+Registering a frame onto a reference needs a few hundred well-measured stars
+spread over it, not all of them. Here:
+
+1. the frame is binned ``factor x factor`` (the mean of each block, one pass);
+2. its background is the median of each mesh of the binned image (every
+   :data:`MESH_STEP`-th pixel of a :data:`MESH`-pixel mesh, a 3x3 median filter
+   of the meshes, bilinear in between), the noise the median absolute deviation;
+3. the stars are the local maxima (3x3) of the binned image less the background
+   above :data:`PEAK_SIGMA` times the noise, away from the edges and the no-data;
+4. the brightest of them are measured on the full frame: background (the
+   median of a stamp's outer ring), peak, flux, a FWHM from the area above half
+   the peak, and Gaussian-windowed centroids (:func:`~.refine.windowed_centroids`)
+   in a window of the stars' median FWHM.
+
+About 20 ms for a 6000x4000 frame against 150 ms for sep's background and
+extraction on its 2x2 binning (which finds all the stars).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy.spatial import cKDTree
+
+from ..nodata import find_no_data
+from ..stars import StarTable
+from ..stars.detection import FWHM_PER_SIGMA, bin_image, near_no_data
+from .refine import windowed_centroids
+
+__all__ = ["QUICK_BIN", "bright_stars", "mesh_background"]
+
+#: Binning of the star search.
+QUICK_BIN = 4
+#: Background mesh (binned px: 128 full px at 4x4) and the step of the pixels of a mesh
+#: whose median is taken (64 of them): the background need only be right on the scale of
+#: sky gradients for the bright stars sought.
+MESH = 32
+MESH_STEP = 4
+#: Local maxima of the binned image this many noise sigmas above the background are stars.
+PEAK_SIGMA = 5.0
+#: Binned px kept clear of the frame's edges and its no-data pixels.
+EDGE = 3
+#: Candidates measured per star kept (the binned peak ranks them roughly), and centroided
+#: (ranked by their flux on the full frame).
+CANDIDATES_PER_STAR = 1.5
+CENTROIDED_PER_STAR = 1.2
+#: Maxima closer than this (binned px) are one star (the brighter kept).
+MERGE_RADIUS = 2.0
+#: A clipped star: PLATEAU_MIN_PIXELS stamp pixels within PLATEAU_NEAR of the brightest
+#: mark stars from PLATEAU_FRACTION of it as saturated (as :func:`~..stars.plateau_level`).
+PLATEAU_MIN_PIXELS = 5
+PLATEAU_NEAR = 0.98
+PLATEAU_FRACTION = 0.9
+#: Width (px) of the outer ring of a stamp whose median is the star's background.
+RING = 2
+
+
+def mesh_background(image: np.ndarray, mesh: int = MESH, step: int = MESH_STEP
+                    ) -> tuple[np.ndarray, float]:
+    """``(background map, noise sigma)`` of a finite 2-D image from the medians of its meshes.
+
+    Each ``mesh x mesh`` block gives the median of every ``step``-th pixel, the
+    grid of medians is 3x3 median-filtered (stars and small galaxies filling a mesh)
+    and interpolated bilinearly to every pixel; the noise is 1.4826 times the median
+    over the meshes of their median absolute deviation.
+    """
+    h, w = image.shape
+    ny, nx = max(1, h // mesh), max(1, w // mesh)
+    my, mx = min(mesh, h), min(mesh, w)
+    blocks = image[:ny * my, :nx * mx].reshape(ny, my, nx, mx)[:, ::step, :, ::step]
+    blocks = blocks.transpose(0, 2, 1, 3).reshape(ny, nx, -1)
+    med = np.median(blocks, axis=2).astype(np.float32)
+    mad = np.median(np.abs(blocks - med[..., None]), axis=2)
+    sigma = float(1.4826 * np.median(mad)) or float(np.std(blocks)) or 1.0
+    if min(ny, nx) >= 3:
+        med = cv2.medianBlur(med, 3)
+    return cv2.resize(med, (w, h), interpolation=cv2.INTER_LINEAR), sigma
+
+
+def _binned_peaks(binned: np.ndarray, bad: np.ndarray | None, n_keep: int):
+    """``(x, y, height)`` of the ``n_keep`` highest local maxima of ``binned`` above the
+    background (sub-pixel: the barycentre of the 3x3 pixels around each), highest first."""
+    back, sigma = mesh_background(binned)
+    sub = binned - back
+    inner = sub[EDGE:-EDGE, EDGE:-EDGE]
+    ys, xs = np.nonzero(inner > PEAK_SIGMA * sigma)  # few pixels: then the local maxima
+    ys, xs = ys + EDGE, xs + EDGE
+    off = np.arange(-1, 2)
+    around = sub[ys[:, None, None] + off[:, None], xs[:, None, None] + off]  # (n, 3, 3)
+    top = around.reshape(len(xs), -1).max(axis=1) if len(xs) else np.zeros(0, sub.dtype)
+    keep = sub[ys, xs] >= top
+    if bad is not None:
+        keep &= ~near_no_data(bad, xs, ys, EDGE)
+    xs, ys, around = xs[keep], ys[keep], around[keep]
+    height = sub[ys, xs]
+    order = np.argsort(-height)[:int(CANDIDATES_PER_STAR * n_keep)]
+    xs, ys, height, around = xs[order], ys[order], height[order], around[order]
+    if len(xs) > 1:  # a flat top gives several maxima: one star
+        pairs = cKDTree(np.column_stack([xs, ys])).query_pairs(MERGE_RADIUS, output_type="ndarray")
+        keep = np.ones(len(xs), bool)
+        keep[pairs.max(axis=1)] = False  # the fainter of each pair (sorted: the later index)
+        xs, ys, height, around = xs[keep], ys[keep], height[keep], around[keep]
+    around = np.clip(around, 0, None)
+    total = np.maximum(around.sum(axis=(1, 2)), 1e-30)
+    cx = xs + (around.sum(axis=1) * off).sum(axis=1) / total
+    cy = ys + (around.sum(axis=2) * off).sum(axis=1) / total
+    return cx, cy, height
+
+
+def _stamps(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> np.ndarray:
+    """``(n, 2r+1, 2r+1)`` float64 pixels around each star (edges clipped, no data 0)."""
+    h, w = image.shape
+    off = np.arange(-radius, radius + 1)
+    rows = np.clip(np.rint(y).astype(int)[:, None] + off, 0, h - 1)
+    cols = np.clip(np.rint(x).astype(int)[:, None] + off, 0, w - 1)
+    flat = np.ascontiguousarray(image).ravel()  # contiguous already (bright_stars): no copy
+    st = flat[rows[:, :, None] * w + cols[:, None, :]].astype(np.float64)
+    return np.where(np.isfinite(st), st, 0.0)
+
+
+def _saturated(raw_peak: np.ndarray, stamps: np.ndarray) -> np.ndarray:
+    """Stars clipped by the camera (the rule of :func:`~..stars.plateau_level`, on the
+    stars' stamps instead of the whole frame)."""
+    top = float(raw_peak.max()) if len(raw_peak) else 0.0
+    if top <= 0 or np.count_nonzero(stamps >= PLATEAU_NEAR * top) < PLATEAU_MIN_PIXELS:
+        return np.zeros(len(raw_peak), bool)
+    return raw_peak >= PLATEAU_FRACTION * top
+
+
+def _measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> dict:
+    """Background, peaks, flux and half-maximum FWHM of the stars at ``(x, y)``."""
+    st = _stamps(image, x, y, radius)
+    ring = np.ones(st.shape[1:], bool)
+    ring[RING:-RING, RING:-RING] = False
+    back = np.median(st[:, ring], axis=1)
+    raw_peak = st.max(axis=(1, 2))
+    above = st - back[:, None, None]
+    peak = raw_peak - back
+    half = np.count_nonzero(above > 0.5 * peak[:, None, None], axis=(1, 2))
+    return {"background": back, "raw_peak": raw_peak, "peak": peak,
+            "flux": above.sum(axis=(1, 2)), "npix": half,
+            "fwhm": 2.0 * np.sqrt(half / np.pi), "saturated": _saturated(raw_peak, st)}
+
+
+def bright_stars(image: np.ndarray, max_stars: int, factor: int = QUICK_BIN) -> StarTable:
+    """The ``max_stars`` brightest stars of a 2-D ``image``, centroids windowed at full resolution.
+
+    Parameters
+    ----------
+    image : ndarray, (y, x)
+        The detection image (:func:`~..stars.intensity` of a colour frame).
+    max_stars : int
+    factor : int
+        Binning of the search.
+
+    Returns
+    -------
+    StarTable
+        Brightest (stamp flux) first; ``a = b = fwhm / 2.355``, ``theta = 0``; ``npix``
+        counts the pixels above half the peak. Stars whose windowed centroid did not
+        converge are left out. Empty if none was found.
+    """
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    binned = bin_image(image, factor)
+    bad, _ = find_no_data(binned)
+    if bad is not None:
+        if bad.all():
+            return StarTable.empty()
+        binned = binned.copy()
+        binned[bad] = np.median(binned[~bad])
+    bx, by, _ = _binned_peaks(binned, bad, max_stars)
+    if len(bx) == 0:
+        return StarTable.empty()
+    x, y = factor * bx + (factor - 1) / 2.0, factor * by + (factor - 1) / 2.0
+    m = _measure(image, x, y, 2 * factor)
+    usable = ~m["saturated"] & (m["peak"] > 0)
+    window = float(np.median(m["fwhm"][usable] if usable.any() else m["fwhm"]))
+    bright = np.flatnonzero(m["flux"] > 0)
+    bright = bright[np.argsort(-m["flux"][bright], kind="stable")]
+    bright = bright[:int(CENTROIDED_PER_STAR * max_stars)]
+    start = np.column_stack([x[bright], y[bright]])
+    xy = windowed_centroids(image, start, max(window, 1.0))
+    converged = np.any(xy != start, axis=1)  # unmoved: did not converge
+    xy, order = xy[converged][:max_stars], bright[converged][:max_stars]
+    sigma = m["fwhm"][order] / FWHM_PER_SIGMA
+    return StarTable(x=xy[:, 0], y=xy[:, 1], flux=m["flux"][order],
+                     peak=m["peak"][order], raw_peak=m["raw_peak"][order],
+                     background=m["background"][order], a=sigma, b=sigma.copy(),
+                     theta=np.zeros(len(order)), fwhm=m["fwhm"][order],
+                     npix=m["npix"][order].astype(int), saturated=m["saturated"][order])
