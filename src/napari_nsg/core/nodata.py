@@ -58,7 +58,7 @@ def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
     A lone zero on an edge is a region of one pixel, too small to count.
     """
     h, w = zero.shape
-    mask = np.zeros((h + 2, w + 2), np.uint8)  # cv2's fill mask: 1 kept, 2 too small
+    mask = np.zeros((h + 2, w + 2), np.uint8)  # cv2's fill mask: 3 kept, 2 too small
     inner = mask[1:-1, 1:-1]
     small = min(min_area, MIN_BORDER_REGION, h * w)
     img = np.ascontiguousarray(zero).view(np.uint8)
@@ -66,7 +66,7 @@ def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
     left, right = np.flatnonzero(zero[:, 0]), np.flatnonzero(zero[:, -1])
     xs = np.concatenate([top, bottom, np.zeros_like(left), np.full_like(right, w - 1)])
     ys = np.concatenate([np.zeros_like(top), np.full_like(bottom, h - 1), left, right])
-    filled = 0
+    filled = kept = 0
     for k in range(0, len(xs), SEED_CHUNK):  # seeds a fill already reached: skipped at once
         cx, cy = xs[k:k + SEED_CHUNK], ys[k:k + SEED_CHUNK]
         for x, y in zip(cx[inner[cy, cx] == 0], cy[inner[cy, cx] == 0]):
@@ -74,12 +74,28 @@ def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
                 continue
             area, _, _, (rx, ry, rw, rh) = cv2.floodFill(
                 img, mask, (int(x), int(y)), 0, 0, 0, 4 | cv2.FLOODFILL_MASK_ONLY | (3 << 8))
-            box = inner[ry:ry + rh, rx:rx + rw]
-            box[box == 3] = 1 if area >= small else 2
+            if area >= small:  # kept: stays 3 (no pass over a border's whole box)
+                kept += 1
+            else:
+                _mark_small(inner, zero, (rx, ry, rw, rh), (int(x), int(y)), kept > 0)
             filled += int(area)
     if filled != (np.count_nonzero(zero) if n_zero is None else n_zero):
         return None  # a region away from the border: label them all
-    return inner == 1
+    return inner == 3
+
+
+def _mark_small(inner: np.ndarray, zero: np.ndarray, rect, seed, others: bool) -> None:
+    """Mark the region just filled (value 3 in ``inner``, bounding box ``rect``) as too
+    small (2). ``others``: kept regions (also 3) may lie in that box, so the region's
+    own pixels are found by labelling the box (a few pixels)."""
+    rx, ry, rw, rh = rect
+    box = inner[ry:ry + rh, rx:rx + rw]
+    if not others:
+        box[box == 3] = 2
+        return
+    crop = np.ascontiguousarray(zero[ry:ry + rh, rx:rx + rw]).view(np.uint8)
+    _, labels = cv2.connectedComponents(crop, connectivity=4, ltype=cv2.CV_32S)
+    box[labels == labels[seed[1] - ry, seed[0] - rx]] = 2
 
 
 def zero_regions(zero: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarray:

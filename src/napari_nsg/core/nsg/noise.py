@@ -25,6 +25,7 @@ are excluded.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -96,20 +97,32 @@ def layer_responses(n_layers: int = N_LAYERS) -> tuple[tuple[float, ...], float]
 
 
 def _kclip_std(values: np.ndarray, k: float = K_SIGMA, n_iter: int = 50) -> float:
+    """Standard deviation after iterative k-sigma clipping around the mean.
+
+    The same numbers as clipping with ``np.mean`` and ``np.std`` at every step,
+    with fewer passes: the deviations from the mean that the standard deviation
+    needs are also what the next clip tests."""
     v = values.astype(np.float64)
-    sigma = float(np.std(v))
+    dev, sigma = _deviations(v)
     for _ in range(n_iter):
-        mean = float(np.mean(v))
-        keep = np.abs(v - mean) < k * sigma
-        if keep.all() or keep.sum() < 10:
+        keep = np.abs(dev) < k * sigma
+        n_keep = int(np.count_nonzero(keep))
+        if n_keep == v.size or n_keep < 10:
             break
         v = v[keep]
-        new = float(np.std(v))
+        dev, new = _deviations(v)
         if abs(new - sigma) <= 1e-4 * max(new, 1e-30):
             sigma = new
             break
         sigma = new
     return sigma
+
+
+def _deviations(v: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(v - mean(v), std(v))`` of a 1-D float64 array, rounded as ``np.mean`` and
+    ``np.std`` round them (the same sums, in the same order)."""
+    dev = v - np.add.reduce(v) / v.size
+    return dev, math.sqrt(np.add.reduce(dev * dev) / v.size)
 
 
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -140,6 +153,17 @@ def _layers(tile: np.ndarray, n_layers: int):
         layers.append(c - nxt)
         c = nxt
     return layers, tile - c
+
+
+def _outside_support(magnitudes: list[np.ndarray], use: np.ndarray,
+                     thresholds: list[float]) -> np.ndarray:
+    """``use`` and not in the multiresolution support: every layer's ``|w_j|`` under
+    its threshold (one comparison and one AND per layer)."""
+    sel = use.copy()
+    below = np.empty(use.shape, bool)
+    for mag, t in zip(magnitudes, thresholds):
+        sel &= np.less(mag, t, out=below)
+    return sel
 
 
 def measure_noise(
@@ -194,24 +218,20 @@ def measure_noise(
             continue
         layers, resid = _layers(tile, n_layers)
         w1_vals.append(layers[0][use])
-        tiles_data.append((layers, resid, use))
+        # the support tests |w_j| only: the magnitudes once (the layers are finite:
+        # no-data was replaced by the median)
+        tiles_data.append(([np.abs(w, out=w) for w in layers], resid, use))
     if not w1_vals:
         return float("nan"), "none", float("nan")
     sigma_k = _kclip_std(np.concatenate(w1_vals), k) / responses[0]
     calibrate = n_layers == N_LAYERS and k == K_SIGMA
     sigma = sigma_k
     fraction = float("nan")
+    n_total = max(sum(int(np.count_nonzero(use)) for _, _, use in tiles_data), 1)
     for _ in range(20):
-        picked, n_total = [], 0
-        for layers, resid, use in tiles_data:
-            support = np.zeros(use.shape, bool)
-            for j, w in enumerate(layers):
-                support |= np.abs(w) >= k * sigma * responses[j]
-            sel = use & ~support
-            picked.append(resid[sel])
-            n_total += int(use.sum())
-        vals = np.concatenate(picked)
-        fraction = len(vals) / max(n_total, 1)
+        vals = np.concatenate([resid[_outside_support(mags, use, [k * sigma * r for r in responses])]
+                               for mags, resid, use in tiles_data])
+        fraction = len(vals) / n_total
         if fraction < 0.01 or len(vals) < 16:
             return float(sigma_k * (KSIGMA_CALIBRATION if calibrate else 1.0)), "K-Sigma", \
                 float("nan")
