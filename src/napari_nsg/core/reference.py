@@ -407,21 +407,59 @@ class StarStatistics:
 
     n_stars: int
     median_fwhm: float
-    #: the detection itself (in the central crop when ``binning`` > 1), brightest first
+    #: the detection itself (in the central crop when ``binning`` > 1), brightest first;
+    #: None when the stars were detected in :func:`star_tiles`
     stars: StarTable | None = None
 
 
+TILED_STARS_FROM = 16_000_000  # frames of this many pixels or more: stars in star_tiles
+STAR_TILES = 3  # tiles along each side of the frame (3 x 3 tiles)
+STAR_TILE_FRACTION = 8  # each tile is 1/8 of the frame's width and height
+MIN_TILED_STARS = 150  # fewer stars in the tiles: the central crop instead
+
+
+def star_tiles(shape: tuple[int, ...], per_side: int = STAR_TILES,
+               fraction: int = STAR_TILE_FRACTION) -> list[tuple[slice, slice]] | None:
+    """Where the stars of a large frame are detected: ``per_side`` x ``per_side``
+    tiles of ``1/fraction`` of the width and height each, centred at evenly spaced
+    points inside the frame (a quarter, half and three quarters of the way across for 3),
+    so that the FWHM and the star density stand for the whole field, not just its
+    centre (about 14 % of the frame for 3 tiles of 1/8). None for frames under
+    ``TILED_STARS_FROM`` pixels (they keep the central crop of :func:`star_statistics`)."""
+    h, w = shape[-2:]
+    if h * w < TILED_STARS_FROM:
+        return None
+    th, tw = h // fraction, w // fraction
+    ys = [int(v) for v in np.linspace(0, h - th, per_side + 2)[1:-1].round()]
+    xs = [int(v) for v in np.linspace(0, w - tw, per_side + 2)[1:-1].round()]
+    return [(slice(y, y + th), slice(x, x + tw)) for y in ys for x in xs]
+
+
+def _data_pixels(image: np.ndarray) -> int:
+    """Pixels that hold data: finite and not 0."""
+    return int(np.count_nonzero(np.isfinite(image) & (image != 0)))
+
+
 def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1,
-                    clean: bool = False) -> StarStatistics:
+                    clean: bool = False,
+                    tiles: list[tuple[slice, slice]] | None = None) -> StarStatistics:
     """Count the stars detected at ``threshold`` sigma and take their median FWHM.
 
     ``binning`` > 1 (large frames): stars are detected at full resolution in the
     central ``1/binning`` of the width and of the height only, and the count is
     scaled by the ratio of data pixels in the frame to those in that crop
     (an estimate, good to a few per cent where stars are spread evenly); the
-    FWHM is measured the same way as on the whole frame. ``clean``: every pixel
-    holds data (:func:`holds_data_everywhere`), so none is counted.
+    FWHM is measured the same way as on the whole frame. ``tiles`` (very large
+    frames, :func:`star_tiles`): detected in each of those windows instead, the
+    FWHM the median of all their stars and the count scaled the same way; when
+    they hold fewer than ``MIN_TILED_STARS`` stars (a sparse field) the central
+    crop is used after all. ``clean``: every pixel holds data
+    (:func:`holds_data_everywhere`), so none is counted.
     """
+    if tiles:
+        tiled = _tiled_star_statistics(data, threshold, clean, tiles)
+        if tiled is not None:
+            return tiled
     inten = intensity(data)
     h, w = inten.shape
     f = max(1, int(binning))
@@ -433,10 +471,26 @@ def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1,
     if f > 1 and n and clean:
         n = round(n * inten.size / crop.size)
     elif f > 1 and n:
-        in_crop = np.count_nonzero(np.isfinite(crop) & (crop != 0))
-        in_frame = np.count_nonzero(np.isfinite(inten) & (inten != 0))
-        n = round(n * in_frame / max(in_crop, 1))
+        n = round(n * _data_pixels(inten) / max(_data_pixels(crop), 1))
     return StarStatistics(n_stars=n, median_fwhm=fwhm, stars=stars)
+
+
+def _tiled_star_statistics(data: np.ndarray, threshold: float, clean: bool,
+                           tiles: list[tuple[slice, slice]]) -> StarStatistics | None:
+    """:func:`star_statistics` in ``tiles``; None when they hold fewer than
+    ``MIN_TILED_STARS`` stars."""
+    data = np.asarray(data)
+    parts = [intensity(data[(Ellipsis, *tile)]) for tile in tiles]
+    found = [detect_stars(part, threshold=threshold) for part in parts]
+    n = sum(len(s) for s in found)
+    if n < MIN_TILED_STARS:
+        return None
+    fwhm = float(np.median(np.concatenate([s.fwhm for s in found])))
+    if clean:
+        in_frame, in_tiles = data.shape[-2] * data.shape[-1], sum(p.size for p in parts)
+    else:
+        in_frame, in_tiles = _data_pixels(intensity(data)), sum(_data_pixels(p) for p in parts)
+    return StarStatistics(n_stars=round(n * in_frame / max(in_tiles, 1)), median_fwhm=fwhm)
 
 
 def blink_normalize(

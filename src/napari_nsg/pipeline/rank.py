@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +49,7 @@ from ..core.reference import (
     metric_binning,
     sky_level,
     star_statistics,
+    star_tiles,
 )
 from ..core.stars import StarTable
 from ..core.stars.detection import bin_image
@@ -214,6 +216,8 @@ class _Measured:
     #: pass 1's star detection, when it is the one the yardstick's model would make
     #: (:func:`_reusable_stars`): the yardstick's stars are then not detected twice
     stars: StarTable | None = None
+    #: every pixel holds data (:func:`~napari_nsg.core.reference.holds_data_everywhere`)
+    clean: bool = False
 
 
 def _nanmean(values) -> float:
@@ -266,7 +270,7 @@ class _SkyMetrics:
     thread run): the row with everything but the stars, and what the stars need."""
 
     row: FrameRank
-    noise: NoiseEstimate
+    noise: NoiseEstimate | None  # None: not measured yet (the ranking's pass 2 measures it)
     data: np.ndarray  # (y, x) or (c, y, x), no-data as NaN
     clean: bool  # every pixel holds data
 
@@ -280,15 +284,30 @@ def _has_data(chans: np.ndarray) -> bool:
     return some(chans[:, ::7, ::7]) or some(chans)
 
 
-def _sky_metrics(data: np.ndarray) -> _SkyMetrics:
-    """Background, corner gradients, span, complexity and noise of one frame."""
+def _data_channels(data: np.ndarray, clean: bool | None = None) -> tuple[np.ndarray, bool]:
+    """``(c, y, x)`` float32 channels of a frame with its no-data as NaN, and whether
+    every pixel holds data (``clean``: already known)."""
     data = np.asarray(data, dtype=np.float32)
     chans = data[np.newaxis] if data.ndim == 2 else data
-    if not _has_data(chans):
-        raise NsgError("the frame has no data (all pixels are 0 or NaN)")
-    clean = holds_data_everywhere(chans)  # then no no-data mask anywhere
+    if clean is None:
+        clean = holds_data_everywhere(chans)  # then no no-data mask anywhere
     if not clean:
         chans, _ = no_data_as_nan(chans)  # the no-data rule applied once, not by every metric
+    return chans, clean
+
+
+def _frame_noise(data: np.ndarray, clean: bool | None = None) -> NoiseEstimate:
+    """The measured noise of a frame, as :func:`_sky_metrics` measures it."""
+    return measure_frame_noise(_data_channels(data, clean)[0])
+
+
+def _sky_metrics(data: np.ndarray, with_noise: bool = True) -> _SkyMetrics:
+    """Background, corner gradients, span, complexity and (``with_noise``) noise of
+    one frame."""
+    data = np.asarray(data, dtype=np.float32)
+    if not _has_data(data[np.newaxis] if data.ndim == 2 else data):
+        raise NsgError("the frame has no data (all pixels are 0 or NaN)")
+    chans, clean = _data_channels(data)
     data = chans[0] if data.ndim == 2 else chans
     row = FrameRank(file="")
     binning = metric_binning(chans.shape[-2:])
@@ -302,7 +321,7 @@ def _sky_metrics(data: np.ndarray) -> _SkyMetrics:
         background = np.nanmedian(flat, axis=1)
         span = np.nanpercentile(flat, 98, axis=1) - np.nanpercentile(flat, 2, axis=1)
     background = _whole_frame_sky(chans, background)
-    noise = measure_frame_noise(chans)
+    noise = measure_frame_noise(chans) if with_noise else None
     row.background = floats(background)
     row.gradient_1 = floats(corners.diagonal_1)
     row.gradient_2 = floats(corners.diagonal_2)
@@ -310,9 +329,13 @@ def _sky_metrics(data: np.ndarray) -> _SkyMetrics:
         row.gradient_percent = _nanmean(100.0 * corners.magnitude / np.abs(background))
     row.background_span = floats(span)
     row.complexity = floats(complexity.residual_rms)
-    row.noise = floats(noise.sigma)
-    row.noise_source = noise.source
+    if noise is not None:
+        _set_noise(row, noise)
     return _SkyMetrics(row, noise, data, clean)
+
+
+def _set_noise(row: FrameRank, noise: NoiseEstimate) -> None:
+    row.noise, row.noise_source = floats(noise.sigma), noise.source
 
 
 def _with_stars(sky: _SkyMetrics, meta=None) -> tuple[FrameRank, NoiseEstimate,
@@ -324,7 +347,7 @@ def _with_stars(sky: _SkyMetrics, meta=None) -> tuple[FrameRank, NoiseEstimate,
     data = sky.data
     stars = star_statistics(data, threshold=STAR_THRESHOLD,
                             binning=metric_binning(data.shape[-2:], STAR_BINNING),
-                            clean=sky.clean)
+                            clean=sky.clean, tiles=star_tiles(data.shape))
     row.n_stars = stars.n_stars
     row.fwhm = stars.median_fwhm
     if meta is not None:
@@ -350,7 +373,9 @@ def airmass_scaled_noise(noise: float, exposure: float | None, airmass: float | 
     return float(noise / exposure / math.exp(-AEROSOL_EXTINCTION * airmass))
 
 
-def _choose_yardstick(measured: list[_Measured]) -> tuple[int, str]:
+def _choose_yardstick(measured: list[_Measured], noise_of) -> tuple[int, str]:
+    """The yardstick and why; ``noise_of(i)``: the mean measured noise of frame ``i``
+    (asked only to break a tie in the number of stars)."""
     ok = [i for i, m in enumerate(measured) if m.row.error is None]
     scaled = [measured[i].row.airmass_scaled_noise for i in ok]
     if all(v is not None for v in scaled):
@@ -359,7 +384,9 @@ def _choose_yardstick(measured: list[_Measured]) -> tuple[int, str]:
     # Without keywords NSG measures weights against a provisional reference;
     # the frame with the most stars is the best yardstick (most pairs, best
     # transparency and sky), ties broken by the lowest noise.
-    best = min(ok, key=lambda i: (-(measured[i].row.n_stars or 0), np.mean(measured[i].row.noise)))
+    most = max(measured[i].row.n_stars or 0 for i in ok)
+    tied = [i for i in ok if (measured[i].row.n_stars or 0) == most]
+    best = tied[0] if len(tied) == 1 else min(tied, key=noise_of)
     return best, "most stars detected (no NOISExx keywords in every frame)"
 
 
@@ -437,7 +464,7 @@ def _measured_row(name: str, frame, sky: _SkyMetrics) -> _Measured:
     if keywords is not None:
         own.airmass_scaled_noise = airmass_scaled_noise(
             float(keywords.sigma[0]), own.exposure, own.airmass)
-    return _Measured(own, frame.data.shape, noise, keywords, stars)
+    return _Measured(own, frame.data.shape, noise, keywords, stars, sky.clean)
 
 
 def _failed(name: str, exc: Exception) -> _Measured:
@@ -486,21 +513,26 @@ def rank_loaded(
     todo = [i for i, name in enumerate(names) if name not in cache]
     report(progress, n - len(todo), total, "measuring the frames")
     steps = overlapped_frames(
-        todo, lambda k, i: (i, load(i)), lambda loaded: _sky_metrics(loaded[1].data),
+        todo, lambda k, i: (i, load(i)), lambda loaded: _sky_metrics(loaded[1].data, False),
         lambda loaded, sky: _measured_row(names[loaded[0]], loaded[1], sky),
         lambda k, i, loaded, exc: _failed(names[i], exc), cancel=cancel, name="rank")
     for done, (k, m) in enumerate(steps, start=n - len(todo) + 1):
         cache[names[todo[k]]] = m
         report(progress, done, total, f"measured {Path(names[todo[k]]).name}")
     rows = [_fresh(cache[name]) for name in names]
-    return _scale_pass(rows, load, params, progress, cancel)
+    result = _scale_pass(rows, load, params, progress, cancel)
+    for name, m in zip(names, rows):  # pass 2 measured it: not again in a later ranking
+        if cache[name].measured_noise is None and m.measured_noise is not None:
+            cache[name].measured_noise = m.measured_noise
+            _set_noise(cache[name].row, m.measured_noise)
+    return result
 
 
 def _fresh(m: _Measured) -> _Measured:
     """A copy of a pass-1 measurement whose row pass 2 may fill in."""
     row = FrameRank(**{k: (list(v) if isinstance(v, list) else v)
                        for k, v in asdict(m.row).items()})
-    return _Measured(row, m.shape, m.measured_noise, m.keyword_noise, m.stars)
+    return _Measured(row, m.shape, m.measured_noise, m.keyword_noise, m.stars, m.clean)
 
 
 def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> RankResult:
@@ -517,7 +549,7 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
         if m.shape != common:
             m.row.error = (f"size or colour depth {m.shape} differs from the other frames "
                            f"{common}; frames must be registered")
-    yard, reason = _choose_yardstick(measured)
+    yard, reason = _choose_yardstick(measured, _noise_loader(measured, load))
     use_keywords = "NOISExx" in reason and all(
         m.keyword_noise is not None for m in measured if m.row.error is None)
     ystick = measured[yard]
@@ -527,7 +559,16 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
     except FrameError as exc:
         raise FrameError(ystick.row.file,
                          f"cannot serve as the yardstick reference ({exc.reason})") from None
-    model, window = _yardstick_model(ystick.row.file, frame, params, ystick.stars)
+
+    def needs_noise(m: _Measured) -> bool:  # measured in pass 2, unless keywords give it
+        return not use_keywords and m.measured_noise is None and bool(m.shape)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="rank-noise") as beside:
+        noise = beside.submit(_frame_noise, frame.data, ystick.clean) \
+            if needs_noise(ystick) else None
+        model, window = _yardstick_model(ystick.row.file, frame, params, ystick.stars)
+        if noise is not None:
+            _store_noise(ystick, noise.result())
     frame = None
     ref_noise = ystick.keyword_noise if use_keywords else ystick.measured_noise
     n_channels = common[0] if len(common) == 3 else 1
@@ -535,15 +576,23 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
     raw_weight = np.full(n, np.nan)
     raw_scale[yard], raw_weight[yard] = 1.0, 1.0
     ystick.row.n_star_pairs = [len(model.candidates)] * n_channels
-    targets = [i for i, m in enumerate(measured) if m.row.error is None and i != yard]
     if use_keywords:
         for m in measured:
             if m.row.error is None:
                 m.row.noise, m.row.noise_source = floats(m.keyword_noise.sigma), "keywords"
-    unregistered = 0
-    for done, (i, sr) in enumerate(_scales(model, window, targets, load, cancel), start=1):
-        report(progress, n + done, 2 * n, f"scale of {Path(measured[i].row.file).name}")
+    # the targets' scales, and the noise of every frame measured in pass 1 (also of those
+    # refused for their size, for their row)
+    items = [(i, m.row.error is None, needs_noise(m)) for i, m in enumerate(measured)
+             if i != yard and (m.row.error is None or needs_noise(m))]
+    unregistered, done = 0, 0
+    for i, sr, noise in _scales(model, window, items, load, cancel, measured):
         m = measured[i]
+        if noise is not None:
+            _store_noise(m, noise)
+        if sr is None:  # a frame refused for its size: its noise only
+            continue
+        done += 1
+        report(progress, n + done, 2 * n, f"scale of {Path(m.row.file).name}")
         tgt_noise = m.keyword_noise if use_keywords else m.measured_noise
         if isinstance(sr, Exception):
             m.row.error = sr.reason if isinstance(sr, FrameError) else str(sr)
@@ -614,21 +663,51 @@ def _scale_params(params: NsgParameters | None, cropped: bool) -> NsgParameters 
     return replace(params or NsgParameters(), max_star_pairs=SCALE_PAIRS)
 
 
-def _scales(model, window, targets: list[int], load, cancel):
-    """Yield ``(i, ScaleResult or the exception)`` for each target, in order: the next
-    frame read while this one is measured."""
-    def cropped(k, i):
-        return i, _crop(load(i).data, window)
+def _scales(model, window, items: list[tuple[int, bool, bool]], load, cancel,
+            measured: list[_Measured]):
+    """Yield ``(i, ScaleResult or the exception or None, NoiseEstimate or None)`` for each
+    item ``(i, scale, noise)``, in order: the scale of frame ``i`` if ``scale``, its
+    noise if ``noise``. The reader thread reads the next frame and measures its noise
+    (numpy: it lets go of Python's lock) while the compute thread measures the scale
+    of this one."""
+    def loaded(k, item):
+        i, scale, noise = item
+        data = load(i).data
+        return (i, _frame_noise(data, measured[i].clean) if noise else None,
+                _crop(data, window) if scale else None)
 
-    def failed(k, i, loaded, exc):
+    def scaled(got):
+        return None if got[2] is None else measure_scale(model, got[2])
+
+    def failed(k, item, got, exc):
         if isinstance(exc, (FrameError, NsgError)):
-            return exc
+            return item[0], exc, None if got is None else got[1]
         raise exc
 
-    steps = overlapped_frames(targets, cropped, lambda loaded: measure_scale(model, loaded[1]),
-                              lambda loaded, sr: sr, failed, cancel=cancel, name="rank-scale")
-    for k, result in steps:
-        yield targets[k], result
+    steps = overlapped_frames(items, loaded, scaled, lambda got, sr: (got[0], sr, got[1]),
+                              failed, cancel=cancel, name="rank-scale")
+    for _, result in steps:
+        yield result
+
+
+def _store_noise(m: _Measured, noise: NoiseEstimate) -> None:
+    """A frame's measured noise, in its state and its row."""
+    m.measured_noise = noise
+    _set_noise(m.row, noise)
+
+
+def _noise_loader(measured: list[_Measured], load):
+    """``noise_of(i)``: the mean measured noise of frame ``i``, measured now (the frame
+    read again) if pass 1 left it out; infinite if the frame cannot be read."""
+    def noise_of(i: int) -> float:
+        m = measured[i]
+        if m.measured_noise is None:
+            try:
+                _store_noise(m, _frame_noise(load(i).data, m.clean))
+            except FrameError:
+                return float("inf")
+        return float(np.mean(m.measured_noise.sigma))
+    return noise_of
 
 
 def _refuse_lone_yardstick(row: FrameRank, raw_weight: np.ndarray, yard: int,
