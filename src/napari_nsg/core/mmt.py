@@ -75,6 +75,9 @@ _FRONT_BAND_ROWS = 64
 _FRONT_HALO = 1 + 2
 #: Threads of the banded full-resolution passes.
 _THREADS = 2
+#: Largest m * n * k of a matrix product OpenBLAS computes in one thread (its
+#: SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD): more would start its own threads.
+_BLAS_ONE_THREAD_WORK = 65536 * 4
 
 
 class MMTSizeError(ValueError):
@@ -284,17 +287,29 @@ def _clamp_may_act(a0, a1, a2, a3, w: np.ndarray, clamp: float) -> bool:
     return bool(np.any(np.float32(1.01 * q) * outer >= np.float32(clamp) * np.minimum(a1, a2)))
 
 
+def _four_taps(w: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """``out = w @ rows`` (k x 4 weights, 4 source rows), by products small enough that
+    OpenBLAS runs each in the calling thread (4-5x less CPU than its threads here)."""
+    step = max(1, _BLAS_ONE_THREAD_WORK // (4 * rows.shape[1]))
+    for s in range(0, w.shape[0], step):
+        np.matmul(w[s : s + step], rows, out=out[s : s + step])
+
+
 def _keys_block(src: np.ndarray, j: int, w: np.ndarray, out: np.ndarray, clamp: float) -> None:
-    """Output rows sharing the inner source rows ``j, j + 1`` (weights ``w``, k x 4) into ``out``."""
+    """Output rows sharing the inner source rows ``j, j + 1`` (weights ``w``, k x 4) into ``out``.
+
+    Where the clamp cannot act the rows are ``w @ [a0, a1, a2, a3]``: one BLAS
+    product per few rows (float rounding: 2e-7 relative from the sums below).
+    """
     last = src.shape[0] - 1
     a0, a1, a2, a3 = (src[min(max(k, 0), last)] for k in (j - 1, j, j + 1, j + 2))
+    if clamp >= 1.0 or not _clamp_may_act(a0, a1, a2, a3, w, clamp):
+        _four_taps(w, src[j - 1 : j + 3] if 0 < j < last - 1 else np.stack((a0, a1, a2, a3)), out)
+        return
     f12 = w[:, 1:2] * a1
     f12 += w[:, 2:3] * a2
     np.multiply(w[:, 0:1], a0, out=out)
     out += w[:, 3:4] * a3  # f03
-    if clamp >= 1.0 or not _clamp_may_act(a0, a1, a2, a3, w, clamp):
-        out += f12  # the same numbers as below where nothing is clamped
-        return
     # PCL: cubic unless the outer (negative) lobes outweigh clamp * the inner part,
     # -f03 >= clamp * f12, then linear interpolation between the two inner samples.
     use_linear = (f12 * np.float32(-clamp)) >= out
