@@ -383,3 +383,44 @@ def test_work_arrays_made_ahead_serve_the_dithers(dithered):
     assert {k: id(v) for k, v in separable._SCRATCH.__dict__.items()} == kept
     release_scratch()
     assert not separable._SCRATCH.__dict__
+
+
+def _through_three_passes(monkeypatch):
+    """Resample shift plans through the three shear passes (zero shears) instead of the one
+    separable filter."""
+    from napari_nsg.core.registration import separable
+
+    monkeypatch.setattr(separable.ShearPlan, "is_shift", property(lambda self: False))
+
+
+def test_shift_plans_filter_once_with_the_values_of_the_passes(dithered, monkeypatch):
+    """A map without rotation (a shift, alone or after a 180 degree turn) is applied by one
+    separable filter and a crop: the values, floor, no-data pixels and coverage of the three
+    shear passes; a rotation of 0.01 degrees is not a shift (0.06 px at the corners)."""
+    from napari_nsg.core.registration.separable import shear_plan
+
+    h, w = SHAPE
+    frame = dithered.frames[2].copy()
+    frame[100:110, 200:260] = 0.0  # a no-data block
+    maps = {"shift": [[1.0, 0, 12.37], [0, 1, -7.81]],
+            "turn and shift": [[-1.0, 0, w - 1 + 3.3], [0, -1, h - 1 - 2.6]]}
+    for name, m in maps.items():
+        hom = np.vstack([m, [0, 0, 1]])
+        plan = shear_plan(hom, SHAPE, SHAPE)
+        assert plan.is_shift and plan.quarter == (2 if name != "shift" else 0)
+        for method in ("lanczos-clamped", "lanczos"):
+            one, cov_one = resample(frame, WideTransform(homography=hom), SHAPE, method=method)
+            with monkeypatch.context() as mp:
+                _through_three_passes(mp)
+                three, cov_three = resample(frame, WideTransform(homography=hom), SHAPE,
+                                            method=method)
+            assert cov_one == cov_three
+            # measured: equal within 4e-7 of the value (the order of the sums): the same zeros
+            # (no data) but for values of 1e-16 by the no-data block (the sky is near 0 here)
+            differ = (one == 0) != (three == 0)
+            assert np.abs(one[differ]).max(initial=0) < 1e-6
+            assert np.abs(three[differ]).max(initial=0) < 1e-6
+            np.testing.assert_allclose(one, three, rtol=1e-5, atol=1e-3)
+    a = np.deg2rad(0.01)
+    rot = np.array([[np.cos(a), -np.sin(a), 3.0], [np.sin(a), np.cos(a), 2.0], [0, 0, 1]])
+    assert not shear_plan(rot, SHAPE, SHAPE).is_shift

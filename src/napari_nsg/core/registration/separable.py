@@ -31,7 +31,7 @@ import numpy as np
 from .transforms import apply_homography
 
 __all__ = ["LANCZOS_A", "MAX_DEVIATION", "ShearPlan", "lanczos_taps", "prepare_work_arrays",
-           "release_shear_scratch", "shear_plan", "warp_shears", "work_array"]
+           "release_shear_scratch", "shear_plan", "warp_shears", "warp_shift", "work_array"]
 
 #: Lanczos kernel order of each pass (2a taps, support +-a px).
 LANCZOS_A = 4
@@ -72,6 +72,11 @@ class ShearPlan:
     t: tuple
     affine: np.ndarray
     deviation: float
+
+    @property
+    def is_shift(self) -> bool:
+        """No shear (a quarter turn and a shift): one separable 2-D filter, no transposes."""
+        return self.a == 0.0 and self.b == 0.0 and self.c == 0.0
 
 
 def lanczos_taps(phase: np.ndarray, a: int = LANCZOS_A) -> np.ndarray:
@@ -135,15 +140,18 @@ def shear_plan(h: np.ndarray, shape: tuple[int, int], source_shape: tuple[int, i
         m = turned[:2, :2]
         if m[0, 0] + m[1, 1] > 0 and abs(m[1, 0] - m[0, 1]) <= (m[0, 0] + m[1, 1]):
             break  # the rotation left is within +-45 degrees
-    a, b, c = _shears(m / np.sqrt(np.linalg.det(m)))  # the scale (~1) is left out
-    lin = _linear(a, b, c)
-    t = turned[:2, :2] @ centre + turned[:2, 2] - lin @ centre  # exact at the centre
-    applied = (e @ np.vstack([np.column_stack([lin, t]), [0, 0, 1]]))[:2]
-    deviation = float(np.max(np.hypot(*(pts @ applied[:, :2].T + applied[:, 2] - target).T)))
-    if not np.isfinite(deviation) or deviation > tol:
-        return None
-    return ShearPlan(quarter=k, a=a, b=b, c=c, t=(float(t[0]), float(t[1])),
-                     affine=applied, deviation=deviation)
+    # a shift alone where it is within tol (no rotation left: frames of a good mount), else
+    # the three shears
+    for a, b, c in ((0.0, 0.0, 0.0), _shears(m / np.sqrt(np.linalg.det(m)))):
+        lin = _linear(a, b, c)  # the scale (~1) is left out
+        t = turned[:2, :2] @ centre + turned[:2, 2] - lin @ centre  # exact at the centre
+        applied = (e @ np.vstack([np.column_stack([lin, t]), [0, 0, 1]]))[:2]
+        deviation = float(np.max(np.hypot(*(pts @ applied[:, :2].T + applied[:, 2]
+                                            - target).T)))
+        if np.isfinite(deviation) and deviation <= tol:
+            return ShearPlan(quarter=k, a=a, b=b, c=c, t=(float(t[0]), float(t[1])),
+                             affine=applied, deviation=deviation)
+    return None
 
 
 _SCRATCH = threading.local()
@@ -247,9 +255,91 @@ def _padded_source(plane: np.ndarray, quarter: int, pad: int) -> np.ndarray:
     return out
 
 
+def _shift_source(plane: np.ndarray, quarter: int) -> np.ndarray:
+    """``np.rot90(plane, quarter)`` with one replicated pixel each side (kept array "a"): the
+    sample points on the frame's pixel area read pixels -1 .. n-1."""
+    h, w = plane.shape if quarter % 2 == 0 else plane.shape[::-1]
+    out = _scratch("a", (h + 2) * (w + 2)).reshape(h + 2, w + 2)
+    if quarter == 0:
+        return cv2.copyMakeBorder(plane, 1, 1, 1, 1, cv2.BORDER_REPLICATE, dst=out)
+    cv2.rotate(plane, _QUARTER_CODES[quarter], dst=out[1:-1, 1:-1])
+    out[1:-1, 0] = out[1:-1, 1]
+    out[1:-1, -1] = out[1:-1, -2]
+    out[0] = out[1]
+    out[-1] = out[-2]
+    return out
+
+
+def _overlap(offset: int, n: int, size: int) -> tuple[slice, slice]:
+    """Output indices ``i`` in ``[0, n)`` with ``i + offset`` in ``[0, size)``, and those."""
+    first, stop = max(0, -offset), min(n, size - offset)
+    stop = max(stop, first)
+    return slice(first, stop), slice(first + offset, stop + offset)
+
+
+def _banded(run, rows: slice) -> None:
+    """``run(band)`` over the rows of ``rows`` in :data:`PASS_THREADS` bands (numpy and
+    OpenCV release the GIL on these full-row operations)."""
+    _in_threads(lambda i, j: run(slice(rows.start + i, rows.start + j)),
+                rows.stop - rows.start)
+
+
+def warp_shift(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
+               floor: tuple[int, int] | None = None, a: int = LANCZOS_A) -> np.ndarray:
+    """``plane`` (float32, finite) resampled through a shift plan (:attr:`ShearPlan.is_shift`:
+    a quarter turn and a shift) onto ``shape``: a new array.
+
+    One separable Lanczos filter of the (turned) plane, both kernels of ``2 a`` taps at the
+    exact phase of the shift, then a crop: the values of the shear passes without their
+    transposes and third pass. ``floor = (size, anchor)``: no sample below the darkest of the
+    ``size`` x ``size`` pixels around its pixel (the erosion at ``anchor``, as the clamp of
+    :func:`~.frames.resample`). Sample points off the plane read its replicated edge pixels,
+    the output outside the plane's reach is 0 (the caller masks what is off the frame).
+    """
+    src = _shift_source(np.ascontiguousarray(plane, dtype=np.float32), plan.quarter)
+    tx, ty = plan.t
+    kx, ky = int(np.floor(tx)), int(np.floor(ty))
+    taps_x = lanczos_taps(np.array([tx - kx]), a)[0, 0]
+    taps_y = lanczos_taps(np.array([ty - ky]), a)[0, 0]
+    work = _scratch("b", src.size).reshape(src.shape)
+    cv2.sepFilter2D(src, -1, taps_x, taps_y, dst=work, anchor=(a - 1, a - 1),
+                    borderType=cv2.BORDER_REPLICATE)
+    rows_out, rows_in = _overlap(ky + 1, shape[0], src.shape[0])  # +1: the padding
+    cols_out, cols_in = _overlap(kx + 1, shape[1], src.shape[1])
+    out = np.empty(shape, np.float32)
+    out[:rows_out.start] = 0
+    out[rows_out.stop:] = 0
+    out[:, :cols_out.start] = 0
+    out[:, cols_out.stop:] = 0
+    shift = rows_in.start - rows_out.start
+
+    def copy(band: slice) -> None:
+        out[band, cols_out] = work[band.start + shift:band.stop + shift, cols_in]
+
+    _banded(copy, rows_out)
+    if floor is not None:
+        size, anchor = floor
+        lo = cv2.erode(src, np.ones((size, size), np.uint8), dst=work, anchor=(anchor, anchor),
+                       borderType=cv2.BORDER_REPLICATE)
+
+        def clamp(band: slice) -> None:
+            view = out[band, cols_out]
+            np.fmax(view, lo[band.start + shift:band.stop + shift, cols_in], out=view)
+
+        _banded(clamp, rows_out)
+    return out
+
+
 def _transposed(img: np.ndarray, name: str) -> np.ndarray:
+    """``img.T`` in kept array ``name``, bands of its rows in :data:`PASS_THREADS` threads
+    (OpenCV's transpose runs on one core)."""
     out = _scratch(name, img.size).reshape(img.shape[1], img.shape[0])
-    return cv2.transpose(img, dst=out)
+
+    def run(band: slice) -> None:
+        cv2.transpose(img[:, band], dst=out[band])
+
+    _banded(run, slice(0, out.shape[0]))
+    return out
 
 
 def warp_shears(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
