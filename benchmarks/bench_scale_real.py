@@ -6,7 +6,8 @@ independent scale is the median ratio of photutils 30-px aperture fluxes of the
 reference's bright stars; every ``photometry`` mode of :class:`NsgParameters` is
 printed beside it, and with ``--kernel`` the kernel-fit scale
 (:mod:`napari_nsg.core.nsg.kernel_scale`). The real tests require the default
-and the empirical mode within 1 %.
+and the empirical mode within 1 %. A ``*`` after the ``psf`` mode's scale: its
+check refused the PSF weights and the large apertures' scale was used.
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
 
@@ -22,6 +23,10 @@ from pathlib import Path
 from napari_nsg.core.nsg import NsgParameters, measure_scale, prepare_reference
 from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
 from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
+from napari_nsg.core.stars.psf_photometry import WEIGHT_RADIUS_FWHM
+
+#: Above this radius (FWHM of the reference) the psf mode returned the large apertures.
+PSF_RADIUS_FWHM = WEIGHT_RADIUS_FWHM + 0.5
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_scale_precision import wasp_targets  # noqa: E402
@@ -48,7 +53,9 @@ def main(argv=None):
         for model in models.values():
             results.append(measure_scale(model, reg))
             s = float(results[-1].scale[0])
-            cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %)")
+            fell_back = (model.params.photometry == "psf"
+                         and results[-1].ref_photometry.radius[0] > PSF_RADIUS_FWHM * model.fwhm)
+            cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %){' *' if fell_back else ''}")
         if args.kernel:
             s = kernel_scale_of(models[PHOTOMETRY_MODES[0]], reg, results[0])
             cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %)")

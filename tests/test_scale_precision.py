@@ -23,11 +23,19 @@ from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_wi
 from napari_nsg.core.nsg.kernel_scale import pair_kernel_scale
 from napari_nsg.core.nsg.scale import fit_scale
 from napari_nsg.core.stars import psf_match
-from napari_nsg.core.stars.aperture_correction import (AGREEMENT_GATE_Z, Profile,
-                                                       agreement_z, fit_profile)
+from napari_nsg.core.stars.aperture_correction import (
+    AGREEMENT_GATE_Z,
+    Profile,
+    agreement_z,
+    fit_profile,
+)
 from napari_nsg.core.stars.empirical import MIN_WING_PAIRS, wing_ratio
-from napari_nsg.core.stars.photometry import (Photometry, aperture_photometry,
-                                              matched_pair_photometry, pair_photometry)
+from napari_nsg.core.stars.photometry import (
+    Photometry,
+    aperture_photometry,
+    matched_pair_photometry,
+    pair_photometry,
+)
 from napari_nsg.io import read_frame
 from napari_nsg.synthetic import simulate_sequence
 from napari_nsg.synthetic.psf import PSF

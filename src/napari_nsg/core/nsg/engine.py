@@ -34,6 +34,7 @@ from ..stars.matching import (
     measure_stars_at,
 )
 from ..stars.photometry import Photometry, pair_photometry
+from ..stars.psf_photometry import psf_pair_photometry
 from ..threads import available_threads
 from .correction import (
     PARALLEL_PIXELS,
@@ -510,6 +511,14 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
             (model.stars.x, model.stars.y, model.stars.flux), offset=offset,
             gap=p.aperture_gap, width=ring_width(small, p.aperture_gap, p.aperture_bg_delta),
             saturation=model.saturation, large=(radius, width))
+        radius = ref_ph.radius
+        width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
+    elif p.photometry == "psf":  # PSF-weighted, each frame's profile; large apertures check
+        ref_ph, tgt_ph, _ = psf_pair_photometry(
+            model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
+            (model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else model.fwhm),
+            (model.stars.x, model.stars.y, model.stars.flux), (radius, width), offset=offset,
+            gap=p.aperture_gap, saturation=model.saturation)
         radius = ref_ph.radius
         width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
     elif p.photometry == "empirical":  # small apertures + measured wing ratio

@@ -30,7 +30,7 @@ class NsgParameterError(ValueError):
 
 
 # name: (low, high) inclusive; None = unbounded on that side
-PHOTOMETRY_MODES = ("aperture", "corrected", "empirical")
+PHOTOMETRY_MODES = ("aperture", "corrected", "empirical", "psf")
 
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "smoothness": (-4.0, 4.0),
@@ -74,7 +74,8 @@ DESCRIPTIONS = {
     "aperture_fwhm": "smallest aperture radius in units of the frames' FWHM",
     "photometry": "'aperture': large apertures; 'corrected': small apertures plus a per-frame "
                   "aperture correction from a fitted Moffat profile; 'empirical': small "
-                  "apertures times the mean large/small flux-ratio ratio of the pairs",
+                  "apertures times the mean large/small flux-ratio ratio of the pairs; 'psf': "
+                  "PSF-weighted fluxes with each frame's fitted profile",
     "small_aperture_fwhm": "aperture radius (FWHM of the broader frame) with photometry="
                            "'corrected' or 'empirical'",
     "outlier_removal": "percent of star pairs removed as outliers",
@@ -158,7 +159,7 @@ class NsgParameters:
     max_star_pairs : int or None
         Most star pairs measured, brightest first; None = NSG's
         ``max(250, n_stars / 20)``.
-    photometry : {"aperture", "corrected", "empirical"}
+    photometry : {"aperture", "corrected", "empirical", "psf"}
         "aperture": every pair in apertures of ``aperture_fwhm`` (the default);
         "corrected": apertures of ``small_aperture_fwhm`` FWHM, each frame's
         fluxes divided by the fraction of the light they return, from a Moffat
@@ -166,7 +167,9 @@ class NsgParameters:
         (:mod:`napari_nsg.core.stars.aperture_correction`; not NSG's);
         "empirical": the same small apertures, their flux ratios times the mean
         ratio of the large- to the small-aperture flux ratios of the pairs, no
-        PSF model (:mod:`napari_nsg.core.stars.empirical`; not NSG's).
+        PSF model (:mod:`napari_nsg.core.stars.empirical`; not NSG's);
+        "psf": optimal PSF weights with each frame's fitted profile, the large
+        apertures as the check (:mod:`napari_nsg.core.stars.psf_photometry`).
     small_aperture_fwhm : float
         Aperture radius for ``photometry="corrected"`` or ``"empirical"``, in FWHM
         of the broader frame.
@@ -283,7 +286,7 @@ class NsgParameters:
         meta=None,
         max_star_flux: float = 0.0,
         n_ref_stars: int = 0,
-    ) -> "NsgParameters":
+    ) -> NsgParameters:
         """Fill in every "auto" value for one reference frame (NSG section 3).
 
         Parameters
