@@ -41,7 +41,7 @@ import numpy as np
 from scipy import ndimage, sparse
 
 from .star_removal import fill_masked
-from .stars import no_data_mask
+from .nodata import find_no_data
 
 __all__ = [
     "BORDERS",
@@ -712,8 +712,8 @@ def _pad_width(shape: tuple[int, int], n_layers: int) -> int:
 def _prepared(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """float32 copy with no-data filled, and the no-data mask (None if there is none)."""
     img = np.ascontiguousarray(image, dtype=np.float32)
-    bad = no_data_mask(img)
-    if not bad.any():
+    bad, _ = find_no_data(img)  # None, without a full-size mask, on finite non-zero data
+    if bad is None or not bad.any():
         return img, None
     if bad.all():
         raise ValueError("the image has no valid pixel")
