@@ -91,8 +91,8 @@ def _binned_peaks(binned: np.ndarray, bad: np.ndarray | None, n_keep: int):
     around = sub[ys[:, None, None] + off[:, None], xs[:, None, None] + off]  # (n, 3, 3)
     top = around.reshape(len(xs), -1).max(axis=1) if len(xs) else np.zeros(0, sub.dtype)
     keep = sub[ys, xs] >= top
-    if bad is not None:
-        keep &= ~near_no_data(bad, xs, ys, EDGE)
+    if bad is not None:  # the diamond of 2 EDGE holds the square of EDGE around the star
+        keep &= ~near_no_data(bad, xs, ys, 2 * EDGE)
     xs, ys, around = xs[keep], ys[keep], around[keep]
     height = sub[ys, xs]
     order = np.argsort(-height)[:int(CANDIDATES_PER_STAR * n_keep)]
