@@ -104,13 +104,18 @@ CLEAN_TEST_ROWS = 256  # rows tested at a time: small temporaries, reused (no pa
 def holds_data_everywhere(data: np.ndarray) -> bool:
     """True when every pixel is finite and none is 0: the frame has no no-data
     (:mod:`~napari_nsg.core.nodata` needs zeros or NaN/inf), so the metrics can
-    skip the no-data mask. Two cheap tests of each band of rows, no labelling;
-    the first band with a NaN, an inf or a 0 ends it."""
+    skip the no-data mask. The minimum and maximum of each band of rows, no
+    temporaries, no labelling: a NaN or an inf shows in them, and a 0 can only be
+    in a band whose range holds 0 (then looked for); the first band with a NaN, an
+    inf or a 0 ends it."""
     data = np.asarray(data)
     rows = data.reshape(-1, data.shape[-1]) if data.ndim >= 2 else data[np.newaxis]
     for start in range(0, len(rows), CLEAN_TEST_ROWS):
         band = rows[start:start + CLEAN_TEST_ROWS]
-        if not np.isfinite(band).all() or (band == 0).any():
+        lo, hi = band.min(), band.max()  # NaN if the band has one
+        if not (-np.inf < lo and hi < np.inf):
+            return False
+        if lo <= 0 <= hi and (band == 0).any():
             return False
     return True
 
@@ -161,8 +166,11 @@ def sky_levels(rows: np.ndarray, sigma: float = 3.0, iterations: int = 5) -> np.
     sort of all the rows instead of two partitions per row and iteration: the
     160 cells of a background map in a few milliseconds.
     """
-    rows = np.asarray(rows, dtype=np.float64)
-    s = np.sort(np.where(np.isfinite(rows), rows, np.nan), axis=1)  # no value last
+    rows = np.asarray(rows)
+    if rows.dtype != np.float32:  # float32 is sorted as such (half the bytes), then widened
+        rows = rows.astype(np.float64)
+    s = np.sort(np.where(np.isfinite(rows), rows, rows.dtype.type(np.nan)), axis=1)
+    s = s.astype(np.float64, copy=False)  # no value last
     lo = np.zeros(len(s), np.intp)
     hi = np.isfinite(s).sum(axis=1)
     active = hi > 0
@@ -215,8 +223,10 @@ def _kth_deviation(s, r, a, b, med, t):
 
 
 def _padded(samples: list[np.ndarray]) -> np.ndarray:
-    """Rows of unequal length as one array, NaN after each row's values."""
-    out = np.full((len(samples), max(len(v) for v in samples)), np.nan)
+    """Rows of unequal length as one array, NaN after each row's values (float32 if
+    every row is float32, else float64)."""
+    dtype = np.float32 if all(v.dtype == np.float32 for v in samples) else np.float64
+    out = np.full((len(samples), max(len(v) for v in samples)), np.nan, dtype)
     for k, v in enumerate(samples):
         out[k, :len(v)] = v
     return out
@@ -249,9 +259,10 @@ def corner_gradients(data: np.ndarray, box_fraction: float = 0.1,
     valid = (np.broadcast_to(np.True_, chans.shape[-2:]) if clean
              else ~np.any(no_data_mask(chans), axis=0))
     where = {key: _box_with_data(valid, rows, cols) for key, (rows, cols) in nominal.items()}
-    boxes = {key: np.array([_box_level(ch[rows, cols], valid[rows, cols], binning)
-                            for ch in chans])
-             for key, (rows, cols) in where.items()}
+    values = [_box_values(ch[rows, cols], valid[rows, cols], binning)
+              for rows, cols in where.values() for ch in chans]
+    levels = sky_levels(_padded(values)).reshape(len(where), len(chans))  # one sort for all
+    boxes = dict(zip(where, levels))
     d1 = (boxes["bottom_right"] - boxes["top_left"]) * _baseline_ratio(
         nominal, where, "top_left", "bottom_right")
     d2 = (boxes["top_right"] - boxes["bottom_left"]) * _baseline_ratio(
@@ -262,12 +273,13 @@ def corner_gradients(data: np.ndarray, box_fraction: float = 0.1,
                            positions=positions)
 
 
-def _box_level(box: np.ndarray, valid: np.ndarray, binning: int) -> float:
-    """:func:`sky_level` of a box's data pixels, or of its block means (``binning`` > 1)."""
+def _box_values(box: np.ndarray, valid: np.ndarray, binning: int) -> np.ndarray:
+    """What a box's level is the :func:`sky_level` of: its data pixels, or its block
+    means (``binning`` > 1)."""
     if binning <= 1:
-        return sky_level(box[valid])
+        return box[valid]
     means = bin_image(box if valid.all() else np.where(valid, box, np.float32(np.nan)), binning)
-    return sky_level(means[np.isfinite(means)])
+    return means[np.isfinite(means)]
 
 
 MIN_BOX_VALID = 0.5  # a corner box needs this fraction of data pixels to be measured
