@@ -7,6 +7,9 @@
   0.64-1.0) over several seeds: where it stands against the bound, and the
   issue's target (1.5x the bound, 0.1 %) as a strict xfail: not reached yet;
 * no bias with the seeing ratio or the transmission;
+* photometry='psf' (:mod:`napari_nsg.core.stars.psf_photometry`) meets the
+  absolute half of the target (0.1 %) on them; the bound with the PSF learned
+  (:func:`~napari_nsg.synthetic.scale_bound.learned_psf_bound`) has its limits;
 * PSF-matched photometry (:mod:`napari_nsg.core.stars.psf_match`) removes the
   seeing dependence of small apertures for Gaussian PSFs.
 """
@@ -283,6 +286,30 @@ def test_corrected_photometry_beats_the_default_on_independent_like(engine_rows)
     err, bound = np.array(rows).T
     assert np.median(np.abs(err)) < np.median(np.abs(engine_rows[:, 0]))
     assert np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL < 2.5
+
+
+@pytest.mark.slow
+def test_psf_photometry_meets_the_absolute_target_on_independent_like():
+    """photometry='psf' (PSF weights with each frame's fitted profile) on 24
+    independent-like frames (seeds 0-5, not the ones it was developed on alone):
+    median |error| <= 0.1 % (the issue's absolute target; measured 0.054 % on
+    seeds 0-2 and 0.085 % on 3-5), at most 2.5x the known-PSF bound (measured
+    1.50 and 2.08), every frame kept the PSF weights, none beyond 0.3 %."""
+    rows = []
+    params = NsgParameters(photometry="psf")
+    for seed in range(6):
+        seq = independent_like(seed)
+        model = prepare_reference(np.round(seq.frame(0).data), params=params)
+        for k in range(1, seq.n_frames):
+            sr = measure_scale(model, np.round(seq.frame(k).data))
+            rows.append((float(sr.scale[0]) / float(seq.truth[k].scale[0]) - 1.0,
+                         scale_bound(seq, k, quantised=True).relative_sigma,
+                         sr.ref_photometry.radius[0] < 2.5 * model.fwhm))
+    err, bound, weighted = np.array(rows).T
+    assert weighted.all()
+    assert np.median(np.abs(err)) <= 0.001
+    assert np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL < 2.5
+    assert np.max(np.abs(err)) < 0.003
 
 
 def _photometry(flux, err):

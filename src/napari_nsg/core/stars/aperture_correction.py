@@ -107,7 +107,7 @@ class Profile:
     e2: float = 0.0
 
     @classmethod
-    def moffat(cls, alpha: float, beta: float, **kw) -> "Profile":
+    def moffat(cls, alpha: float, beta: float, **kw) -> Profile:
         """The profile of a Moffat ``(1 + r^2 / alpha^2)^-beta``."""
         u = 1.0 / beta
         return cls(float(2.0 * alpha * np.sqrt(2.0**u - 1.0)), u, kw.pop("n_stars", 0), **kw)
@@ -272,21 +272,22 @@ def _correct(ph: Photometry, profile: Profile | None, c: int, gap, width) -> boo
     return True
 
 
-_REFERENCE_PROFILES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_REFERENCE_PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _reference_profile(ref, c, x, y, flux, fwhm, neighbours):
-    """:func:`fit_profile` of the reference, fitted once per reference array
-    and channel (the first target's pairs choose its stars; an array changed
-    in place keeps its first profile)."""
+def _reference_profile(ref, c, x, y, flux, fwhm, neighbours, fit=None):
+    """:func:`fit_profile` (or ``fit``, same signature) of the reference, fitted
+    once per reference array, channel and fit function (the first target's
+    pairs choose its stars; an array changed in place keeps its first profile)."""
+    fit = fit_profile if fit is None else fit
     try:
         cache = _REFERENCE_PROFILES.setdefault(ref, {})
     except TypeError:  # not weak-referenceable
         cache = {}
-    key = (c, float(fwhm))
+    key = (c, float(fwhm), fit.__name__)
     if key not in cache:
         plane = ref[c] if np.ndim(ref) == 3 else ref
-        cache[key] = fit_profile(plane, x, y, flux, fwhm, neighbours)
+        cache[key] = fit(plane, x, y, flux, fwhm, neighbours)
     return cache[key]
 
 

@@ -32,8 +32,6 @@ in both frames.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 from scipy.optimize import minimize
 
@@ -45,6 +43,7 @@ from .aperture_correction import (
     PROFILE_STARS,
     TAIL_RANGE,
     Profile,
+    _reference_profile,
     _select,
     _stamps,
     _unit_psf,
@@ -213,23 +212,6 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
                       reason.astype(str))
 
 
-_REFERENCE_PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _reference_profile(ref, c, x, y, flux, fwhm, neighbours):
-    """:func:`fit_profile_ring_sky` of the reference, once per reference array and
-    channel (the first target's pairs choose its stars)."""
-    try:
-        cache = _REFERENCE_PROFILES.setdefault(ref, {})
-    except TypeError:  # not weak-referenceable
-        cache = {}
-    key = (c, float(fwhm))
-    if key not in cache:
-        plane = ref[c] if np.ndim(ref) == 3 else ref
-        cache[key] = fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours)
-    return cache[key]
-
-
 def _common_positions(ref_x, ref_y, tgt_x, tgt_y, offset):
     """Each pair's mean centroid, in reference coordinates (NaN-safe: one
     frame's centroid when the other is missing)."""
@@ -287,7 +269,7 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
     for c in range(ref3.shape[0]):
         pr = _reference_profile(ref, c, ref_x, ref_y,
                                 np.where(big[0].valid[c], big[0].flux[c], np.nan), fwhm[0],
-                                neighbours)
+                                neighbours, fit_profile_ring_sky)
         pt = fit_profile_ring_sky(tgt3[c], tgt_x, tgt_y,
                                   np.where(big[1].valid[c], big[1].flux[c], np.nan), fwhm[1],
                                   shifted)
