@@ -270,9 +270,18 @@ def test_banded_median_blur_equals_opencv():
 def test_edge_median_equals_scipy():
     from scipy import ndimage
 
-    band = np.random.default_rng(12).normal(0, 1, (333, 16)).astype(np.float32)
-    np.testing.assert_array_equal(
-        mmt._edge_median(band), ndimage.median_filter(band, size=(9, 1), mode="nearest"))
+    rng = np.random.default_rng(12)
+    for band in (rng.normal(0, 1, (333, 16)), rng.integers(0, 3, (40, 7)), np.ones((3, 16))):
+        band = band.astype(np.float32)  # (ties; shorter than the window)
+        np.testing.assert_array_equal(
+            mmt._edge_median(band), ndimage.median_filter(band, size=(9, 1), mode="nearest"))
+    # the 0-1 principle: a comparator network that selects the median of every 0/1
+    # sequence selects it for any input; all 512 sequences of 9 as 9 rows of one band
+    bits = ((np.arange(512)[None, :] >> np.arange(9)[:, None]) & 1).astype(np.float32)
+    v = [bits[i] for i in range(9)]
+    for a, b in mmt._MEDIAN9_NETWORK:
+        v[a], v[b] = np.minimum(v[a], v[b]), np.maximum(v[a], v[b])
+    np.testing.assert_array_equal(v[4], (bits.sum(axis=0) >= 5).astype(np.float32))
 
 
 @pytest.mark.parametrize("border", ["mirror", "linear"])

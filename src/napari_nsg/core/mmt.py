@@ -69,6 +69,10 @@ _THREAD_MIN_PIXELS = 1 << 20
 _MEDIAN_BAND_BYTES = 32 << 20
 #: Rows along an image edge whose median smooths the linear extension's edge values.
 _EDGE_MEDIAN = 9
+#: Compare-exchanges after which element 4 of 9 is their median (Paeth; Devillard's opt_med9).
+_MEDIAN9_NETWORK = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8),
+                    (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4),
+                    (4, 2))
 #: Output rows per band of the full-resolution passes of :func:`_front_layers`.
 _FRONT_BAND_ROWS = 64
 #: Rows a band of :func:`_front_layers` needs above and below it: the 3x3 then 5x5 medians.
@@ -637,17 +641,19 @@ BORDERS = ("mirror", "linear")
 
 
 def _edge_median(band: np.ndarray) -> np.ndarray:
-    """Running median of ``_EDGE_MEDIAN`` rows of ``band``, edge rows repeated.
+    """Running median of 9 rows of ``band`` (``_EDGE_MEDIAN``), edge rows repeated.
 
-    The same values as ``ndimage.median_filter(band, size=(_EDGE_MEDIAN, 1),
-    mode="nearest")`` (a median is one of the values), 2-3x faster: the windows
-    are gathered and partitioned.
+    The same values as ``ndimage.median_filter(band, size=(9, 1), mode="nearest")``
+    (a median is one of the values; no NaN here, the no-data is filled), ~10x
+    faster: Paeth's 19-exchange median-of-9 network on whole shifted planes.
     """
     k = _EDGE_MEDIAN // 2
     pad = np.pad(band, ((k, k), (0, 0)), mode="edge")
-    windows = np.lib.stride_tricks.sliding_window_view(pad, _EDGE_MEDIAN, axis=0).copy()
-    windows.partition(k, axis=-1)
-    return windows[..., k]
+    n = band.shape[0]
+    v = [pad[i : i + n] for i in range(_EDGE_MEDIAN)]
+    for a, b in _MEDIAN9_NETWORK:
+        v[a], v[b] = np.minimum(v[a], v[b]), np.maximum(v[a], v[b])
+    return v[k]
 
 
 def _edge_values(band: np.ndarray) -> np.ndarray:
