@@ -480,6 +480,26 @@ def test_bright_stars_saturation_and_no_data(dithered):
     assert np.median(dist) < 0.08
 
 
+def test_bright_stars_leave_hot_pixels_out(dithered):
+    from scipy.spatial import cKDTree
+
+    from napari_nsg.core.registration.frame_stars import bright_stars
+
+    d = dithered
+    frame = d.frames[1].copy()
+    rng = np.random.default_rng(0)
+    hy, hx = rng.integers(10, 390, 60), rng.integers(10, 490, 60)
+    frame[hy, hx] += 30000.0  # brighter in the 4x4 binning than most stars
+    stars = bright_stars(frame, 40, factor=4)
+    clean = bright_stars(d.frames[1], 40, factor=4)
+    assert len(stars) == 40
+    # measured: 36 of the 40 are the clean frame's (2 stars carry a hot pixel)
+    same = cKDTree(clean.xy).query(stars.xy)[0] < 0.05
+    assert same.sum() >= 34
+    dist, _ = _nearest_truth(d, 1, stars.xy)
+    assert np.mean(dist < 0.5) >= 0.9
+
+
 def test_quick_path_of_big_frames_recovers_the_dithers(dithered, monkeypatch):
     """The 4x4-binned search of frames above BIN_ABOVE_PIXELS (here all), the flip included."""
     from napari_nsg.core.registration import frames

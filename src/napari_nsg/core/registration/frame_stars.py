@@ -55,6 +55,12 @@ PLATEAU_NEAR = 0.98
 PLATEAU_FRACTION = 0.9
 #: Width (px) of the outer ring of a stamp whose median is the star's background.
 RING = 2
+#: Fewest pixels above half the peak of a star: one is a hot pixel or a cosmic-ray hit
+#: (sep's ``min_area`` at 5 sigma did that before).
+MIN_HALF_PIXELS = 2
+#: A binned maximum whose brightest full-resolution pixel holds more than this fraction of
+#: its light is a hot pixel (dropped before the candidates are ranked).
+HOT_FRACTION = 0.6
 
 
 def mesh_background(image: np.ndarray, mesh: int = MESH, step: int = MESH_STEP
@@ -79,9 +85,23 @@ def mesh_background(image: np.ndarray, mesh: int = MESH, step: int = MESH_STEP
     return cv2.resize(med, (w, h), interpolation=cv2.INTER_LINEAR), sigma
 
 
-def _binned_peaks(binned: np.ndarray, bad: np.ndarray | None, n_keep: int):
-    """``(x, y, height)`` of the ``n_keep`` highest local maxima of ``binned`` above the
-    background (sub-pixel: the barycentre of the 3x3 pixels around each), highest first."""
+def _single_pixels(image: np.ndarray, factor: int, xs, ys, back, around) -> np.ndarray:
+    """True for binned maxima whose light is mostly one full-resolution pixel (hot pixels,
+    cosmic-ray hits): its brightest pixel above the background holds more than
+    :data:`HOT_FRACTION` of the light of the 3x3 binned pixels around it (a star of FWHM
+    3 px about 0.1, of 1.5 px about 0.4)."""
+    off = np.arange(factor)
+    rows, cols = ys[:, None] * factor + off, xs[:, None] * factor + off
+    block = image[rows[:, :, None], cols[:, None, :]].reshape(len(xs), -1)
+    top = block.max(axis=1) - back[ys, xs] if len(xs) else np.zeros(0)
+    return top > HOT_FRACTION * factor * factor * around.sum(axis=(1, 2))
+
+
+def _binned_peaks(image: np.ndarray, factor: int, binned: np.ndarray, bad: np.ndarray | None,
+                  n_keep: int):
+    """``(x, y, height)`` of the ``n_keep`` highest local maxima of ``binned`` (``image``
+    binned by ``factor``) above the background, single bright pixels left out (sub-pixel:
+    the barycentre of the 3x3 binned pixels around each; binned px), highest first."""
     back, sigma = mesh_background(binned)
     sub = binned - back
     inner = sub[EDGE:-EDGE, EDGE:-EDGE]
@@ -93,6 +113,8 @@ def _binned_peaks(binned: np.ndarray, bad: np.ndarray | None, n_keep: int):
     keep = sub[ys, xs] >= top
     if bad is not None:  # the diamond of 2 EDGE holds the square of EDGE around the star
         keep &= ~near_no_data(bad, xs, ys, 2 * EDGE)
+    xs, ys, around = xs[keep], ys[keep], around[keep]
+    keep = ~_single_pixels(image, factor, xs, ys, back, around)
     xs, ys, around = xs[keep], ys[keep], around[keep]
     height = sub[ys, xs]
     order = np.argsort(-height)[:int(CANDIDATES_PER_STAR * n_keep)]
@@ -170,14 +192,14 @@ def bright_stars(image: np.ndarray, max_stars: int, factor: int = QUICK_BIN) -> 
             return StarTable.empty()
         binned = binned.copy()
         binned[bad] = np.median(binned[~bad])
-    bx, by, _ = _binned_peaks(binned, bad, max_stars)
+    bx, by, _ = _binned_peaks(image, factor, binned, bad, max_stars)
     if len(bx) == 0:
         return StarTable.empty()
     x, y = factor * bx + (factor - 1) / 2.0, factor * by + (factor - 1) / 2.0
     m = _measure(image, x, y, 2 * factor)
     usable = ~m["saturated"] & (m["peak"] > 0)
     window = float(np.median(m["fwhm"][usable] if usable.any() else m["fwhm"]))
-    bright = np.flatnonzero(m["flux"] > 0)
+    bright = np.flatnonzero((m["flux"] > 0) & (m["npix"] >= MIN_HALF_PIXELS))
     bright = bright[np.argsort(-m["flux"][bright], kind="stable")]
     bright = bright[:int(CENTROIDED_PER_STAR * max_stars)]
     start = np.column_stack([x[bright], y[bright]])
