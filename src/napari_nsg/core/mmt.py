@@ -469,7 +469,8 @@ def _keys_linear_everywhere(a: np.ndarray, n_dst: int, clamp: float = _CLAMP) ->
     The outer taps are <= 0 and the inner ones >= 0, so the cubic value is kept
     wherever ``q * max(outer samples, 0) < clamp * min(inner samples)``, ``q`` the
     largest ratio of outer to inner weight among the rows of an interval (1 %
-    margin for rounding).
+    margin for rounding; the float32 products are within 1e-7 of exact, so the
+    margin covers them too).
     """
     j1, w = _keys_taps(a.shape[0], n_dst)
     q = np.zeros(a.shape[0])
@@ -478,9 +479,16 @@ def _keys_linear_everywhere(a: np.ndarray, n_dst: int, clamp: float = _CLAMP) ->
     if js.size == 0:
         return True
     last = a.shape[0] - 1
-    inner = np.minimum(a[js], a[np.minimum(js + 1, last)])
-    outer = np.maximum(np.maximum(a[np.maximum(js - 1, 0)], a[np.minimum(js + 2, last)]), 0)
-    return bool(np.all(1.01 * q[js, None] * outer < clamp * inner))
+
+    def rows(d: int) -> np.ndarray:
+        return a[np.clip(js + d, 0, last)]
+
+    inner = np.minimum(rows(0), rows(1))
+    inner *= np.float32(clamp)
+    outer = np.maximum(rows(-1), rows(2))
+    np.maximum(outer, 0, out=outer)
+    outer *= (1.01 * q[js]).astype(np.float32)[:, None]
+    return bool(np.all(outer < inner))
 
 
 def _decimate(c: np.ndarray | _Coarse, sh: int, sw: int, fr: int) -> np.ndarray:
