@@ -29,7 +29,10 @@ reference) and by transmission.
 ``--param photometry=corrected`` measures with small apertures and a per-frame
 aperture correction (:mod:`napari_nsg.core.stars.aperture_correction`),
 ``--param photometry=empirical`` with small apertures and the pairs' measured
-large/small ratio (:mod:`napari_nsg.core.stars.empirical`); run the command with
+large/small ratio (:mod:`napari_nsg.core.stars.empirical`), ``--param
+photometry=psf`` with PSF weights and each frame's fitted profile
+(:mod:`napari_nsg.core.stars.psf_photometry`; "small apertures used" then counts
+the frames that kept the PSF weights); run the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--kernel``
 adds the scale of a free pixel kernel fit (Alard-Lupton style,
 :mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame). With
@@ -65,6 +68,7 @@ GAUSS_FWHM_PER_SIGMA = 2.3548200450309493
 MEDIAN_ABS_NORMAL = 0.6745  # median |z| of a standard normal
 MATCHED_APERTURE_FWHM = 2.5
 TIMING_SHAPE = (4000, 6000)
+PSF_KEPT_FWHM = 2.5  # the psf mode's weighted radius is 2 FWHM, the large apertures' 3+
 BASE = {"gain": 1.0, "read_noise": 3.0, "star_flux_range": (15.0, 1.5e4), "star_density": 2.2e-3,
             "n_bright": 4, "saturation": 65535.0}
 
@@ -157,8 +161,10 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
             m_err = (_matched_scale(model, data, sr, seq.truth[k].fwhm) / truth - 1.0
                      if matched else np.nan)
             small = model.params.small_aperture_fwhm * max(model.fwhm, sr.target_fwhm)
-            corrected = (model.params.photometry in ("corrected", "empirical")
-                         and np.allclose(sr.ref_photometry.radius, small))
+            corrected = ((model.params.photometry in ("corrected", "empirical")
+                          and np.allclose(sr.ref_photometry.radius, small))
+                         or (model.params.photometry == "psf"  # PSF weights kept
+                             and sr.ref_photometry.radius[0] < PSF_KEPT_FWHM * model.fwhm))
             k_err = kernel_scale_of(model, data, sr) / truth - 1.0 if kernel else np.nan
             q_err = _wing_ratio_error(large, data, sr) if empirical and corrected else np.nan
             rows.append((seed, k, bound.relative_sigma, err, m_err, int(sr.n_star_pairs[0]),
