@@ -567,19 +567,19 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
     def needs_noise(m: _Measured) -> bool:  # measured in pass 2, unless keywords give it
         return not use_keywords and m.measured_noise is None and bool(m.shape)
 
-    with ThreadPoolExecutor(1, thread_name_prefix="rank-noise") as beside:
-        noise = beside.submit(_frame_noise, frame.data, ystick.clean) \
-            if needs_noise(ystick) else None
-        model, window = _yardstick_model(ystick.row.file, frame, params, ystick.stars)
-        if noise is not None:
-            _store_noise(ystick, noise.result())
+    # the yardstick's model is made in a thread of its own while this thread measures the
+    # yardstick's noise and the first targets are read (and their noise measured)
+    beside = ThreadPoolExecutor(1, thread_name_prefix="rank-model")
+    making = beside.submit(_yardstick_model, ystick.row.file, frame, params, ystick.stars)
+    beside.shutdown(wait=False)
+    if needs_noise(ystick):
+        _store_noise(ystick, _frame_noise(frame.data, ystick.clean))
     frame = None
     ref_noise = ystick.keyword_noise if use_keywords else ystick.measured_noise
     n_channels = common[0] if len(common) == 3 else 1
     raw_scale = np.full((n, n_channels), np.nan)
     raw_weight = np.full(n, np.nan)
     raw_scale[yard], raw_weight[yard] = 1.0, 1.0
-    ystick.row.n_star_pairs = [len(model.candidates)] * n_channels
     if use_keywords:
         for m in measured:
             if m.row.error is None:
@@ -589,7 +589,7 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
     items = [(i, m.row.error is None, needs_noise(m)) for i, m in enumerate(measured)
              if i != yard and (m.row.error is None or needs_noise(m))]
     unregistered, done = 0, 0
-    for i, sr, noise in _scales(model, window, items, load, cancel, measured):
+    for i, sr, noise in _scales(making, items, load, cancel, measured):
         m = measured[i]
         if noise is not None:
             _store_noise(m, noise)
@@ -606,6 +606,8 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
         raw_scale[i], raw_weight[i] = sr.scale, w.weight
         m.row.n_star_pairs = [int(v) for v in sr.n_star_pairs]
         m.row.warnings.extend(sr.warnings + w.warnings)
+    model = making.result()[0]  # its FrameError if it could not be made (no target asked)
+    ystick.row.n_star_pairs = [len(model.candidates)] * n_channels
     report(progress, 2 * n, 2 * n, "ranked")
     _refuse_lone_yardstick(ystick.row, raw_weight, yard, unregistered)
     return _rank(measured, raw_scale, raw_weight, yard, reason)
@@ -667,21 +669,41 @@ def _scale_params(params: NsgParameters | None, cropped: bool) -> NsgParameters 
     return replace(params or NsgParameters(), max_star_pairs=SCALE_PAIRS)
 
 
-def _scales(model, window, items: list[tuple[int, bool, bool]], load, cancel,
+class _NoYardstick(Exception):
+    """The yardstick's model could not be made (its FrameError in ``error``): ends the
+    ranking, not just one target's scale."""
+
+    def __init__(self, error: FrameError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _scales(making, items: list[tuple[int, bool, bool]], load, cancel,
             measured: list[_Measured]):
     """Yield ``(i, ScaleResult or the exception or None, NoiseEstimate or None)`` for each
     item ``(i, scale, noise)``, in order: the scale of frame ``i`` if ``scale``, its
-    noise if ``noise``. The reader thread reads the next frame and measures its noise
-    (numpy: it lets go of Python's lock) while the compute thread measures the scale
-    of this one."""
+    noise if ``noise``. ``making``: the future of :func:`_yardstick_model`. The reader
+    thread reads the next frame, measures its noise (numpy: it lets go of Python's
+    lock) and crops it to its :func:`scale_window` while the compute thread measures
+    the scale of this one."""
     def loaded(k, item):
         i, scale, noise = item
         data = load(i).data
+        window = scale_window(data.shape)
         return (i, _frame_noise(data, measured[i].clean) if noise else None,
-                _crop(data, window) if scale else None)
+                (_crop(data, window), window) if scale else None)
 
     def scaled(got):
-        return None if got[2] is None else measure_scale(model, got[2])
+        if got[2] is None:
+            return None
+        try:
+            model, window = making.result()
+        except FrameError as exc:
+            raise _NoYardstick(exc) from None
+        crop, cropped_to = got[2]
+        if cropped_to != window:  # the model fell back to the whole frame
+            crop = _crop(load(got[0]).data, window)
+        return measure_scale(model, crop)
 
     def failed(k, item, got, exc):
         if isinstance(exc, (FrameError, NsgError)):
@@ -690,8 +712,11 @@ def _scales(model, window, items: list[tuple[int, bool, bool]], load, cancel,
 
     steps = overlapped_frames(items, loaded, scaled, lambda got, sr: (got[0], sr, got[1]),
                               failed, cancel=cancel, name="rank-scale")
-    for _, result in steps:
-        yield result
+    try:
+        for _, result in steps:
+            yield result
+    except _NoYardstick as exc:
+        raise exc.error from None
 
 
 def _store_noise(m: _Measured, noise: NoiseEstimate) -> None:
