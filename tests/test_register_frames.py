@@ -538,3 +538,24 @@ def test_quick_match_agrees_with_the_full_search(dithered, monkeypatch):
     a = frame_match.reference_index(d.frames[0], stars)
     assert frame_match.reference_index(d.frames[0], stars) is a
     assert frame_match.reference_index(d.frames[0].copy(), stars) is not a
+
+
+def test_results_reuse_their_memory_only_once_dropped(dithered):
+    """The passes' results come from arrays kept for reuse: one is handed out again only when
+    nothing references it (nor a view of it) any more."""
+    d = dithered
+    release_scratch()
+    t = WideTransform(homography=_truth_homography(d, 1))
+    first, _ = resample(d.frames[1], t, SHAPE)
+    kept = first.copy()
+    address = first.__array_interface__["data"][0]
+    row = first[7]  # a view keeps the buffer
+    del first
+    second, _ = resample(d.frames[2], WideTransform(homography=_truth_homography(d, 2)), SHAPE)
+    assert second.__array_interface__["data"][0] != address
+    np.testing.assert_array_equal(row, kept[7])
+    del row, second
+    again, _ = resample(d.frames[1], t, SHAPE)
+    assert again.__array_interface__["data"][0] == address  # dropped: its memory again
+    np.testing.assert_array_equal(again, kept)
+    release_scratch()

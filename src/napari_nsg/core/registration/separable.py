@@ -22,6 +22,7 @@ warp. Measured quality and speed: ``docs/register.md``.
 
 from __future__ import annotations
 
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -171,6 +172,30 @@ def _scratch(name: str, size: int) -> np.ndarray:
     return arr[:size]
 
 
+_OUTPUTS = threading.local()
+#: Output arrays of this thread kept for reuse (three frames are in flight in a pipeline).
+OUTPUTS_KEPT = 3
+#: ``sys.getrefcount(pool[k])`` of a kept output that nothing else holds: the pool's
+#: reference and the argument's.
+_FREE_REFS = 2
+
+
+def _output(size: int) -> np.ndarray:
+    """A flat float32 array for a result: a kept one that nothing else references any more
+    (neither it nor a view of it), else a new one (kept in its turn).
+
+    A fresh frame-sized array costs its page faults (0.01-0.05 CPU-s for 6000x4000, more
+    with two threads faulting); a batch drops each frame's result once it is written.
+    """
+    pool = _OUTPUTS.__dict__.setdefault("pool", [])
+    for k in range(len(pool)):
+        if pool[k].size == size and sys.getrefcount(pool[k]) == _FREE_REFS:
+            return pool[k]
+    pool.append(np.empty(size, np.float32))
+    del pool[:-OUTPUTS_KEPT]
+    return pool[-1]
+
+
 def work_array(name: str, shape: tuple[int, int]) -> np.ndarray:
     """Kept float32 work array ``name`` ("a" or "b") of :func:`warp_shears`, free for other
     use between its calls (fewer fresh frame-sized arrays: page faults, peak memory)."""
@@ -187,8 +212,9 @@ def prepare_work_arrays(shape: tuple[int, int], room: float = WARM_ROOM) -> None
 
 
 def release_shear_scratch() -> None:
-    """Free this thread's work arrays of :func:`warp_shears`."""
+    """Free this thread's work arrays of :func:`warp_shears` and its kept outputs."""
     _SCRATCH.__dict__.clear()
+    _OUTPUTS.__dict__.clear()
 
 
 #: Threads sharing the rows of a pass (OpenCV releases the GIL).
@@ -306,7 +332,7 @@ def warp_shift(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
                     borderType=cv2.BORDER_REPLICATE)
     rows_out, rows_in = _overlap(ky + 1, shape[0], src.shape[0])  # +1: the padding
     cols_out, cols_in = _overlap(kx + 1, shape[1], src.shape[1])
-    out = np.empty(shape, np.float32)
+    out = _output(shape[0] * shape[1]).reshape(shape)
     out[:rows_out.start] = 0
     out[rows_out.stop:] = 0
     out[:, :cols_out.start] = 0
@@ -371,4 +397,4 @@ def warp_shears(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
     g2t = _xpass(g1t, np.arange(nx), pb * rx + ty - y0, h, a, _scratch("b", nx * h + 2 * a))
     g2 = _transposed(g2t, "a")
     yy = np.arange(h)
-    return _xpass(g2, yy, pc * yy - x0, w, a, np.empty(h * w + 2 * a, np.float32))
+    return _xpass(g2, yy, pc * yy - x0, w, a, _output(h * w + 2 * a))
