@@ -22,8 +22,10 @@ MSGR works with. Two implementations share this module:
   stays within ~0.1 % RMS of the reference. The decimated layers stay small
   (:class:`_Coarse`): the next decimation goes through composed operators
   (:func:`_composed_rows`), the same numbers as through the full-size image,
-  and only the residual is brought to full size (about 0.2-0.3 s per 24 Mpx
-  channel on 2 quiet cores, estimated from alternated runs; docs/msgr.md).
+  and only the residual is brought to full size. The full-resolution layers
+  1-3 (with the linear border extension) are one pass over bands of rows in
+  two threads (:func:`_first_three_layers`): no full-size intermediate image.
+  Timings: docs/msgr.md ("MMT after issue 13").
 
 No data: pixels that are 0, NaN or inf are filled smoothly from their
 surroundings before the transform (so borders of registered images do not drag
@@ -67,6 +69,8 @@ _CLAMP = 0.3
 _THREAD_MIN_PIXELS = 1 << 20
 #: Memory for the gathered windows of one band of :func:`_two_way_median_fast`.
 _MEDIAN_BAND_BYTES = 32 << 20
+#: Fewest row bands of :func:`_two_way_median_fast` (per way).
+_MEDIAN_BANDS = 4
 #: Rows along an image edge whose median smooths the linear extension's edge values.
 _EDGE_MEDIAN = 9
 #: Compare-exchanges after which element 4 of 9 is their median (Paeth; Devillard's opt_med9).
@@ -160,11 +164,12 @@ def _two_way_median_fast(img: np.ndarray, n: int) -> np.ndarray:
         return _two_way_median(img, n)
     ways = _two_way_structures(n)
     pad = np.pad(img, r, mode="reflect")  # = ndimage's "mirror"
-    rows = max(1, _MEDIAN_BAND_BYTES // (w * int(ways[0].sum()) * 4))
+    # at least _MEDIAN_BANDS bands: the two threads finish together
+    rows = max(1, min(_MEDIAN_BAND_BYTES // (w * int(ways[0].sum()) * 4), -(-h // _MEDIAN_BANDS)))
     m0, m1 = np.empty_like(img), np.empty_like(img)
     jobs = [(pad[s : min(s + rows, h) + 2 * r], way, m[s : s + rows])
             for s in range(0, h, rows) for way, m in zip(ways, (m0, m1), strict=True)]
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
         list(pool.map(lambda job: _footprint_median(*job), jobs))
     return (np.float32(0.5) * (m0 + m1)).astype(np.float32, copy=False)
 
