@@ -559,3 +559,26 @@ def test_results_reuse_their_memory_only_once_dropped(dithered):
     assert again.__array_interface__["data"][0] == address  # dropped: its memory again
     np.testing.assert_array_equal(again, kept)
     release_scratch()
+
+
+def test_bright_stars_of_a_colour_frame_without_its_intensity(dithered, monkeypatch):
+    """A colour frame is searched and measured on the mean of its channels' binnings and
+    stamps: the stars of its intensity image, and the frame registers by the quick path."""
+    from napari_nsg.core.registration import frames
+    from napari_nsg.core.registration.frame_stars import bright_stars
+    from napari_nsg.core.stars import intensity
+
+    d = dithered
+    colour = np.stack([0.7 * d.frames[1], d.frames[1], 1.2 * d.frames[1] + 30.0])
+    stars = bright_stars(colour, 40, factor=4)
+    mono = bright_stars(intensity(colour), 40, factor=4)
+    assert len(stars) == len(mono) == 40
+    np.testing.assert_allclose(stars.xy, mono.xy, atol=1e-4)
+    np.testing.assert_allclose(stars.flux, mono.flux, rtol=1e-4)
+    monkeypatch.setattr(frames, "BIN_ABOVE_PIXELS", 10_000)
+    monkeypatch.setattr(frames, "MAX_FRAME_STARS", 100)
+    reg = register_frame(d.frames[0], colour, model="similarity",
+                         reference_stars=detect_reference_stars(d.frames[0]))
+    at = _stars_inside(d)
+    err = reg.transform(at) - d.reference_to_frame(1, at)
+    assert float(np.sqrt(np.mean(np.sum(err**2, axis=1)))) < 0.05

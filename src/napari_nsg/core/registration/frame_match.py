@@ -101,8 +101,10 @@ class FrameMatch:
     flip: bool
 
 
-def _frame_xy(lum: np.ndarray, stars: StarTable, measured: bool) -> np.ndarray:
-    return stars.xy if measured else windowed_centroids(lum, stars.xy, window_fwhm(stars))
+def _frame_xy(frame: np.ndarray, stars: StarTable, measured: bool) -> np.ndarray:
+    if measured or len(stars) == 0:
+        return stars.xy
+    return windowed_centroids(intensity(frame), stars.xy, window_fwhm(stars))
 
 
 def _excluded(index: ReferenceIndex, frame: StarTable, similarity) -> np.ndarray:
@@ -115,7 +117,7 @@ def _excluded(index: ReferenceIndex, frame: StarTable, similarity) -> np.ndarray
     return exclude
 
 
-def match_frame(index: ReferenceIndex, lum: np.ndarray, stars: StarTable, *,
+def match_frame(index: ReferenceIndex, frame: np.ndarray, stars: StarTable, *,
                 measured: bool, scale_range: tuple[float, float], min_pairs: int
                 ) -> FrameMatch | None:
     """The frame's star pairs with the reference by the quick search; None if it fails.
@@ -123,8 +125,7 @@ def match_frame(index: ReferenceIndex, lum: np.ndarray, stars: StarTable, *,
     Parameters
     ----------
     index : ReferenceIndex
-    lum : ndarray
-        The frame's detection image.
+    frame : ndarray, (y, x) or (c, y, x)
     stars : StarTable
         The frame's stars, brightest first.
     measured : bool
@@ -135,8 +136,8 @@ def match_frame(index: ReferenceIndex, lum: np.ndarray, stars: StarTable, *,
     """
     shape = index.lum.shape
     lo, hi = scale_range  # as register_frame gives it to solve_registration
-    frame_xy = _frame_xy(lum, stars, measured)
-    match = match_similarity(index.xy, frame_xy, shape, lum.shape, scale_range=(lo, hi),
+    frame_xy = _frame_xy(frame, stars, measured)
+    match = match_similarity(index.xy, frame_xy, shape, np.shape(frame)[-2:], scale_range=(lo, hi),
                              n_narrow=QUICK_REFERENCE, max_wide_per_window=QUICK_FRAME,
                              min_pairs=min_pairs)
     if match is None:

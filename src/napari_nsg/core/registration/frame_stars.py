@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 from ..nodata import find_no_data
 from ..stars import StarTable
 from ..stars.detection import FWHM_PER_SIGMA, bin_image, near_no_data
-from .refine import windowed_centroids
+from .refine import gather_stamps, windowed_centroids
 
 __all__ = ["QUICK_BIN", "bright_stars", "mesh_background"]
 
@@ -92,7 +92,7 @@ def _single_pixels(image: np.ndarray, factor: int, xs, ys, back, around) -> np.n
     3 px about 0.1, of 1.5 px about 0.4)."""
     off = np.arange(factor)
     rows, cols = ys[:, None] * factor + off, xs[:, None] * factor + off
-    block = image[rows[:, :, None], cols[:, None, :]].reshape(len(xs), -1)
+    block = gather_stamps(image, rows, cols).reshape(len(xs), -1)
     top = block.max(axis=1) - back[ys, xs] if len(xs) else np.zeros(0)
     return top > HOT_FRACTION * factor * factor * around.sum(axis=(1, 2))
 
@@ -132,14 +132,29 @@ def _binned_peaks(image: np.ndarray, factor: int, binned: np.ndarray, bad: np.nd
 
 
 def _stamps(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> np.ndarray:
-    """``(n, 2r+1, 2r+1)`` float64 pixels around each star (edges clipped, no data 0)."""
-    h, w = image.shape
+    """``(n, 2r+1, 2r+1)`` float64 pixels around each star (edges clipped, no data 0; the
+    mean of the channels of a colour image)."""
+    h, w = image.shape[-2:]
     off = np.arange(-radius, radius + 1)
     rows = np.clip(np.rint(y).astype(int)[:, None] + off, 0, h - 1)
     cols = np.clip(np.rint(x).astype(int)[:, None] + off, 0, w - 1)
-    flat = np.ascontiguousarray(image).ravel()  # contiguous already (bright_stars): no copy
-    st = flat[rows[:, :, None] * w + cols[:, None, :]].astype(np.float64)
-    return np.where(np.isfinite(st), st, 0.0)
+    return gather_stamps(image, rows, cols)
+
+
+def _binned(image: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The binned intensity (the mean of the channels' binnings) and its no-data mask (None
+    if it has none; no data in any channel is no data)."""
+    planes = image[None] if image.ndim == 2 else image
+    binned, bad = None, None
+    for plane in planes:
+        one = bin_image(plane, factor)
+        one_bad, _ = find_no_data(one)
+        if one_bad is not None and one_bad.any():
+            bad = one_bad if bad is None else bad | one_bad
+        binned = one if binned is None else binned + one
+    if len(planes) > 1:
+        binned /= len(planes)
+    return binned, bad
 
 
 def _saturated(raw_peak: np.ndarray, stamps: np.ndarray) -> np.ndarray:
@@ -167,12 +182,13 @@ def _measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> di
 
 
 def bright_stars(image: np.ndarray, max_stars: int, factor: int = QUICK_BIN) -> StarTable:
-    """The ``max_stars`` brightest stars of a 2-D ``image``, centroids windowed at full resolution.
+    """The ``max_stars`` brightest stars of ``image``, centroids windowed at full resolution.
 
     Parameters
     ----------
-    image : ndarray, (y, x)
-        The detection image (:func:`~..stars.intensity` of a colour frame).
+    image : ndarray, (y, x) or (c, y, x)
+        A colour frame is searched on the mean of its channels' binnings and measured on
+        the mean of their stamps (as its :func:`~..stars.intensity`, without making it).
     max_stars : int
     factor : int
         Binning of the search.
@@ -185,12 +201,10 @@ def bright_stars(image: np.ndarray, max_stars: int, factor: int = QUICK_BIN) -> 
         converge are left out. Empty if none was found.
     """
     image = np.ascontiguousarray(image, dtype=np.float32)
-    binned = bin_image(image, factor)
-    bad, _ = find_no_data(binned)
+    binned, bad = _binned(image, factor)
     if bad is not None:
         if bad.all():
             return StarTable.empty()
-        binned = binned.copy()
         binned[bad] = np.median(binned[~bad])
     bx, by, _ = _binned_peaks(image, factor, binned, bad, max_stars)
     if len(bx) == 0:

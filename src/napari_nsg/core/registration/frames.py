@@ -183,10 +183,15 @@ def detect_frame_stars(image: np.ndarray) -> StarTable:
     against 150 ms for sep on the 2x2 binning; a few hundred stars spread over
     the frame fit its map as well as a thousand).
     """
-    lum = intensity(image)
-    if lum.size <= BIN_ABOVE_PIXELS:
-        return detect_reference_stars(lum)
-    return bright_stars(lum, MAX_FRAME_STARS)
+    if not _is_big(image):
+        return detect_reference_stars(image)
+    return bright_stars(image, MAX_FRAME_STARS)  # colour: no frame-sized intensity made
+
+
+def _is_big(image: np.ndarray) -> bool:
+    """More pixels than :data:`BIN_ABOVE_PIXELS` (per channel)."""
+    h, w = np.shape(image)[-2:]
+    return h * w > BIN_ABOVE_PIXELS
 
 
 def _supported_model(model: str, n_pairs: int) -> str:
@@ -224,11 +229,11 @@ def _with_distortion(h: np.ndarray, src, dst, shape) -> WideTransform:
     return WideTransform(homography=h, distortion=spline)
 
 
-def _full_search(reference, lum, reference_stars, frame_stars, scale_range, min_pairs):
+def _full_search(reference, frame, reference_stars, frame_stars, scale_range, min_pairs):
     """The registration of :func:`~.register.solve_registration` (full star-pattern search,
     its fallbacks), its messages in the words of frames."""
     try:
-        return solve_registration(reference, lum, scale_range=scale_range, distortion=False,
+        return solve_registration(reference, frame, scale_range=scale_range, distortion=False,
                                   min_pairs=min_pairs, max_stars=MAX_STARS,
                                   narrow_stars=reference_stars, wide_stars=frame_stars)
     except RegistrationError as exc:
@@ -271,20 +276,18 @@ def register_frame(
         raise ValueError(f"unknown model {model!r}; use one of {FRAME_MODELS}")
     if reference_stars is None:
         reference_stars = detect_reference_stars(reference)
-    lum = intensity(frame)
-    frame_stars = detect_frame_stars(lum)
+    frame_stars = detect_frame_stars(frame)
     for which, stars in (("reference", reference_stars), ("frame", frame_stars)):
         if len(stars) < min_pairs:
             raise RegistrationError(f"only {len(stars)} star(s) detected in the {which}; at "
                                     f"least {min_pairs} are needed to register", which=which)
     # the quick search (reference prepared once per run), else the full one as before
-    found = match_frame(reference_index(reference, reference_stars), lum, frame_stars,
-                        measured=lum.size > BIN_ABOVE_PIXELS, scale_range=scale_range,
-                        min_pairs=min_pairs)
+    found = match_frame(reference_index(reference, reference_stars), frame, frame_stars,
+                        measured=_is_big(frame), scale_range=scale_range, min_pairs=min_pairs)
     if found is not None:
         src, dst, flipped, warnings = found.narrow_xy, found.wide_xy, found.flip, []
     else:
-        reg = _full_search(reference, lum, reference_stars, frame_stars, scale_range,
+        reg = _full_search(reference, frame, reference_stars, frame_stars, scale_range,
                            min_pairs)
         src, dst, flipped, warnings = reg.narrow_xy, reg.wide_xy, reg.flip, list(reg.warnings)
     used = _supported_model(model, len(src))

@@ -32,7 +32,7 @@ from .transforms import (
     fit_projective,
 )
 
-__all__ = ["RefinedModel", "pair_stars", "refine_model", "windowed_centroids"]
+__all__ = ["RefinedModel", "gather_stamps", "pair_stars", "refine_model", "windowed_centroids"]
 
 
 def pair_stars(pred: np.ndarray, target: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -49,16 +49,38 @@ def pair_stars(pred: np.ndarray, target: np.ndarray, tol: float) -> tuple[np.nda
     return i[keep], j[keep]
 
 
+def gather_stamps(image: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``image[rows[:, :, None], cols[:, None, :]]`` as float64, no data (NaN, inf) as 0.
+
+    ``image`` is ``(y, x)``, or ``(c, y, x)``: then the mean of the channels' stamps (the
+    stamps of :func:`~..stars.intensity`, without the frame-sized mean of the channels).
+    """
+    img = np.asarray(image, dtype=np.float32)
+    planes = img[None] if img.ndim == 2 else img
+    w = img.shape[-1]
+    stamps = None
+    for plane in planes:
+        if plane.flags.c_contiguous:  # one flat gather: 2x faster than two index arrays
+            one = plane.ravel()[rows[:, :, None] * w + cols[:, None, :]].astype(np.float64)
+        else:
+            one = plane[rows[:, :, None], cols[:, None, :]].astype(np.float64)
+        stamps = one if stamps is None else stamps + one
+    if len(planes) > 1:
+        stamps /= len(planes)
+    return np.where(np.isfinite(stamps), stamps, 0.0)
+
+
 def windowed_centroids(image: np.ndarray, xy: np.ndarray, fwhm,
                        iterations: int = 8) -> np.ndarray:
     """Gaussian-windowed centroids (SExtractor XWIN) of the stars at ``xy`` (``(n, 2)``).
 
+    ``image`` is ``(y, x)``, or ``(c, y, x)`` (measured on the mean of the channels).
     ``fwhm`` (a number, or one per star) sets each window: a Gaussian of the
     same FWHM. The local background is the median of each stamp's outer ring.
     Stars whose iteration wanders more than one FWHM keep their input position.
     """
     img = np.asarray(image, dtype=np.float32)
-    h, w = img.shape
+    h, w = img.shape[-2:]
     xy = np.asarray(xy, float)
     if len(xy) == 0:
         return xy.copy()
@@ -70,11 +92,7 @@ def windowed_centroids(image: np.ndarray, xy: np.ndarray, fwhm,
     iy0 = np.rint(xy[:, 1]).astype(int)
     cols = np.clip(ix0[:, None] + off[None, :], 0, w - 1)
     rows = np.clip(iy0[:, None] + off[None, :], 0, h - 1)
-    if img.flags.c_contiguous:  # one flat gather: 2x faster than two index arrays
-        stamps = img.ravel()[rows[:, :, None] * w + cols[:, None, :]].astype(np.float64)
-    else:
-        stamps = img[rows[:, :, None], cols[:, None, :]].astype(np.float64)  # (n, 2r+1, 2r+1)
-    stamps = np.where(np.isfinite(stamps), stamps, 0.0)
+    stamps = gather_stamps(img, rows, cols)  # (n, 2r+1, 2r+1)
     ring = np.ones((2 * r + 1, 2 * r + 1), bool)
     ring[2:-2, 2:-2] = False
     bkg = np.median(stamps[:, ring], axis=1)
