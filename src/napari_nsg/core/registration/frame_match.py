@@ -54,15 +54,16 @@ class ReferenceIndex:
 
     Attributes
     ----------
-    lum : ndarray
-        The reference's detection image.
+    shape : (int, int)
+        The reference's ``(height, width)`` (the image itself is not kept: the index
+        is kept only as long as the caller keeps the reference).
     stars : StarTable
         Its stars, brightest first.
     xy : ndarray, (n, 2)
         Their Gaussian-windowed centroids (in a window of their median FWHM).
     """
 
-    lum: np.ndarray
+    shape: tuple
     stars: StarTable
     xy: np.ndarray
 
@@ -78,9 +79,9 @@ def reference_index(reference: np.ndarray, stars: StarTable) -> ReferenceIndex:
         for ref, st, index in _CACHE:
             if ref() is reference and st() is stars:
                 return index
-    lum = intensity(reference)
-    xy = windowed_centroids(lum, stars.xy, window_fwhm(stars)) if len(stars) else stars.xy
-    index = ReferenceIndex(lum=lum, stars=stars, xy=xy)
+    xy = (windowed_centroids(reference, stars.xy, window_fwhm(stars)) if len(stars)
+          else stars.xy)  # a colour reference: on the mean of its channels' stamps
+    index = ReferenceIndex(shape=tuple(np.shape(reference)[-2:]), stars=stars, xy=xy)
     try:
         entry = (weakref.ref(reference), weakref.ref(stars), index)
     except TypeError:  # not weakly referenceable (e.g. a memmap subclass): not kept
@@ -134,7 +135,7 @@ def match_frame(index: ReferenceIndex, frame: np.ndarray, stars: StarTable, *,
         Frame px per reference px accepted.
     min_pairs : int
     """
-    shape = index.lum.shape
+    shape = index.shape
     lo, hi = scale_range  # as register_frame gives it to solve_registration
     frame_xy = _frame_xy(frame, stars, measured)
     match = match_similarity(index.xy, frame_xy, shape, np.shape(frame)[-2:], scale_range=(lo, hi),
