@@ -1,7 +1,7 @@
 """Benchmark of ``napari-nsg register``: time per frame against reading + writing it.
 
 Simulates N dithered mono frames (default 8 x 6000x4000, shifts up to 30 px,
-rotations up to 3 degrees, the last one turned 180 degrees) with
+rotations up to 3 degrees (``--max-angle``), the last one turned 180 degrees) with
 :func:`napari_nsg.synthetic.dithered.simulate_dithered`, writes them as
 float32 FITS, then in a fresh subprocess:
 
@@ -33,7 +33,7 @@ thread of the pipeline was.
 
     python benchmarks/bench_register.py [--frames 8] [--size 6000x4000] [--workdir DIR]
                                         [--src OTHER/src] [--compare-with OLD/src --repeat 3]
-                                        [--no-stages] [--timeline]
+                                        [--max-angle 3] [--no-stages] [--timeline]
     python benchmarks/bench_register.py --interpolators
 
 ``--workdir`` keeps the simulated frames (and their truth) for the next run;
@@ -61,6 +61,7 @@ import numpy as np
 
 BENCH_DIR = Path(__file__).resolve().parent
 STAR_DENSITY = 1.2e-4  # stars per pixel of the field
+MAX_ANGLE = 3.0  # degrees: rotations of the dithers drawn in +- this
 
 CHILD = r"""
 import json, os, shutil, sys, tempfile, time
@@ -157,11 +158,13 @@ print(json.dumps({"wall": wall, "batch": batch, "times": times, "before": before
 """
 
 
-def _frames(work: Path, n: int, w: int, h: int):
-    """The simulated frames in ``work/frames`` (made once), the reference stars inside the
-    frame, and their true positions in every frame (saved with the frames)."""
-    truth_file = work / "frames" / "truth.npz"
-    paths = [work / "frames" / f"dither_{k:03d}.fits" for k in range(n)]
+def _frames(work: Path, n: int, w: int, h: int, max_angle: float = MAX_ANGLE):
+    """The simulated frames in ``work/frames`` (``frames_rot<max_angle>`` for other
+    rotations; made once), the reference stars inside the frame, and their true positions
+    in every frame (saved with the frames)."""
+    folder = work / ("frames" if max_angle == MAX_ANGLE else f"frames_rot{max_angle:g}")
+    truth_file = folder / "truth.npz"
+    paths = [folder / f"dither_{k:03d}.fits" for k in range(n)]
     if truth_file.exists() and all(p.exists() for p in paths):
         saved = np.load(truth_file)
         if saved["shape"].tolist() == [h, w] and len(saved["frames"]) == n:
@@ -170,8 +173,9 @@ def _frames(work: Path, n: int, w: int, h: int):
     from napari_nsg.synthetic.dithered import simulate_dithered
 
     n_stars = int(STAR_DENSITY * w * h * 1.7**2)
-    sim = simulate_dithered(n, (h, w), seed=1, flip_frame=n - 1, n_stars=n_stars)
-    paths = sim.write(work / "frames")
+    sim = simulate_dithered(n, (h, w), seed=1, flip_frame=n - 1, n_stars=n_stars,
+                            max_angle=max_angle)
+    paths = sim.write(folder)
     inside = sim.star_xy[(sim.star_xy[:, 0] > 0) & (sim.star_xy[:, 0] < w - 1)
                          & (sim.star_xy[:, 1] > 0) & (sim.star_xy[:, 1] < h - 1)]
     frames = np.stack([sim.reference_to_frame(k, inside) for k in range(n)])
@@ -336,6 +340,9 @@ def main(argv=None) -> int:
                          "checkout), --repeat times each, and print the medians of both")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each version with "
                     "--compare-with")
+    ap.add_argument("--max-angle", type=float, default=MAX_ANGLE,
+                    help="rotations of the dithers drawn in +- this (degrees; 0: a good mount, "
+                         "frames only shifted, and the last one turned 180 degrees)")
     ap.add_argument("--stages", action=argparse.BooleanOptionalAction, default=True,
                     help="run the second frame once more stage by stage (default: yes)")
     ap.add_argument("--timeline", action="store_true",
@@ -348,7 +355,7 @@ def main(argv=None) -> int:
         return 0
     w, h = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_register_"))
-    paths, inside, truth_xy = _frames(work, args.frames, w, h)
+    paths, inside, truth_xy = _frames(work, args.frames, w, h, args.max_angle)
     versions = [args.src] + ([args.compare_with] if args.compare_with else [])
     summaries: dict = {}
     for _ in range(args.repeat if args.compare_with else 1):
