@@ -9,9 +9,11 @@ full resolution). Per frame (:func:`match_frame`):
    :data:`QUICK_REFERENCE` brightest reference stars and the
    :data:`QUICK_FRAME` brightest of the frame (frames of one camera share their
    brightest stars: 20 x 40 instead of 30 x 70, 6x fewer triangles);
-2. the refinement (:func:`~.refine.refine_model`) pairs all stars on the
-   windowed centroids already measured (the reference's kept, the frame's from
-   :func:`~.frame_stars.bright_stars`, or measured here for frames detected by sep).
+2. the refinement (:func:`~.refine.refine_model`) pairs all stars on their
+   detected positions and fits the pairs' windowed centroids, as
+   :func:`~.register.solve_registration` does: the reference's are the kept ones,
+   the frame's measured in the refinement (frames detected by sep), or already
+   (the big frames' :func:`~.frame_stars.bright_stars`).
 
 None when the quick match fails: the caller then runs the full search
 (:func:`~.register.solve_registration`), so nothing that registered before fails now.
@@ -102,17 +104,12 @@ class FrameMatch:
     flip: bool
 
 
-def _frame_xy(frame: np.ndarray, stars: StarTable, measured: bool) -> np.ndarray:
-    if measured or len(stars) == 0:
-        return stars.xy
-    return windowed_centroids(intensity(frame), stars.xy, window_fwhm(stars))
-
-
 def _excluded(index: ReferenceIndex, frame: StarTable, similarity) -> np.ndarray:
     """Per reference star: saturated in either image (paired, kept out of the fits)."""
     exclude = index.stars.saturated.copy()
     if frame.saturated.any():
-        near = cKDTree(frame.xy).query(similarity(index.xy), distance_upper_bound=SATURATED_REACH)[1]
+        pred = similarity(index.stars.xy)
+        near = cKDTree(frame.xy).query(pred, distance_upper_bound=SATURATED_REACH)[1]
         hit = near < len(frame)
         exclude[hit] |= frame.saturated[near[hit]]
     return exclude
@@ -137,17 +134,18 @@ def match_frame(index: ReferenceIndex, frame: np.ndarray, stars: StarTable, *,
     """
     shape = index.shape
     lo, hi = scale_range  # as register_frame gives it to solve_registration
-    frame_xy = _frame_xy(frame, stars, measured)
-    match = match_similarity(index.xy, frame_xy, shape, np.shape(frame)[-2:], scale_range=(lo, hi),
-                             n_narrow=QUICK_REFERENCE, max_wide_per_window=QUICK_FRAME,
-                             min_pairs=min_pairs)
+    match = match_similarity(index.stars.xy, stars.xy, shape, np.shape(frame)[-2:],
+                             scale_range=(lo, hi), n_narrow=QUICK_REFERENCE,
+                             max_wide_per_window=QUICK_FRAME, min_pairs=min_pairs)
     if match is None:
         return None
+    measure = {} if measured else {"wide_image": intensity(frame),
+                                   "wide_fwhm": window_fwhm(stars)}
     try:
-        refined = refine_model(index.xy, frame_xy, match.similarity,
+        refined = refine_model(index.stars.xy, stars.xy, match.similarity,
                                exclude=_excluded(index, stars, match.similarity),
                                narrow_shape=shape, tol=PAIR_TOL, distortion=False,
-                               min_pairs=min_pairs)
+                               min_pairs=min_pairs, narrow_refined=index.xy, **measure)
     except ValueError:
         return None
     ratio, _, flip = refined.transform.local_similarity(((shape[1] - 1) / 2.0,

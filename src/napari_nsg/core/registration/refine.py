@@ -226,6 +226,7 @@ def refine_model(
     max_spline_nodes: int = 400,
     min_pairs: int = 6,
     seed: int = 0,
+    narrow_refined: np.ndarray | None = None,
 ) -> RefinedModel:
     """Pair all stars under ``initial`` (narrow -> wide callable) and fit the final model.
 
@@ -255,6 +256,10 @@ def refine_model(
         Fewest pairs accepted.
     seed : int
         Seed of the cross-validation folds.
+    narrow_refined : ndarray, (n, 2), optional
+        The narrow stars' windowed centroids already measured (one per star of
+        ``narrow_xy``, e.g. kept for a reference used again): the pairs take theirs
+        instead of measuring them in ``narrow_image``.
 
     Raises
     ------
@@ -296,7 +301,9 @@ def refine_model(
         if clean.sum() >= max(HOMOGRAPHY_MIN_PAIRS, min_pairs):
             ni, wj = ni[clean], wj[clean]
     nxy, wxy = narrow_xy[ni], wide_xy[wj]
-    if narrow_image is not None and narrow_fwhm is not None:
+    if narrow_refined is not None:
+        nxy = np.asarray(narrow_refined, float)[ni]
+    elif narrow_image is not None and narrow_fwhm is not None:
         nxy = windowed_centroids(narrow_image, nxy, _per_star(narrow_fwhm, ni))
     if wide_image is not None and wide_fwhm is not None:
         wxy = windowed_centroids(wide_image, wxy, _per_star(wide_fwhm, wj))
