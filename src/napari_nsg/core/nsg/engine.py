@@ -451,7 +451,8 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
     offset_found = True
     if p.max_offset > 0:
         est = estimate_offset(cands, full if full is not None else inten, p.max_offset,
-                              fwhm=model.fwhm, threshold=p.detection_threshold)
+                              fwhm=model.fwhm, threshold=p.detection_threshold,
+                              marked=chans.shape[0] == 1)  # mono: inten is chans[0]
         if est.ok:
             offset = (est.dx, est.dy)
             if np.hypot(*offset) > p.star_search_radius:

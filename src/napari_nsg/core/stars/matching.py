@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 
 from ..nodata import with_nan_no_data
 from .detection import FWHM_PER_SIGMA, StarTable
+from .photometry import row_median, window
 
 GAUSS_FWHM_FROM_AREA = np.sqrt(8.0 * np.log(2.0) / (2.0 * np.pi))  # fwhm = k * sqrt(flux/peak)
 
@@ -82,32 +83,26 @@ def _stamps(image: np.ndarray, cx: np.ndarray, cy: np.ndarray, half: int):
     Returns ``(stamps, inside)``: pixels outside the image are NaN and
     ``inside`` tells which windows lie wholly within it.
     """
-    h, w = image.shape
     offs = np.arange(-half, half + 1)
-    rows = cy[:, None] + offs[None, :]
-    cols = cx[:, None] + offs[None, :]
-    rin = (rows >= 0) & (rows < h)
-    cin = (cols >= 0) & (cols < w)
-    stamps = image[np.clip(rows, 0, h - 1)[:, :, None], np.clip(cols, 0, w - 1)[:, None, :]]
-    stamps = stamps.astype(np.float32, copy=False)
-    outside = ~(rin[:, :, None] & cin[:, None, :])
+    stamps, inside = window(image, cx, cy, offs, np.float32)
+    outside = ~inside
     if outside.any():
         stamps = np.where(outside, np.nan, stamps)
-    inside = rin.all(axis=1) & cin.all(axis=1)
-    return stamps, inside
+    return stamps, inside.all(axis=(1, 2))
 
 
 def _box3(stamps: np.ndarray) -> np.ndarray:
     """3x3 mean of each stamp (edges: mean of what is there)."""
     p = np.pad(stamps, ((0, 0), (1, 1), (1, 1)), constant_values=np.nan)
+    ok = np.isfinite(p)
+    p = np.where(ok, p, 0)  # the finite test and the zeros once, not per shift
     acc = np.zeros_like(stamps)
     cnt = np.zeros_like(stamps)
     for dy in range(3):
         for dx in range(3):
-            v = p[:, dy : dy + stamps.shape[1], dx : dx + stamps.shape[2]]
-            ok = np.isfinite(v)
-            acc += np.where(ok, v, 0)
-            cnt += ok
+            rows, cols = slice(dy, dy + stamps.shape[1]), slice(dx, dx + stamps.shape[2])
+            acc += p[:, rows, cols]
+            cnt += ok[:, rows, cols]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cnt > 0, acc / cnt, np.nan)
 
@@ -118,16 +113,10 @@ def _border_stats(stamps: np.ndarray, width: int = 2):
     ring = np.ones((s, s), bool)
     ring[width:-width, width:-width] = False
     vals = stamps[:, ring]
-    # rows without a finite value get NaN without numpy's "All-NaN slice" warning: a
-    # warnings.catch_warnings() here is not thread-safe (photometry runs in two threads)
-    empty = ~np.isfinite(vals).any(axis=1)
-    if empty.any():
-        vals = vals.copy()
-        vals[empty] = 0.0
-    med = np.nanmedian(vals, axis=1)
-    mad = np.nanmedian(np.abs(vals - med[:, None]), axis=1) * 1.4826
-    med[empty] = np.nan
-    mad[empty] = np.nan
+    # NaN for a row without a finite value (no warnings.catch_warnings: not thread-safe,
+    # and photometry runs in two threads); np.nanmedian's values, 8 x faster
+    med = row_median(vals)
+    mad = row_median(np.abs(vals - med[:, None])) * 1.4826
     return med, mad
 
 
@@ -195,8 +184,9 @@ def measure_stars_at(
     offs = np.arange(-half, half + 1)
     gy, gx = np.meshgrid(offs, offs, indexing="ij")
     # distance from the expected (sub-pixel) position
-    ddx = gx[None] - (x - cx)[:, None, None]
-    ddy = gy[None] - (y - cy)[:, None, None]
+    col, row = offs[None, None, :], offs[None, :, None]  # broadcast: (n, 1, s), (n, s, 1)
+    ddx = col - (x - cx)[:, None, None]
+    ddy = row - (y - cy)[:, None, None]
     in_search = (ddx**2 + ddy**2) <= (search_radius + 0.5) ** 2
     cand = np.where(in_search & np.isfinite(smooth), smooth, -np.inf)
     flat = cand.reshape(n, -1)
@@ -213,8 +203,8 @@ def measure_stars_at(
     signif = (best - bkg) > threshold * noise / 3.0  # a 3x3 mean has sigma/3
     found = np.isfinite(best) & is_max & signif & np.isfinite(bkg)
     # measure in a window around the peak
-    wy = gy[None] - (py - half)[:, None, None]
-    wx = gx[None] - (px - half)[:, None, None]
+    wy = row - (py - half)[:, None, None]
+    wx = col - (px - half)[:, None, None]
     inwin = (wx**2 + wy**2) <= win**2
     sub = stamps - bkg[:, None, None]
     sub_pos = np.where(inwin & np.isfinite(sub), np.clip(sub, 0, None), 0.0)
@@ -255,9 +245,10 @@ def _windowed_centroid(sub, gx, gy, mx, my, fwhm, n_iter: int = 5):
     """Gaussian-windowed centroids (SExtractor's XWIN): unbiased by the pixel grid,
     unlike a plain barycentre in a window centred on the brightest pixel."""
     s2 = max(fwhm / 2.3548, 0.7) ** 2
+    col, row = gx[None, :1, :], gy[None, :, :1]  # the grid's offsets: x along rows, y down
     for _ in range(n_iter):
-        dx = gx[None] - mx[:, None, None]
-        dy = gy[None] - my[:, None, None]
+        dx = col - mx[:, None, None]  # (n, 1, s) and (n, s, 1): broadcast, the same values
+        dy = row - my[:, None, None]
         wgt = np.exp(-(dx**2 + dy**2) / (2 * s2)) * sub
         norm = wgt.sum(axis=(1, 2))
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -310,6 +301,7 @@ def estimate_offset(
     n_bright: int = 50,
     fwhm: float = 3.0,
     threshold: float = 5.0,
+    marked: bool = False,
 ) -> OffsetEstimate:
     """Whole-frame shift of the target relative to the reference.
 
@@ -324,6 +316,8 @@ def estimate_offset(
         Largest shift looked for (px).
     n_bright : int
         How many of the brightest reference stars vote.
+    marked : bool
+        No-data is already NaN in the target image (see :func:`measure_stars_at`).
 
     Returns
     -------
@@ -346,8 +340,8 @@ def estimate_offset(
         dxy = np.array(cands).reshape(-1, 2)
     else:
         found_tab, found = measure_stars_at(
-            target, ref.x, ref.y, search_radius=max_offset, threshold=threshold, fwhm=fwhm
-        )
+            target, ref.x, ref.y, search_radius=max_offset, threshold=threshold, fwhm=fwhm,
+            marked=marked)
         dxy = (found_tab.xy - ref.xy)[found]
     est = vote_offset(dxy, tolerance=1.5, min_votes=3)
     need = max(3, int(np.ceil(len(ref) / 3)))

@@ -76,7 +76,7 @@ class Photometry:
         return self.flux.shape[0]
 
 
-def _row_median(values: np.ndarray) -> np.ndarray:
+def row_median(values: np.ndarray) -> np.ndarray:
     """Median of each row ignoring NaN (NaN for an empty row); faster than
     ``np.nanmedian`` on many short rows."""
     s = np.sort(values, axis=-1)  # NaN last
@@ -133,8 +133,8 @@ def ring_statistics(values: np.ndarray, dx: np.ndarray, dy: np.ndarray):
     resid += np.multiply(dy, coef[:, 2:3], out=wdx)
     np.subtract(values, resid, out=resid)
     resid[~use] = np.nan
-    med = _row_median(resid)[:, None]
-    sig = 1.4826 * _row_median(np.abs(np.subtract(resid, med, out=resid), out=resid))
+    med = row_median(resid)[:, None]
+    sig = 1.4826 * row_median(np.abs(np.subtract(resid, med, out=resid), out=resid))
     level = np.where(ok, coef[:, 0], np.nan)
     return level, sig, count
 
