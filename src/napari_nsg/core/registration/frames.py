@@ -46,6 +46,7 @@ from .register import RegistrationError, solve_registration
 from .separable import (
     LANCZOS_A,
     ShearPlan,
+    output_array,
     prepare_work_arrays,
     release_shear_scratch,
     shear_plan,
@@ -459,11 +460,12 @@ def _floor_warp(image: np.ndarray, affine: np.ndarray, shape: tuple[int, int],
                           borderValue=0)
 
 
-def _shear_plane(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int], method: str
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One plane through the shear passes, floored for ``lanczos-clamped``; ``(out, missing)``,
-    ``missing`` (None if the plane has no no-data pixel) True where the kernel's core (the
-    2a x 2a pixels around the sample point) touches a no-data pixel."""
+def _shear_plane(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int], method: str,
+                 flat: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """One plane through the shear passes, floored for ``lanczos-clamped``, into the first
+    pixels of ``flat`` (as :func:`~.separable.warp_shears`); ``(out, missing)``, ``missing``
+    (None if the plane has no no-data pixel) True where the kernel's core (the 2a x 2a
+    pixels around the sample point) touches a no-data pixel."""
     src = np.ascontiguousarray(plane, dtype=np.float32)
     bad, _ = find_no_data(src)
     if bad is not None:
@@ -472,9 +474,9 @@ def _shear_plane(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int], met
         src[bad] = np.median(good) if good.size else 0.0  # finite, near the sky: no spill
     if plan.is_shift:  # no rotation: one separable filter, the floor by the same crop
         clamp = (CLAMP_SIZE, CLAMP_ANCHOR) if method == "lanczos-clamped" else None
-        out = warp_shift(src, plan, shape, floor=clamp)
+        out = warp_shift(src, plan, shape, floor=clamp, out=flat)
     else:
-        out = warp_shears(src, plan, shape)
+        out = warp_shears(src, plan, shape, out=flat)
     if method == "lanczos-clamped" and not plan.is_shift:
         kernel = np.ones((CLAMP_SIZE, CLAMP_SIZE), np.uint8)
         # the passes' work arrays are free now: the erosion and the floor go there
@@ -498,9 +500,13 @@ def _resample_shears(planes: np.ndarray, plan: ShearPlan, shape: tuple[int, int]
                      method: str) -> tuple[np.ndarray, float]:
     """``(c, y, x)`` planes through the shear passes with 0 for no data, and the coverage."""
     first, stop = _inside_columns(plan.affine, planes.shape[-2:], shape)
+    size = shape[0] * shape[1]
+    # the planes written in turn into one array (the spill of a plane's last row is
+    # overwritten by the next plane): no stacking copy
+    flat = output_array(len(planes) * size + 2 * LANCZOS_A)
     outs, any_missing = [], None
-    for plane in planes:
-        out, missing = _shear_plane(plane, plan, shape, method)
+    for k, plane in enumerate(planes):
+        out, missing = _shear_plane(plane, plan, shape, method, flat[k * size:])
         outs.append(out)
         if missing is not None:
             any_missing = missing if any_missing is None else any_missing | missing
@@ -511,8 +517,8 @@ def _resample_shears(planes: np.ndarray, plan: ShearPlan, shape: tuple[int, int]
     covered = int(np.sum(stop - first))
     if any_missing is not None:
         covered -= int(np.count_nonzero(any_missing))
-    coverage = covered / float(shape[0] * shape[1])
-    return (outs[0][None] if len(outs) == 1 else np.stack(outs)), coverage
+    coverage = covered / float(size)
+    return flat[:len(planes) * size].reshape(len(planes), *shape), coverage
 
 
 def _resample_homography(planes: np.ndarray, h: np.ndarray, shape: tuple[int, int],

@@ -32,7 +32,8 @@ import numpy as np
 from .transforms import apply_homography
 
 __all__ = ["LANCZOS_A", "MAX_DEVIATION", "ShearPlan", "lanczos_taps", "prepare_work_arrays",
-           "release_shear_scratch", "shear_plan", "warp_shears", "warp_shift", "work_array"]
+           "output_array", "release_shear_scratch", "shear_plan", "warp_shears", "warp_shift",
+           "work_array"]
 
 #: Lanczos kernel order of each pass (2a taps, support +-a px).
 LANCZOS_A = 4
@@ -180,9 +181,10 @@ OUTPUTS_KEPT = 3
 _FREE_REFS = 2
 
 
-def _output(size: int) -> np.ndarray:
-    """A flat float32 array for a result: a kept one that nothing else references any more
-    (neither it nor a view of it), else a new one (kept in its turn).
+def output_array(size: int) -> np.ndarray:
+    """A flat float32 array of ``size`` for results (of :func:`warp_shears`,
+    :func:`warp_shift`): a kept one that nothing else references any more (neither it nor a
+    view of it), else a new one (kept in its turn).
 
     A fresh frame-sized array costs its page faults (0.01-0.05 CPU-s for 6000x4000, more
     with two threads faulting); a batch drops each frame's result once it is written.
@@ -311,9 +313,11 @@ def _banded(run, rows: slice) -> None:
 
 
 def warp_shift(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
-               floor: tuple[int, int] | None = None, a: int = LANCZOS_A) -> np.ndarray:
+               floor: tuple[int, int] | None = None, a: int = LANCZOS_A,
+               out: np.ndarray | None = None) -> np.ndarray:
     """``plane`` (float32, finite) resampled through a shift plan (:attr:`ShearPlan.is_shift`:
-    a quarter turn and a shift) onto ``shape``: a new array.
+    a quarter turn and a shift) onto ``shape``: in the first pixels of flat float32 ``out``
+    (default: a new array).
 
     One separable Lanczos filter of the (turned) plane, both kernels of ``2 a`` taps at the
     exact phase of the shift, then a crop: the values of the shear passes without their
@@ -332,7 +336,8 @@ def warp_shift(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
                     borderType=cv2.BORDER_REPLICATE)
     rows_out, rows_in = _overlap(ky + 1, shape[0], src.shape[0])  # +1: the padding
     cols_out, cols_in = _overlap(kx + 1, shape[1], src.shape[1])
-    out = _output(shape[0] * shape[1]).reshape(shape)
+    size = shape[0] * shape[1]
+    out = (output_array(size) if out is None else out[:size]).reshape(shape)
     out[:rows_out.start] = 0
     out[rows_out.stop:] = 0
     out[:, :cols_out.start] = 0
@@ -369,8 +374,10 @@ def _transposed(img: np.ndarray, name: str) -> np.ndarray:
 
 
 def warp_shears(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
-                a: int = LANCZOS_A) -> np.ndarray:
-    """``plane`` (float32, finite) resampled through ``plan`` onto ``shape``: a new array.
+                a: int = LANCZOS_A, out: np.ndarray | None = None) -> np.ndarray:
+    """``plane`` (float32, finite) resampled through ``plan`` onto ``shape``: in the first
+    pixels of flat float32 ``out`` (default: a new array), which must hold ``2 a`` more
+    (the last row's spill).
 
     Sample points off the plane read its replicated edge pixels (the caller masks them).
     """
@@ -397,4 +404,5 @@ def warp_shears(plane: np.ndarray, plan: ShearPlan, shape: tuple[int, int],
     g2t = _xpass(g1t, np.arange(nx), pb * rx + ty - y0, h, a, _scratch("b", nx * h + 2 * a))
     g2 = _transposed(g2t, "a")
     yy = np.arange(h)
-    return _xpass(g2, yy, pc * yy - x0, w, a, _output(h * w + 2 * a))
+    flat = output_array(h * w + 2 * a) if out is None else out
+    return _xpass(g2, yy, pc * yy - x0, w, a, flat)
