@@ -4,7 +4,10 @@ Times :func:`napari_nsg.core.mmt.mmt_residual` (8 layers, the default fast
 hybrid) on a synthetic 6000x4000 channel (gradient, nebula blobs, stars,
 noise), with PixInsight's mirrored borders and with the linear borders MSGR
 uses, and on a 3-channel image (seconds per channel). Each timing is repeated
-and the median printed.
+and the median printed: wall, CPU of all threads, CPU of the calling thread
+alone (the serial part: the work in the MMT's worker threads runs beside it)
+and "2 cores", the wall time these give on two idle cores, serial + (CPU -
+serial) / 2 (an estimate for a busy machine, where the wall time is not one).
 
 ``--against OTHER/src`` times the ``core/mmt.py`` of another copy of the code
 in the same process, alternated with this one (A, B, A, B, ...), and prints
@@ -54,11 +57,18 @@ def _other_mmt(src: str):
     return module
 
 
-def _time(func, *args, **kw) -> tuple[float, float, np.ndarray]:
-    """Wall seconds, CPU seconds (all threads of the process) and the result."""
-    t0, c0 = time.perf_counter(), time.process_time()
+def _time(func, *args, **kw) -> tuple[np.ndarray, np.ndarray]:
+    """(wall s, CPU s of all threads, CPU s of this thread) and the result."""
+    t0, c0, s0 = time.perf_counter(), time.process_time(), time.thread_time()
     out = func(*args, **kw)
-    return time.perf_counter() - t0, time.process_time() - c0, out
+    return np.array([time.perf_counter() - t0, time.process_time() - c0,
+                     time.thread_time() - s0]), out
+
+
+def _two_cores(wall_cpu_serial: np.ndarray) -> float:
+    """Wall time on two idle cores: the serial CPU plus half the rest."""
+    _, cpu, serial = wall_cpu_serial
+    return float(serial + (cpu - serial) / 2)
 
 
 def main(argv=None) -> int:
@@ -78,28 +88,32 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"MMT residual, {N_LAYERS} layers, {w}x{h}, {os.cpu_count()} CPU(s), numpy "
           f"{np.__version__}, load average {load:.1f}; median of {args.repeat}, seconds per "
-          "channel (wall, and CPU of all threads)")
+          "channel: wall, CPU of all threads, serial (CPU of the calling thread), and the "
+          "wall time these give on 2 idle cores")
     cases = [("mono, mirror borders", mono, "mirror"), ("mono, linear borders", mono, "linear"),
              ("3 channels, linear borders", rgb, "linear")]
-    print(f"{'case':28s} " + " ".join(f"{name:>9s} {'CPU':>5s}" for name in codes)
-          + ("   ratio  CPU ratio  max rel. diff" if len(codes) > 1 else ""))
+    print(f"{'case':28s} " + " ".join(f"{name:>9s} {'CPU':>5s} {'serial':>6s} {'2 cores':>7s}"
+                                      for name in codes)
+          + ("   ratio  CPU ratio  2-core ratio  max rel. diff" if len(codes) > 1 else ""))
     for label, image, border in cases:
         per = image.shape[0] if image.ndim == 3 else 1
-        times: dict = {name: [] for name in codes}
-        cpus: dict = {name: [] for name in codes}
+        runs: dict = {name: [] for name in codes}
         outs: dict = {}
         for _ in range(args.repeat):
             for name, module in codes.items():  # alternated
-                sec, cpu, outs[name] = _time(module.mmt_residual, image, N_LAYERS, border=border)
-                times[name].append(sec / per)
-                cpus[name].append(cpu / per)
-        med = {name: float(np.median(t)) for name, t in times.items()}
-        cpu = {name: float(np.median(t)) for name, t in cpus.items()}
-        line = f"{label:28s} " + " ".join(f"{med[name]:9.3f} {cpu[name]:5.2f}" for name in codes)
+                secs, outs[name] = _time(module.mmt_residual, image, N_LAYERS, border=border)
+                runs[name].append(secs / per)
+        med = {name: np.median(np.array(r), axis=0) for name, r in runs.items()}
+        two = {name: _two_cores(m) for name, m in med.items()}
+        line = f"{label:28s} " + " ".join(
+            f"{med[name][0]:9.3f} {med[name][1]:5.2f} {med[name][2]:6.2f} {two[name]:7.3f}"
+            for name in codes)
         if len(codes) > 1:
-            diff = np.abs(outs["this"] - outs["against"]) / np.abs(outs["against"])
-            line += (f"  {med['against'] / med['this']:6.2f}  {cpu['against'] / cpu['this']:9.2f}"
-                     f"  {float(diff.max()):.2g}")
+            ref = np.abs(outs["against"])
+            diff = np.abs(outs["this"] - outs["against"]) / np.maximum(ref, np.finfo(np.float32).tiny)
+            line += (f"  {med['against'][0] / med['this'][0]:6.2f}"
+                     f"  {med['against'][1] / med['this'][1]:9.2f}"
+                     f"  {two['against'] / two['this']:12.2f}  {float(diff.max()):.2g}")
         print(line)
     return 0
 
