@@ -422,3 +422,141 @@ def test_cancel_during_the_scales_stops_reading(sequence):
     # pass 1 reads every frame; pass 2 the yardstick, the first target and at most the
     # two after it (one measured, one read ahead), not the other four
     assert n + 1 < len(loads) <= n + 1 + 3
+
+
+# --- issue 13, third round: stars in tiles, the noise in pass 2, cheaper sky metrics ---
+
+
+def test_stars_in_tiles_match_a_detection_over_the_whole_frame():
+    from napari_nsg.core.reference import star_statistics, star_tiles
+
+    seq = simulate_sequence(1, (1200, 1800), seed=11, fwhm=3.5, star_density=4e-3,
+                            gradient=100)
+    data = seq.frame(0).data.astype(np.float32)
+    whole = star_statistics(data, threshold=5.0)
+    tiles = star_tiles(data.shape, fraction=5, from_pixels=0)
+    assert len(tiles) == 9 and star_tiles(data.shape) is None  # 2 Mpx: not tiled by default
+    assert all(t[0].stop - t[0].start == 240 and t[1].stop - t[1].start == 360 for t in tiles)
+    tiled = star_statistics(data, threshold=5.0, binning=2, clean=True, tiles=tiles)
+    assert tiled.stars is None  # nothing a yardstick's model could reuse
+    assert tiled.n_stars == pytest.approx(whole.n_stars, rel=0.1)
+    assert tiled.median_fwhm == pytest.approx(whole.median_fwhm, rel=0.05)
+    # a zero region: the count is scaled by the data pixels, not by all of them
+    holed = data.copy()
+    holed[:, :600] = 0.0
+    half = star_statistics(holed, threshold=5.0, binning=2, tiles=tiles)
+    assert half.n_stars == pytest.approx(tiled.n_stars * 2 / 3, rel=0.12)
+
+
+def test_a_sparse_field_keeps_the_central_crop_instead_of_tiles():
+    from napari_nsg.core.reference import MIN_TILED_STARS, star_statistics, star_tiles
+
+    seq = simulate_sequence(1, (1200, 1800), seed=12, star_density=1e-4)
+    data = seq.frame(0).data.astype(np.float32)
+    tiles = star_tiles(data.shape, fraction=5, from_pixels=0)
+    got = star_statistics(data, threshold=5.0, binning=2, clean=True, tiles=tiles)
+    want = star_statistics(data, threshold=5.0, binning=2, clean=True)
+    assert want.n_stars < MIN_TILED_STARS * 4
+    assert got.n_stars == want.n_stars and got.median_fwhm == want.median_fwhm
+    assert got.stars is not None
+
+
+def test_no_data_test_with_negative_values_zeros_and_infinities():
+    rng = np.random.default_rng(4)
+    data = rng.normal(0.0, 5.0, (600, 300)).astype(np.float32)  # bias-subtracted: < 0 too
+    data[data == 0] = 0.5
+    assert holds_data_everywhere(data)
+    for bad in (0.0, np.inf, -np.inf, np.nan):
+        one = data.copy()
+        one[520, 17] = bad
+        assert not holds_data_everywhere(one), bad
+    positive = np.abs(data) + 1
+    positive[300, 3] = 0.0  # a band whose range does not straddle 0 until this pixel
+    assert not holds_data_everywhere(positive)
+
+
+def test_sky_levels_of_float32_rows_equal_those_of_the_same_values_in_float64():
+    rng = np.random.default_rng(5)
+    rows = [rng.normal(800.0, 15.0, n).astype(np.float32) for n in (7, 300, 4000)]
+    rows[1][:10] += 3000  # stars
+    packed = _padded(rows)
+    assert packed.dtype == np.float32
+    np.testing.assert_array_equal(sky_levels(packed), sky_levels(packed.astype(np.float64)))
+
+
+def test_noise_measured_in_pass_2_is_each_frames_own_and_kept_in_the_cache(sequence, tmp_path):
+    """Pass 2 measures the noise (beside the scales): the same values as measure_frame,
+    also for a frame refused for its size; a ranking with the cache does not measure it
+    again (pass 2 then reads each frame once)."""
+    from napari_nsg.pipeline.rank import rank_loaded
+
+    _, paths = sequence
+    small = simulate_sequence(1, (300, 330), seed=9, **FIELD).write(tmp_path)[0]
+    files = [*paths[:4], small]
+    cache, loads = {}, []
+
+    def load(i):
+        loads.append(i)
+        return read_frame(files[i])
+
+    result = rank_loaded([str(p) for p in files], load, measured=cache)
+    for path in files:
+        own, noise = measure_frame(read_frame(path).data)
+        row = result.row(path)
+        assert row.noise == own.noise and row.noise_source == own.noise_source == "measured"
+        assert cache[str(path)].measured_noise.sigma.tolist() == noise.sigma.tolist()
+    assert result.row(small).error is not None and "size" in result.row(small).error
+    loads.clear()
+    again = rank_loaded([str(p) for p in files], load, measured=cache)
+    assert sorted(loads) == [0, 1, 2, 3]  # the yardstick and the three others' scales
+    assert [r.noise for r in again.frames] == [r.noise for r in result.frames]
+
+
+@pytest.mark.slow
+def test_tiled_stars_in_the_ranking(large_sequence, monkeypatch):
+    """Frames large enough for tiles (made so by a lower size limit): the yardstick's
+    model detects its own stars and the scales still match the truth."""
+    from napari_nsg.core import reference
+
+    seq, paths = large_sequence
+    untiled = [measure_frame(read_frame(p).data)[0] for p in paths]
+    monkeypatch.setattr(reference, "TILED_STARS_FROM", 1_000_000)
+    result = rank_frames(paths)
+    t = np.asarray(seq.transmission)[:, 0]
+    best = int(np.argmax(t))
+    for k, path in enumerate(paths):
+        row = result.row(path)
+        assert row.ok
+        assert row.transmission[0] == pytest.approx(t[k] / t[best], rel=0.01), path.name
+        assert row.n_stars == pytest.approx(untiled[k].n_stars, rel=0.15)
+        assert row.fwhm == pytest.approx(untiled[k].fwhm, rel=0.08)
+
+
+@pytest.mark.slow
+def test_scales_on_the_whole_frame_when_the_central_half_has_no_star(large_sequence,
+                                                                      tmp_path):
+    """The yardstick's model falls back to the whole frame: the targets, cropped to the
+    central half by the reader, are read again whole."""
+    from astropy.io import fits
+
+    seq, paths = large_sequence
+    rng = np.random.default_rng(6)
+    window = scale_window((1400, 2100))
+    files = []
+    for k, path in enumerate(paths):
+        with fits.open(path) as hdul:
+            data, header = hdul[0].data.astype(np.float32), hdul[0].header.copy()
+        sky = seq.background(k)[window]
+        sigma = float(np.asarray(seq.noise_sigma)[k, 0])
+        data[window] = sky + rng.normal(0.0, sigma, sky.shape)  # no star there
+        files.append(tmp_path / path.name)
+        fits.PrimaryHDU(data, header).writeto(files[-1])
+    result = rank_frames(files)
+    # the whole frame's candidates (the central half's would be capped at SCALE_PAIRS pairs)
+    assert max(result.row(result.yardstick).n_star_pairs) > 2 * SCALE_PAIRS
+    t = np.asarray(seq.transmission)[:, 0]
+    best = int(np.argmax(t))
+    for k, path in enumerate(files):
+        row = result.row(path)
+        assert row.ok, row.error
+        assert row.transmission[0] == pytest.approx(t[k] / t[best], rel=0.01), path.name

@@ -431,15 +431,17 @@ MIN_TILED_STARS = 150  # fewer stars in the tiles: the central crop instead
 
 
 def star_tiles(shape: tuple[int, ...], per_side: int = STAR_TILES,
-               fraction: int = STAR_TILE_FRACTION) -> list[tuple[slice, slice]] | None:
+               fraction: int = STAR_TILE_FRACTION,
+               from_pixels: int | None = None) -> list[tuple[slice, slice]] | None:
     """Where the stars of a large frame are detected: ``per_side`` x ``per_side``
     tiles of ``1/fraction`` of the width and height each, centred at evenly spaced
     points inside the frame (a quarter, half and three quarters of the way across for 3),
     so that the FWHM and the star density stand for the whole field, not just its
     centre (about 14 % of the frame for 3 tiles of 1/8). None for frames under
-    ``TILED_STARS_FROM`` pixels (they keep the central crop of :func:`star_statistics`)."""
+    ``from_pixels`` (default ``TILED_STARS_FROM``) pixels: they keep the central crop
+    of :func:`star_statistics`."""
     h, w = shape[-2:]
-    if h * w < TILED_STARS_FROM:
+    if h * w < (TILED_STARS_FROM if from_pixels is None else from_pixels):
         return None
     th, tw = h // fraction, w // fraction
     ys = [int(v) for v in np.linspace(0, h - th, per_side + 2)[1:-1].round()]
