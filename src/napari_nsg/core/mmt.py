@@ -44,6 +44,7 @@ from scipy import ndimage, sparse
 
 from .nodata import find_no_data
 from .star_removal import fill_masked
+from .threads import available_threads
 
 __all__ = [
     "BORDERS",
@@ -81,7 +82,7 @@ _MEDIAN9_NETWORK = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 
 _FRONT_BAND_ROWS = 64
 #: Rows a band of :func:`_front_layers` needs above and below it: the 3x3 then 5x5 medians.
 _FRONT_HALO = 1 + 2
-#: Threads of the banded full-resolution passes.
+#: Most threads of the MMT's parallel passes (fewer where fewer cores or OMP_NUM_THREADS).
 _THREADS = 2
 #: Largest m * n * k of a matrix product OpenBLAS computes in one thread (its
 #: SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD): more would start its own threads.
@@ -151,6 +152,18 @@ def _footprint_median(pad: np.ndarray, footprint: np.ndarray, out: np.ndarray) -
     out[...] = windows[..., k]
 
 
+def _in_threads(func, jobs: list[tuple]) -> None:
+    """``func(*job)`` for every job, over up to ``_THREADS`` threads where cores exist
+    (:func:`~napari_nsg.core.threads.available_threads`; OpenCV and numpy free the GIL)."""
+    workers = available_threads(_THREADS)
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            func(*job)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda job: func(*job), jobs))
+
+
 def _two_way_median_fast(img: np.ndarray, n: int) -> np.ndarray:
     """:func:`_two_way_median`, the same numbers, faster on the small decimated images.
 
@@ -169,8 +182,7 @@ def _two_way_median_fast(img: np.ndarray, n: int) -> np.ndarray:
     m0, m1 = np.empty_like(img), np.empty_like(img)
     jobs = [(pad[s : min(s + rows, h) + 2 * r], way, m[s : s + rows])
             for s in range(0, h, rows) for way, m in zip(ways, (m0, m1), strict=True)]
-    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        list(pool.map(lambda job: _footprint_median(*job), jobs))
+    _in_threads(_footprint_median, jobs)
     return (np.float32(0.5) * (m0 + m1)).astype(np.float32, copy=False)
 
 
@@ -356,8 +368,7 @@ def _keys_upsample_rows(src: np.ndarray, n_dst: int, clamp: float = _CLAMP,
     if out.size < _THREAD_MIN_PIXELS or half == 0:
         run(blocks)
     else:
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            list(pool.map(run, (blocks[:half], blocks[half:])))
+        _in_threads(run, [(blocks[:half],), (blocks[half:],)])
     return out
 
 
@@ -550,15 +561,6 @@ def _bands(n_rows: int, rows: int) -> list[tuple[int, int]]:
     """Row bands ``(start, end)`` covering ``n_rows``, each at least ``rows`` long (or all of it)."""
     edges = np.linspace(0, n_rows, max(1, n_rows // rows) + 1).round().astype(int)
     return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
-
-
-def _in_threads(func, bands: list[tuple[int, int]]) -> None:
-    """``func(start, end)`` for every band, over ``_THREADS`` threads (OpenCV and numpy free the GIL)."""
-    if len(bands) == 1:
-        func(*bands[0])
-        return
-    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
-        list(pool.map(lambda band: func(*band), bands))
 
 
 def _median_blur(img: np.ndarray, n: int) -> np.ndarray:
