@@ -161,11 +161,6 @@ def window(plane: np.ndarray, cx: np.ndarray, cy: np.ndarray, offs: np.ndarray,
     return values, inside
 
 
-def _gather(plane: np.ndarray, cx: np.ndarray, cy: np.ndarray, offs: np.ndarray):
-    """:func:`window` in float64 (the photometry's sums)."""
-    return window(plane, cx, cy, offs, np.float64)
-
-
 def _aperture_box(half: int, max_radius: float) -> slice:
     """The rows (and columns) of a ``2*half+1`` stamp that apertures of radius up to
     ``max_radius`` can touch: the centre is within half a pixel of the star, so a
@@ -267,17 +262,17 @@ def aperture_photometry(
         sum_w = weight.sum(axis=(1, 2))
         sum_w2 = (weight**2).sum(axis=(1, 2))
         for c in range(nc):
-            if stamps is None:
-                st, inside = _gather(planes[c], cx[sel], cy[sel], offs)
+            if stamps is None:  # the plane's own type: float64 only where summed
+                st, inside = window(planes[c], cx[sel], cy[sel], offs)
             else:
                 st, inside = stamps(c, sel, offs)
-            st = st.astype(np.float64, copy=False)
-            good = inside & np.isfinite(st)  # no-data is NaN in planes
             flat = (len(sel), -1)
-            ring_vals = np.where(ring & good.reshape(flat)[:, in_ring],
-                                 st.reshape(flat)[:, in_ring], np.nan)
+            st_ring = st.reshape(flat)[:, in_ring]
+            good = inside.reshape(flat)[:, in_ring] & np.isfinite(st_ring)  # no-data is NaN
+            ring_vals = np.where(ring & good, st_ring, np.float64(np.nan))
             mean, sig, count = ring_statistics(ring_vals, rdx, rdy)
-            st, inside, good = st[:, box, box], inside[:, box, box], good[:, box, box]
+            st, inside = st[:, box, box].astype(np.float64), inside[:, box, box]
+            good = inside & np.isfinite(st)
             ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
             ap_bad = np.any(in_ap & ~good, axis=(1, 2)) | ap_outside
             total = (np.where(in_ap & good, st, 0.0) * weight).sum(axis=(1, 2))
