@@ -543,15 +543,22 @@ def _pcl_large_median(c: np.ndarray | _Coarse, n: int, median=_two_way_median_fa
     return _Coarse(median(small, _PCL_DIRECT), (h, w), "keys")
 
 
+def _box_shape(h: int, w: int, n: int) -> tuple[int, int]:
+    """Size of the image a fast middle layer (window ``n``) takes its 5x5 median of: 1/(n/5)."""
+    r = n / 5.0
+    return max(1, round(h / r)), max(1, round(w / r))
+
+
+def _box_median(small: np.ndarray, shape: tuple[int, int]) -> _Coarse:
+    """The 5x5 median of a decimated image (from 3 px on), kept small for a layer of ``shape``."""
+    if min(small.shape) >= 3:
+        small = _median_blur(small, 5)
+    return _Coarse(small, shape, "cubic")
+
+
 def _decimated_box_median(c: np.ndarray | _Coarse, n: int) -> _Coarse:
     """Fast middle layers: area-decimate by n/5, 5x5 box median, bicubic back (OpenCV)."""
-    h, w = c.shape
-    r = n / 5.0
-    sh, sw = max(1, round(h / r)), max(1, round(w / r))
-    small = _decimate(c, sh, sw, 0)
-    if min(sh, sw) >= 3:
-        small = cv2.medianBlur(small, 5)
-    return _Coarse(small, (h, w), "cubic")
+    return _box_median(_decimate(c, *_box_shape(*c.shape, n), 0), c.shape)
 
 
 # --------------------------------------------------------------------------- layers
@@ -618,8 +625,7 @@ def _first_three_layers(c: np.ndarray, p: int) -> _Coarse:
     """
     strips = _linear_strips(c, p) if p else None
     h, w = c.shape[0] + 2 * p, c.shape[1] + 2 * p
-    r = layer_window(3) / 5.0
-    sh, sw = max(1, round(h / r)), max(1, round(w / r))
+    sh, sw = _box_shape(h, w, layer_window(3))
     across = np.empty((h, sw), np.float32)
 
     def band(s: int, e: int) -> None:
@@ -628,10 +634,7 @@ def _first_three_layers(c: np.ndarray, p: int) -> _Coarse:
         cv2.resize(x[s - a : e - a], (sw, e - s), dst=across[s:e], interpolation=cv2.INTER_AREA)
 
     _in_threads(band, _bands(h, _FRONT_BAND_ROWS))
-    small = cv2.resize(across, (sw, sh), interpolation=cv2.INTER_AREA)
-    if min(sh, sw) >= 3:
-        small = _median_blur(small, 5)
-    return _Coarse(small, (h, w), "cubic")
+    return _box_median(cv2.resize(across, (sw, sh), interpolation=cv2.INTER_AREA), (h, w))
 
 
 
@@ -639,7 +642,7 @@ def _layer_fast(c: np.ndarray | _Coarse, j: int, exact_from: int) -> np.ndarray 
     n = layer_window(j)
     if n <= 5:
         c = _full(c)
-        return cv2.medianBlur(c, n) if min(c.shape) >= n else _two_way_median(c, n)
+        return _median_blur(c, n) if min(c.shape) >= n else _two_way_median(c, n)
     if j < exact_from:
         return _decimated_box_median(c, n)
     return _pcl_large_median(c, n)
