@@ -621,7 +621,9 @@ def _first_three_layers(c: np.ndarray, p: int) -> _Coarse:
     bands of rows of the extension are built, 3x3- and 5x5-median filtered and
     area-decimated along x (layer 3, n = 9) in cache, in threads; then the
     area decimation along y (OpenCV's area resize is separable: the same
-    numbers) and layer 3's 5x5 median. No full-size image is written.
+    numbers) and layer 3's 5x5 median. The extension and the two median-filtered
+    images are never written at full size; the x-decimated one (1/1.8 of the
+    width) is.
     """
     strips = _linear_strips(c, p) if p else None
     h, w = c.shape[0] + 2 * p, c.shape[1] + 2 * p
@@ -631,11 +633,10 @@ def _first_three_layers(c: np.ndarray, p: int) -> _Coarse:
     def band(s: int, e: int) -> None:
         a, b = max(0, s - _FRONT_HALO), min(h, e + _FRONT_HALO)
         x = cv2.medianBlur(cv2.medianBlur(_extended_rows(c, p, strips, a, b), 3), 5)
-        cv2.resize(x[s - a : e - a], (sw, e - s), dst=across[s:e], interpolation=cv2.INTER_AREA)
+        across[s:e] = cv2.resize(x[s - a : e - a], (sw, e - s), interpolation=cv2.INTER_AREA)
 
     _in_threads(band, _bands(h, _FRONT_BAND_ROWS))
     return _box_median(cv2.resize(across, (sw, sh), interpolation=cv2.INTER_AREA), (h, w))
-
 
 
 def _layer_fast(c: np.ndarray | _Coarse, j: int, exact_from: int) -> np.ndarray | _Coarse:
