@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .rank_stars import detect_stars_lightly
 from .stars import StarTable, detect_stars, intensity, no_data_mask
 from .stars.detection import bin_image
 
@@ -464,8 +465,10 @@ def star_statistics(data: np.ndarray, threshold: float = 5.0, binning: int = 1,
     scaled by the ratio of data pixels in the frame to those in that crop
     (an estimate, good to a few per cent where stars are spread evenly); the
     FWHM is measured the same way as on the whole frame. ``tiles`` (very large
-    frames, :func:`star_tiles`): detected in each of those windows instead, the
-    FWHM the median of all their stars and the count scaled the same way; when
+    frames, :func:`star_tiles`): detected in each of those windows instead (with
+    :func:`~napari_nsg.core.rank_stars.detect_stars_lightly`, whose background map
+    lets other threads run), the FWHM the median of all their stars and the count
+    scaled the same way; when
     they hold fewer than ``MIN_TILED_STARS`` stars (a sparse field) the central
     crop is used after all. ``clean``: every pixel holds data
     (:func:`holds_data_everywhere`), so none is counted.
@@ -495,7 +498,7 @@ def _tiled_star_statistics(data: np.ndarray, threshold: float, clean: bool,
     ``MIN_TILED_STARS`` stars."""
     data = np.asarray(data)
     parts = [intensity(data[(Ellipsis, *tile)]) for tile in tiles]
-    found = [detect_stars(part, threshold=threshold) for part in parts]
+    found = [detect_stars_lightly(part, threshold=threshold) for part in parts]
     n = sum(len(s) for s in found)
     if n < MIN_TILED_STARS:
         return None
