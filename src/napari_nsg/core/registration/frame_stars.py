@@ -14,8 +14,10 @@ spread over it, not all of them. Here:
    the peak, and Gaussian-windowed centroids (:func:`~.refine.windowed_centroids`)
    in a window of the stars' median FWHM.
 
-About 20 ms for a 6000x4000 frame against 150 ms for sep's background and
-extraction on its 2x2 binning (which finds all the stars).
+The 800 brightest of a 6000x4000 frame: 0.04 CPU-s, against 0.17 for sep's
+background and extraction on its 2x2 binning (all its stars, their centroids
+re-measured later); a colour frame is searched on the mean of its channels'
+binnings and stamps, its frame-sized intensity never made.
 """
 
 from __future__ import annotations
