@@ -610,3 +610,21 @@ def test_quick_path_of_undersampled_stars(monkeypatch):
     # measured: quick 0.004-0.012 px (median 0.009), sep's stars 0.004-0.013 (0.011)
     assert quick.max() < 0.03 and np.median(quick) < 0.015
     assert np.median(quick) < 1.2 * np.median(sep_path)
+
+
+def test_prepared_result_arrays_serve_the_first_frames(dithered):
+    """prepare_scratch also makes (and touches) the first two frames' result arrays: a
+    pipeline's first frames write into memory made while the first frame was read."""
+    from napari_nsg.core.registration import separable
+    from napari_nsg.core.registration.frames import prepare_scratch
+
+    d = dithered
+    release_scratch()
+    prepare_scratch(SHAPE)
+    made = {buf.__array_interface__["data"][0] for buf in separable._OUTPUTS.pool}
+    assert len(made) == 2
+    results = [resample(d.frames[k], WideTransform(homography=_truth_homography(d, k)),
+                        SHAPE)[0] for k in (1, 2)]
+    assert {r.__array_interface__["data"][0] for r in results} == made
+    assert not np.shares_memory(results[0], results[1])
+    release_scratch()

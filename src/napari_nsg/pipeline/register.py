@@ -250,7 +250,7 @@ def _compute(job: RegisterJob, loaded: _Loaded):
     row, path, reg = loaded.row, loaded.path, loaded.reg
     if loaded.is_reference:
         # the compute thread is idle while the next frame is read: its work arrays now
-        prepare_scratch(job.reference_lum.shape, job.resampling)
+        prepare_scratch(job.reference_lum.shape, job.resampling, planes=job.channels)
         row.coverage, row.residual_px, row.n_pairs = 1.0, 0.0, None
         row.rotation_deg, row.shift_x, row.shift_y, row.scale = 0.0, 0.0, 0.0, 1.0
         return loaded.data, _keywords(job, None, 1.0), ["REG: this frame is the reference"]

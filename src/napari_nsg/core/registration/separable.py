@@ -31,9 +31,20 @@ import numpy as np
 
 from .transforms import apply_homography
 
-__all__ = ["LANCZOS_A", "MAX_DEVIATION", "ShearPlan", "lanczos_taps", "prepare_work_arrays",
-           "output_array", "release_shear_scratch", "shear_plan", "warp_shears", "warp_shift",
-           "work_array"]
+__all__ = [
+    "LANCZOS_A",
+    "MAX_DEVIATION",
+    "ShearPlan",
+    "lanczos_taps",
+    "output_array",
+    "prepare_work_arrays",
+    "release_shear_scratch",
+    "results_size",
+    "shear_plan",
+    "warp_shears",
+    "warp_shift",
+    "work_array",
+]
 
 #: Lanczos kernel order of each pass (2a taps, support +-a px).
 LANCZOS_A = 4
@@ -204,13 +215,28 @@ def work_array(name: str, shape: tuple[int, int]) -> np.ndarray:
     return _scratch(name, int(np.prod(shape))).reshape(shape)
 
 
-def prepare_work_arrays(shape: tuple[int, int], room: float = WARM_ROOM) -> None:
+def results_size(planes: int, shape: tuple[int, int], a: int = LANCZOS_A) -> int:
+    """Pixels of the flat array that takes ``planes`` results of ``shape`` in turn (the last
+    row's spill included)."""
+    return planes * shape[0] * shape[1] + 2 * a
+
+
+def prepare_work_arrays(shape: tuple[int, int], room: float = WARM_ROOM, *, planes: int = 1,
+                        outputs: int = 0) -> None:
     """Make and touch this thread's work arrays for frames of ``shape`` (``room`` times its
-    pixels: rotations of a few degrees fit), so that the first frame does not pay their
-    page faults (0.3-0.5 s of system time for 6000x4000 on this machine) while it waits."""
+    pixels: rotations of a few degrees fit), and ``outputs`` kept result arrays for frames of
+    ``planes`` planes (:func:`results_size`), so that the first frames do not pay their page
+    faults (0.3-0.5 s of system time for the two work arrays of 6000x4000 on this machine)
+    while they wait."""
     size = int(room * shape[0] * shape[1])
     for name in ("a", "b"):
         _scratch(name, size).fill(0.0)
+    pool = _OUTPUTS.__dict__.setdefault("pool", [])
+    size = results_size(planes, shape)
+    for _ in range(min(outputs, OUTPUTS_KEPT) - sum(buf.size == size for buf in pool)):
+        pool.append(np.empty(size, np.float32))
+        pool[-1].fill(0.0)
+    del pool[:-OUTPUTS_KEPT]
 
 
 def release_shear_scratch() -> None:
