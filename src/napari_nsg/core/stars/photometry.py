@@ -111,7 +111,12 @@ def ring_statistics(values: np.ndarray, dx: np.ndarray, dy: np.ndarray):
         ``sigma`` is the robust (MAD) sigma of the residuals from the plane.
     """
     use = np.isfinite(values)
-    v = np.where(use, values, 0.0)
+    return ring_fit(np.where(use, values, 0.0), use, dx, dy)
+
+
+def ring_fit(v: np.ndarray, use: np.ndarray, dx: np.ndarray, dy: np.ndarray):
+    """:func:`ring_statistics` of the values ``v`` (0 where not used) and the pixels
+    used, ``use`` (for a caller that has the mask: no finiteness test)."""
     wdx = np.where(use, dx, 0.0)
     wdy = np.where(use, dy, 0.0)
     count = use.sum(axis=-1)
@@ -131,7 +136,7 @@ def ring_statistics(values: np.ndarray, dx: np.ndarray, dy: np.ndarray):
     resid = dx * coef[:, 1:2]
     resid += coef[:, 0:1]
     resid += np.multiply(dy, coef[:, 2:3], out=wdx)
-    np.subtract(values, resid, out=resid)
+    np.subtract(v, resid, out=resid)
     resid[~use] = np.nan
     med = row_median(resid)[:, None]
     sig = 1.4826 * row_median(np.abs(np.subtract(resid, med, out=resid), out=resid))
@@ -268,9 +273,8 @@ def aperture_photometry(
                 st, inside = stamps(c, sel, offs)
             flat = (len(sel), -1)
             st_ring = st.reshape(flat)[:, in_ring]
-            good = inside.reshape(flat)[:, in_ring] & np.isfinite(st_ring)  # no-data is NaN
-            ring_vals = np.where(ring & good, st_ring, np.float64(np.nan))
-            mean, sig, count = ring_statistics(ring_vals, rdx, rdy)
+            use = ring & inside.reshape(flat)[:, in_ring] & np.isfinite(st_ring)  # no-data: NaN
+            mean, sig, count = ring_fit(np.where(use, st_ring, np.float64(0.0)), use, rdx, rdy)
             st, inside = st[:, box, box].astype(np.float64), inside[:, box, box]
             good = inside & np.isfinite(st)
             ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
