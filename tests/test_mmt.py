@@ -297,3 +297,18 @@ def test_residual_equals_the_layer_by_layer_path(image, border):
     np.testing.assert_array_equal(got[0], expect)
     np.testing.assert_array_equal(got[2], mmt_residual(np.ascontiguousarray(c[::-1]), 8,
                                                        border=border))
+
+
+def test_linear_borders_with_no_data_use_the_strips_of_the_filled_image(image):
+    """The strips computed beside the no-data check are redone from the filled image."""
+    cut = np.ascontiguousarray(image[:600, :900])
+    cut[:, :40] = 0  # a registration border, on the edge the strips start from
+    c, bad = mmt._prepared(cut)
+    assert bad is not None and bad[:, :40].all()
+    p = mmt._pad_width(c.shape, 8)
+    expect = mmt._full(_layer_by_layer(c, p, 8), p).copy()
+    expect[bad] = 0
+    got = mmt_residual(cut, 8, border="linear")
+    np.testing.assert_array_equal(got, expect)
+    # the strips of the unfilled image would have started from the zeros
+    assert not np.array_equal(mmt._linear_strips(cut, p)[1], mmt._linear_strips(c, p)[1])

@@ -614,7 +614,7 @@ def _extended_rows(c: np.ndarray, p: int, strips, a: int, b: int) -> np.ndarray:
     return out
 
 
-def _first_three_layers(c: np.ndarray, p: int) -> _Coarse:
+def _first_three_layers(c: np.ndarray, p: int, strips=None) -> _Coarse:
     """Layers 1-3 of :func:`_layer_fast` on ``_pad_linear(c, p)`` (``c`` itself if ``p == 0``).
 
     The same values as the layer by layer path, in one pass over the image:
@@ -623,9 +623,10 @@ def _first_three_layers(c: np.ndarray, p: int) -> _Coarse:
     area decimation along y (OpenCV's area resize is separable: the same
     numbers) and layer 3's 5x5 median. The extension and the two median-filtered
     images are never written at full size; the x-decimated one (1/1.8 of the
-    width) is.
+    width) is. ``strips``: ``_linear_strips(c, p)`` if already at hand.
     """
-    strips = _linear_strips(c, p) if p else None
+    if p and strips is None:
+        strips = _linear_strips(c, p)
     h, w = c.shape[0] + 2 * p, c.shape[1] + 2 * p
     sh, sw = _box_shape(h, w, layer_window(3))
     across = np.empty((h, sw), np.float32)
@@ -749,6 +750,23 @@ def _prepared(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return fill_masked(img, bad), bad
 
 
+def _prepared_with_strips(image: np.ndarray, p: int):
+    """``(*_prepared(image), _linear_strips(c, p))``, the two side by side in threads.
+
+    The strips are those of the image as given, computed again from the
+    filled image where it has no-data.
+    """
+    img = np.ascontiguousarray(image, dtype=np.float32)
+    done: dict = {}
+
+    def job(name: str) -> None:
+        done[name] = _prepared(img) if name == "prepared" else _linear_strips(img, p)
+
+    _in_threads(job, [("prepared",), ("strips",)])
+    c, bad = done["prepared"]
+    return c, bad, done["strips"] if bad is None else _linear_strips(c, p)
+
+
 def _per_channel(image: np.ndarray, func, into: bool = False) -> np.ndarray:
     """``func(channel)`` of a (y, x) image or of each channel of a (c, y, x) one.
 
@@ -778,11 +796,12 @@ def _residual_2d(image: np.ndarray, n_layers: int, layer, border: str = "mirror"
     check_mmt_size(image.shape, n_layers)
     if border not in BORDERS:
         raise ValueError(f"unknown border {border!r}; use one of {BORDERS}")
-    c, bad = _prepared(image)
-    p = _pad_width(c.shape, n_layers) if border == "linear" else 0
+    p = _pad_width(image.shape, n_layers) if border == "linear" else 0
+    fused = fused and n_layers >= 3 and min(image.shape) >= layer_window(2)
+    c, bad, strips = _prepared_with_strips(image, p) if fused and p else (*_prepared(image), None)
     first = 1
-    if fused and n_layers >= 3 and min(c.shape) >= layer_window(2):
-        c, first = _first_three_layers(c, p), 4
+    if fused:
+        c, first = _first_three_layers(c, p, strips), 4
     elif p:
         c = _pad_linear(c, p)
     for j in range(first, n_layers + 1):
