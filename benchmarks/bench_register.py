@@ -255,6 +255,11 @@ def _timeline(r: dict) -> None:
                          else f"{'':13s}")
         print(f"{name:18s} " + " ".join(cells))
     total = r["wall"]
+    runs = sorted((m[2], m[3]) for m in marks if m[0] == "resample")
+    gaps = [b[0] - a[1] for a, b in zip(runs, runs[1:], strict=False)]
+    if gaps:  # bubbles: the compute thread waiting between two frames' resampling
+        print(f"compute thread idle between resamplings: {sum(gaps):.2f} s in all, longest "
+              f"{max(gaps):.2f} s")
     busy = {s: sum(m[3] - m[2] for m in marks if m[0] == s) for s in order}
     print("busy over the run's " + f"{total:.2f} s: "
           + ", ".join(f"{s} {busy[s]:.2f} s" for s in order)
