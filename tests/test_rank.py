@@ -586,3 +586,20 @@ def test_mesh_background_and_light_detection_against_the_truth_and_sep():
     holed[:50] = 0.0  # no-data, or too small for three meshes: sep's own detection
     for image in (holed, data[:150]):
         np.testing.assert_array_equal(detect_stars_lightly(image).x, detect_stars(image).x)
+
+
+def test_a_scale_only_model_measures_the_same_scales(sequence):
+    """The ranking's yardstick model skips the star mask, sample grids and noise, which
+    measure_scale does not use: the same scales, pairs and warnings."""
+    from napari_nsg.core.nsg.engine import measure_scale, prepare_reference
+
+    _, paths = sequence
+    ref = read_frame(paths[0])
+    full = prepare_reference(ref.data, ref.meta)
+    light = prepare_reference(ref.data, ref.meta, scale_only=True)
+    assert light.grid is None and light.star_mask is None and light.noise is None
+    for path in paths[1:4]:
+        data = read_frame(path).data
+        a, b = measure_scale(full, data), measure_scale(light, data)
+        np.testing.assert_array_equal(a.scale, b.scale)
+        assert list(a.n_star_pairs) == list(b.n_star_pairs) and a.warnings == b.warnings

@@ -634,7 +634,8 @@ def _crop(data: np.ndarray, window: tuple[slice, slice]) -> np.ndarray:
 
 def _yardstick_model(name: str, frame, params, stars: StarTable | None = None):
     """The yardstick's reference model on its :func:`scale_window`; on the whole
-    frame when the window has no measurable star (``(model, window)``). ``stars``:
+    frame when the window has no measurable star (``(model, window)``); only what
+    the scales need (``scale_only``: no star mask, sample grids or noise). ``stars``:
     pass 1's detection in the scale window (:func:`_reusable_stars`), reused there
     when the model detects at the same threshold."""
     scale_params = _scale_params(params, True)
@@ -648,7 +649,7 @@ def _yardstick_model(name: str, frame, params, stars: StarTable | None = None):
         try:
             return prepare_reference(_crop(frame.data, window), frame.meta,
                                      _scale_params(params, window != whole),
-                                     stars=stars if k == 0 else None), window
+                                     stars=stars if k == 0 else None, scale_only=True), window
         except NsgError as exc:
             if k + 1 == len(windows):
                 raise FrameError(name, f"cannot serve as the yardstick reference ({exc})") from None
@@ -669,6 +670,9 @@ def _scale_params(params: NsgParameters | None, cropped: bool) -> NsgParameters 
     return replace(params or NsgParameters(), max_star_pairs=SCALE_PAIRS)
 
 
+NOISE_WHEN_READ = 2  # pass 2: frames read (and their noise measured) while the model is made
+
+
 class _NoYardstick(Exception):
     """The yardstick's model could not be made (its FrameError in ``error``): ends the
     ranking, not just one target's scale."""
@@ -683,15 +687,22 @@ def _scales(making, items: list[tuple[int, bool, bool]], load, cancel,
     """Yield ``(i, ScaleResult or the exception or None, NoiseEstimate or None)`` for each
     item ``(i, scale, noise)``, in order: the scale of frame ``i`` if ``scale``, its
     noise if ``noise``. ``making``: the future of :func:`_yardstick_model`. The reader
-    thread reads the next frame, measures its noise (numpy: it lets go of Python's
-    lock) and crops it to its :func:`scale_window` while the compute thread measures
-    the scale of this one."""
+    thread reads the next frame and crops it to its :func:`scale_window` while the
+    compute thread measures the scale of this one and this thread the noise of the
+    one before (numpy: it lets go of Python's lock); the first ``NOISE_WHEN_READ``
+    frames' noise is measured by the reader, while the model is being made."""
     def loaded(k, item):
         i, scale, noise = item
         data = load(i).data
         window = scale_window(data.shape)
-        return (i, _frame_noise(data, measured[i].clean) if noise else None,
-                (_crop(data, window), window) if scale else None)
+        early = noise and k < NOISE_WHEN_READ
+        return (i, _frame_noise(data, measured[i].clean) if early else None,
+                (_crop(data, window), window) if scale else None,
+                data if noise and not early else None)
+
+    def stored(got, sr):
+        later = got[3]
+        return got[0], sr, got[1] if later is None else _frame_noise(later, measured[got[0]].clean)
 
     def scaled(got):
         if got[2] is None:
@@ -707,11 +718,11 @@ def _scales(making, items: list[tuple[int, bool, bool]], load, cancel,
 
     def failed(k, item, got, exc):
         if isinstance(exc, (FrameError, NsgError)):
-            return item[0], exc, None if got is None else got[1]
+            return (item[0], exc, None) if got is None else stored(got, exc)
         raise exc
 
-    steps = overlapped_frames(items, loaded, scaled, lambda got, sr: (got[0], sr, got[1]),
-                              failed, cancel=cancel, name="rank-scale")
+    steps = overlapped_frames(items, loaded, scaled, stored, failed, cancel=cancel,
+                              name="rank-scale")
     try:
         for _, result in steps:
             yield result

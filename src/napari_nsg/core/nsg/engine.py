@@ -201,6 +201,7 @@ def prepare_reference(
     meta=None,
     params: NsgParameters | None = None,
     stars: StarTable | None = None,
+    scale_only: bool = False,
 ) -> ReferenceModel:
     """Analyse the reference once: stars, auto parameters, sample grid, noise.
 
@@ -216,6 +217,10 @@ def prepare_reference(
     stars : StarTable, optional
         ``detect_stars`` of this frame's intensity at ``params.detection_threshold``
         when the caller has it already (no second detection); detected here if omitted.
+    scale_only : bool
+        Only what :func:`measure_scale` needs (the ranking): no star mask, sample
+        grids or measured noise (those attributes are None; the model cannot
+        normalize).
 
     Returns
     -------
@@ -271,6 +276,12 @@ def prepare_reference(
     rej = stars.take(slice(0, n_rej))
     r_star = np.maximum(np.sqrt(rej.npix / np.pi), rej.fwhm)
     radius = r_star + params.aperture_add + params.sample_star_growth * rej.flux / flux_unit
+    if scale_only:
+        return ReferenceModel(
+            data=chans, params=params, meta=meta, stars=stars, candidates=candidates,
+            candidate_radius=candidate_radius, flux_unit=flux_unit, saturation=saturation,
+            fwhm=fwhm, star_mask=None, grid=None, coarse=None, taper=None, no_data=None,
+            noise=None, measured_noise=None, warnings=warnings)
     star_mask = star_pixel_mask(inten, fwhm)
     grid = make_sample_grid(chans, params.sample_size, star_x=rej.x, star_y=rej.y,
                             star_radius=radius, star_mask=star_mask)
