@@ -50,6 +50,7 @@ shifted and rotated, noise left; OpenCV's 2-D kernels and the 1-D shear passes).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -256,7 +257,7 @@ def _timeline(r: dict) -> None:
         print(f"{name:18s} " + " ".join(cells))
     total = r["wall"]
     runs = sorted((m[2], m[3]) for m in marks if m[0] == "resample")
-    gaps = [b[0] - a[1] for a, b in zip(runs, runs[1:], strict=False)]
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(runs)]
     if gaps:  # bubbles: the compute thread waiting between two frames' resampling
         print(f"compute thread idle between resamplings: {sum(gaps):.2f} s in all, longest "
               f"{max(gaps):.2f} s")
