@@ -158,6 +158,14 @@ def test_partition_median_equals_scipy_two_way_median():
     small = rng.normal(100, 5, (150, 223)).astype(np.float32)
     for n in (3, 5, 9):
         np.testing.assert_array_equal(mmt._two_way_median_fast(small, n), mmt._two_way_median(small, n))
+    # both signs, ties, tiny and huge values: the integer keys keep the order of the floats
+    mixed = np.concatenate([rng.normal(0, 1e-30, (40, 223)), rng.integers(-3, 3, (40, 223)),
+                            rng.normal(0, 1e30, (40, 223))]).astype(np.float32)
+    np.testing.assert_array_equal(mmt._two_way_median_fast(mixed, 9), mmt._two_way_median(mixed, 9))
+    x = np.array([-np.inf, -3e38, -2, -1, -1e-40, 0, 1e-40, 1, 2, 3e38, np.inf], np.float32)
+    keys = mmt._order_keys(x)
+    assert np.all(np.diff(keys) > 0)
+    np.testing.assert_array_equal(mmt._order_keys(keys).view(np.float32), x)
     tiny = small[:4, :6]  # too small to pad by 4: falls back to scipy
     np.testing.assert_array_equal(mmt._two_way_median_fast(tiny, 9), mmt._two_way_median(tiny, 9))
 

@@ -144,6 +144,16 @@ def _two_way_median(img: np.ndarray, n: int) -> np.ndarray:
     return (np.float32(0.5) * (m0 + m1)).astype(np.float32, copy=False)
 
 
+def _order_keys(a: np.ndarray) -> np.ndarray:
+    """float32 -> int32 keys in the same order, and back (the map is its own inverse).
+
+    A negative float's bits, read as an integer, grow with its magnitude; flipping
+    all but the sign bit turns that around. numpy partitions int32 1.7x faster.
+    """
+    i = a.view(np.int32)
+    return i ^ ((i >> 31) & np.int32(0x7FFFFFFF))
+
+
 def _footprint_median(pad: np.ndarray, footprint: np.ndarray, out: np.ndarray) -> None:
     """Median over ``footprint`` (odd element count) of every window of ``pad``, into ``out``."""
     k = int(footprint.sum()) // 2
@@ -169,20 +179,23 @@ def _two_way_median_fast(img: np.ndarray, n: int) -> np.ndarray:
 
     Every window's elements are gathered and partitioned (row bands of at most
     ``_MEDIAN_BAND_BYTES``, both ways and the bands spread over two threads:
-    numpy releases the GIL) instead of ``scipy.ndimage.median_filter``.
+    numpy releases the GIL) instead of ``scipy.ndimage.median_filter``, as
+    order-preserving integer keys (:func:`_order_keys`; no NaN here).
     """
     r = n // 2
     h, w = img.shape
     if min(h, w) <= r:
         return _two_way_median(img, n)
     ways = _two_way_structures(n)
-    pad = np.pad(img, r, mode="reflect")  # = ndimage's "mirror"
+    # numpy's "reflect" is ndimage's "mirror"
+    pad = _order_keys(np.pad(np.asarray(img, np.float32), r, mode="reflect"))
     # at least _MEDIAN_BANDS bands: the two threads finish together
     rows = max(1, min(_MEDIAN_BAND_BYTES // (w * int(ways[0].sum()) * 4), -(-h // _MEDIAN_BANDS)))
-    m0, m1 = np.empty_like(img), np.empty_like(img)
+    m0, m1 = np.empty((h, w), np.int32), np.empty((h, w), np.int32)
     jobs = [(pad[s : min(s + rows, h) + 2 * r], way, m[s : s + rows])
             for s in range(0, h, rows) for way, m in zip(ways, (m0, m1), strict=True)]
     _in_threads(_footprint_median, jobs)
+    m0, m1 = (_order_keys(m).view(np.float32) for m in (m0, m1))
     return (np.float32(0.5) * (m0 + m1)).astype(np.float32, copy=False)
 
 
