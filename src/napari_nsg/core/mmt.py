@@ -78,9 +78,9 @@ _EDGE_MEDIAN = 9
 _MEDIAN9_NETWORK = ((1, 2), (4, 5), (7, 8), (0, 1), (3, 4), (6, 7), (1, 2), (4, 5), (7, 8),
                     (0, 3), (5, 8), (4, 7), (3, 6), (1, 4), (2, 5), (4, 7), (4, 2), (6, 4),
                     (4, 2))
-#: Output rows per band of the full-resolution passes of :func:`_front_layers`.
+#: Output rows per band of the full-resolution passes of :func:`_first_three_layers`.
 _FRONT_BAND_ROWS = 64
-#: Rows a band of :func:`_front_layers` needs above and below it: the 3x3 then 5x5 medians.
+#: Rows a band of :func:`_first_three_layers` needs above and below it: the 3x3 then 5x5 medians.
 _FRONT_HALO = 1 + 2
 #: Most threads of the MMT's parallel passes (fewer where fewer cores or OMP_NUM_THREADS).
 _THREADS = 2
