@@ -288,13 +288,48 @@ def test_corrected_photometry_beats_the_default_on_independent_like(engine_rows)
     assert np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL < 2.5
 
 
+def _isolated_stars(kind, fwhm, flux, seed=0, grid=6, spacing=44, sky=500.0):
+    """Noise-free isolated stars of one PSF at random sub-pixel positions on a flat sky."""
+    rng = np.random.default_rng(seed)
+    img = np.full((grid * spacing, grid * spacing), sky)
+    psf, half = PSF(fwhm, kind, 4.0), spacing // 2 - 2
+    xs, ys = [], []
+    for i in range(grid * grid):
+        cx, cy = (i % grid) * spacing + spacing // 2, (i // grid) * spacing + spacing // 2
+        fx, fy = rng.uniform(-0.5, 0.5, 2)
+        img[cy - half: cy + half + 1, cx - half: cx + half + 1] += flux * psf.stamps(
+            np.array([fx]), np.array([fy]), half)[0]
+        xs.append(cx + fx)
+        ys.append(cy + fy)
+    return img, np.array(xs), np.array(ys)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,fwhm", [("gaussian", 3.06), ("moffat", 3.0), ("moffat", 4.8)])
+def test_psf_weighted_flux_is_the_whole_light(kind, fwhm):
+    """Isolated noise-free stars (a pixel-integrated Gaussian of sigma 1.3 px, the
+    sharpest of the issue's sequence, and Moffat beta 4): the profile fitted with
+    the ring background and the PSF-weighted fluxes return every star's whole
+    light within 0.05 % (measured: 0.000-0.011 %), although the weights cover
+    only 2 FWHM; started from a FWHM 10 % off."""
+    from napari_nsg.core.stars.psf_photometry import fit_profile_ring_sky, weighted_photometry
+
+    img, x, y = _isolated_stars(kind, fwhm, 1e5)
+    flux = np.full(len(x), 1e5)
+    prof = fit_profile_ring_sky(img, x, y, flux, 1.1 * fwhm, (x, y, flux))
+    assert prof is not None and prof.n_stars >= 30
+    ph = weighted_photometry(img, x, y, prof, 1.1 * fwhm)
+    assert ph.valid.all()
+    assert np.max(np.abs(ph.flux[0] / 1e5 - 1)) < 5e-4
+
+
 @pytest.mark.slow
 def test_psf_photometry_meets_the_absolute_target_on_independent_like():
     """photometry='psf' (PSF weights with each frame's fitted profile) on 24
     independent-like frames (seeds 0-5, not the ones it was developed on alone):
-    median |error| <= 0.1 % (the issue's absolute target; measured 0.054 % on
-    seeds 0-2 and 0.085 % on 3-5), at most 2.5x the known-PSF bound (measured
-    1.50 and 2.08), every frame kept the PSF weights, none beyond 0.3 %."""
+    median |error| <= 0.1 % (the issue's absolute target; measured 0.058 % on
+    seeds 0-2 and 0.099 % on 3-5), under 2.5x the known-PSF bound (measured
+    1.62 and 2.39), every frame kept the PSF weights, none beyond 0.3 %."""
     rows = []
     params = NsgParameters(photometry="psf")
     for seed in range(6):

@@ -252,7 +252,7 @@ def fit_profile(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
               (-MAX_ELLIPTICITY, MAX_ELLIPTICITY), (-MAX_ELLIPTICITY, MAX_ELLIPTICITY)]
     w = _weights(sky, sky_var, v - sky[:, None])
     for _ in range(2):
-        res = minimize(lambda t: _chi2(t, dxy, v, w, use)[0], theta, method="Nelder-Mead",
+        res = minimize(lambda t, w=w: _chi2(t, dxy, v, w, use)[0], theta, method="Nelder-Mead",
                        bounds=bounds, options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 1500})
         theta = res.x
         _, f, b = _chi2(theta, dxy, v, w, use)
@@ -272,7 +272,25 @@ def _correct(ph: Photometry, profile: Profile | None, c: int, gap, width) -> boo
     return True
 
 
-_REFERENCE_PROFILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: id(reference array) -> (weak reference to it, {key: profile}); ndarrays are not
+#: hashable, so a WeakKeyDictionary cannot hold them (it refitted every time).
+_REFERENCE_PROFILES: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _profile_cache(ref) -> dict:
+    """The profile cache of one reference array (a fresh one for an object that
+    cannot be weakly referenced); entries of arrays that are gone are dropped."""
+    for key in [k for k, (r, _) in _REFERENCE_PROFILES.items() if r() is None]:
+        del _REFERENCE_PROFILES[key]
+    entry = _REFERENCE_PROFILES.get(id(ref))
+    if entry is not None and entry[0]() is ref:
+        return entry[1]
+    try:
+        wr = weakref.ref(ref)
+    except TypeError:
+        return {}
+    _REFERENCE_PROFILES[id(ref)] = (wr, {})
+    return _REFERENCE_PROFILES[id(ref)][1]
 
 
 def _reference_profile(ref, c, x, y, flux, fwhm, neighbours, fit=None):
@@ -280,10 +298,7 @@ def _reference_profile(ref, c, x, y, flux, fwhm, neighbours, fit=None):
     once per reference array, channel and fit function (the first target's
     pairs choose its stars; an array changed in place keeps its first profile)."""
     fit = fit_profile if fit is None else fit
-    try:
-        cache = _REFERENCE_PROFILES.setdefault(ref, {})
-    except TypeError:  # not weak-referenceable
-        cache = {}
+    cache = _profile_cache(ref)
     key = (c, float(fwhm), fit.__name__)
     if key not in cache:
         plane = ref[c] if np.ndim(ref) == 3 else ref
