@@ -29,6 +29,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..stars import StarTable, intensity
+from .frame_stars import point_like
 from .matching import match_similarity
 from .refine import refine_model, windowed_centroids
 
@@ -60,7 +61,8 @@ class ReferenceIndex:
         The reference's ``(height, width)`` (the image itself is not kept: the index
         is kept only as long as the caller keeps the reference).
     stars : StarTable
-        Its stars, brightest first.
+        Its stars as compact as stars (:func:`~.frame_stars.point_like`: no knot of
+        nebulosity, no small galaxy), brightest first.
     xy : ndarray, (n, 2)
         Their Gaussian-windowed centroids (in a window of their median FWHM).
     """
@@ -74,6 +76,15 @@ _CACHE: list = []  # (weakref to the reference, weakref to its stars, ReferenceI
 _LOCK = threading.Lock()
 
 
+def _point_stars(stars: StarTable) -> StarTable:
+    """The stars as compact as stars (:func:`~.frame_stars.point_like`), the frames' rule:
+    a bright nebula's knots fill the brightest ranks of the reference too."""
+    if not len(stars):
+        return stars
+    point = point_like(stars.fwhm, stars.saturated, ~stars.saturated & (stars.peak > 0))
+    return stars if point.all() else stars.take(np.flatnonzero(point))
+
+
 def reference_index(reference: np.ndarray, stars: StarTable) -> ReferenceIndex:
     """The :class:`ReferenceIndex` of ``reference`` and its ``stars``, kept for the next call
     with the same two objects (as long as they live)."""
@@ -81,9 +92,10 @@ def reference_index(reference: np.ndarray, stars: StarTable) -> ReferenceIndex:
         for ref, st, index in _CACHE:
             if ref() is reference and st() is stars:
                 return index
-    xy = (windowed_centroids(reference, stars.xy, window_fwhm(stars)) if len(stars)
-          else stars.xy)  # a colour reference: on the mean of its channels' stamps
-    index = ReferenceIndex(shape=tuple(np.shape(reference)[-2:]), stars=stars, xy=xy)
+    kept = _point_stars(stars)
+    xy = (windowed_centroids(reference, kept.xy, window_fwhm(kept)) if len(kept)
+          else kept.xy)  # a colour reference: on the mean of its channels' stamps
+    index = ReferenceIndex(shape=tuple(np.shape(reference)[-2:]), stars=kept, xy=xy)
     try:
         entry = (weakref.ref(reference), weakref.ref(stars), index)
     except TypeError:  # not weakly referenceable (e.g. a memmap subclass): not kept

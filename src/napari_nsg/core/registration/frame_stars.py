@@ -31,7 +31,7 @@ from ..stars import StarTable
 from ..stars.detection import FWHM_PER_SIGMA, bin_image, near_no_data
 from .refine import gather_stamps, windowed_centroids
 
-__all__ = ["QUICK_BIN", "bright_stars", "mesh_background"]
+__all__ = ["QUICK_BIN", "bright_stars", "mesh_background", "point_like"]
 
 #: Binning of the star search.
 QUICK_BIN = 4
@@ -64,6 +64,12 @@ MIN_WINDOW = 2.5
 #: A binned maximum whose brightest full-resolution pixel holds more than this fraction of
 #: its light is a hot pixel (dropped before the candidates are ranked).
 HOT_FRACTION = 0.6
+#: An unsaturated candidate whose half-maximum FWHM exceeds this many times the stars' (the
+#: lower quartile of the candidates', at least :data:`MIN_WINDOW`) is not a star: a knot of
+#: nebulosity, a small galaxy, a stretch of a satellite trail (they outshine the stars in
+#: a stamp and would fill the brightest ranks the quick match uses).
+EXTENDED_RATIO = 2.0
+STELLAR_QUANTILE = 25
 
 
 def mesh_background(image: np.ndarray, mesh: int = MESH, step: int = MESH_STEP
@@ -184,6 +190,21 @@ def _measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> di
             "fwhm": 2.0 * np.sqrt(half / np.pi), "saturated": _saturated(raw_peak, st)}
 
 
+def point_like(fwhm: np.ndarray, saturated: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """True for candidates as compact as stars (saturated stars always): FWHM at most
+    :data:`EXTENDED_RATIO` times the stars' (the :data:`STELLAR_QUANTILE` percentile of the
+    ``usable`` candidates' FWHM, at least :data:`MIN_WINDOW`).
+
+    Knots of a nebula or small galaxies several times wider than the stars, and stretches
+    of a satellite trail (their half-maximum area a line across the stamp), outshine most
+    stars and would otherwise take the brightest ranks the quick match uses.
+    """
+    if not usable.any():
+        return np.ones(len(fwhm), bool)
+    stellar = max(float(np.percentile(fwhm[usable], STELLAR_QUANTILE)), MIN_WINDOW)
+    return saturated | (fwhm <= EXTENDED_RATIO * stellar)
+
+
 def bright_stars(image: np.ndarray, max_stars: int, factor: int = QUICK_BIN) -> StarTable:
     """The ``max_stars`` brightest stars of ``image``, centroids windowed at full resolution.
 
@@ -215,8 +236,10 @@ def bright_stars(image: np.ndarray, max_stars: int, factor: int = QUICK_BIN) -> 
     x, y = factor * bx + (factor - 1) / 2.0, factor * by + (factor - 1) / 2.0
     m = _measure(image, x, y, 2 * factor)
     usable = ~m["saturated"] & (m["peak"] > 0)
+    point = point_like(m["fwhm"], m["saturated"], usable)
+    usable &= point
     window = float(np.median(m["fwhm"][usable] if usable.any() else m["fwhm"]))
-    bright = np.flatnonzero(m["flux"] > 0)
+    bright = np.flatnonzero((m["flux"] > 0) & point)
     bright = bright[np.argsort(-m["flux"][bright], kind="stable")]
     bright = bright[:int(CENTROIDED_PER_STAR * max_stars)]
     start = np.column_stack([x[bright], y[bright]])
