@@ -502,8 +502,10 @@ def rank_loaded(
         One name per frame (``FrameRank.file``).
     load : callable ``load(i) -> Frame``
         Loads frame ``i`` (may raise :class:`~napari_nsg.io.FrameError`); called
-        at most twice per frame, from a reader thread, the next frame while
-        this one is measured (at most three in memory).
+        twice per frame, from a reader thread, the next frame while this one is
+        measured (at most three in memory); a third time only for frames tied
+        for the most stars (their noise breaks the tie) and, when the
+        yardstick's central half has no measurable star, for the targets.
     params, progress, cancel :
         As for :func:`rank_frames`.
     measured : dict, optional
