@@ -99,7 +99,8 @@ def _channels(data: np.ndarray) -> np.ndarray:
     return data[np.newaxis] if data.ndim == 2 else data
 
 
-CLEAN_TEST_ROWS = 256  # rows tested at a time: small temporaries, reused (no page faults)
+CLEAN_TEST_ROWS = 32  # rows tested at a time: a band stays in the L2 cache between its
+# minimum and its maximum (8 instead of 24 ms on a 6000 x 4000 frame with 256 rows)
 
 
 def holds_data_everywhere(data: np.ndarray) -> bool:
