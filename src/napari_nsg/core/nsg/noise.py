@@ -101,16 +101,18 @@ def _kclip_std(values: np.ndarray, k: float = K_SIGMA, n_iter: int = 50) -> floa
 
     The same numbers as clipping with ``np.mean`` and ``np.std`` at every step,
     with fewer passes: the deviations from the mean that the standard deviation
-    needs are also what the next clip tests."""
+    needs are also what the next clip tests. Squares and magnitudes go to one
+    scratch buffer (fewer fresh arrays of the values' size)."""
     v = values.astype(np.float64)
-    dev, sigma = _deviations(v)
+    scratch = np.empty(v.shape)
+    dev, sigma = _deviations(v, scratch)
     for _ in range(n_iter):
-        keep = np.abs(dev) < k * sigma
+        keep = np.abs(dev, out=scratch[: v.size]) < k * sigma
         n_keep = int(np.count_nonzero(keep))
         if n_keep == v.size or n_keep < 10:
             break
         v = v[keep]
-        dev, new = _deviations(v)
+        dev, new = _deviations(v, scratch)
         if abs(new - sigma) <= 1e-4 * max(new, 1e-30):
             sigma = new
             break
@@ -118,11 +120,13 @@ def _kclip_std(values: np.ndarray, k: float = K_SIGMA, n_iter: int = 50) -> floa
     return sigma
 
 
-def _deviations(v: np.ndarray) -> tuple[np.ndarray, float]:
+def _deviations(v: np.ndarray, scratch: np.ndarray) -> tuple[np.ndarray, float]:
     """``(v - mean(v), std(v))`` of a 1-D float64 array, rounded as ``np.mean`` and
-    ``np.std`` round them (the same sums, in the same order)."""
+    ``np.std`` round them (the same sums, in the same order); ``scratch``: a float64
+    buffer at least as long as ``v`` for the squares."""
     dev = v - np.add.reduce(v) / v.size
-    return dev, math.sqrt(np.add.reduce(dev * dev) / v.size)
+    sq = np.multiply(dev, dev, out=scratch[: v.size])
+    return dev, math.sqrt(np.add.reduce(sq) / v.size)
 
 
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
