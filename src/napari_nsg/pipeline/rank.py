@@ -14,7 +14,7 @@ three frames in memory. Pass 1 measures each frame on its own, but for its
 noise: the next frame is read while the sky metrics of one are measured and
 the stars of the one before are detected. Pass 2 makes the yardstick's model
 (in a thread of its own) and measures each other frame's scale against it,
-while the next frame is read and its noise measured. On
+while the next frame is read and the noise of each frame measured. On
 frames over 2047 px the background map and the corner boxes are measured on
 block means, the stars in the central half of the frame
 (:func:`~napari_nsg.core.reference.metric_binning`; from 16 Mpx in 3 x 3 tiles
@@ -691,20 +691,24 @@ def _scales(making, items: list[tuple[int, bool, bool]], load, cancel,
     """Yield ``(i, ScaleResult or the exception or None, NoiseEstimate or None)`` for each
     item ``(i, scale, noise)``, in order: the scale of frame ``i`` if ``scale``, its
     noise if ``noise``. ``making``: the future of :func:`_yardstick_model`. The reader
-    thread reads the next frame, measures its noise (numpy: it lets go of Python's
-    lock) and crops it to its :func:`scale_window` while the compute thread measures
-    the scale of this one; then the frame itself is let go (only crops wait: the
-    noise measured later, by this thread, would keep a whole frame more in memory,
-    150 MiB more at the peak on 6000 x 4000 frames, for no time measurably saved)."""
+    thread reads the next frame and crops it to its :func:`scale_window` while the
+    compute thread measures the scale of this one; the noise (numpy: it lets go of
+    Python's lock) is measured by the reader for every other frame, then let go, and
+    for the others by this thread once their scale is measured: reading and the
+    noise of every frame would keep the reader the busiest thread, this thread's
+    noise of every frame would keep one whole frame more in memory."""
     def loaded(k, item):
         i, scale, noise = item
         data = load(i).data
         window = scale_window(data.shape)
-        return (i, _frame_noise(data, measured[i].clean) if noise else None,
-                (_crop(data, window), window) if scale else None)
+        here = noise and k % 2 == 0
+        return (i, _frame_noise(data, measured[i].clean) if here else None,
+                (_crop(data, window), window) if scale else None,
+                data if noise and not here else None)
 
     def stored(got, sr):
-        return got[0], sr, got[1]
+        later = got[3]
+        return got[0], sr, got[1] if later is None else _frame_noise(later, measured[got[0]].clean)
 
     def scaled(got):
         if got[2] is None:
