@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from .stars import StarTable, detect_stars
+# sep's extraction, and the objects kept and tabulated, exactly as detect_stars does them
 from .stars.detection import _extract, _star_table, _Subtracted
 
 MESH = 64  # mesh side in pixels (detect_stars' default background_size)
