@@ -50,6 +50,9 @@ CANDIDATES_PER_STAR = 1.5
 CENTROIDED_PER_STAR = 1.2
 #: Maxima closer than this (binned px) are one star (the brighter kept).
 MERGE_RADIUS = 2.0
+#: Centroids closer than this many FWHM converged on one star (maxima of a wide star more
+#: than MERGE_RADIUS apart: FWHM ~20 px gave 80 such pairs, 10 in the 40 brightest).
+SAME_STAR_FWHM = 0.5
 #: A clipped star: PLATEAU_MIN_PIXELS stamp pixels within PLATEAU_NEAR of the brightest
 #: mark stars from PLATEAU_FRACTION of it as saturated (as :func:`~..stars.plateau_level`).
 PLATEAU_MIN_PIXELS = 5
@@ -64,12 +67,22 @@ MIN_WINDOW = 2.5
 #: A binned maximum whose brightest full-resolution pixel holds more than this fraction of
 #: its light is a hot pixel (dropped before the candidates are ranked).
 HOT_FRACTION = 0.6
+#: A stamp whose brightest pixel's 8 neighbours hold less than this fraction of its height
+#: is a hot pixel (3000 hot pixels of 5000-60000 ADU in a 12 Mpx frame: ~100 binned maxima
+#: of two or three of them passed HOT_FRACTION and took 38 of the 40 brightest ranks).
+NEIGHBOUR_FRACTION = 0.2
 #: An unsaturated candidate whose half-maximum FWHM exceeds this many times the stars' (the
 #: lower quartile of the candidates', at least :data:`MIN_WINDOW`) is not a star: a knot of
 #: nebulosity, a small galaxy, a stretch of a satellite trail (they outshine the stars in
 #: a stamp and would fill the brightest ranks the quick match uses).
 EXTENDED_RATIO = 2.0
 STELLAR_QUANTILE = 25
+#: Stamps (radius, px) hold at least this many times the stars' FWHM: stars wider than the
+#: first stamps (2 x the binning) are measured again in stamps twice as wide, up to
+#: MAX_RADIUS (a real frame upscaled 3x, FWHM ~19 px: its 17 px stamps gave 8 px, a centroid
+#: window that left the centroids 0.5-2 px off and the map 1.6 px).
+STAMP_PER_FWHM = 1.5
+MAX_RADIUS = 32
 
 
 def mesh_background(image: np.ndarray, mesh: int = MESH, step: int = MESH_STEP
@@ -106,6 +119,15 @@ def _single_pixels(image: np.ndarray, factor: int, xs, ys, back, around) -> np.n
     return top > HOT_FRACTION * factor * factor * around.sum(axis=(1, 2))
 
 
+def _first_of_neighbours(xy: np.ndarray, radius: float) -> np.ndarray:
+    """True for each point that has no earlier point (brighter: sorted) within ``radius``."""
+    keep = np.ones(len(xy), bool)
+    if len(xy) > 1:
+        pairs = cKDTree(xy).query_pairs(radius, output_type="ndarray")
+        keep[pairs.max(axis=1)] = False  # the later index of each pair
+    return keep
+
+
 def _binned_peaks(image: np.ndarray, factor: int, binned: np.ndarray, bad: np.ndarray | None,
                   n_keep: int):
     """``(x, y, height)`` of the ``n_keep`` highest local maxima of ``binned`` (``image``
@@ -128,11 +150,8 @@ def _binned_peaks(image: np.ndarray, factor: int, binned: np.ndarray, bad: np.nd
     height = sub[ys, xs]
     order = np.argsort(-height)[:int(CANDIDATES_PER_STAR * n_keep)]
     xs, ys, height, around = xs[order], ys[order], height[order], around[order]
-    if len(xs) > 1:  # a flat top gives several maxima: one star
-        pairs = cKDTree(np.column_stack([xs, ys])).query_pairs(MERGE_RADIUS, output_type="ndarray")
-        keep = np.ones(len(xs), bool)
-        keep[pairs.max(axis=1)] = False  # the fainter of each pair (sorted: the later index)
-        xs, ys, height, around = xs[keep], ys[keep], height[keep], around[keep]
+    keep = _first_of_neighbours(np.column_stack([xs, ys]), MERGE_RADIUS)  # a flat top: one star
+    xs, ys, height, around = xs[keep], ys[keep], height[keep], around[keep]
     around = np.clip(around, 0, None)
     total = np.maximum(around.sum(axis=(1, 2)), 1e-30)
     cx = xs + (around.sum(axis=1) * off).sum(axis=1) / total
@@ -187,7 +206,21 @@ def _measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> di
     half = np.count_nonzero(above > 0.5 * peak[:, None, None], axis=(1, 2))
     return {"background": back, "raw_peak": raw_peak, "peak": peak,
             "flux": above.sum(axis=(1, 2)), "npix": half,
-            "fwhm": 2.0 * np.sqrt(half / np.pi), "saturated": _saturated(raw_peak, st)}
+            "fwhm": 2.0 * np.sqrt(half / np.pi), "saturated": _saturated(raw_peak, st),
+            "lone_peak": _lone_peak(above, peak)}
+
+
+def _lone_peak(above: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """True for stamps whose brightest pixel's 8 neighbours hold less than
+    :data:`NEIGHBOUR_FRACTION` of it: a hot pixel (two or three in one binned
+    neighbourhood pass the binned test), never a star (FWHM 1.3 px: about 1)."""
+    n, size = above.shape[0], above.shape[1]
+    iy, ix = np.unravel_index(above.reshape(n, -1).argmax(axis=1), above.shape[1:])
+    iy, ix = np.clip(iy, 1, size - 2), np.clip(ix, 1, size - 2)
+    off = np.arange(-1, 2)
+    block = above[np.arange(n)[:, None, None], iy[:, None, None] + off[:, None],
+                  ix[:, None, None] + off]
+    return block.sum(axis=(1, 2)) - peak < NEIGHBOUR_FRACTION * peak
 
 
 def point_like(fwhm: np.ndarray, saturated: np.ndarray, usable: np.ndarray) -> np.ndarray:
@@ -203,6 +236,21 @@ def point_like(fwhm: np.ndarray, saturated: np.ndarray, usable: np.ndarray) -> n
         return np.ones(len(fwhm), bool)
     stellar = max(float(np.percentile(fwhm[usable], STELLAR_QUANTILE)), MIN_WINDOW)
     return saturated | (fwhm <= EXTENDED_RATIO * stellar)
+
+
+def _measured(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int):
+    """``(measures, point_like, window)`` of the candidates: :func:`_measure` in stamps of
+    ``radius``, again in stamps twice as wide while :data:`STAMP_PER_FWHM` times the
+    window (the median FWHM of the usable, point-like candidates) exceeds the radius."""
+    while True:
+        m = _measure(image, x, y, radius)
+        usable = ~m["saturated"] & (m["peak"] > 0)
+        point = point_like(m["fwhm"], m["saturated"], usable) & ~m["lone_peak"]
+        usable &= point
+        window = float(np.median(m["fwhm"][usable] if usable.any() else m["fwhm"]))
+        if STAMP_PER_FWHM * window <= radius or radius >= MAX_RADIUS:
+            return m, point, window
+        radius = min(2 * radius, MAX_RADIUS)
 
 
 def bright_stars(image: np.ndarray, max_stars: int, factor: int = QUICK_BIN) -> StarTable:
@@ -234,18 +282,16 @@ def bright_stars(image: np.ndarray, max_stars: int, factor: int = QUICK_BIN) -> 
     if len(bx) == 0:
         return StarTable.empty()
     x, y = factor * bx + (factor - 1) / 2.0, factor * by + (factor - 1) / 2.0
-    m = _measure(image, x, y, 2 * factor)
-    usable = ~m["saturated"] & (m["peak"] > 0)
-    point = point_like(m["fwhm"], m["saturated"], usable)
-    usable &= point
-    window = float(np.median(m["fwhm"][usable] if usable.any() else m["fwhm"]))
+    m, point, window = _measured(image, x, y, 2 * factor)
     bright = np.flatnonzero((m["flux"] > 0) & point)
     bright = bright[np.argsort(-m["flux"][bright], kind="stable")]
     bright = bright[:int(CENTROIDED_PER_STAR * max_stars)]
     start = np.column_stack([x[bright], y[bright]])
     xy = windowed_centroids(image, start, max(window, MIN_WINDOW))
     converged = np.any(xy != start, axis=1)  # unmoved: did not converge
-    xy, order = xy[converged][:max_stars], bright[converged][:max_stars]
+    xy, order = xy[converged], bright[converged]
+    keep = np.flatnonzero(_first_of_neighbours(xy, SAME_STAR_FWHM * max(window, MIN_WINDOW)))
+    xy, order = xy[keep[:max_stars]], order[keep[:max_stars]]
     sigma = m["fwhm"][order] / FWHM_PER_SIGMA
     return StarTable(x=xy[:, 0], y=xy[:, 1], flux=m["flux"][order],
                      peak=m["peak"][order], raw_peak=m["raw_peak"][order],
