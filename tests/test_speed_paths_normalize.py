@@ -3,6 +3,7 @@
 - stamps copied by slices = gathered by index (edges included);
 - the k-sigma clip with reused deviations = the one with ``np.mean`` / ``np.std`` per step;
 - the stamps' border medians by row sort = ``np.nanmedian`` (NaN rows included);
+- the no-data rule's value range by bands = two whole-frame reductions;
 - the ring fit on the caller's mask = ``ring_statistics`` on NaN-marked values (and a
   plain least-squares plane with ``np.nanmedian`` to rounding).
 """
@@ -13,6 +14,7 @@ import warnings
 
 import numpy as np
 
+from napari_nsg.core import nodata
 from napari_nsg.core.nsg import noise
 from napari_nsg.core.stars import matching, photometry, psf_match
 
@@ -110,3 +112,18 @@ def test_ring_fit_on_the_mask_agrees_with_the_plain_fit():
         np.testing.assert_allclose(sig, want_sig, rtol=1e-9, equal_nan=True)
         for a, b in zip((level, sig, count), photometry.ring_statistics(values, dx, dy)):
             assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_value_range_by_bands_equals_two_reductions():
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        shape = tuple(int(v) for v in rng.integers(1, 90, int(rng.integers(1, 4))))
+        data = rng.normal(size=shape).astype(rng.choice([np.float32, np.float64]))
+        for _ in range(int(rng.integers(0, 4))):
+            data[tuple(int(rng.integers(0, s)) for s in shape)] = rng.choice(
+                [np.nan, np.inf, -np.inf, 0.0])
+        data = np.abs(data) if rng.random() < 0.3 else data
+        with np.errstate(invalid="ignore"):
+            lo = float(np.min(data))
+            want = (lo, float(np.max(data)) if np.isfinite(lo) else float("nan"))
+        assert np.array_equal(nodata._value_range(data), want, equal_nan=True)

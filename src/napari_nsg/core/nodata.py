@@ -23,6 +23,8 @@ MIN_ZERO_REGION = 1024
 MIN_BORDER_REGION = 16
 #: Edge zeros tested together for being reached by an earlier flood fill.
 SEED_CHUNK = 256
+#: Rows per band of :func:`_value_range` (6000 float32 columns: 768 KB, in the L2 cache).
+VALUE_RANGE_ROWS = 32
 
 __all__ = ["MIN_BORDER_REGION", "MIN_ZERO_REGION", "find_no_data", "may_hold_zero",
            "no_data_mask", "with_nan_no_data", "zero_regions"]
@@ -191,13 +193,21 @@ def find_no_data(data: np.ndarray, min_area: int = MIN_ZERO_REGION
 
 
 def _value_range(data: np.ndarray) -> tuple[float, float]:
-    """Smallest and largest value, NaN when there is a NaN (one or two reductions,
-    no temporary array)."""
+    """Smallest and largest value, NaN when there is a NaN (NaN for the largest when
+    the smallest is not finite); no temporary array. A contiguous frame is read by
+    bands of ``VALUE_RANGE_ROWS`` rows, each band's maximum taken while its minimum
+    pass left it in the cache (one pass from memory instead of two; the same values)."""
     if data.size == 0:
         return float("nan"), float("nan")
     with np.errstate(invalid="ignore"):
-        lo = float(np.min(data))
-        return lo, (float(np.max(data)) if np.isfinite(lo) else float("nan"))
+        if data.ndim < 2 or not data.flags.c_contiguous:
+            lo = float(np.min(data))
+            return lo, (float(np.max(data)) if np.isfinite(lo) else float("nan"))
+        rows = data.reshape(-1, data.shape[-1])
+        bands = [rows[i:i + VALUE_RANGE_ROWS] for i in range(0, len(rows), VALUE_RANGE_ROWS)]
+        lows, highs = zip(*[(b.min(), b.max()) for b in bands])
+        lo = float(np.min(lows))  # NaN if a band has one
+        return lo, (float(np.max(highs)) if np.isfinite(lo) else float("nan"))
 
 
 def may_hold_zero(data: np.ndarray) -> bool:
