@@ -65,6 +65,14 @@ RING_GAP_FWHM = 0.5
 RING_WIDTH_FWHM = 2.0
 MIN_RING_PIXELS = 12
 TINY_BASE = 1e-12
+#: Profile stars whose reduced chi-square is above the median by CULL_Z robust
+#: sigmas and by more than this factor are dropped and the shape refitted (up
+#: to CULL_ROUNDS times): blends with an unresolved companion (:func:`_blended`).
+CULL_CHI2_FACTOR = 1.2
+CULL_ROUNDS = 2
+CULL_Z = 4.0
+MAD_TO_SIGMA = 1.4826
+FIT_TERMS = 3  # per star: flux and a sub-pixel shift
 
 
 def _theta(profile: Profile) -> np.ndarray:
@@ -130,14 +138,15 @@ def _linear_fit(basis, ww, v):
 def _chi2_fixed_sky(theta, dxy, v, w, use, ring):
     """Chi-square of each star's best flux and sub-pixel shift for the shape
     ``theta``, its background fixed at its ring's level, the model less its own
-    wing light in the ring."""
+    wing light in the ring; and the fitted model ``(n, p)``."""
     prof = Profile(float(np.exp(theta[0])), float(theta[1]), 0, float(theta[2]), float(theta[3]))
     p, px, py = _profile_and_gradient(theta, dxy)
     basis = np.where(use[:, None, :], np.stack([p - _ring_level(prof, *ring), px, py], axis=1), 0.0)
     ww = np.where(use, w, 0.0)
     coef, _ = _linear_fit(basis, ww, v)
-    resid = v - np.einsum("nk,nkp->np", coef, basis)
-    return float(np.sum(ww * resid * resid)), coef[:, 0]
+    model = np.einsum("nk,nkp->np", coef, basis)
+    resid = v - model
+    return float(np.sum(ww * resid * resid)), model
 
 
 def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
@@ -171,14 +180,43 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     # weights): weights that grow with the star's light, from the data or the
     # model, bias the width (measured on Moffat frames: FWHM +0.6 %, flux
     # normalisation +0.75 % over fresh noise; +0.02 % and +0.27 % this way)
-    w = np.broadcast_to(1.0 / np.maximum(np.nan_to_num(sig, nan=1.0) ** 2, 1e-6)[:, None],
-                        v.shape)
-    res = minimize(lambda t: _chi2_fixed_sky(t, dxy, v, w, use, (r1, r2))[0], theta,
-                   method="Nelder-Mead", bounds=bounds,
-                   options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 1500})
-    theta = res.x
-    return Profile(float(np.exp(theta[0])), float(theta[1]), len(ids), float(theta[2]),
+    var = np.maximum(np.nan_to_num(sig, nan=1.0) ** 2, 1e-6)
+    w = np.broadcast_to(1.0 / var[:, None], v.shape)
+    keep = np.ones(len(ids), bool)
+    for _ in range(1 + CULL_ROUNDS):
+        theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds)
+        bad = keep & _blended(theta, dxy, v, use, (r1, r2), var, level)
+        if not bad.any() or (keep & ~bad).sum() < MIN_PROFILE_STARS:
+            break
+        keep &= ~bad
+    return Profile(float(np.exp(theta[0])), float(theta[1]), int(keep.sum()), float(theta[2]),
                    float(theta[3]))
+
+
+def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds):
+    """The shape (log FWHM, u, e1, e2) of least chi-square over the stars ``keep``."""
+    sub = (tuple(d[keep] for d in dxy), v[keep], w[keep], use[keep])
+    res = minimize(lambda t: _chi2_fixed_sky(t, *sub, ring)[0], theta, method="Nelder-Mead",
+                   bounds=bounds, options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 1500})
+    return res.x
+
+
+def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
+    """Stars that the shape ``theta`` does not describe: an unresolved companion
+    (undetected, so no isolation rule can reject it) widens the star and gives
+    it heavier wings. Each star's reduced chi-square with the pixel variance of
+    sky and star (growing with the model's light, as photon noise does);
+    outliers are those above the median by more than ``CULL_Z`` robust
+    standard deviations and by more than ``CULL_CHI2_FACTOR - 1`` times the median."""
+    w = np.broadcast_to(1.0 / sky_var[:, None], v.shape)
+    model = _chi2_fixed_sky(theta, dxy, v, w, use, ring)[1]
+    light = np.clip(model, 0.0, None) / np.maximum(np.abs(sky_level), 1.0)[:, None]
+    chi2 = np.sum(np.where(use, (v - model) ** 2 / (sky_var[:, None] * (1.0 + light)), 0.0),
+                  axis=1)
+    red = chi2 / np.maximum(use.sum(axis=1) - FIT_TERMS, 1)
+    med = np.median(red)
+    spread = MAD_TO_SIGMA * np.median(np.abs(red - med))
+    return red > med + max(CULL_Z * spread, (CULL_CHI2_FACTOR - 1.0) * med)
 
 
 def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile: Profile,
