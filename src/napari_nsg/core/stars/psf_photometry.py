@@ -183,8 +183,10 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     var = np.maximum(np.nan_to_num(sig, nan=1.0) ** 2, 1e-6)
     w = np.broadcast_to(1.0 / var[:, None], v.shape)
     keep = np.ones(len(ids), bool)
-    for _ in range(1 + CULL_ROUNDS):
+    for rnd in range(1 + CULL_ROUNDS):
         theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds)
+        if rnd == CULL_ROUNDS:
+            break
         bad = keep & _blended(theta, dxy, v, use, (r1, r2), var, level)
         if not bad.any() or (keep & ~bad).sum() < MIN_PROFILE_STARS:
             break
