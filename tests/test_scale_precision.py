@@ -329,7 +329,7 @@ def _blend(img, x, y, ids, fwhm, flux, sep, rng, half=12):
     for i in ids:
         ang = rng.uniform(0, 2 * np.pi)
         bx, by = x[i] + sep * np.cos(ang), y[i] + sep * np.sin(ang)
-        cx, cy = int(round(bx)), int(round(by))
+        cx, cy = round(bx), round(by)
         img[cy - half: cy + half + 1, cx - half: cx + half + 1] += flux * psf.stamps(
             np.array([bx - cx]), np.array([by - cy]), half)[0]
 
