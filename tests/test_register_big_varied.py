@@ -345,3 +345,19 @@ def test_wide_stars_are_measured_in_wider_stamps(small_quick, monkeypatch):
         assert np.median(frame_stars.bright_stars(d.frames[1], 100).fwhm) < 10.0
     reg = register_frame(d.frames[0], d.frames[1], model="similarity")
     assert _truth_rms(d, reg.transform) < TRUTH_BAR
+
+
+@pytest.mark.real
+def test_reference_keeps_its_brightest_real_stars(real_data):
+    """The compactness rule on the reference takes flux over peak, not sep's FWHM (which grows
+    with the brightness: on it the 9 brightest stars of this real frame were dropped, the
+    ones the quick match starts from)."""
+    from napari_nsg.core.registration.frame_match import reference_index
+    from napari_nsg.io import read_frame
+
+    for name in ("wasp12b_300.fits", "wasp12b_420.fits"):
+        ref = np.asarray(read_frame(real_data / "wasp12b_calibrated" / name).data, np.float32)
+        stars = detect_reference_stars(ref)
+        kept = reference_index(ref, stars).stars
+        np.testing.assert_array_equal(kept.xy[:20], stars.xy[:20])
+        assert len(kept) >= 0.9 * len(stars)
