@@ -65,10 +65,11 @@ RING_GAP_FWHM = 0.5
 RING_WIDTH_FWHM = 2.0
 MIN_RING_PIXELS = 12
 TINY_BASE = 1e-12
-#: Profile stars whose reduced chi-square is above the median by CULL_Z robust
-#: sigmas and by more than this factor are dropped and the shape refitted (up
-#: to CULL_ROUNDS times): blends with an unresolved companion (:func:`_blended`).
-CULL_CHI2_FACTOR = 1.2
+#: Profile stars whose squared fractional misfit is above the median by CULL_Z
+#: robust sigmas and by CULL_MIN_EXCESS (a 3 % rms misfit) are dropped and the
+#: shape refitted (up to CULL_ROUNDS times): blends with an unresolved
+#: companion (:func:`_blended`).
+CULL_MIN_EXCESS = 1e-3
 CULL_ROUNDS = 2
 CULL_Z = 4.0
 MAD_TO_SIGMA = 1.4826
@@ -211,19 +212,23 @@ def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds):
 def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
     """Stars that the shape ``theta`` does not describe: an unresolved companion
     (undetected, so no isolation rule can reject it) widens the star and gives
-    it heavier wings. Each star's reduced chi-square with the pixel variance of
-    sky and star (growing with the model's light, as photon noise does);
-    outliers are those above the median by more than ``CULL_Z`` robust
-    standard deviations and by more than ``CULL_CHI2_FACTOR - 1`` times the median."""
+    it heavier wings. Each star's chi-square beyond its degrees of freedom, with
+    the pixel variance of sky and star (growing with the model's light, as
+    photon noise does), over the model's own chi-square: the squared fractional
+    misfit, the same for every star when the family misses the PSF's shape (the
+    brightest stars are not singled out), large for a blend. Outliers: above
+    the median by ``CULL_Z`` robust sigmas and by ``CULL_MIN_EXCESS``."""
     w = np.broadcast_to(1.0 / sky_var[:, None], v.shape)
     model = _chi2_fixed_sky(theta, dxy, v, w, use, ring)[1]
     light = np.clip(model, 0.0, None) / np.maximum(np.abs(sky_level), 1.0)[:, None]
-    chi2 = np.sum(np.where(use, (v - model) ** 2 / (sky_var[:, None] * (1.0 + light)), 0.0),
-                  axis=1)
-    red = chi2 / np.maximum(use.sum(axis=1) - FIT_TERMS, 1)
-    med = np.median(red)
-    spread = MAD_TO_SIGMA * np.median(np.abs(red - med))
-    return red > med + max(CULL_Z * spread, (CULL_CHI2_FACTOR - 1.0) * med)
+    pix_var = sky_var[:, None] * (1.0 + light)
+    chi2 = np.sum(np.where(use, (v - model) ** 2 / pix_var, 0.0), axis=1)
+    signal = np.sum(np.where(use, model * model / pix_var, 0.0), axis=1)
+    dof = np.maximum(use.sum(axis=1) - FIT_TERMS, 1)
+    excess = (chi2 - dof) / np.maximum(signal, TINY_BASE)
+    med = np.median(excess)
+    spread = MAD_TO_SIGMA * np.median(np.abs(excess - med))
+    return excess > med + max(CULL_Z * spread, CULL_MIN_EXCESS)
 
 
 def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile: Profile,
