@@ -189,14 +189,7 @@ CASES = {
 #: centroids, 0.13 px off for seed 3 (0.068 and 0.095 for seeds 1, 2); the full search kept
 #: 8 pairs and a similarity (0.048 px). Not in the quick star side: the reference's detector
 #: and the model choice (frames.py) decide it.
-#: Also left open: the nebula's knots with seeds 2 and 3. The reference's stars are sep's,
-#: whose brightest ranks are knots; the compactness rule on their stamps keeps too many of
-#: them at EXTENDED_RATIO 2.5 (0 of the 20 brightest true; 8 at 2.0) and both the quick
-#: match and the full search fail. At 2.0 these registered (0.007-0.013 px) but the real
-#: frame upscaled 3x did not (its brightest stars' FWHM is 2x its faint ones'). Filtering
-#: sep's stars by the reference's own bright_stars fixed both but changed the small frames'
-#: pairs (tests in test_register_frames.py) and was not kept for lack of time.
-FAILING = {("faint stars, sky 3000", 3), ("nebula knots", 2), ("nebula knots", 3)}
+FAILING = {("faint stars, sky 3000", 3)}
 
 
 @pytest.mark.slow

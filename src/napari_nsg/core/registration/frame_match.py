@@ -29,7 +29,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..stars import StarTable, intensity
-from .frame_stars import QUICK_BIN, measure_candidates
+from .frame_stars import EDGE, QUICK_BIN, bright_stars, measure_candidates
 from .matching import match_similarity
 from .refine import refine_model, windowed_centroids
 
@@ -42,6 +42,10 @@ QUICK_FRAME = 40
 PAIR_TOL = 2.5
 #: A saturated frame star is looked for within this distance (px) of a predicted reference star.
 SATURATED_REACH = 3.0
+#: Stars of the reference's own bright_stars its sep stars are checked against (at least),
+#: and the border (px) where bright_stars does not look (EDGE binned px, and a margin).
+OWN_STARS = 800
+EDGE_PX = 4 * QUICK_BIN * EDGE
 #: References kept (one per run; a few for interleaved runs in one process).
 CACHE_SIZE = 4
 
@@ -78,13 +82,23 @@ _LOCK = threading.Lock()
 
 def _point_stars(reference: np.ndarray, stars: StarTable) -> StarTable:
     """The stars as compact as stars by the frames' rule (:func:`~.frame_stars.point_like`
-    on the FWHM from the area above half the peak, measured in stamps of the reference): a
-    bright nebula's knots fill the brightest ranks of the reference too. Not on sep's FWHM
-    or its flux over peak: both grow with the brightness (isophotal), and dropped up to the
-    13 brightest stars of the real wasp12b frames."""
+    on the FWHM from the area above half the peak, measured in stamps of the reference),
+    and among the brighter half (sep's flux) only those the big frames' detector finds too
+    (:func:`~.frame_stars.bright_stars`, within :data:`PAIR_TOL`; near the edges, where it
+    does not look, all): a bright nebula's knots fill the brightest ranks of the reference
+    too. Not on sep's FWHM or its flux over peak: both grow with the brightness
+    (isophotal), and dropped up to the 13 brightest stars of the real wasp12b frames."""
     if not len(stars):
         return stars
     _, point, _ = measure_candidates(reference, stars.x, stars.y, 2 * QUICK_BIN)
+    own = bright_stars(reference, max(len(stars), OWN_STARS))
+    if len(own):
+        seen = cKDTree(own.xy).query(stars.xy, distance_upper_bound=PAIR_TOL)[0] < np.inf
+        h, w = np.shape(reference)[-2:]
+        near_edge = np.any((stars.xy < EDGE_PX) | (stars.xy > np.array([w, h]) - EDGE_PX),
+                           axis=1)
+        bright = stars.flux > np.median(stars.flux[seen]) if seen.any() else True
+        point &= seen | near_edge | ~bright | stars.saturated
     return stars if point.all() else stars.take(np.flatnonzero(point))
 
 
