@@ -168,7 +168,9 @@ def run_child(paths, out, gradient_images, *, workers=1, with_floor=True, source
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
                            str(out), "1" if gradient_images else "0", str(BENCH_DIR),
                            str(workers), "1" if with_floor else "0"],
-                          check=True, capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:  # say why, not only that it failed
+        sys.exit(f"normalize run ({source or 'this checkout'}) failed:\n{proc.stderr[-4000:]}")
     # cpu_s: CPU seconds of the run's process (I/O floor passes included) and of its
     # descendants (worker processes, fork server), sampled from /proc every 0.2 s
     return json.loads(proc.stdout.strip().splitlines()[-1])
