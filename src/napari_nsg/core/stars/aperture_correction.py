@@ -178,6 +178,19 @@ def _select(x, y, flux, fwhm, neighbours, n_max):
     return np.array(keep, int), tree, (nx, ny)
 
 
+def _profile_stars(plane, x, y, flux, fwhm, neighbours):
+    """The plane (no-data as NaN), positions as floats and the indices of the
+    isolated stars a profile is fitted to, with the neighbours' tree and positions;
+    None when fewer than ``MIN_PROFILE_STARS`` are usable."""
+    plane = with_nan_no_data(plane)
+    x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
+    ids = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0))
+    sel, tree, nxy = _select(x[ids], y[ids], flux[ids], fwhm, neighbours, PROFILE_STARS)
+    if len(sel) < MIN_PROFILE_STARS:
+        return None
+    return plane, x, y, ids[sel], tree, nxy
+
+
 def _stamps(plane, x, y, fwhm, tree, nxy):
     """Offsets ``(dx, dy)``, values and usable pixels (within the fit radius, no
     fainter neighbour within NEIGHBOUR_MASK_FWHM) of each star's stamp, ``(n, p)``."""
@@ -238,13 +251,10 @@ def fit_profile(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     Profile or None
         None when fewer than ``MIN_PROFILE_STARS`` isolated stars are usable.
     """
-    plane = with_nan_no_data(plane)
-    x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
-    ids = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0))
-    sel, tree, nxy = _select(x[ids], y[ids], flux[ids], fwhm, neighbours, PROFILE_STARS)
-    if len(sel) < MIN_PROFILE_STARS:
+    chosen = _profile_stars(plane, x, y, flux, fwhm, neighbours)
+    if chosen is None:
         return None
-    ids = ids[sel]
+    plane, x, y, ids, tree, nxy = chosen
     dxy, v, use = _stamps(plane, x[ids], y[ids], fwhm, tree, nxy)
     sky, sky_var = _sky(dxy, v, use, fwhm)
     theta = np.array([np.log(fwhm), 0.25, 0.0, 0.0])

@@ -40,13 +40,12 @@ from .aperture_correction import (
     AGREEMENT_GATE_Z,
     MAX_ELLIPTICITY,
     MIN_PROFILE_STARS,
-    PROFILE_STARS,
     TAIL_RANGE,
     Profile,
     _power,
+    _profile_stars,
     _reference_profile,
     _scale_of,
-    _select,
     _shape_matrix,
     _stamps,
     _unit_psf,
@@ -161,13 +160,10 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     (:func:`_ring_radii`). Stars whose chi-square is an outlier (an unresolved
     companion: :func:`_blended`) are dropped and the shape refitted;
     ``n_stars`` counts the stars of the last fit."""
-    plane = with_nan_no_data(plane)
-    x, y, flux = (np.asarray(a, float) for a in (x, y, flux))
-    ids = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & np.isfinite(flux) & (flux > 0))
-    sel, tree, nxy = _select(x[ids], y[ids], flux[ids], fwhm, neighbours, PROFILE_STARS)
-    if len(sel) < MIN_PROFILE_STARS:
+    chosen = _profile_stars(plane, x, y, flux, fwhm, neighbours)
+    if chosen is None:
         return None
-    ids = ids[sel]
+    plane, x, y, ids, tree, nxy = chosen
     _, r1, r2 = _ring_radii(fwhm)
     level, sig, count = _ring_background(plane, x[ids], y[ids], r1, r2)
     ok = np.isfinite(level) & (count >= MIN_RING_PIXELS)
