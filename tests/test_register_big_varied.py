@@ -197,7 +197,7 @@ FAILING = {("faint stars, sky 3000", 3)}
 @pytest.mark.parametrize("case", list(CASES))
 def test_big_frame_registers_within_the_bar(case, seed, monkeypatch, request):
     if (case, seed) in FAILING:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="see FAILING"))
+        request.applymarker(pytest.mark.xfail(strict=True, reason="faint field: an affine model fitted to 12-17 noisy pairs is 0.13 px off (FAILING; docs/register.md)"))
     kw, after = CASES[case]
     d = _pair(seed=seed, **kw)
     if after is not None:
