@@ -6,7 +6,8 @@ spread over it, not all of them. Here:
 1. the frame is binned ``factor x factor`` (the mean of each block, one pass);
 2. its background is the median of each mesh of the binned image (every
    :data:`MESH_STEP`-th pixel of a :data:`MESH`-pixel mesh, a 3x3 median filter
-   of the meshes, bilinear in between), the noise the median absolute deviation;
+   of the meshes, bilinear in between: :func:`~..stars.detection.mesh_background`), the
+   noise the median absolute deviation;
 3. the stars are the local maxima (3x3) of the binned image less the background
    above :data:`PEAK_SIGMA` times the noise, away from the edges and the no-data;
 4. the brightest of them are measured on the full frame: background (the
@@ -28,10 +29,10 @@ from scipy.spatial import cKDTree
 
 from ..nodata import find_no_data
 from ..stars import StarTable
-from ..stars.detection import FWHM_PER_SIGMA, bin_image, near_no_data
+from ..stars.detection import FWHM_PER_SIGMA, bin_image, mesh_background, near_no_data
 from .refine import gather_stamps, windowed_centroids
 
-__all__ = ["QUICK_BIN", "bright_stars", "measure_candidates", "mesh_background", "point_like"]
+__all__ = ["QUICK_BIN", "bright_stars", "measure_candidates", "point_like"]
 
 #: Binning of the star search.
 QUICK_BIN = 4
@@ -88,28 +89,6 @@ STAMP_PER_FWHM = 1.5
 MAX_RADIUS = 32
 
 
-def mesh_background(image: np.ndarray, mesh: int = MESH, step: int = MESH_STEP
-                    ) -> tuple[np.ndarray, float]:
-    """``(background map, noise sigma)`` of a finite 2-D image from the medians of its meshes.
-
-    Each ``mesh x mesh`` block gives the median of every ``step``-th pixel, the
-    grid of medians is 3x3 median-filtered (stars and small galaxies filling a mesh)
-    and interpolated bilinearly to every pixel; the noise is 1.4826 times the median
-    over the meshes of their median absolute deviation.
-    """
-    h, w = image.shape
-    ny, nx = max(1, h // mesh), max(1, w // mesh)
-    my, mx = min(mesh, h), min(mesh, w)
-    blocks = image[:ny * my, :nx * mx].reshape(ny, my, nx, mx)[:, ::step, :, ::step]
-    blocks = blocks.transpose(0, 2, 1, 3).reshape(ny, nx, -1)
-    med = np.median(blocks, axis=2).astype(np.float32)
-    mad = np.median(np.abs(blocks - med[..., None]), axis=2)
-    sigma = float(1.4826 * np.median(mad)) or float(np.std(blocks)) or 1.0
-    if min(ny, nx) >= 3:
-        med = cv2.medianBlur(med, 3)
-    return cv2.resize(med, (w, h), interpolation=cv2.INTER_LINEAR), sigma
-
-
 def _single_pixels(image: np.ndarray, factor: int, xs, ys, back, around) -> np.ndarray:
     """True for binned maxima whose light is mostly one full-resolution pixel (hot pixels,
     cosmic-ray hits): its brightest pixel above the background holds more than
@@ -136,7 +115,8 @@ def _binned_peaks(image: np.ndarray, factor: int, binned: np.ndarray, bad: np.nd
     """``(x, y, height)`` of the ``n_keep`` highest local maxima of ``binned`` (``image``
     binned by ``factor``) above the background, single bright pixels left out (sub-pixel:
     the barycentre of the 3x3 binned pixels around each; binned px), highest first."""
-    back, sigma = mesh_background(binned)
+    back, sigma = mesh_background(binned, MESH, MESH_STEP, interpolation=cv2.INTER_LINEAR)
+    sigma = sigma or float(np.std(binned)) or 1.0  # a flat image: no star stands out anyway
     sub = binned - back
     inner = sub[EDGE:-EDGE, EDGE:-EDGE]
     ys, xs = np.nonzero(inner > PEAK_SIGMA * sigma)  # few pixels: then the local maxima
