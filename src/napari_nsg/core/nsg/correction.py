@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.linalg.blas import sgemm
 
 from ..nodata import no_data_mask
 from ..threads import available_threads
@@ -107,11 +108,18 @@ class CoarseGrid:
         (into ``out`` when given). Each band lies between two node rows, so that its
         rows come from the same four rows of nodes; the bands can be computed in
         any order, e.g. by several threads (``step`` > 1 only)."""
+        for rows, across, weights in self.row_blocks(values):
+            yield rows, functools.partial(_band, across, weights)
+
+    def row_blocks(self, values: np.ndarray):
+        """:meth:`row_bands` as ``(rows, across, weights)``: each band is
+        ``weights @ across``, ``weights`` ``(n, 4)`` and ``across`` ``(4, width)``
+        (the four node rows interpolated across, float32, C-contiguous)."""
         h, w = self.shape
-        small = np.asarray(values, dtype=np.float32)
-        across = small @ cubic_weights(w, self.step, self.margin, self.nx).T  # (ny, width)
+        across = _across(np.asarray(values, dtype=np.float32),
+                         cubic_weights(w, self.step, self.margin, self.nx).T)  # (ny, width)
         for base, rows, weights in _row_phases(h, self.step, self.margin):
-            yield rows, functools.partial(_band, across[base:base + 4], weights)
+            yield rows, across[base:base + 4], weights
 
     def coverage(self, valid: np.ndarray) -> np.ndarray:
         """Fraction of valid pixels in each node's cell, ``(ny, nx)``; beyond the
@@ -151,6 +159,32 @@ def _row_phases(n_out: int, step: int, margin: int) -> tuple:
 #: ``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``): the bands' products stay
 #: under it, so that the correction's own threads do not start BLAS threads too.
 BLAS_ONE_THREAD = 65536 * 4
+#: At most this many rows per product in :func:`_correct_fused` (the rows of a
+#: 6000 px wide frame stay in the L1/L2 cache between the passes over them).
+FUSED_ROWS = 16
+
+
+#: Columns per product in :func:`_across` are a multiple of this (OpenBLAS's
+#: kernel width).
+ACROSS_COLUMNS = 16
+
+
+def _across(small: np.ndarray, weights_t: np.ndarray) -> np.ndarray:
+    """``small @ weights_t`` (node rows interpolated across, ``(ny, width)``) by blocks of
+    columns each under ``BLAS_ONE_THREAD``: OpenBLAS would share one whole product
+    among its threads, which then spin for tens of ms after it, on CPU time that the
+    rest of the target needs. The same sums; OpenBLAS's kernels for small and large
+    products may round them differently (float32 rounding of the gradient: the
+    corrected pixels of the WASP-12b frames move by at most 7e-7 of the sky level,
+    those of the 6000 x 4000 benchmark frames not at all)."""
+    per = max(1, small.size)
+    if per * weights_t.shape[1] <= BLAS_ONE_THREAD:  # on one thread already
+        return small @ weights_t
+    out = np.empty((small.shape[0], weights_t.shape[1]), np.float32)
+    cols = max(ACROSS_COLUMNS, BLAS_ONE_THREAD // per // ACROSS_COLUMNS * ACROSS_COLUMNS)
+    for c0 in range(0, out.shape[1], cols):
+        np.matmul(small, weights_t[:, c0:c0 + cols], out=out[:, c0:c0 + cols])
+    return out
 
 
 def _band(across: np.ndarray, weights: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -378,16 +412,45 @@ def _correct_plane(t: np.ndarray, scale: np.float32, gradient, c: int,
         bands = [(slice(0, t.shape[0]), full)]
         _correct_rows(t, scale, bands, bad, out)
         return
-    bands = list(grid.row_bands(gradient.values[c]))
+    if out.flags.c_contiguous:
+        bands, work = list(grid.row_blocks(gradient.values[c])), _correct_fused
+    else:
+        bands, work = list(grid.row_bands(gradient.values[c])), _correct_rows
     n = _thread_count(t.size)
     if n == 1:
-        _correct_rows(t, scale, bands, bad, out)
+        work(t, scale, bands, bad, out)
         return
     cut = np.linspace(0, len(bands), n + 1).round().astype(int)
     with ThreadPoolExecutor(n, thread_name_prefix="nsg-correct") as pool:
-        for fut in [pool.submit(_correct_rows, t, scale, bands[a:b], bad, out)
+        for fut in [pool.submit(work, t, scale, bands[a:b], bad, out)
                     for a, b in itertools.pairwise(cut)]:
             fut.result()
+
+
+def _correct_fused(t: np.ndarray, scale: np.float32, blocks, bad: np.ndarray | None,
+                   out: np.ndarray) -> None:
+    """:func:`_correct_rows` in one pass from memory, for a C-contiguous ``out``:
+    ``blocks`` from :meth:`CoarseGrid.row_blocks`, taken a few rows at a time (in
+    the L1/L2 cache): ``out = t*scale`` then the gradient subtracted by BLAS itself
+    (``sgemm`` with ``beta = 1`` into ``out``: no gradient buffer), then the no-data
+    rule. The same float32 operations as :func:`_correct_rows`, so the same values
+    (bit for bit: a ``beta`` equal to the scale would round once, not twice)."""
+    tiny = np.finfo(np.float32).tiny
+    step = max(1, min(FUSED_ROWS, BLAS_ONE_THREAD // (4 * t.shape[1])))
+    zero = np.empty((step, t.shape[1]), bool)
+    for rows, across, weights in blocks:
+        a_t = across.T  # (width, 4), Fortran order: no copy into BLAS
+        for r0 in range(0, weights.shape[0], step):
+            a, b = rows.start + r0, min(rows.stop, rows.start + r0 + step)
+            o = out[a:b]
+            np.multiply(t[a:b], scale, out=o, dtype=np.float32, casting="unsafe")
+            # o.T is (width, rows) in Fortran order: BLAS writes o in place
+            sgemm(-1.0, a_t, weights[r0:r0 + step].T, beta=1.0, c=o.T, overwrite_c=1)
+            z = np.equal(o, 0, out=zero[: b - a])
+            if z.any():
+                np.copyto(o, tiny, where=z)
+            if bad is not None:
+                np.copyto(o, np.float32(0), where=bad[a:b])
 
 
 def _correct_rows(t: np.ndarray, scale: np.float32, bands, bad: np.ndarray | None,
