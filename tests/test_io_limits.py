@@ -239,7 +239,7 @@ def test_legitimate_multi_hdu_file(tmp_path):
 # --- large frames are byte-swapped in place: same pixels as the memmap path ---------------
 
 @pytest.mark.parametrize("dtype, cards, mode", [
-    (np.float32, {}, "in_place"), (np.float64, {}, "in_place"), (np.int16, {}, "in_place"),
+    (np.float32, {}, "raw"), (np.float64, {}, "in_place"), (np.int16, {}, "in_place"),
     (np.uint16, {}, "unsigned16"), (np.int32, {}, "in_place"), (np.uint8, {}, "in_place"),
     (np.int16, {"BSCALE": 0.5, "BZERO": 3.0, "BLANK": 1007}, "in_place"),
 ])

@@ -112,6 +112,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
         raise Boom
 
     monkeypatch.setattr(fits.PrimaryHDU, "writeto", explode)
+    monkeypatch.setattr("napari_nsg.io.write._stream", explode)  # float32 frames' writer
     with pytest.raises(Boom):
         write_frame(tmp_path / "x.fits", np.ones((5, 5)))
     assert list(tmp_path.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import warnings
 from dataclasses import dataclass, field
 from math import prod
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from .buffers import FrameBuffers
 from .debayer import METHODS as DEBAYER_METHODS
 from .debayer import debayer as _debayer
 from .errors import FrameError, FrameWarning
@@ -28,6 +30,8 @@ UNSIGNED16_ZERO = 32768.0
 IN_PLACE_BYTES = 256 * 2**20
 """Frames whose float32 pixels take this much or more are converted without a second full copy."""
 _CHUNK_VALUES = 2**22
+READ_CHUNK_BYTES = 4 * 2**20
+"""Unscaled float32 pixels are read in pieces of this size, each byte-swapped while in the cache."""
 
 
 @dataclass
@@ -157,19 +161,25 @@ def _fits_error(path: Path, exc: Exception) -> FrameError:
 
 
 def _read_mode(chosen: HduInfo) -> str:
-    """How to convert the chosen HDU to float32 with the least peak memory.
+    """How to convert the chosen HDU to float32 with the least peak memory and CPU.
 
-    ``"memmap"``: astropy's memmap, then one converting copy (small frames, and
-    compressed ones, whose pixels are a fresh array anyway); ``"unsigned16"``:
-    16-bit pseudo-unsigned data converted in chunks from the raw memmap (1.5x
-    the float32 size instead of 2x); ``"in_place"``: read into memory and
-    byte-swapped in place (float32: 1x instead of 2x).
+    ``"raw"``: unscaled float32 (BITPIX -32, the usual frame), any size: its bytes
+    read straight into the destination (a reused buffer where the caller gives one)
+    and byte-swapped there; ``"memmap"``: astropy's memmap, then one converting
+    copy (small frames, and compressed ones, whose pixels are a fresh array
+    anyway); ``"unsigned16"``: 16-bit pseudo-unsigned data converted in chunks from
+    the raw memmap (1.5x the float32 size instead of 2x); ``"in_place"``: read into
+    memory and byte-swapped in place (1x the float32 size instead of 2x).
     """
-    if chosen.kind != "image" or prod(chosen.shape) * 4 < IN_PLACE_BYTES:
+    if chosen.kind != "image":
         return "memmap"
     keys = chosen.keys
     scale = tuple(float(keys.get(key, default).replace("D", "E"))
                   for key, default in (("BZERO", "0"), ("BSCALE", "1")))
+    if keys.get("BITPIX") == "-32" and scale == (0.0, 1.0):
+        return "raw"
+    if prod(chosen.shape) * 4 < IN_PLACE_BYTES:
+        return "memmap"
     if keys.get("BITPIX") == "16" and scale == (UNSIGNED16_ZERO, 1.0):
         return "unsigned16"
     return "in_place"
@@ -186,11 +196,12 @@ def _unsigned16(raw: np.ndarray) -> np.ndarray:
     return out
 
 
-def _decode_hdu(path: Path, fh, chosen: HduInfo):
-    """Pixels and header of the HDU the scan chose, decoded by astropy."""
+def _decode_hdu(path: Path, fh, chosen: HduInfo, buffers=None):
+    """Pixels and header of the HDU the scan chose, decoded by astropy (unscaled
+    float32 pixels read directly, into a buffer of ``buffers`` if given)."""
     mode = _read_mode(chosen)
     options = {"unsigned16": {"memmap": True, "do_not_scale_image_data": True},
-               "in_place": {"memmap": False}}.get(mode, {})
+               "in_place": {"memmap": False}, "raw": {"memmap": True}}.get(mode, {})
     with fits.open(fh, lazy_load_hdus=True, **options) as hdul:
         h = hdul[chosen.index]
         images = (fits.PrimaryHDU, fits.ImageHDU)
@@ -198,6 +209,8 @@ def _decode_hdu(path: Path, fh, chosen: HduInfo):
         if not isinstance(h, wanted):
             raise FrameError(path, f"HDU {chosen.index} could not be read as an image "
                                    f"(astropy sees a {type(h).__name__})")
+        if mode == "raw" and h.shape == chosen.shape:
+            return _read_raw(path, fh, chosen, buffers), h.header.copy()
         array = h.data
         if array is None or array.shape != chosen.shape:
             got = None if array is None else array.shape
@@ -208,6 +221,40 @@ def _decode_hdu(path: Path, fh, chosen: HduInfo):
         if mode == "in_place":
             array = _native_in_place(array)
         return _as_float32(path, array), h.header.copy()
+
+
+def _read_raw(path: Path, fh, chosen: HduInfo, buffers=None) -> np.ndarray:
+    """The unscaled big-endian float32 pixels of ``chosen``, read in pieces of
+    :data:`READ_CHUNK_BYTES` into the destination and byte-swapped there: one pass,
+    no memmap and no second copy. The destination comes from ``buffers``
+    (:class:`~napari_nsg.io.buffers.FrameBuffers`) when given, else is a new array."""
+    out = (buffers.take(chosen.shape, np.float32) if buffers is not None
+           else np.empty(chosen.shape, np.float32))
+    flat = out.reshape(-1)
+    raw = memoryview(flat).cast("B")
+    step = READ_CHUNK_BYTES // flat.itemsize
+    try:
+        fh.seek(chosen.data_start)
+        for start in range(0, flat.size, step):
+            _read_exactly(path, fh, raw[start * flat.itemsize : (start + step) * flat.itemsize])
+            if sys.byteorder == "little":
+                flat[start : start + step].byteswap(inplace=True)
+    except BaseException:
+        del raw, flat
+        if buffers is not None:
+            buffers.give(out)
+        raise
+    return out
+
+
+def _read_exactly(path: Path, fh, target: memoryview) -> None:
+    """Fill ``target`` from ``fh`` (FrameError if the file ends first)."""
+    got = 0
+    while got < len(target):
+        n = fh.readinto(target[got:])
+        if not n:
+            raise FrameError(path, "file is truncated (it ended while its pixels were read)")
+        got += n
 
 
 def _native_in_place(array: np.ndarray) -> np.ndarray:
@@ -222,7 +269,7 @@ def _native_in_place(array: np.ndarray) -> np.ndarray:
     return array.view(array.dtype.newbyteorder("="))
 
 
-def _read_fits(path: Path, fh, hdu: int | None):
+def _read_fits(path: Path, fh, hdu: int | None, buffers=None):
     start = fh.read(len(_FITS_MAGIC))
     if not start.startswith(_FITS_MAGIC):
         reason = "file is empty" if not start else "not a FITS file (no SIMPLE card at the start)"
@@ -236,7 +283,7 @@ def _read_fits(path: Path, fh, hdu: int | None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            data, header = _decode_hdu(path, fh, chosen)
+            data, header = _decode_hdu(path, fh, chosen, buffers)
         except FrameError:
             raise
         except Exception as exc:  # astropy and its codecs raise many types for corrupt data
@@ -308,10 +355,10 @@ def _xisf_value(text):
     return t
 
 
-def _read_fits_named(path: Path, fh, kind: str | None, hdu: int | None):
+def _read_fits_named(path: Path, fh, kind: str | None, hdu: int | None, buffers=None):
     """Read FITS; a file with an unknown suffix gets that said in its error."""
     try:
-        data, header, index = _read_fits(path, fh, hdu)
+        data, header, index = _read_fits(path, fh, hdu, buffers)
     except FrameError as exc:
         if kind is None:
             raise FrameError(
@@ -353,6 +400,7 @@ def read_frame(
     *,
     debayer: str | None = None,
     hdu: int | None = None,
+    buffers: FrameBuffers | None = None,
 ) -> Frame:
     """Read one frame as float32 in its own units.
 
@@ -367,6 +415,11 @@ def read_frame(
         raw frame stays a 2-D mosaic: it is never debayered silently.
     hdu : int, optional
         Read this FITS HDU instead of the first one that holds an image.
+    buffers : FrameBuffers, optional
+        Where to put unscaled float32 FITS pixels (the usual frame): a buffer taken
+        from this pool (reused: no fresh 96 MB array to fault in per frame), which
+        the caller gives back with ``buffers.give(frame.data)`` once done with it.
+        Other frames get new arrays, which ``give`` ignores.
 
     Returns
     -------
@@ -403,14 +456,17 @@ def read_frame(
             data, header = _read_xisf(path)
             data = _shape_checked(path, data)
         else:
-            data, header, index = _read_fits_named(path, fh, kind, hdu)
+            data, header, index = _read_fits_named(path, fh, kind, hdu, buffers)
     meta = _metadata(path, header, data.shape[-2])
     done = None
     if debayer is not None:
         if data.ndim != 2 or meta.bayer_pattern is None:
             raise FrameError(path, "debayering asked for, but the frame is not a raw CFA mosaic "
                              "(no BAYERPAT keyword or already colour)")
-        data = _debayer(data, meta.bayer_pattern, debayer)
+        mosaic, data = data, _debayer(data, meta.bayer_pattern, debayer)
+        if buffers is not None and not np.may_share_memory(mosaic, data):
+            buffers.give(mosaic)
+        del mosaic
         done = debayer
         for key in ("BAYERPAT", "XBAYROFF", "YBAYROFF"):
             header.remove(key, ignore_missing=True, remove_all=True)

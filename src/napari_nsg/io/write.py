@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import mmap
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -13,6 +17,19 @@ from astropy.io.fits.verify import VerifyWarning
 
 from .atomic import atomic_group, write_error
 from .errors import FrameError
+
+FITS_BLOCK = 2880
+"""FITS files are written in blocks of this many bytes (headers and data padded)."""
+WRITE_CHUNK_BYTES = 8 * 2**20
+"""The pixels are byte-swapped into a reused buffer of this size and written from it."""
+DIRECT_MIN_BYTES = 16 * 2**20
+"""Frames whose pixels take this much or more are written with ``O_DIRECT`` where the
+file system allows it: no copy into the page cache (about 0.1 CPU-s per 96 MB frame on
+the 2-core test machine, fresh page-cache pages being slow to get), the file being
+fsynced anyway. Smaller frames are written through the page cache."""
+DIRECT_ALIGN = 4096
+"""Offsets, sizes and buffer addresses of ``O_DIRECT`` writes are multiples of this."""
+_scratch = threading.local()
 
 # Keywords that describe the old file's layout, not the observation: astropy
 # writes the new ones from the data.
@@ -86,9 +103,129 @@ def _write_hdu(hdu: fits.PrimaryHDU, tmp: Path, final: Path) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", VerifyWarning)
-            hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
+            if _streamable(hdu):
+                _write_streamed(hdu, tmp)
+            else:
+                hdu.writeto(tmp, overwrite=True, output_verify="silentfix")
     except OSError as exc:
         raise write_error(final, exc) from None
+
+
+def _streamable(hdu) -> bool:
+    """Whether :func:`_write_streamed` writes ``hdu`` as astropy would: a primary HDU of
+    native float32 pixels in C order, with no keyword that scales them."""
+    data = hdu.data
+    return (type(hdu) is fits.PrimaryHDU and isinstance(data, np.ndarray)
+            and data.dtype == np.float32 and data.dtype.isnative and data.ndim in (2, 3)
+            and data.flags.c_contiguous
+            and not any(key in hdu.header for key in ("BSCALE", "BZERO", "BLANK")))
+
+
+def _header_bytes(hdu: fits.PrimaryHDU) -> bytes:
+    """The header block(s) ``hdu.writeto(..., output_verify="silentfix")`` writes."""
+    hdul = fits.HDUList([hdu])
+    hdul.verify("silentfix")
+    hdul.update_extend()
+    hdu.update_header()
+    return hdu.header.tostring().encode("ascii")
+
+
+def _write_streamed(hdu: fits.PrimaryHDU, tmp: Path) -> None:
+    """Write ``hdu`` to ``tmp`` byte for byte as astropy does, without its two in-place
+    byte swaps of the whole frame: the pixels go big-endian through a reused buffer of
+    :data:`WRITE_CHUNK_BYTES`, written with ``O_DIRECT`` for big frames
+    (:data:`DIRECT_MIN_BYTES`) where the file system takes it."""
+    header = _header_bytes(hdu)
+    values = hdu.data.reshape(-1)
+    direct = values.nbytes >= DIRECT_MIN_BYTES and len(header) <= WRITE_CHUNK_BYTES // 2
+    fd = _open_for_writing(tmp, direct)
+    try:
+        _stream(fd, header, values, _is_direct(fd))
+    finally:
+        os.close(fd)
+
+
+def _open_for_writing(path: Path, direct: bool) -> int:
+    """A descriptor of ``path`` (truncated), with ``O_DIRECT`` when asked and allowed."""
+    flags = os.O_WRONLY | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    if direct and hasattr(os, "O_DIRECT"):
+        try:
+            return os.open(path, flags | os.O_DIRECT)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:  # EINVAL: this file system has no O_DIRECT
+                raise
+    return os.open(path, flags)
+
+
+def _is_direct(fd: int) -> bool:
+    return bool(hasattr(os, "O_DIRECT") and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+def _buffered(fd: int) -> None:
+    """Turn ``O_DIRECT`` off for ``fd`` (its alignment not met or not taken)."""
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+
+
+def _chunk_buffer() -> np.ndarray:
+    """This thread's page-aligned scratch buffer of :data:`WRITE_CHUNK_BYTES` (reused)."""
+    buf = getattr(_scratch, "buffer", None)
+    if buf is None:
+        buf = np.frombuffer(mmap.mmap(-1, WRITE_CHUNK_BYTES), np.uint8)
+        _scratch.buffer = buf
+    return buf
+
+
+def _stream(fd: int, header: bytes, values: np.ndarray, direct: bool) -> None:
+    """Write the header, the pixels big-endian and the FITS padding to ``fd``."""
+    buf = _chunk_buffer()
+    big_endian = values.dtype.newbyteorder(">")
+    body = len(header) + values.nbytes
+    total = body + (-body) % FITS_BLOCK
+    fill = len(header)
+    if fill > WRITE_CHUNK_BYTES // 2:  # never with O_DIRECT (see _write_streamed)
+        direct = _write_all(fd, np.frombuffer(header, np.uint8), direct)
+        fill = 0
+    else:
+        buf[:fill] = np.frombuffer(header, np.uint8)
+    start = 0
+    while True:
+        n = min((WRITE_CHUNK_BYTES - fill) // values.itemsize, values.size - start)
+        target = buf[fill : fill + n * values.itemsize].view(big_endian)
+        target[...] = values[start : start + n]  # one pass: copied and byte-swapped
+        start, fill = start + n, fill + n * values.itemsize
+        if start == values.size:
+            break
+        direct = _write_all(fd, buf[:fill], direct)
+        fill = 0
+    end = fill + (total - body)
+    buf[fill:end] = 0
+    if direct:  # whole aligned blocks, then the file cut to its size
+        aligned = end + (-end) % DIRECT_ALIGN
+        buf[end:aligned] = 0
+        _write_all(fd, buf[:aligned], direct)
+        os.ftruncate(fd, total)
+    else:
+        _write_all(fd, buf[:end], direct)
+
+
+def _write_all(fd: int, chunk: np.ndarray, direct: bool) -> bool:
+    """Write all of ``chunk``; whether ``fd`` still writes with ``O_DIRECT`` afterwards
+    (a refused or partial direct write turns it off and goes on through the page cache)."""
+    view = memoryview(chunk)
+    while len(view):
+        try:
+            done = os.write(fd, view)
+        except OSError as exc:
+            if not direct or exc.errno != errno.EINVAL:
+                raise
+            _buffered(fd)
+            direct = False
+            continue
+        view = view[done:]
+        if len(view) and direct:
+            _buffered(fd)
+            direct = False
+    return direct
 
 
 def write_frames(hdus: Mapping[str | os.PathLike, fits.PrimaryHDU], *,

@@ -56,6 +56,7 @@ from ..core.nsg import (
 from ..core.nsg.engine import prepare_spline_system
 from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, pause_for_test, refuse_inputs, same_file
+from ..io.buffers import FrameBuffers
 from ..io.write import frame_hdu, write_frames
 from ._values import floats
 from .executors import available_cores, map_frames, overlapped_frames, prestart_workers
@@ -202,10 +203,13 @@ class _Loaded:
     data: np.ndarray | None = None
     meta: object = None
     header: object = None
+    buffer: np.ndarray | None = None  # the pixels' buffer, given back once written
 
 
-def _load(job: NormalizeJob, item: tuple[str, bool, bool]) -> _Loaded:
-    """Refuse outputs in the way, then read the frame (raises FrameError)."""
+def _load(job: NormalizeJob, item: tuple[str, bool, bool],
+          buffers: FrameBuffers | None = None) -> _Loaded:
+    """Refuse outputs in the way, then read the frame (raises FrameError); its pixels
+    go to a buffer of ``buffers`` when given (see :func:`_release`)."""
     path, is_reference, overwrite = item
     loaded = _Loaded(path, is_reference, overwrite, output_paths(path, job.out_dir))
     if not overwrite:
@@ -213,9 +217,18 @@ def _load(job: NormalizeJob, item: tuple[str, bool, bool]) -> _Loaded:
             if p.exists():
                 raise OutputExistsError(p, "output exists")
     if not is_reference:
-        frame = read_frame(path, debayer=job.debayer)
+        frame = read_frame(path, debayer=job.debayer, buffers=buffers)
         loaded.data, loaded.meta, loaded.header = frame.data, frame.meta, frame.header
+        loaded.buffer = frame.data
     return loaded
+
+
+def _release(loaded: _Loaded | None, buffers: FrameBuffers | None) -> None:
+    """Give a finished frame's pixel buffer back (its corrected image, written or
+    failed, is no longer used: the next frame read may overwrite it)."""
+    if loaded is not None and buffers is not None:
+        buffers.give(loaded.buffer)
+        loaded.buffer = loaded.data = None
 
 
 def _measure(job: NormalizeJob, loaded: _Loaded):
@@ -293,13 +306,21 @@ def process_frame(job: NormalizeJob, item: tuple[str, bool, bool]) -> FrameRow:
         or a frame this run had claimed before it was interrupted).
     """
     path, is_reference, _ = item
-    meta = None
+    meta = loaded = None
     try:
-        loaded = _load(job, item)
+        loaded = _load(job, item, _WORKER_BUFFERS)
         res, meta, frame_header = _measure(job, loaded)
         return _store(job, loaded, (res, meta, frame_header))
     except Exception as exc:  # noqa: BLE001 - every failure (bugs too) becomes the frame's row
         return _failed_row(path, meta, is_reference, exc)
+    finally:
+        _release(loaded, _WORKER_BUFFERS)
+
+
+#: One pixel buffer kept between the frames a worker process normalizes in turn.
+_WORKER_BUFFERS = FrameBuffers(1)
+#: Frames :func:`pipelined_frames` holds at once: one read, one computed, one written.
+PIPELINE_SLOTS = 3
 
 
 def _store(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:
@@ -312,21 +333,32 @@ def _store(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:
 def pipelined_frames(job: NormalizeJob, items, cancel: CancelToken | None = None):
     """Yield ``(index, row)`` like ``map_frames(process_frame, job, items)`` in one
     process, with reading, normalizing and writing overlapped
-    (:func:`~.executors.overlapped_frames`)."""
+    (:func:`~.executors.overlapped_frames`). The frames' pixels go to
+    :data:`PIPELINE_SLOTS` buffers reused from frame to frame."""
+    buffers = FrameBuffers(PIPELINE_SLOTS)
     return overlapped_frames(
-        items, lambda k, item: _load(job, item), lambda loaded: _measure(job, loaded),
-        lambda loaded, measured: _stored_row(job, loaded, measured),
-        lambda k, item, loaded, exc: _failed_row(item[0], getattr(loaded, "meta", None),
-                                                 item[1], exc),
+        items, lambda k, item: _load(job, item, buffers), lambda loaded: _measure(job, loaded),
+        lambda loaded, measured: _stored_row(job, loaded, measured, buffers),
+        lambda k, item, loaded, exc: _failed_frame(item, loaded, exc, buffers),
         cancel=cancel, name="nsg")
 
 
-def _stored_row(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:
-    """:func:`_store`, its failure made the frame's error row."""
+def _stored_row(job: NormalizeJob, loaded: _Loaded, measured,
+                buffers: FrameBuffers | None = None) -> FrameRow:
+    """:func:`_store`, its failure made the frame's error row; the buffer given back."""
     try:
         return _store(job, loaded, measured)
     except Exception as exc:  # noqa: BLE001 - the frame's row says what happened
         return _failed_row(loaded.path, measured[1], loaded.is_reference, exc)
+    finally:
+        _release(loaded, buffers)
+
+
+def _failed_frame(item, loaded: _Loaded | None, exc: BaseException,
+                  buffers: FrameBuffers) -> FrameRow:
+    """The row of a frame whose reading or normalizing failed; its buffer given back."""
+    _release(loaded, buffers)
+    return _failed_row(item[0], getattr(loaded, "meta", None), item[1], exc)
 
 
 def _absolute(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
