@@ -23,6 +23,7 @@ reference) and by transmission.
 
     python benchmarks/bench_scale_bound.py [--seeds 2] [--conditions a,b] [--matched]
                                            [--kernel] [--param aperture_fwhm=2.0 ...]
+                                           [--param photometry=psf [--free-shape]]
                                            [--param photometry=corrected|empirical]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
@@ -32,7 +33,9 @@ aperture correction (:mod:`napari_nsg.core.stars.aperture_correction`),
 large/small ratio (:mod:`napari_nsg.core.stars.empirical`), ``--param
 photometry=psf`` with PSF weights and each frame's fitted profile
 (:mod:`napari_nsg.core.stars.psf_photometry`; "small apertures used" then counts
-the frames that kept the PSF weights); run the command with
+the frames that kept the PSF weights), and with ``--free-shape`` too every star's
+flux fit has the profile's width and tail derivatives as free terms (an
+experiment, not an engine option; docs/nsg.md "Fourth attempt"); run the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--kernel``
 adds the scale of a free pixel kernel fit (Alard-Lupton style,
 :mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame). With
@@ -57,6 +60,7 @@ from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_wi
 from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
 from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
 from napari_nsg.core.nsg.scale import fit_scale
+from napari_nsg.core.stars import psf_photometry
 from napari_nsg.core.stars.empirical import wing_ratio
 from napari_nsg.core.stars.photometry import matched_pair_photometry
 from napari_nsg.synthetic import simulate_sequence
@@ -164,7 +168,8 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
             corrected = ((model.params.photometry in ("corrected", "empirical")
                           and np.allclose(sr.ref_photometry.radius, small))
                          or (model.params.photometry == "psf"  # PSF weights kept
-                             and sr.ref_photometry.radius[0] < PSF_KEPT_FWHM * model.fwhm))
+                             and sr.ref_photometry.radius[0]
+                             < PSF_KEPT_FWHM * max(model.fwhm, sr.target_fwhm)))
             k_err = kernel_scale_of(model, data, sr) / truth - 1.0 if kernel else np.nan
             q_err = _wing_ratio_error(large, data, sr) if empirical and corrected else np.nan
             rows.append((seed, k, bound.relative_sigma, err, m_err, int(sr.n_star_pairs[0]),
@@ -225,9 +230,13 @@ def main(argv=None):
                     help="also the scale of a free pixel kernel fit (core/nsg/kernel_scale.py)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
+    ap.add_argument("--free-shape", action="store_true",
+                    help="photometry=psf with every star's width and tail terms free "
+                         "(psf_photometry.FREE_SHAPE, an experiment)")
     ap.add_argument("--timing", action="store_true",
                     help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
+    psf_photometry.FREE_SHAPE = args.free_shape
     if args.timing:
         timing()
         return

@@ -73,6 +73,18 @@ CULL_ROUNDS = 2
 CULL_Z = 4.0
 MAD_TO_SIGMA = 1.4826
 FIT_TERMS = 3  # per star: flux and a sub-pixel shift
+#: With ``free_shape``: the shape parameters (indices into :func:`_theta`: log
+#: FWHM, u) whose derivatives are free linear terms of every star's flux fit,
+#: the step of those numerical derivatives, and the largest deviation (in its
+#: own standard errors) of a star's shape terms from the median star's before
+#: it counts as a blend (:func:`_odd_shape`).
+SHAPE_TERMS: tuple[int, ...] = (0, 1)
+SHAPE_STEP = 1e-3
+BLEND_Z = 5.0
+MIN_SHAPE_ERROR = 1e-4  # relative; noise-free stars are never blends by noise
+#: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
+#: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
+FREE_SHAPE = False
 
 
 def _theta(profile: Profile) -> np.ndarray:
@@ -128,11 +140,40 @@ def _linear_fit(basis, ww, v):
     for the values ``v (n, p)``, and the effective pixel weights of the first
     coefficient (``coef[:, 0] = sum(a * v)``)."""
     bw = basis * ww[:, None, :]
-    normal = np.einsum("nkp,nlp->nkl", bw, basis)
-    normal += np.eye(basis.shape[1])[None] * 1e-12 * np.trace(normal, axis1=1, axis2=2)[:, None, None]
-    inv = np.linalg.inv(normal)
+    inv = np.linalg.inv(_normal_matrix(bw, basis))
     coef = np.einsum("nkl,nlp,np->nk", inv, bw, v)
     return coef, np.einsum("nl,nlp->np", inv[:, 0, :], bw)
+
+
+def _normal_matrix(bw, basis):
+    """The normal matrices ``(n, k, k)`` of weighted basis ``bw`` and ``basis``,
+    with a tiny ridge."""
+    normal = np.einsum("nkp,nlp->nkl", bw, basis)
+    normal += np.eye(basis.shape[1])[None] * 1e-12 * np.trace(normal, axis1=1, axis2=2)[:, None, None]
+    return normal
+
+
+def _estimator_rows(basis, ww):
+    """Per star, the pixel weights of every coefficient of the weighted
+    least-squares fit of ``basis (n, k, p)`` with weights ``ww (n, p)``:
+    ``coef[:, j] = sum(rows[:, j] * v)``, shape ``(n, k, p)``."""
+    bw = basis * ww[:, None, :]
+    return np.einsum("nkl,nlp->nkp", np.linalg.inv(_normal_matrix(bw, basis)), bw)
+
+
+def _odd_shape(rows, resid, flux, sig, first, model, sky):
+    """Stars whose fitted shape terms (relative to their flux) differ from the
+    median star's by more than ``BLEND_Z`` of their own errors (pixel variance
+    of sky and star): an unresolved neighbour widens a star, and its light
+    enters each frame's PSF-weighted flux by a seeing-dependent share."""
+    odd = np.zeros(len(flux), bool)
+    pix_var = sig[:, None] ** 2 * (1.0 + np.clip(first, 0, None)[:, None] * model / sky)
+    for k in range(rows.shape[1]):
+        rel = np.sum(rows[:, k] * resid, axis=1) / np.where(flux > 0, flux, np.nan)
+        err = np.sqrt(np.sum(rows[:, k] ** 2 * pix_var, axis=1)) / np.where(flux > 0, flux, np.nan)
+        z = (rel - np.nanmedian(rel)) / np.maximum(err, MIN_SHAPE_ERROR)
+        odd |= np.abs(np.nan_to_num(z)) > BLEND_Z
+    return odd
 
 
 def _chi2_fixed_sky(theta, dxy, v, w, use, ring):
@@ -228,7 +269,8 @@ def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
 
 
 def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile: Profile,
-                        fwhm: float, *, saturation: float | None = None) -> Photometry:
+                        fwhm: float, *, saturation: float | None = None,
+                        free_shape: bool = False) -> Photometry:
     """PSF-weighted fluxes of stars at ``(x, y)`` in one channel.
 
     Parameters
@@ -244,6 +286,13 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
         (:func:`_ring_radii`; the one the profile was fitted with).
     saturation : float, optional
         A star whose brightest weighted pixel reaches it is invalid.
+    free_shape : bool
+        Fit every star with the profile's derivatives in ``SHAPE_TERMS`` as
+        free linear terms besides its flux and shift: the flux is then
+        insensitive to first order to an error of the profile's width and
+        tail (the frame's common profile error does not reach it), at the
+        cost of more noise per star; stars whose shape terms are outliers
+        (:func:`_odd_shape`) are invalid.
 
     Returns
     -------
@@ -278,9 +327,16 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     weight = np.where(core, model / (1.0 + np.clip(first, 0, None)[:, None] * model / sky), 0.0)
     use = core & good
     _, gx, gy = _profile_and_gradient(_theta(profile), (dx, dy))
-    basis = np.where(use[:, None, :], np.stack([model - model_bkg[:, None], gx, gy], axis=1), 0.0)
-    _, a = _linear_fit(basis, np.where(use, weight, 0.0), np.zeros_like(weight))
-    flux = np.sum(np.where(use, a * (vals - level[:, None]), 0.0), axis=1)
+    cols = [model - model_bkg[:, None], gx, gy]
+    if free_shape:
+        cols += _shape_columns(profile, (dx, dy), (r1, r2))
+    basis = np.where(use[:, None, :], np.stack(cols, axis=1), 0.0)
+    rows = _estimator_rows(basis, np.where(use, weight, 0.0))
+    a = rows[:, 0]
+    resid = np.where(use, vals - level[:, None], 0.0)
+    flux = np.sum(a * resid, axis=1)
+    blend = (_odd_shape(rows[:, 3:], resid, flux, sig, first, model, sky) if free_shape
+             else np.zeros(n, bool))
     sw, sw2 = a.sum(axis=1), (a * a).sum(axis=1)
     err = sig * np.sqrt(sw2 + sw * sw / np.maximum(count, 1))
     peak = np.where(core & good, vals, -np.inf).max(axis=1)
@@ -289,9 +345,27 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     ok = (finite & ~bad_core & (count >= MIN_RING_PIXELS) & np.isfinite(flux) & (flux > 0)
           & (peak < sat))
     reason = np.where(ok, "", "not measurable with PSF weights").astype(object)
+    reason[ok & blend] = "not a point source of the frame's profile (a blend)"
+    ok &= ~blend
     return Photometry(np.where(ok, flux, np.nan)[None], np.where(ok, err, np.nan)[None],
                       level[None], sig[None], peak[None], ok[None], np.full(n, r_w),
                       reason.astype(str))
+
+
+def _shape_columns(profile: Profile, dxy, ring) -> list[np.ndarray]:
+    """Derivatives of the unit profile less its ring level, ``P - p_b``, in the
+    shape parameters ``SHAPE_TERMS`` (central differences)."""
+    theta = _theta(profile)
+    cols = []
+    for k in SHAPE_TERMS:
+        step = np.zeros_like(theta)
+        step[k] = SHAPE_STEP
+        pair = []
+        for t in (theta + step, theta - step):
+            prof = Profile(float(np.exp(t[0])), float(t[1]), 0, float(t[2]), float(t[3]))
+            pair.append(_unit_psf(t, dxy) - _ring_level(prof, *ring))
+        cols.append((pair[0] - pair[1]) / (2.0 * SHAPE_STEP))
+    return cols
 
 
 def _common_positions(ref_x, ref_y, tgt_x, tgt_y, offset):
@@ -311,7 +385,7 @@ def _merge(channels: list[Photometry]) -> Photometry:
 
 
 def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, large, *,
-                        offset=(0.0, 0.0), gap=2.0, saturation=None):
+                        offset=(0.0, 0.0), gap=2.0, saturation=None, free_shape=None):
     """PSF-weighted photometry of star pairs, the large apertures as the check.
 
     Parameters
@@ -331,6 +405,10 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         Target position minus reference position.
     gap, saturation :
         As in :func:`~napari_nsg.core.stars.photometry.pair_photometry`.
+    free_shape : bool, optional
+        :func:`weighted_photometry`'s ``free_shape`` (None: ``FREE_SHAPE``); both frames are then
+        weighted within ``WEIGHT_RADIUS_FWHM`` of the broader frame's FWHM
+        (a neighbour's light then enters both frames' fits alike).
 
     Returns
     -------
@@ -338,6 +416,7 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         Reference and target photometry, and whether they are PSF-weighted
         (False: the large apertures').
     """
+    free_shape = FREE_SHAPE if free_shape is None else free_shape
     big = pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, large[0], gap=gap,
                           width=large[1], saturation=saturation)
     ref3 = ref if np.ndim(ref) == 3 else np.asarray(ref)[None]
@@ -357,10 +436,12 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
                                   shifted)
         if pr is None or pt is None:
             return big[0], big[1], False
+        common = max(fwhm) if free_shape else None
         for dst, plane, prof, f, (px, py) in (
-                (out[0], ref3[c], pr, fwhm[0], (x, y)),
-                (out[1], tgt3[c], pt, fwhm[1], (x + offset[0], y + offset[1]))):
-            ph = weighted_photometry(plane, px, py, prof, f, saturation=sat[c])
+                (out[0], ref3[c], pr, common or fwhm[0], (x, y)),
+                (out[1], tgt3[c], pt, common or fwhm[1], (x + offset[0], y + offset[1]))):
+            ph = weighted_photometry(plane, px, py, prof, f, saturation=sat[c],
+                                     free_shape=free_shape)
             ph.valid &= big[0].valid[c] & big[1].valid[c]
             dst.append(ph)
     ref_ph, tgt_ph = _merge(out[0]), _merge(out[1])
