@@ -27,6 +27,27 @@ from scipy.spatial.distance import cdist
 from .params import MAX_SMOOTHNESS
 
 EVAL_BLOCK = 2048  # points per block in evaluation
+#: Largest ``m*n*k`` that OpenBLAS multiplies on the calling thread alone (its
+#: ``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``).
+BLAS_ONE_THREAD = 65536 * 4
+
+
+def one_thread_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` (2-D) by blocks of rows of ``a``, each product under
+    ``BLAS_ONE_THREAD``. A whole product of a target's spline (the inverse times
+    its values, the grid matrix times the coefficients: a few ms) would be shared
+    among OpenBLAS's threads, which then spin for about 40 ms of CPU time after it.
+    The same sums up to float64 rounding (OpenBLAS's kernels for small and large
+    products may round differently)."""
+    m, k = a.shape
+    n = b.shape[1]
+    rows = max(1, BLAS_ONE_THREAD // max(1, k * n))
+    if rows >= m:
+        return a @ b
+    out = np.empty((m, n), np.result_type(a, b))
+    for r0 in range(0, m, rows):
+        np.matmul(a[r0:r0 + rows], b, out=out[r0:r0 + rows])
+    return out
 
 
 def tps_kernel(r2: np.ndarray) -> np.ndarray:
@@ -118,7 +139,7 @@ class SurfaceModel:
         operator and a ``key`` the kernel matrix to the grid is reused."""
         if self.kind == "spline" and self.operator is not None and key is not None:
             mat = self.operator.grid_matrix(gx, gy, key)
-            return mat @ np.vstack([self.coef, self.poly])
+            return one_thread_product(mat, np.vstack([self.coef, self.poly]))
         return self(gx, gy)
 
 
@@ -254,7 +275,7 @@ class SplineOperator:
             return model
         n = self.n_nodes
         if self._inverse is not None:
-            sol = self._inverse[:, :n] @ z
+            sol = one_thread_product(self._inverse[:, :n], z)
         else:
             rhs = np.zeros((n + 3, z.shape[1]))
             rhs[:n] = z
@@ -293,9 +314,10 @@ class SplineOperator:
             b = self._inverse
             r = np.zeros((n + 3, z.shape[1]))
             r[index] = z
-            sol = b @ r  # B_.k r (r is zero off the kept nodes)
+            sol = one_thread_product(b, r)  # B_.k r (r is zero off the kept nodes)
             if len(drop):
-                sol -= b[:, drop] @ np.linalg.solve(b[np.ix_(drop, drop)], sol[drop])
+                sol -= one_thread_product(b[:, drop],
+                                          np.linalg.solve(b[np.ix_(drop, drop)], sol[drop]))
             sol = sol[keep]
         u, v, w = self.u[index], self.v[index], self.weights[index]
         plane = _weighted_plane(u, v, z, w)
