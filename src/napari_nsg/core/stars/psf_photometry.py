@@ -75,13 +75,9 @@ MAD_TO_SIGMA = 1.4826
 FIT_TERMS = 3  # per star: flux and a sub-pixel shift
 #: With ``free_shape``: the shape parameters (indices into :func:`_theta`: log
 #: FWHM, u) whose derivatives are free linear terms of every star's flux fit,
-#: the step of those numerical derivatives, and the largest deviation (in its
-#: own standard errors) of a star's shape terms from the median star's before
-#: it counts as a blend (:func:`_odd_shape`).
+#: and the step of those numerical derivatives.
 SHAPE_TERMS: tuple[int, ...] = (0, 1)
 SHAPE_STEP = 1e-3
-BLEND_Z = 5.0
-MIN_SHAPE_ERROR = 1e-4  # relative; noise-free stars are never blends by noise
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
 FREE_SHAPE = False
@@ -140,40 +136,11 @@ def _linear_fit(basis, ww, v):
     for the values ``v (n, p)``, and the effective pixel weights of the first
     coefficient (``coef[:, 0] = sum(a * v)``)."""
     bw = basis * ww[:, None, :]
-    inv = np.linalg.inv(_normal_matrix(bw, basis))
-    coef = np.einsum("nkl,nlp,np->nk", inv, bw, v)
-    return coef, np.einsum("nl,nlp->np", inv[:, 0, :], bw)
-
-
-def _normal_matrix(bw, basis):
-    """The normal matrices ``(n, k, k)`` of weighted basis ``bw`` and ``basis``,
-    with a tiny ridge."""
     normal = np.einsum("nkp,nlp->nkl", bw, basis)
     normal += np.eye(basis.shape[1])[None] * 1e-12 * np.trace(normal, axis1=1, axis2=2)[:, None, None]
-    return normal
-
-
-def _estimator_rows(basis, ww):
-    """Per star, the pixel weights of every coefficient of the weighted
-    least-squares fit of ``basis (n, k, p)`` with weights ``ww (n, p)``:
-    ``coef[:, j] = sum(rows[:, j] * v)``, shape ``(n, k, p)``."""
-    bw = basis * ww[:, None, :]
-    return np.einsum("nkl,nlp->nkp", np.linalg.inv(_normal_matrix(bw, basis)), bw)
-
-
-def _odd_shape(rows, resid, flux, sig, first, model, sky):
-    """Stars whose fitted shape terms (relative to their flux) differ from the
-    median star's by more than ``BLEND_Z`` of their own errors (pixel variance
-    of sky and star): an unresolved neighbour widens a star, and its light
-    enters each frame's PSF-weighted flux by a seeing-dependent share."""
-    odd = np.zeros(len(flux), bool)
-    pix_var = sig[:, None] ** 2 * (1.0 + np.clip(first, 0, None)[:, None] * model / sky)
-    for k in range(rows.shape[1]):
-        rel = np.sum(rows[:, k] * resid, axis=1) / np.where(flux > 0, flux, np.nan)
-        err = np.sqrt(np.sum(rows[:, k] ** 2 * pix_var, axis=1)) / np.where(flux > 0, flux, np.nan)
-        z = (rel - np.nanmedian(rel)) / np.maximum(err, MIN_SHAPE_ERROR)
-        odd |= np.abs(np.nan_to_num(z)) > BLEND_Z
-    return odd
+    inv = np.linalg.inv(normal)
+    coef = np.einsum("nkl,nlp,np->nk", inv, bw, v)
+    return coef, np.einsum("nl,nlp->np", inv[:, 0, :], bw)
 
 
 def _chi2_fixed_sky(theta, dxy, v, w, use, ring):
@@ -291,8 +258,7 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
         free linear terms besides its flux and shift: the flux is then
         insensitive to first order to an error of the profile's width and
         tail (the frame's common profile error does not reach it), at the
-        cost of more noise per star; stars whose shape terms are outliers
-        (:func:`_odd_shape`) are invalid.
+        cost of more noise per star.
 
     Returns
     -------
@@ -331,12 +297,8 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     if free_shape:
         cols += _shape_columns(profile, (dx, dy), (r1, r2))
     basis = np.where(use[:, None, :], np.stack(cols, axis=1), 0.0)
-    rows = _estimator_rows(basis, np.where(use, weight, 0.0))
-    a = rows[:, 0]
-    resid = np.where(use, vals - level[:, None], 0.0)
-    flux = np.sum(a * resid, axis=1)
-    blend = (_odd_shape(rows[:, 3:], resid, flux, sig, first, model, sky) if free_shape
-             else np.zeros(n, bool))
+    _, a = _linear_fit(basis, np.where(use, weight, 0.0), np.zeros_like(weight))
+    flux = np.sum(np.where(use, a * (vals - level[:, None]), 0.0), axis=1)
     sw, sw2 = a.sum(axis=1), (a * a).sum(axis=1)
     err = sig * np.sqrt(sw2 + sw * sw / np.maximum(count, 1))
     peak = np.where(core & good, vals, -np.inf).max(axis=1)
@@ -345,8 +307,6 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     ok = (finite & ~bad_core & (count >= MIN_RING_PIXELS) & np.isfinite(flux) & (flux > 0)
           & (peak < sat))
     reason = np.where(ok, "", "not measurable with PSF weights").astype(object)
-    reason[ok & blend] = "not a point source of the frame's profile (a blend)"
-    ok &= ~blend
     return Photometry(np.where(ok, flux, np.nan)[None], np.where(ok, err, np.nan)[None],
                       level[None], sig[None], peak[None], ok[None], np.full(n, r_w),
                       reason.astype(str))
