@@ -22,8 +22,11 @@ spline system, which the others reuse.
 
 ``--compare-with SRC`` runs another version (its ``src`` folder, e.g. from
 ``git archive``) and this checkout alternately on the same frames, ``--repeat``
-times (default 3), and prints each run's median time per target and ratio to
-the I/O floor, then the medians. ``--workers 1,2`` alternates runs with those
+times (default 3), and prints each run's median time per target, its ratio to
+each frame's I/O floor and to the fastest floor, the CPU seconds per target
+(user + system, and the system part: page faults, copies into the page cache),
+then the medians. Each version's floor is measured with its own
+``read_frame``/``write_frame``. ``--workers 1,2`` alternates runs with those
 worker counts and shows where the time goes: preparing the reference, starting
 the workers (fork server or spawn, imports, the reference model shipped once to
 each; the size sent to each and its pickling time), the frames, how many of them the
@@ -127,8 +130,12 @@ def io_floor():
         del f
     shutil.rmtree(scratch)
     return times
+cpu_ready = []  # (user, system) CPU s of this process when the reference is ready
 def progress(done, total, message):
     events.append((time.perf_counter(), done, message, peak_mib()))
+    if message == "reference ready":
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_ready.append((r.ru_utime, r.ru_stime))
 out.mkdir(parents=True, exist_ok=True)
 io_before = io_floor() if with_floor else [float("nan")] * len(paths)
 t0 = time.perf_counter()
@@ -138,6 +145,9 @@ wall = time.perf_counter() - t0
 stop_sampling.set()
 own = resource.getrusage(resource.RUSAGE_SELF)
 cpu_s = own.ru_utime + own.ru_stime + sum(cpu_of.values())
+n_targets = max(1, len(paths) - 1)
+targets_cpu = [(own.ru_utime - cpu_ready[0][0]) / n_targets,
+               (own.ru_stime - cpu_ready[0][1]) / n_targets]
 for context in shipped:  # after the run, not to slow it down
     t = time.perf_counter()
     blob = pickle.dumps(context, protocol=pickle.HIGHEST_PROTOCOL)
@@ -154,7 +164,7 @@ io = ([0.5 * (a + b) for a, b in zip(io_before, io_floor())] if with_floor
       else io_before)
 print(json.dumps({"wall": wall, "reference_s": ready - t0, "frames": frames, "io": io,
                   "peak_rss": peak_mib(), "failed": len(result.failed), "pool": pool,
-                  "cpu_s": cpu_s,
+                  "cpu_s": cpu_s, "targets_cpu": targets_cpu,
                   "scales": [r.scale for r in result.rows]}))
 """
 
@@ -188,26 +198,44 @@ def _target_stats(res) -> tuple[float, float]:
     return _median(times), _median(ratios)
 
 
+def _cpu_per_target(res) -> tuple[float, float]:
+    """User and system CPU seconds of the run's process per target, from the reference
+    being ready to the end (the reference's own row and the report included; the
+    threads of the pipeline and of the engine, not worker processes)."""
+    return tuple(res.get("targets_cpu") or (float("nan"), float("nan")))
+
+
 def compare_versions(paths, work: Path, old_source: Path, repeat: int, gradient_images: bool):
     """Old and new code alternated (old, new, old, new ...) on the same frames: each
     run's median per target frame and its ratio to the I/O floor, then the medians."""
     runs = {"old": [], "new": []}
     print(f"\n{len(paths)} frames, old = {old_source}, new = this checkout; runs alternated")
-    print(f"{'run':<8}{'version':<9}{'s/target':>10}{'I/O floor s':>13}{'ratio':>8}"
-          f"{'wall s':>9}{'CPU s':>8}{'peak MiB':>10}")
+    print("(s/target: median wall per target; I/O floor: median of the targets' floors, "
+          "each version's own read_frame + write_frame; ratio: median of each target's time "
+          "over its floor; /fastest: the median time over the run's fastest floor; CPU/target: "
+          "user + system s per target of the run's process, sys/target its system part; CPU s: "
+          "the whole run, I/O floor passes included)")
+    print(f"{'run':<6}{'version':<9}{'s/target':>10}{'I/O floor s':>13}{'ratio':>8}"
+          f"{'/fastest':>10}{'CPU/target':>12}{'sys/target':>12}{'wall s':>8}{'CPU s':>7}"
+          f"{'peak MiB':>10}")
     for r in range(repeat):
         for name, source in (("old", old_source), ("new", None)):
             res = run_child(paths, work / f"cmp_{name}", gradient_images, source=source)
             t, ratio = _target_stats(res)
-            runs[name].append((t, ratio, res))
-            print(f"{r + 1:<8}{name:<9}{t:>10.3f}{_median(res['io'][1:]):>13.3f}{ratio:>8.2f}"
-                  f"{res['wall']:>9.1f}{res['cpu_s']:>8.1f}{res['peak_rss']:>10.0f}", flush=True)
-    med = {k: (_median([v[0] for v in runs[k]]), _median([v[1] for v in runs[k]]),
-               _median([v[2]["cpu_s"] for v in runs[k]])) for k in runs}
-    print(f"medians: old {med['old'][0]:.3f} s per target (ratio to the floor "
-          f"{med['old'][1]:.2f}); new {med['new'][0]:.3f} s (ratio {med['new'][1]:.2f}); "
-          f"new/old time {med['new'][0] / med['old'][0]:.2f}; CPU s of the runs (I/O floor "
-          f"passes included) old {med['old'][2]:.1f}, new {med['new'][2]:.1f}")
+            user, system = _cpu_per_target(res)
+            fastest = t / min(res["io"][1:])
+            runs[name].append((t, ratio, res["cpu_s"], fastest, user + system, system))
+            print(f"{r + 1:<6}{name:<9}{t:>10.3f}{_median(res['io'][1:]):>13.3f}{ratio:>8.2f}"
+                  f"{fastest:>10.2f}{user + system:>12.3f}{system:>12.3f}{res['wall']:>8.1f}"
+                  f"{res['cpu_s']:>7.1f}{res['peak_rss']:>10.0f}", flush=True)
+    med = {k: [_median([v[i] for v in runs[k]]) for i in range(6)] for k in runs}
+    print(f"medians: old {med['old'][0]:.3f} s per target (ratio to each floor "
+          f"{med['old'][1]:.2f}, to the fastest {med['old'][3]:.2f}, CPU {med['old'][4]:.3f} s "
+          f"per target, sys {med['old'][5]:.3f}); new {med['new'][0]:.3f} s (ratio "
+          f"{med['new'][1]:.2f}, to the fastest {med['new'][3]:.2f}, CPU {med['new'][4]:.3f} s, "
+          f"sys {med['new'][5]:.3f}); new/old time {med['new'][0] / med['old'][0]:.2f}, CPU per "
+          f"target {med['new'][4] / med['old'][4]:.2f}; CPU s of the runs (I/O floor passes "
+          f"included) old {med['old'][2]:.1f}, new {med['new'][2]:.1f}")
 
 
 def compare_workers(paths, work: Path, counts: list[int], repeat: int, gradient_images: bool,
@@ -369,10 +397,12 @@ def main(argv=None):
         times = sorted(fr["seconds"] for fr in res["frames"][1:])
         floors = sorted(res["io"][1:])
         t_med = times[len(times) // 2]
+        user, system = _cpu_per_target(res)
         print(f"targets: median {t_med:.3f} s per frame; I/O floor {floors[0]:.3f}-{floors[-1]:.3f} s "
               f"(median {floors[len(floors) // 2]:.3f}); ratio to each frame's floor: median "
               f"{med:.2f} (min {ratios[0]:.2f}, max {ratios[-1]:.2f}); to the fastest floor: "
-              f"{t_med / floors[0]:.2f}; peak RSS {res['peak_rss']:.0f} MiB")
+              f"{t_med / floors[0]:.2f}; CPU per target {user + system:.3f} s (user {user:.3f}, "
+              f"system {system:.3f}); peak RSS {res['peak_rss']:.0f} MiB")
         summary.append((n, res["peak_rss"], med))
     if len(summary) == 2:
         (n1, r1, _), (n2, r2, _) = summary

@@ -30,7 +30,7 @@ UNSIGNED16_ZERO = 32768.0
 IN_PLACE_BYTES = 256 * 2**20
 """Frames whose float32 pixels take this much or more are converted without a second full copy."""
 _CHUNK_VALUES = 2**22
-READ_CHUNK_BYTES = 4 * 2**20
+READ_CHUNK_BYTES = 2**20
 """Unscaled float32 pixels are read in pieces of this size, each byte-swapped while in the cache."""
 
 
