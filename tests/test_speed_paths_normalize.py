@@ -13,6 +13,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 
 from napari_nsg.core import nodata
 from napari_nsg.core.nsg import noise
@@ -56,7 +57,7 @@ def test_kclip_equals_mean_and_std_per_step():
     for _ in range(100):
         x = (rng.standard_t(3, int(rng.integers(1, 50_000))) * 10 * rng.random()).astype(np.float32)
         got = noise._kclip_std(x)
-        assert got == _kclip_plain(x)
+        assert got == pytest.approx(_kclip_plain(x), rel=1e-7)  # float32 deviations, float64 sums
         clipped += got < float(np.std(x.astype(np.float64)))
     assert clipped > 50  # heavy tails: the clip did something
 

@@ -173,13 +173,13 @@ def find_no_data(data: np.ndarray, min_area: int = MIN_ZERO_REGION
     data = np.asarray(data)
     if data.ndim < 2:
         return ~np.isfinite(data) | (data == 0), False
-    lo, hi = _value_range(data)
+    lo, hi, zero = _range_and_zeros(data)
     finite = bool(np.isfinite(lo) and np.isfinite(hi))  # no NaN, no inf
     if finite and (lo > 0 or hi < 0):
         return None, False
-    if not finite and not may_hold_zero(data):
+    if not finite and not (may_hold_zero(data) if zero is None else zero.any()):
         return ~np.isfinite(data), False
-    zero = data == 0
+    zero = data == 0 if zero is None else zero
     planes = zero.reshape(-1, *zero.shape[-2:])
     regions = [zero_regions(np.ascontiguousarray(p), min_area) for p in planes]
     found = any(r.any() for r in regions)
@@ -208,6 +208,29 @@ def _value_range(data: np.ndarray) -> tuple[float, float]:
         lows, highs = zip(*[(b.min(), b.max()) for b in bands])
         lo = float(np.min(lows))  # NaN if a band has one
         return lo, (float(np.max(highs)) if np.isfinite(lo) else float("nan"))
+
+
+def _range_and_zeros(data: np.ndarray) -> tuple[float, float, np.ndarray | None]:
+    """``(*_value_range(data), data == 0)`` in one pass from memory: each band's zero
+    test while the band is in the cache, skipped (left False) in a band whose values
+    are all above or all below 0. The mask is None where :func:`_value_range` does
+    not go by bands (it is then made by the caller if needed)."""
+    if data.size == 0 or data.ndim < 2 or not data.flags.c_contiguous:
+        return (*_value_range(data), None)
+    rows = data.reshape(-1, data.shape[-1])
+    zero = np.zeros(rows.shape, bool)  # pages a frame without zeros never touches
+    lows, highs = [], []
+    with np.errstate(invalid="ignore"):
+        for i in range(0, len(rows), VALUE_RANGE_ROWS):
+            band = rows[i:i + VALUE_RANGE_ROWS]
+            low, high = band.min(), band.max()
+            lows.append(low)
+            highs.append(high)
+            if not (low > 0 or high < 0):  # a zero may be there (or a NaN)
+                np.equal(band, 0, out=zero[i:i + VALUE_RANGE_ROWS])
+        lo = float(np.min(lows))  # NaN if a band has one
+        hi = float(np.max(highs)) if np.isfinite(lo) else float("nan")
+    return lo, hi, zero.reshape(data.shape)
 
 
 def may_hold_zero(data: np.ndarray) -> bool:
