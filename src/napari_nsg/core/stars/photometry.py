@@ -119,7 +119,7 @@ def ring_fit(v: np.ndarray, use: np.ndarray, dx: np.ndarray, dy: np.ndarray):
     used, ``use`` (for a caller that has the mask: no finiteness test)."""
     wdx = np.where(use, dx, 0.0)
     wdy = np.where(use, dy, 0.0)
-    count = use.sum(axis=-1)
+    count = np.count_nonzero(use, axis=-1)
     # the normal equations of the plane, each sum one pass (no product arrays)
     ata = np.empty((v.shape[0], 3, 3))
     ata[:, 0, 0] = count
@@ -137,7 +137,7 @@ def ring_fit(v: np.ndarray, use: np.ndarray, dx: np.ndarray, dy: np.ndarray):
     resid += coef[:, 0:1]
     resid += np.multiply(dy, coef[:, 2:3], out=wdx)
     np.subtract(v, resid, out=resid)
-    resid[~use] = np.nan
+    np.copyto(resid, np.nan, where=~use)
     med = row_median(resid)[:, None]
     sig = 1.4826 * row_median(np.abs(np.subtract(resid, med, out=resid), out=resid))
     level = np.where(ok, coef[:, 0], np.nan)
