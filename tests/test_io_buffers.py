@@ -6,7 +6,6 @@ bytes and pixels of the astropy paths it replaces."""
 from __future__ import annotations
 
 import errno
-import io
 import os
 from pathlib import Path
 
@@ -173,13 +172,33 @@ def test_scaled_float32_is_left_to_astropy(tmp_path):
     np.testing.assert_array_equal(read_frame(path).data, fits.getdata(path))
 
 
-def test_truncated_raw_read_is_a_frame_error_and_the_buffer_comes_back():
+@pytest.mark.parametrize("mapped", [True, False])
+def test_truncated_raw_read_is_a_frame_error_and_the_buffer_comes_back(tmp_path, monkeypatch,
+                                                                       mapped):
+    """A file that lost its end after the structure check (both ways of reading)."""
+    if not mapped:
+        monkeypatch.setattr(read_module, "IN_PLACE_BYTES", 0)
+    path = tmp_path / "t.fits"
+    path.write_bytes(b"\0" * (2880 + 30))
     pool = FrameBuffers(1)
-    info = HduInfo(index=0, kind="image", data_start=0, data_bytes=4 * 20, shape=(4, 5))
-    with pytest.raises(FrameError, match="truncated"):
-        read_module._read_raw(Path("t.fits"), io.BytesIO(b"\0" * 30), info, pool)
+    info = HduInfo(index=0, kind="image", data_start=2880, data_bytes=4 * 20, shape=(4, 5))
+    with open(path, "rb") as fh, pytest.raises(FrameError, match="truncated"):
+        read_module._read_raw(path, fh, info, pool)
     reused = pool.take((4, 5))
     assert pool.created == 1 and reused.shape == (4, 5)
+
+
+@pytest.mark.parametrize("mapped", [True, False])
+def test_both_raw_paths_read_the_same_bits(tmp_path, monkeypatch, mapped):
+    monkeypatch.setattr(read_module, "MAP_WINDOW_BYTES", 3 * PAGE)  # windows end mid-row
+    monkeypatch.setattr(read_module, "READ_CHUNK_BYTES", 1000)
+    if not mapped:
+        monkeypatch.setattr(read_module, "IN_PLACE_BYTES", 0)
+    data = _special_values((3, 61, 47), seed=7)
+    path = tmp_path / "f.fits"
+    fits.PrimaryHDU(data, header=_header()).writeto(path)
+    frame = read_frame(path)
+    assert frame.data.view(np.uint32).tolist() == data.view(np.uint32).tolist()
 
 
 def test_frames_read_into_the_pool_reuse_its_memory(tmp_path):
