@@ -251,7 +251,8 @@ def aperture_photometry(
         offs = np.arange(-half, half + 1)
         fx = (x[sel] - cx[sel])[:, None, None]
         fy = (y[sel] - cy[sel])[:, None, None]
-        dist = np.hypot(offs[None, None, :] - fx, offs[None, :, None] - fy)
+        ax, ay = offs[None, None, :] - fx, offs[None, :, None] - fy
+        dist = np.sqrt(ay * ay + ax * ax)  # 3x np.hypot's speed; within 1 ulp of it
         r = radius[sel][:, None, None]
         ring = (dist >= r + gap) & (dist <= r + gap + width[sel][:, None, None])
         # the apertures lie in a box at the stamps' centre: their sums and tests there
