@@ -261,6 +261,7 @@ def test_full_disk_frame_outputs(frames, tmp_path, capsys, monkeypatch):
         raise ENOSPC
 
     monkeypatch.setattr(fits.PrimaryHDU, "writeto", no_space)
+    monkeypatch.setattr("napari_nsg.io.write._stream", no_space)  # float32 frames' writer
     before = digest(frames)
     assert normalize(*frames, "--reference", frames[0], "--out", out) == 1
     err = clean_stderr(capsys)
@@ -309,6 +310,16 @@ def test_full_disk_msgr(tmp_path, capsys, monkeypatch):
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(fits.PrimaryHDU, "writeto", second_fails)
+    from napari_nsg.io import write as write_module  # float32 frames' writer: the same count
+    real_stream = write_module._stream
+
+    def second_stream_fails(*args):
+        n.append(1)
+        if len(n) == 2:
+            raise ENOSPC
+        return real_stream(*args)
+
+    monkeypatch.setattr(write_module, "_stream", second_stream_fails)
     out, model = tmp_path / "out.fits", tmp_path / "model.fits"
     assert main(["msgr", str(narrow), str(wide), "--out", str(out), "--layers", "4",
                  "--save-model", str(model), "--quiet"]) == 2
