@@ -7,7 +7,9 @@
 - the sample subset by one strided view = the index gather;
 - the value range with each band's zero test = the value range and ``data == 0``;
 - the noise from a subsampled K-Sigma start and a subsampled no-data fill = the noise
-  from all the coefficients and all the pixels, within 3e-4 (the MRS tolerance is 1e-3).
+  from all the coefficients and all the pixels, within 3e-4 (the MRS tolerance is 1e-3);
+- the median and MAD of rows from one sort = two row medians, bit for bit;
+- the ring fit from integer grid sums = the ring fit on offset arrays (float64 rounding).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_nsg.core import nodata
-from napari_nsg.core.nsg import correction, noise, spline
+from napari_nsg.core import blas, nodata
+from napari_nsg.core.nsg import correction, noise
 from napari_nsg.core.nsg.correction import CoarseGrid, GradientField, apply_correction
 from napari_nsg.core.nsg.samples import make_sample_grid
+from napari_nsg.core.stars import photometry
 from napari_nsg.synthetic import simulate_sequence
 
 
@@ -57,7 +60,7 @@ def test_across_in_column_blocks_equals_one_product():
 def test_one_thread_product_equals_the_product(m, k, n):
     rng = np.random.default_rng(9)
     a, b = rng.normal(size=(m, k)), rng.normal(size=(k, n))
-    np.testing.assert_allclose(spline.one_thread_product(a, b), a @ b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(blas.one_thread_product(a, b), a @ b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape,size", [((400, 600), 37), ((512, 512), 40), ((300, 301), 300)])
@@ -99,3 +102,38 @@ def test_subsampled_noise_start_and_fill_stay_within_the_mrs_tolerance(monkeypat
     assert fast[0] == pytest.approx(plain[0], rel=3e-4)
     truth = float(np.median(seq.truth[0].noise_sigma))
     assert fast[0] == pytest.approx(truth, rel=0.05)
+
+
+def test_median_and_mad_from_one_sort_equal_two_row_medians():
+    rng = np.random.default_rng(12)
+    for _ in range(300):
+        n, p = int(rng.integers(1, 40)), int(rng.integers(1, 300))
+        dtype = rng.choice([np.float32, np.float64])
+        values = rng.normal(0, 1, (n, p)).astype(dtype)
+        if rng.random() < 0.5:
+            values = (np.round(values * 3) / 3).astype(dtype)  # ties
+        values[rng.random(values.shape) < rng.random()] = np.nan
+        med, mad = photometry.row_median_mad(values)
+        want = photometry.row_median(values)
+        with np.errstate(invalid="ignore"):
+            want_mad = photometry.row_median(np.abs(values - want[:, None]))
+        assert np.array_equal(med, want, equal_nan=True)
+        assert np.array_equal(mad, want_mad, equal_nan=True)
+
+
+def test_ring_fit_on_the_grid_equals_the_ring_fit():
+    rng = np.random.default_rng(13)
+    for _ in range(60):
+        n, half = int(rng.integers(1, 60)), int(rng.integers(3, 30))
+        gx, gy = (g.ravel().astype(float) for g in np.meshgrid(np.arange(-half, half + 1),
+                                                               np.arange(-half, half + 1)))
+        fx, fy = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
+        dx, dy = gx[None] - fx[:, None], gy[None] - fy[:, None]
+        values = 1000 + 0.3 * dx + 0.2 * dy + rng.normal(0, 5, dx.shape)
+        use = (np.hypot(dx, dy) > 0.5 * half) & (rng.random(dx.shape) > 0.5 * rng.random())
+        v = np.where(use, values, 0.0)
+        level, sig, count = photometry.ring_fit_grid(v, use, gx, gy, fx, fy)
+        want_level, want_sig, want_count = photometry.ring_fit(v, use, dx, dy)
+        assert np.array_equal(count, want_count)
+        np.testing.assert_allclose(level, want_level, rtol=1e-13, equal_nan=True)
+        np.testing.assert_allclose(sig, want_sig, rtol=1e-10, equal_nan=True)

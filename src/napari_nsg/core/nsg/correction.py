@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.linalg.blas import sgemm
 
+from ..blas import BLAS_ONE_THREAD
 from ..nodata import no_data_mask
 from ..threads import available_threads
 from .spline import SurfaceModel
@@ -155,10 +156,8 @@ def _row_phases(n_out: int, step: int, margin: int) -> tuple:
                  for a, b in zip(starts, stops))
 
 
-#: Largest ``m*n*k`` that OpenBLAS multiplies on the calling thread alone (its
-#: ``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``): the bands' products stay
-#: under it, so that the correction's own threads do not start BLAS threads too.
-BLAS_ONE_THREAD = 65536 * 4
+#: The bands' products stay under BLAS_ONE_THREAD (:mod:`..blas`), so that the
+#: correction's own threads do not start BLAS threads too.
 #: At most this many rows per product in :func:`_correct_fused` (the rows of a
 #: 6000 px wide frame stay in the L1/L2 cache between the passes over them).
 FUSED_ROWS = 16

@@ -24,30 +24,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy.spatial.distance import cdist
 
+from ..blas import one_thread_product
 from .params import MAX_SMOOTHNESS
 
 EVAL_BLOCK = 2048  # points per block in evaluation
-#: Largest ``m*n*k`` that OpenBLAS multiplies on the calling thread alone (its
-#: ``SMP_THRESHOLD_MIN * GEMM_MULTITHREAD_THRESHOLD``).
-BLAS_ONE_THREAD = 65536 * 4
-
-
-def one_thread_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` (2-D) by blocks of rows of ``a``, each product under
-    ``BLAS_ONE_THREAD``. A whole product of a target's spline (the inverse times
-    its values, the grid matrix times the coefficients: a few ms) would be shared
-    among OpenBLAS's threads, which then spin for about 40 ms of CPU time after it.
-    The same sums up to float64 rounding (OpenBLAS's kernels for small and large
-    products may round differently)."""
-    m, k = a.shape
-    n = b.shape[1]
-    rows = max(1, BLAS_ONE_THREAD // max(1, k * n))
-    if rows >= m:
-        return a @ b
-    out = np.empty((m, n), np.result_type(a, b))
-    for r0 in range(0, m, rows):
-        np.matmul(a[r0:r0 + rows], b, out=out[r0:r0 + rows])
-    return out
 
 
 def tps_kernel(r2: np.ndarray) -> np.ndarray:

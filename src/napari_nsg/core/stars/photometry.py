@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..blas import one_thread_product
 from ..nodata import with_nan_no_data
 from ..threads import available_threads
 from . import psf_match
@@ -84,6 +85,82 @@ def row_median(values: np.ndarray) -> np.ndarray:
     lo = np.take_along_axis(s, np.maximum((n - 1) // 2, 0)[:, None], axis=-1)[:, 0]
     hi = np.take_along_axis(s, np.maximum(n // 2, 0)[:, None], axis=-1)[:, 0]
     return np.where(n > 0, 0.5 * (lo + hi), np.nan)
+
+
+def row_median_mad(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(m, row_median(|values - m|))`` with ``m = row_median(values)``, from one sort:
+    the distances below and above the median are two ascending runs of the sorted
+    row (``m - s`` read backwards, ``s - m`` forwards), and the middle of their union
+    is found by a binary search per row. The same values bit for bit."""
+    s = np.sort(values, axis=-1)  # NaN last
+    n_rows, width = s.shape
+    flat = s.ravel()
+    base = np.arange(n_rows) * width
+    n = width - np.count_nonzero(np.isnan(s), axis=-1)
+    nn = np.maximum(n, 1)
+
+    def at(i):
+        return flat[base + np.clip(i, 0, width - 1)]
+
+    med = np.where(n > 0, 0.5 * (at((nn - 1) // 2) + at(nn // 2)), np.nan)
+    with np.errstate(invalid="ignore"):
+        below = np.count_nonzero(s < med[:, None], axis=-1)  # the first run's length
+
+    def kth(k):  # the k-th smallest distance: i of them from below, k + 1 - i from above
+        lo, hi = np.maximum(0, k + 1 - (n - below)), np.minimum(below, k + 1)
+        while True:
+            open_ = lo < hi
+            if not open_.any():
+                break
+            i = (lo + hi) // 2
+            # too few from below: its next distance is under the last one taken above
+            more = open_ & (i < below) & (med - at(below - 1 - i) < at(below + k - i) - med)
+            lo = np.where(more, i + 1, lo)
+            hi = np.where(open_ & ~more, i, hi)
+        last_below = np.where(lo > 0, med - at(below - lo), -np.inf)
+        last_above = np.where(k - lo >= 0, at(below + k - lo) - med, -np.inf)
+        return np.maximum(last_below, last_above)
+
+    mad = np.where(n > 0, 0.5 * (kth((nn - 1) // 2) + kth(nn // 2)), np.nan)
+    return med, mad
+
+
+def ring_fit_grid(v: np.ndarray, use: np.ndarray, gx: np.ndarray, gy: np.ndarray,
+                  fx: np.ndarray, fy: np.ndarray):
+    """:func:`ring_fit` of pixels on the integer grid ``(gx, gy)`` (``(p,)``, shared by
+    the rows) around stars at fractions ``(fx, fy)`` (``(n,)``): ``dx = gx - fx``.
+
+    The normal equations from exact integer sums over the grid (one product of the
+    used-pixel mask with the grid's monomials, one of the values with the grid),
+    shifted by each star's fraction; no ``dx``/``dy`` arrays. Equal to
+    :func:`ring_fit` to float64 rounding (the same counts and the same pixels)."""
+    n, p = v.shape
+    mono = np.stack([np.ones(p), gx, gy, gx * gx, gx * gy, gy * gy], axis=1)
+    sums = one_thread_product(use.astype(np.float64), mono)  # exact: integers < 2**53
+    vsum = one_thread_product(v, mono[:, :3])
+    c, sx, sy, sxx, sxy, syy = sums.T
+    ata = np.empty((n, 3, 3))
+    ata[:, 0, 0] = c
+    ata[:, 0, 1] = ata[:, 1, 0] = sx - c * fx
+    ata[:, 0, 2] = ata[:, 2, 0] = sy - c * fy
+    ata[:, 1, 1] = sxx - 2.0 * fx * sx + c * fx * fx
+    ata[:, 1, 2] = ata[:, 2, 1] = sxy - fx * sy - fy * sx + c * fx * fy
+    ata[:, 2, 2] = syy - 2.0 * fy * sy + c * fy * fy
+    atb = np.stack([vsum[:, 0], vsum[:, 1] - fx * vsum[:, 0], vsum[:, 2] - fy * vsum[:, 0]],
+                   axis=-1)
+    count = c.astype(np.int64)
+    ok = count >= 6
+    ata[~ok] = np.eye(3)
+    atb[~ok] = 0.0
+    coef = np.linalg.solve(ata, atb[..., None])[..., 0]
+    # the plane at each pixel: (c0 - c1 fx - c2 fy) + c1 gx + c2 gy
+    resid = np.multiply(gx[None, :], coef[:, 1:2])
+    resid += (coef[:, 0] - coef[:, 1] * fx - coef[:, 2] * fy)[:, None]
+    resid += np.multiply(gy[None, :], coef[:, 2:3], out=np.empty_like(resid))
+    np.subtract(v, resid, out=resid)
+    np.copyto(resid, np.nan, where=~use)
+    sig = 1.4826 * row_median_mad(resid)[1]
+    return np.where(ok, coef[:, 0], np.nan), sig, count
 
 
 def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -262,9 +339,8 @@ def aperture_photometry(
         # the ring statistics on the pixels in some star's ring only (a third fewer)
         in_ring = np.flatnonzero(ring.any(axis=0))
         ring = ring.reshape(len(sel), -1)[:, in_ring]
-        grid_x, grid_y = np.meshgrid(offs, offs)
-        rdx = grid_x.ravel()[in_ring][None, :] - fx[:, :, 0]
-        rdy = grid_y.ravel()[in_ring][None, :] - fy[:, :, 0]
+        grid_x, grid_y = np.meshgrid(offs.astype(np.float64), offs.astype(np.float64))
+        ring_x, ring_y = grid_x.ravel()[in_ring], grid_y.ravel()[in_ring]
         sum_w = weight.sum(axis=(1, 2))
         sum_w2 = (weight**2).sum(axis=(1, 2))
         for c in range(nc):
@@ -275,7 +351,8 @@ def aperture_photometry(
             flat = (len(sel), -1)
             st_ring = st.reshape(flat)[:, in_ring]
             use = ring & inside.reshape(flat)[:, in_ring] & np.isfinite(st_ring)  # no-data: NaN
-            mean, sig, count = ring_fit(np.where(use, st_ring, np.float64(0.0)), use, rdx, rdy)
+            mean, sig, count = ring_fit_grid(np.where(use, st_ring, np.float64(0.0)), use,
+                                             ring_x, ring_y, fx[:, 0, 0], fy[:, 0, 0])
             st, inside = st[:, box, box].astype(np.float64), inside[:, box, box]
             good = inside & np.isfinite(st)
             ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
