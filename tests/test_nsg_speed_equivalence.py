@@ -88,6 +88,12 @@ def test_value_range_with_zeros_equals_range_and_zero_test():
         lo, hi, zero = nodata._range_and_zeros(data)
         assert np.array_equal((lo, hi), nodata._value_range(data), equal_nan=True)
         assert np.array_equal(zero, data == 0)
+    big = rng.normal(5, 1, (1500, 1500)).astype(np.float32)  # two threads from 2 Mpx
+    for value, where in [(0.0, (1400, 3)), (np.nan, (7, 1499)), (0.0, (10, 10))]:
+        big[where] = value
+        lo, hi, zero = nodata._range_and_zeros(big)
+        assert np.array_equal((lo, hi), nodata._value_range(big), equal_nan=True)
+        assert np.array_equal(zero, big == 0)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -137,3 +143,16 @@ def test_ring_fit_on_the_grid_equals_the_ring_fit():
         assert np.array_equal(count, want_count)
         np.testing.assert_allclose(level, want_level, rtol=1e-13, equal_nan=True)
         np.testing.assert_allclose(sig, want_sig, rtol=1e-10, equal_nan=True)
+
+
+def test_bin_statistics_on_two_threads_equal_one_pass(monkeypatch):
+    from napari_nsg.core.nsg import samples
+
+    rng = np.random.default_rng(14)
+    values = rng.normal(100, 5, (3, 1201, 729)).astype(np.float32)
+    values[rng.random(values.shape) < 0.05] = np.nan
+    values[:, 7] = np.nan  # a bin without data
+    monkeypatch.setattr(samples, "available_threads", lambda limit: 2)
+    split = samples._robust_rows_threaded(values)
+    for a, b in zip(split, samples.robust_rows(values)):
+        assert np.array_equal(a, b, equal_nan=True)

@@ -11,8 +11,12 @@ frames clip dark sky pixels to exactly 0 (6.5 % of the photosites of a Seestar
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
+
+from .threads import available_threads
 
 #: Zero patches of at least this many pixels are no-data wherever they are
 #: (a 32 x 32 block); smaller ones not touching the border are clipped values.
@@ -25,6 +29,8 @@ MIN_BORDER_REGION = 16
 SEED_CHUNK = 256
 #: Rows per band of :func:`_value_range` (6000 float32 columns: 768 KB, in the L2 cache).
 VALUE_RANGE_ROWS = 32
+#: Frames from this size are scanned (value range, zero test) on two threads.
+PARALLEL_PIXELS = 2_000_000
 
 __all__ = ["MIN_BORDER_REGION", "MIN_ZERO_REGION", "find_no_data", "may_hold_zero",
            "no_data_mask", "with_nan_no_data", "zero_regions"]
@@ -219,18 +225,36 @@ def _range_and_zeros(data: np.ndarray) -> tuple[float, float, np.ndarray | None]
         return (*_value_range(data), None)
     rows = data.reshape(-1, data.shape[-1])
     zero = np.zeros(rows.shape, bool)  # pages a frame without zeros never touches
+    starts = range(0, len(rows), VALUE_RANGE_ROWS)
+    n = available_threads(2) if data.size >= PARALLEL_PIXELS else 1
+    if n == 1:
+        lows, highs = _scan_bands(rows, zero, starts)
+    else:  # the bands' halves on two threads (NumPy releases the GIL)
+        cut = len(starts) // 2
+        with ThreadPoolExecutor(1, thread_name_prefix="no-data") as pool:
+            job = pool.submit(_scan_bands, rows, zero, starts[cut:])
+            lows, highs = _scan_bands(rows, zero, starts[:cut])
+            more = job.result()
+        lows, highs = lows + more[0], highs + more[1]
+    with np.errstate(invalid="ignore"):
+        lo = float(np.min(lows))  # NaN if a band has one
+        hi = float(np.max(highs)) if np.isfinite(lo) else float("nan")
+    return lo, hi, zero.reshape(data.shape)
+
+
+def _scan_bands(rows: np.ndarray, zero: np.ndarray, starts) -> tuple[list, list]:
+    """Each band's smallest and largest value, and its zero test into ``zero``
+    where the band may hold a zero (see :func:`_range_and_zeros`)."""
     lows, highs = [], []
     with np.errstate(invalid="ignore"):
-        for i in range(0, len(rows), VALUE_RANGE_ROWS):
+        for i in starts:
             band = rows[i:i + VALUE_RANGE_ROWS]
             low, high = band.min(), band.max()
             lows.append(low)
             highs.append(high)
             if not (low > 0 or high < 0):  # a zero may be there (or a NaN)
                 np.equal(band, 0, out=zero[i:i + VALUE_RANGE_ROWS])
-        lo = float(np.min(lows))  # NaN if a band has one
-        hi = float(np.max(highs)) if np.isfinite(lo) else float("nan")
-    return lo, hi, zero.reshape(data.shape)
+    return lows, highs
 
 
 def may_hold_zero(data: np.ndarray) -> bool:
