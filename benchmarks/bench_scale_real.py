@@ -7,9 +7,12 @@ reference's bright stars; every ``photometry`` mode of :class:`NsgParameters` is
 printed beside it, and with ``--kernel`` the kernel-fit scale
 (:mod:`napari_nsg.core.nsg.kernel_scale`). The real tests require the default
 and the empirical mode within 1 %. A ``*`` after the ``psf`` mode's scale: its
-check refused the PSF weights and the large apertures' scale was used.
+check refused the PSF weights and the large apertures' scale was used. With
+``--free-shape`` the psf mode fits every star with the profile's width and tail
+derivatives free (an experiment; docs/nsg.md "Fourth attempt").
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
+                                          [--free-shape]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -23,6 +26,7 @@ from pathlib import Path
 from napari_nsg.core.nsg import NsgParameters, measure_scale, prepare_reference
 from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
 from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
+from napari_nsg.core.stars import psf_photometry
 from napari_nsg.core.stars.psf_photometry import WEIGHT_RADIUS_FWHM
 
 #: Above this radius (FWHM of the reference) the psf mode returned the large apertures.
@@ -39,7 +43,11 @@ def main(argv=None):
                     help="small_aperture_fwhm of the corrected and empirical modes")
     ap.add_argument("--kernel", action="store_true",
                     help="also the scale of a free pixel kernel fit (1-2 s a frame)")
+    ap.add_argument("--free-shape", action="store_true",
+                    help="the psf mode with every star's width and tail terms free "
+                         "(psf_photometry.FREE_SHAPE, an experiment)")
     args = ap.parse_args(argv)
+    psf_photometry.FREE_SHAPE = args.free_shape
     folder = Path(args.data) / "wasp12b_calibrated"
     ref, targets = wasp_targets(folder)
     models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(
@@ -54,7 +62,8 @@ def main(argv=None):
             results.append(measure_scale(model, reg))
             s = float(results[-1].scale[0])
             fell_back = (model.params.photometry == "psf"
-                         and results[-1].ref_photometry.radius[0] > PSF_RADIUS_FWHM * model.fwhm)
+                         and results[-1].ref_photometry.radius[0]
+                         > PSF_RADIUS_FWHM * max(model.fwhm, results[-1].target_fwhm))
             cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %){' *' if fell_back else ''}")
         if args.kernel:
             s = kernel_scale_of(models[PHOTOMETRY_MODES[0]], reg, results[0])

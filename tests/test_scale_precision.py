@@ -362,7 +362,9 @@ def test_psf_profile_drops_unresolved_blends(seed, monkeypatch):
     detected-star list and no isolation rule can reject it) widens the fitted
     profile. 8 of 36 Moffat stars blended: without the chi-square cull the
     PSF-weighted fluxes of the clean stars come out +4.4-4.5 % high; with it the
-    8 are dropped and the error is within the noise (measured -0.04-+0.10 %)."""
+    8 are dropped and the error is within the noise (measured -0.04-+0.10 %).
+    The shape cull (each star's own width and tail, ``_odd_shape``; off by
+    default) drops the same 8 on its own."""
     from napari_nsg.core.stars import psf_photometry
 
     fwhm = 3.0
@@ -383,6 +385,11 @@ def test_psf_profile_drops_unresolved_blends(seed, monkeypatch):
     assert n == len(clean)
     assert abs(err) < 2.5e-3
     monkeypatch.setattr(psf_photometry, "CULL_ROUNDS", 0)
+    monkeypatch.setattr(psf_photometry, "SHAPE_CULL_ROUNDS", 2)
+    n, err = normalisation()  # the shape cull alone (_odd_shape, off by default) finds them
+    assert n == len(clean)
+    assert abs(err) < 2.5e-3
+    monkeypatch.setattr(psf_photometry, "SHAPE_CULL_ROUNDS", 0)
     n, err = normalisation()
     assert n == len(x) and err > 0.02  # the mechanism: blends bias the profile wide
 
