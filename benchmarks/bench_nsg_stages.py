@@ -7,7 +7,8 @@ the spline system, which the others reuse), then times each stage on the second
 target ``--rounds`` times in a fresh process:
 
     check -> no-data as NaN -> scale (stars, photometry, fit) -> samples -> spline
-    -> correction -> noise + weight, and normalize_frame as a whole
+    -> correction (into a fresh output) -> noise + weight -> correction (into the
+    working copy, as normalize_frame does), and normalize_frame as a whole
 
 CPU seconds (``time.process_time``: every thread of the process, so the
 threads' work counts however it overlaps) and wall seconds, medians of the
@@ -33,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 CHILD = r"""
-import json, sys, time
+import inspect, json, sys, time
 import numpy as np
 from napari_nsg.io import read_frame
 from napari_nsg.core.nsg import engine as E
@@ -68,6 +69,9 @@ for _ in range(rounds):
     timed("correction", apply_correction, chans, sr.scale, fitted[2], mask=model.no_data,
           no_data=bad)
     timed("noise + weight", E.target_weight, model, chans, sr.scale, target.meta)
+    if "out" in inspect.signature(apply_correction).parameters:  # as normalize_frame does
+        timed("correction (in place)", apply_correction, chans, sr.scale, fitted[2],
+              mask=model.no_data, no_data=bad, out=chans)
     work = target.data.copy()
     kw = {"overwrite_input": True} if in_place else {}
     timed("normalize_frame (all)", E.normalize_frame, model, work, target.meta, **kw)
