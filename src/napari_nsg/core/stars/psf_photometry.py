@@ -87,7 +87,8 @@ SHAPE_STEP = 1e-3
 #: independent-like frames and the other conditions do not improve).
 SHAPE_CULL_ROUNDS = 0
 SHAPE_CULL_Z = 4.0
-SHAPE_CULL_MIN = (0.005, 0.015)  # log FWHM, u
+SHAPE_CULL_TERMS = (0, 1)  # log FWHM, u
+SHAPE_CULL_MIN = (0.005, 0.015)  # per term
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
 FREE_SHAPE = False
@@ -231,7 +232,7 @@ def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds):
 
 def _odd_shape(theta, dxy, v, use, ring, sky_var, sky_level):
     """Profile stars whose own shape differs from the shared one: per star, a
-    linear fit of flux, shift and the derivatives in ``SHAPE_TERMS`` (pixel
+    linear fit of flux, shift and the derivatives in ``SHAPE_CULL_TERMS`` (pixel
     variance of sky and star) gives its width and tail offsets; a star more than
     ``SHAPE_CULL_Z`` of its own errors and ``SHAPE_CULL_MIN`` from the median
     star in either is odd. A neighbour a few FWHM away that no mask covers
@@ -240,7 +241,7 @@ def _odd_shape(theta, dxy, v, use, ring, sky_var, sky_level):
     because the wings hold little of the star's signal."""
     prof = Profile(float(np.exp(theta[0])), float(theta[1]), 0, float(theta[2]), float(theta[3]))
     p, px, py = _profile_and_gradient(theta, dxy)
-    cols = [p - _ring_level(prof, *ring), px, py, *_shape_columns(prof, dxy, ring, (0, 1))]
+    cols = [p - _ring_level(prof, *ring), px, py, *_shape_columns(prof, dxy, ring, SHAPE_CULL_TERMS)]
     basis = np.where(use[:, None, :], np.stack(cols, axis=1), 0.0)
     w = np.broadcast_to(1.0 / sky_var[:, None], v.shape)
     model = _chi2_fixed_sky(theta, dxy, v, w, use, ring)[1]
