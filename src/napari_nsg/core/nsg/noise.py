@@ -8,7 +8,9 @@ the same with its own implementation of the estimator of Starck & Murtagh
 
 1. the image's starlet (B3-spline "a trous") transform with 4 layers;
 2. a first sigma from k-sigma clipping of the first layer (the "K-Sigma"
-   estimate), scaled by that layer's response to unit white noise;
+   estimate), scaled by that layer's response to unit white noise (on large
+   frames from every 4th coefficient, as the start of step 4; from all of them
+   when it is the result);
 3. the multiresolution support: pixels where any layer ``j`` is significant,
    ``|w_j| >= 3 sigma s_j`` (``s_j`` the layer's white-noise response);
 4. a new sigma from the pixels outside the support, as the standard deviation
@@ -43,7 +45,7 @@ TILE = 512
 MRS_CALIBRATION = 1.0205
 KSIGMA_CALIBRATION = 1.016
 #: The MRS iteration starts from the K-Sigma sigma of every SEED_STRIDE-th first-layer
-#: coefficient (4x cheaper; the MRS noise moves by at most 1.4e-4 on the simulator,
+#: coefficient (4x cheaper; the MRS noise moves by at most 1.2e-4 on the simulator,
 #: WASP-12b and 6000x4000 targets, against its own 1e-3 tolerance).
 SEED_STRIDE = 4
 SEED_MIN_VALUES = 250_000  # smaller frames start from all their coefficients
@@ -148,9 +150,10 @@ def _std32(values: np.ndarray) -> float:
 
 def _fill_value(tile: np.ndarray, bad: np.ndarray) -> float:
     """What no-data pixels of a tile are replaced with before the starlet transform:
-    the median of every ``FILL_STRIDE``-th row and column of its data (the pixels
-    near no-data that a fill value reaches are left out of the estimate; the whole
-    tile's median where the lattice holds no data)."""
+    the median of every ``FILL_STRIDE``-th row and column of its data (the whole
+    tile's median where the lattice holds no data). The margin dilated around
+    no-data leaves the filled pixels out of the estimate but for the far corners
+    of the starlet's reach: no compared noise changed with it."""
     step = (slice(None, None, FILL_STRIDE),) * 2
     sub = tile[step][~bad[step]]
     return float(np.median(sub if sub.size else tile[~bad]))
