@@ -81,6 +81,9 @@ __all__ = [
 
 
 RING_AREA_RATIO = 4.0
+#: Every 61st row, every 7th pixel of it: whether a frame has any data (0.08 ms on
+#: 24 Mpx; every 7th row took 1.5 ms), the whole frame only if that finds none.
+SPARSE_LOOK = (61, 7)
 
 
 class NsgError(ValueError):
@@ -326,7 +329,8 @@ def _check_target(model: ReferenceModel, data: np.ndarray) -> np.ndarray:
         raise NsgError(f"image size differs from the reference (target is {_describe(got)}, "
                        f"reference is {_describe(want)}); frames must be registered")
     chans = _channels(data)
-    if not _has_data(chans[:, ::7, ::7]) and not _has_data(chans):  # a sparse look first
+    rows, cols = SPARSE_LOOK
+    if not _has_data(chans[:, ::rows, ::cols]) and not _has_data(chans):  # a sparse look first
         raise NsgError("the frame has no data (all pixels are 0 or NaN)")
     return chans
 
