@@ -23,19 +23,16 @@ when the ring has too few pixels, or when the flux is not positive.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..blas import one_thread_product
 from ..nodata import with_nan_no_data
-from ..threads import available_threads
 from . import psf_match
 
-#: From this many stars the two frames of :func:`pair_photometry` are measured
-#: on two threads (NumPy releases the GIL on their stamp arrays).
-PARALLEL_STARS = 50
+#: Fewest usable ring pixels for a valid background (:func:`aperture_photometry`).
+MIN_RING_PIXELS = 12
 
 
 @dataclass
@@ -87,16 +84,25 @@ def row_median(values: np.ndarray) -> np.ndarray:
     return np.where(n > 0, 0.5 * (lo + hi), np.nan)
 
 
-def row_median_mad(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def row_median_mad(values: np.ndarray, n_finite: np.ndarray | None = None,
+                   overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(m, row_median(|values - m|))`` with ``m = row_median(values)``, from one sort:
     the distances below and above the median are two ascending runs of the sorted
     row (``m - s`` read backwards, ``s - m`` forwards), and the middle of their union
-    is found by a binary search per row. The same values bit for bit."""
-    s = np.sort(values, axis=-1)  # NaN last
+    is found by a binary search per row. The same values bit for bit.
+
+    ``n_finite``: the number of non-NaN values of each row where the caller knows it
+    (saves a pass); ``overwrite``: sort ``values`` in place."""
+    if overwrite:
+        values.sort(axis=-1)  # NaN last
+        s = values
+    else:
+        s = np.sort(values, axis=-1)
     n_rows, width = s.shape
     flat = s.ravel()
     base = np.arange(n_rows) * width
-    n = width - np.count_nonzero(np.isnan(s), axis=-1)
+    n = (width - np.count_nonzero(np.isnan(s), axis=-1) if n_finite is None
+         else np.asarray(n_finite, np.int64))
     nn = np.maximum(n, 1)
 
     def at(i):
@@ -153,13 +159,13 @@ def ring_fit_grid(v: np.ndarray, use: np.ndarray, gx: np.ndarray, gy: np.ndarray
     ata[~ok] = np.eye(3)
     atb[~ok] = 0.0
     coef = np.linalg.solve(ata, atb[..., None])[..., 0]
-    # the plane at each pixel: (c0 - c1 fx - c2 fy) + c1 gx + c2 gy
-    resid = np.multiply(gx[None, :], coef[:, 1:2])
-    resid += (coef[:, 0] - coef[:, 1] * fx - coef[:, 2] * fy)[:, None]
-    resid += np.multiply(gy[None, :], coef[:, 2:3], out=np.empty_like(resid))
+    # the plane at each pixel, (c0 - c1 fx - c2 fy) + c1 gx + c2 gy: one product
+    at_grid = np.stack([coef[:, 0] - coef[:, 1] * fx - coef[:, 2] * fy, coef[:, 1], coef[:, 2]],
+                       axis=1)
+    resid = one_thread_product(at_grid, np.ascontiguousarray(mono[:, :3].T))
     np.subtract(v, resid, out=resid)
     np.copyto(resid, np.nan, where=~use)
-    sig = 1.4826 * row_median_mad(resid)[1]
+    sig = 1.4826 * row_median_mad(resid, count, overwrite=True)[1]
     return np.where(ok, coef[:, 0], np.nan), sig, count
 
 
@@ -243,12 +249,59 @@ def window(plane: np.ndarray, cx: np.ndarray, cy: np.ndarray, offs: np.ndarray,
     return values, inside
 
 
-def _aperture_box(half: int, max_radius: float) -> slice:
-    """The rows (and columns) of a ``2*half+1`` stamp that apertures of radius up to
-    ``max_radius`` can touch: the centre is within half a pixel of the star, so a
-    pixel further than ``max_radius + 1`` px along an axis has weight 0."""
-    a = min(half, int(np.ceil(max_radius + 1.0)))
-    return slice(half - a, half + a + 1)
+#: How far a star lies from its integer centre at most (|fx|, |fy| <= 0.5: sqrt(0.5) px),
+#: with a margin: the pixels a group's apertures and rings can reach are chosen with it.
+MAX_CENTRE_SHIFT = 0.75
+
+
+@dataclass
+class _Group:
+    """The pixels of one group of stars (one stamp size), as lists into its square
+    stamp: ``ring_idx`` (the pixels in some star's ring) and ``ap_idx`` (the pixels
+    some aperture can touch), with each star's ring mask and aperture weights."""
+
+    offs: np.ndarray
+    fx: np.ndarray
+    fy: np.ndarray
+    ring_idx: np.ndarray
+    ring: np.ndarray
+    ap_idx: np.ndarray
+    weight: np.ndarray
+    grid_x: np.ndarray
+    grid_y: np.ndarray
+
+
+def _group_pixels(half: int, fx: np.ndarray, fy: np.ndarray, r: np.ndarray, gap: float,
+                  wd: np.ndarray) -> _Group:
+    """Ring masks and aperture weights of stars at fractions ``(fx, fy)`` of their
+    integer centres, computed only on the pixels of the ``2*half+1`` stamp that an
+    aperture or a ring can reach (the annulus and the disc, not the whole square)."""
+    offs = np.arange(-half, half + 1)
+    rows, cols = np.divmod(np.arange(len(offs) ** 2), len(offs))
+    d0 = np.hypot(offs[rows], offs[cols])  # from the integer centre: within MAX_CENTRE_SHIFT
+    inner, outer = r + gap, r + gap + wd
+    ax = offs[None, :] - fx[:, None]  # (n, side): the squares once per row and column
+    ay = offs[None, :] - fy[:, None]
+    ax2, ay2 = ax * ax, ay * ay
+
+    def dist(idx):  # as sqrt(ay * ay + ax * ax) on the whole stamp (3x np.hypot's speed)
+        d = ay2[:, rows[idx]]
+        d += ax2[:, cols[idx]]
+        return np.sqrt(d, out=d)  # in place: no fresh pages for a second large array
+
+    cand = np.flatnonzero((d0 >= inner.min() - MAX_CENTRE_SHIFT)
+                          & (d0 <= outer.max() + MAX_CENTRE_SHIFT))
+    d = dist(cand)
+    ring = d >= inner[:, None]
+    ring &= d <= outer[:, None]
+    in_ring = np.flatnonzero(ring.any(axis=0))  # the pixels in some star's ring only
+    ring_idx = cand[in_ring]
+    ap_idx = np.flatnonzero(d0 < r.max() + 0.5 + MAX_CENTRE_SHIFT)  # weight > 0: dist < r + 0.5
+    weight = dist(ap_idx)
+    np.subtract((r + 0.5)[:, None], weight, out=weight)
+    np.clip(weight, 0.0, 1.0, out=weight)
+    return _Group(offs, fx, fy, ring_idx, ring[:, in_ring], ap_idx, weight,
+                  offs[cols[ring_idx]].astype(np.float64), offs[rows[ring_idx]].astype(np.float64))
 
 
 def aperture_photometry(
@@ -260,7 +313,7 @@ def aperture_photometry(
     gap: float = 2.0,
     width: np.ndarray | float = 10.0,
     saturation: np.ndarray | float | None = None,
-    min_ring_pixels: int = 12,
+    min_ring_pixels: int = MIN_RING_PIXELS,
     stamps=None,
     marked: bool = False,
 ) -> Photometry:
@@ -297,69 +350,80 @@ def aperture_photometry(
     -------
     Photometry
     """
+    return _measure_frames([data], [x], [y], radius, gap=gap, width=width,
+                           saturation=saturation, min_ring_pixels=min_ring_pixels,
+                           stamps=stamps, marked=marked)[0]
+
+
+def _frame_planes(data, marked: bool) -> list[np.ndarray]:
+    """The channel planes of ``(y, x)`` or ``(c, y, x)`` data, no-data as NaN."""
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[np.newaxis]
-    nc = data.shape[0]
-    x = np.asarray(x, float)
-    y = np.asarray(y, float)
-    n = len(x)
-    radius = np.broadcast_to(np.asarray(radius, float), (n,)).copy()
-    width = np.broadcast_to(np.asarray(width, float), (n,))
+    return [data[c] if marked else with_nan_no_data(data[c]) for c in range(data.shape[0])]
+
+
+def _frame_windows(planes, cx, cy, sel, n, offs):
+    """:func:`window` of the stars ``sel`` (rows ``k*n`` to ``(k+1)*n - 1`` are in
+    ``planes[k]``), in the order of ``sel``."""
+    if len(planes) == 1:
+        return window(planes[0], cx[sel], cy[sel], offs)
+    bounds = np.searchsorted(sel, n * np.arange(1, len(planes)))
+    parts = [window(p, cx[s], cy[s], offs) for p, s in zip(planes, np.split(sel, bounds))]
+    return np.concatenate([v for v, _ in parts]), np.concatenate([i for _, i in parts])
+
+
+def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_pixels,
+                    stamps, marked) -> list[Photometry]:
+    """:func:`aperture_photometry` of the same ``n`` apertures (radii and ring widths) in
+    several frames of one layout at once, at positions ``xs[k], ys[k]`` in frame ``k``:
+    the stars of all frames go through each pass together (fewer, longer NumPy calls)."""
+    planes = None if stamps is not None else [_frame_planes(d, marked) for d in frames]
+    nf, nc = len(frames), 1 if np.ndim(frames[0]) == 2 else np.shape(frames[0])[0]
+    x = np.concatenate([np.asarray(v, float) for v in xs])
+    y = np.concatenate([np.asarray(v, float) for v in ys])
+    n = len(x) // nf
+    radius = np.tile(np.broadcast_to(np.asarray(radius, float), (n,)), nf)
+    width = np.tile(np.broadcast_to(np.asarray(width, float), (n,)), nf)
     sat = (np.full(nc, np.inf) if saturation is None
            else np.broadcast_to(np.asarray(saturation, float), (nc,)))
-    flux = np.full((nc, n), np.nan)
-    err = np.full((nc, n), np.nan)
-    bkg = np.full((nc, n), np.nan)
-    bsig = np.full((nc, n), np.nan)
-    peak = np.full((nc, n), np.nan)
-    valid = np.zeros((nc, n), bool)
-    reason = np.full(n, "", dtype=object)
+    flux, err, bkg, bsig, peak = (np.full((nc, n * nf), np.nan) for _ in range(5))
+    valid = np.zeros((nc, n * nf), bool)
+    reason = np.full(n * nf, "", dtype=object)
     finite = np.isfinite(x) & np.isfinite(y) & np.isfinite(radius) & (radius > 0)
     reason[~finite] = "no position"
     outer = np.where(finite, np.ceil(radius + gap + width + 1.0), 0)
     cx = np.where(finite, np.round(x), 0).astype(int)
     cy = np.where(finite, np.round(y), 0).astype(int)
-    planes = None
-    if stamps is None:
-        planes = [data[c] if marked else with_nan_no_data(data[c]) for c in range(nc)]
     for half in np.unique(outer[finite]).astype(int):
         sel = np.flatnonzero(finite & (outer == half))
-        offs = np.arange(-half, half + 1)
-        fx = (x[sel] - cx[sel])[:, None, None]
-        fy = (y[sel] - cy[sel])[:, None, None]
-        ax, ay = offs[None, None, :] - fx, offs[None, :, None] - fy
-        dist = np.sqrt(ay * ay + ax * ax)  # 3x np.hypot's speed; within 1 ulp of it
-        r = radius[sel][:, None, None]
-        ring = (dist >= r + gap) & (dist <= r + gap + width[sel][:, None, None])
-        # the apertures lie in a box at the stamps' centre: their sums and tests there
-        box = _aperture_box(half, float(radius[sel].max()))
-        weight = np.clip(r + 0.5 - dist[:, box, box], 0.0, 1.0)
-        in_ap = weight > 0
-        # the ring statistics on the pixels in some star's ring only (a third fewer)
-        in_ring = np.flatnonzero(ring.any(axis=0))
-        ring = ring.reshape(len(sel), -1)[:, in_ring]
-        grid_x, grid_y = np.meshgrid(offs.astype(np.float64), offs.astype(np.float64))
-        ring_x, ring_y = grid_x.ravel()[in_ring], grid_y.ravel()[in_ring]
-        sum_w = weight.sum(axis=(1, 2))
-        sum_w2 = (weight**2).sum(axis=(1, 2))
+        g = _group_pixels(half, x[sel] - cx[sel], y[sel] - cy[sel], radius[sel], gap, width[sel])
+        in_ap = g.weight > 0
+        sum_w = g.weight.sum(axis=-1)
+        sum_w2 = (g.weight**2).sum(axis=-1)
         for c in range(nc):
             if stamps is None:  # the plane's own type: float64 only where summed
-                st, inside = window(planes[c], cx[sel], cy[sel], offs)
+                st, inside = _frame_windows([p[c] for p in planes], cx, cy, sel, n, g.offs)
             else:
-                st, inside = stamps(c, sel, offs)
-            flat = (len(sel), -1)
-            st_ring = st.reshape(flat)[:, in_ring]
-            use = ring & inside.reshape(flat)[:, in_ring] & np.isfinite(st_ring)  # no-data: NaN
+                st, inside = stamps(c, sel, g.offs)
+            st, inside = st.reshape(len(sel), -1), inside.reshape(len(sel), -1)
+            whole = bool(inside.all())
+            st_ring = st[:, g.ring_idx]
+            use = g.ring & np.isfinite(st_ring)  # no-data: NaN
+            if not whole:
+                use &= inside[:, g.ring_idx]
             mean, sig, count = ring_fit_grid(np.where(use, st_ring, np.float64(0.0)), use,
-                                             ring_x, ring_y, fx[:, 0, 0], fy[:, 0, 0])
-            st, inside = st[:, box, box].astype(np.float64), inside[:, box, box]
-            good = inside & np.isfinite(st)
-            ap_outside = np.any(in_ap & ~inside, axis=(1, 2))
-            ap_bad = np.any(in_ap & ~good, axis=(1, 2)) | ap_outside
-            total = (np.where(in_ap & good, st, 0.0) * weight).sum(axis=(1, 2))
-            f = total - mean * sum_w
-            pk = np.where(in_ap & good, st, -np.inf).max(axis=(1, 2))
+                                             g.grid_x, g.grid_y, g.fx, g.fy)
+            st = st[:, g.ap_idx]
+            good = np.isfinite(st)
+            ap_outside = (np.zeros(len(sel), bool) if whole
+                          else np.any(in_ap & ~inside[:, g.ap_idx], axis=-1))
+            if not whole:
+                good &= inside[:, g.ap_idx]
+            counted = in_ap & good
+            ap_bad = np.any(in_ap & ~good, axis=-1) | ap_outside
+            f = (np.where(counted, st, 0.0) * g.weight).sum(axis=-1) - mean * sum_w
+            pk = np.where(counted, st, -np.inf).max(axis=-1)
             e = sig * np.sqrt(sum_w2 + sum_w**2 / np.maximum(count, 1))
             ok = ~ap_bad & (count >= min_ring_pixels) & np.isfinite(f) & (f > 0) & (pk < sat[c])
             flux[c, sel] = np.where(ok, f, np.nan)
@@ -374,8 +438,14 @@ def aperture_photometry(
                     ["aperture leaves the image", "no-data pixel in the aperture",
                      "background ring has too few pixels", "saturated", "flux not positive"],
                     "")
-    reason[valid.any(axis=0)] = ""
-    return Photometry(flux, err, bkg, bsig, peak, valid, radius, reason.astype(str))
+    out = []
+    for k in range(nf):
+        cols = slice(k * n, (k + 1) * n)
+        rk = reason[cols].copy()
+        rk[valid[:, cols].any(axis=0)] = ""
+        out.append(Photometry(flux[:, cols], err[:, cols], bkg[:, cols], bsig[:, cols],
+                              peak[:, cols], valid[:, cols], radius[cols].copy(), rk.astype(str)))
+    return out
 
 
 def pair_photometry(
@@ -411,15 +481,9 @@ def pair_photometry(
         Reference and target; the errors include the stars' photon noise
         (:func:`add_shot_noise`).
     """
-    kw = {"gap": gap, "width": width, "saturation": saturation, "marked": marked}
-    if len(np.atleast_1d(ref_x)) >= PARALLEL_STARS and available_threads(2) > 1:
-        with ThreadPoolExecutor(1, thread_name_prefix="photometry") as pool:  # the two frames
-            ref_job = pool.submit(aperture_photometry, ref, ref_x, ref_y, radius, **kw)
-            tgt_ph = aperture_photometry(tgt, tgt_x, tgt_y, radius, **kw)
-            ref_ph = ref_job.result()
-    else:
-        ref_ph = aperture_photometry(ref, ref_x, ref_y, radius, **kw)
-        tgt_ph = aperture_photometry(tgt, tgt_x, tgt_y, radius, **kw)
+    ref_ph, tgt_ph = _measure_frames([ref, tgt], [ref_x, tgt_x], [ref_y, tgt_y], radius,
+                                     gap=gap, width=width, saturation=saturation,
+                                     min_ring_pixels=MIN_RING_PIXELS, stamps=None, marked=marked)
     add_shot_noise(ref_ph)
     add_shot_noise(tgt_ph)
     return ref_ph, tgt_ph
