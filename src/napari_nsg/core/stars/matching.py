@@ -31,6 +31,9 @@ from ..nodata import with_nan_no_data
 from .detection import FWHM_PER_SIGMA, StarTable
 from .photometry import row_median, window
 
+#: The guided search's smoothed crop: this many px beyond the search radius (the
+#: searched pixel + 1 for the fraction, + 1 for its neighbours, + 1 for their 3x3 means).
+SEARCH_CROP_MARGIN = 3
 GAUSS_FWHM_FROM_AREA = np.sqrt(8.0 * np.log(2.0) / (2.0 * np.pi))  # fwhm = k * sqrt(flux/peak)
 
 
@@ -107,6 +110,32 @@ def _box3(stamps: np.ndarray) -> np.ndarray:
         return np.where(cnt > 0, acc / cnt, np.nan)
 
 
+def _search_maximum(stamps: np.ndarray, fx: np.ndarray, fy: np.ndarray, search_radius: float):
+    """The brightest pixel of each 3x3-smoothed stamp within ``search_radius`` (+ 0.5)
+    of the expected position (``fx, fy`` from the stamp's centre pixel): ``(py, px,
+    best, smooth)``, ``smooth`` the smoothed centre crop that the search and the
+    local-maximum test read.
+
+    A searched pixel lies at most ``search_radius + 1`` px from the centre along an
+    axis, its neighbours one more, and their 3x3 means one more: the crop of half
+    side ``ceil(search_radius) + 3`` gives them the whole stamp's values (its own
+    edge row, never read, differs)."""
+    n, s = stamps.shape[0], stamps.shape[1]
+    half = s // 2
+    crop = min(half, int(np.ceil(search_radius)) + SEARCH_CROP_MARGIN)
+    inner = slice(half - crop, half + crop + 1)
+    smooth = _box3(stamps[:, inner, inner])
+    offs = np.arange(-crop, crop + 1)
+    ddx = offs[None, None, :] - fx[:, None, None]  # from the expected (sub-pixel) position
+    ddy = offs[None, :, None] - fy[:, None, None]
+    in_search = (ddx**2 + ddy**2) <= (search_radius + 0.5) ** 2
+    flat = np.where(in_search & np.isfinite(smooth), smooth, -np.inf).reshape(n, -1)
+    k = np.argmax(flat, axis=1)
+    py, px = np.unravel_index(k, (2 * crop + 1, 2 * crop + 1))
+    best = flat[np.arange(n), k]
+    return py + half - crop, px + half - crop, best, smooth
+
+
 def _border_stats(stamps: np.ndarray, width: int = 2):
     """Median and robust sigma of each stamp's outer ring of ``width`` px."""
     s = stamps.shape[1]
@@ -179,25 +208,16 @@ def measure_stars_at(
     if noise is None or not np.isfinite(noise) or noise <= 0:
         good = np.isfinite(sig) & (sig > 0)
         noise = float(np.median(sig[good])) if good.any() else 1.0
-    smooth = _box3(stamps)
-    s = 2 * half + 1
+    py, px, best, smooth = _search_maximum(stamps, x - cx, y - cy, search_radius)
     offs = np.arange(-half, half + 1)
     gy, gx = np.meshgrid(offs, offs, indexing="ij")
-    # distance from the expected (sub-pixel) position
     col, row = offs[None, None, :], offs[None, :, None]  # broadcast: (n, 1, s), (n, s, 1)
-    ddx = col - (x - cx)[:, None, None]
-    ddy = row - (y - cy)[:, None, None]
-    in_search = (ddx**2 + ddy**2) <= (search_radius + 0.5) ** 2
-    cand = np.where(in_search & np.isfinite(smooth), smooth, -np.inf)
-    flat = cand.reshape(n, -1)
-    k = np.argmax(flat, axis=1)
-    py, px = np.unravel_index(k, (s, s))
-    best = flat[np.arange(n), k]
     # a real maximum: not lower than any of its 8 neighbours in the smoothed stamp
     padded = np.pad(smooth, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
     padded = np.where(np.isfinite(padded), padded, -np.inf)
+    edge = half - (smooth.shape[1] // 2)  # the smoothed crop's first row in the stamp
     neigh = np.stack(
-        [padded[np.arange(n), py + 1 + dy, px + 1 + dx]
+        [padded[np.arange(n), py - edge + 1 + dy, px - edge + 1 + dx]
          for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx], axis=1)
     is_max = np.all(best[:, None] >= neigh, axis=1)
     signif = (best - bkg) > threshold * noise / 3.0  # a 3x3 mean has sigma/3
