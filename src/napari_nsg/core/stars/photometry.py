@@ -402,10 +402,12 @@ def _frame_pixels(planes, cx, cy, sel, n, half, pix):
     for plane, s in zip(planes, np.split(sel, bounds)):
         st, ins = window(plane, cx[s], cy[s], offs)
         values.append(st.reshape(len(s), -1)[:, pix])
-        inside.append(ins.reshape(len(s), -1)[:, pix])
+        inside.append(None if ins.all() else ins.reshape(len(s), -1)[:, pix])
     values = values[0] if len(values) == 1 else np.concatenate(values)
-    inside = inside[0] if len(inside) == 1 else np.concatenate(inside)
-    return values, (None if inside.all() else inside)
+    if all(i is None for i in inside):
+        return values, None
+    return values, np.concatenate([np.ones((len(v), len(pix)), bool) if i is None else i
+                                   for v, i in zip(np.split(values, bounds), inside)])
 
 
 def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_pixels,
