@@ -133,7 +133,7 @@ def _golden_or_parabola(xf, fx, nfc, fnfc, fulc, ffulc, a, b, e, rat, tol1):
 
 def _sign(v: float) -> float:
     """``np.sign`` of a float (NaN for NaN)."""
-    return v if v != v else float(int(v > 0) - int(v < 0))
+    return v if math.isnan(v) else float(int(v > 0) - int(v < 0))
 
 
 def bounded_minimum(func, x1: float, x2: float, xatol: float, maxfun: int = 500) -> float:

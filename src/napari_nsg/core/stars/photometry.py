@@ -117,8 +117,10 @@ def row_median_mad(values: np.ndarray, n_finite: np.ndarray | None = None,
     k = np.concatenate([(nn - 1) // 2, nn // 2])
     med2, below2, n2 = (np.concatenate([a, a]) for a in (med, below, n))
 
-    def at2(i, base=np.concatenate([base, base])):
-        return flat[base + np.clip(i, 0, width - 1)]
+    base2 = np.concatenate([base, base])
+
+    def at2(i):
+        return flat[base2 + np.clip(i, 0, width - 1)]
 
     # the k-th smallest distance: i of them from below, k + 1 - i from above
     lo, hi = np.maximum(0, k + 1 - (n2 - below2)), np.minimum(below2, k + 1)
