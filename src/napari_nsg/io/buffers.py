@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import threading
 import weakref
+from contextlib import contextmanager
 from math import prod
 
 import numpy as np
 
-__all__ = ["FrameBuffers"]
+__all__ = ["FrameBuffers", "reused_heap"]
 
 
 class FrameBuffers:
@@ -88,3 +89,83 @@ def _owner(array) -> np.ndarray | None:
     while isinstance(array, np.ndarray) and array.base is not None:
         array = array.base
     return array if isinstance(array, np.ndarray) else None
+
+
+# glibc's mallopt() parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+#: glibc's defaults, restored when :func:`reused_heap` ends.
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+_DEFAULT_MMAP_MAX = 65536
+#: Free memory kept at the top of the heap while :func:`reused_heap` is active
+#: (mallopt's largest value, 2 GiB: more than a batch's temporaries).
+_KEEP_FREED = 2**31 - 1
+#: Arenas after :func:`reused_heap`: glibc's own limit on 64-bit (8 per core).
+_ARENAS_PER_CORE = 8
+
+
+def _glibc():
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except (OSError, AttributeError):
+        return None
+
+
+_HEAP_LOCK = threading.Lock()
+_heap_users = [0]  # nested reused_heap() scopes now open
+
+
+@contextmanager
+def reused_heap():
+    """Within it, freed large arrays stay in the process's heap for the next ones.
+
+    glibc hands every block over 32 MiB out as fresh ``mmap`` pages and returns
+    them on ``free``: each full-frame temporary of the engine (a mask, a float
+    copy, a weight image) is faulted in and zeroed by the kernel again, about
+    0.05 CPU-s per 96 MB (the engine allocates several per target). Here large
+    blocks come from the heap instead, and freed ones are reused as they are;
+    all threads use the main heap (threads' own arenas cannot hold blocks over
+    64 MiB). On leaving, glibc's defaults come back and the free memory is
+    returned to the system. Nested uses are fine (only the outermost acts); a
+    no-op where the C library is not glibc. The arena limit stays at one per
+    process once threads have asked for an arena under it (glibc fixes it then).
+    """
+    with _HEAP_LOCK:
+        _heap_users[0] += 1
+        if _heap_users[0] == 1:
+            _set_heap(keep=True)
+    try:
+        yield
+    finally:
+        with _HEAP_LOCK:
+            _heap_users[0] -= 1
+            if _heap_users[0] == 0:
+                _set_heap(keep=False)
+
+
+def _set_heap(keep: bool) -> None:
+    """glibc's heap set to keep and reuse large blocks (``keep``) or back to its defaults."""
+    libc = _glibc()
+    if libc is None:
+        return
+    if keep:
+        libc.mallopt(_M_ARENA_MAX, 1)
+        libc.mallopt(_M_MMAP_MAX, 0)
+        libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_FREED)
+    else:
+        from ..core.threads import available_cores
+
+        libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+        libc.mallopt(_M_ARENA_MAX, _ARENAS_PER_CORE * available_cores())
+        libc.malloc_trim(0)

@@ -1,0 +1,85 @@
+"""The scopes :func:`normalize_frames` runs its frames in (issue 13, round 2): a heap
+that reuses freed large blocks, OpenCV on one thread, the garbage collector
+skipping the objects that existed before. Each must act inside and leave the
+process as it found it."""
+
+from __future__ import annotations
+
+import gc
+import resource
+
+import numpy as np
+import pytest
+
+from napari_nsg.core.threads import opencv_threads
+from napari_nsg.io import buffers as buffers_module
+from napari_nsg.io.buffers import reused_heap
+from napari_nsg.pipeline.normalize import frozen_objects
+
+FRAME_FLOATS = 6000 * 4000  # one 24 Mpx float32 frame: 96 MB, far over glibc's mmap threshold
+MIN_FIRST_FAULTS = 40  # 96 MB in 2 MiB huge pages is 46 faults (4 KiB pages: 23 438)
+
+
+def _faults_of_fresh_frame() -> int:
+    """Minor page faults of allocating and filling one 96 MB frame (freed after)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    frame = np.empty(FRAME_FLOATS, np.float32)
+    frame.fill(1.0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del frame
+    return faults
+
+
+@pytest.mark.skipif(buffers_module._glibc() is None, reason="glibc's mallopt only")
+def test_reused_heap_reuses_a_freed_frame_without_page_faults():
+    outside = [_faults_of_fresh_frame() for _ in range(2)]
+    assert min(outside) >= MIN_FIRST_FAULTS  # glibc maps and unmaps every 96 MB block
+    with reused_heap():
+        first = _faults_of_fresh_frame()
+        again = [_faults_of_fresh_frame() for _ in range(3)]
+    assert first >= MIN_FIRST_FAULTS
+    assert max(again) <= first // 10  # the freed block came back as it was
+    after = _faults_of_fresh_frame()  # defaults back: fresh pages again
+    assert after >= MIN_FIRST_FAULTS
+
+
+@pytest.mark.skipif(buffers_module._glibc() is None, reason="glibc's mallopt only")
+def test_reused_heap_nested_keeps_reusing_until_the_outermost_ends():
+    with reused_heap():
+        _faults_of_fresh_frame()
+        with reused_heap():
+            _faults_of_fresh_frame()
+        assert _faults_of_fresh_frame() < MIN_FIRST_FAULTS  # still reusing
+    assert buffers_module._heap_users[0] == 0
+
+
+def test_reused_heap_ends_after_an_error():
+    with pytest.raises(RuntimeError), reused_heap():
+        raise RuntimeError("boom")
+    assert buffers_module._heap_users[0] == 0
+
+
+def test_opencv_threads_held_inside_and_restored():
+    cv2 = pytest.importorskip("cv2")
+    before = cv2.getNumThreads()
+    with opencv_threads(1):
+        assert cv2.getNumThreads() == 1
+        with opencv_threads(2):
+            assert cv2.getNumThreads() == 2
+        assert cv2.getNumThreads() == 1
+    assert cv2.getNumThreads() == before
+
+
+def test_frozen_objects_skipped_inside_and_collected_after():
+    class Cycle:
+        pass
+
+    gc.collect()
+    assert gc.get_freeze_count() == 0
+    with frozen_objects():
+        assert gc.get_freeze_count() > 0
+        cycle = Cycle()
+        cycle.me = cycle  # garbage made meanwhile: collected here, it is not frozen
+        del cycle
+        assert gc.collect() >= 1
+    assert gc.get_freeze_count() == 0
