@@ -156,3 +156,139 @@ def test_bin_statistics_on_two_threads_equal_one_pass(monkeypatch):
     split = samples._robust_rows_threaded(values)
     for a, b in zip(split, samples.robust_rows(values)):
         assert np.array_equal(a, b, equal_nan=True)
+
+
+# --- issue 13, the scale stage (fifth round) -----------------------------------------
+
+
+def _one_star_reference(plane, x, y, r, gap, width):
+    """Aperture photometry of one star on its whole square stamp, the plain way: the
+    sub-pixel weights, the ring and the ring's plane (``ring_statistics``) on every
+    pixel of the square (the old code's layout), no-data as NaN."""
+    half = int(np.ceil(r + gap + width + 1.0))
+    cx, cy = int(np.round(x)), int(np.round(y))
+    h, w = plane.shape
+    if cy - half < 0 or cx - half < 0 or cy + half >= h or cx + half >= w:
+        return None  # the reference covers whole stamps only
+    st = plane[cy - half: cy + half + 1, cx - half: cx + half + 1].astype(np.float64)
+    offs = np.arange(-half, half + 1)
+    dx, dy = offs[None, :] - (x - cx), offs[:, None] - (y - cy)
+    dist = np.sqrt(dy * dy + dx * dx)
+    weight = np.clip(r + 0.5 - dist, 0.0, 1.0)
+    ring = (dist >= r + gap) & (dist <= r + gap + width)
+    vals = np.where(ring, st, np.nan)[None].reshape(1, -1)
+    bdx, bdy = np.broadcast_to(dx, st.shape).reshape(1, -1), np.broadcast_to(dy, st.shape).reshape(1, -1)
+    level, sig, count = photometry.ring_statistics(vals, bdx, bdy)
+    in_ap = weight > 0
+    if not np.all(np.isfinite(st[in_ap])):
+        return None
+    flux = float((st * weight).sum() - level[0] * weight.sum())
+    return flux, float(level[0]), float(sig[0]), int(count[0]), float(st[in_ap].max())
+
+
+def test_pair_photometry_on_pixel_lists_equals_whole_stamps():
+    """Both frames in one pass, on the annulus' and the disc's pixels only = each star
+    measured on its whole square stamp (the fluxes to float64 rounding, the same ring
+    pixel counts, peaks and validity), also with stars at the edges and on no-data."""
+    rng = np.random.default_rng(21)
+    shape = (300, 420)
+    frames = [rng.normal(500, 10, shape).astype(np.float32) for _ in range(2)]
+    n = 60
+    x, y = rng.uniform(-5, shape[1] + 5, n), rng.uniform(-5, shape[0] + 5, n)
+    for f, amp in zip(frames, (1.0, 1.3)):
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        for k in range(n):
+            f += (amp * rng.uniform(200, 5000) * np.exp(-((xx - x[k]) ** 2 + (yy - y[k]) ** 2)
+                                                        / 8.0)).astype(np.float32)
+    frames[1][100:130, 200:260] = np.nan  # no-data in the target only
+    tx, ty = x + rng.uniform(-0.5, 0.5, n), y + rng.uniform(-0.5, 0.5, n)
+    radius = rng.uniform(3.0, 9.0, n)
+    width = rng.uniform(4.0, 12.0, n)
+    ref_ph, tgt_ph = photometry.pair_photometry(frames[0], frames[1], x, y, tx, ty, radius,
+                                                gap=2.0, width=width, marked=True)
+    singles = [photometry.aperture_photometry(f, px, py, radius, gap=2.0, width=width,
+                                              marked=True)
+               for f, px, py in ((frames[0], x, y), (frames[1], tx, ty))]
+    checked = 0
+    for ph, single, f, px, py in ((ref_ph, singles[0], frames[0], x, y),
+                                  (tgt_ph, singles[1], frames[1], tx, ty)):
+        assert np.array_equal(ph.valid, single.valid)  # the fluxes: other pixel lists' sums
+        np.testing.assert_allclose(ph.flux, single.flux, rtol=1e-12, equal_nan=True)
+        assert list(ph.reason) == list(single.reason)
+        for k in range(n):
+            want = _one_star_reference(f, px[k], py[k], radius[k], 2.0, width[k])
+            if want is None:
+                continue
+            checked += 1
+            assert ph.valid[0, k] == (want[0] > 0 and want[3] >= photometry.MIN_RING_PIXELS)
+            if not ph.valid[0, k]:
+                assert ph.reason[k] == "flux not positive"
+                continue
+            assert ph.flux[0, k] == pytest.approx(want[0], rel=1e-12, abs=1e-7)
+            assert ph.background[0, k] == pytest.approx(want[1], rel=1e-13)
+            assert ph.background_sigma[0, k] == pytest.approx(want[2], rel=1e-10)
+            assert ph.peak[0, k] == want[4]
+        # stars whose aperture leaves the frame or meets no-data are invalid, with a reason
+        edge = ~ph.valid[0]
+        assert edge.any() and all(ph.reason[edge])
+    assert checked > 60
+
+
+def test_bounded_minimum_takes_scipys_steps():
+    from scipy.optimize import minimize_scalar
+
+    from napari_nsg.core.nsg.scale import bounded_minimum
+
+    rng = np.random.default_rng(22)
+    for _ in range(300):
+        a, b, c = rng.normal(0, 0.3), rng.uniform(0.1, 5), rng.uniform(0, 2)
+        w = rng.uniform(0, 1)
+
+        def f(t, a=a, b=b, c=c, w=w):
+            return float(b * (t - a) ** 2 + c * abs(t - a) + w * np.sin(7 * t))
+
+        lo, hi = float(rng.normal(0, 0.2)) - 0.7, 0.0
+        hi = lo + 1.4
+        want = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-7}).x
+        assert bounded_minimum(f, lo, hi, 1e-7) == want
+
+
+def test_calibration_median_is_numpys():
+    from napari_nsg.core.nsg.scale import _median
+
+    rng = np.random.default_rng(23)
+    for _ in range(2000):
+        v = rng.normal(0, 1, int(rng.integers(1, 400))) * 10.0 ** rng.integers(-6, 6)
+        if rng.random() < 0.3:
+            v = np.round(v, 1)  # ties
+        assert _median(v) == float(np.median(v))
+
+
+def test_guided_search_on_the_centre_crop_equals_the_whole_stamp():
+    """The 3x3 smoothing on the crop the search reads = on the whole stamp: the same
+    brightest pixel, its value and its neighbours (so the same stars found)."""
+    from napari_nsg.core.stars import matching
+
+    rng = np.random.default_rng(24)
+    for search in (1.0, 2.0, 2.5, 6.0):
+        half = int(np.ceil(search)) + 5 + 3
+        n = 200
+        stamps = rng.normal(0, 1, (n, 2 * half + 1, 2 * half + 1)).astype(np.float32)
+        stamps[rng.random(stamps.shape) < 0.03] = np.nan
+        fx, fy = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
+        py, px, best, smooth = matching._search_maximum(stamps, fx, fy, search)
+        whole = matching._box3(stamps)
+        offs = np.arange(-half, half + 1)
+        ddx, ddy = offs[None, None, :] - fx[:, None, None], offs[None, :, None] - fy[:, None, None]
+        in_search = (ddx**2 + ddy**2) <= (search + 0.5) ** 2
+        flat = np.where(in_search & np.isfinite(whole), whole, -np.inf).reshape(n, -1)
+        k = np.argmax(flat, axis=1)
+        wy, wx = np.unravel_index(k, whole.shape[1:])
+        assert np.array_equal(py, wy) and np.array_equal(px, wx)
+        assert np.array_equal(best, flat[np.arange(n), k])
+        edge = half - smooth.shape[1] // 2
+        for dy in (-1, 0, 1):  # the neighbours the local-maximum test reads
+            for dx in (-1, 0, 1):
+                a = smooth[np.arange(n), py - edge + dy, px - edge + dx]
+                b = whole[np.arange(n), py + dy, px + dx]
+                assert np.array_equal(a, b, equal_nan=True)
