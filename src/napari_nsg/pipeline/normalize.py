@@ -35,10 +35,8 @@ rejected frames are still written, and flagged in the report.
 
 from __future__ import annotations
 
-import gc
 import os
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +54,6 @@ from ..core.nsg import (
     relative_values,
 )
 from ..core.nsg.engine import prepare_spline_system
-from ..core.threads import opencv_threads
 from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, pause_for_test, refuse_inputs, same_file
 from ..io.buffers import FrameBuffers, reused_heap
@@ -583,7 +580,6 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
         prepare_spline_system(model)
         tasks = map_frames(process_frame, job, items, workers=workers, scheduler=scheduler,
                            cancel=cancel, local=lambda mine: pipelined_frames(job, mine, cancel))
-    tasks = _in_frame_scopes(tasks)
     try:
         for k, row in tasks:
             rows[todo[k][0]] = row
@@ -599,33 +595,6 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
     _relative(result, model, ref_meta, reference, frames)
     result.write()
     return result
-
-
-def _in_frame_scopes(tasks):
-    """``tasks`` (frames' rows) yielded with OpenCV on one thread (the frames' own
-    threads fill the cores; its pool would spin) and the objects that exist now
-    frozen (:func:`frozen_objects`); closing it closes ``tasks``."""
-    with opencv_threads(1), frozen_objects():
-        try:
-            yield from tasks
-        finally:
-            tasks.close()
-
-
-@contextmanager
-def frozen_objects():
-    """Within it, the garbage collector skips the objects that exist now.
-
-    Its full collections otherwise walk every object of the loaded libraries and
-    the reference model again during the frames (~0.01 CPU-s per target, measured
-    with perf). Frozen objects that become garbage meanwhile are collected once it
-    ends; new ones as usual.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def _check_names(frames: list[Path], out_dir: Path) -> None:
