@@ -52,3 +52,12 @@ def test_reused_heap_ends_after_an_error():
     with pytest.raises(RuntimeError), reused_heap():
         raise RuntimeError("boom")
     assert buffers_module._heap_users[0] == 0
+
+
+def test_normalize_frames_leaves_the_heap_as_it_found_it(tmp_path):
+    from napari_nsg.io import FrameError
+    from napari_nsg.pipeline.normalize import normalize_frames
+
+    with pytest.raises(FrameError, match="nope.fits"):  # the reference is missing
+        normalize_frames([tmp_path / "a.fits"], tmp_path / "nope.fits", tmp_path / "out")
+    assert buffers_module._heap_users[0] == 0
