@@ -95,6 +95,7 @@ def _owner(array) -> np.ndarray | None:
 
 # glibc's mallopt() parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 #: glibc's defaults, restored when :func:`reused_heap` ends.
@@ -103,6 +104,10 @@ _DEFAULT_MMAP_MAX = 65536
 #: Free memory kept at the top of the heap while :func:`reused_heap` is active
 #: (mallopt's largest value, 2 GiB: more than a batch's temporaries).
 _KEEP_FREED = 2**31 - 1
+#: The mmap threshold set when :func:`reused_heap` ends: the largest value glibc's own
+#: dynamic threshold grows to on 64-bit (32 MiB), which ``M_MMAP_MAX`` turned off, so that
+#: blocks under it keep coming from the heap afterwards (a GUI process goes on as before).
+_MMAP_THRESHOLD_AFTER = 32 * 2**20
 #: Arenas after :func:`reused_heap`: glibc's own limit on 64-bit (8 per core).
 _ARENAS_PER_CORE = 8
 
@@ -143,8 +148,8 @@ def reused_heap():
     first target), 0.04 CPU-s less per target, peak RSS 50-80 MiB lower.
 
     On leaving, glibc's defaults come back (its dynamic mmap threshold stays
-    off, at the 128 KiB it starts with) and the free memory is returned to the
-    system (``malloc_trim``). Nested uses are fine (only the outermost acts); a
+    off, so the threshold is set to the 32 MiB the dynamic one grows to) and the
+    free memory is returned to the system (``malloc_trim``). Nested uses are fine (only the outermost acts); a
     no-op where the C library is not glibc. Threads that already had an arena
     of their own (in a GUI process) may keep it: their blocks over 64 MiB are
     then fresh pages as before, nothing lost. glibc keeps the arena limit of one
@@ -176,6 +181,7 @@ def _set_heap(keep: bool) -> None:
         from ..core.threads import available_cores
 
         libc.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_AFTER)
         libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
         libc.mallopt(_M_ARENA_MAX, _ARENAS_PER_CORE * available_cores())
         libc.malloc_trim(0)
