@@ -258,7 +258,7 @@ def test_pipeline_with_reused_buffers_writes_what_each_frame_alone_gives(tmp_pat
     monkeypatch.setattr(nz, "FrameBuffers", Recorded)
     report = nz.normalize_frames(order, frames[0], tmp_path / "out")
     assert [Path(r.file).name for r in report.failed] == ["broken.fits", "empty.fits"]
-    assert len(pools) == 1 and pools[0].created <= nz.COMPUTE_THREADS + 2
+    assert len(pools) == 1 and pools[0].created <= nz.PIPELINE_FRAMES
     ref = read_frame(frames[0])
     model = prepare_reference(ref.data, ref.meta, NsgParameters())
     rows = {Path(r.file).name: r for r in report.rows}
@@ -269,51 +269,3 @@ def test_pipeline_with_reused_buffers_writes_what_each_frame_alone_gives(tmp_pat
         np.testing.assert_array_equal(written, alone.corrected, err_msg=f.name)
         assert rows[f.name].scale == [float(s) for s in alone.scale]
         assert rows[f.name].scale[0] == pytest.approx(float(seq.scale[k][0]), rel=0.03)
-
-
-def test_overlapped_frames_with_two_compute_threads_keeps_order_and_bounds():
-    """Two frames computed at once: rows still come in order, failures in their place,
-    never more than two computes running and four frames loaded and not yet done."""
-    import threading
-    import time
-
-    from napari_nsg.pipeline.executors import overlapped_frames
-
-    lock = threading.Lock()
-    state = {"computing": 0, "most_computing": 0, "held": 0, "most_held": 0}
-
-    def bump(key, step):
-        with lock:
-            state[key] += step
-            most = "most_" + key
-            state[most] = max(state[most], state[key])
-
-    def load(k, item):
-        if item == 3:
-            raise FrameError(None, "unreadable")
-        bump("held", 1)
-        return item
-
-    def compute(item):
-        bump("computing", 1)
-        time.sleep(0.02 if item % 2 else 0.005)  # odd items finish after the next one
-        bump("computing", -1)
-        if item == 6:
-            raise ValueError("no stars")
-        return item * 10
-
-    def store(item, computed):
-        bump("held", -1)
-        return ("ok", item, computed)
-
-    def fail(k, item, loaded, exc):
-        if loaded is not None:
-            bump("held", -1)
-        return ("failed", item, type(exc).__name__)
-
-    rows = list(overlapped_frames(range(10), load, compute, store, fail, computers=2))
-    assert [k for k, _ in rows] == list(range(10))
-    assert rows[3][1] == ("failed", 3, "FrameError") and rows[6][1] == ("failed", 6, "ValueError")
-    assert [r for k, r in rows if k not in (3, 6)] == [("ok", i, 10 * i) for i in range(10)
-                                                       if i not in (3, 6)]
-    assert state["most_computing"] == 2 and state["most_held"] <= 4 and state["held"] == 0

@@ -234,25 +234,6 @@ def test_pair_photometry_on_pixel_lists_equals_whole_stamps():
     assert checked > 60
 
 
-def test_bounded_minimum_takes_scipys_steps():
-    from scipy.optimize import minimize_scalar
-
-    from napari_nsg.core.nsg.scale import bounded_minimum
-
-    rng = np.random.default_rng(22)
-    for _ in range(300):
-        a, b, c = rng.normal(0, 0.3), rng.uniform(0.1, 5), rng.uniform(0, 2)
-        w = rng.uniform(0, 1)
-
-        def f(t, a=a, b=b, c=c, w=w):
-            return float(b * (t - a) ** 2 + c * abs(t - a) + w * np.sin(7 * t))
-
-        lo, hi = float(rng.normal(0, 0.2)) - 0.7, 0.0
-        hi = lo + 1.4
-        want = minimize_scalar(f, bounds=(lo, hi), method="bounded", options={"xatol": 1e-7}).x
-        assert bounded_minimum(f, lo, hi, 1e-7) == want
-
-
 def test_calibration_median_is_numpys():
     from napari_nsg.core.nsg.scale import _median
 

@@ -127,4 +127,4 @@ def test_value_range_by_bands_equals_two_reductions():
         with np.errstate(invalid="ignore"):
             lo = float(np.min(data))
             want = (lo, float(np.max(data)) if np.isfinite(lo) else float("nan"))
-        assert np.array_equal(nodata._value_range(data), want, equal_nan=True)
+        assert np.array_equal(nodata._range_and_zeros(data)[:2], want, equal_nan=True)

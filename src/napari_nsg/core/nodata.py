@@ -11,12 +11,10 @@ frames clip dark sky pixels to exactly 0 (6.5 % of the photosites of a Seestar
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import cv2
 import numpy as np
 
-from .threads import available_threads
+from .threads import available_threads, in_two_threads
 
 #: Zero patches of at least this many pixels are no-data wherever they are
 #: (a 32 x 32 block); smaller ones not touching the border are clipped values.
@@ -27,7 +25,7 @@ MIN_ZERO_REGION = 1024
 MIN_BORDER_REGION = 16
 #: Edge zeros tested together for being reached by an earlier flood fill.
 SEED_CHUNK = 256
-#: Rows per band of :func:`_value_range` (6000 float32 columns: 768 KB, in the L2 cache).
+#: Rows per band of :func:`_range_and_zeros` (6000 float32 columns: 768 KB, in the L2 cache).
 VALUE_RANGE_ROWS = 32
 #: Frames from this size are scanned (value range, zero test) on two threads.
 PARALLEL_PIXELS = 2_000_000
@@ -200,20 +198,13 @@ def find_no_data(data: np.ndarray, min_area: int = MIN_ZERO_REGION
 
 def _value_range(data: np.ndarray) -> tuple[float, float]:
     """Smallest and largest value, NaN when there is a NaN (NaN for the largest when
-    the smallest is not finite); no temporary array. A contiguous frame is read by
-    bands of ``VALUE_RANGE_ROWS`` rows, each band's maximum taken while its minimum
-    pass left it in the cache (one pass from memory instead of two; the same values)."""
+    the smallest is not finite); no temporary array. Contiguous frames go by bands
+    instead (:func:`_range_and_zeros`)."""
     if data.size == 0:
         return float("nan"), float("nan")
     with np.errstate(invalid="ignore"):
-        if data.ndim < 2 or not data.flags.c_contiguous:
-            lo = float(np.min(data))
-            return lo, (float(np.max(data)) if np.isfinite(lo) else float("nan"))
-        rows = data.reshape(-1, data.shape[-1])
-        bands = [rows[i:i + VALUE_RANGE_ROWS] for i in range(0, len(rows), VALUE_RANGE_ROWS)]
-        lows, highs = zip(*[(b.min(), b.max()) for b in bands])
-        lo = float(np.min(lows))  # NaN if a band has one
-        return lo, (float(np.max(highs)) if np.isfinite(lo) else float("nan"))
+        lo = float(np.min(data))
+        return lo, (float(np.max(data)) if np.isfinite(lo) else float("nan"))
 
 
 def _range_and_zeros(data: np.ndarray) -> tuple[float, float, np.ndarray | None]:
@@ -231,10 +222,9 @@ def _range_and_zeros(data: np.ndarray) -> tuple[float, float, np.ndarray | None]
         lows, highs = _scan_bands(rows, zero, starts)
     else:  # the bands' halves on two threads (NumPy releases the GIL)
         cut = len(starts) // 2
-        with ThreadPoolExecutor(1, thread_name_prefix="no-data") as pool:
-            job = pool.submit(_scan_bands, rows, zero, starts[cut:])
-            lows, highs = _scan_bands(rows, zero, starts[:cut])
-            more = job.result()
+        (lows, highs), more = in_two_threads(lambda: _scan_bands(rows, zero, starts[:cut]),
+                                             lambda: _scan_bands(rows, zero, starts[cut:]),
+                                             "no-data")
         lows, highs = lows + more[0], highs + more[1]
     with np.errstate(invalid="ignore"):
         lo = float(np.min(lows))  # NaN if a band has one

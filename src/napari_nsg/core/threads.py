@@ -1,7 +1,8 @@
 """How many threads a stage of the core may use for one frame.
 
 The core splits some passes over threads (the NSG correction by bands of rows,
-the photometry of two frames, a target's noise next to its scale). NumPy,
+a target's noise next to its scale, the no-data scan and the sample statistics by
+halves: :func:`in_two_threads`). NumPy,
 BLAS and OpenCV release the GIL in those passes, so the threads run on
 separate cores. They are used only where cores exist: one per available core
 (the process's CPU affinity), capped by ``OMP_NUM_THREADS`` as the native
@@ -11,8 +12,9 @@ libraries' threads are (worker processes set it to 1: one thread each).
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["available_cores", "available_threads"]
+__all__ = ["available_cores", "available_threads", "in_two_threads"]
 
 
 def available_cores() -> int:
@@ -30,3 +32,11 @@ def available_threads(limit: int) -> int:
     env = os.environ.get("OMP_NUM_THREADS", "")
     cap = int(env) if env.isdigit() and int(env) > 0 else limit
     return max(1, min(limit, cores, cap))
+
+
+def in_two_threads(first, second, name: str = "half"):
+    """``(first(), second())``, ``second`` on a thread of its own while ``first`` runs
+    on the calling one (for two halves of a pass whose NumPy work releases the GIL)."""
+    with ThreadPoolExecutor(1, thread_name_prefix=name) as pool:
+        job = pool.submit(second)
+        return first(), job.result()

@@ -15,7 +15,6 @@ when it is killed with SIGKILL (see :func:`_die_with_parent`).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import ctypes
 import io
@@ -557,8 +556,7 @@ def _try(func, *args):
 
 
 def overlapped_frames(items, load, compute, store, fail, *, cancel: CancelToken | None = None,
-                      name: str = "frames", finish_compute: Callable[[], Any] | None = None,
-                      computers: int = 1):
+                      name: str = "frames", finish_compute: Callable[[], Any] | None = None):
     """Yield ``(index, row)`` for ``items`` in one process, with reading, computing and
     writing overlapped.
 
@@ -572,44 +570,36 @@ def overlapped_frames(items, load, compute, store, fail, *, cancel: CancelToken 
     Ctrl-C interrupts it as it would without the threads and its partial files are
     removed). ``store`` returns the frame's row, its own failure included; a failed
     load or compute becomes ``fail(k, item, loaded, exc)`` (``loaded`` None when the
-    load failed). At most ``computers + 2`` frames are in memory (three with one
-    compute thread). Rows come in order, each once its outputs are in place; when the
-    consumer stops (``cancel``, an exception) the frames being computed are dropped
-    and nothing more is written. ``finish_compute`` runs last on a compute thread
-    (e.g. to free its work arrays). ``computers`` > 1 computes that many frames at
-    once (``compute`` must then be thread-safe).
+    load failed). At most three frames are in memory. Rows come in order, each once
+    its outputs are in place; when the consumer stops (``cancel``, an exception) the
+    frame being computed is dropped and nothing more is written. ``finish_compute``
+    runs last on the compute thread (e.g. to free its work arrays).
     """
     it = iter(items)  # taken one at a time: the source may be shared with workers
     reader = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-read")
-    computer = ThreadPoolExecutor(max(1, computers), thread_name_prefix=f"{name}-compute")
+    computer = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-compute")
     try:
         item = next(it, _END)
         reading = None if item is _END else reader.submit(_try, load, 0, item)
-        computing: collections.deque = collections.deque()  # (k, item, loaded, future, exc)
         done = None  # (index, loaded, computed) not yet written
         k = 0
-        while reading is not None or computing:
-            if reading is not None:
-                loaded, exc = reading.result()
-                following = next(it, _END)
-                reading = None if following is _END else reader.submit(_try, load, k + 1,
-                                                                         following)
-                started = None if exc is not None else computer.submit(_try, compute, loaded)
-                computing.append((k, item, loaded, started, exc))
-                k, item = k + 1, following
-            if done is not None:  # written while the compute threads work
+        while reading is not None:
+            loaded, exc = reading.result()
+            following = next(it, _END)
+            reading = None if following is _END else reader.submit(_try, load, k + 1, following)
+            computing = None if exc is not None else computer.submit(_try, compute, loaded)
+            if done is not None:  # written while the compute thread works on frame k
                 yield done[0], store(*done[1:])
                 done = None
             check_cancel(cancel)
-            if len(computing) >= computers or reading is None:
-                index, taken, loaded, started, exc = computing.popleft()
-                computed = None
-                if started is not None:
-                    computed, exc = started.result()
-                if exc is not None:
-                    yield index, fail(index, taken, loaded, exc)
-                else:
-                    done = (index, loaded, computed)
+            computed = None
+            if computing is not None:
+                computed, exc = computing.result()
+            if exc is not None:
+                yield k, fail(k, item, loaded, exc)
+            else:
+                done = (k, loaded, computed)
+            k, item = k + 1, following
         if done is not None:
             yield done[0], store(*done[1:])
     finally:

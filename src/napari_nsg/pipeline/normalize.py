@@ -319,9 +319,8 @@ def process_frame(job: NormalizeJob, item: tuple[str, bool, bool]) -> FrameRow:
 
 #: One pixel buffer kept between the frames a worker process normalizes in turn.
 _WORKER_BUFFERS = FrameBuffers(1)
-#: Frames :func:`pipelined_frames` normalizes at once (threads; see docs/benchmarks.md,
-#: fourth round: 2 was measured too). It holds two frames more: one read, one written.
-COMPUTE_THREADS = 1
+#: Frames :func:`pipelined_frames` holds at once: one read, one normalized, one written.
+PIPELINE_FRAMES = 3
 
 
 def _store(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:
@@ -335,15 +334,13 @@ def pipelined_frames(job: NormalizeJob, items, cancel: CancelToken | None = None
     """Yield ``(index, row)`` like ``map_frames(process_frame, job, items)`` in one
     process, with reading, normalizing and writing overlapped
     (:func:`~.executors.overlapped_frames`). The frames' pixels go to
-    :data:`COMPUTE_THREADS` + 2 buffers reused from frame to frame."""
-    buffers = FrameBuffers(COMPUTE_THREADS + 2)
-    if COMPUTE_THREADS > 1:  # the spline system inverted once, not by two threads at once
-        prepare_spline_system(job.model)
+    :data:`PIPELINE_FRAMES` buffers reused from frame to frame."""
+    buffers = FrameBuffers(PIPELINE_FRAMES)
     return overlapped_frames(
         items, lambda k, item: _load(job, item, buffers), lambda loaded: _measure(job, loaded),
         lambda loaded, measured: _stored_row(job, loaded, measured, buffers),
         lambda k, item, loaded, exc: _failed_frame(item, loaded, exc, buffers),
-        cancel=cancel, name="nsg", computers=COMPUTE_THREADS)
+        cancel=cancel, name="nsg")
 
 
 def _stored_row(job: NormalizeJob, loaded: _Loaded, measured,

@@ -156,8 +156,6 @@ def _row_phases(n_out: int, step: int, margin: int) -> tuple:
                  for a, b in zip(starts, stops))
 
 
-#: The bands' products stay under BLAS_ONE_THREAD (:mod:`..blas`), so that the
-#: correction's own threads do not start BLAS threads too.
 #: At most this many rows per product in :func:`_correct_fused` (the rows of a
 #: 6000 px wide frame stay in the L1/L2 cache between the passes over them).
 FUSED_ROWS = 16

@@ -18,13 +18,12 @@ the sample noise far below the pixel noise.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..nodata import no_data_mask, with_nan_no_data
-from ..threads import available_threads
+from ..threads import available_threads, in_two_threads
 
 MAX_NO_DATA_FRACTION = 0.01
 
@@ -329,10 +328,8 @@ def _robust_rows_threaded(values: np.ndarray):
     if values.size < PARALLEL_VALUES or n_bins < 2 or available_threads(2) == 1:
         return robust_rows(values)
     cut = n_bins // 2
-    with ThreadPoolExecutor(1, thread_name_prefix="samples") as pool:
-        job = pool.submit(robust_rows, values[:, cut:])
-        first = robust_rows(values[:, :cut])
-        second = job.result()
+    first, second = in_two_threads(lambda: robust_rows(values[:, :cut]),
+                                   lambda: robust_rows(values[:, cut:]), "samples")
     return tuple(np.concatenate([a, b], axis=1) for a, b in zip(first, second))
 
 

@@ -19,13 +19,12 @@ distance (in flux units, so bright stars dominate). Here (notes section 20):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 
 BIWEIGHT_C = 4.685
-_SUM = np.add.reduce  # np.sum's own pairwise sum, without its wrapper
 
 
 @dataclass
@@ -84,95 +83,15 @@ def _variance(m, x, y, vx, vy, k, s, crowd=0.0):
 
 
 def _solve(x, y, vx, vy, k, s, crowd, psi, m):
-    """Minimize ``sum psi (y - m x)^2 / V(m)`` (errors in both variables) over
-    ``log m`` within 0.7 of ``log m`` (:func:`bounded_minimum`)."""
-    kk = k * k
-    extra = s * s + (CROWDING_SENSITIVITY * crowd) ** 2  # _variance's terms, in its order
+    """Minimize ``sum psi (y - m x)^2 / V(m)`` (errors in both variables)."""
 
-    def cost(logm):  # the ufuncs themselves: ~200 stars, so their call overhead counts
+    def cost(logm):
         mm = np.exp(logm)
-        mx = mm * x
-        level = 0.5 * (mx + y)
-        var = kk * (vy + mm * mm * vx) + extra * level * level
-        return float(_SUM(psi * (y - mx) ** 2 / var))
+        return float(np.sum(psi * (y - mm * x) ** 2 / _variance(mm, x, y, vx, vy, k, s, crowd)))
 
-    logm = float(np.log(m))
-    return float(np.exp(bounded_minimum(cost, logm - SEARCH_HALF_WIDTH, logm + SEARCH_HALF_WIDTH,
-                                        SEARCH_XATOL)))
-
-
-#: ``_solve`` searches ``log m`` this far on either side of the start, to this tolerance.
-SEARCH_HALF_WIDTH = 0.7
-SEARCH_XATOL = 1e-7
-_SQRT_EPS = math.sqrt(2.2e-16)
-_GOLDEN = 0.5 * (3.0 - math.sqrt(5.0))
-
-
-def _golden_or_parabola(xf, fx, nfc, fnfc, fulc, ffulc, a, b, e, rat, tol1):
-    """One step of Brent's bounded search: ``(rat, e)`` (a parabola through the
-    three best points where acceptable, else a golden-section step)."""
-    xm, tol2 = 0.5 * (a + b), 2.0 * tol1
-    if abs(e) > tol1:
-        r = (xf - nfc) * (fx - ffulc)
-        q = (xf - fulc) * (fx - fnfc)
-        p = (xf - fulc) * q - (xf - nfc) * r
-        q = 2.0 * (q - r)
-        if q > 0.0:
-            p = -p
-        q = abs(q)
-        r, e = e, rat
-        if abs(p) < abs(0.5 * q * r) and p > q * (a - xf) and p < q * (b - xf):
-            rat = (p + 0.0) / q
-            x = xf + rat
-            if (x - a) < tol2 or (b - x) < tol2:
-                rat = tol1 * (_sign(xm - xf) + ((xm - xf) == 0))
-            return rat, e
-    e = (a - xf) if xf >= xm else (b - xf)
-    return _GOLDEN * e, e
-
-
-def _sign(v: float) -> float:
-    """``np.sign`` of a float (NaN for NaN)."""
-    return v if math.isnan(v) else float(int(v > 0) - int(v < 0))
-
-
-def bounded_minimum(func, x1: float, x2: float, xatol: float, maxfun: int = 500) -> float:
-    """Brent's bounded minimization of ``func`` on ``[x1, x2]``: SciPy's
-    ``minimize_scalar(method="bounded")`` step for step (the same points, the same
-    result to the bit), without its per-call overhead (``_solve`` runs ~50 times
-    per target)."""
-    a, b = x1, x2
-    fulc = a + _GOLDEN * (b - a)
-    nfc, xf = fulc, fulc
-    rat = e = 0.0
-    fx = func(xf)
-    num, fu = 1, math.inf
-    ffulc = fnfc = fx
-    tol1 = _SQRT_EPS * abs(xf) + xatol / 3.0
-    while abs(xf - 0.5 * (a + b)) > (2.0 * tol1 - 0.5 * (b - a)):
-        rat, e = _golden_or_parabola(xf, fx, nfc, fnfc, fulc, ffulc, a, b, e, rat, tol1)
-        x = xf + (_sign(rat) + (rat == 0)) * max(abs(rat), tol1)
-        fu = func(x)
-        num += 1
-        if fu <= fx:
-            if x >= xf:
-                a = xf
-            else:
-                b = xf
-            fulc, ffulc, nfc, fnfc, xf, fx = nfc, fnfc, xf, fx, x, fu
-        else:
-            if x < xf:
-                a = x
-            else:
-                b = x
-            if fu <= fnfc or nfc == xf:
-                fulc, ffulc, nfc, fnfc = nfc, fnfc, x, fu
-            elif fu <= ffulc or fulc == xf or fulc == nfc:
-                fulc, ffulc = x, fu
-        tol1 = _SQRT_EPS * abs(xf) + xatol / 3.0
-        if num >= maxfun:
-            break
-    return xf
+    res = minimize_scalar(cost, bounds=(np.log(m) - 0.7, np.log(m) + 0.7), method="bounded",
+                          options={"xatol": 1e-7})
+    return float(np.exp(res.x))
 
 
 def _median(values: np.ndarray) -> float:

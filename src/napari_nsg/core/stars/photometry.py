@@ -249,8 +249,7 @@ def ring_fit(v: np.ndarray, use: np.ndarray, dx: np.ndarray, dy: np.ndarray):
     resid += np.multiply(dy, coef[:, 2:3], out=wdx)
     np.subtract(v, resid, out=resid)
     np.copyto(resid, np.nan, where=~use)
-    med = row_median(resid)[:, None]
-    sig = 1.4826 * row_median(np.abs(np.subtract(resid, med, out=resid), out=resid))
+    sig = 1.4826 * row_median_mad(resid, count, overwrite=True)[1]
     level = np.where(ok, coef[:, 0], np.nan)
     return level, sig, count
 
