@@ -136,6 +136,8 @@ def test_bad_frames_are_reported_and_the_good_ones_written(bad_set, tmp_path, ca
         assert not (out / f"{name[:-5]}_nsg.fits").exists()
         assert str(bad[name]) in err  # the CLI names the file
     assert "Traceback" not in err
+    for name in ("small.fits", "colour.fits", "zeros.fits"):  # refused as they were read
+        assert rows[str(bad[name])]["exposure"] == rows[str(paths[1])]["exposure"] is not None
     for p in (paths[0], paths[1], paths[2], bad["holes.fits"]):
         assert rows[str(p)]["error"] is None
         assert (out / f"{p.stem}_nsg.fits").exists()

@@ -273,3 +273,63 @@ def test_guided_search_on_the_centre_crop_equals_the_whole_stamp():
                 a = smooth[np.arange(n), py - edge + dy, px - edge + dx]
                 b = whole[np.arange(n), py + dy, px + dx]
                 assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_prepared_target_normalizes_as_the_plain_target():
+    """``prepare_target`` (no-data and noise on the reading thread of a batch) then
+    ``normalize_frame`` = ``normalize_frame`` on the array, bit for bit, also with a
+    zero border (no-data) and the target's own copy overwritten."""
+    from napari_nsg.core.nsg import normalize_frame, prepare_reference, prepare_target
+
+    seq = simulate_sequence(2, (700, 900), seed=31, border=25)
+    ref, target = (np.asarray(seq.frame(k).data, np.float32) for k in range(2))
+    assert np.count_nonzero(target == 0) > 1000  # the registration border
+    model = prepare_reference(ref)
+    plain = normalize_frame(model, target.copy())
+    for with_noise in (False, True):
+        work = target.copy()
+        prep = prepare_target(model, work, overwrite_input=True, with_noise=with_noise)
+        assert (prep.noises is not None) == with_noise
+        assert np.isnan(prep.chans[0][target == 0]).all()
+        res = normalize_frame(model, prep)
+        assert np.shares_memory(res.corrected, work)  # written into the caller's array
+        assert np.array_equal(res.corrected, plain.corrected, equal_nan=True)
+        assert np.array_equal(res.scale, plain.scale)
+        assert res.weight == plain.weight and np.array_equal(res.noise, plain.noise)
+
+
+def test_newton_scale_solve_is_the_bounded_search_minimum():
+    """Newton's steps in log m land on the minimum SciPy's bounded search finds with a
+    tight tolerance (to 1e-8), over random pair sets; where a step cannot be trusted
+    the search itself answers."""
+    from scipy.optimize import minimize_scalar
+
+    from napari_nsg.core.nsg import scale
+
+    rng = np.random.default_rng(33)
+    for _ in range(200):
+        n = int(rng.integers(5, 500))
+        x = rng.lognormal(8.0, 1.2, n)
+        m_true = rng.uniform(0.5, 2.0)
+        vx = (0.01 * x) ** 2 + rng.uniform(10, 1000, n)
+        vy = (0.01 * m_true * x) ** 2 + rng.uniform(10, 1000, n)
+        y = m_true * x + rng.normal(0, np.sqrt(vy + m_true**2 * vx))
+        crowd = rng.uniform(0, 0.5, n) * (rng.random(n) < 0.2)
+        psi, k, s = rng.uniform(0, 1, n), rng.uniform(1, 2), rng.uniform(0, 0.01)
+        start = m_true * rng.uniform(0.9, 1.1)
+
+        def cost(logm, x=x, y=y, vx=vx, vy=vy, k=k, s=s, crowd=crowd, psi=psi):
+            mm = np.exp(logm)
+            return float(np.sum(psi * (y - mm * x) ** 2
+                                / scale._variance(mm, x, y, vx, vy, k, s, crowd)))
+
+        best = np.exp(minimize_scalar(cost, bounds=(np.log(start) - 0.7, np.log(start) + 0.7),
+                                      method="bounded", options={"xatol": 1e-12}).x)
+        newton = scale._newton_minimum(x, y, vx, vy, k, s, crowd, psi, start)
+        assert newton is not None
+        assert newton == pytest.approx(best, rel=1e-8)
+    # no pair has weight: no curvature, the bounded search answers
+    zero = np.zeros(5)
+    ones = np.ones(5)
+    assert scale._newton_minimum(ones, ones, ones, ones, 1.0, 0.0, zero, zero, 1.0) is None
+    assert np.isfinite(scale._solve(ones, ones, ones, ones, 1.0, 0.0, zero, zero, 1.0))

@@ -46,9 +46,11 @@ from .. import __version__
 from ..core.nsg import (
     NsgError,
     NsgParameters,
+    PreparedTarget,
     ReferenceModel,
     normalize_frame,
     prepare_reference,
+    prepare_target,
     reference_result,
     rejection,
     relative_values,
@@ -200,7 +202,7 @@ class _Loaded:
     is_reference: bool
     overwrite: bool
     paths: dict
-    data: np.ndarray | None = None
+    data: PreparedTarget | NsgError | None = None  # see _load
     meta: object = None
     header: object = None
     buffer: np.ndarray | None = None  # the pixels' buffer, given back once written
@@ -208,8 +210,11 @@ class _Loaded:
 
 def _load(job: NormalizeJob, item: tuple[str, bool, bool],
           buffers: FrameBuffers | None = None) -> _Loaded:
-    """Refuse outputs in the way, then read the frame (raises FrameError); its pixels
-    go to a buffer of ``buffers`` when given (see :func:`_release`)."""
+    """Refuse outputs in the way, read the frame (raises FrameError) and prepare it:
+    its no-data and noise (:func:`~napari_nsg.core.nsg.prepare_target`), here on the
+    reading thread, off the path of the thread that normalizes (an NsgError is
+    raised by :func:`_measure`). Its pixels go to a buffer of ``buffers`` when given
+    (see :func:`_release`)."""
     path, is_reference, overwrite = item
     loaded = _Loaded(path, is_reference, overwrite, output_paths(path, job.out_dir))
     if not overwrite:
@@ -218,8 +223,12 @@ def _load(job: NormalizeJob, item: tuple[str, bool, bool],
                 raise OutputExistsError(p, "output exists")
     if not is_reference:
         frame = read_frame(path, debayer=job.debayer, buffers=buffers)
-        loaded.data, loaded.meta, loaded.header = frame.data, frame.meta, frame.header
-        loaded.buffer = frame.data
+        loaded.meta, loaded.header, loaded.buffer = frame.meta, frame.header, frame.data
+        try:
+            loaded.data = prepare_target(job.model, frame.data, frame.meta,
+                                         overwrite_input=True, with_noise=True)
+        except NsgError as exc:  # raised by _measure, with the frame's metadata at hand
+            loaded.data = exc
     return loaded
 
 
@@ -232,18 +241,15 @@ def _release(loaded: _Loaded | None, buffers: FrameBuffers | None) -> None:
 
 
 def _measure(job: NormalizeJob, loaded: _Loaded):
-    """(result, metadata, header) of one loaded frame, its keywords' warnings included.
-
-    The frame's pixels are released from ``loaded`` (the result holds the output)."""
+    """(result, metadata, header) of one loaded frame, its keywords' warnings included."""
     if loaded.is_reference:
         meta, frame_header = job.model.meta, job.reference_header
         res = reference_result(job.model, gradient_images=job.gradient_images)
     else:
         meta, frame_header = loaded.meta, loaded.header
-        data, loaded.data = loaded.data, None
-        res = normalize_frame(job.model, data, meta, gradient_images=job.gradient_images,
-                              overwrite_input=True)
-        del data
+        if isinstance(loaded.data, NsgError):
+            raise loaded.data
+        res = normalize_frame(job.model, loaded.data, meta, gradient_images=job.gradient_images)
     warn = []
     if (not loaded.is_reference and job.reference_filter and meta.filter
             and meta.filter != job.reference_filter):

@@ -5,7 +5,8 @@ The public entry points (see ``docs/nsg.md``):
 * :func:`prepare_reference` -> :class:`ReferenceModel` (once per reference)
 * :func:`measure_scale` -> :class:`ScaleResult` (scale/transmission only)
 * :func:`target_weight` / :func:`compute_weight` -> :class:`FrameWeight`
-* :func:`normalize_frame` -> :class:`NormalizationResult` (everything)
+* :func:`normalize_frame` -> :class:`NormalizationResult` (everything; its first
+  steps alone: :func:`prepare_target` -> :class:`PreparedTarget`)
 * :class:`NsgParameters` (defaults, ranges, auto values)
 """
 
@@ -13,12 +14,14 @@ from .correction import CoarseGrid, GradientField, apply_correction, evaluate_gr
 from .engine import (
     NormalizationResult,
     NsgError,
+    PreparedTarget,
     ReferenceModel,
     ScaleResult,
     measure_scale,
     measure_target_noise,
     normalize_frame,
     prepare_reference,
+    prepare_target,
     reference_result,
     target_weight,
 )
@@ -39,6 +42,7 @@ __all__ = [
     "NsgError",
     "NsgParameterError",
     "NsgParameters",
+    "PreparedTarget",
     "ReferenceModel",
     "SampleGrid",
     "Samples",
@@ -58,6 +62,7 @@ __all__ = [
     "noise_from_keywords",
     "normalize_frame",
     "prepare_reference",
+    "prepare_target",
     "reference_result",
     "rejection",
     "relative_values",

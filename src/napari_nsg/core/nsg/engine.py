@@ -66,6 +66,7 @@ __all__ = [
     "NormalizationResult",
     "NotRegisteredError",
     "NsgError",
+    "PreparedTarget",
     "ReferenceModel",
     "ScaleResult",
     "assemble_result",
@@ -74,6 +75,7 @@ __all__ = [
     "measure_target_noise",
     "normalize_frame",
     "prepare_reference",
+    "prepare_target",
     "reference_result",
     "target_samples",
     "target_weight",
@@ -719,9 +721,62 @@ def _masked_full(fieldv: GradientField, no_data: np.ndarray | None, mono: bool) 
     return out[0] if mono else out
 
 
+@dataclass
+class PreparedTarget:
+    """A target made ready for :func:`normalize_frame` by :func:`prepare_target`.
+
+    Attributes
+    ----------
+    chans : ndarray (c, y, x)
+        The working copy, its no-data NaN.
+    no_data : ndarray of bool or None
+        The no-data mask (None: the frame has none).
+    target : ndarray
+        The array given (its shape; whether ``chans`` is a copy of it).
+    overwrite_input : bool
+        ``target`` may receive the corrected image.
+    noises : (NoiseEstimate, NoiseEstimate) or None
+        The reference's and the target's noise, when measured already.
+    """
+
+    chans: np.ndarray
+    no_data: np.ndarray | None
+    target: np.ndarray
+    overwrite_input: bool
+    noises: tuple[NoiseEstimate, NoiseEstimate] | None = None
+
+
+def prepare_target(model: ReferenceModel, target: np.ndarray, meta=None, *,
+                   overwrite_input: bool = False, with_noise: bool = False) -> PreparedTarget:
+    """The first steps of :func:`normalize_frame`: the target checked against the
+    reference, its no-data turned into NaN, and its noise measured (``with_noise``).
+
+    A batch runs them on the thread that reads the frames, so that the thread that
+    normalizes starts at the stars; the result is the same as on one thread.
+
+    Parameters
+    ----------
+    model : ReferenceModel
+    target : ndarray
+        ``(y, x)`` or ``(c, y, x)`` with the reference's shape.
+    meta : FrameMetadata, optional
+        The target's metadata (NOISExx keywords), for ``with_noise``.
+    overwrite_input, with_noise : bool
+        See :func:`normalize_frame`; measure the noise now.
+
+    Raises
+    ------
+    NsgError
+        Shape or colour depth differ from the reference's; the frame has no data.
+    """
+    chans, bad = _no_data_as_nan(_check_target(model, target), overwrite_input)
+    noises = measure_target_noise(model, chans, meta) if with_noise else None
+    return PreparedTarget(chans, bad, np.asarray(target), overwrite_input, noises)
+
+
 def normalize_frame(
     model: ReferenceModel,
-    target: np.ndarray,
+    target: np.ndarray | PreparedTarget,
     meta=None,
     *,
     gradient_images: bool = False,
@@ -734,8 +789,9 @@ def normalize_frame(
     ----------
     model : ReferenceModel
         From :func:`prepare_reference`.
-    target : ndarray
-        ``(y, x)`` or ``(c, y, x)`` with the reference's shape, own units.
+    target : ndarray or PreparedTarget
+        ``(y, x)`` or ``(c, y, x)`` with the reference's shape, own units; or
+        what :func:`prepare_target` made of it (its ``overwrite_input`` then holds).
     meta : FrameMetadata, optional
         The target's metadata (NOISExx keywords).
     gradient_images : bool
@@ -758,11 +814,13 @@ def normalize_frame(
         The frame cannot be normalized (shape, colour depth, no data, no star
         pairs, too few gradient samples); the message says why.
     """
-    chans, bad = _no_data_as_nan(_check_target(model, target), overwrite_input)
-    mono = np.asarray(target).ndim == 2
+    prep = target if isinstance(target, PreparedTarget) else \
+        prepare_target(model, target, overwrite_input=overwrite_input)
+    chans, bad = prep.chans, prep.no_data
     # the target's noise (for its weight) on a thread of its own, next to the rest
     background = ThreadPoolExecutor(1, thread_name_prefix="nsg-noise") \
-        if chans[0].size >= PARALLEL_PIXELS and available_threads(2) > 1 else None
+        if (prep.noises is None and chans[0].size >= PARALLEL_PIXELS
+            and available_threads(2) > 1) else None
     try:
         noise = None if background is None else \
             background.submit(measure_target_noise, model, chans, meta)
@@ -773,15 +831,9 @@ def normalize_frame(
         samples = target_samples(model, chans, sr.scale, marked=True)
         nodes, surface, fieldv = fit_gradient(model, samples)
         # weight (the noise first: the correction may overwrite the working copy)
-        noises = measure_target_noise(model, chans, meta) if noise is None else noise.result()
-        # correct
-        corrected = None
-        if keep_corrected:
-            corrected = apply_correction(chans, sr.scale, fieldv, mask=model.no_data,
-                                         no_data=False if bad is None else bad,
-                                         out=_own_copy(chans, target, overwrite_input))
-            if mono:
-                corrected = corrected[0]
+        noises = prep.noises or (measure_target_noise(model, chans, meta) if noise is None
+                                 else noise.result())
+        corrected = _corrected(model, prep, sr.scale, fieldv) if keep_corrected else None
     finally:
         if background is not None:
             background.shutdown(wait=True)
@@ -789,10 +841,19 @@ def normalize_frame(
     warnings.extend(wr.warnings)
     gradient = curvature = None
     if gradient_images:
+        mono = prep.target.ndim == 2
         gradient = _masked_full(fieldv, bad, mono)
         curvature = _masked_full(fieldv.minus_plane(), bad, mono)
     return assemble_result(sr, wr, samples, (nodes, surface, fieldv), warnings,
                            corrected=corrected, gradient=gradient, curvature=curvature)
+
+
+def _corrected(model: ReferenceModel, prep: PreparedTarget, scale,
+               fieldv: GradientField) -> np.ndarray:
+    out = apply_correction(prep.chans, scale, fieldv, mask=model.no_data,
+                           no_data=False if prep.no_data is None else prep.no_data,
+                           out=_own_copy(prep.chans, prep.target, prep.overwrite_input))
+    return out[0] if prep.target.ndim == 2 else out
 
 
 def assemble_result(sr: ScaleResult, wr: FrameWeight, samples: Samples, fitted: tuple,

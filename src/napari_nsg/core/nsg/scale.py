@@ -82,16 +82,59 @@ def _variance(m, x, y, vx, vy, k, s, crowd=0.0):
                                         * level * level)
 
 
+#: The scale is searched within ``exp(+-SEARCH_LOG_RANGE)`` of the current one.
+SEARCH_LOG_RANGE = 0.7
+#: Newton steps in ``log m`` stop under this size (SciPy's bounded search, the
+#: fallback, stops at ``1e-7``).
+NEWTON_LOG_TOLERANCE = 1e-10
+NEWTON_MAX_STEPS = 30
+
+
 def _solve(x, y, vx, vy, k, s, crowd, psi, m):
-    """Minimize ``sum psi (y - m x)^2 / V(m)`` (errors in both variables)."""
+    """Minimize ``sum psi (y - m x)^2 / V(m)`` (errors in both variables) over
+    ``log m``: Newton's method from ``m`` (the previous estimate, close to the
+    minimum: 3-5 steps, each one pass over the pairs), SciPy's bounded search where
+    a step leaves the range or the curvature is not positive."""
+    found = _newton_minimum(x, y, vx, vy, k, s, crowd, psi, m)
+    if found is not None:
+        return found
 
     def cost(logm):
         mm = np.exp(logm)
         return float(np.sum(psi * (y - mm * x) ** 2 / _variance(mm, x, y, vx, vy, k, s, crowd)))
 
-    res = minimize_scalar(cost, bounds=(np.log(m) - 0.7, np.log(m) + 0.7), method="bounded",
-                          options={"xatol": 1e-7})
+    res = minimize_scalar(cost, bounds=(np.log(m) - SEARCH_LOG_RANGE,
+                                        np.log(m) + SEARCH_LOG_RANGE),
+                          method="bounded", options={"xatol": 1e-7})
     return float(np.exp(res.x))
+
+
+def _newton_minimum(x, y, vx, vy, k, s, crowd, psi, m):
+    """:func:`_solve`'s minimum by Newton steps in ``u = log m`` (the cost's first and
+    second derivatives in closed form), or None where they cannot be trusted."""
+    a, b = k * k * vy, k * k * vx
+    q = s * s + (CROWDING_SENSITIVITY * crowd) ** 2
+    u0 = u = float(np.log(m))
+    for _ in range(NEWTON_MAX_STEPS):
+        mm = np.exp(u)
+        r = y - mm * x
+        half = 0.5 * (mm * x + y)  # the level
+        v = a + b * mm * mm + q * half * half
+        dv = 2.0 * b * mm + q * half * x
+        d2v = 2.0 * b + 0.5 * q * x * x
+        g = (-2.0 * r * x - r * r * dv / v) / v  # d/dm of r^2 / V
+        h = (2.0 * x * x + (4.0 * r * x * dv - r * r * d2v + 2.0 * r * r * dv * dv / v) / v) / v
+        d1, d2 = float(np.sum(psi * g)), float(np.sum(psi * h))
+        du1, du2 = mm * d1, mm * d1 + mm * mm * d2  # d/du and d2/du2
+        if not (np.isfinite(du2) and du2 > 0):
+            return None
+        step = du1 / du2
+        u -= step
+        if abs(u - u0) > SEARCH_LOG_RANGE:
+            return None
+        if abs(step) <= NEWTON_LOG_TOLERANCE:
+            return float(np.exp(u))
+    return None
 
 
 def _median(values: np.ndarray) -> float:
