@@ -23,7 +23,8 @@ reference) and by transmission.
 
     python benchmarks/bench_scale_bound.py [--seeds 2] [--conditions a,b] [--matched]
                                            [--kernel] [--param aperture_fwhm=2.0 ...]
-                                           [--param photometry=psf [--free-shape]]
+                                           [--param photometry=psf [--free-shape]
+                                            [--shared-tail] [--ls-weights]]
                                            [--param photometry=corrected|empirical]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
@@ -35,7 +36,10 @@ photometry=psf`` with PSF weights and each frame's fitted profile
 (:mod:`napari_nsg.core.stars.psf_photometry`; "small apertures used" then counts
 the frames that kept the PSF weights), and with ``--free-shape`` too every star's
 flux fit has the profile's width and tail derivatives as free terms (an
-experiment, not an engine option; docs/nsg.md "Fourth attempt"); run the command with
+experiment, not an engine option; docs/nsg.md "Fourth attempt"); ``--shared-tail``
+fits each target's profile with the reference's tail ``u`` imposed (its error then
+cancels in the scale) and ``--ls-weights`` uses least-squares pixel weights ``1/v``
+in the flux fit (docs/nsg.md "Fifth attempt"); run the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--kernel``
 adds the scale of a free pixel kernel fit (Alard-Lupton style,
 :mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame). With
@@ -101,6 +105,14 @@ def _with(**extra):
         d.update(extra)
         return d
     return make
+
+
+#: Experiment switches of the psf mode: flag -> (psf_photometry attribute, help).
+EXPERIMENTS = {
+    "--free-shape": ("FREE_SHAPE", "with every star's width and tail terms free (an experiment)"),
+    "--shared-tail": ("SHARED_TAIL", "with the reference's tail u imposed on every target's profile"),
+    "--ls-weights": ("LS_WEIGHTS", "with least-squares pixel weights 1/v in the flux fit"),
+}
 
 
 CONDITIONS = {
@@ -230,13 +242,13 @@ def main(argv=None):
                     help="also the scale of a free pixel kernel fit (core/nsg/kernel_scale.py)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
-    ap.add_argument("--free-shape", action="store_true",
-                    help="photometry=psf with every star's width and tail terms free "
-                         "(psf_photometry.FREE_SHAPE, an experiment)")
+    for flag, (attr, text) in EXPERIMENTS.items():
+        ap.add_argument(flag, action="store_true", help=f"photometry=psf {text} (psf_photometry.{attr})")
     ap.add_argument("--timing", action="store_true",
                     help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
-    psf_photometry.FREE_SHAPE = args.free_shape
+    for flag, (attr, _) in EXPERIMENTS.items():
+        setattr(psf_photometry, attr, getattr(args, flag[2:].replace("-", "_")))
     if args.timing:
         timing()
         return

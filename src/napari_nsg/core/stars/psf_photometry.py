@@ -92,6 +92,16 @@ SHAPE_CULL_MIN = (0.005, 0.015)  # per term
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
 FREE_SHAPE = False
+#: The tail shared by both frames (``psf_pair_photometry(shared_tail=None)``):
+#: the target's profile is fitted with the reference's ``u`` imposed (width and
+#: ellipticity free), so that the tail's error is common to both frames of a pair
+#: and cancels in their flux ratio (docs/nsg.md "Fifth attempt"). An experiment
+#: switch for ``benchmarks/bench_scale_bound.py --shared-tail``.
+SHARED_TAIL = False
+#: Least-squares pixel weights ``1 / v`` in the flux fit (the fluxes' pixel
+#: weights then ``P / v``) instead of ``P / v`` (``P^2 / v``):
+#: ``weighted_photometry(ls_weights=None)``; ``--ls-weights`` in the benchmark.
+LS_WEIGHTS = False
 
 
 def _theta(profile: Profile) -> np.ndarray:
@@ -168,7 +178,7 @@ def _chi2_fixed_sky(theta, dxy, v, w, use, ring):
     return float(np.sum(ww * resid * resid)), model
 
 
-def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
+def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Profile | None:
     """:func:`~napari_nsg.core.stars.aperture_correction.fit_profile` with each
     star's background fixed at its ring level (the one the photometry uses)
     instead of free: a free background per star trades against the profile's
@@ -176,7 +186,8 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     normalisation scattering 0.1 % against 0.02 % expected).
 
     Parameters and returns as :func:`fit_profile`; ``fwhm`` also sets the ring
-    (:func:`_ring_radii`). Stars whose chi-square is an outlier (an unresolved
+    (:func:`_ring_radii`); ``tail``, when given, is imposed as ``u`` (only the
+    width and ellipticity are fitted). Stars whose chi-square is an outlier (an unresolved
     companion: :func:`_blended`) are dropped and the shape refitted;
     ``n_stars`` counts the stars of the last fit."""
     chosen = _profile_stars(plane, x, y, flux, fwhm, neighbours)
@@ -191,8 +202,9 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
     ids, level, sig = ids[ok], level[ok], sig[ok]
     dxy, v, use = _stamps(plane, x[ids], y[ids], fwhm, tree, nxy)
     v = np.where(use, v - level[:, None], 0.0)
-    theta = np.array([np.log(fwhm), 0.25, 0.0, 0.0])
-    bounds = [(np.log(fwhm) - 1.0, np.log(fwhm) + 1.0), TAIL_RANGE,
+    theta = np.array([np.log(fwhm), 0.25 if tail is None else float(tail), 0.0, 0.0])
+    bounds = [(np.log(fwhm) - 1.0, np.log(fwhm) + 1.0),
+              TAIL_RANGE if tail is None else (float(tail), float(tail)),
               (-MAX_ELLIPTICITY, MAX_ELLIPTICITY), (-MAX_ELLIPTICITY, MAX_ELLIPTICITY)]
     # each star's sky variance as the weight of all its pixels (sky-limited
     # weights): weights that grow with the star's light, from the data or the
@@ -223,11 +235,21 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours) -> Profile | None:
 
 
 def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds):
-    """The shape (log FWHM, u, e1, e2) of least chi-square over the stars ``keep``."""
+    """The shape (log FWHM, u, e1, e2) of least chi-square over the stars ``keep``;
+    parameters whose bounds are one value stay at it."""
     sub = (tuple(d[keep] for d in dxy), v[keep], w[keep], use[keep])
-    res = minimize(lambda t: _chi2_fixed_sky(t, *sub, ring)[0], theta, method="Nelder-Mead",
-                   bounds=bounds, options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 1500})
-    return res.x
+    free = np.array([lo != hi for lo, hi in bounds])
+    full = np.array(theta, float)
+
+    def chi2(t):
+        full[free] = t
+        return _chi2_fixed_sky(full, *sub, ring)[0]
+
+    res = minimize(chi2, full[free], method="Nelder-Mead",
+                   bounds=[b for b, f in zip(bounds, free) if f],
+                   options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 1500})
+    full[free] = res.x
+    return full.copy()
 
 
 def _odd_shape(theta, dxy, v, use, ring, sky_var, sky_level):
@@ -285,7 +307,7 @@ def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
 
 def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile: Profile,
                         fwhm: float, *, saturation: float | None = None,
-                        free_shape: bool = False) -> Photometry:
+                        free_shape: bool = False, ls_weights: bool | None = None) -> Photometry:
     """PSF-weighted fluxes of stars at ``(x, y)`` in one channel.
 
     Parameters
@@ -307,6 +329,9 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
         insensitive to first order to an error of the profile's width and
         tail (the frame's common profile error does not reach it), at the
         cost of more noise per star.
+    ls_weights : bool, optional
+        Least-squares pixel weights ``1 / v`` (the flux's pixel weights then
+        ``P / v``, the optimal ones) instead of ``P / v``; None: ``LS_WEIGHTS``.
 
     Returns
     -------
@@ -338,7 +363,9 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     model_bkg = np.full(n, _ring_level(profile, r1, r2))
     sky = np.maximum(np.abs(level), 1.0)[:, None]
     first = np.nansum(np.where(core & good, vals - level[:, None], 0.0), axis=1)
-    weight = np.where(core, model / (1.0 + np.clip(first, 0, None)[:, None] * model / sky), 0.0)
+    ls_weights = LS_WEIGHTS if ls_weights is None else ls_weights
+    weight = np.where(core, (1.0 if ls_weights else model)
+                      / (1.0 + np.clip(first, 0, None)[:, None] * model / sky), 0.0)
     use = core & good
     _, gx, gy = _profile_and_gradient(_theta(profile), (dx, dy))
     cols = [model - model_bkg[:, None], gx, gy]
@@ -393,7 +420,8 @@ def _merge(channels: list[Photometry]) -> Photometry:
 
 
 def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, large, *,
-                        offset=(0.0, 0.0), gap=2.0, saturation=None, free_shape=None):
+                        offset=(0.0, 0.0), gap=2.0, saturation=None, free_shape=None,
+                        shared_tail=None):
     """PSF-weighted photometry of star pairs, the large apertures as the check.
 
     Parameters
@@ -417,6 +445,9 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         :func:`weighted_photometry`'s ``free_shape`` (None: ``FREE_SHAPE``); both frames are then
         weighted within ``WEIGHT_RADIUS_FWHM`` of the broader frame's FWHM
         (a neighbour's light then enters both frames' fits alike).
+    shared_tail : bool, optional
+        Fit the target's profile with the reference's tail ``u`` imposed
+        (None: ``SHARED_TAIL``).
 
     Returns
     -------
@@ -425,6 +456,7 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         (False: the large apertures').
     """
     free_shape = FREE_SHAPE if free_shape is None else free_shape
+    shared_tail = SHARED_TAIL if shared_tail is None else shared_tail
     big = pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, large[0], gap=gap,
                           width=large[1], saturation=saturation)
     ref3 = ref if np.ndim(ref) == 3 else np.asarray(ref)[None]
@@ -439,10 +471,12 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         pr = _reference_profile(ref, c, ref_x, ref_y,
                                 np.where(big[0].valid[c], big[0].flux[c], np.nan), fwhm[0],
                                 neighbours, fit_profile_ring_sky)
+        if pr is None:
+            return big[0], big[1], False
         pt = fit_profile_ring_sky(tgt3[c], tgt_x, tgt_y,
                                   np.where(big[1].valid[c], big[1].flux[c], np.nan), fwhm[1],
-                                  shifted)
-        if pr is None or pt is None:
+                                  shifted, tail=pr.u if shared_tail else None)
+        if pt is None:
             return big[0], big[1], False
         common = max(fwhm) if free_shape else None
         for dst, plane, prof, f, (px, py) in (
