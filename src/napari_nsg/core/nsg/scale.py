@@ -126,7 +126,7 @@ def _newton_minimum(x, y, vx, vy, k, s, crowd, psi, m):
         h = (2.0 * x * x + (4.0 * r * x * dv - r * r * d2v + 2.0 * r * r * dv * dv / v) / v) / v
         d1, d2 = float(np.sum(psi * g)), float(np.sum(psi * h))
         du1, du2 = mm * d1, mm * d1 + mm * mm * d2  # d/du and d2/du2
-        if not (np.isfinite(du2) and du2 > 0):
+        if not (np.isfinite(du1) and np.isfinite(du2) and du2 > 0):
             return None
         step = du1 / du2
         u -= step
