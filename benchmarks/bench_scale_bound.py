@@ -24,7 +24,7 @@ reference) and by transmission.
     python benchmarks/bench_scale_bound.py [--seeds 2] [--conditions a,b] [--matched]
                                            [--kernel] [--param aperture_fwhm=2.0 ...]
                                            [--param photometry=psf [--free-shape]
-                                            [--shared-tail] [--ls-weights]]
+                                            [--shared-tail] [--ls-weights] [--shape-cull 2]]
                                            [--param photometry=corrected|empirical]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
@@ -199,13 +199,17 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
     ref, tgt = seq.frame(0).data, seq.frame(1).data
     models = {m: prepare_reference(ref, params=NsgParameters(photometry=m))
               for m in PHOTOMETRY_MODES}
-    times = {m: [] for m in models}
+    runs = {m: (model, False) for m, model in models.items()}
+    runs["psf, shared tail"] = (models["psf"], True)
+    times = {m: [] for m in runs}
     pairs = {}
     for _ in range(rounds):
-        for m, model in models.items():
+        for m, (model, shared) in runs.items():
+            psf_photometry.SHARED_TAIL = shared
             t0 = time.perf_counter()
             pairs[m] = int(measure_scale(model, tgt).n_star_pairs[0])
             times[m].append(time.perf_counter() - t0)
+    psf_photometry.SHARED_TAIL = False
     base = float(np.median(times[PHOTOMETRY_MODES[0]]))
     print(f"measure_scale on a {shape[1]}x{shape[0]} target, {rounds} interleaved rounds "
           "(a busy 2-core machine)")
@@ -244,11 +248,16 @@ def main(argv=None):
                     help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
     for flag, (attr, text) in EXPERIMENTS.items():
         ap.add_argument(flag, action="store_true", help=f"photometry=psf {text} (psf_photometry.{attr})")
+    ap.add_argument("--shape-cull", type=int, metavar="ROUNDS",
+                    help="photometry=psf with the profile stars of odd width or tail dropped, up "
+                         "to ROUNDS times (psf_photometry.SHAPE_CULL_ROUNDS; default 0)")
     ap.add_argument("--timing", action="store_true",
                     help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
     for flag, (attr, _) in EXPERIMENTS.items():
         setattr(psf_photometry, attr, getattr(args, flag[2:].replace("-", "_")))
+    if args.shape_cull is not None:
+        psf_photometry.SHAPE_CULL_ROUNDS = args.shape_cull
     if args.timing:
         timing()
         return

@@ -9,10 +9,14 @@ printed beside it, and with ``--kernel`` the kernel-fit scale
 and the empirical mode within 1 %. A ``*`` after the ``psf`` mode's scale: its
 check refused the PSF weights and the large apertures' scale was used. With
 ``--free-shape`` the psf mode fits every star with the profile's width and tail
-derivatives free (an experiment; docs/nsg.md "Fourth attempt").
+derivatives free (an experiment; docs/nsg.md "Fourth attempt"). ``--shared-tail``
+adds a column: the psf mode with the reference's tail ``u`` imposed on every
+target's profile (``psf_photometry.SHARED_TAIL``; docs/nsg.md "Fifth attempt"), and
+``--shape-cull N`` drops the psf mode's profile stars of odd width or tail
+(``psf_photometry.SHAPE_CULL_ROUNDS``).
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
-                                          [--free-shape]
+                                          [--free-shape] [--shared-tail] [--shape-cull 2]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -33,7 +37,7 @@ from napari_nsg.core.stars.psf_photometry import WEIGHT_RADIUS_FWHM
 PSF_RADIUS_FWHM = WEIGHT_RADIUS_FWHM + 0.5
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_scale_precision import wasp_targets  # noqa: E402
+from test_scale_precision import wasp_targets
 
 
 def main(argv=None):
@@ -46,20 +50,31 @@ def main(argv=None):
     ap.add_argument("--free-shape", action="store_true",
                     help="the psf mode with every star's width and tail terms free "
                          "(psf_photometry.FREE_SHAPE, an experiment)")
+    ap.add_argument("--shared-tail", action="store_true",
+                    help="also the psf mode with the reference's tail imposed on the targets")
+    ap.add_argument("--shape-cull", type=int, metavar="ROUNDS",
+                    help="the psf mode with psf_photometry.SHAPE_CULL_ROUNDS = ROUNDS")
     args = ap.parse_args(argv)
+    if args.shape_cull is not None:
+        psf_photometry.SHAPE_CULL_ROUNDS = args.shape_cull
     psf_photometry.FREE_SHAPE = args.free_shape
     folder = Path(args.data) / "wasp12b_calibrated"
     ref, targets = wasp_targets(folder)
     models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(
         photometry=m, small_aperture_fwhm=args.small)) for m in PHOTOMETRY_MODES}
-    extra = ["kernel fit"] if args.kernel else []
+    extra = (["kernel fit"] if args.kernel else []) + (["psf, shared tail"] if args.shared_tail
+                                                        else [])
     print("| frame | photutils scale | " + " | ".join(f"{m}: scale (difference)"
                                                     for m in [*models, *extra]) + " |")
     print("|---|---|" + "---|" * (len(models) + len(extra)))
     for name, reg, ind in targets:
         cells, results = [], []
-        for model in models.values():
+        runs = [(m, False) for m in models.values()]
+        runs += [(models["psf"], True)] if args.shared_tail else []
+        for model, shared in runs:
+            psf_photometry.SHARED_TAIL = shared
             results.append(measure_scale(model, reg))
+            psf_photometry.SHARED_TAIL = False
             s = float(results[-1].scale[0])
             fell_back = (model.params.photometry == "psf"
                          and results[-1].ref_photometry.radius[0]
@@ -67,7 +82,7 @@ def main(argv=None):
             cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %){' *' if fell_back else ''}")
         if args.kernel:
             s = kernel_scale_of(models[PHOTOMETRY_MODES[0]], reg, results[0])
-            cells.append(f"{s:.5f} ({100 * (s / ind - 1):+.2f} %)")
+            cells.insert(len(models), f"{s:.5f} ({100 * (s / ind - 1):+.2f} %)")
         print(f"| {name} | {ind:.5f} | " + " | ".join(cells) + " |", flush=True)
 
 
