@@ -11,7 +11,10 @@
   absolute half of the target (0.1 %) on them; the bound with the PSF learned
   (:func:`~napari_nsg.synthetic.scale_bound.learned_psf_bound`) has its limits;
 * PSF-matched photometry (:mod:`napari_nsg.core.stars.psf_match`) removes the
-  seeing dependence of small apertures for Gaussian PSFs.
+  seeing dependence of small apertures for Gaussian PSFs;
+* the psf mode with the reference's tail shared by the targets
+  (``psf_photometry.SHARED_TAIL``): a common tail error cancels in the flux
+  ratio, and Moffat frames come out closer to the truth.
 """
 
 from __future__ import annotations
@@ -440,6 +443,32 @@ def test_psf_photometry_meets_the_absolute_target_on_independent_like():
     assert np.median(np.abs(err)) <= 0.001
     assert np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL < 2.5
     assert np.max(np.abs(err)) < 0.003
+
+
+@pytest.mark.slow
+def test_shared_tail_on_moffat_sequences(monkeypatch):
+    """The psf mode with the reference's tail imposed on the targets
+    (``psf_photometry.SHARED_TAIL``) on 24 independent-like frames with Moffat
+    beta 4 PSFs (a 1.6x FWHM range, seeds 0-5): rms error under 0.15 % and below
+    the plain psf mode's (measured 0.118 % against 0.176 %, p90 0.19 % against
+    0.29 %), every frame kept the PSF weights."""
+    from napari_nsg.core.stars import psf_photometry
+
+    params = NsgParameters(photometry="psf")
+    errors = {False: [], True: []}
+    for seed in range(6):
+        seq = independent_like(seed, psf="moffat")
+        model = prepare_reference(np.round(seq.frame(0).data), params=params)
+        for k in range(1, seq.n_frames):
+            data = np.round(seq.frame(k).data)
+            for shared in errors:
+                monkeypatch.setattr(psf_photometry, "SHARED_TAIL", shared)
+                sr = measure_scale(model, data)
+                assert sr.ref_photometry.radius[0] < 2.5 * model.fwhm  # PSF weights kept
+                errors[shared].append(float(sr.scale[0]) / float(seq.truth[k].scale[0]) - 1.0)
+    rms = {shared: float(np.sqrt(np.mean(np.square(e)))) for shared, e in errors.items()}
+    assert rms[True] < 0.0015
+    assert rms[True] < 0.8 * rms[False]
 
 
 def _photometry(flux, err):
