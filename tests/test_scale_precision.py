@@ -461,11 +461,11 @@ def test_shared_tail_on_moffat_sequences(monkeypatch):
         model = prepare_reference(np.round(seq.frame(0).data), params=params)
         for k in range(1, seq.n_frames):
             data = np.round(seq.frame(k).data)
-            for shared in errors:
+            for shared, errs in errors.items():
                 monkeypatch.setattr(psf_photometry, "SHARED_TAIL", shared)
                 sr = measure_scale(model, data)
                 assert sr.ref_photometry.radius[0] < 2.5 * model.fwhm  # PSF weights kept
-                errors[shared].append(float(sr.scale[0]) / float(seq.truth[k].scale[0]) - 1.0)
+                errs.append(float(sr.scale[0]) / float(seq.truth[k].scale[0]) - 1.0)
     rms = {shared: float(np.sqrt(np.mean(np.square(e)))) for shared, e in errors.items()}
     assert rms[True] < 0.0015
     assert rms[True] < 0.8 * rms[False]
