@@ -336,6 +336,19 @@ def accuracy() -> None:
               f"| {after:.3f} | {100 * (1 - after / before):.1f} % |")
 
 
+def simulated_frames(work: Path, n: int, width: int, height: int) -> list[Path]:
+    """The benchmark's ``n`` frames in ``work`` (simulated once: seed 0, a 40 px
+    registration border; reused when present)."""
+    frames_dir = work / f"nsg_{width}x{height}_{n}"
+    paths = sorted(frames_dir.glob("frame_*.fits"))
+    if len(paths) != n:
+        from napari_nsg.synthetic import write_sequence
+
+        print(f"simulating {n} frames of {width}x{height} into {frames_dir} ...", flush=True)
+        paths = write_sequence(frames_dir, n, (height, width), seed=0, border=40, overwrite=True)
+    return paths
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--accuracy", action="store_true",
@@ -358,15 +371,7 @@ def main(argv=None):
         return
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_nsg_"))
-    frames_dir = work / f"nsg_{width}x{height}_{args.frames}"
-    paths = sorted(frames_dir.glob("frame_*.fits"))
-    if len(paths) != args.frames:
-        from napari_nsg.synthetic import write_sequence
-
-        print(f"simulating {args.frames} frames of {width}x{height} into {frames_dir} ...",
-              flush=True)
-        paths = write_sequence(frames_dir, args.frames, (height, width), seed=0, border=40,
-                               overwrite=True)
+    paths = simulated_frames(work, args.frames, width, height)
     if args.workers:
         counts = [int(v) for v in args.workers.split(",")]
         compare_workers(paths, work, counts, args.repeat, args.gradient_images,

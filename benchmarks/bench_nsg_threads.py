@@ -35,6 +35,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench_nsg import simulated_frames  # the same frames (benchmarks/ is on the path)
+
 CHILD = r"""
 import json, shutil, sys, threading, time
 from pathlib import Path
@@ -142,15 +144,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_nsg_threads_"))
-    frames_dir = work / f"nsg_{width}x{height}_{args.frames}"
-    paths = sorted(frames_dir.glob("frame_*.fits"))
-    if len(paths) != args.frames:
-        from napari_nsg.synthetic import write_sequence
-
-        print(f"simulating {args.frames} frames of {width}x{height} into {frames_dir} ...",
-              flush=True)
-        paths = write_sequence(frames_dir, args.frames, (height, width), seed=0, border=40,
-                               overwrite=True)
+    paths = simulated_frames(work, args.frames, width, height)
     runs = [summarize(run_child(paths, work / "out_threads")) for _ in range(args.repeat)]
     print_table(runs)
 
