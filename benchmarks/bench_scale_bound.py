@@ -24,7 +24,8 @@ reference) and by transmission.
     python benchmarks/bench_scale_bound.py [--seeds 2] [--conditions a,b] [--matched]
                                            [--kernel] [--param aperture_fwhm=2.0 ...]
                                            [--param photometry=psf [--free-shape]
-                                            [--shared-tail] [--ls-weights] [--shape-cull 2]]
+                                            [--shared-tail] [--ls-weights] [--shape-cull 2
+                                            [--cull-floor 30] [--cull-keep 0.5]]]
                                            [--param photometry=corrected|empirical]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
@@ -251,6 +252,12 @@ def main(argv=None):
     ap.add_argument("--shape-cull", type=int, metavar="ROUNDS",
                     help="photometry=psf with the profile stars of odd width or tail dropped, up "
                          "to ROUNDS times (psf_photometry.SHAPE_CULL_ROUNDS; default 0)")
+    ap.add_argument("--cull-floor", type=int, metavar="N",
+                    help="with --shape-cull: never fewer than N profile stars left "
+                         "(psf_photometry.SHAPE_CULL_FLOOR; default 0)")
+    ap.add_argument("--cull-keep", type=float, metavar="F",
+                    help="with --shape-cull: never fewer than the fraction F of the profile stars "
+                         "left (psf_photometry.SHAPE_CULL_KEEP; default 0)")
     ap.add_argument("--timing", action="store_true",
                     help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
@@ -258,6 +265,10 @@ def main(argv=None):
         setattr(psf_photometry, attr, getattr(args, flag[2:].replace("-", "_")))
     if args.shape_cull is not None:
         psf_photometry.SHAPE_CULL_ROUNDS = args.shape_cull
+    if args.cull_floor is not None:
+        psf_photometry.SHAPE_CULL_FLOOR = args.cull_floor
+    if args.cull_keep is not None:
+        psf_photometry.SHAPE_CULL_KEEP = args.cull_keep
     if args.timing:
         timing()
         return

@@ -391,7 +391,8 @@ def test_psf_profile_drops_unresolved_blends(seed, monkeypatch):
     PSF-weighted fluxes of the clean stars come out +4.4-4.5 % high; with it the
     8 are dropped and the error is within the noise (measured -0.04-+0.10 %).
     The shape cull (each star's own width and tail, ``_odd_shape``; off by
-    default) drops the same 8 on its own."""
+    default) drops the same 8 on its own; with a floor (``SHAPE_CULL_FLOOR``) of 32
+    it drops only 4 of them, the most deviant."""
     from napari_nsg.core.stars import psf_photometry
 
     fwhm = 3.0
@@ -416,9 +417,26 @@ def test_psf_profile_drops_unresolved_blends(seed, monkeypatch):
     n, err = normalisation()  # the shape cull alone (_odd_shape, off by default) finds them
     assert n == len(clean)
     assert abs(err) < 2.5e-3
+    monkeypatch.setattr(psf_photometry, "SHAPE_CULL_FLOOR", len(clean) + 4)
+    n, err_half = normalisation()  # the floor: only the 4 most deviant of the 8 go
+    assert n == len(clean) + 4
     monkeypatch.setattr(psf_photometry, "SHAPE_CULL_ROUNDS", 0)
     n, err = normalisation()
     assert n == len(x) and err > 0.02  # the mechanism: blends bias the profile wide
+    assert 2.5e-3 < err_half < 0.8 * err
+
+
+def test_shape_cull_floor_drops_the_most_deviant_first():
+    """``_at_floor``: when more stars are odd than the floor leaves room for,
+    the highest scores go; none when the stars are already at the floor."""
+    from napari_nsg.core.stars.psf_photometry import _at_floor
+
+    score = np.array([0.0, 3.0, 1.5, 0.0, 9.0, 2.0, 0.0, 0.0])
+    keep = np.ones(8, bool)
+    keep[6] = False
+    assert np.flatnonzero(_at_floor(score, keep, 2)).tolist() == [1, 2, 4, 5]
+    assert np.flatnonzero(_at_floor(score, keep, 5)).tolist() == [1, 4]
+    assert not _at_floor(score, keep, 7).any()
 
 
 @pytest.mark.slow

@@ -89,6 +89,12 @@ SHAPE_CULL_ROUNDS = 0
 SHAPE_CULL_Z = 4.0
 SHAPE_CULL_TERMS = (0, 1)  # log FWHM, u
 SHAPE_CULL_MIN = (0.005, 0.015)  # per term
+#: The shape cull never leaves fewer than SHAPE_CULL_FLOOR profile stars (or
+#: SHAPE_CULL_KEEP of those before it, whichever is more): when more are odd,
+#: only the most deviant go (a sparse field keeps enough stars for the width).
+#: 0 and 0.0: no floor beyond MIN_PROFILE_STARS (docs/nsg.md "Sixth attempt").
+SHAPE_CULL_FLOOR = 0
+SHAPE_CULL_KEEP = 0.0
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
 FREE_SHAPE = False
@@ -224,9 +230,10 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Prof
         if not bad.any() or (keep & ~bad).sum() < MIN_PROFILE_STARS:
             break
         keep &= ~bad
+    floor = max(MIN_PROFILE_STARS, SHAPE_CULL_FLOOR, int(np.ceil(SHAPE_CULL_KEEP * keep.sum())))
     for _ in range(SHAPE_CULL_ROUNDS):
-        odd = keep & _odd_shape(theta, dxy, v, use, (r1, r2), var, level)
-        if not odd.any() or (keep & ~odd).sum() < MIN_PROFILE_STARS:
+        odd = keep & _at_floor(_odd_shape(theta, dxy, v, use, (r1, r2), var, level), keep, floor)
+        if not odd.any():
             break
         keep &= ~odd
         theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds)
@@ -252,12 +259,29 @@ def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds):
     return full.copy()
 
 
+def _at_floor(score, keep, floor):
+    """The stars to drop: those of ``keep`` with a positive ``score`` (how far
+    beyond its thresholds a star's shape is), the most deviant first, so that at
+    least ``floor`` stars stay."""
+    odd = keep & (score > 0)
+    room = int(keep.sum()) - floor
+    if room <= 0:
+        return np.zeros_like(keep)
+    if odd.sum() > room:
+        worst = np.argsort(np.where(odd, -score, np.inf))[:room]
+        odd = np.zeros_like(keep)
+        odd[worst] = True
+    return odd
+
+
 def _odd_shape(theta, dxy, v, use, ring, sky_var, sky_level):
     """Profile stars whose own shape differs from the shared one: per star, a
     linear fit of flux, shift and the derivatives in ``SHAPE_CULL_TERMS`` (pixel
     variance of sky and star) gives its width and tail offsets; a star more than
     ``SHAPE_CULL_Z`` of its own errors and ``SHAPE_CULL_MIN`` from the median
-    star in either is odd. A neighbour a few FWHM away that no mask covers
+    star in either is odd; returned is each star's score, 0 when not odd, else
+    how many times beyond the nearer of those thresholds it is in its worst
+    term. A neighbour a few FWHM away that no mask covers
     (undetected, or merged with the star) adds light to the wings and pulls the
     shared tail up; the chi-square cull (:func:`_blended`) does not see it,
     because the wings hold little of the star's signal."""
@@ -274,13 +298,14 @@ def _odd_shape(theta, dxy, v, use, ring, sky_var, sky_level):
     cov = np.linalg.pinv(normal)
     coef = np.einsum("nkl,nlp,np->nk", cov, bw, v)
     flux = np.where(coef[:, 0] > 0, coef[:, 0], np.nan)
-    odd = np.zeros(len(v), bool)
+    score = np.zeros(len(v))
     for j, least in zip(range(FIT_TERMS, basis.shape[1]), SHAPE_CULL_MIN, strict=True):
         rel = coef[:, j] / flux
         err = np.sqrt(np.abs(cov[:, j, j])) / flux
         dev = np.abs(rel - np.nanmedian(rel))
-        odd |= np.nan_to_num((dev > SHAPE_CULL_Z * err) & (dev > least))
-    return odd
+        beyond = np.minimum(dev / (SHAPE_CULL_Z * err), dev / least)
+        score = np.fmax(score, np.where(beyond > 1.0, beyond, 0.0))
+    return score
 
 
 def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
