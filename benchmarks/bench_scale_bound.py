@@ -25,7 +25,8 @@ reference) and by transmission.
                                            [--kernel] [--param aperture_fwhm=2.0 ...]
                                            [--param photometry=psf [--free-shape]
                                             [--shared-tail] [--ls-weights] [--shape-cull 2
-                                            [--cull-floor 30] [--cull-keep 0.5]]]
+                                            [--cull-floor 30] [--cull-keep 0.5]]
+                                            [--residual-mask 2]]
                                            [--param photometry=corrected|empirical]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
@@ -252,6 +253,9 @@ def main(argv=None):
     ap.add_argument("--shape-cull", type=int, metavar="ROUNDS",
                     help="photometry=psf with the profile stars of odd width or tail dropped, up "
                          "to ROUNDS times (psf_photometry.SHAPE_CULL_ROUNDS; default 0)")
+    ap.add_argument("--residual-mask", type=int, metavar="ROUNDS",
+                    help="photometry=psf with companions found in the profile stars' residuals "
+                         "masked, up to ROUNDS times (psf_photometry.RESIDUAL_MASK_ROUNDS; default 0)")
     ap.add_argument("--cull-floor", type=int, metavar="N",
                     help="with --shape-cull: never fewer than N profile stars left "
                          "(psf_photometry.SHAPE_CULL_FLOOR; default 0)")
@@ -265,6 +269,8 @@ def main(argv=None):
         setattr(psf_photometry, attr, getattr(args, flag[2:].replace("-", "_")))
     if args.shape_cull is not None:
         psf_photometry.SHAPE_CULL_ROUNDS = args.shape_cull
+    if args.residual_mask is not None:
+        psf_photometry.RESIDUAL_MASK_ROUNDS = args.residual_mask
     if args.cull_floor is not None:
         psf_photometry.SHAPE_CULL_FLOOR = args.cull_floor
     if args.cull_keep is not None:

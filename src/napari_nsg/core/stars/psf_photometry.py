@@ -33,6 +33,7 @@ in both frames.
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import binary_dilation, gaussian_filter
 from scipy.optimize import minimize
 
 from ..nodata import with_nan_no_data
@@ -51,6 +52,7 @@ from .aperture_correction import (
     _unit_psf,
     agreement_z,
 )
+from .detection import FWHM_PER_SIGMA
 from .photometry import Photometry, add_shot_noise, pair_photometry, ring_statistics
 from .psf_match import window
 
@@ -95,6 +97,16 @@ SHAPE_CULL_MIN = (0.005, 0.015)  # per term
 #: 0 and 0.0: no floor beyond MIN_PROFILE_STARS (docs/nsg.md "Sixth attempt").
 SHAPE_CULL_FLOOR = 0
 SHAPE_CULL_KEEP = 0.0
+#: Companions found in the profile stars' residuals: after the fit, each stamp's
+#: residual is matched-filtered with the profile's Gaussian core; pixels more
+#: than RESIDUAL_MASK_Z sigma above it, beyond RESIDUAL_CORE_FWHM of the star,
+#: and RESIDUAL_GROW_FWHM around them are masked and the shape refitted, up to
+#: RESIDUAL_MASK_ROUNDS times (0: off; an experiment, docs/nsg.md "Sixth
+#: attempt": undetected companions within 1.5 FWHM widen the profile).
+RESIDUAL_MASK_ROUNDS = 0
+RESIDUAL_MASK_Z = 5.0
+RESIDUAL_CORE_FWHM = 0.5
+RESIDUAL_GROW_FWHM = 0.5
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
 FREE_SHAPE = False
@@ -230,6 +242,13 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Prof
         if not bad.any() or (keep & ~bad).sum() < MIN_PROFILE_STARS:
             break
         keep &= ~bad
+    for _ in range(RESIDUAL_MASK_ROUNDS):
+        found = _companions(theta, dxy, v, use, (r1, r2), var, level) & keep[:, None]
+        if not found.any():
+            break
+        use = use & ~found
+        v = np.where(use, v, 0.0)
+        theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds)
     floor = max(MIN_PROFILE_STARS, SHAPE_CULL_FLOOR, int(np.ceil(SHAPE_CULL_KEEP * keep.sum())))
     for _ in range(SHAPE_CULL_ROUNDS):
         odd = keep & _at_floor(_odd_shape(theta, dxy, v, use, (r1, r2), var, level), keep, floor)
@@ -257,6 +276,29 @@ def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds):
                    options={"xatol": 1e-5, "fatol": 1e-6, "maxiter": 1500})
     full[free] = res.x
     return full.copy()
+
+
+def _companions(theta, dxy, v, use, ring, sky_var, sky_level):
+    """Pixels ``(n, p)`` near a significant positive bump in each star's
+    residual (an undetected companion): the residual matched-filtered with a
+    Gaussian of the profile's FWHM over its noise, above ``RESIDUAL_MASK_Z``,
+    beyond ``RESIDUAL_CORE_FWHM`` of the star, grown by ``RESIDUAL_GROW_FWHM``."""
+    fwhm = float(np.exp(theta[0]))
+    w = np.broadcast_to(1.0 / sky_var[:, None], v.shape)
+    model = _chi2_fixed_sky(theta, dxy, v, w, use, ring)[1]
+    light = np.clip(model, 0.0, None) / np.maximum(np.abs(sky_level), 1.0)[:, None]
+    pix_var = sky_var[:, None] * (1.0 + light)
+    side = int(round(np.sqrt(v.shape[1])))
+    cube = (len(v), side, side)
+    sig = fwhm / FWHM_PER_SIGMA
+    num = gaussian_filter(np.where(use, v - model, 0.0).reshape(cube), (0, sig, sig))
+    den = gaussian_filter(np.where(use, pix_var, 0.0).reshape(cube), (0, sig / np.sqrt(2), sig / np.sqrt(2)))
+    z = num / np.sqrt(np.maximum(den, TINY_BASE) / (4 * np.pi * sig * sig))
+    r = np.hypot(*dxy).reshape(cube)
+    bump = (z > RESIDUAL_MASK_Z) & (r > RESIDUAL_CORE_FWHM * fwhm) & use.reshape(cube)
+    grow = max(int(round(RESIDUAL_GROW_FWHM * fwhm)), 1)
+    near = binary_dilation(bump, structure=np.ones((1, 2 * grow + 1, 2 * grow + 1), bool))
+    return near.reshape(v.shape)
 
 
 def _at_floor(score, keep, floor):
