@@ -278,17 +278,23 @@ def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds):
     return full.copy()
 
 
+def _model_and_variance(theta, dxy, v, use, ring, sky_var, sky_level):
+    """Each stamp's fitted model ``(n, p)`` for the shape ``theta`` and its pixel
+    variance: the sky's, growing with the model's light as photon noise does."""
+    w = np.broadcast_to(1.0 / sky_var[:, None], v.shape)
+    model = _chi2_fixed_sky(theta, dxy, v, w, use, ring)[1]
+    light = np.clip(model, 0.0, None) / np.maximum(np.abs(sky_level), 1.0)[:, None]
+    return model, sky_var[:, None] * (1.0 + light)
+
+
 def _companions(theta, dxy, v, use, ring, sky_var, sky_level):
     """Pixels ``(n, p)`` near a significant positive bump in each star's
     residual (an undetected companion): the residual matched-filtered with a
     Gaussian of the profile's FWHM over its noise, above ``RESIDUAL_MASK_Z``,
     beyond ``RESIDUAL_CORE_FWHM`` of the star, grown by ``RESIDUAL_GROW_FWHM``."""
     fwhm = float(np.exp(theta[0]))
-    w = np.broadcast_to(1.0 / sky_var[:, None], v.shape)
-    model = _chi2_fixed_sky(theta, dxy, v, w, use, ring)[1]
-    light = np.clip(model, 0.0, None) / np.maximum(np.abs(sky_level), 1.0)[:, None]
-    pix_var = sky_var[:, None] * (1.0 + light)
-    side = int(round(np.sqrt(v.shape[1])))
+    model, pix_var = _model_and_variance(theta, dxy, v, use, ring, sky_var, sky_level)
+    side = round(np.sqrt(v.shape[1]))
     cube = (len(v), side, side)
     sig = fwhm / FWHM_PER_SIGMA
     num = gaussian_filter(np.where(use, v - model, 0.0).reshape(cube), (0, sig, sig))
@@ -296,7 +302,7 @@ def _companions(theta, dxy, v, use, ring, sky_var, sky_level):
     z = num / np.sqrt(np.maximum(den, TINY_BASE) / (4 * np.pi * sig * sig))
     r = np.hypot(*dxy).reshape(cube)
     bump = (z > RESIDUAL_MASK_Z) & (r > RESIDUAL_CORE_FWHM * fwhm) & use.reshape(cube)
-    grow = max(int(round(RESIDUAL_GROW_FWHM * fwhm)), 1)
+    grow = max(round(RESIDUAL_GROW_FWHM * fwhm), 1)
     near = binary_dilation(bump, structure=np.ones((1, 2 * grow + 1, 2 * grow + 1), bool))
     return near.reshape(v.shape)
 
@@ -331,10 +337,7 @@ def _odd_shape(theta, dxy, v, use, ring, sky_var, sky_level):
     p, px, py = _profile_and_gradient(theta, dxy)
     cols = [p - _ring_level(prof, *ring), px, py, *_shape_columns(prof, dxy, ring, SHAPE_CULL_TERMS)]
     basis = np.where(use[:, None, :], np.stack(cols, axis=1), 0.0)
-    w = np.broadcast_to(1.0 / sky_var[:, None], v.shape)
-    model = _chi2_fixed_sky(theta, dxy, v, w, use, ring)[1]
-    light = np.clip(model, 0.0, None) / np.maximum(np.abs(sky_level), 1.0)[:, None]
-    ww = np.where(use, 1.0 / (sky_var[:, None] * (1.0 + light)), 0.0)
+    ww = np.where(use, 1.0 / _model_and_variance(theta, dxy, v, use, ring, sky_var, sky_level)[1], 0.0)
     bw = basis * ww[:, None, :]
     normal = np.einsum("nkp,nlp->nkl", bw, basis)
     cov = np.linalg.pinv(normal)
@@ -359,10 +362,7 @@ def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
     misfit, the same for every star when the family misses the PSF's shape (the
     brightest stars are not singled out), large for a blend. Outliers: above
     the median by ``CULL_Z`` robust sigmas and by ``CULL_MIN_EXCESS``."""
-    w = np.broadcast_to(1.0 / sky_var[:, None], v.shape)
-    model = _chi2_fixed_sky(theta, dxy, v, w, use, ring)[1]
-    light = np.clip(model, 0.0, None) / np.maximum(np.abs(sky_level), 1.0)[:, None]
-    pix_var = sky_var[:, None] * (1.0 + light)
+    model, pix_var = _model_and_variance(theta, dxy, v, use, ring, sky_var, sky_level)
     chi2 = np.sum(np.where(use, (v - model) ** 2 / pix_var, 0.0), axis=1)
     signal = np.sum(np.where(use, model * model / pix_var, 0.0), axis=1)
     dof = np.maximum(use.sum(axis=1) - FIT_TERMS, 1)
