@@ -201,17 +201,18 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
     ref, tgt = seq.frame(0).data, seq.frame(1).data
     models = {m: prepare_reference(ref, params=NsgParameters(photometry=m))
               for m in PHOTOMETRY_MODES}
-    runs = {m: (model, False) for m, model in models.items()}
-    runs["psf, shared tail"] = (models["psf"], True)
+    runs = {m: (model, False, 0) for m, model in models.items()}
+    runs["psf, shared tail"] = (models["psf"], True, 0)
+    runs["psf, shared tail, residual mask 2"] = (models["psf"], True, 2)
     times = {m: [] for m in runs}
     pairs = {}
     for _ in range(rounds):
-        for m, (model, shared) in runs.items():
-            psf_photometry.SHARED_TAIL = shared
+        for m, (model, shared, mask) in runs.items():
+            psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = shared, mask
             t0 = time.perf_counter()
             pairs[m] = int(measure_scale(model, tgt).n_star_pairs[0])
             times[m].append(time.perf_counter() - t0)
-    psf_photometry.SHARED_TAIL = False
+    psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = False, 0
     base = float(np.median(times[PHOTOMETRY_MODES[0]]))
     print(f"measure_scale on a {shape[1]}x{shape[0]} target, {rounds} interleaved rounds "
           "(a busy 2-core machine)")

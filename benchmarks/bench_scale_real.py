@@ -13,10 +13,11 @@ derivatives free (an experiment; docs/nsg.md "Fourth attempt"). ``--shared-tail`
 adds a column: the psf mode with the reference's tail ``u`` imposed on every
 target's profile (``psf_photometry.SHARED_TAIL``; docs/nsg.md "Fifth attempt"), and
 ``--shape-cull N`` drops the psf mode's profile stars of odd width or tail
-(``psf_photometry.SHAPE_CULL_ROUNDS``).
+(``psf_photometry.SHAPE_CULL_ROUNDS``), ``--residual-mask N`` masks companions
+found in their residuals (``psf_photometry.RESIDUAL_MASK_ROUNDS``; "Sixth attempt").
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
-                                          [--free-shape] [--shared-tail] [--shape-cull 2]
+                                          [--free-shape] [--shared-tail] [--shape-cull 2] [--residual-mask 2]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -54,9 +55,14 @@ def main(argv=None):
                     help="also the psf mode with the reference's tail imposed on the targets")
     ap.add_argument("--shape-cull", type=int, metavar="ROUNDS",
                     help="the psf mode with psf_photometry.SHAPE_CULL_ROUNDS = ROUNDS")
+    ap.add_argument("--residual-mask", type=int, metavar="ROUNDS",
+                    help="the psf mode with psf_photometry.RESIDUAL_MASK_ROUNDS = ROUNDS "
+                         "(companions found in the profile stars' residuals masked)")
     args = ap.parse_args(argv)
     if args.shape_cull is not None:
         psf_photometry.SHAPE_CULL_ROUNDS = args.shape_cull
+    if args.residual_mask is not None:
+        psf_photometry.RESIDUAL_MASK_ROUNDS = args.residual_mask
     psf_photometry.FREE_SHAPE = args.free_shape
     folder = Path(args.data) / "wasp12b_calibrated"
     ref, targets = wasp_targets(folder)

@@ -244,6 +244,7 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Prof
         keep &= ~bad
     for _ in range(RESIDUAL_MASK_ROUNDS):
         found = _companions(theta, dxy, v, use, (r1, r2), var, level) & keep[:, None]
+        found[(use & ~found).sum(axis=1) < MIN_RING_PIXELS] = False  # a stamp keeps its fit
         if not found.any():
             break
         use = use & ~found
@@ -291,7 +292,8 @@ def _companions(theta, dxy, v, use, ring, sky_var, sky_level):
     """Pixels ``(n, p)`` near a significant positive bump in each star's
     residual (an undetected companion): the residual matched-filtered with a
     Gaussian of the profile's FWHM over its noise, above ``RESIDUAL_MASK_Z``,
-    beyond ``RESIDUAL_CORE_FWHM`` of the star, grown by ``RESIDUAL_GROW_FWHM``."""
+    beyond ``RESIDUAL_CORE_FWHM`` of the star, grown by ``RESIDUAL_GROW_FWHM``
+    (the core itself is never masked, so every stamp keeps its fit)."""
     fwhm = float(np.exp(theta[0]))
     model, pix_var = _model_and_variance(theta, dxy, v, use, ring, sky_var, sky_level)
     side = round(np.sqrt(v.shape[1]))
@@ -304,7 +306,7 @@ def _companions(theta, dxy, v, use, ring, sky_var, sky_level):
     bump = (z > RESIDUAL_MASK_Z) & (r > RESIDUAL_CORE_FWHM * fwhm) & use.reshape(cube)
     grow = max(round(RESIDUAL_GROW_FWHM * fwhm), 1)
     near = binary_dilation(bump, structure=np.ones((1, 2 * grow + 1, 2 * grow + 1), bool))
-    return near.reshape(v.shape)
+    return (near & (r > RESIDUAL_CORE_FWHM * fwhm)).reshape(v.shape)  # the core stays
 
 
 def _at_floor(score, keep, floor):
