@@ -183,16 +183,16 @@ def _profile_and_gradient(theta, dxy):
     return p, g * qx, g * qy
 
 
-def _linear_fit(basis, ww, v):
+def _linear_fit(basis, ww, v, weights=True):
     """Per star, the weighted least-squares coefficients of ``basis (n, k, p)``
     for the values ``v (n, p)``, and the effective pixel weights of the first
-    coefficient (``coef[:, 0] = sum(a * v)``)."""
+    coefficient (``coef[:, 0] = sum(a * v)``; None unless ``weights``)."""
     bw = basis * ww[:, None, :]
     normal = np.einsum("nkp,nlp->nkl", bw, basis)
     normal += np.eye(basis.shape[1])[None] * 1e-12 * np.trace(normal, axis1=1, axis2=2)[:, None, None]
     inv = np.linalg.inv(normal)
-    coef = np.einsum("nkl,nlp,np->nk", inv, bw, v)
-    return coef, np.einsum("nl,nlp->np", inv[:, 0, :], bw)
+    coef = np.einsum("nkl,nl->nk", inv, np.einsum("nkp,np->nk", bw, v))
+    return coef, np.einsum("nl,nlp->np", inv[:, 0, :], bw) if weights else None
 
 
 def _chi2_fixed_sky(theta, dxy, v, w, use, ring):
@@ -203,7 +203,7 @@ def _chi2_fixed_sky(theta, dxy, v, w, use, ring):
     p, px, py = _profile_and_gradient(theta, dxy)
     basis = np.where(use[:, None, :], np.stack([p - _ring_level(prof, *ring), px, py], axis=1), 0.0)
     ww = np.where(use, w, 0.0)
-    coef, _ = _linear_fit(basis, ww, v)
+    coef, _ = _linear_fit(basis, ww, v, weights=False)
     model = np.einsum("nk,nkp->np", coef, basis)
     resid = v - model
     return float(np.sum(ww * resid * resid)), model
