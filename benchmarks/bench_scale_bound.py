@@ -115,6 +115,17 @@ EXPERIMENTS = {
     "--shared-tail": ("SHARED_TAIL", "with the reference's tail u imposed on every target's profile"),
     "--ls-weights": ("LS_WEIGHTS", "with least-squares pixel weights 1/v in the flux fit"),
 }
+#: Valued settings of the psf mode: flag -> (psf_photometry attribute, type, metavar, help).
+SETTINGS = {
+    "--shape-cull": ("SHAPE_CULL_ROUNDS", int, "ROUNDS", ("photometry=psf with the profile "
+                     "stars of odd width or tail dropped, up to ROUNDS times")),
+    "--residual-mask": ("RESIDUAL_MASK_ROUNDS", int, "ROUNDS", ("photometry=psf with companions "
+                        "found in the profile stars' residuals masked, up to ROUNDS times")),
+    "--cull-floor": ("SHAPE_CULL_FLOOR", int, "N",
+                     "with --shape-cull: never fewer than N profile stars left"),
+    "--cull-keep": ("SHAPE_CULL_KEEP", float, "F",
+                    "with --shape-cull: never fewer than the fraction F of the profile stars left"),
+}
 
 
 CONDITIONS = {
@@ -251,31 +262,18 @@ def main(argv=None):
                     help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
     for flag, (attr, text) in EXPERIMENTS.items():
         ap.add_argument(flag, action="store_true", help=f"photometry=psf {text} (psf_photometry.{attr})")
-    ap.add_argument("--shape-cull", type=int, metavar="ROUNDS",
-                    help="photometry=psf with the profile stars of odd width or tail dropped, up "
-                         "to ROUNDS times (psf_photometry.SHAPE_CULL_ROUNDS; default 0)")
-    ap.add_argument("--residual-mask", type=int, metavar="ROUNDS",
-                    help="photometry=psf with companions found in the profile stars' residuals "
-                         "masked, up to ROUNDS times (psf_photometry.RESIDUAL_MASK_ROUNDS; default 0)")
-    ap.add_argument("--cull-floor", type=int, metavar="N",
-                    help="with --shape-cull: never fewer than N profile stars left "
-                         "(psf_photometry.SHAPE_CULL_FLOOR; default 0)")
-    ap.add_argument("--cull-keep", type=float, metavar="F",
-                    help="with --shape-cull: never fewer than the fraction F of the profile stars "
-                         "left (psf_photometry.SHAPE_CULL_KEEP; default 0)")
+    for flag, (attr, kind, meta, text) in SETTINGS.items():
+        ap.add_argument(flag, type=kind, metavar=meta,
+                        help=f"{text} (psf_photometry.{attr}; default 0)")
     ap.add_argument("--timing", action="store_true",
                     help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
     for flag, (attr, _) in EXPERIMENTS.items():
         setattr(psf_photometry, attr, getattr(args, flag[2:].replace("-", "_")))
-    if args.shape_cull is not None:
-        psf_photometry.SHAPE_CULL_ROUNDS = args.shape_cull
-    if args.residual_mask is not None:
-        psf_photometry.RESIDUAL_MASK_ROUNDS = args.residual_mask
-    if args.cull_floor is not None:
-        psf_photometry.SHAPE_CULL_FLOOR = args.cull_floor
-    if args.cull_keep is not None:
-        psf_photometry.SHAPE_CULL_KEEP = args.cull_keep
+    for flag, (attr, *_) in SETTINGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            setattr(psf_photometry, attr, value)
     if args.timing:
         timing()
         return

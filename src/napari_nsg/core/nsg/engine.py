@@ -831,8 +831,10 @@ def normalize_frame(
         samples = target_samples(model, chans, sr.scale, marked=True)
         nodes, surface, fieldv = fit_gradient(model, samples)
         # weight (the noise first: the correction may overwrite the working copy)
-        noises = prep.noises or (measure_target_noise(model, chans, meta) if noise is None
-                                 else noise.result())
+        if prep.noises is not None:
+            noises = prep.noises
+        else:
+            noises = measure_target_noise(model, chans, meta) if noise is None else noise.result()
         corrected = _corrected(model, prep, sr.scale, fieldv) if keep_corrected else None
     finally:
         if background is not None:
