@@ -333,3 +333,62 @@ def test_newton_scale_solve_is_the_bounded_search_minimum():
     ones = np.ones(5)
     assert scale._newton_minimum(ones, ones, ones, ones, 1.0, 0.0, zero, zero, 1.0) is None
     assert np.isfinite(scale._solve(ones, ones, ones, ones, 1.0, 0.0, zero, zero, 1.0))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dilation_by_distance_transform_equals_binary_dilation(seed):
+    """The noise's no-data margin (one L1 distance transform) = ``iterations``
+    4-neighbour dilations (SciPy), also for masks touching the edges."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    for _ in range(30):
+        shape = tuple(rng.integers(5, 160, 2))
+        mask = rng.random(shape) < rng.choice([0.002, 0.02, 0.3])
+        mask[:, : rng.integers(0, 12)] = True  # a registration border on one side
+        iterations = int(rng.integers(1, 40))
+        want = ndimage.binary_dilation(mask, ndimage.generate_binary_structure(2, 1),
+                                       iterations=iterations)
+        assert np.array_equal(noise._dilate(mask, iterations), want)
+
+
+def test_border_regions_shortcut_equals_the_labelling():
+    """A frame whose zeros are all kept border regions returns its zero mask as the
+    no-data mask (no pass over the fill mask); with a lone edge zero (a region too
+    small) the fill mask is read. Both = labelling every zero region."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(500, 20, (300, 400)).astype(np.float32)
+    data[:, :17] = 0  # a registration border
+    data[-9:, 200:] = 0
+    want_border = np.zeros(data.shape, bool)
+    want_border[:, :17] = True
+    want_border[-9:, 200:] = True
+    assert np.array_equal(nodata.no_data_mask(data), want_border)
+    for y, x in ((0, 300), (150, 150)):  # a lone clipped zero on the edge, then inside
+        data[y, x] = 0
+        labels, n = ndimage.label(data == 0)
+        sizes = ndimage.sum(np.ones(data.shape), labels, np.arange(1, n + 1))
+        want = np.isin(labels, 1 + np.flatnonzero(sizes >= nodata.MIN_BORDER_REGION))
+        assert np.array_equal(want, want_border)
+        assert np.array_equal(nodata.no_data_mask(data), want)
+
+
+def test_target_pixels_gathered_first_give_the_same_samples():
+    """``measure_samples`` with the target's pixels gathered beforehand (a batch's
+    reading thread) = gathering them itself, bit for bit."""
+    from napari_nsg.core.nsg import prepare_reference
+    from napari_nsg.core.nsg.engine import no_data_as_nan
+    from napari_nsg.core.nsg.samples import measure_samples, target_pixels
+
+    seq = simulate_sequence(2, (600, 800), seed=8, border=20)
+    ref, target = (np.asarray(seq.frame(k).data, np.float32) for k in range(2))
+    model = prepare_reference(ref)
+    chans, _ = no_data_as_nan(target[np.newaxis])
+    pixels = target_pixels(model.grid, chans, marked=True)
+    assert not pixels.ok.all()  # the border's bins are dropped
+    a = measure_samples(model.grid, chans, [1.07], marked=True)
+    b = measure_samples(model.grid, chans, [1.07], marked=True, pixels=pixels)
+    for name in ("x", "y", "values", "sigma"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))

@@ -72,7 +72,7 @@ def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
     left, right = np.flatnonzero(zero[:, 0]), np.flatnonzero(zero[:, -1])
     xs = np.concatenate([top, bottom, np.zeros_like(left), np.full_like(right, w - 1)])
     ys = np.concatenate([np.zeros_like(top), np.full_like(bottom, h - 1), left, right])
-    filled = kept = 0
+    filled = kept = dropped = 0
     for k in range(0, len(xs), SEED_CHUNK):  # seeds a fill already reached: skipped at once
         cx, cy = xs[k:k + SEED_CHUNK], ys[k:k + SEED_CHUNK]
         for x, y in zip(cx[inner[cy, cx] == 0], cy[inner[cy, cx] == 0]):
@@ -84,10 +84,11 @@ def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
                 kept += 1
             else:
                 _mark_small(inner, zero, (rx, ry, rw, rh), (int(x), int(y)), kept > 0)
+                dropped += 1
             filled += int(area)
     if filled != (np.count_nonzero(zero) if n_zero is None else n_zero):
         return None  # a region away from the border: label them all
-    return inner == 3
+    return zero if dropped == 0 else inner == 3  # every zero kept: no pass over the mask
 
 
 def _mark_small(inner: np.ndarray, zero: np.ndarray, rect, seed, others: bool) -> None:

@@ -53,10 +53,12 @@ from .registered import REGISTER_HINT, UnregisteredError, check_registered
 from .samples import (
     SampleGrid,
     Samples,
+    TargetPixels,
     bin_samples,
     make_sample_grid,
     measure_samples,
     star_pixel_mask,
+    target_pixels,
 )
 from .scale import ChannelScale, fit_scale
 from .spline import NodeKernel, SplineOperator, SurfaceModel
@@ -737,6 +739,8 @@ class PreparedTarget:
         ``target`` may receive the corrected image.
     noises : (NoiseEstimate, NoiseEstimate) or None
         The reference's and the target's noise, when measured already.
+    pixels : TargetPixels or None
+        The target's pixels on the reference's sample grid, when gathered already.
     """
 
     chans: np.ndarray
@@ -744,6 +748,7 @@ class PreparedTarget:
     target: np.ndarray
     overwrite_input: bool
     noises: tuple[NoiseEstimate, NoiseEstimate] | None = None
+    pixels: TargetPixels | None = None
 
 
 def prepare_target(model: ReferenceModel, target: np.ndarray, meta=None, *,
@@ -771,7 +776,8 @@ def prepare_target(model: ReferenceModel, target: np.ndarray, meta=None, *,
     """
     chans, bad = _no_data_as_nan(_check_target(model, target), overwrite_input)
     noises = measure_target_noise(model, chans, meta) if with_noise else None
-    return PreparedTarget(chans, bad, np.asarray(target), overwrite_input, noises)
+    pixels = target_pixels(model.grid, chans, marked=True)
+    return PreparedTarget(chans, bad, np.asarray(target), overwrite_input, noises, pixels)
 
 
 def normalize_frame(
@@ -828,7 +834,7 @@ def normalize_frame(
         sr = _measure_scale(model, chans)
         warnings = list(sr.warnings)
         # samples -> spline
-        samples = target_samples(model, chans, sr.scale, marked=True)
+        samples = target_samples(model, chans, sr.scale, marked=True, pixels=prep.pixels)
         nodes, surface, fieldv = fit_gradient(model, samples)
         # weight (the noise first: the correction may overwrite the working copy)
         if prep.noises is not None:
@@ -875,16 +881,16 @@ def assemble_result(sr: ScaleResult, wr: FrameWeight, samples: Samples, fitted: 
 
 
 def target_samples(model: ReferenceModel, target: np.ndarray, scale, *,
-                   marked: bool = False) -> Samples:
+                   marked: bool = False, pixels: TargetPixels | None = None) -> Samples:
     """The gradient samples of a target (``(c, y, x)``) at its scale (``marked``: its
-    no-data is already NaN, see :func:`measure_samples`).
+    no-data is already NaN; ``pixels``: gathered already; see :func:`measure_samples`).
 
     Raises
     ------
     NsgError
         Fewer than 3 samples where both frames have data.
     """
-    samples = measure_samples(model.grid, target, scale, marked=marked)
+    samples = measure_samples(model.grid, target, scale, marked=marked, pixels=pixels)
     if len(samples) < 3:
         raise NsgError(f"only {len(samples)} gradient sample(s) where both frames have data "
                        "(3 needed): the frames hardly overlap")

@@ -20,9 +20,10 @@ the same with its own implementation of the estimator of Starck & Murtagh
 If fewer than 1 % of the pixels are outside the support, the K-Sigma value is
 used (as PixInsight does). Clipping makes both estimates low for pure Gaussian
 noise (by 2.0 % for MRS and 1.6 % for K-Sigma with these settings, measured on
-white noise); both are divided by that factor so they are unbiased there. Frames larger than about 4 Mpx are measured on
-tiles spread evenly over the frame; no-data pixels (and a margin around them)
-are excluded.
+white noise); both are divided by that factor so they are unbiased there. Frames
+larger than about 1 Mpx are measured on four or more 512 x 512 tiles, each centred in
+an equal part of the frame (away from the edges, where registration borders are);
+no-data pixels (and a margin around them) are excluded.
 """
 
 from __future__ import annotations
@@ -161,10 +162,11 @@ def _fill_value(tile: np.ndarray, bad: np.ndarray) -> float:
 
 def _dilate(mask: np.ndarray, iterations: int) -> np.ndarray:
     """``ndimage.binary_dilation(mask, iterations=iterations)`` (4-neighbour cross,
-    nothing beyond the edges), the same pixels 3x faster with OpenCV."""
-    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-    out = cv2.dilate(np.ascontiguousarray(mask).view(np.uint8), cross, iterations=iterations)
-    return out.view(bool)
+    nothing beyond the edges): the pixels within a city-block distance of
+    ``iterations`` from the mask, by one exact L1 distance transform (OpenCV; the same
+    pixels as ``iterations`` cross dilations, 1.6x faster than them at 32)."""
+    away = np.ascontiguousarray(~np.asarray(mask, bool)).view(np.uint8)
+    return cv2.distanceTransform(away, cv2.DIST_L1, 3) <= iterations
 
 
 def _tiles(shape: tuple[int, int], max_pixels: int):
@@ -174,9 +176,17 @@ def _tiles(shape: tuple[int, int], max_pixels: int):
     n = max(1, int(max_pixels // (TILE * TILE)))
     ny = max(1, int(round(np.sqrt(n * h / w))))
     nx = max(1, int(np.ceil(n / ny)))
-    ys = np.linspace(0, h - TILE, ny).astype(int)
-    xs = np.linspace(0, w - TILE, nx).astype(int)
+    ys = _tile_starts(h, ny)
+    xs = _tile_starts(w, nx)
     return [(slice(y, y + TILE), slice(x, x + TILE)) for y in ys for x in xs]
+
+
+def _tile_starts(length: int, n: int) -> np.ndarray:
+    """Where ``n`` tiles start along an axis: centred in ``n`` equal parts of it (away
+    from the frame's edges, where registration borders and their no-data lie), and
+    inside the frame."""
+    centres = (np.arange(n) + 0.5) * length / n
+    return np.clip(np.round(centres - TILE / 2), 0, length - TILE).astype(int)
 
 
 def _layers(tile: np.ndarray, n_layers: int):

@@ -333,8 +333,33 @@ def _robust_rows_threaded(values: np.ndarray):
     return tuple(np.concatenate([a, b], axis=1) for a, b in zip(first, second))
 
 
+@dataclass(frozen=True)
+class TargetPixels:
+    """A target's subset pixels on a :class:`SampleGrid`, gathered before its scale is
+    known (a batch gathers them on the thread that reads the frames).
+
+    Attributes
+    ----------
+    values : ndarray (c, nbins, m*m) float32
+        As :meth:`SampleGrid.subset` gives them, NaN where there is no data.
+    ok : ndarray of bool (nbins,)
+        Bins where every channel has under ``MAX_NO_DATA_FRACTION`` no-data pixels.
+    """
+
+    values: np.ndarray
+    ok: np.ndarray
+
+
+def target_pixels(grid: SampleGrid, target: np.ndarray, *, marked: bool = False
+                  ) -> TargetPixels:
+    """The :class:`TargetPixels` of ``target`` (``marked``: see :func:`measure_samples`)."""
+    values = grid.subset(target, marked=marked)
+    ok = np.all(np.isnan(values).mean(axis=2) < MAX_NO_DATA_FRACTION, axis=0)
+    return TargetPixels(values, ok)
+
+
 def measure_samples(grid: SampleGrid, target: np.ndarray, scale: np.ndarray, *,
-                    marked: bool = False) -> Samples:
+                    marked: bool = False, pixels: TargetPixels | None = None) -> Samples:
     """Samples of ``scale*target - reference`` on the grid, per channel.
 
     Parameters
@@ -348,15 +373,19 @@ def measure_samples(grid: SampleGrid, target: np.ndarray, scale: np.ndarray, *,
     marked : bool
         No-data is already NaN in ``target`` (:func:`~.engine.no_data_as_nan`): its
         planes are used as they are, without the no-data rule's full-frame test.
+    pixels : TargetPixels, optional
+        ``target_pixels(grid, target)`` when gathered already (``target`` is then
+        not read).
 
     Returns
     -------
     Samples
         Only bins usable in every channel.
     """
-    tgt = grid.subset(target, marked=marked)
+    if pixels is None:
+        pixels = target_pixels(grid, target, marked=marked)
+    tgt, tgt_ok = pixels.values, pixels.ok
     scale = np.asarray(scale, np.float32).reshape(-1, 1, 1)
-    tgt_ok = np.all(np.isnan(tgt).mean(axis=2) < MAX_NO_DATA_FRACTION, axis=0)
     diff = tgt * scale - grid.ref_values  # NaN where either has no data
     if grid.star_pixels is not None:
         np.copyto(diff, diff.dtype.type(np.nan), where=grid.star_pixels)  # 10x a fancy index
