@@ -14,6 +14,7 @@ from astropy.io import fits
 from napari_nsg.cli import main
 from napari_nsg.core.nsg import NsgParameters
 from napari_nsg.io import read_frame, write_frame
+from napari_nsg.pipeline import reading
 from napari_nsg.pipeline.normalize import normalize_frames
 from napari_nsg.pipeline.progress import Cancelled
 from napari_nsg.pipeline.report import CSV_COLUMNS
@@ -111,7 +112,17 @@ def bad_set(frames, tmp_path):
     return paths, bad_paths
 
 
-def test_bad_frames_are_reported_and_the_good_ones_written(bad_set, tmp_path, capsys):
+@pytest.mark.parametrize("reading_process", [False, True])
+def test_bad_frames_are_reported_and_the_good_ones_written(bad_set, tmp_path, capsys,
+                                                          monkeypatch, reading_process):
+    """Also with the frames read and prepared in a process of their own (forced on these
+    small frames): the same rows and outputs."""
+    read_there = []
+    if reading_process:
+        monkeypatch.setattr(reading, "READ_PROCESS_MIN_PIXELS", 1)
+        read = reading.ReadingProcess.read
+        monkeypatch.setattr(reading.ReadingProcess, "read",
+                            lambda self, path: read_there.append(path) or read(self, path))
     paths, bad = bad_set
     out = tmp_path / "nsg"
     inputs = [paths[0], bad["small.fits"], paths[1], bad["colour.fits"], bad["zeros.fits"],
@@ -143,6 +154,7 @@ def test_bad_frames_are_reported_and_the_good_ones_written(bad_set, tmp_path, ca
         assert (out / f"{p.stem}_nsg.fits").exists()
     holes = read_frame(out / "holes_nsg.fits").data
     assert np.all(holes[100:140, 60:200] == 0) and np.isfinite(holes).all()
+    assert len(read_there) == (len(inputs) - 1 if reading_process else 0)  # not the reference
 
 
 def test_existing_outputs_overwrite_and_resume(frames, tmp_path, capsys):

@@ -24,6 +24,10 @@ class FrameError(Exception):
         self.reason = reason
         super().__init__(f"{self.path}: {reason}" if self.path else reason)
 
+    def __reduce__(self):
+        """Pickled as its path and reason (e.g. from a batch's reading process)."""
+        return type(self), (self.path, self.reason)
+
 
 class OutputExistsError(FrameError):
     """An output file exists and overwriting was not asked for."""

@@ -35,8 +35,12 @@ rejected frames are still written, and flagged in the report.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import traceback
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +58,7 @@ from ..core.nsg import (
     reference_result,
     rejection,
     relative_values,
+    target_plan,
 )
 from ..core.nsg.engine import prepare_spline_system
 from ..io import FrameError, OutputExistsError, read_frame, remove_partials
@@ -63,6 +68,9 @@ from ..io.write import frame_hdu, write_frames
 from ._values import floats
 from .executors import available_cores, map_frames, overlapped_frames, prestart_workers
 from .progress import CancelToken, ProgressCallback, check_cancel, report
+from .reading import ReadingProcess
+from .reading import prestart as prestart_reading
+from .reading import wanted as reading_wanted
 from .report import JSON_NAME, FrameRow, NormalizeReport, read_report
 
 __all__ = ["OUTPUT_SUFFIX", "ForeignRunError", "NormalizeJob", "ResumeMismatchError",
@@ -206,36 +214,49 @@ class _Loaded:
     meta: object = None
     header: object = None
     buffer: np.ndarray | None = None  # the pixels' buffer, given back once written
+    give_back: Callable[[], None] | None = None  # gives the pixels' memory back instead
 
 
 def _load(job: NormalizeJob, item: tuple[str, bool, bool],
-          buffers: FrameBuffers | None = None) -> _Loaded:
+          buffers: FrameBuffers | None = None, reading: ReadingProcess | None = None
+          ) -> _Loaded:
     """Refuse outputs in the way, read the frame (raises FrameError) and prepare it:
     its no-data and noise (:func:`~napari_nsg.core.nsg.prepare_target`), here on the
-    reading thread, off the path of the thread that normalizes (an NsgError is
-    raised by :func:`_measure`). Its pixels go to a buffer of ``buffers`` when given
-    (see :func:`_release`)."""
+    reading thread or in the ``reading`` process, off the path of the thread that
+    normalizes (an NsgError is raised by :func:`_measure`). Its pixels go to a
+    buffer of ``buffers`` or a slot of ``reading`` (see :func:`_release`)."""
     path, is_reference, overwrite = item
     loaded = _Loaded(path, is_reference, overwrite, output_paths(path, job.out_dir))
     if not overwrite:
         for p in _outputs_wanted(loaded.paths, job.gradient_images):
             if p.exists():
                 raise OutputExistsError(p, "output exists")
-    if not is_reference:
-        frame = read_frame(path, debayer=job.debayer, buffers=buffers)
-        loaded.meta, loaded.header, loaded.buffer = frame.meta, frame.header, frame.data
-        try:
-            loaded.data = prepare_target(job.model, frame.data, frame.meta,
-                                         overwrite_input=True, with_noise=True)
-        except NsgError as exc:  # raised by _measure, with the frame's metadata at hand
-            loaded.data = exc
+    if is_reference:
+        return loaded
+    if reading is not None and not reading.broken:
+        with contextlib.suppress(BrokenProcessPool):  # else read here, as without it
+            got = reading.read(path)
+            loaded.meta, loaded.header, loaded.data = got.meta, got.header, got.prepared
+            loaded.buffer = got.data
+            loaded.give_back = functools.partial(reading.give, got.slot)
+            return loaded
+    frame = read_frame(path, debayer=job.debayer, buffers=buffers)
+    loaded.meta, loaded.header, loaded.buffer = frame.meta, frame.header, frame.data
+    try:
+        loaded.data = prepare_target(job.model, frame.data, frame.meta,
+                                     overwrite_input=True, with_noise=True)
+    except NsgError as exc:  # raised by _measure, with the frame's metadata at hand
+        loaded.data = exc
     return loaded
 
 
 def _release(loaded: _Loaded | None, buffers: FrameBuffers | None) -> None:
     """Give a finished frame's pixel buffer back (its corrected image, written or
     failed, is no longer used: the next frame read may overwrite it)."""
-    if loaded is not None and buffers is not None:
+    if loaded is not None and loaded.give_back is not None:
+        loaded.give_back()
+        loaded.buffer = loaded.data = loaded.give_back = None
+    elif loaded is not None and buffers is not None:
         buffers.give(loaded.buffer)
         loaded.buffer = loaded.data = None
 
@@ -336,14 +357,17 @@ def _store(job: NormalizeJob, loaded: _Loaded, measured) -> FrameRow:
     return _row_from(loaded.path, res, meta, loaded.paths, job)
 
 
-def pipelined_frames(job: NormalizeJob, items, cancel: CancelToken | None = None):
+def pipelined_frames(job: NormalizeJob, items, cancel: CancelToken | None = None,
+                     reading: ReadingProcess | None = None):
     """Yield ``(index, row)`` like ``map_frames(process_frame, job, items)`` in one
     process, with reading, normalizing and writing overlapped
     (:func:`~.executors.overlapped_frames`). The frames' pixels go to
-    :data:`PIPELINE_FRAMES` buffers reused from frame to frame."""
+    :data:`PIPELINE_FRAMES` buffers reused from frame to frame, or, with ``reading``,
+    are read and prepared in that process (:mod:`.reading`)."""
     buffers = FrameBuffers(PIPELINE_FRAMES)
     return overlapped_frames(
-        items, lambda k, item: _load(job, item, buffers), lambda loaded: _measure(job, loaded),
+        items, lambda k, item: _load(job, item, buffers, reading),
+        lambda loaded: _measure(job, loaded),
         lambda loaded, measured: _stored_row(job, loaded, measured, buffers),
         lambda k, item, loaded, exc: _failed_frame(item, loaded, exc, buffers),
         cancel=cancel, name="nsg")
@@ -557,6 +581,8 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
     if not scheduler:  # the fork server imports while the reference is prepared
         prestart_workers(process_frame, workers, len(frames))
     ref_frame = read_frame(reference, debayer=debayer)
+    if min(workers, available_cores(), len(frames)) <= 1 and not scheduler:
+        prestart_reading(ref_frame.data.shape, len(frames))
     try:
         model = prepare_reference(ref_frame.data, ref_frame.meta, params)
     except NsgError as exc:
@@ -577,8 +603,10 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
     if done:
         report(progress, done, total, f"{done} frame(s) already done")
     items = [(str(frames[i]), same_file(frames[i], reference), mine) for i, mine in todo]
+    reading = None
     if min(workers, available_cores(), len(items)) <= 1 and not scheduler:
-        tasks = pipelined_frames(job, items, cancel)
+        reading = _reading_process(job, len(items))
+        tasks = pipelined_frames(job, items, cancel, reading)
     else:  # the spline system inverted once here and shipped with the model, not per worker
         prepare_spline_system(model)
         tasks = map_frames(process_frame, job, items, workers=workers, scheduler=scheduler,
@@ -594,10 +622,24 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
             check_cancel(cancel)
     finally:
         tasks.close()  # now, not when garbage-collected: pending work is dropped or finished
+        if reading is not None:
+            reading.close()
         result.rows = [r for r in rows if r is not None]
     _relative(result, model, ref_meta, reference, frames)
     result.write()
     return result
+
+
+def _reading_process(job: NormalizeJob, n_frames: int) -> ReadingProcess | None:
+    """A process that reads and prepares the targets (:mod:`.reading`), where it pays
+    (large frames, more than one core); None where it does not or cannot start."""
+    plan = target_plan(job.model)
+    if not reading_wanted(plan, n_frames):
+        return None
+    try:
+        return ReadingProcess(plan, job.debayer)
+    except (OSError, RuntimeError, ValueError):  # no fork server, no shared memory: threads
+        return None
 
 
 def _check_names(frames: list[Path], out_dir: Path) -> None:

@@ -17,12 +17,14 @@ from .engine import (
     PreparedTarget,
     ReferenceModel,
     ScaleResult,
+    TargetPlan,
     measure_scale,
     measure_target_noise,
     normalize_frame,
     prepare_reference,
     prepare_target,
     reference_result,
+    target_plan,
     target_weight,
 )
 from .noise import NoiseEstimate, measure_frame_noise, measure_noise, noise_from_keywords
@@ -48,6 +50,7 @@ __all__ = [
     "Samples",
     "ScaleResult",
     "SurfaceModel",
+    "TargetPlan",
     "apply_correction",
     "compute_weight",
     "evaluate_gradient",
@@ -66,6 +69,7 @@ __all__ = [
     "reference_result",
     "rejection",
     "relative_values",
+    "target_plan",
     "target_weight",
     "transmission_of",
 ]

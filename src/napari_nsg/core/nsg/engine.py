@@ -71,6 +71,7 @@ __all__ = [
     "PreparedTarget",
     "ReferenceModel",
     "ScaleResult",
+    "TargetPlan",
     "assemble_result",
     "fit_gradient",
     "measure_scale",
@@ -79,6 +80,7 @@ __all__ = [
     "prepare_reference",
     "prepare_target",
     "reference_result",
+    "target_plan",
     "target_samples",
     "target_weight",
 ]
@@ -751,7 +753,26 @@ class PreparedTarget:
     pixels: TargetPixels | None = None
 
 
-def prepare_target(model: ReferenceModel, target: np.ndarray, meta=None, *,
+@dataclass(frozen=True)
+class TargetPlan:
+    """What :func:`prepare_target` needs of a :class:`ReferenceModel`: small and
+    picklable (a batch's reading process holds one instead of the model; see
+    :func:`target_plan`). Attributes as the model's."""
+
+    data_shape: tuple[int, ...]
+    noise: NoiseEstimate
+    measured_noise: NoiseEstimate
+    grid: SampleGrid
+
+
+def target_plan(model: ReferenceModel) -> TargetPlan:
+    """The :class:`TargetPlan` of ``model`` (the reference's noise measured now if
+    only its keywords were known)."""
+    measured = model.measured_noise or measure_frame_noise(model.data)
+    return TargetPlan(model.data_shape, model.noise, measured, model.grid)
+
+
+def prepare_target(model: ReferenceModel | TargetPlan, target: np.ndarray, meta=None, *,
                    overwrite_input: bool = False, with_noise: bool = False) -> PreparedTarget:
     """The first steps of :func:`normalize_frame`: the target checked against the
     reference, its no-data turned into NaN, and its noise measured (``with_noise``).
@@ -761,7 +782,7 @@ def prepare_target(model: ReferenceModel, target: np.ndarray, meta=None, *,
 
     Parameters
     ----------
-    model : ReferenceModel
+    model : ReferenceModel or TargetPlan
     target : ndarray
         ``(y, x)`` or ``(c, y, x)`` with the reference's shape.
     meta : FrameMetadata, optional

@@ -1,0 +1,105 @@
+"""A batch's targets read and prepared in a process of their own (pipeline.reading, issue 13).
+
+- what comes back through shared memory = ``prepare_target`` in this process, bit for bit;
+- a batch through it writes the same outputs as one without it;
+- the process killed mid-batch: the next frames are read here, nothing is lost;
+- no shared memory is left once it is closed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+import numpy as np
+import pytest
+
+from napari_nsg.core.nsg import prepare_reference, prepare_target, target_plan
+from napari_nsg.io import FrameError, read_frame
+from napari_nsg.pipeline import reading
+from napari_nsg.pipeline.normalize import NormalizeJob, _load, normalize_frames
+from napari_nsg.synthetic import simulate_sequence
+
+pytestmark = pytest.mark.skipif(not reading.sys.platform.startswith("linux"),
+                                reason="the reading process needs the fork server")
+
+
+@pytest.fixture(scope="module")
+def sequence(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reading")
+    seq = simulate_sequence(4, (300, 340), seed=4, border=10)
+    return seq.write(folder)
+
+
+def _shm_names(process) -> list[str]:
+    return [s.name for s in process._all]
+
+
+def _same_prepared(a, b):
+    assert np.array_equal(a.chans, b.chans, equal_nan=True)
+    assert (a.no_data is None) == (b.no_data is None)
+    if a.no_data is not None:
+        assert np.array_equal(a.no_data, b.no_data)
+    assert np.array_equal(a.pixels.values, b.pixels.values, equal_nan=True)
+    assert np.array_equal(a.pixels.ok, b.pixels.ok)
+    for x, y in zip(a.noises, b.noises):
+        assert np.array_equal(x.sigma, y.sigma) and x.algorithm == y.algorithm
+
+
+def test_prepared_in_the_process_equals_prepared_here(sequence):
+    model = prepare_reference(read_frame(sequence[0]).data)
+    process = reading.ReadingProcess(target_plan(model))
+    try:
+        for path in sequence[1:]:
+            got = process.read(str(path))
+            frame = read_frame(path)
+            want = prepare_target(model, frame.data.copy(), frame.meta, overwrite_input=True,
+                                  with_noise=True)
+            assert got.prepared.no_data is not None  # the registration border
+            _same_prepared(got.prepared, want)
+            assert got.meta.exposure == frame.meta.exposure
+            process.give(got.slot)
+        assert len(_shm_names(process)) == 1  # one slot, reused
+        with pytest.raises(FrameError, match="missing.fits"):
+            process.read(str(sequence[0].parent / "missing.fits"))
+        names = _shm_names(process)
+    finally:
+        process.close()
+    assert not any(os.path.exists(os.path.join(reading.SHM_DIR, n.lstrip("/"))) for n in names)
+
+
+def test_a_killed_reading_process_leaves_the_batch_to_the_reading_thread(sequence, tmp_path):
+    model = prepare_reference(read_frame(sequence[0]).data)
+    job = NormalizeJob(model=model, reference=str(sequence[0]), out_dir=str(tmp_path))
+    process = reading.ReadingProcess(target_plan(model))
+    try:
+        first = _load(job, (str(sequence[1]), False, False), None, process)
+        assert first.give_back is not None  # read there
+        for pid in list(process._pool._processes):
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(BrokenProcessPool):
+            process.read(str(sequence[2]))
+        assert process.broken
+        later = _load(job, (str(sequence[2]), False, False), None, process)
+        assert later.give_back is None  # read here
+        frame = read_frame(sequence[2])
+        _same_prepared(later.data, prepare_target(model, frame.data.copy(), frame.meta,
+                                                  overwrite_input=True, with_noise=True))
+    finally:
+        process.close()
+
+
+@pytest.mark.slow
+def test_a_batch_through_the_reading_process_writes_the_same_outputs(sequence, tmp_path,
+                                                                       monkeypatch):
+    outs = {}
+    for forced in (False, True):
+        monkeypatch.setattr(reading, "READ_PROCESS_MIN_PIXELS", 1 if forced else 10**12)
+        out = tmp_path / f"out{int(forced)}"
+        report = normalize_frames(sequence, sequence[0], out)
+        assert all(r.error is None for r in report.rows)
+        outs[forced] = out
+    for path in sequence:
+        name = f"{path.stem}_nsg.fits"
+        assert (outs[True] / name).read_bytes() == (outs[False] / name).read_bytes()
