@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -21,7 +23,7 @@ from napari_nsg.pipeline import reading
 from napari_nsg.pipeline.normalize import NormalizeJob, _load, normalize_frames
 from napari_nsg.synthetic import simulate_sequence
 
-pytestmark = pytest.mark.skipif(not reading.sys.platform.startswith("linux"),
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the reading process needs the fork server")
 
 
@@ -103,3 +105,26 @@ def test_a_batch_through_the_reading_process_writes_the_same_outputs(sequence, t
     for path in sequence:
         name = f"{path.stem}_nsg.fits"
         assert (outs[True] / name).read_bytes() == (outs[False] / name).read_bytes()
+
+
+def test_a_script_without_a_main_guard_runs_once(sequence, tmp_path):
+    """The reading process (a fork-server child) does not run the caller's script again:
+    a script that normalizes at its top level, with no ``if __name__ == "__main__":``."""
+    ran = tmp_path / "ran.txt"
+    script = tmp_path / "batch.py"
+    script.write_text(
+        "from napari_nsg.pipeline import normalize, reading\n"
+        f"open({str(ran)!r}, 'a').write('ran\\n')\n"
+        "reading.READ_PROCESS_MIN_PIXELS = 1\n"
+        "read = reading.ReadingProcess.read\n"
+        "used = []\n"
+        "reading.ReadingProcess.read = lambda self, p: used.append(p) or read(self, p)\n"
+        f"paths = {[str(p) for p in sequence]!r}\n"
+        f"report = normalize.normalize_frames(paths, paths[0], {str(tmp_path / 'out')!r})\n"
+        "print(len(used), len(report.failed))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(len(sequence) - 1), "0"]  # read there, none failed
+    assert "Traceback" not in done.stderr
+    assert ran.read_text() == "ran\n"

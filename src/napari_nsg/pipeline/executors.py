@@ -249,8 +249,30 @@ def start_workers(pool: ProcessPoolExecutor, workers: int) -> list[Future]:
         One no-op task per worker: all are done once every worker has started
         and holds the context.
     """
-    with _one_thread_per_worker(), _sigint_blocked():
+    with _one_thread_per_worker(), _sigint_blocked(), _main_not_imported():
         return [pool.submit(_ready) for _ in range(workers)]
+
+
+@contextlib.contextmanager
+def _main_not_imported():
+    """Start processes that do not run the caller's main script again.
+
+    A ``spawn`` or ``forkserver`` child imports the parent's ``__main__`` from its path
+    (as ``__mp_main__``), so a script that calls napari-nsg without an ``if __name__ ==
+    "__main__":`` guard would run again in every worker, with its side effects. The
+    workers run only this package's functions: while they start, ``__main__`` shows
+    no path (``multiprocessing.spawn.get_preparation_data`` then leaves it out)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    path = getattr(main, "__file__", None)
+    if main is None or spec is not None or path is None:  # run by name (-m), or no file
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
 
 
 def _call_in_worker(func, item):
