@@ -26,7 +26,7 @@ reference) and by transmission.
                                            [--param photometry=psf [--free-shape]
                                             [--shared-tail] [--ls-weights] [--shape-cull 2
                                             [--cull-floor 30] [--cull-keep 0.5]]
-                                            [--residual-mask 2]]
+                                            [--residual-mask 2] [--ring-mask 2]]
                                            [--param photometry=corrected|empirical]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
@@ -41,7 +41,9 @@ flux fit has the profile's width and tail derivatives as free terms (an
 experiment, not an engine option; docs/nsg.md "Fourth attempt"); ``--shared-tail``
 fits each target's profile with the reference's tail ``u`` imposed (its error then
 cancels in the scale) and ``--ls-weights`` uses least-squares pixel weights ``1/v``
-in the flux fit (docs/nsg.md "Fifth attempt"); run the command with
+in the flux fit (docs/nsg.md "Fifth attempt"); ``--ring-mask 2`` leaves the ring
+pixels within 2 FWHM of a detected neighbour out of every star's background
+(docs/nsg.md "Seventh attempt"); run the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--kernel``
 adds the scale of a free pixel kernel fit (Alard-Lupton style,
 :mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame). With
@@ -78,6 +80,7 @@ GAUSS_FWHM_PER_SIGMA = 2.3548200450309493
 MEDIAN_ABS_NORMAL = 0.6745  # median |z| of a standard normal
 MATCHED_APERTURE_FWHM = 2.5
 TIMING_SHAPE = (4000, 6000)
+TIMING_RING_MASK = 2.0  # --timing's ring-mask row (FWHM)
 PSF_KEPT_FWHM = 2.5  # the psf mode's weighted radius is 2 FWHM, the large apertures' 3+
 BASE = {"gain": 1.0, "read_noise": 3.0, "star_flux_range": (15.0, 1.5e4), "star_density": 2.2e-3,
             "n_bright": 4, "saturation": 65535.0}
@@ -125,6 +128,8 @@ SETTINGS = {
                      "with --shape-cull: never fewer than N profile stars left"),
     "--cull-keep": ("SHAPE_CULL_KEEP", float, "F",
                     "with --shape-cull: never fewer than the fraction F of the profile stars left"),
+    "--ring-mask": ("RING_NEIGHBOUR_MASK_FWHM", float, "FWHM", ("photometry=psf with the ring "
+                    "pixels within FWHM (x the frame's) of a detected neighbour left out")),
 }
 
 
@@ -215,15 +220,18 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
     runs = {m: (model, False, 0) for m, model in models.items()}
     runs["psf, shared tail"] = (models["psf"], True, 0)
     runs["psf, shared tail, residual mask 2"] = (models["psf"], True, 2)
+    runs["psf, shared tail, residual mask 2, ring mask 2"] = (models["psf"], True, 2, TIMING_RING_MASK)
     times = {m: [] for m in runs}
     pairs = {}
     for _ in range(rounds):
-        for m, (model, shared, mask) in runs.items():
+        for m, (model, shared, mask, *ring) in runs.items():
             psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = shared, mask
+            psf_photometry.RING_NEIGHBOUR_MASK_FWHM = ring[0] if ring else 0.0
             t0 = time.perf_counter()
             pairs[m] = int(measure_scale(model, tgt).n_star_pairs[0])
             times[m].append(time.perf_counter() - t0)
     psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = False, 0
+    psf_photometry.RING_NEIGHBOUR_MASK_FWHM = 0.0
     base = float(np.median(times[PHOTOMETRY_MODES[0]]))
     print(f"measure_scale on a {shape[1]}x{shape[0]} target, {rounds} interleaved rounds "
           "(a busy 2-core machine)")

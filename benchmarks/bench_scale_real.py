@@ -14,10 +14,13 @@ adds a column: the psf mode with the reference's tail ``u`` imposed on every
 target's profile (``psf_photometry.SHARED_TAIL``; docs/nsg.md "Fifth attempt"), and
 ``--shape-cull N`` drops the psf mode's profile stars of odd width or tail
 (``psf_photometry.SHAPE_CULL_ROUNDS``), ``--residual-mask N`` masks companions
-found in their residuals (``psf_photometry.RESIDUAL_MASK_ROUNDS``; "Sixth attempt").
+found in their residuals (``psf_photometry.RESIDUAL_MASK_ROUNDS``; "Sixth attempt"),
+``--ring-mask F`` leaves the ring pixels within F FWHM of a detected neighbour out of
+each star's background (``psf_photometry.RING_NEIGHBOUR_MASK_FWHM``; "Seventh attempt").
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
                                           [--free-shape] [--shared-tail] [--shape-cull 2] [--residual-mask 2]
+                                          [--ring-mask 2]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -58,7 +61,12 @@ def main(argv=None):
     ap.add_argument("--residual-mask", type=int, metavar="ROUNDS",
                     help="the psf mode with psf_photometry.RESIDUAL_MASK_ROUNDS = ROUNDS "
                          "(companions found in the profile stars' residuals masked)")
+    ap.add_argument("--ring-mask", type=float, metavar="FWHM",
+                    help="the psf mode with psf_photometry.RING_NEIGHBOUR_MASK_FWHM = FWHM "
+                         "(ring pixels near a detected neighbour left out)")
     args = ap.parse_args(argv)
+    if args.ring_mask is not None:
+        psf_photometry.RING_NEIGHBOUR_MASK_FWHM = args.ring_mask
     if args.shape_cull is not None:
         psf_photometry.SHAPE_CULL_ROUNDS = args.shape_cull
     if args.residual_mask is not None:

@@ -35,12 +35,14 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter
 from scipy.optimize import minimize
+from scipy.spatial import cKDTree
 
 from ..nodata import with_nan_no_data
 from .aperture_correction import (
     AGREEMENT_GATE_Z,
     MAX_ELLIPTICITY,
     MIN_PROFILE_STARS,
+    SELF_PX,
     TAIL_RANGE,
     Profile,
     _power,
@@ -133,6 +135,14 @@ SHARED_TAIL = False
 #: weights then ``P / v``) instead of ``P / v`` (``P^2 / v``):
 #: ``weighted_photometry(ls_weights=None)``; ``--ls-weights`` in the benchmark.
 LS_WEIGHTS = False
+#: Ring pixels within RING_NEIGHBOUR_MASK_FWHM (in FWHM of the frame) of a detected
+#: neighbour are left out of the star's background ring (in the photometry and in the
+#: profile fit), unless fewer than MIN_RING_PIXELS would be left. 0: off (an
+#: experiment; ``--ring-mask`` in the benchmark). The neighbours at 2-4.5 FWHM, whose
+#: light lies in the ring, raise its level, and the weighted flux loses that level
+#: times its effective area (4 pi sigma^2 for a Gaussian): the broader frame loses
+#: more, and the scale errs positive (docs/nsg.md "Seventh attempt").
+RING_NEIGHBOUR_MASK_FWHM = 0.0
 
 
 def _theta(profile: Profile) -> np.ndarray:
@@ -153,8 +163,42 @@ def _ring_level(profile: Profile, r1: float, r2: float) -> float:
     return float((e2 - e1) / (np.pi * (r2 * r2 - r1 * r1)))
 
 
-def _ring_background(plane, x, y, r1, r2):
-    """Each star's ring background (plane at the star), pixel sigma and ring pixels."""
+def _near_neighbours(dxy, x, y, neighbours, radius, reach):
+    """Pixels ``(n, p)`` at offsets ``dxy`` from the stars ``(x, y)`` that lie within
+    ``radius`` of a detected neighbour (``neighbours``: their x and y; one within
+    ``SELF_PX`` of a star is that star); neighbours further than ``reach + radius``
+    from a star are not looked at."""
+    dx, dy = dxy
+    near = np.zeros(dx.shape, bool)
+    nx, ny = (np.asarray(a, float) for a in neighbours[:2])
+    keep = np.isfinite(nx) & np.isfinite(ny)
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not keep.any() or not finite.any():
+        return near
+    nx, ny = nx[keep], ny[keep]
+    lists = cKDTree(np.c_[nx, ny]).query_ball_point(np.c_[x[finite], y[finite]], reach + radius)
+    for s, js in zip(np.flatnonzero(finite), lists, strict=True):
+        ox, oy = nx[js] - x[s], ny[js] - y[s]
+        other = np.hypot(ox, oy) > SELF_PX
+        if other.any():
+            d2 = (dx[s][None, :] - ox[other, None]) ** 2 + (dy[s][None, :] - oy[other, None]) ** 2
+            near[s] = np.any(d2 < radius * radius, axis=0)
+    return near
+
+
+def _masked_ring(ring, dxy, x, y, neighbours, fwhm, r2):
+    """``ring`` less the pixels near a detected neighbour
+    (``RING_NEIGHBOUR_MASK_FWHM``), where at least ``MIN_RING_PIXELS`` stay."""
+    if neighbours is None or RING_NEIGHBOUR_MASK_FWHM <= 0:
+        return ring
+    masked = ring & ~_near_neighbours(dxy, x, y, neighbours, RING_NEIGHBOUR_MASK_FWHM * fwhm, r2)
+    enough = masked.sum(axis=1) >= MIN_RING_PIXELS
+    return np.where(enough[:, None], masked, ring)
+
+
+def _ring_background(plane, x, y, r1, r2, neighbours=None, fwhm=None):
+    """Each star's ring background (plane at the star), pixel sigma and ring pixels;
+    with ``neighbours``, the ring less the pixels near them (:func:`_masked_ring`)."""
     half = int(np.ceil(r2 + 1.0))
     offs = np.arange(-half, half + 1)
     cx, cy = np.round(x).astype(int), np.round(y).astype(int)
@@ -164,6 +208,7 @@ def _ring_background(plane, x, y, r1, r2):
     dy = np.broadcast_to(offs[None, :, None] + (cy - y)[:, None, None], vals.shape).reshape(n, -1)
     d2 = dx * dx + dy * dy
     use = inside.reshape(n, -1) & (d2 >= r1 * r1) & (d2 <= r2 * r2)
+    use = _masked_ring(use, (dx, dy), x, y, neighbours, fwhm, r2)
     vals = np.where(use, vals.astype(np.float64).reshape(n, -1), np.nan)
     return ring_statistics(vals, dx, dy)
 
@@ -226,7 +271,7 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Prof
         return None
     plane, x, y, ids, tree, nxy = chosen
     _, r1, r2 = _ring_radii(fwhm)
-    level, sig, count = _ring_background(plane, x[ids], y[ids], r1, r2)
+    level, sig, count = _ring_background(plane, x[ids], y[ids], r1, r2, nxy, fwhm)
     ok = np.isfinite(level) & (count >= MIN_RING_PIXELS)
     if ok.sum() < MIN_PROFILE_STARS:
         return None
@@ -394,7 +439,8 @@ def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
 
 def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile: Profile,
                         fwhm: float, *, saturation: float | None = None,
-                        free_shape: bool = False, ls_weights: bool | None = None) -> Photometry:
+                        free_shape: bool = False, ls_weights: bool | None = None,
+                        neighbours=None) -> Photometry:
     """PSF-weighted fluxes of stars at ``(x, y)`` in one channel.
 
     Parameters
@@ -419,6 +465,9 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     ls_weights : bool, optional
         Least-squares pixel weights ``1 / v`` (the flux's pixel weights then
         ``P / v``, the optimal ones) instead of ``P / v``; None: ``LS_WEIGHTS``.
+    neighbours : (x, y), optional
+        Every detected star of the frame: with ``RING_NEIGHBOUR_MASK_FWHM`` the
+        ring pixels near them are not used for the background.
 
     Returns
     -------
@@ -443,7 +492,8 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     dy = (offs[None, :, None] + (cy - y)[:, None, None]) * np.ones((1, 1, len(offs)))
     dx, dy = dx.reshape(n, -1), dy.reshape(n, -1)
     d2 = dx * dx + dy * dy
-    ring = (d2 >= r1 * r1) & (d2 <= r2 * r2)
+    ring = _masked_ring((d2 >= r1 * r1) & (d2 <= r2 * r2) & good, (dx, dy), x, y, neighbours,
+                        fwhm, r2)
     core = d2 <= r_w * r_w
     model = _unit_psf(_theta(profile), (dx, dy))
     level, sig, count = ring_statistics(np.where(ring & good, vals, np.nan), dx, dy)
@@ -566,11 +616,11 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         if pt is None:
             return big[0], big[1], False
         common = max(fwhm) if free_shape else None
-        for dst, plane, prof, f, (px, py) in (
-                (out[0], ref3[c], pr, common or fwhm[0], (x, y)),
-                (out[1], tgt3[c], pt, common or fwhm[1], (x + offset[0], y + offset[1]))):
+        for dst, plane, prof, f, (px, py), nb in (
+                (out[0], ref3[c], pr, common or fwhm[0], (x, y), neighbours),
+                (out[1], tgt3[c], pt, common or fwhm[1], (x + offset[0], y + offset[1]), shifted)):
             ph = weighted_photometry(plane, px, py, prof, f, saturation=sat[c],
-                                     free_shape=free_shape)
+                                     free_shape=free_shape, neighbours=nb)
             ph.valid &= big[0].valid[c] & big[1].valid[c]
             dst.append(ph)
     ref_ph, tgt_ph = _merge(out[0]), _merge(out[1])
