@@ -239,9 +239,12 @@ def _ready() -> int:
     return os.getpid()
 
 
-def start_workers(pool: ProcessPoolExecutor, workers: int) -> list[Future]:
+def start_workers(pool: ProcessPoolExecutor, workers: int, *, script: bool = True
+                  ) -> list[Future]:
     """Start all ``workers`` processes of ``pool`` now, with one native thread each
-    while they import (the fork server too, when this starts it).
+    while they import (the fork server too, when this starts it). ``script``: they may
+    need the caller's main script (its functions); else it is not imported there
+    (see :func:`_main_not_imported`).
 
     Returns
     -------
@@ -249,7 +252,8 @@ def start_workers(pool: ProcessPoolExecutor, workers: int) -> list[Future]:
         One no-op task per worker: all are done once every worker has started
         and holds the context.
     """
-    with _one_thread_per_worker(), _sigint_blocked(), _main_not_imported():
+    without_script = contextlib.nullcontext() if script else _main_not_imported()
+    with _one_thread_per_worker(), _sigint_blocked(), without_script:
         return [pool.submit(_ready) for _ in range(workers)]
 
 
@@ -388,7 +392,8 @@ class _Feeder:
     def _run(self) -> None:
         try:
             with _sigint_blocked():
-                self._feed(set(start_workers(self.pool, self.workers)))
+                ours = self.func.__module__.startswith(f"{__name__.split('.')[0]}.")
+                self._feed(set(start_workers(self.pool, self.workers, script=not ours)))
         except BaseException as exc:  # noqa: BLE001 - raised by the consumer's thread
             self.results.put((None, exc))
         finally:

@@ -189,7 +189,7 @@ class ReadingProcess:
         self._all: list[_Slot] = []
         self._lock = threading.Lock()
         self._pool = _process_pool(_read_in_worker, (plan, debayer, self.layout), 1)
-        start_workers(self._pool, 1)  # the process starts now, while the caller goes on
+        start_workers(self._pool, 1, script=False)  # it starts now, while the caller goes on
 
     def read(self, path: str) -> ReadFrame:
         """Read and prepare the target at ``path`` in the reading process.
