@@ -7,6 +7,13 @@ writes the last one at once (:func:`napari_nsg.pipeline.normalize.pipelined_fram
     compute thread:   scale -> samples -> spline -> correction   (normalize_frame)
     calling thread:   write_frames                                (the outputs)
 
+On large frames and two or more cores the reading thread's work runs in a reading
+process (:mod:`napari_nsg.pipeline.reading`): its stages are then not timed one by
+one, and the row "reading process" gives that process's wall, run and runqueue per
+frame (``/proc/<pid>/schedstat`` around each frame; "blocked" there is the time it
+waited for the next request). ``--reading thread`` turns it off (the earlier
+pipeline, every reading stage timed).
+
 Each target takes as long as the slowest of the three. This benchmark runs
 ``normalize_frames`` on the frames of ``bench_nsg.py`` (simulated the same way, or
 reused from ``--workdir``) in a fresh process with every stage timed, and prints the
@@ -43,16 +50,37 @@ from pathlib import Path
 from napari_nsg.core.nsg import engine as E
 from napari_nsg.pipeline import normalize as N
 
-paths, out = json.loads(sys.argv[1]), sys.argv[2]
+paths, out, mode = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
 events = []  # (thread role, stage, start, wall, (run, runqueue) or None)
+try:
+    from napari_nsg.pipeline import reading as R
+    if mode == "thread":
+        R.READ_PROCESS_MIN_PIXELS = 10**15
+except ImportError:  # older versions: threads only
+    R = None
 
-def sched():
+def sched(task=None):
+    task = task or f"self/task/{threading.get_native_id()}"
     try:
-        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat") as f:
+        with open(f"/proc/{task}/schedstat") as f:
             run, wait, _ = map(int, f.read().split())
         return run / 1e9, wait / 1e9
     except OSError:
         return None
+
+if R is not None:
+    _read = R.ReadingProcess.read
+    def read_there(self, path):  # the reading process's own schedstat around each frame
+        pid = next(iter(self._pool._processes), None)
+        task = None if pid is None else f"{pid}/task/{pid}"
+        s0, t0 = sched(task), time.perf_counter()
+        try:
+            return _read(self, path)
+        finally:
+            t1, s1 = time.perf_counter(), sched(task)
+            used = None if s0 is None or s1 is None else (s1[0] - s0[0], s1[1] - s0[1])
+            events.append(("reading process", "thread", t0, t1 - t0, used))
+    R.ReadingProcess.read = read_there
 
 def timed(module, name, role, stage, split=False):
     f = getattr(module, name)
@@ -82,13 +110,14 @@ print(json.dumps({"events": events, "marks": marks}))
 """
 
 
-def run_child(paths: list[Path], out: Path) -> dict:
+def run_child(paths: list[Path], out: Path, mode: str = "process") -> dict:
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
-                           str(out)], capture_output=True, text=True, check=True)
+                           str(out), mode], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 STAGES = {"reading": ["read", "no-data", "noise"],
+          "reading process": [],
           "compute": ["scale", "samples", "spline", "correction"],
           "writing": ["write"]}
 
@@ -107,9 +136,9 @@ def summarize(result: dict) -> dict:
     for role, stages in STAGES.items():
         for stage in stages + ["thread"]:
             evs = [e for e in result["events"] if e[0] == role and e[1] == stage]
-            evs = steady(sorted(evs, key=lambda e: e[2]), len(evs))
-            if not evs:
+            if len(evs) < n_targets // 2:  # not once per target (e.g. only the reference's)
                 continue
+            evs = steady(sorted(evs, key=lambda e: e[2]), len(evs))
             rows[(role, stage, "wall")] = statistics.median(e[3] for e in evs)
             if stage == "thread" and all(e[4] is not None for e in evs):
                 rows[(role, "thread", "run")] = statistics.median(e[4][0] for e in evs)
@@ -125,13 +154,15 @@ def print_table(runs: list[dict]) -> None:
         return f"{statistics.median(vals):.3f}" if vals else "-"
 
     print(f"\n{len(runs)} run(s); medians per steady target, s")
-    print(f"{'thread':10s} {'stage':12s} {'wall':>7s}")
+    print(f"{'thread':15s} {'stage':12s} {'wall':>7s}")
     for role, stages in STAGES.items():
+        if not any((role, "thread", "wall") in r for r in runs):
+            continue
         for stage in stages:
-            print(f"{role:10s} {stage:12s} {med((role, stage, 'wall')):>7s}")
+            print(f"{role:15s} {stage:12s} {med((role, stage, 'wall')):>7s}")
         parts = "  ".join(f"{p} {med((role, 'thread', p))}"
                           for p in ("run", "runqueue", "blocked"))
-        print(f"{role:10s} {'(thread)':12s} {med((role, 'thread', 'wall')):>7s}   {parts}")
+        print(f"{role:15s} {'(thread)':12s} {med((role, 'thread', 'wall')):>7s}   {parts}")
     print(f"per target (between two finished frames): {med('period')} s")
 
 
@@ -141,11 +172,15 @@ def main(argv=None):
     ap.add_argument("--size", default="6000x4000", help="WIDTHxHEIGHT")
     ap.add_argument("--workdir", help="keep the simulated frames here (reused if present)")
     ap.add_argument("--repeat", type=int, default=1, help="runs, each in a fresh process")
+    ap.add_argument("--reading", choices=("process", "thread"), default="process",
+                    help="read in a reading process where normalize would (default), or "
+                         "always on the reading thread")
     args = ap.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_nsg_threads_"))
     paths = simulated_frames(work, args.frames, width, height)
-    runs = [summarize(run_child(paths, work / "out_threads")) for _ in range(args.repeat)]
+    runs = [summarize(run_child(paths, work / "out_threads", args.reading))
+            for _ in range(args.repeat)]
     print_table(runs)
 
 
