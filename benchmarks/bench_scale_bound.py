@@ -26,7 +26,8 @@ reference) and by transmission.
                                            [--param photometry=psf [--free-shape]
                                             [--shared-tail] [--ls-weights] [--shape-cull 2
                                             [--cull-floor 30] [--cull-keep 0.5]]
-                                            [--residual-mask 2] [--ring-mask 2]]
+                                            [--residual-mask 2] [--ring-mask 2]
+                                            [--matched-response]]
                                            [--param photometry=corrected|empirical]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
@@ -43,7 +44,8 @@ fits each target's profile with the reference's tail ``u`` imposed (its error th
 cancels in the scale) and ``--ls-weights`` uses least-squares pixel weights ``1/v``
 in the flux fit (docs/nsg.md "Fifth attempt"); ``--ring-mask 2`` leaves the ring
 pixels within 2 FWHM of a detected neighbour out of every star's background
-(docs/nsg.md "Seventh attempt"); run the command with
+(docs/nsg.md "Seventh attempt") and ``--matched-response`` weights both frames so that
+their fluxes respond alike to light at any offset (same section); run the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--kernel``
 adds the scale of a free pixel kernel fit (Alard-Lupton style,
 :mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame). With
@@ -117,6 +119,7 @@ EXPERIMENTS = {
     "--free-shape": ("FREE_SHAPE", "with every star's width and tail terms free (an experiment)"),
     "--shared-tail": ("SHARED_TAIL", "with the reference's tail u imposed on every target's profile"),
     "--ls-weights": ("LS_WEIGHTS", "with least-squares pixel weights 1/v in the flux fit"),
+    "--matched-response": ("MATCHED_RESPONSE", "with flux weights of matched response in both frames"),
 }
 #: Valued settings of the psf mode: flag -> (psf_photometry attribute, type, metavar, help).
 SETTINGS = {

@@ -32,6 +32,8 @@ in both frames.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from scipy.ndimage import binary_dilation, gaussian_filter
 from scipy.optimize import minimize
@@ -143,6 +145,15 @@ LS_WEIGHTS = False
 #: times its effective area (4 pi sigma^2 for a Gaussian): the broader frame loses
 #: more, and the scale errs positive (docs/nsg.md "Seventh attempt").
 RING_NEIGHBOUR_MASK_FWHM = 0.0
+#: Matched response (``psf_pair_photometry(matched=None)``): both frames of a pair are
+#: weighted within the broader frame's region and ring, each with the flux weights
+#: ``W`` of its profile widened to ``sqrt(2 F_b^2 - F^2)`` (``F_b`` the broader
+#: profile's FWHM; the broader frame's own profile), flux ``sum W (d - b) / sum W
+#: (P - p_b)``: for Gaussian PSFs the two fluxes then respond alike to light at any
+#: offset (a neighbour, an unresolved companion, the rings' share of them), so that
+#: it cancels in the ratio, at the cost of the sharper frame's signal-to-noise. An
+#: experiment (``--matched-response`` in the benchmark; docs/nsg.md "Seventh attempt").
+MATCHED_RESPONSE = False
 
 
 def _theta(profile: Profile) -> np.ndarray:
@@ -440,7 +451,7 @@ def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
 def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile: Profile,
                         fwhm: float, *, saturation: float | None = None,
                         free_shape: bool = False, ls_weights: bool | None = None,
-                        neighbours=None) -> Photometry:
+                        neighbours=None, response: Profile | None = None) -> Photometry:
     """PSF-weighted fluxes of stars at ``(x, y)`` in one channel.
 
     Parameters
@@ -468,6 +479,9 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     neighbours : (x, y), optional
         Every detected star of the frame: with ``RING_NEIGHBOUR_MASK_FWHM`` the
         ring pixels near them are not used for the background.
+    response : Profile, optional
+        Flux weights ``W`` (this profile, unit flux) instead of the linear fit's:
+        the flux is ``sum W (d - b) / sum W (P - p_b)`` (:data:`MATCHED_RESPONSE`).
 
     Returns
     -------
@@ -509,7 +523,11 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     if free_shape:
         cols += _shape_columns(profile, (dx, dy), (r1, r2))
     basis = np.where(use[:, None, :], np.stack(cols, axis=1), 0.0)
-    _, a = _linear_fit(basis, np.where(use, weight, 0.0), np.zeros_like(weight))
+    if response is None:
+        _, a = _linear_fit(basis, np.where(use, weight, 0.0), np.zeros_like(weight))
+    else:
+        a = np.where(use, _unit_psf(_theta(response), (dx, dy)), 0.0)
+        a /= np.sum(a * basis[:, 0, :], axis=1, keepdims=True)
     flux = np.sum(np.where(use, a * (vals - level[:, None]), 0.0), axis=1)
     sw, sw2 = a.sum(axis=1), (a * a).sum(axis=1)
     err = sig * np.sqrt(sw2 + sw * sw / np.maximum(count, 1))
@@ -540,6 +558,15 @@ def _shape_columns(profile: Profile, dxy, ring, terms=None) -> list[np.ndarray]:
     return cols
 
 
+def _matched_responses(pr: Profile, pt: Profile) -> tuple[Profile, Profile]:
+    """Flux weights of matched response for two frames' profiles: each profile
+    widened so that its FWHM^2 plus the frame's is twice the broader one's
+    (Gaussian algebra; the broader frame keeps its own profile)."""
+    broad2 = 2.0 * max(pr.fwhm, pt.fwhm) ** 2
+    return tuple(replace(p, fwhm=float(np.sqrt(max(broad2 - p.fwhm ** 2, p.fwhm ** 2))))
+                 for p in (pr, pt))
+
+
 def _common_positions(ref_x, ref_y, tgt_x, tgt_y, offset):
     """Each pair's mean centroid, in reference coordinates (NaN-safe: one
     frame's centroid when the other is missing)."""
@@ -558,7 +585,7 @@ def _merge(channels: list[Photometry]) -> Photometry:
 
 def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, large, *,
                         offset=(0.0, 0.0), gap=2.0, saturation=None, free_shape=None,
-                        shared_tail=None):
+                        shared_tail=None, matched=None):
     """PSF-weighted photometry of star pairs, the large apertures as the check.
 
     Parameters
@@ -585,6 +612,8 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
     shared_tail : bool, optional
         Fit the target's profile with the reference's tail ``u`` imposed
         (None: ``SHARED_TAIL``).
+    matched : bool, optional
+        Weights of matched response in both frames (None: ``MATCHED_RESPONSE``).
 
     Returns
     -------
@@ -594,6 +623,7 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
     """
     free_shape = FREE_SHAPE if free_shape is None else free_shape
     shared_tail = SHARED_TAIL if shared_tail is None else shared_tail
+    matched = MATCHED_RESPONSE if matched is None else matched
     big = pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, large[0], gap=gap,
                           width=large[1], saturation=saturation)
     ref3 = ref if np.ndim(ref) == 3 else np.asarray(ref)[None]
@@ -615,12 +645,14 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
                                   shifted, tail=pr.u if shared_tail else None)
         if pt is None:
             return big[0], big[1], False
-        common = max(fwhm) if free_shape else None
-        for dst, plane, prof, f, (px, py), nb in (
-                (out[0], ref3[c], pr, common or fwhm[0], (x, y), neighbours),
-                (out[1], tgt3[c], pt, common or fwhm[1], (x + offset[0], y + offset[1]), shifted)):
+        common = max(fwhm) if free_shape or matched else None
+        resp = _matched_responses(pr, pt) if matched else (None, None)
+        for dst, plane, prof, f, (px, py), nb, w in (
+                (out[0], ref3[c], pr, common or fwhm[0], (x, y), neighbours, resp[0]),
+                (out[1], tgt3[c], pt, common or fwhm[1], (x + offset[0], y + offset[1]), shifted,
+                 resp[1])):
             ph = weighted_photometry(plane, px, py, prof, f, saturation=sat[c],
-                                     free_shape=free_shape, neighbours=nb)
+                                     free_shape=free_shape, neighbours=nb, response=w)
             ph.valid &= big[0].valid[c] & big[1].valid[c]
             dst.append(ph)
     ref_ph, tgt_ph = _merge(out[0]), _merge(out[1])
