@@ -224,17 +224,19 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
     runs["psf, shared tail"] = (models["psf"], True, 0)
     runs["psf, shared tail, residual mask 2"] = (models["psf"], True, 2)
     runs["psf, shared tail, residual mask 2, ring mask 2"] = (models["psf"], True, 2, TIMING_RING_MASK)
+    runs["psf, shared tail, residual mask 2, matched response"] = (models["psf"], True, 2, 0.0, True)
     times = {m: [] for m in runs}
     pairs = {}
     for _ in range(rounds):
-        for m, (model, shared, mask, *ring) in runs.items():
+        for m, (model, shared, mask, *extra) in runs.items():
             psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = shared, mask
-            psf_photometry.RING_NEIGHBOUR_MASK_FWHM = ring[0] if ring else 0.0
+            psf_photometry.RING_NEIGHBOUR_MASK_FWHM = extra[0] if extra else 0.0
+            psf_photometry.MATCHED_RESPONSE = len(extra) > 1 and extra[1]
             t0 = time.perf_counter()
             pairs[m] = int(measure_scale(model, tgt).n_star_pairs[0])
             times[m].append(time.perf_counter() - t0)
     psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = False, 0
-    psf_photometry.RING_NEIGHBOUR_MASK_FWHM = 0.0
+    psf_photometry.RING_NEIGHBOUR_MASK_FWHM, psf_photometry.MATCHED_RESPONSE = 0.0, False
     base = float(np.median(times[PHOTOMETRY_MODES[0]]))
     print(f"measure_scale on a {shape[1]}x{shape[0]} target, {rounds} interleaved rounds "
           "(a busy 2-core machine)")

@@ -16,11 +16,13 @@ target's profile (``psf_photometry.SHARED_TAIL``; docs/nsg.md "Fifth attempt"), 
 (``psf_photometry.SHAPE_CULL_ROUNDS``), ``--residual-mask N`` masks companions
 found in their residuals (``psf_photometry.RESIDUAL_MASK_ROUNDS``; "Sixth attempt"),
 ``--ring-mask F`` leaves the ring pixels within F FWHM of a detected neighbour out of
-each star's background (``psf_photometry.RING_NEIGHBOUR_MASK_FWHM``; "Seventh attempt").
+each star's background (``psf_photometry.RING_NEIGHBOUR_MASK_FWHM``; "Seventh attempt"),
+``--matched-response`` weights both frames so that their fluxes respond alike to light at
+any offset (``psf_photometry.MATCHED_RESPONSE``; same section).
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
                                           [--free-shape] [--shared-tail] [--shape-cull 2] [--residual-mask 2]
-                                          [--ring-mask 2]
+                                          [--ring-mask 2] [--matched-response]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -64,7 +66,11 @@ def main(argv=None):
     ap.add_argument("--ring-mask", type=float, metavar="FWHM",
                     help="the psf mode with psf_photometry.RING_NEIGHBOUR_MASK_FWHM = FWHM "
                          "(ring pixels near a detected neighbour left out)")
+    ap.add_argument("--matched-response", action="store_true",
+                    help="the psf mode with flux weights of matched response in both frames "
+                         "(psf_photometry.MATCHED_RESPONSE, an experiment)")
     args = ap.parse_args(argv)
+    psf_photometry.MATCHED_RESPONSE = args.matched_response
     if args.ring_mask is not None:
         psf_photometry.RING_NEIGHBOUR_MASK_FWHM = args.ring_mask
     if args.shape_cull is not None:
