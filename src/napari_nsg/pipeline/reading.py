@@ -58,13 +58,18 @@ SLOTS = 3
 SLOT_ALIGN = 1 << 16
 
 
+def _pays(data_shape: tuple[int, ...], n_frames: int) -> bool:
+    """Frames of :data:`READ_PROCESS_MIN_PIXELS` or more, more than one core, more than
+    two frames, and the fork server (Linux)."""
+    return (int(np.prod(data_shape[-2:])) >= READ_PROCESS_MIN_PIXELS
+            and available_cores() >= 2 and n_frames > 2 and sys.platform.startswith("linux"))
+
+
 def wanted(plan: TargetPlan, n_frames: int) -> bool:
     """Whether a batch of ``n_frames`` targets for ``plan`` should use a reading
-    process: frames of :data:`READ_PROCESS_MIN_PIXELS` or more, more than one core,
-    more than two frames, the fork server (Linux) and shared memory with room for
-    the slots."""
-    return (int(np.prod(plan.data_shape[-2:])) >= READ_PROCESS_MIN_PIXELS
-            and available_cores() >= 2 and n_frames > 2 and sys.platform.startswith("linux")
+    process: where it pays (large frames, more than one core, more than two frames,
+    Linux) and shared memory has room for the slots."""
+    return (_pays(plan.data_shape, n_frames)
             and _shm_room(SLOTS * _Layout.of(plan.data_shape, plan).nbytes))
 
 
@@ -72,8 +77,7 @@ def prestart(data_shape: tuple[int, ...], n_frames: int) -> None:
     """Start the fork server of the reading process now (it imports the package in
     the background, e.g. while the reference is prepared) if a batch of ``n_frames``
     targets of ``data_shape`` may want one (see :func:`wanted`)."""
-    if (int(np.prod(data_shape[-2:])) >= READ_PROCESS_MIN_PIXELS and available_cores() >= 2
-            and n_frames > 2 and sys.platform.startswith("linux")):
+    if _pays(data_shape, n_frames):
         _worker_context(_read_in_worker)
 
 
@@ -183,7 +187,6 @@ class ReadingProcess:
     def __init__(self, plan: TargetPlan, debayer: str | None = None):
         self.plan = plan
         self.layout = _Layout.of(plan.data_shape, plan)
-        self.debayer = debayer
         self.broken = False
         self._free: list[_Slot] = []
         self._all: list[_Slot] = []
@@ -200,11 +203,8 @@ class ReadingProcess:
         try:
             meta, header, prepared = self._pool.submit(
                 _call_in_worker, _read_in_worker, (path, slot.name)).result()
-        except BrokenProcessPool:
-            self.broken = True
-            self.give(slot)
-            raise
-        except BaseException:
+        except BaseException as exc:
+            self.broken |= isinstance(exc, BrokenProcessPool)
             self.give(slot)
             raise
         data, mask, grid = self.layout.arrays(slot.map)
