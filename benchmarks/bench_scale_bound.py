@@ -70,7 +70,7 @@ from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_wi
 from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
 from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
 from napari_nsg.core.nsg.scale import fit_scale
-from napari_nsg.core.stars import psf_photometry
+from napari_nsg.core.stars import photometry, psf_photometry
 from napari_nsg.core.stars.empirical import wing_ratio
 from napari_nsg.core.stars.photometry import matched_pair_photometry
 from napari_nsg.synthetic import simulate_sequence
@@ -278,9 +278,14 @@ def main(argv=None):
     for flag, (attr, kind, meta, text) in SETTINGS.items():
         ap.add_argument(flag, type=kind, metavar=meta,
                         help=f"{text} (psf_photometry.{attr}; default 0)")
+    ap.add_argument("--default-ring-mask", type=float, default=0.0, metavar="FWHM",
+                    help=("photometry=aperture (the default) with the ring pixels within FWHM "
+                          "(x the pair's broader) of another detected star left out "
+                          "(photometry.RING_NEIGHBOUR_MASK_FWHM; default 0: off)"))
     ap.add_argument("--timing", action="store_true",
                     help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
+    photometry.RING_NEIGHBOUR_MASK_FWHM = args.default_ring_mask
     for flag, (attr, _) in EXPERIMENTS.items():
         setattr(psf_photometry, attr, getattr(args, flag[2:].replace("-", "_")))
     for flag, (attr, *_) in SETTINGS.items():

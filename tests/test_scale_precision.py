@@ -657,17 +657,20 @@ def test_residual_mask_finds_faint_companions(seed, monkeypatch):
 
 
 def _stars_with_ring_neighbours(fwhm, seed, grid=5, spacing=80, sky=500.0, flux=1e5,
-                                seps=(13.0, 18.0)):
+                                seps=(13.0, 18.0), pad=0, half=None):
     """Noise-free Gaussian stars on a flat sky, each with one neighbour of 20-60 % of
     its flux at ``seps`` px (default 13-18: in a 4.8 px FWHM frame's background ring,
     2.5-4.5 FWHM), the same sky positions for every ``fwhm``: image, the stars' x and
-    y, and every star's and neighbour's x and y (the detected stars)."""
+    y, and every star's and neighbour's x and y (the detected stars). ``pad``: px of
+    sky around the grid; ``half``: of each star's rendered stamp (``spacing // 2 - 20``)."""
     rng = np.random.default_rng(seed)
-    img = np.full((grid * spacing, grid * spacing), sky)
-    psf, half = PSF(fwhm, "gaussian"), spacing // 2 - 20
+    img = np.full((grid * spacing + 2 * pad, grid * spacing + 2 * pad), sky)
+    psf = PSF(fwhm, "gaussian")
+    half = spacing // 2 - 20 if half is None else half
     x, y, nx, ny = [], [], [], []
     for i in range(grid * grid):
-        cx, cy = (i % grid) * spacing + spacing // 2, (i // grid) * spacing + spacing // 2
+        cx = pad + (i % grid) * spacing + spacing // 2
+        cy = pad + (i // grid) * spacing + spacing // 2
         sep, angle = rng.uniform(*seps), rng.uniform(0, 2 * np.pi)
         for px, py, f in ((cx + rng.uniform(-0.5, 0.5), cy + rng.uniform(-0.5, 0.5), flux),
                           (cx + sep * np.cos(angle), cy + sep * np.sin(angle),
@@ -770,3 +773,52 @@ def test_matched_response_cancels_neighbour_light_in_the_flux_ratio(seed):
     plain, matched = ratios((13.0, 18.0))
     assert np.median(plain) > 0.01
     assert abs(np.median(matched)) < 2e-3
+
+
+#: The default apertures of a 4.8 px FWHM pair (3 FWHM + 1 px), their gap and ring.
+DEFAULT_RADIUS, DEFAULT_GAP = 3 * 4.8 + 1, 2.0
+
+
+def _stars_with_edge_neighbours(fwhm, seed):
+    """:func:`_stars_with_ring_neighbours` with each neighbour 0.5-3.5 px beyond the
+    outer edge of its star's default background ring (none of its light in the
+    aperture; its wing in the ring grows with the FWHM)."""
+    outer = DEFAULT_RADIUS + DEFAULT_GAP + float(ring_width(DEFAULT_RADIUS, DEFAULT_GAP, 10))
+    return _stars_with_ring_neighbours(fwhm, seed, grid=4, spacing=130, pad=60, half=55,
+                                       seps=(outer + 0.5, outer + 3.5))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_default_ring_mask_removes_an_edge_neighbours_light(seed, monkeypatch):
+    """The default apertures (docs/nsg.md "Eighth attempt"): a neighbour just outside
+    the background ring puts more of its light into the ring of the broader frame, so
+    that frame's ring level is higher, its flux lower and the flux ratio (the scale)
+    errs positive. Noise-free Gaussian stars, FWHM 3.0 and 4.8 px, the same apertures
+    in both frames: with the ring pixels within 2 FWHM (of the broader frame) of a
+    detected neighbour left out (``photometry.RING_NEIGHBOUR_MASK_FWHM``, off by
+    default) every flux is its star's whole light and every ratio 1 within 1e-4;
+    with the switch off, ``neighbours=`` changes nothing."""
+    from napari_nsg.core.stars import photometry
+
+    sharp, x, y, detected = _stars_with_edge_neighbours(3.0, seed)
+    broad = _stars_with_edge_neighbours(4.8, seed)[0]
+    width = ring_width(DEFAULT_RADIUS, DEFAULT_GAP, 10)
+    neighbours = (*detected, (0.0, 0.0), 4.8)
+
+    def fluxes(mask_fwhm):
+        monkeypatch.setattr(photometry, "RING_NEIGHBOUR_MASK_FWHM", mask_fwhm)
+        ph = pair_photometry(sharp, broad, x, y, x, y, DEFAULT_RADIUS, gap=DEFAULT_GAP,
+                             width=width, neighbours=neighbours)
+        assert all(p.valid.all() for p in ph)
+        return ph[0].flux[0] / 1e5, ph[1].flux[0] / 1e5
+
+    plain = pair_photometry(sharp, broad, x, y, x, y, DEFAULT_RADIUS, gap=DEFAULT_GAP,
+                            width=width)
+    off = fluxes(0.0)
+    assert np.array_equal(off[0], plain[0].flux[0] / 1e5)
+    assert np.array_equal(off[1], plain[1].flux[0] / 1e5)
+    s, b = off
+    assert np.median(s / b) - 1 > 1e-3  # the mechanism: the broader frame loses more
+    s, b = fluxes(2.0)
+    assert np.max(np.abs(np.r_[s, b] - 1)) < 1e-4
+    assert np.max(np.abs(s / b - 1)) < 1e-4

@@ -23,7 +23,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..nodata import find_no_data
-from ..stars import StarTable, detect_stars, intensity
+from ..stars import StarTable, detect_stars, intensity, photometry
 from ..stars.aperture_correction import corrected_pair_photometry
 from ..stars.empirical import empirical_pair_photometry
 from ..stars.matching import (
@@ -555,9 +555,12 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
         radius = ref_ph.radius
         width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
     else:
+        neighbours = ((model.stars.x, model.stars.y, offset, seeing)
+                      if photometry.RING_NEIGHBOUR_MASK_FWHM > 0 else None)
         ref_ph, tgt_ph = pair_photometry(model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
                                          radius, gap=p.aperture_gap, width=width,
-                                         saturation=model.saturation, marked=True)
+                                         saturation=model.saturation, marked=True,
+                                         neighbours=neighbours)
     crowd = _crowding(model.stars, ref_s,
                       [radius, radius + p.aperture_gap, radius + p.aperture_gap + width],
                       2.0 * seeing)

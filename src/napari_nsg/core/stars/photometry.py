@@ -23,9 +23,11 @@ when the ring has too few pixels, or when the flux is not positive.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from ..blas import one_thread_product
 from ..nodata import with_nan_no_data
@@ -36,6 +38,14 @@ MIN_RING_PIXELS = 12
 #: Integers below this are exact in float32: the ring's pixel counts and grid sums are
 #: summed in float32 when no partial sum can reach it (the same sums, half the bytes).
 FLOAT32_EXACT = 2.0**24
+#: Ring pixels within RING_NEIGHBOUR_MASK_FWHM (x the pair's broader FWHM) of another
+#: detected star are left out of a star's background ring, in both frames of a pair
+#: (:func:`pair_photometry` ``neighbours=``), unless fewer than MIN_RING_PIXELS would be
+#: left. 0: off (an experiment; ``--default-ring-mask`` in
+#: ``benchmarks/bench_scale_bound.py``; docs/nsg.md "Eighth attempt").
+RING_NEIGHBOUR_MASK_FWHM = 0.0
+#: A detected star this close (px) to a measured star's centre is that star itself.
+SELF_NEIGHBOUR_PX = 1.5
 
 
 @dataclass
@@ -417,11 +427,40 @@ def _frame_pixels(planes, cx, cy, sel, n, half, pix):
                                    for v, i in zip(np.split(values, bounds), inside)])
 
 
+def _ring_near_neighbours(g: _Group, cx, cy, frame, neighbours, mask_radius) -> np.ndarray:
+    """``(len(cx), len(g.ring_idx))``: the ring pixels of the stars at integer centres
+    ``(cx, cy)`` in frames ``frame`` that lie within ``mask_radius`` px of another
+    detected star (``neighbours[k]``: the x and y of frame ``k``'s detected stars)."""
+    near = np.zeros((len(cx), len(g.ring_idx)), bool)
+    reach = np.hypot(g.grid_x, g.grid_y).max(initial=0.0) + mask_radius
+    r2 = mask_radius * mask_radius
+    for k, (nx, ny) in enumerate(neighbours):
+        rows = np.flatnonzero(frame == k)
+        if rows.size == 0 or len(nx) == 0:
+            continue
+        found = cKDTree(np.c_[nx, ny]).query_ball_point(np.c_[cx[rows], cy[rows]], reach)
+        counts = np.fromiter(map(len, found), int, len(found))
+        j = np.fromiter(itertools.chain.from_iterable(found), int, int(counts.sum()))
+        i = np.repeat(rows, counts)
+        ox, oy = nx[j] - cx[i], ny[j] - cy[i]  # from each star's integer centre
+        other = np.hypot(ox - g.fx[i], oy - g.fy[i]) > SELF_NEIGHBOUR_PX
+        i, ox, oy = i[other], ox[other], oy[other]
+        if i.size == 0:
+            continue
+        hit = (g.grid_x[None, :] - ox[:, None]) ** 2 + (g.grid_y[None, :] - oy[:, None]) ** 2 < r2
+        starts = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # i is grouped by star
+        near[i[starts]] = np.logical_or.reduceat(hit, starts, axis=0)
+    return near
+
+
 def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_pixels,
-                    stamps, marked) -> list[Photometry]:
+                    stamps, marked, neighbours=None) -> list[Photometry]:
     """:func:`aperture_photometry` of the same ``n`` apertures (radii and ring widths) in
     several frames of one layout at once, at positions ``xs[k], ys[k]`` in frame ``k``:
-    the stars of all frames go through each pass together (fewer, longer NumPy calls)."""
+    the stars of all frames go through each pass together (fewer, longer NumPy calls).
+
+    ``neighbours``: ``(per frame (x, y) of its detected stars, radius px)``: ring pixels
+    within that radius of one are left out where ``min_ring_pixels`` stay."""
     planes = None if stamps is not None else [_frame_planes(d, marked) for d in frames]
     nf, nc = len(frames), 1 if np.ndim(frames[0]) == 2 else np.shape(frames[0])[0]
     x = np.concatenate([np.asarray(v, float) for v in xs])
@@ -447,6 +486,11 @@ def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_
         sum_w2 = (g.weight**2).sum(axis=-1)
         pix = np.concatenate([g.ring_idx, g.ap_idx])  # the ring's pixels, then the aperture's
         nr = len(g.ring_idx)
+        ring = g.ring
+        if neighbours is not None:
+            near = _ring_near_neighbours(g, cx[sel], cy[sel], sel // n, *neighbours)
+            masked = ring & ~near
+            ring = np.where((masked.sum(axis=-1) >= min_ring_pixels)[:, None], masked, ring)
         for c in range(nc):
             if stamps is None:  # the plane's own type: float64 only where summed
                 vals, inside = _frame_pixels([p[c] for p in planes], cx, cy, sel, n, half, pix)
@@ -455,7 +499,7 @@ def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_
                 vals, inside = st.reshape(len(sel), -1)[:, pix], inside.reshape(len(sel), -1)[:, pix]
                 inside = None if inside.all() else inside
             st_ring, st = vals[:, :nr], vals[:, nr:]
-            use = g.ring & np.isfinite(st_ring)  # no-data: NaN
+            use = ring & np.isfinite(st_ring)  # no-data: NaN
             if inside is not None:
                 use &= inside[:, :nr]
             mean, sig, count = ring_fit_grid(np.where(use, st_ring, np.float64(0.0)), use,
@@ -506,6 +550,7 @@ def pair_photometry(
     width: np.ndarray | float = 10.0,
     saturation: np.ndarray | float | None = None,
     marked: bool = False,
+    neighbours: tuple[np.ndarray, np.ndarray, tuple[float, float], float] | None = None,
 ) -> tuple[Photometry, Photometry]:
     """Photometry of the same stars in two frames with identical apertures.
 
@@ -519,6 +564,12 @@ def pair_photometry(
         Aperture radii (the same in both frames).
     gap, width, saturation, marked :
         As in :func:`aperture_photometry` (``marked``: in both frames).
+    neighbours : (x, y, offset, fwhm), optional
+        The reference's detected stars, the target's offset from it and the pair's
+        broader FWHM: with ``RING_NEIGHBOUR_MASK_FWHM > 0`` the ring pixels within
+        that many FWHM of another detected star (at ``(x, y)`` in the reference,
+        ``(x, y) + offset`` in the target) are left out of every background ring,
+        unless fewer than ``MIN_RING_PIXELS`` would be left.
 
     Returns
     -------
@@ -526,9 +577,15 @@ def pair_photometry(
         Reference and target; the errors include the stars' photon noise
         (:func:`add_shot_noise`).
     """
+    mask = None
+    if neighbours is not None and RING_NEIGHBOUR_MASK_FWHM > 0:
+        nx, ny, (ox, oy), fwhm = neighbours
+        nx, ny = np.asarray(nx, float), np.asarray(ny, float)
+        mask = ([(nx, ny), (nx + ox, ny + oy)], RING_NEIGHBOUR_MASK_FWHM * float(fwhm))
     ref_ph, tgt_ph = _measure_frames([ref, tgt], [ref_x, tgt_x], [ref_y, tgt_y], radius,
                                      gap=gap, width=width, saturation=saturation,
-                                     min_ring_pixels=MIN_RING_PIXELS, stamps=None, marked=marked)
+                                     min_ring_pixels=MIN_RING_PIXELS, stamps=None, marked=marked,
+                                     neighbours=mask)
     add_shot_noise(ref_ph)
     add_shot_noise(tgt_ph)
     return ref_ph, tgt_ph
