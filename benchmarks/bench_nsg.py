@@ -78,9 +78,9 @@ shipped = []
 try:  # where the time of local workers goes (absent in older versions)
     from napari_nsg.pipeline import executors
     _start = executors.start_workers
-    def start_workers(p, n):
+    def start_workers(p, n, **kw):
         t = time.perf_counter()
-        ready = _start(p, n)
+        ready = _start(p, n, **kw)
         def started(_):
             if all(f.done() and not f.cancelled() and f.exception() is None for f in ready):
                 pool["startup_s"] = time.perf_counter() - t
