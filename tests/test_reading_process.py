@@ -128,3 +128,26 @@ def test_a_script_without_a_main_guard_runs_once(sequence, tmp_path):
     assert done.stdout.split() == [str(len(sequence) - 1), "0"]  # read there, none failed
     assert "Traceback" not in done.stderr
     assert ran.read_text() == "ran\n"
+
+
+def test_workers_with_a_reading_process_write_the_same_outputs(sequence, tmp_path, monkeypatch):
+    """``--workers N``: the reading process is one of the N processes. With 2 (on any
+    machine) the batch is the serial one with its reading process; with 3 on 4 cores a
+    worker process also normalizes frames, the calling process's with its reader."""
+    from napari_nsg.pipeline import executors, normalize
+
+    monkeypatch.setattr(reading, "READ_PROCESS_MIN_PIXELS", 1)
+    started = []
+    real = reading.ReadingProcess.__init__
+    monkeypatch.setattr(reading.ReadingProcess, "__init__",
+                        lambda self, *a, **k: started.append(1) or real(self, *a, **k))
+    serial = normalize_frames(sequence, sequence[0], tmp_path / "w1")
+    for module in (executors, normalize, reading):
+        monkeypatch.setattr(module, "available_cores", lambda: 4)
+    parallel = normalize_frames(sequence, sequence[0], tmp_path / "w3", workers=3)
+    assert len(started) == 2
+    assert [r.error for r in parallel.rows] == [None] * len(sequence)
+    assert [r.scale for r in parallel.rows] == [r.scale for r in serial.rows]
+    for path in sequence[1:]:
+        name = f"{path.stem}_nsg.fits"
+        assert (tmp_path / "w3" / name).read_bytes() == (tmp_path / "w1" / name).read_bytes()

@@ -581,7 +581,7 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
     if not scheduler:  # the fork server imports while the reference is prepared
         prestart_workers(process_frame, workers, len(frames))
     ref_frame = read_frame(reference, debayer=debayer)
-    if min(workers, available_cores(), len(frames)) <= 1 and not scheduler:
+    if not scheduler:
         prestart_reading(ref_frame.data.shape, len(frames))
     try:
         model = prepare_reference(ref_frame.data, ref_frame.meta, params)
@@ -603,14 +603,16 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
     if done:
         report(progress, done, total, f"{done} frame(s) already done")
     items = [(str(frames[i]), same_file(frames[i], reference), mine) for i, mine in todo]
-    reading = None
+    # a reading process is one of the ``workers`` processes (on 2 cores it is the second)
+    reading = None if scheduler else _reading_process(job, len(items))
+    workers = max(1, workers - (reading is not None))
     if min(workers, available_cores(), len(items)) <= 1 and not scheduler:
-        reading = _reading_process(job, len(items))
         tasks = pipelined_frames(job, items, cancel, reading)
     else:  # the spline system inverted once here and shipped with the model, not per worker
         prepare_spline_system(model)
         tasks = map_frames(process_frame, job, items, workers=workers, scheduler=scheduler,
-                           cancel=cancel, local=lambda mine: pipelined_frames(job, mine, cancel))
+                           cancel=cancel,
+                           local=lambda mine: pipelined_frames(job, mine, cancel, reading))
     try:
         for k, row in tasks:
             rows[todo[k][0]] = row
