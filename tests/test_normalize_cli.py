@@ -292,7 +292,12 @@ def test_demo_runs_and_matches_truth(tmp_path, capsys):
     assert main(["demo", str(tmp_path / "demo"), "--frames", "4", "--size", "384"]) == 2
 
 
-def test_colour_and_bayer_frames(tmp_path):
+@pytest.mark.parametrize("reading_process", [False, True])
+def test_colour_and_bayer_frames(tmp_path, monkeypatch, reading_process):
+    """Also with the frames read in a reading process (forced on these small frames):
+    colour planes and superpixel-debayered mosaics go through its slots."""
+    if reading_process:
+        monkeypatch.setattr(reading, "READ_PROCESS_MIN_PIXELS", 1)
     seq = simulate_sequence(3, (256, 256), seed=9, channels=3, transmission=[1.0, 0.8, 0.9],
                             **FIELD)
     paths = seq.write(tmp_path / "rgb")
