@@ -392,3 +392,26 @@ def test_target_pixels_gathered_first_give_the_same_samples():
     b = measure_samples(model.grid, chans, [1.07], marked=True, pixels=pixels)
     for name in ("x", "y", "values", "sigma"):
         assert np.array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_support_by_the_largest_significance_equals_the_per_layer_test():
+    """The MRS step's pixels outside the support from one map, the largest |w_j| / s_j
+    (``noise._significance``) = every layer's ``|w_j| < k sigma s_j`` (the per-layer test
+    it replaced), on the starlet layers of simulated tiles at several sigmas."""
+    responses, _ = noise.layer_responses()
+    rng = np.random.default_rng(11)
+    for seed in range(3):
+        seq = simulate_sequence(1, (300, 340), seed=seed)
+        tile = np.asarray(seq.frame(0).data, np.float32)
+        layers, _ = noise._layers(tile, noise.N_LAYERS)
+        use = rng.random(tile.shape) > 0.05
+        per_layer = [np.abs(w) for w in layers]
+        significance = noise._significance([w.copy() for w in layers], responses, use)
+        noise_sigma = noise.measure_noise(tile)[0]
+        for sigma in (0.5 * noise_sigma, noise_sigma, 2 * noise_sigma):
+            want = use.copy()
+            for mag, r in zip(per_layer, responses):
+                want &= mag < noise.K_SIGMA * sigma * r
+            got = significance < np.float32(noise.K_SIGMA * sigma)
+            assert np.count_nonzero(got != want) <= 1e-5 * got.size  # float32 rounding at most
+            assert 0.05 < got.mean() < 0.99  # pixels on both sides of the threshold

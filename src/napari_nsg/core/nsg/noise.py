@@ -199,15 +199,19 @@ def _layers(tile: np.ndarray, n_layers: int):
     return layers, tile - c
 
 
-def _outside_support(magnitudes: list[np.ndarray], use: np.ndarray,
-                     thresholds: list[float]) -> np.ndarray:
-    """``use`` and not in the multiresolution support: every layer's ``|w_j|`` under
-    its threshold (one comparison and one AND per layer)."""
-    sel = use.copy()
-    below = np.empty(use.shape, bool)
-    for mag, t in zip(magnitudes, thresholds):
-        sel &= np.less(mag, t, out=below)
-    return sel
+def _significance(layers: list[np.ndarray], responses, use: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest ``|w_j| / s_j`` over the layers (``s_j`` the layer's
+    white-noise response; inf where not ``use``), in place of the layers: a pixel lies
+    outside the multiresolution support at ``sigma`` when this is under ``k sigma``
+    (one comparison per MRS step instead of one per layer)."""
+    out = np.abs(layers[0], out=layers[0])
+    out /= np.float32(responses[0])
+    for w, r in zip(layers[1:], responses[1:]):
+        np.abs(w, out=w)
+        w /= np.float32(r)
+        np.maximum(out, w, out=out)
+    out[~use] = np.inf
+    return out
 
 
 def measure_noise(
@@ -262,9 +266,9 @@ def measure_noise(
             continue
         layers, resid = _layers(tile, n_layers)
         w1_vals.append(layers[0][use])
-        # the support tests |w_j| only: the magnitudes once (the layers are finite:
+        # the support tests |w_j| / s_j only: their largest once (the layers are finite:
         # no-data was replaced by the median)
-        tiles_data.append(([np.abs(w, out=w) for w in layers], resid, use))
+        tiles_data.append((_significance(layers, responses, use), resid, use))
     if not w1_vals:
         return float("nan"), "none", float("nan")
     w1_all = np.concatenate(w1_vals)
@@ -277,8 +281,8 @@ def measure_noise(
     fraction = float("nan")
     n_total = max(sum(int(np.count_nonzero(use)) for _, _, use in tiles_data), 1)
     for _ in range(20):
-        vals = np.concatenate([resid[_outside_support(mags, use, [k * sigma * r for r in responses])]
-                               for mags, resid, use in tiles_data])
+        vals = np.concatenate([resid[significance < np.float32(k * sigma)]
+                               for significance, resid, _ in tiles_data])
         fraction = len(vals) / n_total
         if fraction < 0.01 or len(vals) < 16:
             if stride > 1:
