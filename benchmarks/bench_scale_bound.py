@@ -29,6 +29,7 @@ reference) and by transmission.
                                             [--residual-mask 2] [--ring-mask 2]
                                             [--matched-response]]
                                            [--param photometry=corrected|empirical]
+                                           [--default-ring-mask 2]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
 
 ``--param photometry=corrected`` measures with small apertures and a per-frame
@@ -46,7 +47,10 @@ in the flux fit (docs/nsg.md "Fifth attempt"); ``--ring-mask 2`` leaves the ring
 pixels within 2 FWHM of a detected neighbour out of every star's background
 (docs/nsg.md "Seventh attempt") and ``--matched-response`` weights both frames so that
 their fluxes respond alike to light at any offset (same section); run the command with
-and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--kernel``
+and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--default-ring-mask 2`` leaves
+the ring pixels within 2 FWHM (of the pair's broader frame) of another detected star out
+of the default apertures' backgrounds (``photometry.RING_NEIGHBOUR_MASK_FWHM``; docs/nsg.md
+"Eighth attempt"). ``--kernel``
 adds the scale of a free pixel kernel fit (Alard-Lupton style,
 :mod:`napari_nsg.core.nsg.kernel_scale`) on the same frames (about 1 s a frame). With
 ``photometry=empirical`` a last column gives the median relative standard error
@@ -82,7 +86,8 @@ GAUSS_FWHM_PER_SIGMA = 2.3548200450309493
 MEDIAN_ABS_NORMAL = 0.6745  # median |z| of a standard normal
 MATCHED_APERTURE_FWHM = 2.5
 TIMING_SHAPE = (4000, 6000)
-TIMING_RING_MASK = 2.0  # --timing's ring-mask row (FWHM)
+TIMING_RING_MASK = 2.0  # --timing's ring-mask rows (FWHM)
+DEFAULT_RING_ROW = "aperture, ring mask 2"  # --timing: the default with the ring neighbour mask
 PSF_KEPT_FWHM = 2.5  # the psf mode's weighted radius is 2 FWHM, the large apertures' 3+
 BASE = {"gain": 1.0, "read_noise": 3.0, "star_flux_range": (15.0, 1.5e4), "star_density": 2.2e-3,
             "n_bright": 4, "saturation": 65535.0}
@@ -221,6 +226,7 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
     models = {m: prepare_reference(ref, params=NsgParameters(photometry=m))
               for m in PHOTOMETRY_MODES}
     runs = {m: (model, False, 0) for m, model in models.items()}
+    runs[DEFAULT_RING_ROW] = (models[PHOTOMETRY_MODES[0]], False, 0)
     runs["psf, shared tail"] = (models["psf"], True, 0)
     runs["psf, shared tail, residual mask 2"] = (models["psf"], True, 2)
     runs["psf, shared tail, residual mask 2, ring mask 2"] = (models["psf"], True, 2, TIMING_RING_MASK)
@@ -232,11 +238,13 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
             psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = shared, mask
             psf_photometry.RING_NEIGHBOUR_MASK_FWHM = extra[0] if extra else 0.0
             psf_photometry.MATCHED_RESPONSE = len(extra) > 1 and extra[1]
+            photometry.RING_NEIGHBOUR_MASK_FWHM = TIMING_RING_MASK if m == DEFAULT_RING_ROW else 0.0
             t0 = time.perf_counter()
             pairs[m] = int(measure_scale(model, tgt).n_star_pairs[0])
             times[m].append(time.perf_counter() - t0)
     psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = False, 0
     psf_photometry.RING_NEIGHBOUR_MASK_FWHM, psf_photometry.MATCHED_RESPONSE = 0.0, False
+    photometry.RING_NEIGHBOUR_MASK_FWHM = 0.0
     base = float(np.median(times[PHOTOMETRY_MODES[0]]))
     print(f"measure_scale on a {shape[1]}x{shape[0]} target, {rounds} interleaved rounds "
           "(a busy 2-core machine)")

@@ -822,3 +822,37 @@ def test_default_ring_mask_removes_an_edge_neighbours_light(seed, monkeypatch):
     s, b = fluxes(2.0)
     assert np.max(np.abs(np.r_[s, b] - 1)) < 1e-4
     assert np.max(np.abs(s / b - 1)) < 1e-4
+
+
+def test_default_ring_mask_keeps_a_crowded_star_with_its_whole_ring(monkeypatch):
+    """A star whose masked ring would keep less than ``RING_MASK_MIN_KEPT`` of its
+    pixels keeps its whole ring (its flux as without the mask, and valid); a star with
+    one neighbour in its ring gets the masked ring (its flux is the star's light)."""
+    from napari_nsg.core.stars import photometry
+
+    fwhm, sky, flux = 4.0, 500.0, 1e5
+    radius, width = 3 * fwhm + 1, 10.0
+    img = np.full((200, 400), sky)
+    psf, half = PSF(fwhm, "gaussian"), 30
+    x, y = np.array([100.0, 300.0]), np.array([100.0, 100.0])
+    angles = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    mid = radius + DEFAULT_GAP + width / 2
+    nx = np.r_[x[0] + mid * np.cos(angles), x[1] + mid]
+    ny = np.r_[y[0] + mid * np.sin(angles), y[1]]
+    fluxes = np.r_[flux, flux, np.full(12, 0.02 * flux), 0.3 * flux]
+    for px, py, f in zip(np.r_[x, nx], np.r_[y, ny], fluxes):
+        ix, iy = round(px), round(py)
+        img[iy - half: iy + half + 1, ix - half: ix + half + 1] += f * psf.stamps(
+            np.array([px - ix]), np.array([py - iy]), half)[0]
+
+    def measure(mask_fwhm):
+        monkeypatch.setattr(photometry, "RING_NEIGHBOUR_MASK_FWHM", mask_fwhm)
+        ref, _ = pair_photometry(img, img, x, y, x, y, radius, gap=DEFAULT_GAP, width=width,
+                                 neighbours=(np.r_[x, nx], np.r_[y, ny], (0.0, 0.0), fwhm))
+        assert ref.valid.all()
+        return ref.flux[0] / flux
+
+    plain, masked = measure(0.0), measure(2.0)
+    assert masked[0] == pytest.approx(plain[0], rel=1e-12)  # the crowded star: whole ring
+    assert plain[1] < 0.95  # its neighbour's light in the ring
+    assert abs(masked[1] - 1) < 1e-4

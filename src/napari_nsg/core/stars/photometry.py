@@ -40,12 +40,16 @@ MIN_RING_PIXELS = 12
 FLOAT32_EXACT = 2.0**24
 #: Ring pixels within RING_NEIGHBOUR_MASK_FWHM (x the pair's broader FWHM) of another
 #: detected star are left out of a star's background ring, in both frames of a pair
-#: (:func:`pair_photometry` ``neighbours=``), unless fewer than MIN_RING_PIXELS would be
-#: left. 0: off (an experiment; ``--default-ring-mask`` in
-#: ``benchmarks/bench_scale_bound.py``; docs/nsg.md "Eighth attempt").
+#: (:func:`pair_photometry` ``neighbours=``), unless fewer than MIN_RING_PIXELS (or than
+#: RING_MASK_MIN_KEPT of the ring) would be left. 0: off (an experiment;
+#: ``--default-ring-mask`` in ``benchmarks/bench_scale_bound.py``; docs/nsg.md
+#: "Eighth attempt").
 RING_NEIGHBOUR_MASK_FWHM = 0.0
 #: A detected star this close (px) to a measured star's centre is that star itself.
 SELF_NEIGHBOUR_PX = 1.5
+#: The masked ring is used only where it keeps this fraction of the ring's pixels (and
+#: MIN_RING_PIXELS): a sliver can leave the plane fit singular.
+RING_MASK_MIN_KEPT = 0.25
 
 
 @dataclass
@@ -460,7 +464,8 @@ def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_
     the stars of all frames go through each pass together (fewer, longer NumPy calls).
 
     ``neighbours``: ``(per frame (x, y) of its detected stars, radius px)``: ring pixels
-    within that radius of one are left out where ``min_ring_pixels`` stay."""
+    within that radius of one are left out where ``min_ring_pixels`` and the fraction
+    ``RING_MASK_MIN_KEPT`` of the ring stay."""
     planes = None if stamps is not None else [_frame_planes(d, marked) for d in frames]
     nf, nc = len(frames), 1 if np.ndim(frames[0]) == 2 else np.shape(frames[0])[0]
     x = np.concatenate([np.asarray(v, float) for v in xs])
@@ -490,7 +495,9 @@ def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_
         if neighbours is not None:
             near = _ring_near_neighbours(g, cx[sel], cy[sel], sel // n, *neighbours)
             masked = ring & ~near
-            ring = np.where((masked.sum(axis=-1) >= min_ring_pixels)[:, None], masked, ring)
+            kept = masked.sum(axis=-1)
+            enough = (kept >= min_ring_pixels) & (kept >= RING_MASK_MIN_KEPT * ring.sum(axis=-1))
+            ring = np.where(enough[:, None], masked, ring)
         for c in range(nc):
             if stamps is None:  # the plane's own type: float64 only where summed
                 vals, inside = _frame_pixels([p[c] for p in planes], cx, cy, sel, n, half, pix)
@@ -569,7 +576,8 @@ def pair_photometry(
         broader FWHM: with ``RING_NEIGHBOUR_MASK_FWHM > 0`` the ring pixels within
         that many FWHM of another detected star (at ``(x, y)`` in the reference,
         ``(x, y) + offset`` in the target) are left out of every background ring,
-        unless fewer than ``MIN_RING_PIXELS`` would be left.
+        unless fewer than ``MIN_RING_PIXELS`` or than the fraction
+        ``RING_MASK_MIN_KEPT`` of the ring would be left.
 
     Returns
     -------
