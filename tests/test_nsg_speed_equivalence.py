@@ -415,3 +415,25 @@ def test_support_by_the_largest_significance_equals_the_per_layer_test():
             got = significance < np.float32(noise.K_SIGMA * sigma)
             assert np.count_nonzero(got != want) <= 1e-5 * got.size  # float32 rounding at most
             assert 0.05 < got.mean() < 0.99  # pixels on both sides of the threshold
+
+
+def test_no_data_mask_made_in_the_callers_array_equals_the_plain_one():
+    """``prepare_target(mask_out=)`` (a batch's shared slot): the same mask; it is the
+    given array for a registered frame (zero border only), a new one otherwise."""
+    from napari_nsg.core.nsg import prepare_reference, prepare_target
+
+    seq = simulate_sequence(2, (400, 500), seed=13, border=15)
+    ref, target = (np.asarray(seq.frame(k).data, np.float32) for k in range(2))
+    model = prepare_reference(ref)
+    variants = {"border": target}
+    holed = target.copy()
+    holed[200, 250] = np.nan  # a NaN: the mask is the zero regions or'ed with it
+    holed[100, 100] = 0  # and a lone zero inside (a value)
+    variants["holed"] = holed
+    for name, frame in variants.items():
+        plain = prepare_target(model, frame.copy())
+        out = np.ones((1, *frame.shape), bool)  # garbage: the scan must overwrite it
+        prep = prepare_target(model, frame.copy(), mask_out=out)
+        assert np.array_equal(prep.no_data, plain.no_data), name
+        assert np.shares_memory(prep.no_data, out) == (name == "border"), name
+        assert np.array_equal(prep.chans, plain.chans, equal_nan=True), name

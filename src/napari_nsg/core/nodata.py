@@ -165,8 +165,8 @@ def no_data_mask(data: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarra
     return np.zeros(np.shape(data), bool) if bad is None else bad
 
 
-def find_no_data(data: np.ndarray, min_area: int = MIN_ZERO_REGION
-                 ) -> tuple[np.ndarray | None, bool]:
+def find_no_data(data: np.ndarray, min_area: int = MIN_ZERO_REGION, *,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray | None, bool]:
     """``(no_data_mask(data), whether any zero region is part of it)``, the mask
     None when surely no pixel lacks data.
 
@@ -174,11 +174,15 @@ def find_no_data(data: np.ndarray, min_area: int = MIN_ZERO_REGION
     smallest and largest values are finite has no NaN/inf (no finiteness test),
     and one that is positive (or negative) everywhere has no zero (no zero test,
     no regions): such a frame costs two reductions and no mask.
+
+    ``out``: a C-contiguous bool array of ``data``'s shape for the zero test; the
+    mask returned is ``out`` itself when it is all there is (zeros in border regions
+    only: a registered frame), else a new array (``out`` then holds scratch).
     """
     data = np.asarray(data)
     if data.ndim < 2:
         return ~np.isfinite(data) | (data == 0), False
-    lo, hi, zero = _range_and_zeros(data)
+    lo, hi, zero = _range_and_zeros(data, out)
     finite = bool(np.isfinite(lo) and np.isfinite(hi))  # no NaN, no inf
     if finite and (lo > 0 or hi < 0):
         return None, False
@@ -208,44 +212,57 @@ def _value_range(data: np.ndarray) -> tuple[float, float]:
         return lo, (float(np.max(data)) if np.isfinite(lo) else float("nan"))
 
 
-def _range_and_zeros(data: np.ndarray) -> tuple[float, float, np.ndarray | None]:
+def _range_and_zeros(data: np.ndarray, out: np.ndarray | None = None
+                     ) -> tuple[float, float, np.ndarray | None]:
     """``(*_value_range(data), data == 0)`` in one pass from memory: each band's zero
     test while the band is in the cache, skipped (left False) in a band whose values
-    are all above or all below 0. The mask is None where :func:`_value_range` does
-    not go by bands (it is then made by the caller if needed)."""
+    are all above or all below 0 (into ``out`` when given). The mask is None where
+    :func:`_value_range` does not go by bands (it is then made by the caller if
+    needed)."""
     if data.size == 0 or data.ndim < 2 or not data.flags.c_contiguous:
         return (*_value_range(data), None)
     rows = data.reshape(-1, data.shape[-1])
-    zero = np.zeros(rows.shape, bool)  # pages a frame without zeros never touches
+    # not cleared: a reused heap block would be zeroed for nothing
+    zero = np.empty(rows.shape, bool) if out is None else out.reshape(rows.shape)
     starts = range(0, len(rows), VALUE_RANGE_ROWS)
     n = available_threads(2) if data.size >= PARALLEL_PIXELS else 1
     if n == 1:
-        lows, highs = _scan_bands(rows, zero, starts)
+        lows, highs, tested = _scan_bands(rows, zero, starts)
     else:  # the bands' halves on two threads (NumPy releases the GIL)
         cut = len(starts) // 2
-        (lows, highs), more = in_two_threads(lambda: _scan_bands(rows, zero, starts[:cut]),
-                                             lambda: _scan_bands(rows, zero, starts[cut:]),
-                                             "no-data")
-        lows, highs = lows + more[0], highs + more[1]
+        (lows, highs, tested), more = in_two_threads(
+            lambda: _scan_bands(rows, zero, starts[:cut]),
+            lambda: _scan_bands(rows, zero, starts[cut:]), "no-data")
+        lows, highs, tested = lows + more[0], highs + more[1], tested + more[2]
+    if any(tested):  # the bands not tested hold no zero
+        for i, done in zip(starts, tested):
+            if not done:
+                zero[i:i + VALUE_RANGE_ROWS] = False
+    elif out is None:  # no zero anywhere: pages that nothing touches
+        zero = np.zeros(rows.shape, bool)
+    else:
+        zero[...] = False
     with np.errstate(invalid="ignore"):
         lo = float(np.min(lows))  # NaN if a band has one
         hi = float(np.max(highs)) if np.isfinite(lo) else float("nan")
     return lo, hi, zero.reshape(data.shape)
 
 
-def _scan_bands(rows: np.ndarray, zero: np.ndarray, starts) -> tuple[list, list]:
+def _scan_bands(rows: np.ndarray, zero: np.ndarray, starts) -> tuple[list, list, list]:
     """Each band's smallest and largest value, and its zero test into ``zero``
-    where the band may hold a zero (see :func:`_range_and_zeros`)."""
-    lows, highs = [], []
+    where the band may hold a zero (see :func:`_range_and_zeros`): ``(lows, highs,
+    tested)``, ``tested`` whether each band's zero test was written."""
+    lows, highs, tested = [], [], []
     with np.errstate(invalid="ignore"):
         for i in starts:
             band = rows[i:i + VALUE_RANGE_ROWS]
             low, high = band.min(), band.max()
             lows.append(low)
             highs.append(high)
-            if not (low > 0 or high < 0):  # a zero may be there (or a NaN)
+            tested.append(not (low > 0 or high < 0))  # a zero may be there (or a NaN)
+            if tested[-1]:
                 np.equal(band, 0, out=zero[i:i + VALUE_RANGE_ROWS])
-    return lows, highs
+    return lows, highs, tested
 
 
 def may_hold_zero(data: np.ndarray) -> bool:

@@ -291,15 +291,16 @@ def _read_in_worker(context, item):
         raise
     except Exception as exc:  # noqa: BLE001 - any reading failure is this frame's error
         raise FrameError(path, f"cannot be read ({type(exc).__name__}: {exc})") from None
+    mask3 = mask if mask.ndim == 3 else mask[np.newaxis]
     try:
         prep = prepare_target(plan, frame.data, frame.meta, overwrite_input=True,
-                              with_noise=True)
+                              with_noise=True, mask_out=mask3)
     except NsgError as exc:
         return frame.meta, frame.header, _picklable(exc)
     chans = prep.chans if len(layout.data_shape) == 3 else prep.chans[0]
     if not np.shares_memory(chans, data):
         np.copyto(data, chans)
-    if prep.no_data is not None:
+    if prep.no_data is not None and not np.shares_memory(prep.no_data, mask):
         np.copyto(mask, prep.no_data.reshape(mask.shape))
     np.copyto(grid, prep.pixels.values)
     return frame.meta, frame.header, (prep.no_data is not None, prep.noises, prep.pixels.ok)

@@ -357,13 +357,14 @@ def no_data_as_nan(chans: np.ndarray, *, in_place: bool = False
     return chans, (np.zeros(chans.shape, bool) if bad is None else bad)
 
 
-def _no_data_as_nan(chans: np.ndarray, in_place: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _no_data_as_nan(chans: np.ndarray, in_place: bool, mask_out: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`no_data_as_nan` with ``None`` for the mask of a frame without no-data
-    (no full-size mask made: most frames)."""
+    (no full-size mask made: most frames); ``mask_out`` as ``find_no_data``'s ``out``."""
     chans = np.asarray(chans)
     if not np.issubdtype(chans.dtype, np.floating):
         chans, in_place = chans.astype(np.float32), True
-    bad, regions = find_no_data(chans)
+    bad, regions = find_no_data(chans, out=mask_out)
     if regions:  # else NaN/inf only: no copy
         if not in_place or not chans.flags.writeable:
             chans = chans.copy()
@@ -776,7 +777,8 @@ def target_plan(model: ReferenceModel) -> TargetPlan:
 
 
 def prepare_target(model: ReferenceModel | TargetPlan, target: np.ndarray, meta=None, *,
-                   overwrite_input: bool = False, with_noise: bool = False) -> PreparedTarget:
+                   overwrite_input: bool = False, with_noise: bool = False,
+                   mask_out: np.ndarray | None = None) -> PreparedTarget:
     """The first steps of :func:`normalize_frame`: the target checked against the
     reference, its no-data turned into NaN, and its noise measured (``with_noise``).
 
@@ -792,13 +794,17 @@ def prepare_target(model: ReferenceModel | TargetPlan, target: np.ndarray, meta=
         The target's metadata (NOISExx keywords), for ``with_noise``.
     overwrite_input, with_noise : bool
         See :func:`normalize_frame`; measure the noise now.
+    mask_out : ndarray of bool, optional
+        ``(c, y, x)``, C-contiguous: where the no-data mask is made (a batch's shared
+        memory); ``no_data`` is then this array when the frame's no-data is zero
+        borders only (a registered frame), else a new one.
 
     Raises
     ------
     NsgError
         Shape or colour depth differ from the reference's; the frame has no data.
     """
-    chans, bad = _no_data_as_nan(_check_target(model, target), overwrite_input)
+    chans, bad = _no_data_as_nan(_check_target(model, target), overwrite_input, mask_out)
     noises = measure_target_noise(model, chans, meta) if with_noise else None
     pixels = target_pixels(model.grid, chans, marked=True)
     return PreparedTarget(chans, bad, np.asarray(target), overwrite_input, noises, pixels)
