@@ -151,3 +151,26 @@ def test_workers_with_a_reading_process_write_the_same_outputs(sequence, tmp_pat
     for path in sequence[1:]:
         name = f"{path.stem}_nsg.fits"
         assert (tmp_path / "w3" / name).read_bytes() == (tmp_path / "w1" / name).read_bytes()
+
+
+def test_warnings_of_the_reading_process_reach_the_caller(sequence, tmp_path):
+    """A FrameWarning raised while reading there (an unparsable OBJCTALT card) is raised
+    again here, where the CLI prints it, as when the frame is read on the reading thread."""
+    from napari_nsg.io.errors import FrameWarning
+
+    raw = bytearray(sequence[1].read_bytes())
+    card = raw.find(b"OBJCTALT=")
+    assert card >= 0
+    raw[card + 20] = ord("X")  # '40.54...' -> 'X0.54...', as a bit flip does
+    bad = tmp_path / "alt.fits"
+    bad.write_bytes(bytes(raw))
+    model = prepare_reference(read_frame(sequence[0]).data)
+    process = reading.ReadingProcess(target_plan(model))
+    try:
+        with pytest.warns(FrameWarning, match="OBJCTALT") as caught:
+            got = process.read(str(bad))
+        assert str(bad) in str(caught[0].message)
+        assert got.meta.exposure == 60.0 and got.prepared.noises is not None
+        process.give(got.slot)
+    finally:
+        process.close()

@@ -25,6 +25,7 @@ import os
 import pickle
 import sys
 import threading
+import warnings
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -201,12 +202,14 @@ class ReadingProcess:
         ``BrokenProcessPool`` when the process died (``broken`` is then True)."""
         slot = self._take()
         try:
-            meta, header, prepared = self._pool.submit(
+            meta, header, prepared, caught = self._pool.submit(
                 _call_in_worker, _read_in_worker, (path, slot.name)).result()
         except BaseException as exc:
             self.broken |= isinstance(exc, BrokenProcessPool)
             self.give(slot)
             raise
+        for message, category in caught:  # as if read here (the CLI prints them)
+            warnings.warn(message, category, stacklevel=2)
         data, mask, grid = self.layout.arrays(slot.map)
         if isinstance(prepared, NsgError):
             self.give(slot)
@@ -275,15 +278,25 @@ class _SlotBuffers:
 def _read_in_worker(context, item):
     """In the reading process: read ``path`` into the slot, prepare it there.
 
-    Returns ``(meta, header, prepared)``, ``prepared`` the NsgError that refused the
-    frame or ``(has_mask, noises, bins_ok)`` with the arrays written into the slot."""
+    Returns ``(meta, header, prepared, warnings)``, ``prepared`` the NsgError that
+    refused the frame or ``(has_mask, noises, bins_ok)`` with the arrays written into
+    the slot, ``warnings`` those raised meanwhile as ``(message, category)`` (e.g. a
+    :class:`~napari_nsg.io.FrameWarning` for an unreadable header card)."""
     global _NICED
-    plan, debayer, layout = context
-    path, slot_name = item
     if not _NICED:
         with contextlib.suppress(OSError):
             os.nice(READER_NICE)
         _NICED = True
+    with warnings.catch_warnings(record=True) as caught:  # one thread here: safe
+        warnings.simplefilter("always")
+        result = _read_prepared(context, item)
+    return (*result, [(str(w.message), w.category) for w in caught])
+
+
+def _read_prepared(context, item):
+    """:func:`_read_in_worker`'s work: ``(meta, header, prepared)``."""
+    plan, debayer, layout = context
+    path, slot_name = item
     data, mask, grid = layout.arrays(_mapped(slot_name, layout.nbytes))
     try:
         frame = read_frame(path, debayer=debayer, buffers=_SlotBuffers(data))
