@@ -434,27 +434,32 @@ def _frame_pixels(planes, cx, cy, sel, n, half, pix):
 def _ring_near_neighbours(g: _Group, cx, cy, frame, neighbours, mask_radius) -> np.ndarray:
     """``(len(cx), len(g.ring_idx))``: the ring pixels of the stars at integer centres
     ``(cx, cy)`` in frames ``frame`` that lie within ``mask_radius`` px of another
-    detected star (``neighbours[k]``: the x and y of frame ``k``'s detected stars)."""
-    near = np.zeros((len(cx), len(g.ring_idx)), bool)
+    detected star (``neighbours[k]``: x, y and a KD-tree of frame ``k``'s detected
+    stars). Each neighbour's disc is stamped into its star's square stamp (only the
+    pixels of a square around it are tested), then the ring's pixels are read."""
+    side = len(g.offs)
+    half = side // 2
     reach = np.hypot(g.grid_x, g.grid_y).max(initial=0.0) + mask_radius
-    r2 = mask_radius * mask_radius
-    for k, (nx, ny) in enumerate(neighbours):
+    t = np.arange(-int(np.ceil(mask_radius)) - 1, int(np.ceil(mask_radius)) + 2)
+    tx, ty = np.tile(t, len(t)), np.repeat(t, len(t))  # the square around a neighbour
+    stamp = np.zeros(len(cx) * side * side, bool)
+    for k, (nx, ny, tree) in enumerate(neighbours):
         rows = np.flatnonzero(frame == k)
         if rows.size == 0 or len(nx) == 0:
             continue
-        found = cKDTree(np.c_[nx, ny]).query_ball_point(np.c_[cx[rows], cy[rows]], reach)
+        found = tree.query_ball_point(np.c_[cx[rows], cy[rows]], reach)
         counts = np.fromiter(map(len, found), int, len(found))
         j = np.fromiter(itertools.chain.from_iterable(found), int, int(counts.sum()))
         i = np.repeat(rows, counts)
         ox, oy = nx[j] - cx[i], ny[j] - cy[i]  # from each star's integer centre
         other = np.hypot(ox - g.fx[i], oy - g.fy[i]) > SELF_NEIGHBOUR_PX
         i, ox, oy = i[other], ox[other], oy[other]
-        if i.size == 0:
-            continue
-        hit = (g.grid_x[None, :] - ox[:, None]) ** 2 + (g.grid_y[None, :] - oy[:, None]) ** 2 < r2
-        starts = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])  # i is grouped by star
-        near[i[starts]] = np.logical_or.reduceat(hit, starts, axis=0)
-    return near
+        px = np.round(ox).astype(int)[:, None] + tx
+        py = np.round(oy).astype(int)[:, None] + ty
+        hit = (px - ox[:, None]) ** 2 + (py - oy[:, None]) ** 2 < mask_radius * mask_radius
+        hit &= (np.abs(px) <= half) & (np.abs(py) <= half)
+        stamp[((i[:, None] * side + py + half) * side + px + half)[hit]] = True
+    return stamp.reshape(len(cx), side * side)[:, g.ring_idx]
 
 
 def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_pixels,
@@ -463,7 +468,7 @@ def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_
     several frames of one layout at once, at positions ``xs[k], ys[k]`` in frame ``k``:
     the stars of all frames go through each pass together (fewer, longer NumPy calls).
 
-    ``neighbours``: ``(per frame (x, y) of its detected stars, radius px)``: ring pixels
+    ``neighbours``: ``(per frame (x, y, KD-tree) of its detected stars, radius px)``: ring pixels
     within that radius of one are left out where ``min_ring_pixels`` and the fraction
     ``RING_MASK_MIN_KEPT`` of the ring stay."""
     planes = None if stamps is not None else [_frame_planes(d, marked) for d in frames]
@@ -589,7 +594,9 @@ def pair_photometry(
     if neighbours is not None and RING_NEIGHBOUR_MASK_FWHM > 0:
         nx, ny, (ox, oy), fwhm = neighbours
         nx, ny = np.asarray(nx, float), np.asarray(ny, float)
-        mask = ([(nx, ny), (nx + ox, ny + oy)], RING_NEIGHBOUR_MASK_FWHM * float(fwhm))
+        frames = [(nx, ny), (nx + ox, ny + oy)]
+        mask = ([(x, y, cKDTree(np.c_[x, y])) for x, y in frames],
+                RING_NEIGHBOUR_MASK_FWHM * float(fwhm))
     ref_ph, tgt_ph = _measure_frames([ref, tgt], [ref_x, tgt_x], [ref_y, tgt_y], radius,
                                      gap=gap, width=width, saturation=saturation,
                                      min_ring_pixels=MIN_RING_PIXELS, stamps=None, marked=marked,
