@@ -434,8 +434,8 @@ def _frame_pixels(planes, cx, cy, sel, n, half, pix):
 def _ring_near_neighbours(g: _Group, cx, cy, frame, neighbours, mask_radius) -> np.ndarray:
     """``(len(cx), len(g.ring_idx))``: the ring pixels of the stars at integer centres
     ``(cx, cy)`` in frames ``frame`` that lie within ``mask_radius`` px of another
-    detected star (``neighbours[k]``: x, y and a KD-tree of frame ``k``'s detected
-    stars). Each neighbour's disc is stamped into its star's square stamp (only the
+    detected star (``neighbours``: x, y and a KD-tree of the detected stars, and per
+    frame their offset). Each neighbour's disc is stamped into its star's square stamp (only the
     pixels of a square around it are tested), then the ring's pixels are read."""
     side = len(g.offs)
     half = side // 2
@@ -443,15 +443,16 @@ def _ring_near_neighbours(g: _Group, cx, cy, frame, neighbours, mask_radius) -> 
     t = np.arange(-int(np.ceil(mask_radius)) - 1, int(np.ceil(mask_radius)) + 2)
     tx, ty = np.tile(t, len(t)), np.repeat(t, len(t))  # the square around a neighbour
     stamp = np.zeros(len(cx) * side * side, bool)
-    for k, (nx, ny, tree) in enumerate(neighbours):
+    nx, ny, tree, offsets = neighbours
+    for k, (dx, dy) in enumerate(offsets):
         rows = np.flatnonzero(frame == k)
         if rows.size == 0 or len(nx) == 0:
             continue
-        found = tree.query_ball_point(np.c_[cx[rows], cy[rows]], reach)
+        found = tree.query_ball_point(np.c_[cx[rows] - dx, cy[rows] - dy], reach)
         counts = np.fromiter(map(len, found), int, len(found))
         j = np.fromiter(itertools.chain.from_iterable(found), int, int(counts.sum()))
         i = np.repeat(rows, counts)
-        ox, oy = nx[j] - cx[i], ny[j] - cy[i]  # from each star's integer centre
+        ox, oy = (nx[j] + dx) - cx[i], (ny[j] + dy) - cy[i]  # from each star's integer centre
         other = np.hypot(ox - g.fx[i], oy - g.fy[i]) > SELF_NEIGHBOUR_PX
         i, ox, oy = i[other], ox[other], oy[other]
         px = np.round(ox).astype(int)[:, None] + tx
@@ -468,9 +469,9 @@ def _measure_frames(frames, xs, ys, radius, *, gap, width, saturation, min_ring_
     several frames of one layout at once, at positions ``xs[k], ys[k]`` in frame ``k``:
     the stars of all frames go through each pass together (fewer, longer NumPy calls).
 
-    ``neighbours``: ``(per frame (x, y, KD-tree) of its detected stars, radius px)``: ring pixels
-    within that radius of one are left out where ``min_ring_pixels`` and the fraction
-    ``RING_MASK_MIN_KEPT`` of the ring stay."""
+    ``neighbours``: ``((x, y, KD-tree of the detected stars, per frame their offset),
+    radius px)``: ring pixels within that radius of one are left out where
+    ``min_ring_pixels`` and the fraction ``RING_MASK_MIN_KEPT`` of the ring stay."""
     planes = None if stamps is not None else [_frame_planes(d, marked) for d in frames]
     nf, nc = len(frames), 1 if np.ndim(frames[0]) == 2 else np.shape(frames[0])[0]
     x = np.concatenate([np.asarray(v, float) for v in xs])
@@ -594,8 +595,7 @@ def pair_photometry(
     if neighbours is not None and RING_NEIGHBOUR_MASK_FWHM > 0:
         nx, ny, (ox, oy), fwhm = neighbours
         nx, ny = np.asarray(nx, float), np.asarray(ny, float)
-        frames = [(nx, ny), (nx + ox, ny + oy)]
-        mask = ([(x, y, cKDTree(np.c_[x, y])) for x, y in frames],
+        mask = ((nx, ny, cKDTree(np.c_[nx, ny]), [(0.0, 0.0), (float(ox), float(oy))]),
                 RING_NEIGHBOUR_MASK_FWHM * float(fwhm))
     ref_ph, tgt_ph = _measure_frames([ref, tgt], [ref_x, tgt_x], [ref_y, tgt_y], radius,
                                      gap=gap, width=width, saturation=saturation,
