@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
@@ -174,3 +175,48 @@ def test_warnings_of_the_reading_process_reach_the_caller(sequence, tmp_path):
         process.give(got.slot)
     finally:
         process.close()
+
+
+def test_a_hang_up_leaves_no_shared_memory(sequence, tmp_path):
+    """SIGHUP to the batch's whole process group (a closed terminal): the resource tracker,
+    started with SIGHUP blocked, outlives the others and unlinks the reading slots."""
+    script = tmp_path / "hangup.py"
+    script.write_text(
+        "import sys, time\n"
+        "from napari_nsg.pipeline import normalize, reading\n"
+        "reading.READ_PROCESS_MIN_PIXELS = 1\n"
+        "made = reading._Slot.__init__\n"
+        "def slot(self, n):\n"
+        "    made(self, n)\n"
+        "    print(self.name, flush=True)\n"
+        "reading._Slot.__init__ = slot\n"
+        "measure = normalize._measure\n"
+        "def slow(job, loaded):\n"
+        "    if not loaded.is_reference:\n"
+        "        print('measuring', flush=True)\n"
+        "        time.sleep(60)\n"
+        "    return measure(job, loaded)\n"
+        "normalize._measure = slow\n"
+        f"paths = {[str(p) for p in sequence]!r}\n"
+        f"normalize.normalize_frames(paths, paths[0], {str(tmp_path / 'out')!r})\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    names = []
+    try:
+        for line in proc.stdout:
+            if line.strip() == "measuring":
+                break
+            names.append(line.strip())
+        assert names  # a slot was made
+        assert all(os.path.exists(os.path.join(reading.SHM_DIR, n.lstrip("/"))) for n in names)
+        os.killpg(proc.pid, signal.SIGHUP)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    gone = lambda: not any(os.path.exists(os.path.join(reading.SHM_DIR, n.lstrip("/")))
+                           for n in names)
+    deadline = time.monotonic() + 10
+    while not gone() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert gone(), "the reading slots outlived a hang-up"

@@ -96,14 +96,29 @@ def _sigint_blocked():
     only this process, which drops the pending frames and waits for the running
     ones to finish: their outputs are complete and no worker prints a traceback.
     """
+    with _blocked({signal.SIGINT}):
+        yield
+
+
+@contextlib.contextmanager
+def _blocked(signals: set):
+    """Block ``signals`` in this thread meanwhile (processes started then inherit the
+    mask; a signal that arrives is delivered here when the block ends)."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+#: Signals the resource tracker is started with blocked, on top of those it ignores itself
+#: (SIGINT, SIGTERM): a hang-up of the terminal (SIGHUP to the whole process group) then
+#: leaves it alive to unlink the shared memory of the processes it killed (the reading
+#: process's slots, the workers' model), instead of leaving it in /dev/shm.
+TRACKER_BLOCKED = {getattr(signal, "SIGHUP", signal.SIGINT)}
 
 
 def _ignore_sigint() -> None:
@@ -333,7 +348,7 @@ def _worker_context(func):
 
     method = _start_method()
     ctx = multiprocessing.get_context(method)
-    with _one_thread_per_worker():
+    with _one_thread_per_worker(), _blocked(TRACKER_BLOCKED):
         resource_tracker.ensure_running()  # first: it unblocks SIGINT once it has started
     if method == "forkserver":
         from multiprocessing import forkserver
