@@ -118,7 +118,7 @@ def _blocked(signals: set):
 #: (SIGINT, SIGTERM): a hang-up of the terminal (SIGHUP to the whole process group) then
 #: leaves it alive to unlink the shared memory of the processes it killed (the reading
 #: process's slots, the workers' model), instead of leaving it in /dev/shm.
-TRACKER_BLOCKED = {getattr(signal, "SIGHUP", signal.SIGINT)}
+TRACKER_BLOCKED = {signal.SIGHUP} if hasattr(signal, "SIGHUP") else set()  # none on Windows
 
 
 def _ignore_sigint() -> None:
