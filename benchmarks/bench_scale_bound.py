@@ -27,7 +27,7 @@ reference) and by transmission.
                                             [--shared-tail] [--ls-weights] [--shape-cull 2
                                             [--cull-floor 30] [--cull-keep 0.5]]
                                             [--residual-mask 2] [--ring-mask 2]
-                                            [--matched-response]]
+                                            [--matched-response] [--width-noise]]
                                            [--param photometry=corrected|empirical]
                                            [--default-ring-mask 2]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
@@ -46,7 +46,9 @@ cancels in the scale) and ``--ls-weights`` uses least-squares pixel weights ``1/
 in the flux fit (docs/nsg.md "Fifth attempt"); ``--ring-mask 2`` leaves the ring
 pixels within 2 FWHM of a detected neighbour out of every star's background
 (docs/nsg.md "Seventh attempt") and ``--matched-response`` weights both frames so that
-their fluxes respond alike to light at any offset (same section); run the command with
+their fluxes respond alike to light at any offset (same section); ``--width-noise`` adds
+to the profile fit's chi-square the noise that each star's own flux and shift absorb, whose
+dependence on the shape biases the width (docs/nsg.md "Ninth attempt"); run the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--default-ring-mask 2`` leaves
 the ring pixels within 2 FWHM (of the pair's broader frame) of another detected star out
 of the default apertures' backgrounds (``photometry.RING_NEIGHBOUR_MASK_FWHM``; docs/nsg.md
@@ -125,6 +127,8 @@ EXPERIMENTS = {
     "--shared-tail": ("SHARED_TAIL", "with the reference's tail u imposed on every target's profile"),
     "--ls-weights": ("LS_WEIGHTS", "with least-squares pixel weights 1/v in the flux fit"),
     "--matched-response": ("MATCHED_RESPONSE", "with flux weights of matched response in both frames"),
+    "--width-noise": ("WIDTH_NOISE_TERM", ("with the noise that each profile star's flux and shift "
+                      "absorb added to the shape fit's chi-square")),
 }
 #: Valued settings of the psf mode: flag -> (psf_photometry attribute, type, metavar, help).
 SETTINGS = {

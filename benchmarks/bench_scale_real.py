@@ -18,11 +18,13 @@ found in their residuals (``psf_photometry.RESIDUAL_MASK_ROUNDS``; "Sixth attemp
 ``--ring-mask F`` leaves the ring pixels within F FWHM of a detected neighbour out of
 each star's background (``psf_photometry.RING_NEIGHBOUR_MASK_FWHM``; "Seventh attempt"),
 ``--matched-response`` weights both frames so that their fluxes respond alike to light at
-any offset (``psf_photometry.MATCHED_RESPONSE``; same section).
+any offset (``psf_photometry.MATCHED_RESPONSE``; same section), ``--width-noise`` adds the
+noise absorbed by each profile star's flux and shift to the profile fit's chi-square
+(``psf_photometry.WIDTH_NOISE_TERM``; "Ninth attempt").
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
                                           [--free-shape] [--shared-tail] [--shape-cull 2] [--residual-mask 2]
-                                          [--ring-mask 2] [--matched-response]
+                                          [--ring-mask 2] [--matched-response] [--width-noise]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -69,8 +71,12 @@ def main(argv=None):
     ap.add_argument("--matched-response", action="store_true",
                     help="the psf mode with flux weights of matched response in both frames "
                          "(psf_photometry.MATCHED_RESPONSE, an experiment)")
+    ap.add_argument("--width-noise", action="store_true",
+                    help="the psf mode's profile fit with the noise its stars' linear terms "
+                         "absorb added (psf_photometry.WIDTH_NOISE_TERM, an experiment)")
     args = ap.parse_args(argv)
     psf_photometry.MATCHED_RESPONSE = args.matched_response
+    psf_photometry.WIDTH_NOISE_TERM = args.width_noise
     if args.ring_mask is not None:
         psf_photometry.RING_NEIGHBOUR_MASK_FWHM = args.ring_mask
     if args.shape_cull is not None:

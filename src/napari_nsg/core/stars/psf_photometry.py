@@ -154,6 +154,16 @@ RING_NEIGHBOUR_MASK_FWHM = 0.0
 #: it cancels in the ratio, at the cost of the sharper frame's signal-to-noise. An
 #: experiment (``--matched-response`` in the benchmark; docs/nsg.md "Seventh attempt").
 MATCHED_RESPONSE = False
+#: The profile fit's noise term removed (``--width-noise``; docs/nsg.md "Ninth attempt"):
+#: the shape minimises ``chi2 + sum_i tr(N_i^-1 B_i' W V_i W B_i)`` instead of ``chi2``
+#: (``B_i`` the star's columns of flux and shift, ``W`` its weights, ``N_i = B_i' W B_i``,
+#: ``V_i`` its pixel variance: the sky's growing with the star's light, and its ring
+#: level's). The chi-square's expected value then no longer depends on the shape
+#: through the noise that each star's own flux and shift absorb: with sky weights the
+#: brighter core pixels' photon noise is absorbed more by a narrower profile, which biases
+#: the width low by O(1 / S/N^2) of the profile stars (a Neyman-Scott bias: one flux and
+#: shift per star, so it does not average down with more stars). An experiment, off.
+WIDTH_NOISE_TERM = False
 
 
 def _theta(profile: Profile) -> np.ndarray:
@@ -251,10 +261,12 @@ def _linear_fit(basis, ww, v, weights=True):
     return coef, np.einsum("nl,nlp->np", inv[:, 0, :], bw) if weights else None
 
 
-def _chi2_fixed_sky(theta, dxy, v, w, use, ring):
+def _chi2_fixed_sky(theta, dxy, v, w, use, ring, noise=None):
     """Chi-square of each star's best flux and sub-pixel shift for the shape
     ``theta``, its background fixed at its ring's level, the model less its own
-    wing light in the ring; and the fitted model ``(n, p)``."""
+    wing light in the ring; and the fitted model ``(n, p)``. With ``noise``
+    (each stamp's pixel variance ``(n, p)`` and ring-level variance ``(n,)``), plus
+    the noise that the stars' linear terms absorb (:func:`_absorbed_noise`)."""
     prof = Profile(float(np.exp(theta[0])), float(theta[1]), 0, float(theta[2]), float(theta[3]))
     p, px, py = _profile_and_gradient(theta, dxy)
     basis = np.where(use[:, None, :], np.stack([p - _ring_level(prof, *ring), px, py], axis=1), 0.0)
@@ -262,7 +274,25 @@ def _chi2_fixed_sky(theta, dxy, v, w, use, ring):
     coef, _ = _linear_fit(basis, ww, v, weights=False)
     model = np.einsum("nk,nkp->np", coef, basis)
     resid = v - model
-    return float(np.sum(ww * resid * resid)), model
+    chi2 = float(np.sum(ww * resid * resid))
+    if noise is not None:
+        chi2 += _absorbed_noise(basis, ww, *noise)
+    return chi2, model
+
+
+def _absorbed_noise(basis, ww, pix_var, ring_var):
+    """``sum_i tr(N_i^-1 B_i' W V_i W B_i)``: the expected chi-square that the
+    linear terms ``basis (n, k, p)`` of each star remove from its noise (pixel
+    weights ``ww``, pixel variance ``pix_var``, a common ring-level error of
+    variance ``ring_var`` per star); ``k`` for every shape when ``W = V^-1``."""
+    bw = basis * ww[:, None, :]
+    normal = np.einsum("nkp,nlp->nkl", bw, basis)
+    normal += np.eye(basis.shape[1])[None] * 1e-12 * np.trace(normal, axis1=1, axis2=2)[:, None, None]
+    inv = np.linalg.inv(normal)
+    pixels = np.einsum("nkp,nlp->nkl", bw * pix_var[:, None, :], bw)
+    level = bw.sum(axis=2)
+    return float(np.einsum("nkl,nlk->", inv, pixels)
+                 + np.sum(ring_var * np.einsum("nk,nkl,nl->n", level, inv, level)))
 
 
 def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Profile | None:
@@ -286,7 +316,7 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Prof
     ok = np.isfinite(level) & (count >= MIN_RING_PIXELS)
     if ok.sum() < MIN_PROFILE_STARS:
         return None
-    ids, level, sig = ids[ok], level[ok], sig[ok]
+    ids, level, sig, count = ids[ok], level[ok], sig[ok], count[ok]
     dxy, v, use = _stamps(plane, x[ids], y[ids], fwhm, tree, nxy)
     v = np.where(use, v - level[:, None], 0.0)
     theta = np.array([np.log(fwhm), 0.25 if tail is None else float(tail), 0.0, 0.0])
@@ -303,8 +333,11 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Prof
     var = np.maximum(np.nan_to_num(sig, nan=1.0) ** 2, 1e-6)
     w = np.broadcast_to(1.0 / var[:, None], v.shape)
     keep = np.ones(len(ids), bool)
+    noise = (_model_and_variance(theta, dxy, v, use, (r1, r2), var, level)[1], var / count) \
+        if WIDTH_NOISE_TERM else None  # frozen at the start: the data's variance, not the shape's
     for rnd in range(1 + CULL_ROUNDS):
-        theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds, refit=rnd > 0)
+        theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds, refit=rnd > 0,
+                           noise=noise)
         if rnd == CULL_ROUNDS:
             break
         bad = keep & _blended(theta, dxy, v, use, (r1, r2), var, level)
@@ -318,29 +351,31 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Prof
             break
         use = use & ~found
         v = np.where(use, v, 0.0)
-        theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds)
+        theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds, noise=noise)
     floor = max(MIN_PROFILE_STARS, SHAPE_CULL_FLOOR, int(np.ceil(SHAPE_CULL_KEEP * keep.sum())))
     for _ in range(SHAPE_CULL_ROUNDS):
         odd = keep & _at_floor(_odd_shape(theta, dxy, v, use, (r1, r2), var, level), keep, floor)
         if not odd.any():
             break
         keep &= ~odd
-        theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds)
+        theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds, noise=noise)
     return Profile(float(np.exp(theta[0])), float(theta[1]), int(keep.sum()), float(theta[2]),
                    float(theta[3]))
 
 
-def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds, refit=True):
+def _fit_shape(theta, dxy, v, w, use, keep, ring, bounds, refit=True, noise=None):
     """The shape (log FWHM, u, e1, e2) of least chi-square over the stars ``keep``;
     parameters whose bounds are one value stay at it; ``refit``: ``theta`` is
-    already a fitted shape (the initial steps ``SHAPE_REFIT_SIMPLEX``)."""
+    already a fitted shape (the initial steps ``SHAPE_REFIT_SIMPLEX``); ``noise``:
+    :func:`_chi2_fixed_sky`'s (the absorbed noise added; None: not)."""
     sub = (tuple(d[keep] for d in dxy), v[keep], w[keep], use[keep])
+    part = None if noise is None else (noise[0][keep], noise[1][keep])
     free = np.array([lo != hi for lo, hi in bounds])
     full = np.array(theta, float)
 
     def chi2(t):
         full[free] = t
-        return _chi2_fixed_sky(full, *sub, ring)[0]
+        return _chi2_fixed_sky(full, *sub, ring, part)[0]
 
     options = {"xatol": SHAPE_XATOL, "fatol": SHAPE_FATOL, "maxiter": SHAPE_MAXITER}
     steps = SHAPE_REFIT_SIMPLEX if refit else SHAPE_SIMPLEX
