@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from astropy.io import fits
 
 from napari_nsg.core.stack import Rejection, auto_rejection, integrate
+from napari_nsg.io import FrameError
 from napari_nsg.pipeline.stack import EXTENSIONS, stack_frames
 from napari_nsg.synthetic.psf import PSF, render_stars
 
@@ -244,3 +247,55 @@ def test_clipped_zeros_are_values_and_zero_borders_are_not(tmp_path):
     chunked = stack_frames(paths, None, rejection="none", weights=None, chunk_rows=5)
     np.testing.assert_array_equal(chunked.n_used, res.n_used)
     np.testing.assert_allclose(chunked.stack, res.stack, rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def normalized_with_a_rejected_frame(tmp_path_factory):
+    """``napari-nsg normalize`` outputs of five frames, the clouded frame 3 (T = 0.55)
+    rejected by its transmission (its output written, the report says why)."""
+    from napari_nsg.pipeline.normalize import normalize_frames
+    from napari_nsg.synthetic import simulate_sequence
+
+    root = tmp_path_factory.mktemp("rejected")
+    seq = simulate_sequence(5, (200, 200), seed=2, transmission=[1.0, 0.9, 0.8, 0.55, 0.95],
+                            star_density=5e-3, n_bright=30, bright_flux_range=(1e3, 1.5e4))
+    paths = seq.write(root / "in")
+    result = normalize_frames(paths, paths[0], root / "nsg")
+    rejected = [r.output for r in result.rows if r.rejected]
+    assert [Path(p).name for p in rejected] == ["frame_003_nsg.fits"]
+    return [Path(r.output) for r in result.rows], Path(rejected[0])
+
+
+def test_frames_that_normalize_rejected_are_left_out(normalized_with_a_rejected_frame, tmp_path):
+    outputs, rejected = normalized_with_a_rejected_frame
+    kept = [p for p in outputs if p != rejected]
+    res = stack_frames(outputs, tmp_path / "s.fits", rejection="none")
+    row = next(r for r in res.rows if Path(r["file"]) == rejected)
+    assert row["error"] is None and "rejected by normalize" in row["skipped"]
+    assert "transmission" in row["skipped"]
+    assert [Path(r["file"]) for r in res.stacked] == kept and not res.failed
+    assert fits.getheader(tmp_path / "s.fits")["NSTACK"] == len(kept)
+    # the same stack as the kept frames alone; with include_rejected, every frame
+    alone = stack_frames(kept, None, rejection="none")
+    np.testing.assert_array_equal(res.stack, alone.stack)
+    everything = stack_frames(outputs, None, rejection="none", include_rejected=True)
+    assert len(everything.stacked) == len(outputs) and not everything.skipped
+    assert not np.array_equal(everything.stack, res.stack)
+    # only rejected frames: an error that says how to stack them anyway
+    with pytest.raises(FrameError, match="include-rejected"):
+        stack_frames([rejected], None)
+
+
+def test_stack_cli_skips_rejected_frames(normalized_with_a_rejected_frame, tmp_path, capsys):
+    from napari_nsg.cli import main
+
+    outputs, rejected = normalized_with_a_rejected_frame
+    assert main(["stack", *map(str, outputs), "--out", str(tmp_path / "a.fits"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    line = next(x for x in captured.out.splitlines() if x.startswith(rejected.name))
+    assert "skipped: rejected by normalize" in line
+    assert (f"{len(outputs) - 1} of {len(outputs)} frame(s) stacked (1 left out: rejected by "
+            "normalize") in captured.err
+    assert main(["stack", *map(str, outputs), "--out", str(tmp_path / "b.fits"), "--quiet",
+                 "--include-rejected"]) == 0
+    assert fits.getheader(tmp_path / "b.fits")["NSTACK"] == len(outputs)

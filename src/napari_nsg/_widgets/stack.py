@@ -161,10 +161,12 @@ class StackWidget(WorkbenchWidget):
         for key in ("n_low", "n_high", "n_used"):
             upsert_image(self.viewer, LAYERS[key], getattr(result, key), kind="gradient",
                          visible=False)
-        used = [r for r in result.rows if not r["error"]]
+        used = result.stacked
         rejected = sum(r["rejected_low"] + r["rejected_high"] for r in used) / max(1, len(used))
         where = f"; wrote {result.output}" if result.output else ""
-        self.status.setText(f"{len(used)} frames stacked ({result.rejection.method}), "
+        skipped = (f", {len(result.skipped)} rejected by normalize left out"
+                   if result.skipped else "")
+        self.status.setText(f"{len(used)} frames stacked ({result.rejection.method}){skipped}, "
                             f"{100 * rejected:.2f} % of the values rejected{where}")
         for r in result.rows:
             if r["error"]:
@@ -181,9 +183,10 @@ def _stack_session(session, cutoffs: dict, weights, rejection: str, out, overwri
     if not rows:
         raise FrameError(None, "no normalized frame to stack (all failed or were rejected)")
     if all(r.get("output") for r in rows):
+        # the frames chosen here by the form's cutoffs, not by the report's
         return stack_frames([r["output"] for r in rows], out, weights=weights,
-                            rejection=rejection, overwrite=overwrite, progress=progress,
-                            cancel=cancel)
+                            rejection=rejection, overwrite=overwrite, include_rejected=True,
+                            progress=progress, cancel=cancel)
     frames = [session.result_images(r["name"])["corrected"] for r in rows]
     w = [r["weight"] for r in rows] if weights else None
     if out is not None and Path(out).exists() and not overwrite:

@@ -38,6 +38,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--chunk-rows", type=int, default=None, metavar="N",
                    help="rows of every frame read at once (default: from a 256 MiB budget)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--include-rejected", action="store_true",
+                   help="also stack the frames that normalize rejected (by default they are "
+                   "skipped, as its report nsg_results.json beside them says)")
     ex = p.add_mutually_exclusive_group()
     ex.add_argument("--workers", type=int, default=1, metavar="N",
                     help="integrate N chunks at once on this machine (default 1)")
@@ -53,6 +56,9 @@ def _print_rows(result) -> None:
         name = Path(row["file"]).name
         if row["error"]:
             print(f"{name:40s} {'-':>9s} {'-':>10s} {'-':>10s}  FAILED: {row['error']}")
+            continue
+        if row.get("skipped"):
+            print(f"{name:40s} {'-':>9s} {'-':>10s} {'-':>10s}  skipped: {row['skipped']}")
             continue
         print(f"{name:40s} {row['weight']:9.4g} {100 * row['rejected_low']:10.3f} "
               f"{100 * row['rejected_high']:10.3f}  ok")
@@ -78,12 +84,14 @@ def run(args: argparse.Namespace) -> int:
     with TqdmProgress("stack", disable=True if args.quiet else None) as bar:
         result = stack_frames(frames, out, weights=weights, rejection=args.rejection,
                               chunk_rows=args.chunk_rows, overwrite=args.overwrite,
-                              workers=args.workers, scheduler=args.scheduler, progress=bar)
+                              include_rejected=args.include_rejected, workers=args.workers,
+                              scheduler=args.scheduler, progress=bar)
     _print_rows(result)
     for row in result.failed:
         error(f"{row['file']}: {row['error']}" + _hint(row["error"]))
-    n_ok = len(result.rows) - len(result.failed)
     r = result.rejection
-    print(f"{n_ok} of {len(result.rows)} frame(s) stacked, rejection {r.method} "
-          f"(low {r.low:g}, high {r.high:g}); stack: {result.output}", file=sys.stderr)
+    skipped = (f" ({len(result.skipped)} left out: rejected by normalize; --include-rejected "
+               "stacks them)" if result.skipped else "")
+    print(f"{len(result.stacked)} of {len(result.rows)} frame(s) stacked{skipped}, rejection "
+          f"{r.method} (low {r.low:g}, high {r.high:g}); stack: {result.output}", file=sys.stderr)
     return EXIT_SOME_FAILED if result.failed else EXIT_OK

@@ -16,6 +16,10 @@ The output is one float32 FITS file: the primary HDU holds the stack, with the
 first frame's header and HISTORY lines; extensions ``LOWREJ``, ``HIGHREJ``
 (values rejected low/high per pixel) and ``NFRAMES`` (frames contributing per
 pixel), int16.
+
+Frames that ``napari-nsg normalize`` rejected (relative weight or transmission
+under its cutoffs, as its report ``nsg_results.json`` beside them says) are left
+out, as NSG leaves them out of the integration, unless ``include_rejected``.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from ..io.read import open_regular
 from ..io.write import frame_hdu
 from .executors import map_frames
 from .progress import CancelToken, ProgressCallback, check_cancel, report
+from .report import read_report
 
-__all__ = ["EXTENSIONS", "StackResult", "frame_weight", "stack_arrays", "stack_frames",
-           "write_stack"]
+__all__ = ["EXTENSIONS", "StackResult", "frame_weight", "normalize_rejections", "stack_arrays",
+           "stack_frames", "write_stack"]
 
 #: Extension names of the rejection maps, in file order.
 EXTENSIONS = ("LOWREJ", "HIGHREJ", "NFRAMES")
@@ -164,7 +169,8 @@ class StackResult:
         The method used (``auto`` resolved).
     rows : list of dict
         One per input frame: ``file``, ``weight``, ``rejected_low``,
-        ``rejected_high`` (fractions of its pixels), ``error``.
+        ``rejected_high`` (fractions of its pixels), ``error`` (it could not be
+        used), ``skipped`` (left out on purpose: why).
     chunk_rows : int
     """
 
@@ -182,6 +188,37 @@ class StackResult:
         """Rows of the frames that could not be used."""
         return [r for r in self.rows if r["error"]]
 
+    @property
+    def skipped(self) -> list:
+        """Rows of the frames left out on purpose (rejected by normalize)."""
+        return [r for r in self.rows if r.get("skipped")]
+
+    @property
+    def stacked(self) -> list:
+        """Rows of the frames integrated."""
+        return [r for r in self.rows if _stacked(r)]
+
+
+def _stacked(row: dict) -> bool:
+    return not row["error"] and not row.get("skipped")
+
+
+def normalize_rejections(frames) -> dict[str, str]:
+    """The frames among ``frames`` that ``napari-nsg normalize`` rejected, by the report
+    (``nsg_results.json``) in each frame's folder: resolved path -> why (e.g.
+    "relative weight 0.155 <= 0.25 (light pollution or noise)")."""
+    rejected: dict[str, str] = {}
+    for folder in {Path(f).resolve().parent for f in frames}:
+        doc = read_report(folder)
+        if doc is None:
+            continue
+        base = doc.get("cwd") or str(folder)
+        for row in doc["frames"]:
+            if row.get("rejected") and isinstance(row.get("output"), str):
+                out = Path(os.path.join(base, row["output"])).resolve()
+                rejected[str(out)] = row.get("reject_reason") or "rejected"
+    return rejected
+
 
 def _chunk_rows(n: int, shape: tuple, chunk_rows: int | None) -> int:
     c = shape[0] if len(shape) == 3 else 1
@@ -190,13 +227,18 @@ def _chunk_rows(n: int, shape: tuple, chunk_rows: int | None) -> int:
     return int(max(1, min(shape[-2], chunk_rows)))
 
 
-def _open_all(frames: list[Path], keyword: str | None):
-    """Sources, weights, header of the first good frame, and one row per frame."""
+def _open_all(frames: list[Path], keyword: str | None, rejected: dict[str, str]):
+    """Sources, weights, header of the first good frame, and one row per frame (those
+    in ``rejected``, resolved path -> why, left out)."""
     sources, weights, rows, first = [], [], [], None
     for path in frames:
         row = {"file": str(path), "weight": None, "rejected_low": None,
-               "rejected_high": None, "error": None}
+               "rejected_high": None, "error": None, "skipped": None}
         rows.append(row)
+        why = rejected.get(str(path.resolve()))
+        if why is not None:
+            row["skipped"] = f"rejected by normalize: {why}"
+            continue
         try:
             src, header = _open_source(path)
             if first is not None and src.shape != sources[0].shape:
@@ -214,7 +256,7 @@ def _open_all(frames: list[Path], keyword: str | None):
 
 
 def _output_hdus(result: StackResult, header, history: list[str], path) -> fits.HDUList:
-    kw = {"NSTACK": (int(sum(1 for r in result.rows if not r["error"])), "frames integrated"),
+    kw = {"NSTACK": (len(result.stacked), "frames integrated"),
           "STKREJ": (result.rejection.method, "pixel rejection"),
           "STKRLOW": (result.rejection.low, "rejection low threshold"),
           "STKRHIGH": (result.rejection.high, "rejection high threshold")}
@@ -243,6 +285,7 @@ def stack_frames(
     rejection: str = "auto",
     chunk_rows: int | None = None,
     overwrite: bool = False,
+    include_rejected: bool = False,
     workers: int = 1,
     scheduler: str | None = None,
     progress: ProgressCallback | None = None,
@@ -265,6 +308,9 @@ def stack_frames(
         :data:`CHUNK_BUDGET_BYTES`). The result does not depend on it.
     overwrite : bool
         Replace an existing output.
+    include_rejected : bool
+        Also stack the frames that normalize rejected (see
+        :func:`normalize_rejections`); by default they are skipped.
     workers, scheduler
         Chunks in local processes or on a Dask scheduler (same result).
     progress, cancel
@@ -274,7 +320,8 @@ def stack_frames(
     -------
     StackResult
         Frames that cannot be used (unreadable, another shape, no weight) are
-        skipped; their rows carry the error.
+        skipped, their rows carry the error; frames that normalize rejected
+        are skipped, their rows say so (``skipped``).
 
     Raises
     ------
@@ -291,11 +338,14 @@ def stack_frames(
             from ..io import OutputExistsError
 
             raise OutputExistsError(out, "output exists")
-    sources, w, header, rows = _open_all(frames, weights)
+    rejected = {} if include_rejected else normalize_rejections(frames)
+    sources, w, header, rows = _open_all(frames, weights, rejected)
     if not sources:
         first_bad = rows[0]
-        raise FrameError(first_bad["file"], f"{first_bad['error']} (none of the {len(rows)} "
-                                            "frame(s) can be stacked)")
+        hint = "; --include-rejected stacks them" if all(r["skipped"] for r in rows) else ""
+        raise FrameError(first_bad["file"], f"{first_bad['error'] or first_bad['skipped']} "
+                                            f"(none of the {len(rows)} frame(s) can be "
+                                            f"stacked{hint})")
     method = Rejection.resolve(rejection, len(sources))
     shape = sources[0].shape
     step = _chunk_rows(len(sources), shape, chunk_rows)
@@ -326,7 +376,7 @@ def stack_frames(
     npix = float(np.prod(shape))
     good = iter(zip(frame_low, frame_high))
     for row in rows:
-        if not row["error"]:
+        if _stacked(row):
             lo, hi = next(good)
             row["rejected_low"], row["rejected_high"] = float(lo / npix), float(hi / npix)
     result.rows = rows
@@ -350,11 +400,11 @@ def write_stack(result: StackResult, out: str | os.PathLike, *, header=None,
 def _history(result: StackResult, weights: str | None) -> list[str]:
     r = result.rejection
     lines = [f"STACK: napari-nsg {__version__}, weighted mean of "
-             f"{sum(1 for row in result.rows if not row['error'])} frames",
+             f"{len(result.stacked)} frames",
              f"STACK.weights = {weights or 'none'}",
              f"STACK.rejection = {r.method} (low {r.low:g}, high {r.high:g})"]
     lines += [f"STACK.frame = {Path(row['file']).name} weight {row['weight']:.5g}"
-              for row in result.rows if not row["error"]]
+              for row in result.stacked]
     return lines
 
 
@@ -422,6 +472,6 @@ def stack_arrays(
     low = sum(p.frame_low for p in parts)
     high = sum(p.frame_high for p in parts)
     result.rows = [{"file": n, "weight": float(wk), "rejected_low": float(lo / npix),
-                    "rejected_high": float(hi / npix), "error": None}
+                    "rejected_high": float(hi / npix), "error": None, "skipped": None}
                    for n, wk, lo, hi in zip(names, w, low, high)]
     return result
