@@ -321,3 +321,18 @@ def test_colour_and_bayer_frames(tmp_path, monkeypatch, reading_process):
     assert data.shape == (3, 128, 128)
     rows = json.loads((out / "nsg_results.json").read_text())["frames"]
     assert rows[2]["scale"] == pytest.approx(list(bayer.truth[2].scale), rel=0.02)
+
+
+def test_a_warning_many_frames_share_is_printed_once(capsys):
+    from napari_nsg.cli._common import GROUP_WARNINGS_FROM, warn_frames
+
+    shared = "noise estimates differ in kind (K-Sigma vs MRS): the weight is less accurate"
+    n = GROUP_WARNINGS_FROM + 2
+    pairs = [(f"reg/f{k}.fits", shared) for k in range(n)] + [("reg/f1.fits", "own warning")]
+    warn_frames(pairs)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (f"napari-nsg: warning: {n} frames (f0.fits, f1.fits, f2.fits, ...): "
+                        f"{shared}")
+    assert lines[1] == "napari-nsg: warning: reg/f1.fits: own warning"
+    warn_frames(pairs[: GROUP_WARNINGS_FROM - 1])  # fewer: frame by frame, with the path
+    assert capsys.readouterr().err.count("reg/f") == GROUP_WARNINGS_FROM - 1

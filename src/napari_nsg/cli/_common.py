@@ -26,6 +26,29 @@ def warn(message: str) -> None:
     print(f"napari-nsg: warning: {message}", file=sys.stderr)
 
 
+#: A warning that this many frames or more share is printed once, with their count.
+GROUP_WARNINGS_FROM = 3
+#: Frames named in a grouped warning (the report lists them all).
+NAMED_IN_GROUP = 3
+
+
+def warn_frames(pairs) -> None:
+    """Print the frames' warnings (``(file, text)`` pairs) on stderr: a text that
+    :data:`GROUP_WARNINGS_FROM` frames or more share once, with how many and the
+    first few names, the others frame by frame."""
+    by_text: dict[str, list[str]] = {}
+    for file, text in pairs:
+        by_text.setdefault(text, []).append(str(file))
+    for text, files in by_text.items():
+        if len(files) < GROUP_WARNINGS_FROM:
+            for file in files:
+                warn(f"{file}: {text}")
+            continue
+        names = ", ".join(Path(f).name for f in files[:NAMED_IN_GROUP])
+        more = ", ..." if len(files) > NAMED_IN_GROUP else ""
+        warn(f"{len(files)} frames ({names}{more}): {text}")
+
+
 def with_flags(exc: FrameError) -> str:
     """The message of a pipeline error, with the command-line flags that get past it."""
     from ..pipeline.normalize import ForeignRunError, ResumeMismatchError

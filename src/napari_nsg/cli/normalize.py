@@ -16,6 +16,7 @@ from ._common import (
     frame_list,
     output_name,
     warn,
+    warn_frames,
 )
 
 KEPT_PREFIX = "kept the output of an earlier run"
@@ -128,9 +129,7 @@ def run(args: argparse.Namespace) -> int:
         error(EXISTS_HINT)
     if not args.resume and any(w.startswith(KEPT_PREFIX) for r in result.rows for w in r.warnings):
         warn("use --overwrite to redo the frames kept from the earlier run")
-    for row in result.rows:
-        for text in row.warnings:
-            warn(f"{row.file}: {text}")
+    warn_frames((row.file, text) for row in result.rows for text in row.warnings)
     n_ok = len(result.rows) - len(result.failed)
     print(f"{n_ok} of {len(result.rows)} frame(s) normalized, {len(result.rejected)} rejected; "
           f"report: {result.json_path}", file=sys.stderr)

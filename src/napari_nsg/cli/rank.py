@@ -20,7 +20,7 @@ from ._common import (
     error,
     frame_list,
     output_name,
-    warn,
+    warn_frames,
 )
 
 
@@ -95,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  why: {result.reference_reason}")
     if result.yardstick and result.yardstick != result.reference:
         print(f"(scales measured against {Path(result.yardstick).name}: {result.yardstick_reason})")
-    for f in result.frames:
-        for w in f.warnings:
-            warn(f"{f.file}: {w}")
+    warn_frames((f.file, w) for f in result.frames for w in f.warnings)
     for f in result.failed:
         error(f"{f.file}: {f.error}")
     if args.json:
