@@ -27,7 +27,8 @@ reference) and by transmission.
                                             [--shared-tail] [--ls-weights] [--shape-cull 2
                                             [--cull-floor 30] [--cull-keep 0.5]]
                                             [--residual-mask 2] [--ring-mask 2]
-                                            [--matched-response] [--width-noise]]
+                                            [--matched-response] [--width-noise]
+                                            [--width-weights]]
                                            [--param photometry=corrected|empirical]
                                            [--default-ring-mask 2]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
@@ -48,7 +49,9 @@ pixels within 2 FWHM of a detected neighbour out of every star's background
 (docs/nsg.md "Seventh attempt") and ``--matched-response`` weights both frames so that
 their fluxes respond alike to light at any offset (same section); ``--width-noise`` adds
 to the profile fit's chi-square the noise that each star's own flux and shift absorb, whose
-dependence on the shape biases the width (docs/nsg.md "Ninth attempt"); run the command with
+dependence on the shape biases the width, and ``--width-weights`` weights the profile fit's
+pixels by their variance, the star's photon noise included (docs/nsg.md "Ninth attempt"); run
+the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--default-ring-mask 2`` leaves
 the ring pixels within 2 FWHM (of the pair's broader frame) of another detected star out
 of the default apertures' backgrounds (``photometry.RING_NEIGHBOUR_MASK_FWHM``; docs/nsg.md
@@ -129,6 +132,8 @@ EXPERIMENTS = {
     "--matched-response": ("MATCHED_RESPONSE", "with flux weights of matched response in both frames"),
     "--width-noise": ("WIDTH_NOISE_TERM", ("with the noise that each profile star's flux and shift "
                       "absorb added to the shape fit's chi-square")),
+    "--width-weights": ("WIDTH_VARIANCE_WEIGHTS", ("with the shape fit's pixels weighted by their "
+                        "variance (sky and star, the starting shape's model) instead of the sky's")),
 }
 #: Valued settings of the psf mode: flag -> (psf_photometry attribute, type, metavar, help).
 SETTINGS = {

@@ -20,11 +20,13 @@ each star's background (``psf_photometry.RING_NEIGHBOUR_MASK_FWHM``; "Seventh at
 ``--matched-response`` weights both frames so that their fluxes respond alike to light at
 any offset (``psf_photometry.MATCHED_RESPONSE``; same section), ``--width-noise`` adds the
 noise absorbed by each profile star's flux and shift to the profile fit's chi-square
-(``psf_photometry.WIDTH_NOISE_TERM``; "Ninth attempt").
+(``psf_photometry.WIDTH_NOISE_TERM``; "Ninth attempt"), ``--width-weights`` weights its
+pixels by their variance (``psf_photometry.WIDTH_VARIANCE_WEIGHTS``; same section).
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
                                           [--free-shape] [--shared-tail] [--shape-cull 2] [--residual-mask 2]
                                           [--ring-mask 2] [--matched-response] [--width-noise]
+                                          [--width-weights]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -74,9 +76,13 @@ def main(argv=None):
     ap.add_argument("--width-noise", action="store_true",
                     help="the psf mode's profile fit with the noise its stars' linear terms "
                          "absorb added (psf_photometry.WIDTH_NOISE_TERM, an experiment)")
+    ap.add_argument("--width-weights", action="store_true",
+                    help="the psf mode's profile fit with its pixels weighted by their variance "
+                         "(psf_photometry.WIDTH_VARIANCE_WEIGHTS, an experiment)")
     args = ap.parse_args(argv)
     psf_photometry.MATCHED_RESPONSE = args.matched_response
     psf_photometry.WIDTH_NOISE_TERM = args.width_noise
+    psf_photometry.WIDTH_VARIANCE_WEIGHTS = args.width_weights
     if args.ring_mask is not None:
         psf_photometry.RING_NEIGHBOUR_MASK_FWHM = args.ring_mask
     if args.shape_cull is not None:

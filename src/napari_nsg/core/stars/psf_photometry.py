@@ -164,6 +164,12 @@ MATCHED_RESPONSE = False
 #: the width low by O(1 / S/N^2) of the profile stars (a Neyman-Scott bias: one flux and
 #: shift per star, so it does not average down with more stars). An experiment, off.
 WIDTH_NOISE_TERM = False
+#: The profile fit's pixel weights ``1 / V`` (``V`` the sky's variance growing with the
+#: star's light, from the model of the starting shape, frozen for the fit) instead of the
+#: sky's alone: the bright stars' cores, whose variance is mostly their own photon noise,
+#: no longer outweigh their wings, and with ``W = V^-1`` the noise that each star's flux and
+#: shift absorb no longer depends on the shape. An experiment (``--width-weights``), off.
+WIDTH_VARIANCE_WEIGHTS = False
 
 
 def _theta(profile: Profile) -> np.ndarray:
@@ -333,8 +339,11 @@ def fit_profile_ring_sky(plane, x, y, flux, fwhm, neighbours, tail=None) -> Prof
     var = np.maximum(np.nan_to_num(sig, nan=1.0) ** 2, 1e-6)
     w = np.broadcast_to(1.0 / var[:, None], v.shape)
     keep = np.ones(len(ids), bool)
-    noise = (_model_and_variance(theta, dxy, v, use, (r1, r2), var, level)[1], var / count) \
-        if WIDTH_NOISE_TERM else None  # frozen at the start: the data's variance, not the shape's
+    noise = None
+    if WIDTH_NOISE_TERM or WIDTH_VARIANCE_WEIGHTS:  # frozen at the start: not the shape's
+        pix_var = _model_and_variance(theta, dxy, v, use, (r1, r2), var, level)[1]
+        noise = (pix_var, var / count) if WIDTH_NOISE_TERM else None
+        w = 1.0 / pix_var if WIDTH_VARIANCE_WEIGHTS else w
     for rnd in range(1 + CULL_ROUNDS):
         theta = _fit_shape(theta, dxy, v, w, use, keep, (r1, r2), bounds, refit=rnd > 0,
                            noise=noise)
