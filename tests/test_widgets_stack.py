@@ -85,3 +85,25 @@ def test_stack_widget_on_files(make_napari_viewer, qtbot, tmp_path):
     assert w.result.stack.shape == (3, 64, 80) and w.result.rejection.method == "percentile"
     assert f"{LAYERS['stack']} [R]" in w.viewer.layers
     assert len(w.result.rows) == len(paths)
+
+
+def test_stack_widget_leaves_out_files_that_normalize_rejected(make_napari_viewer, qtbot,
+                                                               tmp_path):
+    from napari_nsg._widgets.stack import LAYERS, SOURCE_FILES, StackWidget
+    from napari_nsg.pipeline.normalize import normalize_frames
+    from napari_nsg.synthetic import simulate_sequence
+
+    seq = simulate_sequence(4, (160, 160), seed=2, transmission=[1.0, 0.9, 0.55, 0.95],
+                            star_density=5e-3, n_bright=30, bright_flux_range=(1e3, 1.5e4))
+    nsg = normalize_frames(seq.write(tmp_path / "in"), tmp_path / "in" / "frame_000.fits",
+                           tmp_path / "nsg")
+    assert [r.rejected for r in nsg.rows] == [False, False, True, False]
+    w = StackWidget(make_napari_viewer())
+    w.source.setCurrentText(SOURCE_FILES)
+    w.files.setText(str(tmp_path / "nsg" / "*_nsg.fits"))
+    w.stack()
+    qtbot.waitUntil(lambda: w.result is not None and not w.busy, timeout=WAIT_MS)
+    assert len(w.result.stacked) == 3 and len(w.result.skipped) == 1
+    assert w.viewer.layers[LAYERS["n_used"]].data.max() == 3
+    assert "3 frames stacked" in w.status.text()
+    assert "1 rejected by normalize left out" in w.status.text()
