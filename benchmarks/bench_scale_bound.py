@@ -27,6 +27,7 @@ reference) and by transmission.
                                             [--shared-tail] [--ls-weights] [--shape-cull 2
                                             [--cull-floor 30] [--cull-keep 0.5]]
                                             [--residual-mask 2] [--ring-mask 2]
+                                            [--profile-ring-mask 2]
                                             [--matched-response] [--width-noise]
                                             [--width-weights]]
                                            [--param photometry=corrected|empirical]
@@ -50,7 +51,8 @@ pixels within 2 FWHM of a detected neighbour out of every star's background
 their fluxes respond alike to light at any offset (same section); ``--width-noise`` adds
 to the profile fit's chi-square the noise that each star's own flux and shift absorb, whose
 dependence on the shape biases the width, and ``--width-weights`` weights the profile fit's
-pixels by their variance, the star's photon noise included (docs/nsg.md "Ninth attempt"); run
+pixels by their variance, the star's photon noise included; ``--profile-ring-mask 2`` masks
+the ring neighbours in the profile fit's rings only (docs/nsg.md "Ninth attempt"); run
 the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--default-ring-mask 2`` leaves
 the ring pixels within 2 FWHM (of the pair's broader frame) of another detected star out
@@ -147,6 +149,8 @@ SETTINGS = {
                     "with --shape-cull: never fewer than the fraction F of the profile stars left"),
     "--ring-mask": ("RING_NEIGHBOUR_MASK_FWHM", float, "FWHM", ("photometry=psf with the ring "
                     "pixels within FWHM (x the frame's) of a detected neighbour left out")),
+    "--profile-ring-mask": ("PROFILE_RING_MASK_FWHM", float, "FWHM", ("photometry=psf with the "
+                            "same mask in the profile fit's rings only (default: --ring-mask's)")),
 }
 
 
@@ -294,7 +298,7 @@ def main(argv=None):
         ap.add_argument(flag, action="store_true", help=f"photometry=psf {text} (psf_photometry.{attr})")
     for flag, (attr, kind, meta, text) in SETTINGS.items():
         ap.add_argument(flag, type=kind, metavar=meta,
-                        help=f"{text} (psf_photometry.{attr}; default 0)")
+                        help=f"{text} (psf_photometry.{attr}{'' if 'default' in text else '; default 0'})")
     ap.add_argument("--default-ring-mask", type=float, default=0.0, metavar="FWHM",
                     help=("photometry=aperture (the default) with the ring pixels within FWHM "
                           "(x the pair's broader) of another detected star left out "

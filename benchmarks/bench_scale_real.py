@@ -21,12 +21,14 @@ each star's background (``psf_photometry.RING_NEIGHBOUR_MASK_FWHM``; "Seventh at
 any offset (``psf_photometry.MATCHED_RESPONSE``; same section), ``--width-noise`` adds the
 noise absorbed by each profile star's flux and shift to the profile fit's chi-square
 (``psf_photometry.WIDTH_NOISE_TERM``; "Ninth attempt"), ``--width-weights`` weights its
-pixels by their variance (``psf_photometry.WIDTH_VARIANCE_WEIGHTS``; same section).
+pixels by their variance (``psf_photometry.WIDTH_VARIANCE_WEIGHTS``) and
+``--profile-ring-mask F`` masks the ring neighbours in the profile fit's rings only
+(``psf_photometry.PROFILE_RING_MASK_FWHM``; same section).
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
                                           [--free-shape] [--shared-tail] [--shape-cull 2] [--residual-mask 2]
                                           [--ring-mask 2] [--matched-response] [--width-noise]
-                                          [--width-weights]
+                                          [--width-weights] [--profile-ring-mask 2]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -79,8 +81,12 @@ def main(argv=None):
     ap.add_argument("--width-weights", action="store_true",
                     help="the psf mode's profile fit with its pixels weighted by their variance "
                          "(psf_photometry.WIDTH_VARIANCE_WEIGHTS, an experiment)")
+    ap.add_argument("--profile-ring-mask", type=float, metavar="FWHM",
+                    help="the psf mode with psf_photometry.PROFILE_RING_MASK_FWHM = FWHM "
+                         "(the ring mask in the profile fit's rings only)")
     args = ap.parse_args(argv)
     psf_photometry.MATCHED_RESPONSE = args.matched_response
+    psf_photometry.PROFILE_RING_MASK_FWHM = args.profile_ring_mask
     psf_photometry.WIDTH_NOISE_TERM = args.width_noise
     psf_photometry.WIDTH_VARIANCE_WEIGHTS = args.width_weights
     if args.ring_mask is not None:

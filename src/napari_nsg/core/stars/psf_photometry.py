@@ -145,6 +145,11 @@ LS_WEIGHTS = False
 #: times its effective area (4 pi sigma^2 for a Gaussian): the broader frame loses
 #: more, and the scale errs positive (docs/nsg.md "Seventh attempt").
 RING_NEIGHBOUR_MASK_FWHM = 0.0
+#: The same mask in the profile fit's rings only (None: ``RING_NEIGHBOUR_MASK_FWHM``): the
+#: ring neighbours' light raises the profile stars' ring level, their wings come out low
+#: and the fitted width narrow (-0.06 % on bench independent-like seed 2's broad targets,
+#: the scale +0.06 %: docs/nsg.md "Ninth attempt"). An experiment (``--profile-ring-mask``).
+PROFILE_RING_MASK_FWHM: float | None = None
 #: Matched response (``psf_pair_photometry(matched=None)``): both frames of a pair are
 #: weighted within the broader frame's region and ring, each with the flux weights
 #: ``W`` of its profile widened to ``sqrt(2 F_b^2 - F^2)`` (``F_b`` the broader
@@ -213,19 +218,22 @@ def _near_neighbours(dxy, x, y, neighbours, radius, reach):
     return near
 
 
-def _masked_ring(ring, dxy, x, y, neighbours, fwhm, r2):
-    """``ring`` less the pixels near a detected neighbour
-    (``RING_NEIGHBOUR_MASK_FWHM``), where at least ``MIN_RING_PIXELS`` stay."""
-    if neighbours is None or RING_NEIGHBOUR_MASK_FWHM <= 0:
+def _masked_ring(ring, dxy, x, y, neighbours, fwhm, r2, mask_fwhm=None):
+    """``ring`` less the pixels within ``mask_fwhm`` FWHM (None:
+    ``RING_NEIGHBOUR_MASK_FWHM``) of a detected neighbour, where at least
+    ``MIN_RING_PIXELS`` stay."""
+    mask_fwhm = RING_NEIGHBOUR_MASK_FWHM if mask_fwhm is None else mask_fwhm
+    if neighbours is None or mask_fwhm <= 0:
         return ring
-    masked = ring & ~_near_neighbours(dxy, x, y, neighbours, RING_NEIGHBOUR_MASK_FWHM * fwhm, r2)
+    masked = ring & ~_near_neighbours(dxy, x, y, neighbours, mask_fwhm * fwhm, r2)
     enough = masked.sum(axis=1) >= MIN_RING_PIXELS
     return np.where(enough[:, None], masked, ring)
 
 
 def _ring_background(plane, x, y, r1, r2, neighbours=None, fwhm=None):
     """Each star's ring background (plane at the star), pixel sigma and ring pixels;
-    with ``neighbours``, the ring less the pixels near them (:func:`_masked_ring`)."""
+    with ``neighbours``, the ring less the pixels near them (:func:`_masked_ring`,
+    ``PROFILE_RING_MASK_FWHM``: this is the profile fit's ring)."""
     half = int(np.ceil(r2 + 1.0))
     offs = np.arange(-half, half + 1)
     cx, cy = np.round(x).astype(int), np.round(y).astype(int)
@@ -235,7 +243,7 @@ def _ring_background(plane, x, y, r1, r2, neighbours=None, fwhm=None):
     dy = np.broadcast_to(offs[None, :, None] + (cy - y)[:, None, None], vals.shape).reshape(n, -1)
     d2 = dx * dx + dy * dy
     use = inside.reshape(n, -1) & (d2 >= r1 * r1) & (d2 <= r2 * r2)
-    use = _masked_ring(use, (dx, dy), x, y, neighbours, fwhm, r2)
+    use = _masked_ring(use, (dx, dy), x, y, neighbours, fwhm, r2, PROFILE_RING_MASK_FWHM)
     vals = np.where(use, vals.astype(np.float64).reshape(n, -1), np.nan)
     return ring_statistics(vals, dx, dy)
 
