@@ -29,7 +29,7 @@ reference) and by transmission.
                                             [--residual-mask 2] [--ring-mask 2]
                                             [--profile-ring-mask 2]
                                             [--matched-response] [--width-noise]
-                                            [--width-weights]]
+                                            [--width-weights] [--residual-split]]
                                            [--param photometry=corrected|empirical]
                                            [--default-ring-mask 2]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
@@ -52,7 +52,9 @@ their fluxes respond alike to light at any offset (same section); ``--width-nois
 to the profile fit's chi-square the noise that each star's own flux and shift absorb, whose
 dependence on the shape biases the width, and ``--width-weights`` weights the profile fit's
 pixels by their variance, the star's photon noise included; ``--profile-ring-mask 2`` masks
-the ring neighbours in the profile fit's rings only (docs/nsg.md "Ninth attempt"); run
+the ring neighbours in the profile fit's rings only, and ``--residual-split`` finds the
+residual mask's bumps on one checkerboard half of each stamp and masks the other half (docs/nsg.md
+"Ninth attempt"); run
 the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--default-ring-mask 2`` leaves
 the ring pixels within 2 FWHM (of the pair's broader frame) of another detected star out
@@ -136,6 +138,8 @@ EXPERIMENTS = {
                       "absorb added to the shape fit's chi-square")),
     "--width-weights": ("WIDTH_VARIANCE_WEIGHTS", ("with the shape fit's pixels weighted by their "
                         "variance (sky and star, the starting shape's model) instead of the sky's")),
+    "--residual-split": ("RESIDUAL_MASK_SPLIT", ("with --residual-mask's bumps found on one "
+                         "checkerboard half of each stamp and masked on the other")),
 }
 #: Valued settings of the psf mode: flag -> (psf_photometry attribute, type, metavar, help).
 SETTINGS = {
@@ -244,19 +248,29 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
     runs["psf, shared tail, residual mask 2"] = (models["psf"], True, 2)
     runs["psf, shared tail, residual mask 2, ring mask 2"] = (models["psf"], True, 2, TIMING_RING_MASK)
     runs["psf, shared tail, residual mask 2, matched response"] = (models["psf"], True, 2, 0.0, True)
+    four = "psf, shared tail, residual mask 2, ring mask 2, matched response"
+    runs[four] = (models["psf"], True, 2, TIMING_RING_MASK, True)
+    for name, k in (("width noise", 2), ("width weights", 3)):  # --width-noise, --width-weights
+        runs[f"{four}, {name}"] = (models["psf"], True, 2, TIMING_RING_MASK, True, k == 2, k == 3)
+    runs["psf, shared tail, residual mask 2, matched response, profile ring mask 2"] = (
+        models["psf"], True, 2, 0.0, True, False, False, TIMING_RING_MASK)
     times = {m: [] for m in runs}
     pairs = {}
     for _ in range(rounds):
         for m, (model, shared, mask, *extra) in runs.items():
+            extra += [0.0, False, False, False, None][len(extra):]
             psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = shared, mask
-            psf_photometry.RING_NEIGHBOUR_MASK_FWHM = extra[0] if extra else 0.0
-            psf_photometry.MATCHED_RESPONSE = len(extra) > 1 and extra[1]
+            psf_photometry.RING_NEIGHBOUR_MASK_FWHM, psf_photometry.MATCHED_RESPONSE = extra[:2]
+            psf_photometry.WIDTH_NOISE_TERM, psf_photometry.WIDTH_VARIANCE_WEIGHTS = extra[2:4]
+            psf_photometry.PROFILE_RING_MASK_FWHM = extra[4]
             photometry.RING_NEIGHBOUR_MASK_FWHM = TIMING_RING_MASK if m == DEFAULT_RING_ROW else 0.0
             t0 = time.perf_counter()
             pairs[m] = int(measure_scale(model, tgt).n_star_pairs[0])
             times[m].append(time.perf_counter() - t0)
     psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = False, 0
     psf_photometry.RING_NEIGHBOUR_MASK_FWHM, psf_photometry.MATCHED_RESPONSE = 0.0, False
+    psf_photometry.WIDTH_NOISE_TERM = psf_photometry.WIDTH_VARIANCE_WEIGHTS = False
+    psf_photometry.PROFILE_RING_MASK_FWHM = None
     photometry.RING_NEIGHBOUR_MASK_FWHM = 0.0
     base = float(np.median(times[PHOTOMETRY_MODES[0]]))
     print(f"measure_scale on a {shape[1]}x{shape[0]} target, {rounds} interleaved rounds "
