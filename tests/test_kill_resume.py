@@ -152,6 +152,50 @@ def test_ctrl_c_leaves_no_partial_outputs(setup, tmp_path):
     _same_as_expected(out, expected)
 
 
+@pytest.mark.parametrize("sig, to_group, status", [
+    (signal.SIGTERM, False, 143),  # kill PID
+    pytest.param(signal.SIGHUP, True, 129, marks=pytest.mark.slow),  # the terminal closed
+])
+def test_stop_signals_leave_no_partial_outputs(setup, tmp_path, sig, to_group, status):
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does (by default they ended the process at
+    once, leaving the frame being written as a hidden partial file)."""
+    frames, expected = setup
+    out = tmp_path / "nsg"
+    proc = _start(frames, out, "before_rename:4", tmp_path / "paused")
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status
+    name = signal.Signals(sig).name
+    assert f"stopped by {name}; no partial outputs were left".encode() in err
+    assert b"Traceback" not in err
+    assert not list(out.glob(f".*{PARTIAL_TAG}*"))
+    assert not (out / "frame_001_nsg.fits").exists()
+    _resume(frames, out)
+    _same_as_expected(out, expected)
+
+
+def test_stop_signals_are_handled_only_where_they_would_kill():
+    """An ignored SIGHUP (``nohup``) stays ignored; the handlers go when the run ends."""
+    from napari_nsg.cli._common import Stopped, stop_signals_as_interrupts
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN), signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with stop_signals_as_interrupts():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            handler = signal.getsignal(signal.SIGTERM)
+            with pytest.raises(Stopped) as caught:
+                handler(signal.SIGTERM, None)
+            assert caught.value.name == "SIGTERM" and isinstance(caught.value, KeyboardInterrupt)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
 @pytest.mark.parametrize("point", [
     "after_row:1",
     pytest.param("after_row:2", marks=pytest.mark.slow),

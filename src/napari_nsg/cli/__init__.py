@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and
 ``run(args) -> int``. Exit status: 0 all done; 1 some frames failed (the others
-are written, the report says why); 2 bad arguments or unusable inputs.
+are written, the report says why); 2 bad arguments or unusable inputs; 130
+interrupted (Ctrl-C), 143 / 129 stopped by SIGTERM / SIGHUP, no partial outputs
+left either way.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import warnings
 
 from .. import __version__
 from ..io.errors import FrameWarning
-from ._common import EXIT_BAD_INPUT, run_guarded, warn
+from ._common import EXIT_BAD_INPUT, run_guarded, stop_signals_as_interrupts, warn
 
 SUBCOMMANDS = ("demo", "rank", "normalize", "register", "stack", "msgr")
 
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = warnings.showwarning
     warnings.showwarning = _frame_warning_printer(previous)
     try:
-        return run_guarded(args._run, args)
+        with stop_signals_as_interrupts():
+            return run_guarded(args._run, args)
     finally:
         warnings.showwarning = previous
 

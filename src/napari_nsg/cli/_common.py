@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,9 +81,51 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except Cancelled:
         error("cancelled; no partial outputs were left")
         return EXIT_CANCELLED
+    except Stopped as exc:
+        error(f"stopped by {exc.name}; no partial outputs were left")
+        return SIGNAL_EXIT_BASE + exc.signum
     except KeyboardInterrupt:
         error("interrupted; no partial outputs were left")
         return EXIT_CANCELLED
+
+
+#: A run stopped by signal N exits with this + N (the shell's convention: 143 for SIGTERM).
+SIGNAL_EXIT_BASE = 128
+#: Signals that stop a run as Ctrl-C does (the frame being written is dropped, its partial
+#: files removed; ``--resume`` finishes the run): ``kill PID``, a closed terminal.
+STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal was received (see :data:`STOP_SIGNALS`); handled as Ctrl-C is."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        self.name = signal.Signals(signum).name
+        super().__init__(self.name)
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupts():
+    """While in the block, :data:`STOP_SIGNALS` raise :class:`Stopped` in the main thread
+    (where the default would end the process at once, leaving partial files and, for a
+    whole process group, the fork server's folder); a signal that is ignored (``nohup``)
+    or handled by the caller is left as it is."""
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in STOP_SIGNALS:
+            signum = getattr(signal, name, None)
+            if signum is not None and signal.getsignal(signum) is signal.SIG_DFL:
+                installed[signum] = signal.signal(signum, _raise_stopped)
+    try:
+        yield
+    finally:
+        for signum, previous in installed.items():
+            signal.signal(signum, previous)
 
 
 def not_built(name: str) -> int:
