@@ -603,3 +603,19 @@ def test_a_scale_only_model_measures_the_same_scales(sequence):
         a, b = measure_scale(full, data), measure_scale(light, data)
         np.testing.assert_array_equal(a.scale, b.scale)
         assert list(a.n_star_pairs) == list(b.n_star_pairs) and a.warnings == b.warnings
+
+
+def test_a_closed_pipe_ends_the_command_quietly(sequence):
+    """``napari-nsg rank ... | head -1``: when the reader goes, the command ends quietly
+    with 141 (128 + SIGPIPE), as shell tools do, not with an error."""
+    import subprocess
+    import sys
+
+    _, paths = sequence
+    proc = subprocess.Popen([sys.executable, "-m", "napari_nsg.cli", "rank",
+                             *map(str, paths[:3])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the table is printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141
+    assert "error" not in err and "Traceback" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -74,6 +75,9 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
     except FrameError as exc:
         error(with_flags(exc))
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # the reader of the output stopped (``| head``): quietly
+        _silence_stdout()
+        return SIGNAL_EXIT_BASE + SIGPIPE
     except OSError as exc:  # not expected, but never a traceback for a file problem
         where = f"{exc.filename}: " if exc.filename else ""
         error(f"{where}{exc.strerror or exc}")
@@ -91,6 +95,15 @@ def run_guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namesp
 
 #: A run stopped by signal N exits with this + N (the shell's convention: 143 for SIGTERM).
 SIGNAL_EXIT_BASE = 128
+SIGPIPE = 13  # its number on every POSIX system (Windows has no SIGPIPE)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that flushing it at exit (into the
+    closed pipe) raises nothing more (Python's documented recipe)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 #: Signals that stop a run as Ctrl-C does (the frame being written is dropped, its partial
 #: files removed; ``--resume`` finishes the run): ``kill PID``, a closed terminal.
 STOP_SIGNALS = ("SIGTERM", "SIGHUP")
