@@ -97,6 +97,9 @@ def test_existing_output_needs_overwrite(files, tmp_path, capsys):
         ("no-stars", ["{blank}", "{wide}"], "blank.fits: only 0 star(s) detected in the narrow image"),
         ("same-file", ["{narrow}", "{wide}", "--save-model", "{narrow}"],
          "an output cannot replace an input file"),
+        ("swapped", ["{wide}", "{narrow}"],
+         "the two images look swapped (the narrow-field image is the one with the smaller "
+         "pixels)"),
     ],
 )
 def test_bad_inputs_exit_2_naming_the_file(files, tmp_path, capsys, which, args, message):

@@ -207,6 +207,14 @@ def _window_fwhm(stars: StarTable) -> float:
     return float(np.median(stars.fwhm))
 
 
+def _swapped_hint(ratio: float) -> str:
+    """What to say when the "narrow" image has the larger pixels (ratio below 1)."""
+    if not 0 < ratio < 1:
+        return ""
+    return (": the two images look swapped (the narrow-field image is the one with the "
+            "smaller pixels)")
+
+
 def _check_range(scale_range: tuple[float, float]) -> tuple[float, float]:
     lo, hi = float(scale_range[0]), float(scale_range[1])
     if not (0 < lo <= hi):
@@ -287,7 +295,7 @@ def solve_registration(
     if scale_hint is not None and not (lo * 0.97 <= scale_hint <= hi * 1.03):
         raise RegistrationError(
             f"the scale ratio from the headers ({scale_hint:.3f} narrow px per wide px) is "
-            f"outside the range asked ({lo:g} to {hi:g})")
+            f"outside the range asked ({lo:g} to {hi:g}){_swapped_hint(scale_hint)}")
     nlum = intensity(narrow)
     wlum = intensity(wide)
     t0 = time.perf_counter()
@@ -357,7 +365,8 @@ def _solve_by_stars(nlum, wlum, ns, ws, *, lo, hi, scale_hint, allow_flip, disto
     ratio, rot, flip = refined.transform.local_similarity(((w - 1) / 2.0, (h - 1) / 2.0))
     if not (lo * 0.97 <= ratio <= hi * 1.03):
         raise RegistrationError(
-            f"the scale ratio found ({ratio:.3f}) is outside the range asked ({lo:g} to {hi:g})")
+            f"the scale ratio found ({ratio:.3f}) is outside the range asked ({lo:g} to {hi:g})"
+            f"{_swapped_hint(ratio)}")
     res = float(np.sqrt(np.mean(np.sum(refined.residual_wide**2, axis=1)))) * ratio
     _report(progress, 4, 4, "registered")
     return Registration(
