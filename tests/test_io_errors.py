@@ -35,6 +35,7 @@ def test_folder_is_not_a_frame(tmp_path):
     with pytest.raises(FrameError) as e:
         read_frame(tmp_path)
     _assert_names(e, tmp_path, "folder")
+    assert f"give its frames, e.g. {tmp_path}/*.fits" in str(e.value)
 
 
 def test_not_an_image_file(tmp_path):

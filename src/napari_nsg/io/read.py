@@ -139,17 +139,21 @@ def open_regular(path: Path):
             reason += " (a link to a missing file)"
         raise FrameError(path, reason) from None
     except IsADirectoryError:
-        raise FrameError(path, "is a folder, not an image file") from None
+        raise FrameError(path, _FOLDER_REASON.format(path)) from None
     except OSError as exc:
         raise FrameError(path, f"cannot be read ({exc.strerror or exc})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         if stat.S_ISDIR(mode):
-            raise FrameError(path, "is a folder, not an image file")
+            raise FrameError(path, _FOLDER_REASON.format(path))
         raise FrameError(path, "is not a regular file (a FIFO, socket or device): refused, "
                                "reading it could block forever")
     return os.fdopen(fd, "rb")
+
+
+#: What a folder given as a frame is told (its frames are given with a wildcard).
+_FOLDER_REASON = "is a folder, not an image file: give its frames, e.g. {}/*.fits"
 
 
 def _fits_error(path: Path, exc: Exception) -> FrameError:
