@@ -88,12 +88,19 @@ def test_rank_lists_the_unregistered_frame_and_recommends_among_the_others(mixed
     assert len(result.frames) - len(result.failed) == 4
 
 
-def test_rank_recommends_nothing_when_no_frame_is_registered_to_another(tmp_path):
+def test_rank_recommends_nothing_when_no_frame_is_registered_to_another(tmp_path, capsys):
     d = simulate_dithered(3, seed=7, max_shift=200.0, max_angle=2.0, **DENSE)
-    result = rank_frames(d.write(tmp_path))
+    paths = d.write(tmp_path)
+    result = rank_frames(paths)
     assert result.reference is None
     assert len(result.failed) == 3
     assert all(HINT in f.error for f in result.failed)
+    # normalize --reference auto says why, not only that no frame could be ranked
+    assert main(["normalize", *map(str, paths), "--reference", "auto",
+                 "--out", str(tmp_path / "nsg"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no reference could be chosen" in err and HINT in err
+    assert "napari-nsg rank lists every frame's reason" in err
 
 
 def test_normalize_fails_the_unregistered_frame_only(mixed_set, tmp_path, capsys):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -873,8 +874,22 @@ def choose_reference(paths, *, debayer: str | None = None, params: NsgParameters
     """The top-ranked frame of :func:`rank_frames` (``normalize --reference auto``)."""
     result = rank_frames(paths, debayer=debayer, params=params, progress=progress, cancel=cancel)
     if result.reference is None:
-        raise FrameError(None, "no frame could be ranked, so no reference could be chosen")
+        raise FrameError(None, "no frame could be ranked, so no reference could be chosen"
+                               f"{_why_none(result.failed)}")
     return Path(result.reference)
+
+
+def _why_none(failed: list[FrameRank]) -> str:
+    """The frames' reasons, the most common first (``napari-nsg rank`` lists them all)."""
+    reasons = Counter(row.error for row in failed if row.error)
+    if not reasons:
+        return ""
+    text, count = reasons.most_common(1)[0]
+    first = next(row for row in failed if row.error == text)
+    who = f"{Path(first.file).name}" + (f" and {count - 1} more" if count > 1 else "")
+    others = len(failed) - count
+    more = f"; {others} other frame(s) for other reasons" if others else ""
+    return f" ({who}: {text}{more}; napari-nsg rank lists every frame's reason)"
 
 
 def blink_frame(data: np.ndarray, row: FrameRank, reference: FrameRank) -> np.ndarray:
