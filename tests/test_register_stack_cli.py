@@ -94,6 +94,7 @@ def test_register_refuses_raw_bayer_without_debayer(tmp_path, capsys):
                    "-q") == 2
     err = capsys.readouterr().err
     assert "raw colour mosaic" in err and str(paths[0].name) in err
+    assert "use --debayer superpixel (or bilinear)" in err
     assert run_cli("register", *paths, "--reference", paths[0], "--out", tmp_path / "o",
                    "--debayer", "superpixel", "-q") == 0
     with fits.open(tmp_path / "o" / f"{paths[1].stem}_reg.fits") as hdul:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from ..io import FrameError, OutputExistsError
+from ..io import FrameError, MosaicError, OutputExistsError
 from ..pipeline.progress import Cancelled
 
 EXIT_OK = 0
@@ -65,6 +65,8 @@ def with_flags(exc: FrameError) -> str:
         return f"{text}; use --overwrite to replace that run's outputs, or choose another --out"
     if isinstance(exc, OutputExistsError):
         return f"{text}; use --overwrite to replace it"
+    if isinstance(exc, MosaicError):
+        return f"{text}: use --debayer superpixel (or bilinear)"
     return text
 
 

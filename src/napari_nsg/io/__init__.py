@@ -7,7 +7,7 @@ input raises :class:`FrameError`, whose message names the file and the reason.
 
 from .atomic import atomic_path, atomic_write_text, remove_partials
 from .debayer import debayer
-from .errors import FrameError, OutputExistsError
+from .errors import FrameError, MosaicError, OutputExistsError
 from .metadata import FrameMetadata, airmass_from_altitude, parse_metadata
 from .read import FRAME_SUFFIXES, Frame, frame_kind, read_frame
 from .write import clean_header, write_frame
@@ -17,6 +17,7 @@ __all__ = [
     "Frame",
     "FrameError",
     "FrameMetadata",
+    "MosaicError",
     "OutputExistsError",
     "airmass_from_altitude",
     "atomic_path",

@@ -33,6 +33,10 @@ class OutputExistsError(FrameError):
     """An output file exists and overwriting was not asked for."""
 
 
+class MosaicError(FrameError):
+    """A raw colour (Bayer) mosaic where colour pixels are needed: it must be debayered."""
+
+
 class FrameWarning(UserWarning):
     """A frame was read, but part of it was unusable (e.g. an unparsable metadata card).
 

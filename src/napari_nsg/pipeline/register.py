@@ -43,7 +43,7 @@ from ..core.registration.frames import (
     resample,
 )
 from ..core.stars import intensity
-from ..io import FrameError, OutputExistsError, read_frame, remove_partials
+from ..io import FrameError, MosaicError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import InputCollisionError, atomic_write_text, refuse_inputs, same_file
 from ..io.write import write_frame
 from .executors import map_frames, overlapped_frames
@@ -219,8 +219,8 @@ def _load(job: RegisterJob, item: tuple[str, bool, bool], row: RegisterRow) -> _
         raise OutputExistsError(out, "output exists")
     frame = read_frame(path, debayer=job.debayer)
     if frame.meta.bayer_pattern and frame.data.ndim == 2:
-        raise FrameError(path, f"is a raw colour mosaic (BAYERPAT {frame.meta.bayer_pattern}): "
-                               "it must be debayered before it is registered")
+        raise MosaicError(path, f"is a raw colour mosaic (BAYERPAT {frame.meta.bayer_pattern}): "
+                                "it must be debayered before it is registered")
     if frame.n_channels != job.channels:
         raise FrameError(path, f"has {frame.n_channels} channel(s), the reference "
                                f"{job.channels}")
@@ -394,8 +394,8 @@ def _check_names(frames: list[Path], out_dir: Path) -> None:
 def _prepare(reference: Path, out_dir: Path, debayer, model, distortion, resampling) -> RegisterJob:
     ref = read_frame(reference, debayer=debayer)
     if ref.meta.bayer_pattern and ref.data.ndim == 2:
-        raise FrameError(reference, f"is a raw colour mosaic (BAYERPAT "
-                                    f"{ref.meta.bayer_pattern}): it must be debayered")
+        raise MosaicError(reference, f"is a raw colour mosaic (BAYERPAT "
+                                     f"{ref.meta.bayer_pattern}): it must be debayered")
     lum = np.ascontiguousarray(intensity(ref.data), dtype=np.float32)
     stars = detect_reference_stars(lum)
     if len(stars) < 6:
