@@ -126,10 +126,10 @@ RESIDUAL_CORE_FWHM = 0.5
 RESIDUAL_GROW_FWHM = 0.5
 #: The residual mask decided on one checkerboard half of each stamp's pixels and applied
 #: to the other (each half's threshold RESIDUAL_MASK_Z / sqrt(2): the same significance of
-#: a bump), so that the masked pixels' noise is independent of the decision: masking the
-#: pixels whose own noise made a bump significant lowers the profile's wings (width
-#: -0.06 % on bench independent-like seed 1's targets; docs/nsg.md "Ninth attempt").
-#: An experiment (``--residual-split``), off.
+#: a bump), so that the masked pixels' noise is independent of the decision. An experiment
+#: (``--residual-split``), off: the mask moves the targets' width by -0.06 % on bench
+#: independent-like seed 1 over noise draws (-0.005 % noise-free), and the split leaves
+#: -0.055 %, so the noise the mask selects is not that term (docs/nsg.md "Ninth attempt").
 RESIDUAL_MASK_SPLIT = False
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
@@ -180,7 +180,9 @@ WIDTH_NOISE_TERM = False
 #: star's light, from the model of the starting shape, frozen for the fit) instead of the
 #: sky's alone: the bright stars' cores, whose variance is mostly their own photon noise,
 #: no longer outweigh their wings, and with ``W = V^-1`` the noise that each star's flux and
-#: shift absorb no longer depends on the shape. An experiment (``--width-weights``), off.
+#: shift absorb no longer depends on the shape. An experiment (``--width-weights``), off:
+#: over noise draws it narrows the targets' width by -0.04 % more than sky weights (bench
+#: independent-like seed 2; the model's fluxes come from the data), docs/nsg.md "Ninth attempt".
 WIDTH_VARIANCE_WEIGHTS = False
 
 
