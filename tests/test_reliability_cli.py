@@ -452,3 +452,19 @@ def test_a_real_full_disk(frames, small_disk, capsys):
     assert main(["rank", *map(str, frames), "--json", str(js), "--quiet"]) == 2
     assert f"{js}: cannot be written (No space left on device)" in clean_stderr(capsys)
     assert not js.exists()
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    """``--out`` naming a file: one clear message, before ``--reference auto`` ranks
+    anything (the file is left as it is)."""
+    from napari_nsg.cli import main as cli
+
+    afile = tmp_path / "results"
+    afile.write_text("not a folder")
+    for argv in (["normalize", str(afile), "--reference", "auto", "--out", str(afile)],
+                 ["register", str(afile), "--reference", str(afile), "--out", str(afile)]):
+        assert cli([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{afile}: is a file, not a folder: give a folder for the outputs" in err
+        assert "ranking" not in err and "Traceback" not in err
+    assert afile.read_text() == "not a folder"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
+from ..io.atomic import make_output_folder
 from ._common import (
     EXIT_BAD_INPUT,
     EXIT_OK,
@@ -106,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     output_name(args.out, "--out")
     frames = frame_list(args.frames)
+    if Path(args.out).is_file():  # before a ranking that would be for nothing
+        make_output_folder(args.out)
     if str(args.reference).lower() == "auto":
         from ..pipeline.rank import choose_reference
 

@@ -31,7 +31,8 @@ FILE_MODE = 0o666  # before the umask, as open(..., "w") does
 _PROC_STATUS = "/proc/self/status"
 
 __all__ = ["InputCollisionError", "OutputWriteError", "atomic_group", "atomic_path",
-           "atomic_write_text", "pause_for_test", "refuse_inputs", "remove_partials", "same_file"]
+           "atomic_write_text", "make_output_folder", "pause_for_test", "refuse_inputs",
+           "remove_partials", "same_file"]
 
 
 class OutputWriteError(FrameError):
@@ -271,6 +272,25 @@ def _is_zombie(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[-1].split()[:1] == ["Z"]
+
+
+def make_output_folder(folder: str | os.PathLike) -> Path:
+    """Create the output folder ``folder`` (and its parents) if needed.
+
+    Raises
+    ------
+    FrameError
+        It is a file, or it cannot be created (the reason given).
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FrameError(folder, "is a file, not a folder: give a folder for the outputs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FrameError(folder, f"cannot create the output folder ({exc.strerror or exc})"
+                         ) from None
+    return folder
 
 
 def remove_partials(folder: str | os.PathLike,

@@ -62,7 +62,13 @@ from ..core.nsg import (
 )
 from ..core.nsg.engine import prepare_spline_system
 from ..io import FrameError, OutputExistsError, read_frame, remove_partials
-from ..io.atomic import InputCollisionError, pause_for_test, refuse_inputs, same_file
+from ..io.atomic import (
+    InputCollisionError,
+    make_output_folder,
+    pause_for_test,
+    refuse_inputs,
+    same_file,
+)
 from ..io.buffers import FrameBuffers, reused_heap
 from ..io.write import frame_hdu, write_frames
 from ._values import floats
@@ -569,10 +575,7 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
                              parameters=params.to_dict(), gradient_images=gradient_images,
                              cwd=os.getcwd())
     refuse_inputs([result.json_path, result.csv_path], [*frames, reference])
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FrameError(out_dir, f"cannot create the output folder ({exc.strerror or exc})")
+    make_output_folder(out_dir)
     remove_partials(out_dir, keep=[*frames, reference])
     earlier = _earlier_run(out_dir, reference, result.to_dict()["parameters"],
                            overwrite=overwrite, resume=resume)

@@ -44,7 +44,13 @@ from ..core.registration.frames import (
 )
 from ..core.stars import intensity
 from ..io import FrameError, MosaicError, OutputExistsError, read_frame, remove_partials
-from ..io.atomic import InputCollisionError, atomic_write_text, refuse_inputs, same_file
+from ..io.atomic import (
+    InputCollisionError,
+    atomic_write_text,
+    make_output_folder,
+    refuse_inputs,
+    same_file,
+)
 from ..io.write import write_frame
 from .executors import map_frames, overlapped_frames
 from .normalize import ForeignRunError, ResumeMismatchError
@@ -468,10 +474,7 @@ def register_frames(
     result = RegisterResult(out_dir=out_dir, reference=str(reference), parameters=params,
                             cwd=os.getcwd())
     refuse_inputs([result.json_path, out_dir / CSV_NAME], [*frames, reference])
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FrameError(out_dir, f"cannot create the output folder ({exc.strerror or exc})")
+    make_output_folder(out_dir)
     remove_partials(out_dir, keep=[*frames, reference])
     earlier, base = _earlier(out_dir, reference, params, overwrite, resume)
     rows, todo = _plan(frames, reference, out_dir, earlier, base, overwrite, resume)
