@@ -182,7 +182,7 @@ WIDTH_NOISE_TERM = False
 #: no longer outweigh their wings, and with ``W = V^-1`` the noise that each star's flux and
 #: shift absorb no longer depends on the shape. An experiment (``--width-weights``), off:
 #: over noise draws it narrows the targets' width by -0.04 % more than sky weights (bench
-#: independent-like seed 2; the model's fluxes come from the data), docs/nsg.md "Ninth attempt".
+#: independent-like seed 2; not separated), docs/nsg.md "Ninth attempt".
 WIDTH_VARIANCE_WEIGHTS = False
 
 
