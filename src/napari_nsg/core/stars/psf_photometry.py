@@ -182,8 +182,9 @@ WIDTH_NOISE_TERM = False
 #: sky's alone: the bright stars' cores, whose variance is mostly their own photon noise,
 #: no longer outweigh their wings, and with ``W = V^-1`` the noise that each star's flux and
 #: shift absorb no longer depends on the shape. An experiment (``--width-weights``), off:
-#: over noise draws it narrows the targets' width by -0.04 % more than sky weights (bench
-#: independent-like seed 2; not separated), docs/nsg.md "Ninth attempt".
+#: over noise draws it narrows the targets' width by -0.04 / -0.12 % more than sky weights
+#: (bench independent-like seeds 2 / 1; +-0.02 % noise-free; not separated), docs/nsg.md
+#: "Ninth attempt".
 WIDTH_VARIANCE_WEIGHTS = False
 
 
