@@ -29,7 +29,8 @@ reference) and by transmission.
                                             [--residual-mask 2] [--ring-mask 2]
                                             [--profile-ring-mask 2]
                                             [--matched-response] [--width-noise]
-                                            [--width-weights] [--residual-split]]
+                                            [--width-weights] [--residual-split]
+                                            [--residual-asymmetric]]
                                            [--param photometry=corrected|empirical]
                                            [--default-ring-mask 2]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
@@ -53,7 +54,8 @@ to the profile fit's chi-square the noise that each star's own flux and shift ab
 dependence on the shape biases the width, and ``--width-weights`` weights the profile fit's
 pixels by their variance, the star's photon noise included; ``--profile-ring-mask 2`` masks
 the ring neighbours in the profile fit's rings only, and ``--residual-split`` finds the
-residual mask's bumps on one checkerboard half of each stamp and masks the other half (docs/nsg.md
+residual mask's bumps on one checkerboard half of each stamp and masks the other half, and
+``--residual-asymmetric`` seeks them in the residual less its ring-symmetric part (docs/nsg.md
 "Ninth attempt"); run
 the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--default-ring-mask 2`` leaves
@@ -140,6 +142,8 @@ EXPERIMENTS = {
                         "variance (sky and star, the starting shape's model) instead of the sky's")),
     "--residual-split": ("RESIDUAL_MASK_SPLIT", ("with --residual-mask's bumps found on one "
                          "checkerboard half of each stamp and masked on the other")),
+    "--residual-asymmetric": ("RESIDUAL_MASK_ASYMMETRIC", ("with --residual-mask's bumps sought in "
+                              "the residual less its ring-symmetric part")),
 }
 #: Valued settings of the psf mode: flag -> (psf_photometry attribute, type, metavar, help).
 SETTINGS = {

@@ -25,13 +25,14 @@ pixels by their variance (``psf_photometry.WIDTH_VARIANCE_WEIGHTS``) and
 ``--profile-ring-mask F`` masks the ring neighbours in the profile fit's rings only
 (``psf_photometry.PROFILE_RING_MASK_FWHM``), ``--residual-split`` finds the residual mask's
 bumps on one checkerboard half of each stamp and masks the other half
-(``psf_photometry.RESIDUAL_MASK_SPLIT``; same section).
+(``psf_photometry.RESIDUAL_MASK_SPLIT``) and ``--residual-asymmetric`` seeks them in the
+residual less its ring-symmetric part (``psf_photometry.RESIDUAL_MASK_ASYMMETRIC``; same section).
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
                                           [--free-shape] [--shared-tail] [--shape-cull 2] [--residual-mask 2]
                                           [--ring-mask 2] [--matched-response] [--width-noise]
                                           [--width-weights] [--profile-ring-mask 2]
-                                          [--residual-split]
+                                          [--residual-split] [--residual-asymmetric]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -90,8 +91,12 @@ def main(argv=None):
     ap.add_argument("--residual-split", action="store_true",
                     help="the psf mode's residual mask found on one checkerboard half of each "
                          "stamp, masked on the other (psf_photometry.RESIDUAL_MASK_SPLIT)")
+    ap.add_argument("--residual-asymmetric", action="store_true",
+                    help="the psf mode's residual mask sought in the residual less its "
+                         "ring-symmetric part (psf_photometry.RESIDUAL_MASK_ASYMMETRIC)")
     args = ap.parse_args(argv)
     psf_photometry.MATCHED_RESPONSE = args.matched_response
+    psf_photometry.RESIDUAL_MASK_ASYMMETRIC = args.residual_asymmetric
     psf_photometry.RESIDUAL_MASK_SPLIT = args.residual_split
     psf_photometry.PROFILE_RING_MASK_FWHM = args.profile_ring_mask
     psf_photometry.WIDTH_NOISE_TERM = args.width_noise

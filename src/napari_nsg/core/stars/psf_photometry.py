@@ -131,6 +131,13 @@ RESIDUAL_GROW_FWHM = 0.5
 #: independent-like seed 1 over noise draws (-0.005 % noise-free), and the split leaves
 #: -0.055 %, so the noise the mask selects is not that term (docs/nsg.md "Ninth attempt").
 RESIDUAL_MASK_SPLIT = False
+#: The residual mask's bumps sought in each stamp's residual less its mean over rings of
+#: RADIAL_BIN_PX around the star: a companion is a local bump, a width error a
+#: ring-symmetric residual (positive wings when the fit is too narrow), which the mask
+#: would otherwise take for companions and cut, narrowing the refit further (docs/nsg.md
+#: "Ninth attempt"). An experiment (``--residual-asymmetric``), off.
+RESIDUAL_MASK_ASYMMETRIC = False
+RADIAL_BIN_PX = 1.0
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
 FREE_SHAPE = False
@@ -434,9 +441,13 @@ def _companions(theta, dxy, v, use, ring, sky_var, sky_level):
     Gaussian of the profile's FWHM over its noise, above ``RESIDUAL_MASK_Z``,
     beyond ``RESIDUAL_CORE_FWHM`` of the star, grown by ``RESIDUAL_GROW_FWHM``
     (the core itself is never masked, so every stamp keeps its fit); with
-    ``RESIDUAL_MASK_SPLIT`` the bumps of each checkerboard half mask the other."""
+    ``RESIDUAL_MASK_SPLIT`` the bumps of each checkerboard half mask the other; with
+    ``RESIDUAL_MASK_ASYMMETRIC`` the residual's ring-symmetric part is left out."""
     fwhm = float(np.exp(theta[0]))
     model, pix_var = _model_and_variance(theta, dxy, v, use, ring, sky_var, sky_level)
+    resid = v - model
+    if RESIDUAL_MASK_ASYMMETRIC:
+        resid = resid - _radial_mean(resid, np.hypot(*dxy), use)
     side = round(np.sqrt(v.shape[1]))
     cube = (len(v), side, side)
     sig = fwhm / FWHM_PER_SIGMA
@@ -449,7 +460,7 @@ def _companions(theta, dxy, v, use, ring, sky_var, sky_level):
     near = np.zeros(cube, bool)
     for k, half in enumerate(halves):
         part = use.reshape(cube) & half
-        num = gaussian_filter(np.where(part, (v - model).reshape(cube), 0.0), (0, sig, sig))
+        num = gaussian_filter(np.where(part, resid.reshape(cube), 0.0), (0, sig, sig))
         den = gaussian_filter(np.where(part, pix_var.reshape(cube), 0.0),
                               (0, sig / np.sqrt(2), sig / np.sqrt(2)))
         z = num / np.sqrt(np.maximum(den, TINY_BASE) / (4 * np.pi * sig * sig))
@@ -458,6 +469,16 @@ def _companions(theta, dxy, v, use, ring, sky_var, sky_level):
         found = binary_dilation(bump, structure=np.ones((1, 2 * grow + 1, 2 * grow + 1), bool))
         near |= found & (halves[1 - k] if len(halves) > 1 else True)  # the other half
     return (near & (r > RESIDUAL_CORE_FWHM * fwhm)).reshape(v.shape)  # the core stays
+
+
+def _radial_mean(values, r, use):
+    """Each stamp's mean of ``values (n, p)`` over its used pixels in rings of
+    ``RADIAL_BIN_PX`` at distances ``r (n, p)``, at every pixel."""
+    bins = np.floor(r / RADIAL_BIN_PX).astype(int)
+    idx = np.arange(len(values))[:, None] * (bins.max() + 1) + bins
+    sums = np.bincount(idx.ravel(), np.where(use, values, 0.0).ravel())
+    counts = np.bincount(idx.ravel(), use.ravel().astype(float))
+    return (sums / np.maximum(counts, 1.0))[idx]
 
 
 def _at_floor(score, keep, floor):
