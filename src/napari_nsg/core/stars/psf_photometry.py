@@ -129,13 +129,16 @@ RESIDUAL_GROW_FWHM = 0.5
 #: a bump), so that the masked pixels' noise is independent of the decision. An experiment
 #: (``--residual-split``), off: the mask moves the targets' width by -0.06 % on bench
 #: independent-like seed 1 over noise draws (-0.005 % noise-free), and the split leaves
-#: -0.055 %, so the noise the mask selects is not that term (docs/nsg.md "Ninth attempt").
+#: -0.055 %, so the noise the mask selects is not that term: it is the undetected stars'
+#: light in the profile fit's rings, which the mask exposes (docs/nsg.md "Ninth attempt").
 RESIDUAL_MASK_SPLIT = False
 #: The residual mask's bumps sought in each stamp's residual less its mean over rings of
 #: RADIAL_BIN_PX around the star: a companion is a local bump, a width error a
 #: ring-symmetric residual (positive wings when the fit is too narrow), which the mask
-#: would otherwise take for companions and cut, narrowing the refit further (docs/nsg.md
-#: "Ninth attempt"). An experiment (``--residual-asymmetric``), off.
+#: would otherwise take for companions and cut, narrowing the refit further. An experiment
+#: (``--residual-asymmetric``), off: the targets' width over noise draws moves -0.040 ->
+#: -0.028 % (bench independent-like seed 1), -0.012 -> +0.008 % (seed 2); what is left
+#: on seed 1 is the undetected stars' light in the rings (docs/nsg.md "Ninth attempt").
 RESIDUAL_MASK_ASYMMETRIC = False
 RADIAL_BIN_PX = 1.0
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
