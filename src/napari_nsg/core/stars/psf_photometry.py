@@ -185,7 +185,7 @@ MATCHED_RESPONSE = False
 #: brighter core pixels' photon noise is absorbed more by a narrower profile, which biases
 #: the width low, by 1/S/N to 1/S/N^1.4 of the profile stars (+0.016 % at S/N 60, +0.002 %
 #: at the bench's profile stars; a Neyman-Scott bias: one flux and shift per star, so it
-#: does not average down with more stars). An experiment, off: it costs +0.4 s a target.
+#: does not average down with more stars). An experiment, off: +0.16-0.38 s a target.
 WIDTH_NOISE_TERM = False
 #: The profile fit's pixel weights ``1 / V`` (``V`` the sky's variance growing with the
 #: star's light, from the model of the starting shape, frozen for the fit) instead of the
