@@ -968,3 +968,34 @@ def test_asymmetric_residual_mask_ignores_a_width_error(seed, monkeypatch):
     assert flagged(0.0, False) <= 2 and flagged(0.0, True) <= 2
     assert flagged(-0.01, False) >= 10  # the mechanism
     assert flagged(-0.01, True) <= 2
+
+
+@pytest.mark.parametrize("fwhm", [3.2, 4.6])
+def test_variance_weights_keep_the_profile_fit_unbiased(fwhm, monkeypatch):
+    """The profile fit's pixels weighted by their variance, sky and star
+    (``WIDTH_VARIANCE_WEIGHTS``; docs/nsg.md "Ninth attempt"): on nearly noise-free
+    isolated Gaussian stars of 1e5 ADU on 500 ADU of sky (the cores' variance mostly
+    their own photon noise) the fitted width is the truth within 0.05 % either way
+    (the pixels as sigma^2 + 1/12; measured +0.029 / +0.018 % at FWHM 3.2 px with sky /
+    variance weights, +0.005 % at 4.6 px), and the weights vary within a star by its
+    light (the switch is not a no-op)."""
+    from napari_nsg.core.stars import psf_photometry as pp
+
+    clean, x, y = _isolated_stars("gaussian", fwhm, 1e5, sky=500.0, spacing=int(14 * fwhm))
+    flux = np.full(len(x), 1e5)
+    sigma = fwhm / FWHM_PER_SIGMA
+    truth = FWHM_PER_SIGMA * float(np.sqrt(sigma ** 2 + 1 / 12))
+    seen = []
+    real_fit = pp._fit_shape
+
+    def spy(theta, dxy, v, w, *args, **kwargs):
+        seen.append(np.ptp(np.asarray(w)[0]))
+        return real_fit(theta, dxy, v, w, *args, **kwargs)
+
+    monkeypatch.setattr(pp, "_fit_shape", spy)
+    for weights in (False, True):
+        monkeypatch.setattr(pp, "WIDTH_VARIANCE_WEIGHTS", weights)
+        prof = pp.fit_profile_ring_sky(clean + np.random.default_rng(0).normal(0, 0.3, clean.shape),
+                                       x, y, flux, 1.05 * fwhm, (x, y, flux), tail=0.0)
+        assert abs(prof.fwhm / truth - 1) < 5e-4
+        assert (seen[-1] > 0) == weights  # sky weights are flat within a star
