@@ -30,7 +30,7 @@ reference) and by transmission.
                                             [--profile-ring-mask 2]
                                             [--matched-response] [--width-noise]
                                             [--width-weights] [--residual-split]
-                                            [--residual-asymmetric]]
+                                            [--residual-asymmetric] [--ring-bumps]]
                                            [--param photometry=corrected|empirical]
                                            [--default-ring-mask 2]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
@@ -55,8 +55,8 @@ dependence on the shape biases the width, and ``--width-weights`` weights the pr
 pixels by their variance, the star's photon noise included; ``--profile-ring-mask 2`` masks
 the ring neighbours in the profile fit's rings only, and ``--residual-split`` finds the
 residual mask's bumps on one checkerboard half of each stamp and masks the other half, and
-``--residual-asymmetric`` seeks them in the residual less its ring-symmetric part (docs/nsg.md
-"Ninth attempt"); run
+``--residual-asymmetric`` seeks them in the residual less its ring-symmetric part, and
+``--ring-bumps`` cleans the profile fit's rings of bumps too (docs/nsg.md "Ninth attempt"); run
 the command with
 and without them to compare (about 1 min and 1-5 min at 3 seeds). ``--default-ring-mask 2`` leaves
 the ring pixels within 2 FWHM (of the pair's broader frame) of another detected star out
@@ -144,6 +144,8 @@ EXPERIMENTS = {
                          "checkerboard half of each stamp and masked on the other")),
     "--residual-asymmetric": ("RESIDUAL_MASK_ASYMMETRIC", ("with --residual-mask's bumps sought in "
                               "the residual less its ring-symmetric part")),
+    "--ring-bumps": ("RING_BUMP_MASK", ("with the profile fit's rings cleaned of bumps "
+                     "(undetected stars) as its stamps are")),
 }
 #: Valued settings of the psf mode: flag -> (psf_photometry attribute, type, metavar, help).
 SETTINGS = {

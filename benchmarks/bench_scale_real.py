@@ -26,13 +26,16 @@ pixels by their variance (``psf_photometry.WIDTH_VARIANCE_WEIGHTS``) and
 (``psf_photometry.PROFILE_RING_MASK_FWHM``), ``--residual-split`` finds the residual mask's
 bumps on one checkerboard half of each stamp and masks the other half
 (``psf_photometry.RESIDUAL_MASK_SPLIT``) and ``--residual-asymmetric`` seeks them in the
-residual less its ring-symmetric part (``psf_photometry.RESIDUAL_MASK_ASYMMETRIC``; same section).
+residual less its ring-symmetric part (``psf_photometry.RESIDUAL_MASK_ASYMMETRIC``) and
+``--ring-bumps`` cleans the profile fit's rings of bumps (``psf_photometry.RING_BUMP_MASK``; same
+section).
 
     python benchmarks/bench_scale_real.py [--data ../shared/data/real] [--small F] [--kernel]
                                           [--free-shape] [--shared-tail] [--shape-cull 2] [--residual-mask 2]
                                           [--ring-mask 2] [--matched-response] [--width-noise]
                                           [--width-weights] [--profile-ring-mask 2]
                                           [--residual-split] [--residual-asymmetric]
+                                          [--ring-bumps]
 
 About 1-2 minutes on a busy 2-core machine.
 """
@@ -94,8 +97,12 @@ def main(argv=None):
     ap.add_argument("--residual-asymmetric", action="store_true",
                     help="the psf mode's residual mask sought in the residual less its "
                          "ring-symmetric part (psf_photometry.RESIDUAL_MASK_ASYMMETRIC)")
+    ap.add_argument("--ring-bumps", action="store_true",
+                    help="the psf mode's profile-fit rings cleaned of bumps "
+                         "(psf_photometry.RING_BUMP_MASK)")
     args = ap.parse_args(argv)
     psf_photometry.MATCHED_RESPONSE = args.matched_response
+    psf_photometry.RING_BUMP_MASK = args.ring_bumps
     psf_photometry.RESIDUAL_MASK_ASYMMETRIC = args.residual_asymmetric
     psf_photometry.RESIDUAL_MASK_SPLIT = args.residual_split
     psf_photometry.PROFILE_RING_MASK_FWHM = args.profile_ring_mask

@@ -141,6 +141,13 @@ RESIDUAL_MASK_SPLIT = False
 #: on seed 1 is the undetected stars' light in the rings (docs/nsg.md "Ninth attempt").
 RESIDUAL_MASK_ASYMMETRIC = False
 RADIAL_BIN_PX = 1.0
+#: The profile fit's rings cleaned as its stamps are: ring pixels near a bump of the
+#: ring less its ring means (matched filter, RESIDUAL_MASK_Z, grown by RESIDUAL_GROW_FWHM:
+#: an undetected star) are left out of the ring level, unless fewer than MIN_RING_PIXELS
+#: stay. With the residual mask the stamps lose their undetected companions but the rings
+#: keep theirs: the level is then too high and the width narrow (-0.06 % on bench
+#: independent-like seed 1; docs/nsg.md "Ninth attempt"). An experiment (``--ring-bumps``).
+RING_BUMP_MASK = False
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
 FREE_SHAPE = False
@@ -265,8 +272,33 @@ def _ring_background(plane, x, y, r1, r2, neighbours=None, fwhm=None):
     d2 = dx * dx + dy * dy
     use = inside.reshape(n, -1) & (d2 >= r1 * r1) & (d2 <= r2 * r2)
     use = _masked_ring(use, (dx, dy), x, y, neighbours, fwhm, r2, PROFILE_RING_MASK_FWHM)
-    vals = np.where(use, vals.astype(np.float64).reshape(n, -1), np.nan)
-    return ring_statistics(vals, dx, dy)
+    vals = vals.astype(np.float64).reshape(n, -1)
+    if RING_BUMP_MASK and fwhm is not None:
+        use = _ring_bumps(vals, use, (dx, dy), fwhm)
+    return ring_statistics(np.where(use, vals, np.nan), dx, dy)
+
+
+def _ring_bumps(vals, use, dxy, fwhm):
+    """``use`` (ring pixels, ``(n, p)`` on a square window) less the pixels near a
+    significant positive bump of ``vals`` over the ring's means at each radius
+    (:data:`RING_BUMP_MASK`), where at least ``MIN_RING_PIXELS`` stay."""
+    n = len(vals)
+    side = round(np.sqrt(vals.shape[1]))
+    cube = (n, side, side)
+    use = use & np.isfinite(vals)
+    vals = np.where(use, vals, 0.0)
+    resid = np.where(use, vals - _radial_mean(vals, np.hypot(*dxy), use), 0.0)
+    var = ring_statistics(np.where(use, vals, np.nan), *dxy)[1] ** 2
+    sig = fwhm / FWHM_PER_SIGMA
+    num = gaussian_filter(resid.reshape(cube), (0, sig, sig))
+    den = gaussian_filter((use * np.nan_to_num(var)[:, None]).reshape(cube),
+                          (0, sig / np.sqrt(2), sig / np.sqrt(2)))
+    z = num / np.sqrt(np.maximum(den, TINY_BASE) / (4 * np.pi * sig * sig))
+    grow = max(round(RESIDUAL_GROW_FWHM * fwhm), 1)
+    bump = binary_dilation((z > RESIDUAL_MASK_Z) & use.reshape(cube),
+                           structure=np.ones((1, 2 * grow + 1, 2 * grow + 1), bool))
+    kept = use & ~bump.reshape(n, -1)
+    return np.where((kept.sum(axis=1) >= MIN_RING_PIXELS)[:, None], kept, use)
 
 
 def _profile_and_gradient(theta, dxy):
