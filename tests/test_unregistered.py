@@ -39,6 +39,20 @@ def test_dithered_frames_are_refused_unless_within_the_offset_search(seed):
                     measure_scale(model, d.frames[k])
 
 
+def test_a_frame_offset_within_the_search_is_measured_with_a_hint_to_register():
+    """A few px of drift (inside the offset search, beyond the star search radius): the
+    scale is measured, and the warning says how to register the frames."""
+    params = NsgParameters()
+    d = simulate_dithered(2, seed=5, max_shift=0.0, max_angle=0.0, **DENSE)
+    model = prepare_reference(d.frames[0], params)
+    shift = int(params.star_search_radius) + 3
+    drifted = np.roll(d.frames[1], (shift, -shift), axis=(0, 1))
+    result = measure_scale(model, drifted)
+    assert result.scale[0] == pytest.approx(1.0, abs=0.03)
+    offset = [w for w in result.warnings if w.startswith("frame is offset by")]
+    assert offset and HINT in offset[0]
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_a_drifted_dense_frame_is_refused_not_scaled(seed):
     d = simulate_dithered(2, seed=seed, max_shift=0.0, max_angle=0.0, **DENSE)

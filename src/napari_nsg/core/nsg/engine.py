@@ -481,7 +481,7 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
                 warnings.append(f"frame is offset by ({offset[0]:+.1f}, {offset[1]:+.1f}) px from "
                                 "the reference: NSG expects registered frames (stars were "
                                 "paired after removing the shift; the gradient model assumes "
-                                "none)")
+                                f"none): {REGISTER_HINT}")
         else:
             offset_found = False
             warnings.append("could not find a whole-frame offset (too few bright stars agree); "
