@@ -262,15 +262,18 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
         models["psf"], True, 2, 0.0, True, False, False, TIMING_RING_MASK)
     runs[f"{four}, width weights, residual asymmetric"] = (
         models["psf"], True, 2, TIMING_RING_MASK, True, False, True, None, True)
+    runs[f"{four}, ring bumps"] = (
+        models["psf"], True, 2, TIMING_RING_MASK, True, False, False, None, False, True)
     times = {m: [] for m in runs}
     pairs = {}
     for _ in range(rounds):
         for m, (model, shared, mask, *extra) in runs.items():
-            extra += [0.0, False, False, False, None, False][len(extra):]
+            extra += [0.0, False, False, False, None, False, False][len(extra):]
             psf_photometry.SHARED_TAIL, psf_photometry.RESIDUAL_MASK_ROUNDS = shared, mask
             psf_photometry.RING_NEIGHBOUR_MASK_FWHM, psf_photometry.MATCHED_RESPONSE = extra[:2]
             psf_photometry.WIDTH_NOISE_TERM, psf_photometry.WIDTH_VARIANCE_WEIGHTS = extra[2:4]
             psf_photometry.PROFILE_RING_MASK_FWHM, psf_photometry.RESIDUAL_MASK_ASYMMETRIC = extra[4:6]
+            psf_photometry.RING_BUMP_MASK = extra[6]
             photometry.RING_NEIGHBOUR_MASK_FWHM = TIMING_RING_MASK if m == DEFAULT_RING_ROW else 0.0
             t0 = time.perf_counter()
             pairs[m] = int(measure_scale(model, tgt).n_star_pairs[0])
@@ -279,6 +282,7 @@ def timing(rounds: int = 3, shape=TIMING_SHAPE):
     psf_photometry.RING_NEIGHBOUR_MASK_FWHM, psf_photometry.MATCHED_RESPONSE = 0.0, False
     psf_photometry.WIDTH_NOISE_TERM = psf_photometry.WIDTH_VARIANCE_WEIGHTS = False
     psf_photometry.PROFILE_RING_MASK_FWHM, psf_photometry.RESIDUAL_MASK_ASYMMETRIC = None, False
+    psf_photometry.RING_BUMP_MASK = False
     photometry.RING_NEIGHBOUR_MASK_FWHM = 0.0
     base = float(np.median(times[PHOTOMETRY_MODES[0]]))
     print(f"measure_scale on a {shape[1]}x{shape[0]} target, {rounds} interleaved rounds "
