@@ -883,7 +883,7 @@ def test_width_noise_term_is_the_noise_that_each_stars_fit_absorbs(flux):
     fwhm, sky, read = 4.0, 500.0, 3.0
     clean, x, y = _isolated_stars("gaussian", fwhm, flux, sky=sky)
     f = np.full(len(x), flux)
-    plane, x, y, ids, tree, nxy = _profile_stars(clean, x, y, f, fwhm, (x, y, f))
+    _, x, y, ids, tree, nxy = _profile_stars(clean, x, y, f, fwhm, (x, y, f))
     _, r1, r2 = pp._ring_radii(fwhm)
     pix_var = _stamps(clean + read**2, x[ids], y[ids], fwhm, tree, nxy)[1]
     truth = np.log(np.sqrt(fwhm**2 + FWHM_PER_SIGMA**2 / 12))  # the pixels' own width
