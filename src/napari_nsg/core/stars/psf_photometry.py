@@ -146,7 +146,9 @@ RADIAL_BIN_PX = 1.0
 #: an undetected star) are left out of the ring level, unless fewer than MIN_RING_PIXELS
 #: stay. With the residual mask the stamps lose their undetected companions but the rings
 #: keep theirs: the level is then too high and the width narrow (-0.06 % on bench
-#: independent-like seed 1; docs/nsg.md "Ninth attempt"). An experiment (``--ring-bumps``).
+#: independent-like seed 1; docs/nsg.md "Ninth attempt"). An experiment (``--ring-bumps``),
+#: off: seed 1 -0.040 -> +0.017 % (undetected-free +0.020 %), seed 2 -0.012 -> +0.044 %
+#: (undetected-free +0.007 %: an overshoot, not separated).
 RING_BUMP_MASK = False
 #: Default of ``psf_pair_photometry(free_shape=None)`` (the engine's psf mode):
 #: an experiment switch for ``benchmarks/bench_scale_bound.py --free-shape``.
