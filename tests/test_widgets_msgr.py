@@ -109,7 +109,7 @@ def test_run_all_and_cancel_during_registration(make_napari_viewer, qtbot, pair,
     w = _widget(viewer, pair)
     w.params["register"]["ratio_min"].value = 1.5  # full search: registration takes a while
     seen = []
-    w._progressed.connect(lambda d, t, m: seen.append(m))
+    w._progressed.connect(lambda g, d, t, m: seen.append(m))
     w.run_all()
     qtbot.waitUntil(lambda: any(m.startswith("matching star patterns") for m in seen),
                     timeout=WAIT_MS)

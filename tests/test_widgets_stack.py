@@ -103,6 +103,7 @@ def test_stack_widget_leaves_out_files_that_normalize_rejected(make_napari_viewe
     w.files.setText(str(tmp_path / "nsg" / "*_nsg.fits"))
     w.stack()
     qtbot.waitUntil(lambda: w.result is not None and not w.busy, timeout=WAIT_MS)
+    qtbot.wait(50)  # any progress event still queued must not replace the summary
     assert len(w.result.stacked) == 3 and len(w.result.skipped) == 1
     assert w.viewer.layers[LAYERS["n_used"]].data.max() == 3
     assert "3 frames stacked" in w.status.text()

@@ -87,7 +87,7 @@ class WorkbenchWidget(QWidget):
         The running worker, or None.
     """
 
-    _progressed = Signal(int, int, str)
+    _progressed = Signal(int, int, int, str)  # job generation, done, total, message
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent=None):
         super().__init__(parent)
@@ -160,7 +160,7 @@ class WorkbenchWidget(QWidget):
 
         def emit(done: int, total_: int, message: str = "") -> None:
             if generation == self._generation:
-                self._progressed.emit(int(done), int(total_), str(message))
+                self._progressed.emit(generation, int(done), int(total_), str(message))
 
         worker = create_worker(_locked(func, lock), *args, progress=emit, cancel=event,
                                _ignore_errors=True, _worker_class=FunctionWorker, **kwargs)
@@ -188,7 +188,15 @@ class WorkbenchWidget(QWidget):
         self.status.setText(label)
         self.set_busy(True)
 
-    def _on_progress(self, done: int, total: int, message: str) -> None:
+    def _on_progress(self, generation: int, done: int, total: int, message: str) -> None:
+        if generation != self._generation or self.worker is None:
+            return  # delivered after its job ended (the result says more) or was replaced
+        if total > 0:
+            self.progress_bar.setValue(int(PROGRESS_STEPS * min(done, total) / total))
+        if message:
+            self.status.setText(message)
+        # napari's bar last: refreshing it may deliver queued events, the job's end among
+        # them, whose summary must not be overwritten by this older message
         pbar = self._pbar
         if pbar is not None and total > 0:
             pbar.total = total
@@ -196,10 +204,6 @@ class WorkbenchWidget(QWidget):
             if message:
                 pbar.set_description(message)
             pbar.refresh()
-        if total > 0:
-            self.progress_bar.setValue(int(PROGRESS_STEPS * min(done, total) / total))
-        if message:
-            self.status.setText(message)
 
     def _returned(self, generation: int, result, on_done: Callable | None) -> None:
         if generation != self._generation:
