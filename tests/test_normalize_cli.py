@@ -336,3 +336,38 @@ def test_a_warning_many_frames_share_is_printed_once(capsys):
     assert lines[1] == "napari-nsg: warning: reg/f1.fits: own warning"
     warn_frames(pairs[: GROUP_WARNINGS_FROM - 1])  # fewer: frame by frame, with the path
     assert capsys.readouterr().err.count("reg/f") == GROUP_WARNINGS_FROM - 1
+
+
+def test_a_full_disk_stops_the_run_and_resume_finishes_it(frames, tmp_path, monkeypatch, capsys):
+    """The disk fills up at frame 2: the run stops there (the frames after it are not
+    read and normalized for nothing), each says why and what to do, nothing partial is
+    left, and one --resume finishes the run once there is room."""
+    import errno
+
+    import napari_nsg.io.write as writing
+
+    paths, _ = frames
+    out = tmp_path / "nsg"
+    streamed = writing._write_streamed
+    written = []
+
+    def fill_up(hdu, tmp):
+        if len(written) >= 2:  # the reference's output and frame 1's fit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(tmp)
+        streamed(hdu, tmp)
+
+    monkeypatch.setattr(writing, "_write_streamed", fill_up)
+    assert run_cli(*paths, "--reference", paths[0], "--out", out) == 1
+    err = capsys.readouterr().err
+    rows = json.loads((out / "nsg_results.json").read_text())["frames"]
+    assert [r["error"] is None for r in rows] == [True, True, False, False, False]
+    assert "No space left on device" in rows[2]["error"]
+    assert all("disk filled up at frame_002.fits" in r["error"] for r in rows[3:])
+    assert {r["error_kind"] for r in rows[2:]} == {"DiskFullError"}
+    assert "run the same command with --resume" in err
+    assert not list(out.glob(".*partial*"))
+    monkeypatch.setattr(writing, "_write_streamed", streamed)
+    assert run_cli(*paths, "--reference", paths[0], "--out", out, "--resume") == 0
+    rows = json.loads((out / "nsg_results.json").read_text())["frames"]
+    assert all(r["error"] is None for r in rows)

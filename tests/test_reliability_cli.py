@@ -265,12 +265,14 @@ def test_full_disk_frame_outputs(frames, tmp_path, capsys, monkeypatch):
     before = digest(frames)
     assert normalize(*frames, "--reference", frames[0], "--out", out) == 1
     err = clean_stderr(capsys)
-    for f in frames:
-        assert f"{out / (f.stem + '_nsg.fits')}: cannot be written (No space left on device)" in err
+    # the first output that does not fit stops the run; the others say so
+    first = frames[0]
+    assert f"{out / (first.stem + '_nsg.fits')}: cannot be written (No space left on device)" in err
+    assert f"the output disk filled up at {first.name}" in err and "--resume" in err
     assert "unexpected" not in err
     assert digest(frames) == before
     rows = report_of(out)["frames"]
-    assert all(r["error_kind"] == "OutputWriteError" for r in rows)
+    assert all(r["error_kind"] == "DiskFullError" for r in rows)
     assert not list(out.glob("*.fits"))
     assert_consistent(out)
 

@@ -40,17 +40,26 @@ def warn_frames(pairs) -> None:
     """Print the frames' warnings (``(file, text)`` pairs) on stderr: a text that
     :data:`GROUP_WARNINGS_FROM` frames or more share once, with how many and the
     first few names, the others frame by frame."""
+    _grouped(pairs, warn)
+
+
+def error_frames(pairs) -> None:
+    """:func:`warn_frames` for the frames' errors."""
+    _grouped(pairs, error)
+
+
+def _grouped(pairs, say: Callable[[str], None]) -> None:
     by_text: dict[str, list[str]] = {}
     for file, text in pairs:
         by_text.setdefault(text, []).append(str(file))
     for text, files in by_text.items():
         if len(files) < GROUP_WARNINGS_FROM:
             for file in files:
-                warn(f"{file}: {text}")
+                say(f"{file}: {text}")
             continue
         names = ", ".join(Path(f).name for f in files[:NAMED_IN_GROUP])
         more = ", ..." if len(files) > NAMED_IN_GROUP else ""
-        warn(f"{len(files)} frames ({names}{more}): {text}")
+        say(f"{len(files)} frames ({names}{more}): {text}")
 
 
 def with_flags(exc: FrameError) -> str:

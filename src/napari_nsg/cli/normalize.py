@@ -14,6 +14,7 @@ from ._common import (
     EXIT_SOME_FAILED,
     add_progress_flag,
     error,
+    error_frames,
     existing_frames,
     frame_list,
     output_name,
@@ -127,8 +128,7 @@ def run(args: argparse.Namespace) -> int:
             scheduler=args.scheduler, progress=bar,
         )
     print(format_table(result.rows))
-    for row in result.failed:
-        error(f"{row.file}: {row.error}")
+    error_frames((row.file, row.error) for row in result.failed)
     if any(row.error_kind == "OutputExistsError" for row in result.failed):
         error(EXISTS_HINT)
     if not args.resume and any(w.startswith(KEPT_PREFIX) for r in result.rows for w in r.warnings):

@@ -15,6 +15,7 @@ space left on device"). Outputs get the permissions the user's umask gives
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -30,13 +31,23 @@ PAUSE_SECONDS = 3600.0
 FILE_MODE = 0o666  # before the umask, as open(..., "w") does
 _PROC_STATUS = "/proc/self/status"
 
-__all__ = ["InputCollisionError", "OutputWriteError", "atomic_group", "atomic_path",
-           "atomic_write_text", "make_output_folder", "pause_for_test", "refuse_inputs",
-           "remove_partials", "same_file"]
+__all__ = ["DiskFullError", "InputCollisionError", "OutputWriteError", "atomic_group",
+           "atomic_path", "atomic_write_text", "make_output_folder", "pause_for_test",
+           "refuse_inputs", "remove_partials", "same_file"]
 
 
 class OutputWriteError(FrameError):
     """An output could not be written (full disk, no permission...): names the file and why."""
+
+
+class DiskFullError(OutputWriteError):
+    """An output could not be written because its disk (or the user's quota) is full: the
+    frames after it would fail the same way."""
+
+
+#: The ``errno`` values of a full disk or quota.
+DISK_FULL_ERRNOS = frozenset(e for e in (getattr(errno, "ENOSPC", None),
+                                         getattr(errno, "EDQUOT", None)) if e is not None)
 
 
 class InputCollisionError(FrameError):
@@ -87,7 +98,8 @@ def write_error(path: str | os.PathLike, exc: OSError) -> OutputWriteError:
     reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else None)
     if not reason:  # astropy's own OSError repeats itself: its first sentence is enough
         reason = str(exc).split(". ", 1)[0].rstrip(".") or type(exc).__name__
-    return OutputWriteError(path, f"cannot be written ({reason})")
+    kind = DiskFullError if exc.errno in DISK_FULL_ERRNOS else OutputWriteError
+    return kind(path, f"cannot be written ({reason})")
 
 
 def _identity(path: str | os.PathLike) -> tuple | str:

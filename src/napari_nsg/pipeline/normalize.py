@@ -63,6 +63,7 @@ from ..core.nsg import (
 from ..core.nsg.engine import prepare_spline_system
 from ..io import FrameError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import (
+    DiskFullError,
     InputCollisionError,
     make_output_folder,
     pause_for_test,
@@ -616,6 +617,7 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
         tasks = map_frames(process_frame, job, items, workers=workers, scheduler=scheduler,
                            cancel=cancel,
                            local=lambda mine: pipelined_frames(job, mine, cancel, reading))
+    full = None  # the row of a frame whose outputs did not fit on the disk
     try:
         for k, row in tasks:
             rows[todo[k][0]] = row
@@ -625,14 +627,31 @@ def _normalize_frames(frames, reference, out_dir, params, gradient_images, overw
             result.write(csv_too=False)
             pause_for_test("after_row")
             check_cancel(cancel)
+            if row.error_kind == DiskFullError.__name__:
+                full = row
+                break  # the frames after it would be read and normalized for nothing
     finally:
         tasks.close()  # now, not when garbage-collected: pending work is dropped or finished
         if reading is not None:
             reading.close()
         result.rows = [r for r in rows if r is not None]
+    if full is not None:
+        _left_for_resume(rows, frames, reference, full)
+        result.rows = [r for r in rows if r is not None]
     _relative(result, model, ref_meta, reference, frames)
     result.write()
     return result
+
+
+def _left_for_resume(rows: list, frames: list[Path], reference: Path, full: FrameRow) -> None:
+    """Rows for the frames a full disk stopped the run before (``--resume`` redoes them:
+    they were claimed and failed)."""
+    why = (f"not normalized: the output disk filled up at {Path(full.file).name}; free "
+           "space, then run the same command with --resume")
+    for i, f in enumerate(frames):
+        if rows[i] is None:
+            rows[i] = _error_row(str(f), None, same_file(f, reference), why,
+                                 DiskFullError.__name__)
 
 
 def _reading_process(job: NormalizeJob, n_frames: int) -> ReadingProcess | None:
