@@ -199,3 +199,39 @@ def test_register_workers_and_dask_equal_serial_and_cancel(dithered, tmp_path):
     assert not [n for n in written if n.startswith(".")]  # no partial file
     rows = json.loads((tmp_path / "c" / "register_results.json").read_text())["frames"]
     assert len(rows) == 2  # the report holds the finished frames
+
+
+def test_a_full_disk_stops_register_and_resume_finishes_it(dithered, tmp_path, monkeypatch,
+                                                           capsys):
+    """As normalize: the disk fills up at the third output, the run stops there, the
+    frames left say to free space and --resume, which finishes the run."""
+    import errno
+
+    import napari_nsg.io.write as writing
+
+    _, paths = dithered
+    out = tmp_path / "reg"
+    streamed = writing._write_streamed
+    written = []
+
+    def fill_up(hdu, tmp):
+        if len(written) >= 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(tmp)
+        streamed(hdu, tmp)
+
+    monkeypatch.setattr(writing, "_write_streamed", fill_up)
+    assert run_cli("register", *paths, "--reference", paths[0], "--out", out, "-q") == 1
+    err = capsys.readouterr().err
+    rows = json.loads((out / "register_results.json").read_text())["frames"]
+    failed = [r for r in rows if r["error"]]
+    assert len(failed) == len(paths) - 2
+    assert {r["error_kind"] for r in failed} == {"DiskFullError"}
+    assert sum("No space left on device" in r["error"] for r in failed) == 1
+    assert "free space, then run the same command with --resume" in err
+    assert not list(out.glob(".*partial*"))
+    monkeypatch.setattr(writing, "_write_streamed", streamed)
+    assert run_cli("register", *paths, "--reference", paths[0], "--out", out, "-q",
+                   "--resume") == 0
+    rows = json.loads((out / "register_results.json").read_text())["frames"]
+    assert all(r["error"] is None for r in rows)

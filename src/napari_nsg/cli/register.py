@@ -12,10 +12,11 @@ from ._common import (
     EXIT_SOME_FAILED,
     add_progress_flag,
     error,
+    error_frames,
     existing_frames,
     frame_list,
     output_name,
-    warn,
+    warn_frames,
 )
 
 
@@ -89,14 +90,11 @@ def run(args: argparse.Namespace) -> int:
             resampling=args.resampling, debayer=args.debayer, overwrite=args.overwrite,
             resume=args.resume, workers=args.workers, scheduler=args.scheduler, progress=bar)
     _print_rows(result.rows)
-    for row in result.failed:
-        error(f"{row.file}: {row.error}" + _hint(row.error))
+    error_frames((row.file, row.error + _hint(row.error)) for row in result.failed)
     if any(row.error_kind == "OutputExistsError" for row in result.failed):
         error("some outputs exist and are not this run's: use --overwrite to replace them, "
               "or choose another --out")
-    for row in result.rows:
-        for text in row.warnings:
-            warn(f"{row.file}: {text}")
+    warn_frames((row.file, text) for row in result.rows for text in row.warnings)
     n_ok = len(result.rows) - len(result.failed)
     print(f"{n_ok} of {len(result.rows)} frame(s) registered; report: {result.json_path}",
           file=sys.stderr)

@@ -45,6 +45,7 @@ from ..core.registration.frames import (
 from ..core.stars import intensity
 from ..io import FrameError, MosaicError, OutputExistsError, read_frame, remove_partials
 from ..io.atomic import (
+    DiskFullError,
     InputCollisionError,
     atomic_write_text,
     make_output_folder,
@@ -488,6 +489,7 @@ def register_frames(
     else:
         tasks = map_frames(process_frame, job, items, workers=workers, scheduler=scheduler,
                            cancel=cancel)
+    full = None  # the row of a frame whose output did not fit on the disk
     try:
         for k, row in tasks:
             rows[todo[k][0]] = row
@@ -496,8 +498,20 @@ def register_frames(
             result.rows = [r for r in rows if r is not None]
             result.write()
             check_cancel(cancel)
+            if row.error_kind == DiskFullError.__name__:
+                full = row
+                break  # the frames after it would be registered only to fail the same way
     finally:
+        tasks.close()  # now: pending work is dropped
         result.rows = [r for r in rows if r is not None]
         release_scratch()  # the resampling's work arrays, kept from frame to frame
+    if full is not None:
+        why = (f"not registered: the output disk filled up at {Path(full.file).name}; free "
+               "space, then run the same command with --resume")
+        rows = [r if r is not None else RegisterRow(file=str(f), error=why,
+                                                    is_reference=same_file(f, reference),
+                                                    error_kind=DiskFullError.__name__)
+                for r, f in zip(rows, frames)]
+        result.rows = rows
     result.write()
     return result
