@@ -164,6 +164,34 @@ SETTINGS = {
 }
 
 
+def add_psf_switches(ap: argparse.ArgumentParser, skip=()) -> None:
+    """The flags of :data:`EXPERIMENTS` and :data:`SETTINGS` (but those in ``skip``)."""
+    for flag, (attr, text) in EXPERIMENTS.items():
+        if flag not in skip:
+            ap.add_argument(flag, action="store_true",
+                            help=f"photometry=psf {text} (psf_photometry.{attr})")
+    for flag, (attr, kind, meta, text) in SETTINGS.items():
+        if flag not in skip:
+            default = "" if "default" in text else "; default 0"
+            ap.add_argument(flag, type=kind, metavar=meta,
+                            help=f"{text} (psf_photometry.{attr}{default})")
+
+
+def apply_psf_switches(args: argparse.Namespace, skip=()) -> None:
+    """Set the psf mode's switches as the flags of :func:`add_psf_switches` say."""
+    for flag, (attr, _) in EXPERIMENTS.items():
+        if flag not in skip:
+            setattr(psf_photometry, attr, getattr(args, _dest(flag)))
+    for flag, (attr, *_) in SETTINGS.items():
+        value = getattr(args, _dest(flag))
+        if flag not in skip and value is not None:
+            setattr(psf_photometry, attr, value)
+
+
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 CONDITIONS = {
     "independent-like": _independent_like,
     "moffat seeing 1.6x": _seeing_16,
@@ -320,11 +348,7 @@ def main(argv=None):
                     help="also the scale of a free pixel kernel fit (core/nsg/kernel_scale.py)")
     ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                     help="an NsgParameters value for the engine (repeatable), e.g. aperture_fwhm=2")
-    for flag, (attr, text) in EXPERIMENTS.items():
-        ap.add_argument(flag, action="store_true", help=f"photometry=psf {text} (psf_photometry.{attr})")
-    for flag, (attr, kind, meta, text) in SETTINGS.items():
-        ap.add_argument(flag, type=kind, metavar=meta,
-                        help=f"{text} (psf_photometry.{attr}{'' if 'default' in text else '; default 0'})")
+    add_psf_switches(ap)
     ap.add_argument("--default-ring-mask", type=float, default=0.0, metavar="FWHM",
                     help=("photometry=aperture (the default) with the ring pixels within FWHM "
                           "(x the pair's broader) of another detected star left out "
@@ -333,12 +357,7 @@ def main(argv=None):
                     help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
     photometry.RING_NEIGHBOUR_MASK_FWHM = args.default_ring_mask
-    for flag, (attr, _) in EXPERIMENTS.items():
-        setattr(psf_photometry, attr, getattr(args, flag[2:].replace("-", "_")))
-    for flag, (attr, *_) in SETTINGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            setattr(psf_photometry, attr, value)
+    apply_psf_switches(args)
     if args.timing:
         timing()
         return

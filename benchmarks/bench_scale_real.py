@@ -58,6 +58,9 @@ PSF_RADIUS_FWHM = WEIGHT_RADIUS_FWHM + 0.5
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_scale_precision import wasp_targets
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale_bound import add_psf_switches, apply_psf_switches
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -66,55 +69,12 @@ def main(argv=None):
                     help="small_aperture_fwhm of the corrected and empirical modes")
     ap.add_argument("--kernel", action="store_true",
                     help="also the scale of a free pixel kernel fit (1-2 s a frame)")
-    ap.add_argument("--free-shape", action="store_true",
-                    help="the psf mode with every star's width and tail terms free "
-                         "(psf_photometry.FREE_SHAPE, an experiment)")
     ap.add_argument("--shared-tail", action="store_true",
                     help="also the psf mode with the reference's tail imposed on the targets")
-    ap.add_argument("--shape-cull", type=int, metavar="ROUNDS",
-                    help="the psf mode with psf_photometry.SHAPE_CULL_ROUNDS = ROUNDS")
-    ap.add_argument("--residual-mask", type=int, metavar="ROUNDS",
-                    help="the psf mode with psf_photometry.RESIDUAL_MASK_ROUNDS = ROUNDS "
-                         "(companions found in the profile stars' residuals masked)")
-    ap.add_argument("--ring-mask", type=float, metavar="FWHM",
-                    help="the psf mode with psf_photometry.RING_NEIGHBOUR_MASK_FWHM = FWHM "
-                         "(ring pixels near a detected neighbour left out)")
-    ap.add_argument("--matched-response", action="store_true",
-                    help="the psf mode with flux weights of matched response in both frames "
-                         "(psf_photometry.MATCHED_RESPONSE, an experiment)")
-    ap.add_argument("--width-noise", action="store_true",
-                    help="the psf mode's profile fit with the noise its stars' linear terms "
-                         "absorb added (psf_photometry.WIDTH_NOISE_TERM, an experiment)")
-    ap.add_argument("--width-weights", action="store_true",
-                    help="the psf mode's profile fit with its pixels weighted by their variance "
-                         "(psf_photometry.WIDTH_VARIANCE_WEIGHTS, an experiment)")
-    ap.add_argument("--profile-ring-mask", type=float, metavar="FWHM",
-                    help="the psf mode with psf_photometry.PROFILE_RING_MASK_FWHM = FWHM "
-                         "(the ring mask in the profile fit's rings only)")
-    ap.add_argument("--residual-split", action="store_true",
-                    help="the psf mode's residual mask found on one checkerboard half of each "
-                         "stamp, masked on the other (psf_photometry.RESIDUAL_MASK_SPLIT)")
-    ap.add_argument("--residual-asymmetric", action="store_true",
-                    help="the psf mode's residual mask sought in the residual less its "
-                         "ring-symmetric part (psf_photometry.RESIDUAL_MASK_ASYMMETRIC)")
-    ap.add_argument("--ring-bumps", action="store_true",
-                    help="the psf mode's profile-fit rings cleaned of bumps "
-                         "(psf_photometry.RING_BUMP_MASK)")
+    own = ("--shared-tail",)  # a column here, not a switch for every psf run
+    add_psf_switches(ap, skip=own)  # the psf mode's experiments, as there
     args = ap.parse_args(argv)
-    psf_photometry.MATCHED_RESPONSE = args.matched_response
-    psf_photometry.RING_BUMP_MASK = args.ring_bumps
-    psf_photometry.RESIDUAL_MASK_ASYMMETRIC = args.residual_asymmetric
-    psf_photometry.RESIDUAL_MASK_SPLIT = args.residual_split
-    psf_photometry.PROFILE_RING_MASK_FWHM = args.profile_ring_mask
-    psf_photometry.WIDTH_NOISE_TERM = args.width_noise
-    psf_photometry.WIDTH_VARIANCE_WEIGHTS = args.width_weights
-    if args.ring_mask is not None:
-        psf_photometry.RING_NEIGHBOUR_MASK_FWHM = args.ring_mask
-    if args.shape_cull is not None:
-        psf_photometry.SHAPE_CULL_ROUNDS = args.shape_cull
-    if args.residual_mask is not None:
-        psf_photometry.RESIDUAL_MASK_ROUNDS = args.residual_mask
-    psf_photometry.FREE_SHAPE = args.free_shape
+    apply_psf_switches(args, skip=own)
     folder = Path(args.data) / "wasp12b_calibrated"
     ref, targets = wasp_targets(folder)
     models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(
