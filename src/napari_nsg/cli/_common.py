@@ -62,6 +62,10 @@ def _grouped(pairs, say: Callable[[str], None]) -> None:
         say(f"{len(files)} frames ({names}{more}): {text}")
 
 
+#: What a raw colour mosaic (:class:`~napari_nsg.io.MosaicError`) is told, frame or reference.
+DEBAYER_HINT = ": use --debayer superpixel (or bilinear)"
+
+
 def with_flags(exc: FrameError) -> str:
     """The message of a pipeline error, with the command-line flags that get past it."""
     from ..pipeline.normalize import ForeignRunError, ResumeMismatchError
@@ -75,7 +79,7 @@ def with_flags(exc: FrameError) -> str:
     if isinstance(exc, OutputExistsError):
         return f"{text}; use --overwrite to replace it"
     if isinstance(exc, MosaicError):
-        return f"{text}: use --debayer superpixel (or bilinear)"
+        return f"{text}{DEBAYER_HINT}"
     return text
 
 

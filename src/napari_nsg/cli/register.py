@@ -6,7 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..io import MosaicError
 from ._common import (
+    DEBAYER_HINT,
     EXIT_BAD_INPUT,
     EXIT_OK,
     EXIT_SOME_FAILED,
@@ -70,8 +72,8 @@ def _print_rows(rows) -> None:
               f"{_fmt(r.coverage, '.3f'):>6s}  {status}")
 
 
-def _hint(text: str) -> str:
-    return "; use --debayer superpixel or --debayer bilinear" if "debayered" in text else ""
+def _hint(row) -> str:
+    return DEBAYER_HINT if row.error_kind == MosaicError.__name__ else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             resampling=args.resampling, debayer=args.debayer, overwrite=args.overwrite,
             resume=args.resume, workers=args.workers, scheduler=args.scheduler, progress=bar)
     _print_rows(result.rows)
-    error_frames((row.file, row.error + _hint(row.error)) for row in result.failed)
+    error_frames((row.file, row.error + _hint(row)) for row in result.failed)
     if any(row.error_kind == "OutputExistsError" for row in result.failed):
         error("some outputs exist and are not this run's: use --overwrite to replace them, "
               "or choose another --out")
