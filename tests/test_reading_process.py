@@ -182,18 +182,18 @@ def test_a_hang_up_leaves_no_shared_memory(sequence, tmp_path):
     started with SIGHUP blocked, outlives the others and unlinks the reading slots."""
     script = tmp_path / "hangup.py"
     script.write_text(
-        "import sys, time\n"
+        "import os, sys, time\n"
         "from napari_nsg.pipeline import normalize, reading\n"
         "reading.READ_PROCESS_MIN_PIXELS = 1\n"
         "made = reading._Slot.__init__\n"
         "def slot(self, n):\n"
         "    made(self, n)\n"
-        "    print(self.name, flush=True)\n"
+        "    os.write(1, f'{self.name}\\n'.encode())  # one write: lines of two threads never mix\n"
         "reading._Slot.__init__ = slot\n"
         "measure = normalize._measure\n"
         "def slow(job, loaded):\n"
         "    if not loaded.is_reference:\n"
-        "        print('measuring', flush=True)\n"
+        "        os.write(1, b'measuring\\n')\n"
         "        time.sleep(60)\n"
         "    return measure(job, loaded)\n"
         "normalize._measure = slow\n"
@@ -220,3 +220,80 @@ def test_a_hang_up_leaves_no_shared_memory(sequence, tmp_path):
     while not gone() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert gone(), "the reading slots outlived a hang-up"
+
+
+def _gone(names) -> bool:
+    return not any(os.path.exists(os.path.join(reading.SHM_DIR, n.lstrip("/"))) for n in names)
+
+
+@pytest.mark.parametrize("step", ["ftruncate", "mmap"])
+def test_a_kill_while_a_slot_is_made_leaves_no_shared_memory(tmp_path, step):
+    """SIGKILL after the block exists but before it is fully made (sized, mapped): the
+    resource tracker already knows its name and unlinks it once the process is gone."""
+    script = tmp_path / "kill.py"
+    script.write_text(
+        "import mmap, os, signal, sys\n"
+        "from multiprocessing import resource_tracker\n"
+        "from napari_nsg.pipeline import reading\n"
+        "resource_tracker.ensure_running()\n"
+        "real = os.open\n"
+        "def opened(*args, **kwargs):\n"
+        "    fd = real(*args, **kwargs)\n"
+        "    if args[1] & os.O_CREAT:\n"
+        "        print(args[0], flush=True)\n"
+        f"        if {step!r} == 'ftruncate':\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return fd\n"
+        "os.open = opened\n"
+        "def mapped(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "mmap.mmap = mapped\n"
+        "reading._Slot(1 << 16)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    names = [line for line in proc.stdout.split() if line]
+    assert len(names) == 1 and names[0].startswith(reading.SHM_DIR)
+    deadline = time.monotonic() + 10
+    while not _gone(names) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(names), "a slot killed while it was made outlived its process"
+
+
+def test_an_interrupt_while_a_slot_is_made_unlinks_it(monkeypatch):
+    """An exception while the block is sized (a stop signal's, in this thread): unlinked."""
+    made = []
+    real = os.ftruncate
+
+    def stopped(fd, n):
+        made.append(os.readlink(f"/proc/self/fd/{fd}"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "ftruncate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        reading._Slot(1 << 16)
+    monkeypatch.setattr(os, "ftruncate", real)
+    assert len(made) == 1 and _gone(made)
+
+
+def test_a_slot_made_while_the_process_closes_is_unlinked(sequence):
+    """The reading thread making a slot while the batch closes the process: the slot is
+    unlinked, not kept past close(), and the frame is read without the process."""
+    model = prepare_reference(read_frame(sequence[0]).data)
+    process = reading.ReadingProcess(target_plan(model))
+    made = []
+    real = reading._Slot.__init__
+
+    def closing(slot, nbytes):
+        real(slot, nbytes)
+        made.append(slot.name)
+        process.close()
+
+    try:
+        reading._Slot.__init__ = closing
+        with pytest.raises(BrokenProcessPool):
+            process.read(str(sequence[1]))
+    finally:
+        reading._Slot.__init__ = real
+        process.close()
+    assert process.broken and made and _gone(made)

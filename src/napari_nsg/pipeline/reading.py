@@ -23,6 +23,7 @@ import contextlib
 import mmap
 import os
 import pickle
+import secrets
 import sys
 import threading
 import warnings
@@ -57,6 +58,11 @@ READER_NICE = 5
 SLOTS = 3
 #: Slot sizes are rounded up to this (the page size at least).
 SLOT_ALIGN = 1 << 16
+#: A slot's name in /dev/shm: this prefix and SLOT_NAME_BYTES random bytes in hex.
+SLOT_PREFIX = "napari_nsg_"
+SLOT_NAME_BYTES = 8
+#: A slot's permissions: this user only (as Python's SharedMemory makes them).
+SLOT_MODE = 0o600
 
 
 def _pays(data_shape: tuple[int, ...], n_frames: int) -> bool:
@@ -124,29 +130,57 @@ def _aligned(nbytes: int) -> int:
 
 
 class _Slot:
-    """One block of shared memory, created here (the resource tracker unlinks it if this
-    process dies first) and mapped on its own, so that the arrays on it may outlive
-    :meth:`close` (the mapping goes when the last of them does); the reading process
-    maps it by name."""
+    """One block of shared memory, created here and mapped on its own, so that the
+    arrays on it may outlive :meth:`close` (the mapping goes when the last of them
+    does); the reading process maps it by name.
+
+    The resource tracker unlinks the block if this process dies first. Its name is
+    given to the tracker *before* the block exists (Python's ``SharedMemory`` does it
+    after creating, sizing and mapping it, so a kill in between left the block in
+    ``/dev/shm`` until reboot); an exception while it is made (a stop signal in this
+    thread) unlinks it at once."""
 
     def __init__(self, nbytes: int):
-        from multiprocessing import shared_memory
-
-        block = shared_memory.SharedMemory(create=True, size=nbytes)
-        block.close()  # its own mapping: never exported, so closed at once
-        self._block = block
-        self.name = block.name
+        self.name = f"/{SLOT_PREFIX}{secrets.token_hex(SLOT_NAME_BYTES)}"
         self.nbytes = nbytes
-        self.map = _map(block.name, nbytes)
+        try:
+            _tracker().register(self.name, "shared_memory")
+            self.map = _create(self.name, nbytes)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._block.unlink()
+        """Unlink the block (mappings still open keep their memory until unmapped)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_shm_path(self.name))
+        with contextlib.suppress(Exception):  # the tracker gone: nothing more to tell it
+            _tracker().unregister(self.name, "shared_memory")
+
+
+def _tracker():
+    from multiprocessing import resource_tracker
+
+    return resource_tracker
+
+
+def _shm_path(name: str) -> str:
+    return os.path.join(SHM_DIR, name.lstrip("/"))
+
+
+def _create(name: str, nbytes: int) -> mmap.mmap:
+    """A new shared-memory block ``name`` of ``nbytes``, mapped shared, read and write."""
+    fd = os.open(_shm_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL, SLOT_MODE)
+    try:
+        os.ftruncate(fd, nbytes)
+        return mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
 
 
 def _map(name: str, nbytes: int) -> mmap.mmap:
     """The shared-memory block ``name`` mapped shared, read and write."""
-    fd = os.open(os.path.join(SHM_DIR, name.lstrip("/")), os.O_RDWR)
+    fd = os.open(_shm_path(name), os.O_RDWR)
     try:
         return mmap.mmap(fd, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
@@ -191,6 +225,7 @@ class ReadingProcess:
         self.broken = False
         self._free: list[_Slot] = []
         self._all: list[_Slot] = []
+        self._closed = False
         self._lock = threading.Lock()
         self._pool = _process_pool(_read_in_worker, (plan, debayer, self.layout), 1)
         start_workers(self._pool, 1, script=False)  # it starts now, while the caller goes on
@@ -226,8 +261,12 @@ class ReadingProcess:
                 return self._free.pop()
         slot = _Slot(self.layout.nbytes)
         with self._lock:
-            self._all.append(slot)
-        return slot
+            if not self._closed:
+                self._all.append(slot)
+                return slot
+        slot.close()  # made while close() ran: it would outlive the batch
+        self.broken = True
+        raise BrokenProcessPool("the reading process was closed")
 
     def give(self, slot: _Slot | None) -> None:
         """Take a slot back once nothing uses its arrays (the next frame may fill it)."""
@@ -242,6 +281,7 @@ class ReadingProcess:
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:
             slots, self._all, self._free = self._all, [], []
+            self._closed = True
         for slot in slots:
             slot.close()
 
