@@ -165,7 +165,12 @@ SETTINGS = {
 
 
 def add_psf_switches(ap: argparse.ArgumentParser, skip=()) -> None:
-    """The flags of :data:`EXPERIMENTS` and :data:`SETTINGS` (but those in ``skip``)."""
+    """The flags of :data:`EXPERIMENTS` and :data:`SETTINGS` (but those in ``skip``), and
+    ``--shipped``."""
+    ap.add_argument("--shipped", action="store_true",
+                    help="photometry=psf as shipped (psf_photometry.SHIPPED_SETTINGS); without "
+                    "it the flags below start from the plain mode (PLAIN_SETTINGS), as the "
+                    "commands of docs/nsg.md's attempts before the tenth did")
     for flag, (attr, text) in EXPERIMENTS.items():
         if flag not in skip:
             ap.add_argument(flag, action="store_true",
@@ -178,10 +183,14 @@ def add_psf_switches(ap: argparse.ArgumentParser, skip=()) -> None:
 
 
 def apply_psf_switches(args: argparse.Namespace, skip=()) -> None:
-    """Set the psf mode's switches as the flags of :func:`add_psf_switches` say."""
+    """Set the psf mode's switches as the flags of :func:`add_psf_switches` say: the plain
+    mode's (or with ``--shipped`` the shipped ones), and what the flags add."""
+    start = psf_photometry.SHIPPED_SETTINGS if args.shipped else psf_photometry.PLAIN_SETTINGS
+    for attr, value in start.items():
+        setattr(psf_photometry, attr, value)
     for flag, (attr, _) in EXPERIMENTS.items():
-        if flag not in skip:
-            setattr(psf_photometry, attr, getattr(args, _dest(flag)))
+        if flag not in skip and getattr(args, _dest(flag)):
+            setattr(psf_photometry, attr, True)
     for flag, (attr, *_) in SETTINGS.items():
         value = getattr(args, _dest(flag))
         if flag not in skip and value is not None:

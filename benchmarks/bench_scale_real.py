@@ -75,6 +75,7 @@ def main(argv=None):
     add_psf_switches(ap, skip=own)  # the psf mode's experiments, as there
     args = ap.parse_args(argv)
     apply_psf_switches(args, skip=own)
+    tail = psf_photometry.SHARED_TAIL  # --shipped's (True) or the plain mode's
     folder = Path(args.data) / "wasp12b_calibrated"
     ref, targets = wasp_targets(folder)
     models = {m: prepare_reference(ref.data, ref.meta, params=NsgParameters(
@@ -89,9 +90,9 @@ def main(argv=None):
         runs = [(m, False) for m in models.values()]
         runs += [(models["psf"], True)] if args.shared_tail else []
         for model, shared in runs:
-            psf_photometry.SHARED_TAIL = shared
+            psf_photometry.SHARED_TAIL = shared or tail  # the column's, else as the flags say
             results.append(measure_scale(model, reg))
-            psf_photometry.SHARED_TAIL = False
+            psf_photometry.SHARED_TAIL = tail
             s = float(results[-1].scale[0])
             fell_back = (model.params.photometry == "psf"
                          and results[-1].ref_photometry.radius[0]

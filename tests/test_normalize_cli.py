@@ -371,3 +371,30 @@ def test_a_full_disk_stops_the_run_and_resume_finishes_it(frames, tmp_path, monk
     assert run_cli(*paths, "--reference", paths[0], "--out", out, "--resume") == 0
     rows = json.loads((out / "nsg_results.json").read_text())["frames"]
     assert all(r["error"] is None for r in rows)
+
+
+def test_psf_photometry_from_the_command_line(tmp_path):
+    """``--photometry psf`` reaches the engine: the report and the headers record it, the
+    scales are the psf mode's (those of ``NsgParameters(photometry="psf")``, not the
+    apertures'), within 0.5 % of the truth on the issue-like sequence."""
+    from test_scale_precision import independent_like  # tests/ is on the path (rootdir)
+
+    seq = independent_like(0)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    paths = [folder / f"frame_{k:03d}.fits" for k in range(seq.n_frames)]
+    for k, path in enumerate(paths):  # 16-bit values, as the engine's tests measure them
+        frame = seq.frame(k)
+        write_frame(path, np.round(frame.data).astype(np.float32), header=frame.header)
+    runs = {}
+    for mode in ("aperture", "psf"):
+        out = tmp_path / mode
+        assert run_cli(*paths, "--reference", paths[0], "--out", out, "--photometry", mode) == 0
+        report = json.loads((out / "nsg_results.json").read_text())
+        assert report["parameters"]["photometry"] == mode
+        header = fits.getheader(out / "frame_001_nsg.fits")
+        assert f"NSG.photometry = {mode}" in [str(h) for h in header["HISTORY"]]
+        runs[mode] = [r["scale"][0] for r in report["frames"][1:]]
+    truth = [float(seq.truth[k].scale[0]) for k in range(1, seq.n_frames)]
+    assert runs["psf"] != runs["aperture"]
+    np.testing.assert_allclose(runs["psf"], truth, rtol=5e-3)

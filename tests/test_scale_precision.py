@@ -8,7 +8,8 @@
   issue's target (1.5x the bound, 0.1 %) as a strict xfail: not reached yet;
 * no bias with the seeing ratio or the transmission;
 * photometry='psf' (:mod:`napari_nsg.core.stars.psf_photometry`) meets the
-  absolute half of the target (0.1 %) on them; the bound with the PSF learned
+  absolute half of the target (0.1 %) on them and halves the default's error, but
+  not the 1.5x half; the bound with the PSF learned
   (:func:`~napari_nsg.synthetic.scale_bound.learned_psf_bound`) has its limits;
 * PSF-matched photometry (:mod:`napari_nsg.core.stars.psf_match`) removes the
   seeing dependence of small apertures for Gaussian PSFs;
@@ -53,6 +54,19 @@ FIELD = {"gain": 1.0, "read_noise": 3.0, "star_flux_range": (15.0, 1.5e4), "star
              "n_bright": 4}
 SEEDS = (0, 1, 2)
 SATURATED = 6e4
+
+
+@pytest.fixture(autouse=True)
+def _plain_psf(request, monkeypatch):
+    """Every test here but the ``shipped_psf`` ones runs the plain psf mode
+    (``psf_photometry.PLAIN_SETTINGS``): the tests of one mechanism measure it against
+    that mode, one switch at a time, as they were written."""
+    if request.node.get_closest_marker("shipped_psf"):
+        return
+    from napari_nsg.core.stars import psf_photometry
+
+    for name, value in psf_photometry.PLAIN_SETTINGS.items():
+        monkeypatch.setattr(psf_photometry, name, value)
 
 
 def independent_like(seed: int, n: int = 5, psf: str = "gaussian"):
@@ -439,28 +453,40 @@ def test_shape_cull_floor_drops_the_most_deviant_first():
     assert not _at_floor(score, keep, 7).any()
 
 
-@pytest.mark.slow
-def test_psf_photometry_meets_the_absolute_target_on_independent_like():
-    """photometry='psf' (PSF weights with each frame's fitted profile) on 24
-    independent-like frames (seeds 0-5, not the ones it was developed on alone):
-    median |error| <= 0.1 % (the issue's absolute target; measured 0.058 % on
-    seeds 0-2 and 0.099 % on 3-5), under 2.5x the known-PSF bound (measured
-    1.62 and 2.39), every frame kept the PSF weights, none beyond 0.3 %."""
+#: Independent-like seeds of the shipped psf mode's test: 48 frames (a 12-frame median
+#: moves by about 30 % from set to set; docs/nsg.md "Tenth attempt").
+SHIPPED_SEEDS = range(12)
+
+
+def _errors(params, seeds):
+    """``(error, bound)`` rows of every target of the independent-like ``seeds``."""
     rows = []
-    params = NsgParameters(photometry="psf")
-    for seed in range(6):
+    for seed in seeds:
         seq = independent_like(seed)
         model = prepare_reference(np.round(seq.frame(0).data), params=params)
         for k in range(1, seq.n_frames):
             sr = measure_scale(model, np.round(seq.frame(k).data))
             rows.append((float(sr.scale[0]) / float(seq.truth[k].scale[0]) - 1.0,
-                         scale_bound(seq, k, quantised=True).relative_sigma,
-                         sr.ref_photometry.radius[0] < 2.5 * model.fwhm))
-    err, bound, weighted = np.array(rows).T
-    assert weighted.all()
+                         scale_bound(seq, k, quantised=True).relative_sigma))
+    return np.array(rows).T
+
+
+@pytest.mark.slow
+@pytest.mark.shipped_psf
+def test_psf_photometry_halves_the_error_on_independent_like():
+    """photometry='psf' as shipped (the plain mode plus the six settings the tenth attempt
+    made its defaults) on 48 independent-like frames (seeds 0-11): median |error| under
+    0.1 % (measured 0.069 %), under 1.8x the known-PSF bound (measured 1.60: the issue's
+    1.5x is not reached), and less than half the default apertures' (measured: ratio 3.39,
+    median 0.139 %, rms 0.237 % against 0.109 %), no frame beyond 0.4 % (0.26 %)."""
+    err, bound = _errors(NsgParameters(photometry="psf"), SHIPPED_SEEDS)
+    base, _ = _errors(NsgParameters(), SHIPPED_SEEDS)
+    ratio = np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL
     assert np.median(np.abs(err)) <= 0.001
-    assert np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL < 2.5
-    assert np.max(np.abs(err)) < 0.003
+    assert ratio < 1.8
+    assert np.median(np.abs(base) / bound) / MEDIAN_ABS_NORMAL > 1.6 * ratio
+    assert np.sqrt(np.mean(err ** 2)) < 0.6 * np.sqrt(np.mean(base ** 2))
+    assert np.max(np.abs(err)) < 0.004
 
 
 @pytest.mark.slow
@@ -604,6 +630,40 @@ def wasp_targets(folder):
     return ref, targets
 
 
+def _wasp_models(real_data, mode):
+    """:func:`wasp_targets` and the reference prepared for ``mode`` and for the default
+    apertures (skips when the frames are missing)."""
+    folder = real_data / "wasp12b_calibrated"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is missing")
+    ref, targets = wasp_targets(folder)
+    return targets, [prepare_reference(ref.data, ref.meta, params=NsgParameters(photometry=m))
+                     for m in (mode, "aperture")]
+
+
+@pytest.mark.real
+@pytest.mark.slow
+@pytest.mark.shipped_psf
+def test_psf_photometry_on_real_frames_falls_back_and_says_so(real_data):
+    """photometry='psf' as shipped on WASP-12b: the fitted profile does not follow these
+    PSFs (FWHM 8.5-11 px, elongated: without the agreement check the PSF-weighted scales
+    are 1.4-3.9 % from photutils), so every frame gets the large apertures' scale, the
+    default's to the digit, and a warning that says so; a simulated frame whose PSF the
+    profile follows keeps the PSF weights, without the warning."""
+    from napari_nsg.core.nsg.engine import PSF_FALLBACK_WARNING
+
+    targets, models = _wasp_models(real_data, "psf")
+    for name, reg, _ in targets[:3]:
+        psf, default = (measure_scale(m, reg) for m in models)
+        assert float(psf.scale[0]) == float(default.scale[0]), name
+        assert PSF_FALLBACK_WARNING in psf.warnings and PSF_FALLBACK_WARNING not in default.warnings
+    seq = independent_like(0)
+    model = prepare_reference(np.round(seq.frame(0).data), params=NsgParameters(photometry="psf"))
+    kept = [PSF_FALLBACK_WARNING not in measure_scale(model, np.round(seq.frame(k).data)).warnings
+            for k in range(1, seq.n_frames)]
+    assert sum(kept) >= 3
+
+
 @pytest.mark.real
 @pytest.mark.slow
 def test_empirical_photometry_on_real_frames(real_data):
@@ -611,12 +671,7 @@ def test_empirical_photometry_on_real_frames(real_data):
     with an independent offset, as in tests/test_nsg_real.py) is within 1 % of
     photutils on every frame, like the default (measured: -0.18 to +0.61 %,
     median |difference| 0.18 %), and within 0.2 % of the default scale."""
-    folder = real_data / "wasp12b_calibrated"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is missing")
-    ref, targets = wasp_targets(folder)
-    models = [prepare_reference(ref.data, ref.meta, params=NsgParameters(photometry=m))
-              for m in ("empirical", "aperture")]
+    targets, models = _wasp_models(real_data, "empirical")
     for name, reg, ind in targets:
         emp, default = (float(measure_scale(m, reg).scale[0]) for m in models)
         assert abs(emp / ind - 1) < 0.01, (name, emp, ind)

@@ -87,6 +87,10 @@ __all__ = [
 
 
 RING_AREA_RATIO = 4.0
+#: photometry="psf" when the PSF weights were not used for a frame.
+PSF_FALLBACK_WARNING = ("photometry psf: the scale is from the large apertures (no profile could "
+                        "be fitted, or the PSF-weighted fluxes disagree with the apertures': "
+                        "a PSF the fitted profile does not follow)")
 #: Every 61st row, every 7th pixel of it: whether a frame has any data (0.08 ms on
 #: 24 Mpx; every 7th row took 1.5 ms), the whole frame only if that finds none.
 SPARSE_LOOK = (61, 7)
@@ -537,11 +541,13 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
         radius = ref_ph.radius
         width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
     elif p.photometry == "psf":  # PSF-weighted, each frame's profile; large apertures check
-        ref_ph, tgt_ph, _ = psf_pair_photometry(
+        ref_ph, tgt_ph, weighted = psf_pair_photometry(
             model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
             (model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else model.fwhm),
             (model.stars.x, model.stars.y, model.stars.flux), (radius, width), offset=offset,
             gap=p.aperture_gap, saturation=model.saturation)
+        if not weighted:
+            warnings.append(PSF_FALLBACK_WARNING)
         radius = ref_ph.radius
         width = ring_width(radius, p.aperture_gap, p.aperture_bg_delta)
     elif p.photometry == "empirical":  # small apertures + measured wing ratio

@@ -75,7 +75,9 @@ DESCRIPTIONS = {
     "photometry": "'aperture': large apertures; 'corrected': small apertures plus a per-frame "
                   "aperture correction from a fitted Moffat profile; 'empirical': small "
                   "apertures times the mean large/small flux-ratio ratio of the pairs; 'psf': "
-                  "PSF-weighted fluxes with each frame's fitted profile",
+                  "PSF-weighted fluxes with each frame's fitted profile (about half the "
+                  "scale error on simulated sequences, slower; large apertures where the "
+                  "two disagree)",
     "small_aperture_fwhm": "aperture radius (FWHM of the broader frame) with photometry="
                            "'corrected' or 'empirical'",
     "outlier_removal": "percent of star pairs removed as outliers",
@@ -168,8 +170,10 @@ class NsgParameters:
         "empirical": the same small apertures, their flux ratios times the mean
         ratio of the large- to the small-aperture flux ratios of the pairs, no
         PSF model (:mod:`napari_nsg.core.stars.empirical`; not NSG's);
-        "psf": optimal PSF weights with each frame's fitted profile, the large
-        apertures as the check (:mod:`napari_nsg.core.stars.psf_photometry`).
+        "psf": PSF weights with each frame's fitted profile, the large
+        apertures as the check and the fall-back
+        (:mod:`napari_nsg.core.stars.psf_photometry`; its settings:
+        ``psf_photometry.SHIPPED_SETTINGS``).
     small_aperture_fwhm : float
         Aperture radius for ``photometry="corrected"`` or ``"empirical"``, in FWHM
         of the broader frame.
