@@ -15,12 +15,18 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
 
     Cheap checks only (the name); never raises.
     """
-    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    if not paths:
-        return None
-    if all(os.fspath(p).lower().endswith(_SUFFIXES) for p in paths):
-        return read_frames
+    try:
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        if paths and all(_our_suffix(p) for p in paths):
+            return read_frames
+    except TypeError:  # not a path nor a list of paths (None, a number): not ours
+        pass
     return None
+
+
+def _our_suffix(path) -> bool:
+    name = os.fspath(path)
+    return isinstance(name, str) and name.lower().endswith(_SUFFIXES)
 
 
 def read_frames(path: str | list[str]) -> list[tuple]:

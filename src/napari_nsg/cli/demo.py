@@ -25,8 +25,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("dir", nargs="?", default="napari-nsg-demo", metavar="DIR",
                    help="folder to write to (default ./napari-nsg-demo)")
     p.add_argument("--frames", type=int, default=8, help="number of sub-frames (default 8)")
-    p.add_argument("--size", type=int, default=512, help="frame size in px (default 512)")
-    p.add_argument("--seed", type=int, default=1, help="simulation seed (default 1)")
+    p.add_argument("--size", type=int, default=512, help="frame size in px, 128-4096 (default 512)")
+    p.add_argument("--seed", type=int, default=1, help="simulation seed, 0 or more (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--no-msgr", action="store_true", help="skip the MSGR part")
     return p
@@ -212,14 +212,24 @@ def _msgr(args, msgr_dir: Path) -> None:
           f"{nebula_correlation(pair, pair.narrow):.3f} -> {nebula_correlation(pair, corrected):.4f}")
 
 
+#: Frame sizes the demo accepts (px): smaller frames hold too few stars to register, larger
+#: ones take minutes and gigabytes (--size 100000 asked numpy for 37 GiB and ended in a
+#: traceback).
+DEMO_MIN_SIZE = 128
+DEMO_MAX_SIZE = 4096
+
+
 def run(args: argparse.Namespace) -> int:
     from ..synthetic import read_truth
 
     if args.frames < 2:
         error(f"--frames must be at least 2, got {args.frames}")
         return EXIT_BAD_INPUT
-    if args.size < 128:
-        error(f"--size must be at least 128 px, got {args.size}")
+    if not DEMO_MIN_SIZE <= args.size <= DEMO_MAX_SIZE:
+        error(f"--size must be {DEMO_MIN_SIZE} to {DEMO_MAX_SIZE} px, got {args.size}")
+        return EXIT_BAD_INPUT
+    if args.seed < 0:
+        error(f"--seed must be 0 or more, got {args.seed}")
         return EXIT_BAD_INPUT
     root = Path(args.dir)
     frames_dir = root / "frames"

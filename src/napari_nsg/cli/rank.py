@@ -71,14 +71,41 @@ grad%:  NSG's corner-box gradient, hypot of its two diagonals, in % of the backg
 span:   2-98 % range of the background map.  lumpy: RMS of that map about its best-fit plane."""
 
 
+#: Keys of a rank report (:meth:`RankResult.to_dict`): an existing --json file that has them
+#: is replaced, any other file is refused.
+REPORT_KEYS = ("reference", "yardstick", "frames")
+#: An existing file larger than this is not taken for a rank report (a frame, an archive).
+MAX_REPORT_BYTES = 64 * 2**20
+
+
 def _check_json(json_path: str | None, inputs: list[Path]) -> None:
-    """Refuse up front a --json that is empty, a folder or one of the frames."""
+    """Refuse up front a --json that is empty, a folder, one of the frames, in a missing
+    folder, or an existing file that is not an earlier rank report (a frame or another
+    JSON file not given as a frame was silently replaced)."""
     if output_name(json_path, "--json") is None:
         return
     refuse_inputs([json_path], inputs)
-    if Path(json_path).is_dir():
+    path = Path(json_path)
+    if path.is_dir():
         raise FrameError(json_path, "is a folder; --json takes a file name")
-    remove_partials(Path(json_path).parent, keep=inputs)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FrameError(json_path, f"its folder {folder} does not exist")
+    if path.exists() and not _is_rank_report(path):
+        raise FrameError(json_path, "exists and is not a rank report; --json replaces only "
+                         "an earlier 'napari-nsg rank' JSON: choose another name")
+    remove_partials(folder, keep=inputs)
+
+
+def _is_rank_report(path: Path) -> bool:
+    """Whether ``path`` is a JSON file written by ``rank --json``."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_REPORT_BYTES:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in REPORT_KEYS)
 
 
 def run(args: argparse.Namespace) -> int:

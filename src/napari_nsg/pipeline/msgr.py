@@ -85,10 +85,10 @@ def _check_outputs(outputs: dict, inputs: list[Path], overwrite: bool) -> None:
             if Path(os.path.abspath(path)) == Path(os.path.abspath(other)):
                 raise FrameError(path, "given for two different outputs")
         seen.append(path)
+        if path.is_dir():  # before "exists": --overwrite would not help
+            raise FrameError(path, "is a folder, not a file name")
         if path.exists() and not overwrite:
             raise OutputExistsError(path, "exists")
-        if path.exists() and path.is_dir():
-            raise FrameError(path, "is a folder, not a file name")
         if not path.parent.exists():
             raise FrameError(path, f"its folder {path.parent} does not exist")
 

@@ -616,9 +616,22 @@ def _scale_pass(measured: list[_Measured], load, params, progress, cancel) -> Ra
         m.row.warnings.extend(sr.warnings + w.warnings)
     model = making.result()[0]  # its FrameError if it could not be made (no target asked)
     ystick.row.n_star_pairs = [len(model.candidates)] * n_channels
+    _warn_other_filters(measured, ystick.row)
     report(progress, 2 * n, 2 * n, "ranked")
     _refuse_lone_yardstick(ystick.row, raw_weight, yard, unregistered)
     return _rank(measured, raw_scale, raw_weight, yard, reason)
+
+
+def _warn_other_filters(measured: list[_Measured], yardstick: FrameRank) -> None:
+    """Warn on each measured frame whose FILTER differs from the yardstick's: its scale,
+    weight and rating then compare two filters, not two skies (as normalize warns)."""
+    ref = (yardstick.filter or "").strip()
+    for m in measured:
+        own = (m.row.filter or "").strip()
+        if m.row.error is None and ref and own and own != ref:
+            m.row.warnings.append(f"FILTER '{own}' differs from the yardstick's '{ref}' "
+                                  f"({Path(yardstick.file).name}): its scale and rating "
+                                  "compare two filters")
 
 
 def scale_window(shape: tuple[int, ...]) -> tuple[slice, slice]:
