@@ -321,6 +321,40 @@ def _isolated_stars(kind, fwhm, flux, seed=0, grid=6, spacing=44, sky=500.0):
     return img, np.array(xs), np.array(ys)
 
 
+@pytest.mark.parametrize("kind,fwhm,tail", [("gaussian", 3.06, None), ("moffat", 4.8, None),
+                                            ("moffat", 3.0, 0.25)])
+def test_least_squares_shape_fit_finds_the_simplex_minimum(monkeypatch, kind, fwhm, tail):
+    """The profile's shape fitted as least squares (``SHAPE_LEAST_SQUARES``, the default)
+    and by Nelder-Mead's simplex: the same shape (FWHM within 2e-5, tail and
+    ellipticities within 5e-5; measured 1-3e-6 and up to 5e-6) from a start 10 % off, on
+    noisy isolated stars, in under half the chi-square evaluations (measured on a
+    6000 x 4000 target: 49 against 252)."""
+    from napari_nsg.core.stars import psf_photometry as pp
+
+    img, x, y = _isolated_stars(kind, fwhm, 4e4)
+    img = np.random.default_rng(7).poisson(img).astype(float)
+    flux = np.full(len(x), 4e4)
+    calls = [0]
+    chi2 = pp._chi2_fixed_sky
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return chi2(*args, **kwargs)
+
+    monkeypatch.setattr(pp, "_chi2_fixed_sky", counted)
+    fits_, counts = [], []
+    for least_squares in (True, False):
+        monkeypatch.setattr(pp, "SHAPE_LEAST_SQUARES", least_squares)
+        calls[0] = 0
+        fits_.append(pp.fit_profile_ring_sky(img, x, y, flux, 1.1 * fwhm, (x, y, flux), tail=tail))
+        counts.append(calls[0])
+    lsq, simplex = fits_
+    assert lsq.fwhm == pytest.approx(simplex.fwhm, rel=2e-5)
+    for name in ("u", "e1", "e2"):
+        assert getattr(lsq, name) == pytest.approx(getattr(simplex, name), abs=5e-5)
+    assert counts[0] < 0.5 * counts[1]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind,fwhm", [("gaussian", 3.06), ("moffat", 3.0), ("moffat", 4.8)])
 def test_psf_weighted_flux_is_the_whole_light(kind, fwhm):

@@ -56,7 +56,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--photometry", choices=PHOTOMETRY_CHOICES, default="aperture",
                    help="how star fluxes are measured for the scale: 'aperture' (default, "
                    "NSG's large apertures) or 'psf' (PSF-weighted with a profile fitted to "
-                   "each frame: about half the scale error on simulated sequences, +0.4 s per "
+                   "each frame: about half the scale error on simulated sequences, +0.2 s per "
                    "24 Mpx frame; the apertures are used where the two disagree, as on real "
                    "PSFs the profile does not fit); see docs/nsg.md")
     p.add_argument("--gradient-images", action="store_true",
