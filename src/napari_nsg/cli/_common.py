@@ -172,11 +172,24 @@ def output_name(value: str | None, flag: str) -> str | None:
 
 def frame_list(paths: list[str]) -> list[Path]:
     """The frame paths as given, unchecked: a missing or unreadable frame becomes that
-    frame's error in the batch, not the end of it (empty names are refused)."""
+    frame's error in the batch, not the end of it (empty names are refused). A frame named
+    more than once (the same file, by any path or link) is kept once, with a warning: stack
+    counted it twice in the average, register failed its second copy as an output that
+    exists."""
+    from ..io.atomic import _identity  # (device, inode), or the resolved path if missing
+
     for p in paths:
         if not str(p).strip():
             raise FrameError(None, "an empty frame name was given")
-    return [Path(p) for p in paths]
+    first: dict = {}
+    times: dict[Path, int] = {}
+    for p in paths:
+        path = first.setdefault(_identity(p), Path(p))
+        times[path] = times.get(path, 0) + 1
+    for path, n in times.items():
+        if n > 1:
+            warn(f"{path}: listed {n} times; used once")
+    return list(times)
 
 
 def existing_frames(paths: list[str]) -> list[Path]:

@@ -114,15 +114,22 @@ def _shape_checked(path, data: np.ndarray, channel_axis_last: bool = False) -> n
         return data
     if data.ndim == 3:
         if data.shape[0] != 3:
+            last = (" (colour planes last, NAXIS1 = 3: a FITS colour frame holds them in "
+                    "NAXIS3)" if data.shape[-1] == 3 else "")
             raise FrameError(
                 path,
                 f"3-D data with {data.shape[0]} planes is neither mono nor RGB "
-                f"(shape {data.shape})",
+                f"(shape {data.shape}){last}",
             )
         return data
     raise FrameError(
         path, f"image data is {data.ndim}-D (shape {data.shape}); expected 2-D mono or 3-D colour"
     )
+
+
+#: A missing frame whose name holds one of these is most likely a shell pattern (``*.fit``)
+#: that matched nothing: the shell passes it on unexpanded.
+GLOB_CHARACTERS = "*?["
 
 
 def open_regular(path: Path):
@@ -137,6 +144,8 @@ def open_regular(path: Path):
         reason = "file not found"
         if path.is_symlink():
             reason += " (a link to a missing file)"
+        elif any(c in path.name for c in GLOB_CHARACTERS):
+            reason += " (a shell pattern that matched no file is passed on as it is)"
         raise FrameError(path, reason) from None
     except IsADirectoryError:
         raise FrameError(path, _FOLDER_REASON.format(path)) from None

@@ -62,6 +62,15 @@ def clean_header(header: fits.Header | None) -> fits.Header:
     return out
 
 
+def header_text(text: str) -> str:
+    """``text`` as a FITS header holds it: printable ASCII, anything else escaped
+    (``réf.fits`` -> ``r\\xe9f.fits``; a file name with an accent made every frame fail
+    as 'unexpected ValueError' and stack end in a traceback)."""
+    if text.isascii() and text.isprintable():
+        return text
+    return text.encode("unicode_escape").decode("ascii")
+
+
 def _set_keyword(header: fits.Header, key: str, value) -> None:
     comment = None
     if isinstance(value, tuple):
@@ -70,6 +79,10 @@ def _set_keyword(header: fits.Header, key: str, value) -> None:
         value = value.item()
     if isinstance(value, float) and not np.isfinite(value):
         value = str(value)
+    if isinstance(value, str):
+        value = header_text(value)
+    if isinstance(comment, str):
+        comment = header_text(comment)
     if comment is None:
         header[key] = value
     else:
@@ -95,7 +108,7 @@ def frame_hdu(
     for key, value in (keywords or {}).items():
         _set_keyword(out_header, key, value)
     for line in history:
-        out_header.add_history(str(line))
+        out_header.add_history(header_text(str(line)))
     return fits.PrimaryHDU(data=np.ascontiguousarray(data, dtype=np.float32), header=out_header)
 
 

@@ -90,12 +90,23 @@ class _Source:
         return out
 
 
+#: Planes of a colour frame (``(c, y, x)``).
+COLOUR_PLANES = 3
+
+
 def _number(keys: dict, key: str, default: float) -> float:
     text = keys.get(key)
     try:
         return float(text) if text not in (None, "") else default
     except ValueError:
         return default
+
+
+def _streamable(shape: tuple) -> bool:
+    """Mono ``(y, x)`` or colour ``(3, y, x)``: read by rows. Any other shape is read whole,
+    where a single plane becomes mono and the rest is refused with the reason (a colour
+    frame with its planes last, ``(y, x, 3)``, was stacked as y planes of 3 columns)."""
+    return len(shape) == 2 or (len(shape) == 3 and shape[0] == COLOUR_PLANES)
 
 
 def _open_source(path: Path) -> tuple[_Source, fits.Header]:
@@ -106,7 +117,7 @@ def _open_source(path: Path) -> tuple[_Source, fits.Header]:
                 info = image_hdu(scan_fits(fh, path), path)
         except OSError as exc:
             raise FrameError(path, f"cannot be read ({exc.strerror or exc})") from None
-        if info.kind == "image" and len(info.shape) in (2, 3):
+        if info.kind == "image" and _streamable(tuple(info.shape)):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 header = fits.getheader(path, info.index)
@@ -134,6 +145,9 @@ def frame_weight(header: fits.Header, keyword: str | None, path) -> float:
                                "NWEIGHT; or stack with equal weights)") from None
     if not np.isfinite(weight) or weight < 0:
         raise FrameError(path, f"{keyword} = {value} is not a usable weight")
+    if weight == 0:  # the integration drops it: it would be counted as stacked, add nothing
+        raise FrameError(path, f"{keyword} = {value}: a frame of weight 0 adds nothing to "
+                               "the stack")
     return weight
 
 

@@ -25,6 +25,7 @@ from scipy.spatial import cKDTree
 from ..nodata import find_no_data
 from ..stars import StarTable, detect_stars, intensity, photometry
 from ..stars.aperture_correction import corrected_pair_photometry
+from ..stars.detection import lone_peaks
 from ..stars.empirical import empirical_pair_photometry
 from ..stars.matching import (
     StarMatch,
@@ -265,7 +266,7 @@ def prepare_reference(
     warnings: list[str] = []
     # candidates: unsaturated, inside the linear range, re-measured like target stars
     limit = params.linear_range * flux_unit
-    ok = stars.raw_peak < limit
+    ok = (stars.raw_peak < limit) & ~lone_peaks(inten, stars)  # hot pixels: a scale of 1
     cands = stars.take(ok)
     if len(cands) == 0:
         raise NsgError("every reference star peaks above the linear range "
