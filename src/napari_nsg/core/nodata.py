@@ -80,7 +80,7 @@ def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
                 continue
             area, _, _, (rx, ry, rw, rh) = cv2.floodFill(
                 img, mask, (int(x), int(y)), 0, 0, 0, 4 | cv2.FLOODFILL_MASK_ONLY | (3 << 8))
-            if area >= small:  # kept: stays 3 (no pass over a border's whole box)
+            if area >= small or (area > 1 and _side_strip(ry, rh, rx, rw, h, w)):  # kept
                 kept += 1
             else:
                 _mark_small(inner, zero, (rx, ry, rw, rh), (int(x), int(y)), kept > 0)
@@ -89,6 +89,16 @@ def _border_regions(zero: np.ndarray, min_area: int, n_zero: int | None = None
     if filled != (np.count_nonzero(zero) if n_zero is None else n_zero):
         return None  # a region away from the border: label them all
     return zero if dropped == 0 else inner == 3  # every zero kept: no pass over the mask
+
+
+def _side_strip(y0, rows, x0, cols, h: int, w: int):
+    """Whether a region (top ``y0``, ``rows`` tall, left ``x0``, ``cols`` wide) runs along
+    the left or right side over the plane's whole height: a border strip however thin.
+    A whole frame's strip that thin is a border from MIN_BORDER_REGION rows; a chunk of
+    rows (``stack`` judges each frame's chunk on its own) may be fewer rows tall, and a
+    1-2 px border was then stacked as zeros at 4-15 rows a chunk. A lone zero stays a
+    value (in a one-row chunk, a 1 px border too)."""
+    return (y0 == 0) & (y0 + rows == h) & ((x0 == 0) | (x0 + cols == w))
 
 
 def _mark_small(inner: np.ndarray, zero: np.ndarray, rect, seed, others: bool) -> None:
@@ -140,6 +150,7 @@ def zero_regions(zero: np.ndarray, min_area: int = MIN_ZERO_REGION) -> np.ndarra
     # a region touching the border counts from MIN_BORDER_REGION pixels, or when
     # it is the whole plane (a tiny image with nothing in it)
     keep |= border & (area >= min(min_area, MIN_BORDER_REGION, h * w))
+    keep |= _side_strip(y0, y1 - y0, x0, x1 - x0, h, w)
     keep[0] = False  # label 0 is the background (the non-zero pixels)
     out = np.zeros_like(zero)
     out[box] = keep[labels]

@@ -6,7 +6,8 @@ colour is per channel for free and memory is that of one chunk of rows.
 
 No data: NaN and inf, and zeros where they form regions (the borders that
 ``register`` and ``normalize`` write; :func:`napari_nsg.core.nodata.no_data_mask`,
-judged on each frame's chunk of rows, whose cut edges count as borders) are
+judged on each frame's chunk of rows, whose cut edges count as borders: a strip
+along a side over the chunk's height is a border however thin) are
 ignored; an isolated 0 (a clipped camera pixel) is a value. A pixel with no
 data in any frame is 0 in the stack.
 
