@@ -321,3 +321,19 @@ def test_a_thin_border_is_no_data_whatever_the_chunk(tmp_path, border):
         assert np.all(res.n_used[:, :border] == 2) and np.all(res.n_used[:, -border:] == 2)
         assert np.all(res.stack[:, :border] > 950)
     np.testing.assert_array_equal(runs[0].stack, runs[1].stack)
+
+
+def test_the_stack_does_not_keep_the_first_frames_weight_and_scale(tmp_path):
+    """The output header is the first frame's, less its NWEIGHT and NSG scale keywords: a
+    stack of stacks would otherwise weigh this stack by its first frame's weight."""
+    frames, _ = _frames(3)
+    paths = _write(tmp_path, frames, [0.4, 1.0, 1.0])
+    for k, p in enumerate(paths):
+        with fits.open(p, mode="update") as hdul:
+            hdul[0].header["NSGS0"] = 0.9 + 0.1 * k
+            hdul[0].header["NSGSNR0"] = 30.0
+            hdul[0].header["NSGREF"] = paths[0].name
+    stack_frames(paths, tmp_path / "s.fits", rejection="none")
+    header = fits.getheader(tmp_path / "s.fits")
+    assert header["NSTACK"] == 3 and header["NSGREF"] == paths[0].name
+    assert not any(k in header for k in ("NWEIGHT", "NSGS0", "NSGSNR0"))

@@ -269,7 +269,22 @@ def _open_all(frames: list[Path], keyword: str | None, rejected: dict[str, str])
     return sources, np.array(weights, float), first, rows
 
 
+#: The first frame's per-frame keywords that the stack's header does not keep: its weight
+#: (another stack of stacks would weigh this one by the first frame's) and its NSG scale.
+PER_FRAME_KEYWORDS = ("NWEIGHT", "NSGS*", "NSGSNR*")
+
+
+def _stack_header(header) -> fits.Header:
+    """The first frame's header less :data:`PER_FRAME_KEYWORDS`."""
+    out = header.copy() if header is not None else fits.Header()
+    for pattern in PER_FRAME_KEYWORDS:
+        for key in list(out[pattern].keys()) if "*" in pattern else [pattern]:
+            out.remove(key, ignore_missing=True, remove_all=True)
+    return out
+
+
 def _output_hdus(result: StackResult, header, history: list[str], path) -> fits.HDUList:
+    header = _stack_header(header)
     kw = {"NSTACK": (len(result.stacked), "frames integrated"),
           "STKREJ": (result.rejection.method, "pixel rejection"),
           "STKRLOW": (result.rejection.low, "rejection low threshold"),
