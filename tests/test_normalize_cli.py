@@ -398,3 +398,22 @@ def test_psf_photometry_from_the_command_line(tmp_path):
     truth = [float(seq.truth[k].scale[0]) for k in range(1, seq.n_frames)]
     assert runs["psf"] != runs["aperture"]
     np.testing.assert_allclose(runs["psf"], truth, rtol=5e-3)
+
+
+def test_an_exposure_in_other_units_is_hinted(frames, tmp_path):
+    """A frame whose EXPTIME was written in ms (60000 for 60 s) looks clouded per unit of
+    exposure and is rejected; the reason then asks about the header's units."""
+    import shutil
+
+    paths, _ = frames
+    copies = []
+    for p in paths[:3]:
+        copies.append(tmp_path / p.name)
+        shutil.copy(p, copies[-1])
+    with fits.open(copies[1], mode="update") as hdul:
+        hdul[0].header["EXPTIME"] = 60000.0
+    out = tmp_path / "nsg"
+    assert run_cli(*copies, "--reference", copies[0], "--out", out) == 0
+    rows = json.loads((out / "nsg_results.json").read_text())["frames"]
+    assert rows[1]["rejected"] and "EXPTIME in other units" in rows[1]["reject_reason"]
+    assert not rows[2]["rejected"] and "EXPTIME" not in rows[2]["reject_reason"]

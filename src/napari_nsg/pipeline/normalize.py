@@ -52,6 +52,7 @@ from ..core.nsg import (
     NsgParameters,
     PreparedTarget,
     ReferenceModel,
+    exposure_hint,
     normalize_frame,
     prepare_reference,
     prepare_target,
@@ -694,5 +695,6 @@ def _relative(result: NormalizeReport, model: ReferenceModel, ref_meta, referenc
         r.relative_weight = float(w) if np.isfinite(w) else None
         r.relative_transmission = float(t) if np.isfinite(t) else None
         r.rejected = bool(rej) and r.ok
-        r.reject_reason = why if r.rejected else ""
+        r.reject_reason = why + exposure_hint(r.exposure, ref_meta.exposure) if r.rejected else ""
     result.per_exposure = per_exp
+

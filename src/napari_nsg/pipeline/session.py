@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.nsg import NsgError, NsgParameters, rejection
+from ..core.nodata import no_data_mask
+from ..core.nsg import NsgError, NsgParameters, exposure_hint, rejection
 from ..core.nsg.correction import apply_correction
 from ..core.nsg.engine import (
     NormalizationResult,
@@ -38,7 +39,6 @@ from ..core.nsg.engine import (
     target_samples,
     target_weight,
 )
-from ..core.nodata import no_data_mask
 from ..core.nsg.intermediates import sample_bins, spline_nodes, star_pairs
 from ..core.reference import corner_boxes
 from ..io import Frame, FrameError, FrameMetadata, parse_metadata, read_frame
@@ -720,10 +720,12 @@ class NsgSession:
         is_ref = np.array([bool(r["is_reference"]) for r in rows])
         rejected, reasons = rejection(rel_w, rel_t, min_weight=min_weight,
                                       min_transmission=min_transmission, is_reference=is_ref)
+        ref_exposure = next((r.get("exposure") for r in rows if r["is_reference"]), None)
         for r, rej, why in zip(rows, rejected, reasons):
             ok = r.get("error") is None
             r["rejected"] = bool(rej) and ok
-            r["reject_reason"] = why if r["rejected"] else ""
+            hint = exposure_hint(r.get("exposure"), ref_exposure)
+            r["reject_reason"] = why + hint if r["rejected"] else ""
         return rows
 
     def result_images(self, name: str) -> dict:

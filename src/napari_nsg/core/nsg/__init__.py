@@ -32,7 +32,14 @@ from .params import NsgParameterError, NsgParameters
 from .samples import SampleGrid, Samples, make_sample_grid, measure_samples
 from .scale import ChannelScale, fit_scale
 from .spline import SurfaceModel, fit_surface
-from .weights import FrameWeight, compute_weight, rejection, relative_values, transmission_of
+from .weights import (
+    FrameWeight,
+    compute_weight,
+    exposure_hint,
+    rejection,
+    relative_values,
+    transmission_of,
+)
 
 __all__ = [
     "ChannelScale",
@@ -54,6 +61,7 @@ __all__ = [
     "apply_correction",
     "compute_weight",
     "evaluate_gradient",
+    "exposure_hint",
     "fit_scale",
     "fit_surface",
     "make_sample_grid",

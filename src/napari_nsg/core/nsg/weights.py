@@ -159,3 +159,20 @@ def rejection(
             rejected[i] = True
             reasons[i] = "; ".join(why)
     return rejected, reasons
+
+
+#: Exposures this many times apart (or more) hint at a header in other units (ms for s):
+#: the per-exposure transmission is then off by that factor and the frame looks clouded.
+EXPOSURE_UNIT_RATIO = 100.0
+
+
+def exposure_hint(exposure, reference_exposure) -> str:
+    """A hint for a rejected frame whose EXPTIME is EXPOSURE_UNIT_RATIO times the
+    reference's or more (or less); "" otherwise or when either is unknown."""
+    if not exposure or not reference_exposure:
+        return ""
+    ratio = float(exposure) / float(reference_exposure)
+    if 1 / EXPOSURE_UNIT_RATIO < ratio < EXPOSURE_UNIT_RATIO:
+        return ""
+    return (f" (its exposure {exposure:g} s is {ratio:.3g}x the reference's "
+            f"{reference_exposure:g} s: is one header's EXPTIME in other units, e.g. ms?)")
