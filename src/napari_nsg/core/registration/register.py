@@ -11,12 +11,20 @@ from scipy.spatial import cKDTree
 
 from ..stars import StarTable, intensity, no_data_mask
 from ..stars.detection import detect_stars_binned, plateau_level
-from .intensity import IntensityError, register_by_intensity
+from .intensity import MIN_CORRELATION as INTENSITY_MIN_CORRELATION
+from .intensity import (
+    IntensityError,
+    correlations,
+    local_similarity_matrix,
+    refine_seed,
+    register_by_intensity,
+    search_around,
+)
 from .matching import match_similarity
 from .refine import refine_model
 from .transforms import WideTransform
 from .warp import warp_model
-from .wcs import WcsError, celestial_wcs, register_by_wcs
+from .wcs import CHECK_PAIRS, WcsError, celestial_wcs, register_by_wcs
 
 __all__ = [
     "DEFAULT_SCALE_RANGE",
@@ -33,6 +41,18 @@ DEFAULT_SCALE_RANGE = (1.5, 6.0)
 METHODS = ("stars", "wcs", "intensity")
 #: Fewest stars in each image for the intensity fallback's seeds.
 FALLBACK_MIN_STARS = 3
+#: A WCS that fewer than CHECK_PAIRS stars confirm is checked against the image structure
+#: searched around it: if the structure's model lies further than this (wide px, anywhere
+#: in the narrow field; the stars' own tolerance) from the WCS's, the WCS is not used.
+WCS_STRUCTURE_TOLERANCE = 1.5
+#: ... and only if the structure's model correlates clearly better than the WCS's: by at least
+#: WCS_MIN_GAIN (correlations of the band-passed images, 0..1). Right WCS on simulated starless
+#: pairs (300x400 seeds 1-8, 600x800, 1200x1600): the structure's optimum sat up to 1.6 wide px
+#: away (1200x1600) but correlated at most 0.0002 better; a WCS 3 deg off: 0.014 (300x400,
+#: seed 3) to 0.095 better; 35-45 px off: 0.11-0.75.
+WCS_MIN_GAIN = 0.003
+#: Narrow pixels per side of the grid on which two models are compared.
+COMPARE_SIDE = 9
 
 Progress = Callable[[int, int, str], None]
 
@@ -100,9 +120,14 @@ class Registration:
         the few stars that match (:mod:`.wcs`, :mod:`.intensity`).
     quality : dict
         The fallback's own measures (empty for ``"stars"``): for ``"wcs"``
-        ``grid_rms_px``, ``star_pairs``, ``star_rms_px``; for ``"intensity"``
-        ``correlation``, ``margin`` (None with one candidate), ``disagreement_px``, ``seeds``,
-        ``seed_pairs``, ``star_pairs``, ``star_rms_px`` (narrow px).
+        ``grid_rms_px``, ``star_pairs``, ``star_rms_px``, and when fewer than 3 stars
+        confirm it ``structure_correlation`` and ``structure_px`` (how far the image
+        structure's model lies from the WCS's; None when the structure cannot check it);
+        for ``"intensity"`` ``correlation``, ``margin`` (None with one candidate),
+        ``disagreement_px``, ``seeds``, ``seed_pairs``, ``star_pairs``, ``star_rms_px``
+        (narrow px), plus ``wcs_refused`` (the stars contradicted the WCS) or
+        ``wcs_offset_px`` and ``wcs_correlation`` (the structure, seeded by a WCS no star
+        confirms, put the wide image that far from it).
     """
 
     transform: WideTransform
@@ -133,11 +158,24 @@ class Registration:
         if self.method == "wcs":
             check = (f"{q['star_pairs']} matching stars at {q['star_rms_px']:.2f} px"
                      if q.get("star_pairs") else "no star matches to check it")
+            if q.get("structure_agrees"):
+                check += f"; the image structure agrees within {q['structure_px']:.2f} px"
+            elif q.get("structure_px") is not None:
+                check += (f"; the image structure does not contradict it (its own model, "
+                          f"{q['structure_px']:.2f} px away, correlates only "
+                          f"{q['structure_gain']:.4f} better)")
+            elif "structure_px" in q:
+                check += "; the image structure cannot check it either"
             return f"WCS of both headers (model vs WCS {q['grid_rms_px']:.3f} px; {check})"
         if self.method == "intensity":
-            return (f"image structure seeded by {q['seed_pairs']} star pairs (ECC correlation "
+            seed = (f"the WCS, {q['wcs_offset_px']:.1f} px off" if q.get("wcs_offset_px")
+                    else f"{q['seed_pairs']} star pairs")
+            stars = (f"{q['star_pairs']} stars at {q['star_rms_px']:.2f} px"
+                     if q.get("star_pairs") else "no star to check it")
+            how = "correlation" if q.get("wcs_offset_px") else "ECC correlation"
+            return (f"image structure seeded by {seed} ({how} "
                     f"{q['correlation']:.3f}, runs agree within {q['disagreement_px']:.2f} px, "
-                    f"{q['star_pairs']} stars at {q['star_rms_px']:.2f} px)")
+                    f"{stars})")
         return f"stars ({self.n_pairs} pairs)"
 
     def summary(self) -> dict:
@@ -247,7 +285,11 @@ def solve_registration(
     else from the images' structure seeded by the few stars that match
     (:func:`~.intensity.register_by_intensity`); ``method`` and ``quality`` of
     the result say which and how well, and a warning says why. A fallback that
-    is not trustworthy is refused like the star match.
+    is not trustworthy is refused like the star match. A WCS that fewer than 3
+    stars confirm is checked against the image structure searched around it, and
+    replaced by the structure's model when they disagree by more than
+    ``WCS_STRUCTURE_TOLERANCE`` wide px (refused when that model is not well
+    determined); a WCS the stars contradict lets the star-seeded structure try.
 
     Parameters
     ----------
@@ -384,26 +426,97 @@ def _fallback_model(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, rng, allow_fl
         try:
             m = register_by_wcs(narrow_wcs, wide_wcs, nlum.shape, ns.xy, ws.xy)
         except WcsError as err:
-            raise RegistrationError(f"{exc}; the WCS fallback failed: {err}",
-                                    which=exc.which) from None
+            # the stars contradict the WCS: the stars may still seed the image structure
+            method, transform, quality, nxy, wxy = _intensity_model(
+                exc, nlum, wlum, ns, ws, rng, allow_flip,
+                because=f"the WCS fallback failed: {err}")
+            quality["wcs_refused"] = str(err)
+            return method, transform, quality, nxy, wxy
         quality = {"grid_rms_px": m.grid_rms_px, "star_pairs": len(m.narrow_xy),
                    "star_rms_px": m.star_rms_px if len(m.narrow_xy) else None}
-        return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
+        if len(m.narrow_xy) >= CHECK_PAIRS:
+            return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
+        return _structure_check(exc, nlum, wlum, ns, ws, m, quality)
+    return _intensity_model(exc, nlum, wlum, ns, ws, rng, allow_flip,
+                            because="no WCS in both headers")
+
+
+def _intensity_model(exc, nlum, wlum, ns, ws, rng, allow_flip, *, because):
+    """The star-seeded intensity fallback (or the error, with ``because`` and its reason)."""
     if len(ns) < FALLBACK_MIN_STARS or len(ws) < FALLBACK_MIN_STARS:
-        raise RegistrationError(f"{exc}; no WCS in both headers, and too few stars to seed a "
+        raise RegistrationError(f"{exc}; {because}, and too few stars to seed a "
                                 "registration by the image structure", which=exc.which)
     try:
         m = register_by_intensity(nlum, wlum, ns.xy, ws.xy, scale_range=rng,
                                   allow_flip=allow_flip)
     except IntensityError as err:
-        raise RegistrationError(f"{exc}; the registration by the image structure failed too: "
-                                f"{err}", which=exc.which) from None
-    quality = {"correlation": m.correlation,
-               "margin": m.margin if np.isfinite(m.margin) else None,  # None: one candidate
-               "disagreement_px": m.disagreement_px, "seeds": m.seeds,
-               "seed_pairs": m.seed_pairs, "star_pairs": len(m.narrow_xy),
-               "star_rms_px": m.star_rms_px}
-    return "intensity", WideTransform(homography=m.matrix), quality, m.narrow_xy, m.wide_xy
+        text = "" if because.startswith("no WCS") else f"{because}; "
+        raise RegistrationError(f"{exc}; {text}the registration by the image structure failed "
+                                f"too: {err}", which=exc.which) from None
+    return "intensity", WideTransform(homography=m.matrix), _intensity_quality(m), \
+        m.narrow_xy, m.wide_xy
+
+
+def _intensity_quality(m, **extra) -> dict:
+    return {"correlation": m.correlation,
+            "margin": m.margin if np.isfinite(m.margin) else None,  # None: one candidate
+            "disagreement_px": m.disagreement_px, "seeds": m.seeds,
+            "seed_pairs": m.seed_pairs, "star_pairs": len(m.narrow_xy),
+            "star_rms_px": m.star_rms_px, **extra}
+
+
+def _model_distance(t1, t2, shape: tuple[int, int]) -> float:
+    """Largest distance (wide px) between two narrow -> wide maps over the narrow field."""
+    h, w = shape
+    yy, xx = np.meshgrid(np.linspace(0, h - 1, COMPARE_SIDE), np.linspace(0, w - 1, COMPARE_SIDE),
+                         indexing="ij")
+    xy = np.column_stack([xx.ravel(), yy.ravel()])
+    return float(np.max(np.hypot(*(np.asarray(t1(xy)) - np.asarray(t2(xy))).T)))
+
+
+def _structure_check(exc, nlum, wlum, ns, ws, m, quality):
+    """A WCS that no star confirms, checked against the images' structure searched around it:
+    kept when the structure agrees (or has too little to say), replaced by the structure's
+    model when they disagree and that model is well determined, else refused."""
+    seed = local_similarity_matrix(m.transform, nlum.shape)
+    search = search_around(nlum, wlum, seed)
+    quality["structure_correlation"] = search.correlation
+    if search.correlation < INTENSITY_MIN_CORRELATION:
+        quality["structure_px"] = None  # too little structure: unchecked, as the text says
+        return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
+    scale = np.sqrt(abs(np.linalg.det(seed[:2, :2])))  # wide px per narrow px
+    try:
+        found = refine_seed(nlum, wlum, search, ns.xy, ws.xy)
+    except IntensityError as err:
+        return _unrefined(exc, search, m, quality, scale, nlum.shape, err)
+    transform = WideTransform(homography=found.matrix)
+    off = _model_distance(transform, m.transform, nlum.shape)
+    at_wcs, at_found = correlations(nlum, wlum, [seed, found.matrix])
+    quality["structure_px"] = off / scale
+    quality["structure_agrees"] = off <= WCS_STRUCTURE_TOLERANCE
+    quality["structure_gain"] = at_found - at_wcs
+    if quality["structure_agrees"] or quality["structure_gain"] < WCS_MIN_GAIN:
+        return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
+    q = _intensity_quality(found, wcs_offset_px=off / scale, wcs_correlation=at_wcs,
+                           wcs_gain=at_found - at_wcs)
+    return "intensity", transform, q, found.narrow_xy, found.wide_xy
+
+
+def _unrefined(exc, search, m, quality, scale, shape, err):
+    """The structure's best place could not be refined: the WCS is kept (unchecked) when
+    that place is near it (within the search grid's pixel) or correlates hardly better than
+    the WCS's, else refused."""
+    off = _model_distance(lambda xy: xy @ search.matrix[:2, :2].T + search.matrix[:2, 2],
+                          m.transform, shape)
+    near = off <= WCS_STRUCTURE_TOLERANCE + search.grid_px * scale
+    if near or search.correlation - search.seed_correlation < WCS_MIN_GAIN:
+        quality["structure_px"] = None
+        return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
+    raise RegistrationError(
+        f"{exc}; the WCS of the headers, which no star confirms, disagrees with the image "
+        f"structure (which correlates {search.correlation:.2f} {off / scale:.0f} narrow px "
+        f"away from it, {search.seed_correlation:.2f} at it), and the structure's own model "
+        f"is not trustworthy: {err}", which=exc.which)
 
 
 def _solve_fallback(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, *, lo, hi, scale_hint,
@@ -421,7 +534,9 @@ def _solve_fallback(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, *, lo, hi, sc
     if not (lo * 0.97 <= ratio <= hi * 1.03):
         raise RegistrationError(f"{exc}; the {method} fallback gives a scale ratio of {ratio:.3f}, "
                                 f"outside the range asked ({lo:g} to {hi:g})", which=exc.which)
-    res = quality["star_rms_px"] if len(nxy) else quality.get("grid_rms_px", float("nan"))
+    # no star to measure it: the WCS grid fit, or how far apart the ECC runs end
+    res = (quality["star_rms_px"] if len(nxy)
+           else quality.get("grid_rms_px", quality.get("disagreement_px", float("nan"))))
     reg = Registration(
         transform=transform, scale_ratio=float(ratio), rotation_deg=float(rot), flip=bool(flip),
         residual_px=float(res), residual_homography_px=float(res), n_pairs=len(nxy),
@@ -430,6 +545,13 @@ def _solve_fallback(exc, nlum, wlum, ns, ws, narrow_wcs, wide_wcs, *, lo, hi, sc
         timings=timings, warnings=warnings, method=method, quality=quality)
     warnings.append(f"the star patterns did not match ({exc}); registered by "
                     f"{reg.method_text()}")
+    if quality.get("wcs_refused"):
+        warnings.append(f"the headers' WCS was not used ({quality['wcs_refused']}): registered "
+                        "by the image structure instead; check the plate solutions")
+    if quality.get("wcs_offset_px"):
+        warnings.append(f"the headers' WCS is {quality['wcs_offset_px']:.1f} narrow px off the "
+                        "image structure (and no star confirms it): registered by the structure "
+                        "instead; check the plate solutions")
     return reg
 
 
