@@ -158,6 +158,14 @@ def _no_data_as_zero(data: np.ndarray) -> np.ndarray:
     return out
 
 
+#: A mono wide image for a colour narrow one (or the reverse): measured on a simulated RGB
+#: pair whose nebula changes colour across the field, 0.35-0.59 of the gradient left
+#: against 0.022 with an RGB wide (docs/msgr.md, "Limits").
+MIXED_CHANNELS_WARNING = ("one image is mono and the other colour: nebulae whose colour "
+                          "changes across the field leak into the model (take the wide image "
+                          "through the same filters)")
+
+
 def run_msgr(
     narrow: str | os.PathLike,
     wide: str | os.PathLike,
@@ -297,6 +305,8 @@ def run_msgr(
     written = {k: outputs[k] for k in hdus}
     report(progress, total, total, "done")
     warnings = list(result.warnings)
+    if nf.data.ndim != wf.data.ndim:
+        warnings.append(MIXED_CHANNELS_WARNING)
     if hint is None:
         warnings.append("no pixel scale in the headers of both images: the scale ratio was "
                         f"searched from {scale_range[0]:g} to {scale_range[1]:g}")
