@@ -127,3 +127,22 @@ def test_cli_prints_clear_error_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("card,value", [("ZVAL1", "2"), ("ZVAL1", "'x'"), ("ZVAL2", "3")])
+def test_damaged_rice_parameters_are_refused_before_decoding(tmp_path, card, value):
+    """A Rice-compressed frame whose BLOCKSIZE (ZVAL1) or BYTEPIX (ZVAL2) is outside the
+    convention's values: astropy's decoder trusts them and writes past its buffer (the
+    fuzz test's mutant with BLOCKSIZE 2 ended the process with a segmentation fault once);
+    the reader refuses it with the file's name and the reason instead."""
+    path = tmp_path / "rice.fz"
+    data = np.random.default_rng(0).normal(1000, 30, (200, 300)).astype(np.int16)
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(data, compression_type="RICE_1")]
+                 ).writeto(path)
+    assert read_frame(path).data.shape == (200, 300)  # intact: read
+    raw = bytearray(path.read_bytes())
+    at = raw.find(f"{card:<8}=".encode())
+    raw[at:at + 80] = f"{card:<8}= {value:>20}".ljust(80).encode()
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FrameError, match=r"rice\.fz.*Rice (BLOCKSIZE|BYTEPIX)"):
+        read_frame(path)

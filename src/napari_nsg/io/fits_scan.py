@@ -40,6 +40,12 @@ COMPRESSION_TYPES = (
     "NOCOMPRESS", "RICE_1", "RICE_ONE", "GZIP_1", "GZIP_2", "PLIO_1", "HCOMPRESS_1",
 )
 _TABLE_KEYS = ("TFIELDS", "ZIMAGE", "ZCMPTYPE", "TFORM1", "TTYPE1")
+RICE_TYPES = ("RICE_1", "RICE_ONE")
+#: The Rice parameters the tiled-image convention allows (the block size in pixels, the
+#: bytes per pixel), checked before astropy decodes a tile (:func:`_check_rice`).
+RICE_PARAMETERS = {"BLOCKSIZE": (16, 32), "BYTEPIX": (1, 2, 4, 8)}
+#: ZNAMEn / ZVALn pairs looked at (the convention numbers them from 1).
+MAX_ZVALS = 9
 _PAD_BYTES = frozenset(b"\0 ")
 _STRUCTURAL = re.compile(r"SIMPLE|XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|GROUPS|TFIELDS|TFORM\d+|"
                          r"THEAP|BZERO|BSCALE|BLANK|Z[A-Z]+\d*")
@@ -194,6 +200,8 @@ def _compressed_shape(keys, info_naxes, path, index: int) -> tuple[int, ...]:
     ctype = _string(keys, "ZCMPTYPE")
     if ctype not in COMPRESSION_TYPES:
         raise FrameError(path, f"HDU {index}: unknown compression ZCMPTYPE = {ctype!r}")
+    if ctype in RICE_TYPES:
+        _check_rice(keys, path, index)
     tiles = 1
     for n, size in enumerate(zaxes, start=1):
         tile = _int(keys, f"ZTILE{n}", path, index, default=size if n == 1 else 1, low=1, high=size)
@@ -202,6 +210,25 @@ def _compressed_shape(keys, info_naxes, path, index: int) -> tuple[int, ...]:
         raise FrameError(path, f"HDU {index}: the compressed table has {info_naxes[1]} rows but "
                                f"the image is cut into {tiles} tiles")
     return zaxes[::-1]
+
+
+def _check_rice(keys, path, index: int) -> None:
+    """Refuse Rice parameters (ZNAMEn / ZVALn) outside what the tiled-image convention
+    allows: astropy's decoder trusts them and writes past its buffer (a damaged file with
+    BLOCKSIZE 2 killed the process with a segmentation fault, now and then)."""
+    for n in range(1, MAX_ZVALS + 1):
+        name = _string(keys, f"ZNAME{n}").upper()
+        allowed = RICE_PARAMETERS.get(name)
+        if allowed is None:
+            continue
+        value = _string(keys, f"ZVAL{n}")
+        try:
+            ok = float(value) in allowed
+        except ValueError:
+            ok = False
+        if not ok:
+            raise FrameError(path, f"HDU {index}: Rice {name} = {value or 'nothing'} is not one "
+                                   f"of {', '.join(map(str, allowed))}: the file is damaged")
 
 
 _TFORM = re.compile(r"(\d*)([LXBIJKAEDCMPQ])")
