@@ -19,6 +19,7 @@ import pytest
 
 from napari_nsg.core.registration import RegistrationError, frame_stars, frames
 from napari_nsg.core.registration.frames import detect_reference_stars, register_frame
+from napari_nsg.core.stars import detection
 from napari_nsg.synthetic.dithered import FIELD_MARGIN, DitheredFrames, simulate_dithered
 from napari_nsg.synthetic.psf import PSF, render_stars
 
@@ -311,7 +312,7 @@ def test_a_nebulas_knots_do_not_take_the_brightest_ranks(seed, small_quick, monk
 def test_hot_pixel_pairs_do_not_take_the_brightest_ranks(seed, small_quick, monkeypatch):
     """Two hot pixels in one binned neighbourhood share its light and pass the binned
     hot-pixel test (HOT_FRACTION); their stamps' brightest pixel has dark neighbours, a star's
-    never (NEIGHBOUR_FRACTION). Without that test 3000 hot pixels of a 12 Mpx frame took 38
+    never (stars.detection.LONE_PEAK_FRACTION). Without that test 3000 hot pixels of a 12 Mpx frame took 38
     of its 40 brightest ranks and the quick match failed (the full search then took 9-14 s)."""
     d = simulate_dithered(2, (400, 500), seed=seed, max_shift=30.0, max_angle=3.0)
     frame = d.frames[1].copy()
@@ -321,7 +322,7 @@ def test_hot_pixel_pairs_do_not_take_the_brightest_ranks(seed, small_quick, monk
         frame[y + dy, x + dx] += rng.uniform(2e4, 6e4, 60).astype(np.float32)
     assert _true_fraction(d, 1, frame_stars.bright_stars(frame, 100), 20) >= 0.9
     with monkeypatch.context() as mp:
-        mp.setattr(frame_stars, "NEIGHBOUR_FRACTION", -np.inf)
+        mp.setattr(detection, "LONE_PEAK_FRACTION", -np.inf)
         assert _true_fraction(d, 1, frame_stars.bright_stars(frame, 100), 20) < 0.5
 
 

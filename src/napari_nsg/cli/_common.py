@@ -176,7 +176,7 @@ def frame_list(paths: list[str]) -> list[Path]:
     more than once (the same file, by any path or link) is kept once, with a warning: stack
     counted it twice in the average, register failed its second copy as an output that
     exists."""
-    from ..io.atomic import _identity  # (device, inode), or the resolved path if missing
+    from ..io.atomic import file_identity
 
     for p in paths:
         if not str(p).strip():
@@ -184,7 +184,7 @@ def frame_list(paths: list[str]) -> list[Path]:
     first: dict = {}
     times: dict[Path, int] = {}
     for p in paths:
-        path = first.setdefault(_identity(p), Path(p))
+        path = first.setdefault(file_identity(p), Path(p))
         times[path] = times.get(path, 0) + 1
     for path, n in times.items():
         if n > 1:

@@ -32,8 +32,8 @@ FILE_MODE = 0o666  # before the umask, as open(..., "w") does
 _PROC_STATUS = "/proc/self/status"
 
 __all__ = ["DiskFullError", "InputCollisionError", "OutputWriteError", "atomic_group",
-           "atomic_path", "atomic_write_text", "make_output_folder", "pause_for_test",
-           "refuse_inputs", "remove_partials", "same_file"]
+           "atomic_path", "atomic_write_text", "file_identity", "make_output_folder",
+           "pause_for_test", "refuse_inputs", "remove_partials", "same_file"]
 
 
 class OutputWriteError(FrameError):
@@ -102,7 +102,7 @@ def write_error(path: str | os.PathLike, exc: OSError) -> OutputWriteError:
     return kind(path, f"cannot be written ({reason})")
 
 
-def _identity(path: str | os.PathLike) -> tuple | str:
+def file_identity(path: str | os.PathLike) -> tuple | str:
     """(device, inode) of an existing file, else its resolved absolute path."""
     try:
         st = os.stat(path)
@@ -115,7 +115,7 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """True when ``a`` and ``b`` name the same file (links and ``..`` resolved)."""
     if os.path.realpath(os.path.abspath(a)) == os.path.realpath(os.path.abspath(b)):
         return True
-    ia, ib = _identity(a), _identity(b)
+    ia, ib = file_identity(a), file_identity(b)
     return isinstance(ia, tuple) and ia == ib
 
 

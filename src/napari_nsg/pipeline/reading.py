@@ -29,6 +29,7 @@ import threading
 import warnings
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 
 import numpy as np
 
@@ -144,7 +145,7 @@ class _Slot:
         self.name = f"/{SLOT_PREFIX}{secrets.token_hex(SLOT_NAME_BYTES)}"
         self.nbytes = nbytes
         try:
-            _tracker().register(self.name, "shared_memory")
+            resource_tracker.register(self.name, "shared_memory")
             self.map = _create(self.name, nbytes)
         except BaseException:
             self.close()
@@ -155,13 +156,7 @@ class _Slot:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_shm_path(self.name))
         with contextlib.suppress(Exception):  # the tracker gone: nothing more to tell it
-            _tracker().unregister(self.name, "shared_memory")
-
-
-def _tracker():
-    from multiprocessing import resource_tracker
-
-    return resource_tracker
+            resource_tracker.unregister(self.name, "shared_memory")
 
 
 def _shm_path(name: str) -> str:

@@ -29,7 +29,13 @@ from scipy.spatial import cKDTree
 
 from ..nodata import find_no_data
 from ..stars import StarTable
-from ..stars.detection import FWHM_PER_SIGMA, bin_image, mesh_background, near_no_data
+from ..stars.detection import (
+    FWHM_PER_SIGMA,
+    bin_image,
+    lone_peak_stamps,
+    mesh_background,
+    near_no_data,
+)
 from .refine import gather_stamps, windowed_centroids
 
 __all__ = ["QUICK_BIN", "bright_stars", "measure_candidates", "point_like"]
@@ -68,10 +74,6 @@ MIN_WINDOW = 2.5
 #: A binned maximum whose brightest full-resolution pixel holds more than this fraction of
 #: its light is a hot pixel (dropped before the candidates are ranked).
 HOT_FRACTION = 0.6
-#: A stamp whose brightest pixel's 8 neighbours hold less than this fraction of its height
-#: is a hot pixel (3000 hot pixels of 5000-60000 ADU in a 12 Mpx frame: ~100 binned maxima
-#: of two or three of them passed HOT_FRACTION and took 38 of the 40 brightest ranks).
-NEIGHBOUR_FRACTION = 0.2
 #: An unsaturated candidate whose half-maximum FWHM exceeds this many times the stars' (the
 #: lower quartile of the candidates', at least :data:`MIN_WINDOW`) is not a star: a knot of
 #: nebulosity, a small galaxy, a stretch of a satellite trail (they outshine the stars in
@@ -190,20 +192,7 @@ def _measure(image: np.ndarray, x: np.ndarray, y: np.ndarray, radius: int) -> di
     return {"background": back, "raw_peak": raw_peak, "peak": peak,
             "flux": above.sum(axis=(1, 2)), "npix": half,
             "fwhm": 2.0 * np.sqrt(half / np.pi), "saturated": _saturated(raw_peak, st),
-            "lone_peak": _lone_peak(above, peak)}
-
-
-def _lone_peak(above: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """True for stamps whose brightest pixel's 8 neighbours hold less than
-    :data:`NEIGHBOUR_FRACTION` of it: a hot pixel (two or three in one binned
-    neighbourhood pass the binned test), never a star (FWHM 1.3 px: about 1)."""
-    n, size = above.shape[0], above.shape[1]
-    iy, ix = np.unravel_index(above.reshape(n, -1).argmax(axis=1), above.shape[1:])
-    iy, ix = np.clip(iy, 1, size - 2), np.clip(ix, 1, size - 2)
-    off = np.arange(-1, 2)
-    block = above[np.arange(n)[:, None, None], iy[:, None, None] + off[:, None],
-                  ix[:, None, None] + off]
-    return block.sum(axis=(1, 2)) - peak < NEIGHBOUR_FRACTION * peak
+            "lone_peak": lone_peak_stamps(above, peak)}
 
 
 def point_like(fwhm: np.ndarray, saturated: np.ndarray, usable: np.ndarray) -> np.ndarray:

@@ -409,7 +409,7 @@ class SeedSearch:
 
 def local_similarity_matrix(transform, shape: tuple[int, int]) -> np.ndarray:
     """The similarity (3x3) nearest to ``transform`` (narrow xy -> wide xy) at the narrow centre."""
-    c = np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0])
+    c = _centre(shape)
     p = np.asarray(transform(np.array([c, c + (1.0, 0.0), c + (0.0, 1.0)])), float)
     affine = np.eye(3)
     affine[:2, :2] = np.column_stack([p[1] - p[0], p[2] - p[0]])
@@ -438,7 +438,7 @@ def search_around(narrow: np.ndarray, wide: np.ndarray, seed: np.ndarray) -> See
     SEARCH_SHIFT of the narrow field, by the normalised correlation of the band-passed
     images (``cv2.matchTemplate``)."""
     shape = np.shape(narrow)
-    ratio = 1.0 / np.sqrt(abs(np.linalg.det(seed[:2, :2])))
+    ratio = _ratio(seed)
     grid = _search_grid(narrow, ratio)
     wimg, wvalid = _filled(wide)
     h, w = grid.shape
@@ -494,10 +494,9 @@ def refine_seed(narrow: np.ndarray, wide: np.ndarray, search: SeedSearch,
             f"{search.correlation:.2f}, {search.margin:.2f}x the next (a {MIN_MARGIN:g}x margin "
             "is needed)")
     shape = np.shape(narrow)
-    ratio = 1.0 / np.sqrt(abs(np.linalg.det(search.matrix[:2, :2])))
+    grid = _maximise_grid(narrow, search.matrix)
+    side = max(shape[-2:]) / grid.ratio  # wide px
     wimg, wvalid = _filled(wide)
-    side = max(shape[-2:]) / ratio  # wide px
-    grid = _Grid(narrow, ratio, max(MAXIMISE_PIXEL, side / MAXIMISE_SIDE))
     # fast: the wide band-passed once in its own pixels (as for the seeds' scores); then
     # exact: the wide read at the model, band-passed on the grid, from a smaller simplex
     wbp = bandpass(wimg, wvalid, 1.0, BANDPASS_OUTER)
@@ -516,13 +515,23 @@ def refine_seed(narrow: np.ndarray, wide: np.ndarray, search: SeedSearch,
 def correlations(narrow: np.ndarray, wide: np.ndarray, matrices) -> list[float]:
     """The correlation that :func:`refine_seed` maximises, at each similarity in ``matrices``
     (narrow -> wide; the first one's scale sets the grid)."""
-    shape = np.shape(narrow)
-    ratio = 1.0 / np.sqrt(abs(np.linalg.det(matrices[0][:2, :2])))
-    side = max(shape[-2:]) / ratio
-    grid = _Grid(narrow, ratio, max(MAXIMISE_PIXEL, side / MAXIMISE_SIDE))
+    grid = _maximise_grid(narrow, matrices[0])
     wimg, wvalid = _filled(wide)
     return [grid.correlation(*grid.wide_on_grid(wimg, wvalid, np.asarray(m, float)))
             for m in matrices]
+
+
+def _ratio(matrix: np.ndarray) -> float:
+    """Narrow px per wide px of a narrow -> wide similarity."""
+    return 1.0 / np.sqrt(abs(np.linalg.det(matrix[:2, :2])))
+
+
+def _maximise_grid(narrow: np.ndarray, matrix: np.ndarray) -> _Grid:
+    """The grid :func:`refine_seed` maximises on, for the scale of ``matrix``: MAXIMISE_PIXEL
+    wide px, at most MAXIMISE_SIDE pixels a side."""
+    ratio = _ratio(matrix)
+    side = max(np.shape(narrow)[-2:]) / ratio  # wide px
+    return _Grid(narrow, ratio, max(MAXIMISE_PIXEL, side / MAXIMISE_SIDE))
 
 
 def _centre(shape) -> np.ndarray:

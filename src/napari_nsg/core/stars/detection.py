@@ -273,22 +273,35 @@ def near_no_data(bad: np.ndarray, ix: np.ndarray, iy: np.ndarray, edge: int) -> 
 
 #: A source whose brightest pixel's 8 neighbours hold less than this fraction of its height
 #: above the background is one pixel: a hot pixel or a cosmic-ray hit, never a star (an
-#: undersampled star of FWHM 1.3 px: about 1; as the registration's quick search).
+#: undersampled star of FWHM 1.3 px: about 1). 3000 hot pixels of 5000-60000 ADU in a 12 Mpx
+#: frame took 38 of the registration's 40 brightest ranks before this rule.
 LONE_PEAK_FRACTION = 0.2
 #: Radius (px) of the stamp around a source in which its brightest pixel is found.
 LONE_PEAK_RADIUS = 2
 
 
+def lone_peak_stamps(above: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """True for stamps ``above`` (``(n, s, s)``, less their background) whose brightest
+    pixel (``peak``) has 8 neighbours holding less than :data:`LONE_PEAK_FRACTION` of it."""
+    n, size = above.shape[0], above.shape[1]
+    iy, ix = np.unravel_index(above.reshape(n, -1).argmax(axis=1), above.shape[1:])
+    iy, ix = np.clip(iy, 1, size - 2), np.clip(ix, 1, size - 2)
+    off = np.arange(-1, 2)
+    block = above[np.arange(n)[:, None, None], iy[:, None, None] + off[:, None],
+                  ix[:, None, None] + off]
+    return block.sum(axis=(1, 2)) - peak < LONE_PEAK_FRACTION * peak
+
+
 def lone_peaks(image: np.ndarray, stars: StarTable) -> np.ndarray:
-    """True for the sources of ``stars`` whose light is one pixel of ``image`` (2-D).
+    """True for the sources of ``stars`` whose light is one pixel of ``image`` (2-D)
+    (:func:`lone_peak_stamps` on stamps of :data:`LONE_PEAK_RADIUS`).
 
     sep's filtered detection keeps hot pixels and cosmic-ray hits as stars. Hot pixels sit
     at the same sensor place in every frame of a night: in frames that were not dark-
     subtracted they are "stars" of the same brightness in the reference and the frame,
     which pulled NSG's scale to 1 and matched the frames onto themselves in registration.
     """
-    n = len(stars)
-    if n == 0:
+    if len(stars) == 0:
         return np.zeros(0, bool)
     h, w = image.shape
     off = np.arange(-LONE_PEAK_RADIUS, LONE_PEAK_RADIUS + 1)
@@ -297,15 +310,8 @@ def lone_peaks(image: np.ndarray, stars: StarTable) -> np.ndarray:
     above = image[rows[:, :, None], cols[:, None, :]].astype(np.float64)
     above = np.nan_to_num(above - stars.background[:, None, None], nan=0.0, posinf=0.0,
                           neginf=0.0)
-    size = len(off)
-    top = above.reshape(n, -1).argmax(axis=1)
-    iy, ix = np.unravel_index(top, (size, size))
-    iy, ix = np.clip(iy, 1, size - 2), np.clip(ix, 1, size - 2)
-    near = np.arange(-1, 2)
-    block = above[np.arange(n)[:, None, None], iy[:, None, None] + near[:, None],
-                  ix[:, None, None] + near]
-    peak = above.reshape(n, -1)[np.arange(n), top]
-    return (peak > 0) & (block.sum(axis=(1, 2)) - peak < LONE_PEAK_FRACTION * peak)
+    peak = above.max(axis=(1, 2))
+    return (peak > 0) & lone_peak_stamps(above, peak)
 
 
 def detect_stars(
