@@ -46,7 +46,12 @@ from napari_nsg.core.stars.photometry import (
 from napari_nsg.io import read_frame
 from napari_nsg.synthetic import simulate_sequence
 from napari_nsg.synthetic.psf import PSF
-from napari_nsg.synthetic.scale_bound import learned_psf_bound, scale_bound, star_flux_variance
+from napari_nsg.synthetic.scale_bound import (
+    learned_psf_bound,
+    realised_error,
+    scale_bound,
+    star_flux_variance,
+)
 
 FWHM_PER_SIGMA = 2.3548200450309493
 MEDIAN_ABS_NORMAL = 0.6745
@@ -110,6 +115,44 @@ def test_bound_is_what_a_psf_fit_reaches():
         ratios.append(fits.std(axis=0) / np.sqrt(v))
     ratio = np.concatenate(ratios)
     assert 0.85 < np.median(ratio) < 1.15
+
+
+def test_realised_error_scatters_as_the_bound():
+    """The bound's estimator run on each frame pair's own noise (realised_error): over
+    40 independent pairs its errors in bound units have a standard deviation of 1 and
+    no mean (measured: 0.99 and -0.01 over 80 pairs)."""
+    z = []
+    for seed in range(40):
+        seq = simulate_sequence(2, (200, 200), seed=seed, psf="gaussian", fwhm=[3.5, 4.5],
+                                sky=[600.0, 900.0], transmission=[1.0, 0.8], gain=1.0,
+                                read_noise=3.0, star_flux_range=(200.0, 3e4), star_density=1.5e-3,
+                                n_bright=0, saturation=1e12)
+        z.append(realised_error(seq, 1, quantised=True)
+                 / scale_bound(seq, 1, quantised=True).relative_sigma)
+    z = np.array(z)
+    assert 0.75 < z.std(ddof=1) < 1.3, z.std(ddof=1)
+    assert abs(z.mean()) < 0.6, z.mean()
+
+
+@pytest.mark.slow
+@pytest.mark.shipped_psf
+def test_realised_error_tracks_the_psf_engine():
+    """On the independent-like sequences the psf mode's errors follow the bound's
+    estimator's on the same noise (correlation 0.62 measured over seeds 0-5), so that
+    its excess (engine less that estimator) scatters less than its error: the
+    benchmark's yardstick with the draw's luck taken out (docs/nsg.md "Eleventh attempt")."""
+    err, real = [], []
+    for seed in range(6):
+        seq = independent_like(seed)
+        model = prepare_reference(np.round(seq.frame(0).data), params=NsgParameters(photometry="psf"))
+        for k in range(1, seq.n_frames):
+            bound = scale_bound(seq, k, quantised=True).relative_sigma
+            sr = measure_scale(model, np.round(seq.frame(k).data))
+            err.append((float(sr.scale[0]) / float(seq.truth[k].scale[0]) - 1.0) / bound)
+            real.append(realised_error(seq, k, quantised=True) / bound)
+    err, real = np.array(err), np.array(real)
+    assert np.corrcoef(err, real)[0, 1] > 0.35
+    assert (err - real).std() < 0.9 * err.std()
 
 
 def _bound_pair(psf, sky, flux_range, fwhm=(3.5, 4.5)):
@@ -569,6 +612,24 @@ def test_agreement_gate_refuses_a_wrong_correction():
         small = (_photometry(flux * offset, err), _photometry(flux * 0.8, err))
         z = agreement_z(small, large, 0)
         assert (z > AGREEMENT_GATE_Z) == refused, z
+
+
+def test_agreement_gate_weighs_crowded_large_apertures_down():
+    """30 of 100 pairs have a neighbour (crowding 0.3, the scale fit's measure) that
+    biases their large apertures by 0.6 %, with 0.1 % photometric errors (each biased
+    pair 3 of its errors off: not clipped): the check finds the agreeing small apertures
+    far off; with the pairs' crowding it weighs them as the scale fit does and they
+    agree (psf_photometry.CROWDED_CHECK)."""
+    rng = np.random.default_rng(3)
+    flux = rng.uniform(1e4, 1e5, 100)
+    err = 0.001 * flux
+    crowd = np.where(np.arange(100) < 30, 0.3, 0.0)
+    bias = 1.0 + 0.006 * (crowd > 0)
+    large = (_photometry(flux * bias * (1 + 0.001 * rng.standard_normal(100)), err),
+             _photometry(flux * 0.8 * (1 + 0.001 * rng.standard_normal(100)), err))
+    small = (_photometry(flux, err), _photometry(flux * 0.8, err))
+    assert agreement_z(small, large, 0) > AGREEMENT_GATE_Z
+    assert agreement_z(small, large, 0, crowding=crowd) < AGREEMENT_GATE_Z
 
 
 def test_wing_ratio_is_the_mean_large_over_small_ratio_of_ratios():

@@ -546,7 +546,10 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
             model.data, chans, ref_s.x, ref_s.y, tgt_s.x, tgt_s.y,
             (model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else model.fwhm),
             (model.stars.x, model.stars.y, model.stars.flux), (radius, width), offset=offset,
-            gap=p.aperture_gap, saturation=model.saturation)
+            gap=p.aperture_gap, saturation=model.saturation,
+            crowding=_crowding(model.stars, ref_s,
+                               [radius, radius + p.aperture_gap, radius + p.aperture_gap + width],
+                               2.0 * seeing))
         if not weighted:
             warnings.append(PSF_FALLBACK_WARNING)
         radius = ref_ph.radius

@@ -52,6 +52,9 @@ N_ANGLES = 90
 #: ones (in standard errors) are not used (:func:`agreement_z`).
 AGREEMENT_GATE_Z = 3.0
 CLIP_SIGMA = 5.0
+#: Relative flux-ratio error per unit of crowding in the large apertures (the scale
+#: fit's, :data:`napari_nsg.core.nsg.scale.CROWDING_SENSITIVITY`).
+CROWDING_SENSITIVITY = 0.05
 MEDIAN_CHI2_1 = 0.4549364  # median of a chi-square with one degree of freedom
 
 
@@ -317,7 +320,7 @@ def _reference_profile(ref, c, x, y, flux, fwhm, neighbours, fit=None):
 
 
 def agreement_z(small: tuple[Photometry, Photometry], large: tuple[Photometry, Photometry],
-                c: int) -> float:
+                c: int, crowding: np.ndarray | None = None) -> float:
     """How far the corrected small-aperture flux ratios are from the large-aperture
     ones, in standard errors.
 
@@ -326,14 +329,20 @@ def agreement_z(small: tuple[Photometry, Photometry], large: tuple[Photometry, P
     median dropped) minus 1, over its standard error. Neighbours' light cancels
     in both ratios; what is left is the profile's error in the two frames'
     corrections, measured as precisely as the large apertures can. ``inf`` with
-    fewer than MIN_PROFILE_STARS pairs.
+    fewer than MIN_PROFILE_STARS pairs. ``crowding`` (per pair: the detected
+    neighbours' flux whose light crosses the large apertures' edges, relative to the
+    star's) adds ``(CROWDING_SENSITIVITY * crowding)^2`` to each pair's relative
+    variance, as in the scale fit: a neighbour biases the large apertures.
     """
     ok = small[0].valid[c] & small[1].valid[c] & large[0].valid[c] & large[1].valid[c]
     if ok.sum() < MIN_PROFILE_STARS:
         return float("inf")
     terms = [(ph.flux[c, ok], ph.flux_err[c, ok]) for ph in (*small, *large)]
     q = terms[0][0] / terms[1][0] / (terms[2][0] / terms[3][0])
-    sig = q * np.sqrt(sum((e / f) ** 2 for f, e in terms))
+    rel2 = sum((e / f) ** 2 for f, e in terms)
+    if crowding is not None:
+        rel2 = rel2 + (CROWDING_SENSITIVITY * np.nan_to_num(np.asarray(crowding, float)[ok])) ** 2
+    sig = q * np.sqrt(rel2)
     keep = np.abs(q - np.median(q)) <= CLIP_SIGMA * sig
     if keep.sum() < MIN_PROFILE_STARS:
         return float("inf")

@@ -213,6 +213,12 @@ WIDTH_NOISE_TERM = False
 #: (bench independent-like seeds 2 / 1; +-0.02 % noise-free; not separated), docs/nsg.md
 #: "Ninth attempt".
 WIDTH_VARIANCE_WEIGHTS = True
+#: The check's pairs weighted with the large apertures' crowding as the scale fit weighs
+#: them (``agreement_z(crowding=)``): a neighbour biases the large apertures, and without
+#: it the check refused the PSF weights of 7 of 48 independent-like frames even with each
+#: frame's true PSF as its profile (docs/nsg.md, "Eleventh attempt"). An experiment
+#: (``--crowded-check``), off.
+CROWDED_CHECK = False
 
 #: The psf mode's settings before the tenth attempt made six of the switches above its
 #: defaults (measured on 48 independent-like frames: median error 0.069 % against 0.139 %
@@ -756,7 +762,7 @@ def _merge(channels: list[Photometry]) -> Photometry:
 
 def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, large, *,
                         offset=(0.0, 0.0), gap=2.0, saturation=None, free_shape=None,
-                        shared_tail=None, matched=None):
+                        shared_tail=None, matched=None, crowding=None):
     """PSF-weighted photometry of star pairs, the large apertures as the check.
 
     Parameters
@@ -785,6 +791,9 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         (None: ``SHARED_TAIL``).
     matched : bool, optional
         Weights of matched response in both frames (None: ``MATCHED_RESPONSE``).
+    crowding : ndarray (n,), optional
+        Each pair's crowding in the large apertures, for the check
+        (:func:`~napari_nsg.core.stars.aperture_correction.agreement_z`).
 
     Returns
     -------
@@ -829,7 +838,8 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
     ref_ph, tgt_ph = _merge(out[0]), _merge(out[1])
     add_shot_noise(ref_ph)
     add_shot_noise(tgt_ph)
-    if any(agreement_z((ref_ph, tgt_ph), big, c) > AGREEMENT_GATE_Z
+    if any(agreement_z((ref_ph, tgt_ph), big, c, crowding if CROWDED_CHECK else None)
+           > AGREEMENT_GATE_Z
            for c in range(ref_ph.n_channels)):
         return big[0], big[1], False
     return ref_ph, tgt_ph, True
