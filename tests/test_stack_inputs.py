@@ -55,3 +55,37 @@ def test_an_unparsable_weight_card_is_a_clear_error(tmp_path, capsys):
     assert code != 0 or "bad.fits" in err
     assert "bad.fits" in err and "NWEIGHT" in err
     assert "Traceback" not in err
+
+
+def test_a_frame_without_data_is_not_counted_as_stacked(tmp_path, capsys):
+    """A frame that is NaN everywhere (no data) adds nothing: its row says so, the
+    stack's header counts the two frames that have data, exit 1; with no frame of
+    data there is no stack (exit 2), at any chunk height."""
+    frames = [tmp_path / f"f{k}.fits" for k in range(3)]
+    for k, p in enumerate(frames):
+        _frame(p, 100 + k)
+    empty = tmp_path / "empty.fits"
+    hdu = fits.PrimaryHDU(np.full(SHAPE, np.nan, np.float32))
+    hdu.header["NWEIGHT"] = 1.0
+    hdu.writeto(empty)
+    out = tmp_path / "s.fits"
+    code = main(["stack", *map(str, frames[:2]), str(empty), "--out", str(out),
+                 "--rejection", "none", "--chunk-rows", "16"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "empty.fits" in err and "no data" in err
+    assert "2 of 3 frame(s) stacked" in err
+    assert fits.getheader(out)["NSTACK"] == 2
+    assert np.allclose(fits.getdata(out).mean(), 100.5, atol=0.05)
+    code = main(["stack", str(empty), "--out", str(tmp_path / "none.fits"), "--rejection", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no data" in err and not (tmp_path / "none.fits").exists()
+
+
+def test_stack_arrays_marks_a_frame_without_data():
+    from napari_nsg.pipeline.stack import NO_DATA_ERROR, stack_arrays
+
+    frames = [np.ones(SHAPE), np.full(SHAPE, np.nan), 3.0 * np.ones(SHAPE)]
+    result = stack_arrays(frames, rejection="none", chunk_rows=16)
+    assert [r["error"] for r in result.rows] == [None, NO_DATA_ERROR, None]
+    assert len(result.stacked) == 2 and np.allclose(result.stack, 2.0)

@@ -134,6 +134,8 @@ class StackChunk:
         Frames contributing per pixel.
     frame_low, frame_high : ndarray, int64, (n,)
         Values rejected below / above in each frame.
+    frame_valid : ndarray, int64, (n,), optional
+        Values with data (finite, a positive weight) in each frame.
     """
 
     stack: np.ndarray
@@ -142,6 +144,7 @@ class StackChunk:
     n_used: np.ndarray
     frame_low: np.ndarray
     frame_high: np.ndarray
+    frame_valid: np.ndarray | None = None
 
 
 def auto_rejection(n_frames: int) -> str:
@@ -321,4 +324,5 @@ def integrate(values: np.ndarray, weights: np.ndarray | None = None,
     per_frame = tuple(range(1, x.ndim))
     return StackChunk(stack=stack.astype(np.float32), n_low=low.sum(0).astype(np.int16),
                       n_high=high.sum(0).astype(np.int16), n_used=kept.sum(0).astype(np.int16),
-                      frame_low=low.sum(per_frame), frame_high=high.sum(per_frame))
+                      frame_low=low.sum(per_frame), frame_high=high.sum(per_frame),
+                      frame_valid=valid.sum(per_frame))

@@ -94,6 +94,10 @@ class _Source:
 COLOUR_PLANES = 3
 
 
+#: The row error of a frame without a single pixel of data (all NaN).
+NO_DATA_ERROR = "has no data (every pixel is NaN or no-data): it adds nothing to the stack"
+
+
 def _number(keys: dict, key: str, default: float) -> float:
     text = keys.get(key)
     try:
@@ -385,6 +389,7 @@ def stack_frames(
               **{k: np.zeros(planes, np.int16) for k in ("n_low", "n_high", "n_used")}}
     frame_low = np.zeros(len(sources), np.int64)
     frame_high = np.zeros(len(sources), np.int64)
+    frame_valid = np.zeros(len(sources), np.int64)
     job = _StackJob(sources, w, method)
     report(progress, 0, len(spans), f"stacking {len(sources)} frames ({method.method})")
     for k, res in map_frames(_stack_chunk, job, spans, workers=workers, scheduler=scheduler,
@@ -396,6 +401,7 @@ def stack_frames(
             arrays[name][:, y0:y1] = getattr(res, name)
         frame_low += res.frame_low
         frame_high += res.frame_high
+        frame_valid += res.frame_valid
         report(progress, k + 1, len(spans), f"rows {y0}-{y1}")
         check_cancel(cancel)
     mono = len(shape) == 2
@@ -403,12 +409,15 @@ def stack_frames(
                          rejection=method, chunk_rows=step,
                          **{k: (v[0] if mono else v) for k, v in arrays.items()})
     npix = float(np.prod(shape))
-    good = iter(zip(frame_low, frame_high))
-    for row in rows:
-        if _stacked(row):
-            lo, hi = next(good)
-            row["rejected_low"], row["rejected_high"] = float(lo / npix), float(hi / npix)
+    for row, lo, hi, n_valid in zip([r for r in rows if _stacked(r)], frame_low, frame_high,
+                                    frame_valid, strict=True):
+        row["rejected_low"], row["rejected_high"] = float(lo / npix), float(hi / npix)
+        if n_valid == 0:  # NaN (no data) everywhere: it added nothing
+            row["error"] = NO_DATA_ERROR
     result.rows = rows
+    if not result.stacked:
+        raise FrameError(rows[0]["file"], f"{NO_DATA_ERROR} (none of the {len(rows)} frame(s) "
+                                          "has data to stack)")
     if out is not None:
         _write(result, header, _history(result, weights), Path(out), overwrite)
     return result
@@ -500,7 +509,9 @@ def stack_arrays(
     npix = float(np.prod(shape))
     low = sum(p.frame_low for p in parts)
     high = sum(p.frame_high for p in parts)
+    valid = sum(p.frame_valid for p in parts)
     result.rows = [{"file": n, "weight": float(wk), "rejected_low": float(lo / npix),
-                    "rejected_high": float(hi / npix), "error": None, "skipped": None}
-                   for n, wk, lo, hi in zip(names, w, low, high)]
+                    "rejected_high": float(hi / npix),
+                    "error": NO_DATA_ERROR if nv == 0 and wk > 0 else None, "skipped": None}
+                   for n, wk, lo, hi, nv in zip(names, w, low, high, valid)]
     return result
