@@ -1,4 +1,4 @@
-"""napari reader for FITS (.fits .fit .fts .fz, any case) and XISF frames."""
+"""napari reader for FITS (.fits .fit .fts .fz .fits.gz, any case) and XISF frames."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from ._layers import image_layer
 
-_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".xisf")
+_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fts.gz", ".xisf")
 
 
 def napari_get_reader(path: str | list[str]) -> Callable | None:

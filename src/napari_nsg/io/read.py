@@ -1,12 +1,17 @@
-"""Reading frames: FITS (also fpack .fz), TIFF and, with the optional extra, XISF."""
+"""Reading frames: FITS (also fpack .fz and gzip .fits.gz), TIFF and, with the optional
+extra, XISF."""
 
 from __future__ import annotations
 
+import gzip
 import mmap
 import os
 import stat
 import sys
+import tempfile
 import warnings
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
@@ -18,14 +23,28 @@ from .buffers import FrameBuffers
 from .debayer import METHODS as DEBAYER_METHODS
 from .debayer import debayer as _debayer
 from .errors import FrameError, FrameWarning
-from .fits_scan import HduInfo, check_frame_size, check_hcompress_tiles, find_image
+from .fits_scan import (
+    MAX_FRAME_BYTES,
+    HduInfo,
+    check_frame_size,
+    check_hcompress_tiles,
+    find_image,
+)
 from .metadata import FrameMetadata, parse_metadata
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz")
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
 TIFF_SUFFIXES = (".tif", ".tiff")
 XISF_SUFFIXES = (".xisf",)
 FRAME_SUFFIXES = FITS_SUFFIXES + TIFF_SUFFIXES + XISF_SUFFIXES
+#: Whole-file compressions whose suffix comes after the image's (``frame.fits.fz``,
+#: ``frame.fits.gz``): left out of an output's name.
+COMPRESSION_SUFFIXES = (".fz", ".gz")
 _FITS_MAGIC = b"SIMPLE  ="
+_GZIP_MAGIC = b"\x1f\x8b"
+#: A gzip file may decompress to at most this many bytes: the largest frame plus a
+#: margin for headers and other HDUs (a "gzip bomb" is refused before it fills the disk).
+GZIP_LIMIT_BYTES = MAX_FRAME_BYTES + 2**24
+_GZIP_CHUNK_BYTES = 2**20
 UNSIGNED16_ZERO = 32768.0
 """The BZERO that makes 16-bit FITS data unsigned."""
 IN_PLACE_BYTES = 256 * 2**20
@@ -80,6 +99,43 @@ class Frame:
     def channels(self) -> np.ndarray:
         """The pixels as ``(c, y, x)`` (a view; mono gets c = 1)."""
         return self.data[np.newaxis] if self.data.ndim == 2 else self.data
+
+
+def frame_stem(path: str | os.PathLike) -> str:
+    """The frame's name without its image suffix and a compression suffix after it
+    (``m42_001.fits.gz`` -> ``m42_001``): what output names are made of."""
+    name = Path(path).name
+    for suffix in COMPRESSION_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path(name).stem
+
+
+def _is_gzip(fh) -> bool:
+    start = fh.read(len(_GZIP_MAGIC))
+    fh.seek(0)
+    return start == _GZIP_MAGIC
+
+
+@contextmanager
+def _gunzipped(path: Path, fh):
+    """The decompressed bytes of a gzip file in an anonymous temporary file (mappable, as
+    the FITS reader needs); FrameError for corrupt data or more than GZIP_LIMIT_BYTES."""
+    with tempfile.TemporaryFile() as plain:
+        try:
+            with gzip.GzipFile(fileobj=fh, mode="rb") as packed:
+                while chunk := packed.read(_GZIP_CHUNK_BYTES):
+                    plain.write(chunk)
+                    if plain.tell() > GZIP_LIMIT_BYTES:
+                        raise FrameError(path, f"decompresses to more than "
+                                               f"{GZIP_LIMIT_BYTES / 2**30:.0f} GiB: refused "
+                                               "(not a frame; see docs/reading-limits.md)")
+        except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+            raise FrameError(path, f"corrupt gzip data ({exc or 'it ends too early'})") from None
+        plain.seek(0)
+        with open(os.dup(plain.fileno()), "rb") as reader:  # astropy wants a read-only handle
+            yield reader
 
 
 def frame_kind(path: str | os.PathLike) -> str | None:
@@ -453,9 +509,10 @@ def read_frame(
     Parameters
     ----------
     path : path-like
-        A FITS (.fits .fit .fts, any case, and fpack .fz), TIFF (.tif .tiff) or
-        XISF file (with the ``xisf`` extra). Unknown suffixes are read as FITS
-        when the file starts like one.
+        A FITS (.fits .fit .fts, any case, fpack .fz, and gzip-compressed
+        .fits.gz), TIFF (.tif .tiff) or XISF file (with the ``xisf`` extra).
+        Unknown suffixes are read as FITS when the file starts like one (or as
+        a gzip file that holds one).
     debayer : {None, "superpixel", "bilinear"}
         Debayer a raw colour frame that has a BAYERPAT keyword. Without it a
         raw frame stays a 2-D mosaic: it is never debayered silently.
@@ -495,7 +552,10 @@ def read_frame(
     kind = frame_kind(path)
     index = None
     with open_regular(path) as fh:
-        if kind == "tiff":
+        if kind != "tiff" and kind != "xisf" and _is_gzip(fh):
+            with _gunzipped(path, fh) as plain:
+                data, header, index = _read_fits_named(path, plain, kind, hdu, buffers)
+        elif kind == "tiff":
             data, header = _read_tiff(path)
             data = _shape_checked(path, data, channel_axis_last=True)
         elif kind == "xisf":

@@ -72,6 +72,7 @@ from ..io.atomic import (
     same_file,
 )
 from ..io.buffers import FrameBuffers, reused_heap
+from ..io.read import frame_stem
 from ..io.write import frame_hdu, write_frames
 from ._values import floats
 from .executors import available_cores, map_frames, overlapped_frames, prestart_workers
@@ -114,11 +115,7 @@ class ResumeMismatchError(ForeignRunError):
 
 def output_paths(frame: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Where a frame's outputs go: ``output``, ``gradient``, ``curvature``."""
-    stem = Path(frame).name
-    for suffix in (".fz",):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-    stem = Path(stem).stem
+    stem = frame_stem(frame)
     out = Path(out_dir)
     return {
         "output": out / f"{stem}{OUTPUT_SUFFIX}.fits",

@@ -52,6 +52,7 @@ from ..io.atomic import (
     refuse_inputs,
     same_file,
 )
+from ..io.read import frame_stem
 from ..io.write import write_frame
 from .executors import map_frames, overlapped_frames
 from .normalize import ForeignRunError, ResumeMismatchError
@@ -72,10 +73,7 @@ _WCS_KEYS = ("WCSAXES", "LONPOLE", "LATPOLE", "RADESYS", "EQUINOX", "CTYPE1", "C
 
 def registered_path(frame: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Where a frame's registered image goes: ``<out_dir>/<stem>_reg.fits``."""
-    name = Path(frame).name
-    if name.lower().endswith(".fz"):
-        name = name[:-3]
-    return Path(out_dir) / f"{Path(name).stem}{OUTPUT_SUFFIX}.fits"
+    return Path(out_dir) / f"{frame_stem(frame)}{OUTPUT_SUFFIX}.fits"
 
 
 @dataclass
