@@ -79,5 +79,5 @@ def test_the_napari_reader_takes_gzip_frames(tmp_path):
     fits.PrimaryHDU(np.ones((16, 16), np.float32)).writeto(plain)
     reader = napari_get_reader(str(_gzip(plain, tmp_path / "f.FITS.GZ")))
     assert reader is not None
-    (data, meta, kind), = reader(str(tmp_path / "f.FITS.GZ"))
+    (data, _, kind), = reader(str(tmp_path / "f.FITS.GZ"))
     assert kind == "image" and np.all(np.asarray(data) == 1.0)

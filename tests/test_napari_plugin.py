@@ -8,7 +8,7 @@ from astropy.io import fits
 
 from napari_nsg._reader import napari_get_reader
 from napari_nsg._writer import write_fits
-from napari_nsg.io import read_frame
+from napari_nsg.io import FrameError, read_frame
 
 
 def test_manifest_validates_with_imports():
@@ -76,6 +76,31 @@ def test_viewer_opens_an_upper_case_raw_colour_frame(make_napari_viewer, real_da
     assert layer.metadata["meta"]["bayer_pattern"] == "GRBG"
 
 
+def test_a_saved_stack_layer_opens_again_as_a_stack(tmp_path):
+    """A stack of 5 frames (the sample subs' layer) is saved as a 5-plane cube and opens
+    again as one stack layer (not refused as "neither mono nor RGB"); read_frame, which
+    reads frames, still refuses it with the file's name."""
+    cube = np.stack([np.full((20, 30), v, np.float32) for v in range(5)])
+    header = fits.Header()
+    header["OBJECT"] = "M42"
+    out = write_fits(str(tmp_path / "subs.fits"), cube,
+                     {"name": "subs", "metadata": {"header": header}})
+    [(data, kwargs, kind)] = napari_get_reader(out[0])(out[0])
+    assert kind == "image" and data.shape == (5, 20, 30) and "channel_axis" not in kwargs
+    assert np.array_equal(data, cube) and kwargs["metadata"]["header"]["OBJECT"] == "M42"
+    with pytest.raises(FrameError, match="subs.fits.*5 planes"):
+        read_frame(out[0])
+
+
+def test_a_multiscale_layer_is_saved_at_full_resolution(tmp_path):
+    full = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
+    levels = [full, full[::2, ::2], full[::4, ::4]]
+    out = write_fits(str(tmp_path / "m.fits"), levels, {"name": "m", "multiscale": True})
+    frame = read_frame(out[0])
+    assert np.array_equal(frame.data, full)
+    assert "multiscale" in str(frame.header.get("HISTORY", ""))
+
+
 @pytest.mark.gui
 def test_sample_data_loads(make_napari_viewer):
     viewer = make_napari_viewer()
@@ -130,3 +155,16 @@ def test_row0_setting_is_the_default_orientation(plugin_settings, npe2pm):
     assert settings.display.fits_row0_bottom is True and default_row0_bottom()
     settings.display.fits_row0_bottom = False
     assert default_row0_bottom() is False
+
+
+@pytest.mark.gui
+def test_the_sample_subs_layer_saves_and_opens_again(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-nsg", "synthetic_subs")
+    (layer,) = viewer.layers
+    path = tmp_path / "subs.fits"
+    layer.save(str(path), plugin="napari-nsg")
+    viewer.open(str(path), plugin="napari-nsg")
+    again = viewer.layers[-1]
+    assert again.data.shape == layer.data.shape
+    assert np.allclose(again.data, layer.data)

@@ -31,24 +31,33 @@ def _our_suffix(path) -> bool:
 
 def read_frames(path: str | list[str]) -> list[tuple]:
     """Read each frame into an image layer; the header and metadata go to ``layer.metadata``.
+    A FITS cube whose plane count is neither mono nor colour (a saved stack layer) opens
+    as one stack layer.
 
     Raises
     ------
     napari_nsg.io.FrameError
         For a file that cannot be read; napari shows the message.
     """
-    from .io import read_frame
+    from .io import PlanesError, read_cube, read_frame
+    from .io.read import frame_stem
 
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers = []
     for p in paths:
-        frame = read_frame(p)
+        try:
+            frame = read_frame(p)
+        except PlanesError:  # a stack of frames (e.g. a saved stack layer): one stack layer
+            data, header = read_cube(p)
+            metadata = {"path": os.fspath(p), "header": header}
+            layers.append(image_layer(data, frame_stem(p), metadata, colour=False))
+            continue
         metadata = {
             "path": os.fspath(frame.path),
             "header": frame.header,
             "meta": frame.meta.to_dict(),
         }
-        layers.append(image_layer(frame.data, frame.path.stem, metadata))
+        layers.append(image_layer(frame.data, frame_stem(frame.path), metadata))
     _orient_viewer()
     return layers
 

@@ -24,7 +24,8 @@ def write_fits(path: str, data, meta: dict) -> list[str]:
     file the layer was read from (``meta["metadata"]["path"]``) is never replaced:
     saving headless (``layer.save``) would otherwise overwrite the raw frame without a
     question. An RGB(A) layer (colour on the last axis) is written as FITS colour
-    planes (3, y, x), which the reader opens again.
+    planes (3, y, x), which the reader opens again; a stack of frames as a cube, which
+    the reader opens as a stack layer; a multiscale layer as its full-resolution level.
 
     Raises
     ------
@@ -39,17 +40,30 @@ def write_fits(path: str, data, meta: dict) -> list[str]:
     if source:
         refuse_inputs([path], [source])
     name = meta.get("name") or Path(path).stem
+    history = [f"napari-nsg: saved from layer '{name}'"]
+    if _multiscale(data, meta):
+        history.append("napari-nsg: the full-resolution level of a multiscale layer")
     out = write_frame(path, _planes(data, meta), _header(metadata.get("header"), path),
-                      history=[f"napari-nsg: saved from layer '{name}'"], overwrite=True)
+                      history=history, overwrite=True)
     return [str(out)]
 
 
 def _planes(data, meta: dict) -> np.ndarray:
-    """The layer's data as (y, x) or (c, y, x): an RGB(A) layer's last axis moved first."""
+    """The layer's data as (y, x) or (c, y, x): an RGB(A) layer's last axis moved first; of
+    a multiscale layer, its full-resolution level."""
+    if _multiscale(data, meta):
+        data = data[0]
     array = np.asarray(data)
     if meta.get("rgb") and array.ndim == 3 and array.shape[-1] in RGB_LAST_AXIS:
         array = np.moveaxis(array[..., :RGB_CHANNELS], -1, 0)
     return array
+
+
+def _multiscale(data, meta: dict) -> bool:
+    """A multiscale layer's data: a sequence of arrays, the first the full resolution."""
+    if meta.get("multiscale"):
+        return True
+    return isinstance(data, (list, tuple)) and len(data) > 1 and hasattr(data[0], "shape")
 
 
 def _header(header, path: str) -> fits.Header | None:

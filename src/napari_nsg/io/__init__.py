@@ -7,9 +7,9 @@ input raises :class:`FrameError`, whose message names the file and the reason.
 
 from .atomic import atomic_path, atomic_write_text, remove_partials
 from .debayer import debayer
-from .errors import FrameError, MosaicError, OutputExistsError
+from .errors import FrameError, MosaicError, OutputExistsError, PlanesError
 from .metadata import FrameMetadata, airmass_from_altitude, parse_metadata
-from .read import FRAME_SUFFIXES, Frame, frame_kind, read_frame
+from .read import FRAME_SUFFIXES, Frame, frame_kind, read_cube, read_frame
 from .write import clean_header, write_frame
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "FrameMetadata",
     "MosaicError",
     "OutputExistsError",
+    "PlanesError",
     "airmass_from_altitude",
     "atomic_path",
     "atomic_write_text",
@@ -26,6 +27,7 @@ __all__ = [
     "debayer",
     "frame_kind",
     "parse_metadata",
+    "read_cube",
     "read_frame",
     "remove_partials",
     "write_frame",

@@ -29,6 +29,11 @@ class FrameError(Exception):
         return type(self), (self.path, self.reason)
 
 
+class PlanesError(FrameError):
+    """A FITS image with a number of planes that is neither mono nor colour: a stack of
+    frames, not one frame (:func:`napari_nsg.io.read.read_cube` reads it as a stack)."""
+
+
 class OutputExistsError(FrameError):
     """An output file exists and overwriting was not asked for."""
 

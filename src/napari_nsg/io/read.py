@@ -22,7 +22,7 @@ from astropy.io import fits
 from .buffers import FrameBuffers
 from .debayer import METHODS as DEBAYER_METHODS
 from .debayer import debayer as _debayer
-from .errors import FrameError, FrameWarning
+from .errors import FrameError, FrameWarning, PlanesError
 from .fits_scan import (
     MAX_FRAME_BYTES,
     HduInfo,
@@ -172,7 +172,7 @@ def _shape_checked(path, data: np.ndarray, channel_axis_last: bool = False) -> n
         if data.shape[0] != 3:
             last = (" (colour planes last, NAXIS1 = 3: a FITS colour frame holds them in "
                     "NAXIS3)" if data.shape[-1] == 3 else "")
-            raise FrameError(
+            raise PlanesError(
                 path,
                 f"3-D data with {data.shape[0]} planes is neither mono nor RGB "
                 f"(shape {data.shape}){last}",
@@ -495,6 +495,29 @@ def _metadata(path: Path, header: fits.Header, height: int) -> FrameMetadata:
         warnings.warn(f"{path}: unparsable header card(s) {', '.join(unreadable)} treated as "
                       "missing", FrameWarning, stacklevel=3)
     return meta
+
+
+def read_cube(path: str | os.PathLike, *, hdu: int | None = None) -> tuple[np.ndarray, fits.Header]:
+    """A FITS image of any number of planes as float32 ``(n, y, x)`` (or ``(y, x)``) and its
+    header: a stack of frames, as napari's stack layers are saved. The same checks as
+    :func:`read_frame` (size limits, damaged files, gzip), but no frame rules: no
+    metadata parsing, no debayering, any plane count.
+
+    Raises
+    ------
+    FrameError
+        As :func:`read_frame`; also for 1-D or 4-D data.
+    """
+    path = Path(path)
+    with open_regular(path) as fh:
+        if _is_gzip(fh):
+            with _gunzipped(path, fh) as plain:
+                data, header, _ = _read_fits(path, plain, hdu)
+        else:
+            data, header, _ = _read_fits(path, fh, hdu)
+    if data.ndim not in (2, 3) or min(data.shape[-2:]) < 2:
+        raise FrameError(path, f"image data has shape {data.shape}: not a stack of 2-D frames")
+    return data, header
 
 
 def read_frame(
