@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from . import _rice_guard
 from .buffers import FrameBuffers
 from .debayer import METHODS as DEBAYER_METHODS
 from .debayer import debayer as _debayer
@@ -31,6 +32,8 @@ from .fits_scan import (
     find_image,
 )
 from .metadata import FrameMetadata, parse_metadata
+
+_rice_guard.install()  # astropy's RICE_1 decoder kept inside each tile's bytes
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fz", ".fits.gz", ".fit.gz", ".fts.gz")
 TIFF_SUFFIXES = (".tif", ".tiff")
