@@ -1,11 +1,12 @@
 """A WCS that no star checks, against the image structure (msgr registration, session 22).
 
 Starless narrow fields of the sample pair (ratio 3), the wide header made wrong by moving
-CRPIX and turning the CD matrix (the cases of ``tests/test_registration_wcs_check.py``).
+CRPIX and turning the CD matrix, or by scaling its CD matrix (a wrong pixel scale; the cases
+of ``tests/test_registration_wcs_check.py``).
 Per case: what the WCS alone gives (the map error over a grid, in narrow px) and what
 ``register_wide_to_narrow`` gives now (method, median / max error, the fallback's seconds).
 
-    python benchmarks/bench_msgr_wcs_check.py [--seeds 1 2 3 4 5 6 7 8] [--big]
+    python benchmarks/bench_msgr_wcs_check.py [--seeds 1 2 3 4 5 6 7 8] [--big] [--scales]
 
 ``--big`` adds seed 1 at 600x800 and 1200x1600 (right, 45 px off, turned 3 deg; about
 15 s on a 2-core machine). docs/msgr.md ("A WCS that no star checks") has the tables.
@@ -22,7 +23,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_registration_wcs_check import SHAPE, WRONG, _errors_px, _headers, _starless
+from test_registration_wcs_check import (
+    SHAPE,
+    WRONG,
+    WRONG_SCALES,
+    _errors_px,
+    _headers,
+    _scaled_headers,
+    _starless,
+)
 
 from napari_nsg.core.registration import RegistrationError, register_wide_to_narrow
 from napari_nsg.core.registration.wcs import register_by_wcs
@@ -61,6 +70,20 @@ def seeds_table(seeds) -> None:
                   f"{before.max():.2f} px | {after} |", flush=True)
 
 
+def scales_table() -> None:
+    """The wrong pixel scales of the tests (and 1.03 on three seeds: 4-7 px off)."""
+    print("| seed | wide pixel scale x | the WCS alone: median / max | now | seconds |")
+    print("|---|---|---|---|---|")
+    for seed, factor in [*WRONG_SCALES, (1, 1.03), (2, 1.03), (4, 1.03)]:
+        pair = _starless(seed)
+        nh, wh = _scaled_headers(pair, factor)
+        before = _errors_px(register_by_wcs(nh, wh, SHAPE).transform, pair)
+        t0 = time.perf_counter()
+        after = _after(pair, nh, wh, functools.partial(_errors_px, pair=pair))
+        print(f"| {seed} | {factor} | {np.median(before):.2f} / {before.max():.2f} px | {after} | "
+              f"{time.perf_counter() - t0:.1f} |", flush=True)
+
+
 def big_table() -> None:
     from napari_nsg.synthetic import sample_pair
 
@@ -87,8 +110,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 9)))
     ap.add_argument("--big", action="store_true", help="also the 600x800 and 1200x1600 pairs")
+    ap.add_argument("--scales", action="store_true", help="also wide WCS of a wrong pixel scale")
     args = ap.parse_args(argv)
     seeds_table(args.seeds)
+    if args.scales:
+        scales_table()
     if args.big:
         big_table()
 

@@ -97,6 +97,35 @@ def test_a_wrong_wcs_on_a_starless_narrow_is_replaced_by_the_structure(seed):
     assert np.isfinite(reg.residual_px)
 
 
+def _scaled_headers(pair, factor: float):
+    """Right headers but the wide's pixel scale times ``factor`` (a wrong focal length or
+    pixel size; 2 or 0.5: a frame binned after its WCS was written)."""
+    nh, wh = _headers(pair)
+    for i in (1, 2):
+        for j in (1, 2):
+            wh[f"CD{i}_{j}"] *= factor
+    return nh, wh
+
+
+#: (seed, wrong wide pixel scale factor): 12-250 narrow px off at the corners.
+WRONG_SCALES = [(1, 1.1), (2, 0.9), (4, 2.0), (1, 0.5)]
+
+
+@pytest.mark.parametrize("seed, factor", WRONG_SCALES)
+def test_a_wcs_with_a_wrong_pixel_scale_is_replaced_by_the_structure(seed, factor):
+    """The structure is searched at other scales too (SCALE_SCAN) and refined with the scale
+    free: before, it was searched and refined at the WCS's scale only, kept the WCS (12-23
+    px off, "the structure agrees") or replaced it by a model as wrong (14-36 px)."""
+    pair = _starless(seed)
+    nh, wh = _scaled_headers(pair, factor)
+    assert _wcs_error_px(pair, nh, wh) > 20.0
+    reg = register_wide_to_narrow(pair.narrow, pair.wide, narrow_wcs=nh, wide_wcs=wh)
+    assert reg.method == "intensity"
+    errors = _errors_px(reg.transform, pair)
+    assert np.median(errors) < MEDIAN_ERROR_PX
+    assert errors.max() < MAX_ERROR_PX
+
+
 @pytest.mark.parametrize("seed", sorted(WRONG))
 def test_a_right_wcs_is_kept_and_confirmed_by_the_structure(seed):
     pair = _starless(seed)

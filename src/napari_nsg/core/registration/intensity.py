@@ -79,6 +79,15 @@ SEARCH_ROTATION = 5.0
 SEARCH_SHIFT = 0.25
 SEARCH_SIDE = 256
 SEARCH_EXCLUSION = 4.0
+#: Scale factors (wide px per narrow px, relative to a seed's) that :func:`search_scales` also
+#: tries: 0.8-1.25 in 15 steps of 3.2 % (a wrong focal length or pixel size in the header:
+#: the WCS then lands 4-23 narrow px off at the corners of a 300 x 400 field), and 0.5 and 2
+#: (a frame binned 2 x 2 after its WCS was written, or the other way round).
+#: ... on a coarser grid of at most SCAN_SIDE pixels a side (it only picks the scale; the
+#: search at the chosen one is redone on the usual grid).
+SCAN_SIDE = 96
+SCALE_SCAN = (0.5, *(float(f) for f in np.round(np.exp(np.linspace(np.log(0.8), np.log(1.25), 15)), 4)),
+              2.0)
 #: Its refinement (:func:`refine_seed`): the correlation itself maximised (Nelder-Mead from
 #: steps of MAXIMISE_STEP wide px, with the wide band-passed once in its own pixels, then from
 #: steps of MAXIMISE_POLISH with it read at each model and band-passed on the grid, to
@@ -425,21 +434,23 @@ def _about_centre(angle_deg: float, centre: np.ndarray) -> np.ndarray:
     return t @ r @ np.linalg.inv(t)
 
 
-def _search_grid(narrow: np.ndarray, ratio: float) -> _Grid:
-    """A working grid of at most SEARCH_SIDE pixels a side (never finer than the usual one)."""
+def _search_grid(narrow: np.ndarray, ratio: float, pixels: int = SEARCH_SIDE) -> _Grid:
+    """A working grid of at most ``pixels`` pixels a side (never finer than the usual one)."""
     side = max(np.shape(narrow)[-2:]) / ratio  # wide px
-    return _Grid(narrow, ratio, max(WORKING_PIXEL, side / SEARCH_SIDE))
+    return _Grid(narrow, ratio, max(WORKING_PIXEL, side / pixels))
 
 
-def search_around(narrow: np.ndarray, wide: np.ndarray, seed: np.ndarray) -> SeedSearch:
+def search_around(narrow: np.ndarray, wide: np.ndarray, seed: np.ndarray, *,
+                  grid_scale: np.ndarray | None = None, side: int = SEARCH_SIDE) -> SeedSearch:
     """Search the structure for the wide image's place near an approximate model ``seed``
     (a similarity, narrow -> wide, e.g. from the headers' WCS): rotations within
     SEARCH_ROTATION degrees of it (about the narrow centre) and, for each, every shift within
     SEARCH_SHIFT of the narrow field, by the normalised correlation of the band-passed
-    images (``cv2.matchTemplate``)."""
+    images (``cv2.matchTemplate``), on a grid of at most ``side`` pixels a side for the scale
+    of ``grid_scale`` (default: the seed's)."""
     shape = np.shape(narrow)
     ratio = _ratio(seed)
-    grid = _search_grid(narrow, ratio)
+    grid = _search_grid(narrow, _ratio(seed if grid_scale is None else grid_scale), side)
     wimg, wvalid = _filled(wide)
     h, w = grid.shape
     pad = int(np.ceil(SEARCH_SHIFT * max(h, w)))
@@ -464,6 +475,28 @@ def search_around(narrow: np.ndarray, wide: np.ndarray, seed: np.ndarray) -> See
                       seed_correlation=float(maps[n, pad, pad]), grid_px=float(grid.k))
 
 
+def search_scales(narrow: np.ndarray, wide: np.ndarray, seed: np.ndarray,
+                  factors=SCALE_SCAN) -> dict[float, SeedSearch]:
+    """:func:`search_around` at the seed's scale times each of ``factors`` and 1 (about the
+    narrow centre), by factor, all on the seed's coarse grid of SCAN_SIDE pixels a side (a
+    grid of its own for each scale was up to 10x slower where its pixel rounds down)."""
+    return {f: search_around(narrow, wide, rescaled(seed, f, np.shape(narrow)), grid_scale=seed,
+                             side=SCAN_SIDE)
+            for f in sorted({1.0, *map(float, factors)})}
+
+
+def rescaled(model: np.ndarray, factor: float, shape) -> np.ndarray:
+    """The similarity ``model`` (narrow -> wide) with its scale times ``factor`` about the
+    centre of a narrow image of ``shape``."""
+    return model @ _scaled_about_centre(factor, _centre(shape))
+
+
+def _scaled_about_centre(factor: float, centre: np.ndarray) -> np.ndarray:
+    t = np.eye(3)
+    t[:2, 2] = centre
+    return t @ np.diag([factor, factor, 1.0]) @ np.linalg.inv(t)
+
+
 def _rival_peak(score: np.ndarray, best: tuple[int, int], radius: float) -> float:
     """The highest other peak of a correlation map: local maxima inside the map (a map edge
     is a slope, not a peak) further than ``radius`` from ``best``; 0 when none."""
@@ -477,7 +510,7 @@ def _rival_peak(score: np.ndarray, best: tuple[int, int], radius: float) -> floa
 
 def refine_seed(narrow: np.ndarray, wide: np.ndarray, search: SeedSearch,
                 narrow_xy: np.ndarray | None = None,
-                wide_xy: np.ndarray | None = None) -> IntensityMatch:
+                wide_xy: np.ndarray | None = None, *, free_scale: bool = False) -> IntensityMatch:
     """Refine a :func:`search_around` result by maximising the correlation (rotation and
     shift), twice (the second run from a start one wide pixel off, shifted and turned), with
     the checks of :func:`register_by_intensity` (the stars, when given, are reported, not
@@ -487,7 +520,9 @@ def refine_seed(narrow: np.ndarray, wide: np.ndarray, search: SeedSearch,
     reference point or a turned camera are what go wrong), and over a smooth, starless
     footprint the scale is what the structure determines worst (ECC: 0.5 % off on the
     simulated starless pair, 1.4 px at its corners). ECC with the scale fixed still ended
-    0.6 deg off on another (3.5 px), where the correlation itself peaks within 0.04 deg."""
+    0.6 deg off on another (3.5 px), where the correlation itself peaks within 0.04 deg.
+    ``free_scale``: the scale is maximised too (when :func:`search_scales` found the
+    header's scale itself wrong)."""
     if search.margin < MIN_MARGIN:
         raise IntensityError(
             f"no place stands out in the image structure: the best correlates "
@@ -505,8 +540,9 @@ def refine_seed(narrow: np.ndarray, wide: np.ndarray, search: SeedSearch,
                                           _centre(shape))
     other[:2, 2] += CHECK_OFFSET
     for start in (search.matrix, other):
-        fast, _ = _maximise(grid, wbp, wvalid, start, MAXIMISE_STEP, filtered=True)
-        ends.append(_maximise(grid, wimg, wvalid, fast, MAXIMISE_POLISH))
+        fast, _ = _maximise(grid, wbp, wvalid, start, MAXIMISE_STEP, filtered=True,
+                            free_scale=free_scale)
+        ends.append(_maximise(grid, wimg, wvalid, fast, MAXIMISE_POLISH, free_scale=free_scale))
     (final, cc), (check, _) = ends
     return _checked(final, cc, _field_distance(final, check, shape), search.margin, 1, 0, shape,
                     narrow_xy, wide_xy)
@@ -539,25 +575,29 @@ def _centre(shape) -> np.ndarray:
 
 
 def _maximise(grid: _Grid, wide, wvalid, start: np.ndarray, step: float, *,
-              filtered: bool = False) -> tuple[np.ndarray, float]:
-    """The rotation and shift of ``start`` (its scale kept) that maximise the correlation of
-    the narrow band-pass on ``grid`` with the wide image read there (``filtered``: already
-    band-passed in its own pixels) (Nelder-Mead from steps of ``step``, every parameter in
-    wide px: the shift, and the rotation as the displacement it gives at the corners)."""
+              filtered: bool = False, free_scale: bool = False) -> tuple[np.ndarray, float]:
+    """The rotation and shift of ``start`` (its scale kept, unless ``free_scale``) that
+    maximise the correlation of the narrow band-pass on ``grid`` with the wide image read
+    there (``filtered``: already band-passed in its own pixels) (Nelder-Mead from steps of
+    ``step``, every parameter in wide px: the shift, and the rotation and the scale as the
+    displacements they give at the corners)."""
     shape = grid.narrow_shape[-2:]
     centre = _centre(shape)
     reach = 0.5 * np.hypot(*shape) / grid.ratio  # wide px from the centre to a corner
+    n = 4 if free_scale else 3
 
     def model(p):
         m = start @ _about_centre(np.degrees(p[2] / reach), centre)
+        if free_scale:
+            m = m @ _scaled_about_centre(1.0 + p[3] / reach, centre)
         m[:2, 2] += p[:2]
         return m
 
     def cost(p):
         return -grid.correlation(*grid.wide_on_grid(wide, wvalid, model(p), filtered=filtered))
 
-    simplex = np.vstack([np.zeros(3), step * np.eye(3)])
-    res = minimize(cost, np.zeros(3), method="Nelder-Mead",
+    simplex = np.vstack([np.zeros(n), step * np.eye(n)])
+    res = minimize(cost, np.zeros(n), method="Nelder-Mead",
                    options={"initial_simplex": simplex, "xatol": MAXIMISE_XTOL,
                             "fatol": 1e-9, "maxfev": MAXIMISE_EVALS})
     return model(res.x), float(-res.fun)

@@ -18,7 +18,9 @@ from .intensity import (
     local_similarity_matrix,
     refine_seed,
     register_by_intensity,
+    rescaled,
     search_around,
+    search_scales,
 )
 from .matching import match_similarity
 from .refine import refine_model
@@ -475,18 +477,20 @@ def _model_distance(t1, t2, shape: tuple[int, int]) -> float:
 
 
 def _structure_check(exc, nlum, wlum, ns, ws, m, quality):
-    """A WCS that no star confirms, checked against the images' structure searched around it:
+    """A WCS that no star confirms, checked against the images' structure searched around it
+    (at its scale and at the scales of SCALE_SCAN: a header's pixel scale can be wrong too):
     kept when the structure agrees (or has too little to say), replaced by the structure's
     model when they disagree and that model is well determined, else refused."""
     seed = local_similarity_matrix(m.transform, nlum.shape)
     search = search_around(nlum, wlum, seed)
+    search, free_scale = _scale_checked(nlum, wlum, seed, search, quality)
     quality["structure_correlation"] = search.correlation
     if search.correlation < INTENSITY_MIN_CORRELATION:
         quality["structure_px"] = None  # too little structure: unchecked, as the text says
         return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
     scale = np.sqrt(abs(np.linalg.det(seed[:2, :2])))  # wide px per narrow px
     try:
-        found = refine_seed(nlum, wlum, search, ns.xy, ws.xy)
+        found = refine_seed(nlum, wlum, search, ns.xy, ws.xy, free_scale=free_scale)
     except IntensityError as err:
         return _unrefined(exc, search, m, quality, scale, nlum.shape, err)
     transform = WideTransform(homography=found.matrix)
@@ -500,6 +504,22 @@ def _structure_check(exc, nlum, wlum, ns, ws, m, quality):
     q = _intensity_quality(found, wcs_offset_px=off / scale, wcs_correlation=at_wcs,
                            wcs_gain=at_found - at_wcs)
     return "intensity", transform, q, found.narrow_xy, found.wide_xy
+
+
+def _scale_checked(nlum, wlum, seed, search, quality):
+    """The search at another scale than the WCS's when the structure correlates better there
+    (coarse scan, then the usual search at the best factor): the headers' pixel scales
+    themselves are wrong (a wrong focal length or pixel size, a frame binned after its WCS
+    was written); and whether the refinement must free the scale."""
+    coarse = search_scales(nlum, wlum, seed)
+    factor = max(coarse, key=lambda f: coarse[f].correlation)
+    if factor == 1.0 or coarse[factor].correlation <= coarse[1.0].correlation + WCS_MIN_GAIN:
+        return search, False
+    other = search_around(nlum, wlum, rescaled(seed, factor, nlum.shape))
+    if other.correlation <= search.correlation + WCS_MIN_GAIN:
+        return search, False
+    quality["structure_scale_factor"] = factor
+    return other, True
 
 
 def _unrefined(exc, search, m, quality, scale, shape, err):
