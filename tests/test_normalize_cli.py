@@ -417,3 +417,16 @@ def test_an_exposure_in_other_units_is_hinted(frames, tmp_path):
     rows = json.loads((out / "nsg_results.json").read_text())["frames"]
     assert rows[1]["rejected"] and "EXPTIME in other units" in rows[1]["reject_reason"]
     assert not rows[2]["rejected"] and "EXPTIME" not in rows[2]["reject_reason"]
+
+
+def test_every_frame_failing_exits_2(frames, tmp_path, capsys):
+    """Nothing could be written (the reference not among the frames, every frame missing):
+    exit 2, as the user guide says, not 1 ("some frames failed, the others are written")."""
+    paths, _ = frames
+    code = run_cli(tmp_path / "gone_1.fits", tmp_path / "gone_2.fits", "--reference", paths[0],
+                   "--out", tmp_path / "nsg")
+    err = capsys.readouterr().err
+    assert code == 2 and "no frame could be normalized" in err and "gone_1.fits" in err
+    code = run_cli(paths[1], tmp_path / "gone_1.fits", "--reference", paths[0],
+                   "--out", tmp_path / "nsg2")
+    assert code == 1  # one written, one failed

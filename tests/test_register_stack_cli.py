@@ -78,9 +78,9 @@ def test_register_resume_guards_and_failures(dithered, tmp_path, capsys):
                    "--model", "similarity", "-q") == 2
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "dither_001_reg.fits").stat().st_mtime_ns == first
-    # an output may never replace an input
+    # an output may never replace an input (the only frame failed: nothing written, exit 2)
     assert run_cli("register", paths[1], "--reference", out / "dither_001_reg.fits",
-                   "--out", out, "--overwrite", "-q") == 1
+                   "--out", out, "--overwrite", "-q") == 2
     assert "cannot replace an input" in capsys.readouterr().err
     assert (out / "dither_001_reg.fits").stat().st_mtime_ns == first
 

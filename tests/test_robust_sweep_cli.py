@@ -184,7 +184,7 @@ def test_register_names_a_blank_frame(hot_frames, tmp_path, capsys):
     blank = tmp_path / "blank.fits"
     fits.PrimaryHDU(np.full(SHAPE, np.nan, np.float32)).writeto(blank)
     assert run_cli("register", blank, "--reference", paths[0], "--out", tmp_path / "r",
-                   "-q") == 1
+                   "-q") == 2  # its only frame failed: nothing written
     assert "blank.fits: cannot be registered: the frame has no data" in capsys.readouterr().err
 
 

@@ -100,4 +100,7 @@ def run(args: argparse.Namespace) -> int:
     n_ok = len(result.rows) - len(result.failed)
     print(f"{n_ok} of {len(result.rows)} frame(s) registered; report: {result.json_path}",
           file=sys.stderr)
+    if result.rows and len(result.failed) == len(result.rows):
+        error("no frame could be registered: nothing was written")
+        return EXIT_BAD_INPUT  # as the user guide says: nothing could be written
     return EXIT_SOME_FAILED if result.failed else EXIT_OK
