@@ -45,7 +45,8 @@ COMPRESSION_SUFFIXES = (".fz", ".gz")
 _FITS_MAGIC = b"SIMPLE  ="
 _GZIP_MAGIC = b"\x1f\x8b"
 #: A gzip file may decompress to at most this many bytes: the largest frame plus a
-#: margin for headers and other HDUs (a "gzip bomb" is refused before it fills the disk).
+#: margin for headers and other HDUs (a "gzip bomb" is refused there, not decompressed
+#: without end; it uses the temporary folder's space up to that).
 GZIP_LIMIT_BYTES = MAX_FRAME_BYTES + 2**24
 _GZIP_CHUNK_BYTES = 2**20
 UNSIGNED16_ZERO = 32768.0
