@@ -125,6 +125,9 @@ def test_a_wcs_with_a_wrong_pixel_scale_is_replaced_by_the_structure(seed, facto
     errors = _errors_px(reg.transform, pair)
     assert np.median(errors) < MEDIAN_ERROR_PX
     assert errors.max() < MAX_ERROR_PX
+    # the headers claim factor x the sky per wide pixel: the true scale is factor x theirs
+    assert reg.quality["wcs_scale_ratio"] == pytest.approx(factor, rel=0.01)
+    assert f"its pixel scale {reg.quality['wcs_scale_ratio']:.3f}x off" in reg.method_text()
 
 
 @pytest.mark.parametrize("seed", sorted(WRONG))

@@ -172,6 +172,8 @@ class Registration:
         if self.method == "intensity":
             seed = (f"the WCS, {q['wcs_offset_px']:.1f} px off" if q.get("wcs_offset_px")
                     else f"{q['seed_pairs']} star pairs")
+            if q.get("wcs_scale_ratio"):
+                seed += f", its pixel scale {q['wcs_scale_ratio']:.3f}x off"
             stars = (f"{q['star_pairs']} stars at {q['star_rms_px']:.2f} px"
                      if q.get("star_pairs") else "no star to check it")
             how = "correlation" if q.get("wcs_offset_px") else "ECC correlation"
@@ -501,8 +503,10 @@ def _structure_check(exc, nlum, wlum, ns, ws, m, quality):
     quality["structure_gain"] = at_found - at_wcs
     if quality["structure_agrees"] or quality["structure_gain"] < WCS_MIN_GAIN:
         return "wcs", m.transform, quality, m.narrow_xy, m.wide_xy
+    extra = {"wcs_scale_ratio": float(np.sqrt(abs(np.linalg.det(found.matrix[:2, :2])))
+                                      / scale)} if free_scale else {}
     q = _intensity_quality(found, wcs_offset_px=off / scale, wcs_correlation=at_wcs,
-                           wcs_gain=at_found - at_wcs)
+                           wcs_gain=at_found - at_wcs, **extra)
     return "intensity", transform, q, found.narrow_xy, found.wide_xy
 
 
