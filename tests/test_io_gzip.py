@@ -81,3 +81,14 @@ def test_the_napari_reader_takes_gzip_frames(tmp_path):
     assert reader is not None
     (data, _, kind), = reader(str(tmp_path / "f.FITS.GZ"))
     assert kind == "image" and np.all(np.asarray(data) == 1.0)
+
+
+def test_stack_and_rank_take_gzip_frames(tmp_path, capsys):
+    seq = simulate_sequence(3, (256, 256), seed=4, border=10, star_density=5e-3)
+    packed = [_gzip(p, p.with_name(p.name + ".gz")) for p in seq.write(tmp_path / "in")]
+    out = tmp_path / "stack.fits"
+    assert main(["stack", *map(str, packed), "--out", str(out), "--weights", "none",
+                 "--quiet"]) == 0
+    assert fits.getheader(out)["NSTACK"] == 3
+    assert main(["rank", *map(str, packed), "--quiet"]) == 0
+    assert "frame_000.fits.gz" in capsys.readouterr().out
