@@ -56,6 +56,14 @@ def _after(pair, nh, wh, errors) -> str:
             f"fallback {reg.timings['fallback']:.2f} s")
 
 
+def _before_after(pair, nh, wh) -> str:
+    """Two table cells: the map error of the WCS alone (median / max) and what the
+    registration does now, for a 300x400 starless pair and headers ``nh``, ``wh``."""
+    before = _errors_px(register_by_wcs(nh, wh, SHAPE).transform, pair)
+    after = _after(pair, nh, wh, functools.partial(_errors_px, pair=pair))
+    return f"{np.median(before):.2f} / {before.max():.2f} px | {after}"
+
+
 def seeds_table(seeds) -> None:
     print("| seed | wide WCS | the WCS alone: median / max | now |")
     print("|---|---|---|---|")
@@ -63,11 +71,8 @@ def seeds_table(seeds) -> None:
         pair = _starless(seed)
         for label, (off, turn) in (("right", ((0, 0), 0.0)),
                                    ("wrong", WRONG.get(seed, DEFAULT_WRONG))):
-            nh, wh = _headers(pair, off, turn)
-            before = _errors_px(register_by_wcs(nh, wh, SHAPE).transform, pair)
-            after = _after(pair, nh, wh, functools.partial(_errors_px, pair=pair))
-            print(f"| {seed} | {label} {off} {turn} deg | {np.median(before):.2f} / "
-                  f"{before.max():.2f} px | {after} |", flush=True)
+            print(f"| {seed} | {label} {off} {turn} deg | "
+                  f"{_before_after(pair, *_headers(pair, off, turn))} |", flush=True)
 
 
 def scales_table() -> None:
@@ -76,12 +81,9 @@ def scales_table() -> None:
     print("|---|---|---|---|---|")
     for seed, factor in [*WRONG_SCALES, (1, 1.03), (2, 1.03), (4, 1.03)]:
         pair = _starless(seed)
-        nh, wh = _scaled_headers(pair, factor)
-        before = _errors_px(register_by_wcs(nh, wh, SHAPE).transform, pair)
         t0 = time.perf_counter()
-        after = _after(pair, nh, wh, functools.partial(_errors_px, pair=pair))
-        print(f"| {seed} | {factor} | {np.median(before):.2f} / {before.max():.2f} px | {after} | "
-              f"{time.perf_counter() - t0:.1f} |", flush=True)
+        cells = _before_after(pair, *_scaled_headers(pair, factor))
+        print(f"| {seed} | {factor} | {cells} | {time.perf_counter() - t0:.1f} |", flush=True)
 
 
 def big_table() -> None:

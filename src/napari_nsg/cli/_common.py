@@ -170,6 +170,16 @@ def output_name(value: str | None, flag: str) -> str | None:
     return value
 
 
+def batch_status(n_rows: int, n_failed: int, verb: str) -> int:
+    """The exit status of a batch of ``n_rows`` frames of which ``n_failed`` failed: 0 all
+    done; 1 some failed (the others are written); 2 every one failed (nothing written,
+    said here)."""
+    if n_rows and n_failed == n_rows:
+        error(f"no frame could be {verb}: nothing was written")
+        return EXIT_BAD_INPUT
+    return EXIT_SOME_FAILED if n_failed else EXIT_OK
+
+
 def frame_list(paths: list[str]) -> list[Path]:
     """The frame paths as given, unchecked: a missing or unreadable frame becomes that
     frame's error in the batch, not the end of it (empty names are refused). A frame named

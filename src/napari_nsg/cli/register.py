@@ -10,9 +10,8 @@ from ..io import MosaicError
 from ._common import (
     DEBAYER_HINT,
     EXIT_BAD_INPUT,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
     add_progress_flag,
+    batch_status,
     error,
     error_frames,
     existing_frames,
@@ -100,7 +99,4 @@ def run(args: argparse.Namespace) -> int:
     n_ok = len(result.rows) - len(result.failed)
     print(f"{n_ok} of {len(result.rows)} frame(s) registered; report: {result.json_path}",
           file=sys.stderr)
-    if result.rows and len(result.failed) == len(result.rows):
-        error("no frame could be registered: nothing was written")
-        return EXIT_BAD_INPUT  # as the user guide says: nothing could be written
-    return EXIT_SOME_FAILED if result.failed else EXIT_OK
+    return batch_status(len(result.rows), len(result.failed), "registered")

@@ -134,7 +134,7 @@ class StackChunk:
         Frames contributing per pixel.
     frame_low, frame_high : ndarray, int64, (n,)
         Values rejected below / above in each frame.
-    frame_valid : ndarray, int64, (n,), optional
+    frame_valid : ndarray, int64, (n,)
         Values with data (finite, a positive weight) in each frame.
     """
 
@@ -144,7 +144,7 @@ class StackChunk:
     n_used: np.ndarray
     frame_low: np.ndarray
     frame_high: np.ndarray
-    frame_valid: np.ndarray | None = None
+    frame_valid: np.ndarray
 
 
 def auto_rejection(n_frames: int) -> str:

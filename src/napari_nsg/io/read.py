@@ -142,6 +142,16 @@ def _gunzipped(path: Path, fh):
             yield reader
 
 
+@contextmanager
+def _plain(path: Path, fh):
+    """``fh``, or its decompressed bytes when it is a gzip file (:func:`_gunzipped`)."""
+    if _is_gzip(fh):
+        with _gunzipped(path, fh) as plain:
+            yield plain
+    else:
+        yield fh
+
+
 def frame_kind(path: str | os.PathLike) -> str | None:
     """``"fits"``, ``"tiff"``, ``"xisf"`` from the name, or None if unknown."""
     name = os.fspath(path).lower()
@@ -513,12 +523,8 @@ def read_cube(path: str | os.PathLike, *, hdu: int | None = None) -> tuple[np.nd
         As :func:`read_frame`; also for 1-D or 4-D data.
     """
     path = Path(path)
-    with open_regular(path) as fh:
-        if _is_gzip(fh):
-            with _gunzipped(path, fh) as plain:
-                data, header, _ = _read_fits(path, plain, hdu)
-        else:
-            data, header, _ = _read_fits(path, fh, hdu)
+    with open_regular(path) as fh, _plain(path, fh) as source:
+        data, header, _ = _read_fits(path, source, hdu)
     if data.ndim not in (2, 3) or min(data.shape[-2:]) < 2:
         raise FrameError(path, f"image data has shape {data.shape}: not a stack of 2-D frames")
     return data, header
@@ -579,17 +585,15 @@ def read_frame(
     kind = frame_kind(path)
     index = None
     with open_regular(path) as fh:
-        if kind != "tiff" and kind != "xisf" and _is_gzip(fh):
-            with _gunzipped(path, fh) as plain:
-                data, header, index = _read_fits_named(path, plain, kind, hdu, buffers)
-        elif kind == "tiff":
+        if kind == "tiff":
             data, header = _read_tiff(path)
             data = _shape_checked(path, data, channel_axis_last=True)
         elif kind == "xisf":
             data, header = _read_xisf(path)
             data = _shape_checked(path, data)
         else:
-            data, header, index = _read_fits_named(path, fh, kind, hdu, buffers)
+            with _plain(path, fh) as source:
+                data, header, index = _read_fits_named(path, source, kind, hdu, buffers)
     meta = _metadata(path, header, data.shape[-2])
     done = None
     if debayer is not None:

@@ -416,8 +416,8 @@ def stack_frames(
             row["error"] = NO_DATA_ERROR
     result.rows = rows
     if not result.stacked:
-        raise FrameError(rows[0]["file"], f"{NO_DATA_ERROR} (none of the {len(rows)} frame(s) "
-                                          "has data to stack)")
+        raise FrameError(None, f"none of the {len(rows)} frame(s) can be stacked: each has no "
+                               "data or could not be used (the frames' errors say which)")
     if out is not None:
         _write(result, header, _history(result, weights), Path(out), overwrite)
     return result

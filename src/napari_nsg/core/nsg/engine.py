@@ -23,7 +23,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..nodata import find_no_data
-from ..stars import StarTable, detect_stars, intensity, photometry
+from ..stars import StarTable, detect_stars, intensity, photometry, psf_photometry
 from ..stars.aperture_correction import corrected_pair_photometry
 from ..stars.detection import lone_peaks
 from ..stars.empirical import empirical_pair_photometry
@@ -549,7 +549,7 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
             gap=p.aperture_gap, saturation=model.saturation,
             crowding=_crowding(model.stars, ref_s,
                                [radius, radius + p.aperture_gap, radius + p.aperture_gap + width],
-                               2.0 * seeing))
+                               2.0 * seeing) if psf_photometry.CROWDED_CHECK else None)
         if not weighted:
             warnings.append(PSF_FALLBACK_WARNING)
         radius = ref_ph.radius

@@ -28,7 +28,8 @@ same way, seeded by the WCS instead of star pairs (:func:`search_around`,
 :func:`refine_seed`): rotations within a few degrees and shifts within a
 quarter of the field are searched on a coarse grid by normalised correlation,
 and the best place, if it stands out, is refined by maximising the correlation
-(the WCS's scale kept). :mod:`.register` compares it with the WCS.
+(the WCS's scale kept, unless the structure correlates better at another scale:
+:func:`search_scales`). :mod:`.register` compares it with the WCS.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from .refine import pair_stars
 from .transforms import Similarity
 
 __all__ = ["IntensityError", "IntensityMatch", "SeedSearch", "correlations", "refine_seed",
-           "register_by_intensity", "search_around"]
+           "register_by_intensity", "rescaled", "search_around", "search_scales"]
 
 #: Outer Gaussian of the band-pass, in wide pixels (structure larger than this is gradient).
 BANDPASS_OUTER = 8.0
@@ -83,11 +84,11 @@ SEARCH_EXCLUSION = 4.0
 #: tries: 0.8-1.25 in 15 steps of 3.2 % (a wrong focal length or pixel size in the header:
 #: the WCS then lands 4-23 narrow px off at the corners of a 300 x 400 field), and 0.5 and 2
 #: (a frame binned 2 x 2 after its WCS was written, or the other way round).
-#: ... on a coarser grid of at most SCAN_SIDE pixels a side (it only picks the scale; the
-#: search at the chosen one is redone on the usual grid).
-SCAN_SIDE = 96
 SCALE_SCAN = (0.5, *(float(f) for f in np.round(np.exp(np.linspace(np.log(0.8), np.log(1.25), 15)), 4)),
               2.0)
+#: :func:`search_scales` searches on a coarser grid, of at most SCAN_SIDE pixels a side (it
+#: only picks the scale; the search at the chosen one is redone on the usual grid).
+SCAN_SIDE = 96
 #: Its refinement (:func:`refine_seed`): the correlation itself maximised (Nelder-Mead from
 #: steps of MAXIMISE_STEP wide px, with the wide band-passed once in its own pixels, then from
 #: steps of MAXIMISE_POLISH with it read at each model and band-passed on the grid, to
@@ -428,10 +429,19 @@ def local_similarity_matrix(transform, shape: tuple[int, int]) -> np.ndarray:
 
 def _about_centre(angle_deg: float, centre: np.ndarray) -> np.ndarray:
     a = np.radians(angle_deg)
-    r = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+    return _about(np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]]),
+                  centre)
+
+
+def _scaled_about_centre(factor: float, centre: np.ndarray) -> np.ndarray:
+    return _about(np.diag([factor, factor, 1.0]), centre)
+
+
+def _about(linear: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """The 3x3 map ``linear`` applied about ``centre`` instead of the origin."""
     t = np.eye(3)
     t[:2, 2] = centre
-    return t @ r @ np.linalg.inv(t)
+    return t @ linear @ np.linalg.inv(t)
 
 
 def _search_grid(narrow: np.ndarray, ratio: float, pixels: int = SEARCH_SIDE) -> _Grid:
@@ -490,11 +500,6 @@ def rescaled(model: np.ndarray, factor: float, shape) -> np.ndarray:
     centre of a narrow image of ``shape``."""
     return model @ _scaled_about_centre(factor, _centre(shape))
 
-
-def _scaled_about_centre(factor: float, centre: np.ndarray) -> np.ndarray:
-    t = np.eye(3)
-    t[:2, 2] = centre
-    return t @ np.diag([factor, factor, 1.0]) @ np.linalg.inv(t)
 
 
 def _rival_peak(score: np.ndarray, best: tuple[int, int], radius: float) -> float:

@@ -25,6 +25,7 @@ from scipy.optimize import minimize
 from scipy.spatial import cKDTree
 
 from ..nodata import with_nan_no_data
+from .empirical import CROWDING_SENSITIVITY  # the scale fit's crowding term, as there
 from .photometry import Photometry, pair_photometry
 from .psf_match import window
 
@@ -52,9 +53,6 @@ N_ANGLES = 90
 #: ones (in standard errors) are not used (:func:`agreement_z`).
 AGREEMENT_GATE_Z = 3.0
 CLIP_SIGMA = 5.0
-#: Relative flux-ratio error per unit of crowding in the large apertures (the scale
-#: fit's, :data:`napari_nsg.core.nsg.scale.CROWDING_SENSITIVITY`).
-CROWDING_SENSITIVITY = 0.05
 MEDIAN_CHI2_1 = 0.4549364  # median of a chi-square with one degree of freedom
 
 
