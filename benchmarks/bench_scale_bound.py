@@ -20,7 +20,13 @@ PSF, everything else known) run on the same frames' noise
 lucky the draw was (a 24-frame median moves by 10-15 % from draw to draw), and "excess"
 is the engine's error less that one, in bound units (rms, and 1.4826 x its median absolute
 deviation): what the engine adds, with the draw's luck taken out (docs/nsg.md "Eleventh
-attempt"). With ``--matched``
+attempt"). The same estimator on the stars of the pairs the engine used ("estimator on
+the pairs used") splits that excess: its ratio is what the engine's choice of stars
+allows, and the engine's excess over it is how it measured them (docs/nsg.md "Twelfth
+attempt"). "linear-range bound" leaves out the stars whose brightest pixel reaches the
+engine's linear range (``linear_range`` x the reference's maximum, 0.7 by default as in
+PixInsight's NSG) in either frame: the bound of the stars an engine that keeps that
+range may measure. With ``--matched``
 the same star pairs are also measured with PSF-matched photometry
 (:func:`napari_nsg.core.stars.photometry.matched_pair_photometry`, apertures of
 2.5 FWHM of the broader frame) and fitted with the same scale fit. A last table
@@ -37,7 +43,7 @@ reference) and by transmission.
                                             [--matched-response] [--width-noise]
                                             [--width-weights] [--residual-split]
                                             [--residual-asymmetric] [--ring-bumps]
-                                            [--crowded-check]]
+                                            [--crowded-check] [--response-widen F]]
                                            [--param photometry=corrected|empirical]
                                            [--default-ring-mask 2]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
@@ -88,6 +94,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from napari_nsg.core.nsg import NsgParameters
 from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_width
@@ -110,6 +117,7 @@ TIMING_SHAPE = (4000, 6000)
 TIMING_RING_MASK = 2.0  # --timing's ring-mask rows (FWHM)
 DEFAULT_RING_ROW = "aperture, ring mask 2"  # --timing: the default with the ring neighbour mask
 PSF_KEPT_FWHM = 2.5  # the psf mode's weighted radius is 2 FWHM, the large apertures' 3+
+USED_MATCH_PX = 1.0  # a used pair's reference centroid this close to a catalogue star is it
 BASE = {"gain": 1.0, "read_noise": 3.0, "star_flux_range": (15.0, 1.5e4), "star_density": 2.2e-3,
             "n_bright": 4, "saturation": 65535.0}
 
@@ -173,6 +181,8 @@ SETTINGS = {
                     "pixels within FWHM (x the frame's) of a detected neighbour left out")),
     "--profile-ring-mask": ("PROFILE_RING_MASK_FWHM", float, "FWHM", ("photometry=psf with the "
                             "same mask in the profile fit's rings only (default: --ring-mask's)")),
+    "--response-widen": ("RESPONSE_WIDEN", float, "F", ("photometry=psf with the matched "
+                         "responses' common width F times the broader frame's (default 1)")),
 }
 
 
@@ -255,7 +265,9 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
     """Rows of (seed, frame, bound, error, matched error, pairs, bound stars, fwhm ratio, T,
     small apertures used (photometry="corrected" or "empirical", no fall-back), kernel-fit
     error, the empirical wing ratio's relative error, the learned-PSF bound, the bound's own
-    estimator's error on the same noise: ``realised_error``)."""
+    estimator's error on the same noise: ``realised_error``, that estimator's error on
+    the stars of the pairs the engine used, the bound over the stars within the linear
+    range and that estimator's error on them)."""
     rows = []
     empirical = params is not None and params.photometry == "empirical"
     for seed in seeds:
@@ -270,6 +282,8 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
         for k in range(1, N_FRAMES):
             data = np.round(seq.frame(k).data)
             bound = scale_bound(seq, k, quantised=True)
+            linear = scale_bound(seq, k, quantised=True,
+                                 peak_limit=model.params.linear_range * model.flux_unit)
             truth = float(seq.truth[k].scale[0])
             sr = measure_scale(model, data)
             err = float(sr.scale[0]) / truth - 1.0
@@ -287,8 +301,22 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
                          bound.n_stars, seq.truth[k].fwhm / seq.truth[0].fwhm,
                          float(seq.truth[k].transmission[0]), corrected, k_err, q_err,
                          learned_psf_bound(seq, k, quantised=True),
-                         realised_error(seq, k, quantised=True)))
+                         realised_error(seq, k, quantised=True),
+                         realised_error(seq, k, quantised=True, ids=used_star_ids(seq, model, sr)),
+                         linear.relative_sigma,
+                         realised_error(seq, k, quantised=True, ids=linear.ids)))
     return np.array(rows, float)
+
+
+def used_star_ids(seq, model, sr) -> np.ndarray:
+    """Catalogue indices of the stars whose pairs the scale fit used (the reference
+    candidates' positions within ``USED_MATCH_PX`` of a catalogue star)."""
+    used = sr.channels[0].used
+    x = model.candidates.x[sr.match.ref_index][used]
+    y = model.candidates.y[sr.match.ref_index][used]
+    stars = seq.stars(seq.reference)
+    dist, idx = cKDTree(np.c_[stars.x, stars.y]).query(np.c_[x, y])
+    return np.unique(idx[dist < USED_MATCH_PX])
 
 
 def timing(rounds: int = 3, shape=TIMING_SHAPE):
@@ -399,7 +427,9 @@ def main(argv=None):
     header = ("| condition | frames | bound (median) | median error | p90 error | "
               "ratio to bound | mean error/bound | pairs used | stars in bound | "
               "small apertures used | learned-PSF bound | learned / bound | ratio to learned | "
-              "bound's estimator: ratio | excess rms | excess, robust |")
+              "bound's estimator: ratio | excess rms | excess, robust | "
+              "estimator on the pairs used: ratio | excess over it, robust | "
+              "linear-range bound | ratio to it | its estimator: ratio |")
     if args.matched:
         header += " matched: median error | matched: ratio | matched: mean error/bound |"
     if args.kernel:
@@ -419,7 +449,10 @@ def main(argv=None):
                 f"{np.median(rows[:, 6]):.0f} | {int(rows[:, 9].sum())} | "
                 f"{100 * np.median(rows[:, 12]):.3f} % | {np.median(rows[:, 12] / bound):.2f} | "
                 f"{summarize(err, rows[:, 12])[2]:.2f} | {summarize(rows[:, 13], bound)[2]:.2f} | "
-                f"{excess(err, rows[:, 13], bound)[0]:.2f} | {excess(err, rows[:, 13], bound)[1]:.2f} |")
+                f"{excess(err, rows[:, 13], bound)[0]:.2f} | {excess(err, rows[:, 13], bound)[1]:.2f} | "
+                f"{summarize(rows[:, 14], bound)[2]:.2f} | {excess(err, rows[:, 14], bound)[1]:.2f} | "
+                f"{100 * np.median(rows[:, 15]):.3f} % | {summarize(err, rows[:, 15])[2]:.2f} | "
+                f"{summarize(rows[:, 16], rows[:, 15])[2]:.2f} |")
         if args.matched:
             mm, _, mr, mb = summarize(m_err, bound)
             line += f" {mm:.3f} % | {mr:.2f} | {mb:+.2f} |"

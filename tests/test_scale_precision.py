@@ -120,18 +120,46 @@ def test_bound_is_what_a_psf_fit_reaches():
 def test_realised_error_scatters_as_the_bound():
     """The bound's estimator run on each frame pair's own noise (realised_error): over
     40 independent pairs its errors in bound units have a standard deviation of 1 and
-    no mean (measured: 0.99 and -0.01 over 80 pairs)."""
-    z = []
+    no mean (measured: 0.99 and -0.01 over 80 pairs). On every other star of the bound
+    (``ids=``, as the benchmark restricts it to an engine's pairs) they scatter as that
+    selection's own bound, ``(sum 1 / sigma_i^2)^-1/2`` over its stars, says (measured
+    on these 40: 0.96 and +0.41 for all stars, 1.02 and +0.31 for every other one)."""
+    z, z_half = [], []
     for seed in range(40):
         seq = simulate_sequence(2, (200, 200), seed=seed, psf="gaussian", fwhm=[3.5, 4.5],
                                 sky=[600.0, 900.0], transmission=[1.0, 0.8], gain=1.0,
                                 read_noise=3.0, star_flux_range=(200.0, 3e4), star_density=1.5e-3,
                                 n_bright=0, saturation=1e12)
-        z.append(realised_error(seq, 1, quantised=True)
-                 / scale_bound(seq, 1, quantised=True).relative_sigma)
-    z = np.array(z)
-    assert 0.75 < z.std(ddof=1) < 1.3, z.std(ddof=1)
-    assert abs(z.mean()) < 0.6, z.mean()
+        bound = scale_bound(seq, 1, quantised=True)
+        z.append(realised_error(seq, 1, quantised=True) / bound.relative_sigma)
+        half = np.sum(1.0 / bound.star_sigma[::2] ** 2) ** -0.5
+        z_half.append(realised_error(seq, 1, quantised=True, ids=bound.ids[::2]) / half)
+    for zz in (np.array(z), np.array(z_half)):
+        assert 0.75 < zz.std(ddof=1) < 1.3, zz.std(ddof=1)
+        assert abs(zz.mean()) < 0.6, zz.mean()
+
+
+def test_bound_within_the_linear_range():
+    """``scale_bound(peak_limit=)`` leaves out exactly the stars whose brightest
+    noise-free pixel reaches the limit in either frame (NSG's linear range), so its
+    bound is larger (seed 2: 4 of 1204 stars, bound 0.047 -> 0.054 %); without a limit
+    it is the plain bound."""
+    seq = independent_like(2)
+    plain = scale_bound(seq, 1, quantised=True)
+    limit = 0.7 * float(np.max(np.round(seq.frame(0).data)))
+    linear = scale_bound(seq, 1, quantised=True, peak_limit=limit)
+    assert np.all(np.isin(linear.ids, plain.ids))
+    left_out = np.setdiff1d(plain.ids, linear.ids)
+    assert len(left_out) >= 2  # the bright unsaturated stars of the issue-like sequence
+    assert linear.relative_sigma > plain.relative_sigma
+    peaks = []
+    for k in (0, 1):
+        image, stars = seq.noise_free(k), seq.stars(k)
+        cx, cy = np.round(stars.x[left_out]).astype(int), np.round(stars.y[left_out]).astype(int)
+        peaks.append([image[y - 1:y + 2, x - 1:x + 2].max() for x, y in zip(cx, cy, strict=True)])
+    assert np.all(np.max(peaks, axis=0) >= limit)
+    unlimited = scale_bound(seq, 1, quantised=True, peak_limit=np.inf)
+    assert unlimited.relative_sigma == plain.relative_sigma
 
 
 @pytest.mark.slow
@@ -551,17 +579,18 @@ def _errors(params, seeds):
 @pytest.mark.slow
 @pytest.mark.shipped_psf
 def test_psf_photometry_halves_the_error_on_independent_like():
-    """photometry='psf' as shipped (the plain mode plus the six settings the tenth attempt
-    made its defaults) on 48 independent-like frames (seeds 0-11): median |error| under
-    0.1 % (measured 0.069 %), under 1.8x the known-PSF bound (measured 1.60: the issue's
-    1.5x is not reached), and less than half the default apertures' (measured: ratio 3.39,
-    median 0.139 %, rms 0.237 % against 0.109 %), no frame beyond 0.4 % (0.26 %)."""
+    """photometry='psf' as shipped (the plain mode plus the eight settings the tenth and
+    twelfth attempts made its defaults) on 48 independent-like frames (seeds 0-11):
+    median |error| under 0.08 % (measured 0.055 %), under 1.5x the known-PSF bound
+    (measured 1.34; on seeds 12-23 it is 1.69, so the issue's 1.5x is not met on every
+    set of frames), and less than half the default apertures' (measured: ratio 3.39,
+    median 0.139 %, rms 0.237 % against 0.105 %), no frame beyond 0.4 % (0.30 %)."""
     err, bound = _errors(NsgParameters(photometry="psf"), SHIPPED_SEEDS)
     base, _ = _errors(NsgParameters(), SHIPPED_SEEDS)
     ratio = np.median(np.abs(err) / bound) / MEDIAN_ABS_NORMAL
-    assert np.median(np.abs(err)) <= 0.001
-    assert ratio < 1.8
-    assert np.median(np.abs(base) / bound) / MEDIAN_ABS_NORMAL > 1.6 * ratio
+    assert np.median(np.abs(err)) <= 0.0008
+    assert ratio < 1.5
+    assert np.median(np.abs(base) / bound) / MEDIAN_ABS_NORMAL > 2.0 * ratio
     assert np.sqrt(np.mean(err ** 2)) < 0.6 * np.sqrt(np.mean(base ** 2))
     assert np.max(np.abs(err)) < 0.004
 
@@ -931,6 +960,32 @@ def test_matched_response_cancels_neighbour_light_in_the_flux_ratio(seed):
     plain, matched = ratios((13.0, 18.0))
     assert np.median(plain) > 0.01
     assert abs(np.median(matched)) < 2e-3
+
+
+@pytest.mark.parametrize("fwhm", [3.06, 4.8])
+def test_widened_response_damps_a_profile_error(fwhm, monkeypatch):
+    """``RESPONSE_WIDEN`` (docs/nsg.md "Twelfth attempt"): a profile whose width is 3 %
+    off moves the flux of a noise-free Gaussian star by about ``-e / (2 (f F)^2)``
+    (``e`` its second moment's error, ``F`` the FWHM), so widening the common response
+    by f = 1.3 leaves 1 / 1.69 = 0.59 of the error (measured: 0.58 at FWHM 3.06 and
+    4.8 px, the plain error +3.0 %)."""
+    from dataclasses import replace
+
+    from napari_nsg.core.stars import psf_photometry as pp
+
+    img, x, y = _isolated_stars("gaussian", fwhm, 1e5)
+    flux = np.full(len(x), 1e5)
+    prof = pp.fit_profile_ring_sky(img, x, y, flux, fwhm, (x, y, flux))
+    wide = replace(prof, fwhm=1.03 * prof.fwhm)
+    errors = []
+    for widen in (1.0, 1.3):
+        monkeypatch.setattr(pp, "RESPONSE_WIDEN", widen)
+        response = pp._matched_responses(wide, wide)[0]
+        ph = pp.weighted_photometry(img, x, y, wide, fwhm, response=response)
+        assert ph.valid.all()
+        errors.append(np.median(ph.flux[0]) / 1e5 - 1)
+    assert errors[0] > 0.02  # the error to damp
+    assert 0.5 < errors[1] / errors[0] < 0.7
 
 
 #: The default apertures of a 4.8 px FWHM pair (3 FWHM + 1 px), their gap and ring.

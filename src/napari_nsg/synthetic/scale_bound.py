@@ -56,6 +56,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter
 
 from .psf import PSF
 
@@ -68,6 +69,8 @@ STAMP_FWHM = 2.5
 QUANTISATION_VARIANCE = 1.0 / 12.0
 #: Relative step of the numerical derivatives of the PSF in its parameters.
 DERIVATIVE_STEP = 1e-4
+#: Pixels around a star's own in which its peak is sought (``peak_limit``).
+PEAK_WINDOW = 3
 
 
 @dataclass
@@ -92,8 +95,10 @@ class ScaleBound:
     ids: np.ndarray
 
 
-def _measurable(seq, k: int, half: int) -> np.ndarray:
-    """Stars of frame ``k`` that are unsaturated and whose stamp lies in the data."""
+def _measurable(seq, k: int, half: int, peak_limit: float | None = None) -> np.ndarray:
+    """Stars of frame ``k`` that are unsaturated and whose stamp lies in the data; with
+    ``peak_limit``, also whose brightest noise-free pixel (background, neighbours and
+    all, within one pixel of the star's) stays below it."""
     stars = seq.stars(k)
     ny, nx = seq.shape
     cx = np.round(stars.x).astype(int)
@@ -101,6 +106,11 @@ def _measurable(seq, k: int, half: int) -> np.ndarray:
     ok = ~stars.saturated & (cx >= half) & (cy >= half) & (cx < nx - half) & (cy < ny - half)
     valid = seq.valid_mask(k)
     ok[ok] &= valid[cy[ok], cx[ok]]
+    if peak_limit is not None and ok.any():
+        image = seq.noise_free(k)
+        image = image.max(axis=0) if image.ndim == 3 else image
+        near = maximum_filter(image, size=PEAK_WINDOW)
+        ok[ok] &= near[cy[ok], cx[ok]] < peak_limit
     return ok
 
 
@@ -228,7 +238,8 @@ def learned_psf_bound(seq, k: int, *, quantised: bool = False, channel: int = 0)
     return float(np.sqrt(1.0 / info)) if info > 0 else float("inf")
 
 
-def scale_bound(seq, k: int, *, quantised: bool = False, channel: int = 0) -> ScaleBound:
+def scale_bound(seq, k: int, *, quantised: bool = False, channel: int = 0,
+                peak_limit: float | None = None) -> ScaleBound:
     """Cramér-Rao bound on the scale of frame ``k`` against the sequence's reference.
 
     Parameters
@@ -240,6 +251,10 @@ def scale_bound(seq, k: int, *, quantised: bool = False, channel: int = 0) -> Sc
         The frames are rounded to whole ADU.
     channel : int
         Channel of an RGB sequence.
+    peak_limit : float, optional
+        Leave out the stars whose brightest pixel reaches this level in either frame
+        (NSG's linear range: ``linear_range`` times the reference's maximum), so that
+        the bound is over the stars an engine that keeps the linear range may measure.
 
     Returns
     -------
@@ -247,7 +262,8 @@ def scale_bound(seq, k: int, *, quantised: bool = False, channel: int = 0) -> Sc
     """
     r = seq.reference
     half = int(np.ceil(STAMP_FWHM * max(seq.truth[r].fwhm, seq.truth[k].fwhm)))
-    ids = np.flatnonzero(_measurable(seq, r, half) & _measurable(seq, k, half))
+    ids = np.flatnonzero(_measurable(seq, r, half, peak_limit)
+                         & _measurable(seq, k, half, peak_limit))
     f_r, v_r = star_flux_variance(seq, r, ids, quantised=quantised, channel=channel)
     f_t, v_t = star_flux_variance(seq, k, ids, quantised=quantised, channel=channel)
     star_var = v_r / f_r**2 + v_t / f_t**2
@@ -274,7 +290,8 @@ def _fit_errors(seq, k, ids, quantised, channel):
     return fitted / flux
 
 
-def realised_error(seq, k: int, *, quantised: bool = False, channel: int = 0) -> float:
+def realised_error(seq, k: int, *, quantised: bool = False, channel: int = 0,
+                   ids: np.ndarray | None = None) -> float:
     """The relative scale error of the bound's own estimator on frame ``k``'s and the
     reference's actual noise (the module docstring): every star of
     :func:`scale_bound` fitted with its true PSF, position, sky and neighbours known,
@@ -285,6 +302,10 @@ def realised_error(seq, k: int, *, quantised: bool = False, channel: int = 0) ->
     seq, k, quantised, channel :
         As in :func:`scale_bound` (``quantised``: the frames as rounded to whole ADU,
         as an engine reads them).
+    ids : ndarray of int, optional
+        Catalogue indices: only the bound's stars among them (e.g. the star pairs an
+        engine used: the estimator's error on that selection, so that an engine's
+        excess splits into the stars it left out and how it measured the rest).
 
     Returns
     -------
@@ -293,9 +314,11 @@ def realised_error(seq, k: int, *, quantised: bool = False, channel: int = 0) ->
         draws its standard deviation is the bound.
     """
     bound = scale_bound(seq, k, quantised=quantised, channel=channel)
-    if len(bound.ids) == 0:
+    keep = np.ones(len(bound.ids), bool) if ids is None else np.isin(bound.ids, ids)
+    if not keep.any():
         return float("nan")
-    log_ratio = (_fit_errors(seq, seq.reference, bound.ids, quantised, channel)
-                 - _fit_errors(seq, k, bound.ids, quantised, channel))
-    weights = 1.0 / bound.star_sigma**2
+    stars = bound.ids[keep]
+    log_ratio = (_fit_errors(seq, seq.reference, stars, quantised, channel)
+                 - _fit_errors(seq, k, stars, quantised, channel))
+    weights = 1.0 / bound.star_sigma[keep]**2
     return float(np.sum(weights * log_ratio) / np.sum(weights))
