@@ -233,9 +233,10 @@ CROWDED_CHECK = True
 RESPONSE_WIDEN = 1.3
 
 #: The psf mode's settings before the tenth and twelfth attempts made eight of the switches
-#: above its defaults (measured on 48 independent-like frames: median error 0.069 % against 0.139 %
-#: with the default apertures, 1.60x the bound against 3.39x; docs/nsg.md "Tenth
-#: attempt"): the baseline against which the tests and benchmarks of one switch measure it.
+#: above its defaults (measured on 48 independent-like frames: median error 0.055 % against
+#: 0.139 % with the default apertures, 1.34x the bound against 3.39x; 0.078 % and 1.69x on
+#: 48 others; docs/nsg.md "Tenth attempt", "Twelfth attempt"): the baseline against which
+#: the tests and benchmarks of one switch measure it.
 PLAIN_SETTINGS = {"SHARED_TAIL": False, "RESIDUAL_MASK_ROUNDS": 0,
                   "RESIDUAL_MASK_ASYMMETRIC": False, "RING_NEIGHBOUR_MASK_FWHM": 0.0,
                   "MATCHED_RESPONSE": False, "WIDTH_VARIANCE_WEIGHTS": False,
