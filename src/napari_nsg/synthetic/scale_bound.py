@@ -60,8 +60,8 @@ from scipy.ndimage import maximum_filter
 
 from .psf import PSF
 
-__all__ = ["ScaleBound", "learned_psf_bound", "realised_error", "scale_bound",
-           "star_flux_variance"]
+__all__ = ["ScaleBound", "combine_star_errors", "learned_psf_bound", "realised_error",
+           "realised_star_errors", "scale_bound", "star_flux_variance"]
 
 #: Stamp half-size in FWHM for the information sums (the Gaussian core holds it all).
 STAMP_FWHM = 2.5
@@ -290,6 +290,32 @@ def _fit_errors(seq, k, ids, quantised, channel):
     return fitted / flux
 
 
+def realised_star_errors(seq, k: int, *, quantised: bool = False,
+                         channel: int = 0) -> tuple[ScaleBound, np.ndarray]:
+    """:func:`scale_bound` and, for each of its stars, the log flux ratio error of the
+    bound's estimator on frame ``k``'s and the reference's actual noise (its true PSF,
+    position, sky and neighbours known): what :func:`realised_error` combines, for any
+    selection of the stars (:func:`combine_star_errors`) without refitting them."""
+    bound = scale_bound(seq, k, quantised=quantised, channel=channel)
+    if len(bound.ids) == 0:
+        return bound, np.empty(0)
+    return bound, (_fit_errors(seq, seq.reference, bound.ids, quantised, channel)
+                   - _fit_errors(seq, k, bound.ids, quantised, channel))
+
+
+def combine_star_errors(bound: ScaleBound, log_ratio: np.ndarray,
+                        ids: np.ndarray | None = None) -> float:
+    """The scale error of the bound's estimator from its stars' errors
+    (:func:`realised_star_errors`): their log flux ratio errors weighted by their bound
+    variances, over the stars among ``ids`` (catalogue indices; None: all). NaN when
+    none is left."""
+    keep = np.ones(len(bound.ids), bool) if ids is None else np.isin(bound.ids, ids)
+    if not keep.any():
+        return float("nan")
+    weights = 1.0 / bound.star_sigma[keep] ** 2
+    return float(np.sum(weights * log_ratio[keep]) / np.sum(weights))
+
+
 def realised_error(seq, k: int, *, quantised: bool = False, channel: int = 0,
                    ids: np.ndarray | None = None) -> float:
     """The relative scale error of the bound's own estimator on frame ``k``'s and the
@@ -313,12 +339,5 @@ def realised_error(seq, k: int, *, quantised: bool = False, channel: int = 0,
         ``scale / true scale - 1`` of that estimator, to first order; over noise
         draws its standard deviation is the bound.
     """
-    bound = scale_bound(seq, k, quantised=quantised, channel=channel)
-    keep = np.ones(len(bound.ids), bool) if ids is None else np.isin(bound.ids, ids)
-    if not keep.any():
-        return float("nan")
-    stars = bound.ids[keep]
-    log_ratio = (_fit_errors(seq, seq.reference, stars, quantised, channel)
-                 - _fit_errors(seq, k, stars, quantised, channel))
-    weights = 1.0 / bound.star_sigma[keep]**2
-    return float(np.sum(weights * log_ratio) / np.sum(weights))
+    bound, log_ratio = realised_star_errors(seq, k, quantised=quantised, channel=channel)
+    return combine_star_errors(bound, log_ratio, ids)
