@@ -26,14 +26,22 @@ allows, and the engine's excess over it is how it measured them (docs/nsg.md "Tw
 attempt"). "linear-range bound" leaves out the stars whose brightest pixel reaches the
 engine's linear range (``linear_range`` x the reference's maximum, 0.7 by default as in
 PixInsight's NSG) in either frame: the bound of the stars an engine that keeps that
-range may measure. With ``--matched``
+range may measure. "median(|error| / bound)" is the issue's target read literally (without
+the 0.674 a perfect estimator's median has); "ratio: seed-bootstrap sd" is how much the
+ratio moves when the seeds are drawn again (a seed's targets share its reference, so they
+are drawn together), and "ratio per 12 seeds" the ratio of each run of 12 consecutive
+seeds (the tests' sets of 48 frames) (docs/nsg.md "Thirteenth attempt"). ``--jobs 2``
+runs a condition's seeds in two processes; ``--oracle profiles`` / ``--oracle sky`` give
+the psf mode each frame's true PSF as its profile / each star's noise-free background
+instead of its ring level (where its error comes from; not engine options). With ``--matched``
 the same star pairs are also measured with PSF-matched photometry
 (:func:`napari_nsg.core.stars.photometry.matched_pair_photometry`, apertures of
 2.5 FWHM of the broader frame) and fitted with the same scale fit. A last table
 splits the signed error by the seeing ratio (target sharper / broader than the
 reference) and by transmission.
 
-    python benchmarks/bench_scale_bound.py [--seeds 2] [--first-seed 0] [--conditions a,b] [--matched]
+    python benchmarks/bench_scale_bound.py [--seeds 2] [--first-seed 0] [--conditions a,b] [--jobs 1]
+                                           [--matched]
                                            [--kernel] [--param aperture_fwhm=2.0 ...]
                                            [--param photometry=psf [--free-shape]
                                             [--shared-tail] [--ls-weights] [--shape-cull 2
@@ -43,7 +51,8 @@ reference) and by transmission.
                                             [--matched-response] [--width-noise]
                                             [--width-weights] [--residual-split]
                                             [--residual-asymmetric] [--ring-bumps]
-                                            [--crowded-check] [--response-widen F]]
+                                            [--crowded-check] [--response-widen F]
+                                            [--weight-radius 3] [--oracle profiles|sky]]
                                            [--param photometry=corrected|empirical]
                                            [--default-ring-mask 2]
     python benchmarks/bench_scale_bound.py --timing     # seconds per target, 6000x4000
@@ -90,20 +99,23 @@ takes 1-3 minutes.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
 
-from napari_nsg.core.nsg import NsgParameters
+from napari_nsg.core.nsg import NsgParameters, engine
 from napari_nsg.core.nsg.engine import measure_scale, prepare_reference, ring_width
 from napari_nsg.core.nsg.kernel_scale import kernel_scale_of
 from napari_nsg.core.nsg.params import PHOTOMETRY_MODES
 from napari_nsg.core.nsg.scale import fit_scale
 from napari_nsg.core.stars import photometry, psf_photometry
+from napari_nsg.core.stars.aperture_correction import Profile
 from napari_nsg.core.stars.empirical import wing_ratio
 from napari_nsg.core.stars.photometry import matched_pair_photometry
 from napari_nsg.synthetic import simulate_sequence
@@ -122,6 +134,9 @@ SHAPE = (640, 896)
 GAUSS_FWHM_PER_SIGMA = 2.3548200450309493
 MEDIAN_ABS_NORMAL = 0.6745  # median |z| of a standard normal
 MAD_TO_SIGMA = 1.4826
+PIXEL_VARIANCE = 1.0 / 12.0  # px^2: a pixel's box added to a sampled PSF's variance
+BOOTSTRAP_DRAWS = 1000  # the ratio's seed-bootstrap spread
+SET_SEEDS = 12  # the ratio per set of this many seeds (the tests' sets of 48 frames)
 MATCHED_APERTURE_FWHM = 2.5
 TIMING_SHAPE = (4000, 6000)
 TIMING_RING_MASK = 2.0  # --timing's ring-mask rows (FWHM)
@@ -193,6 +208,9 @@ SETTINGS = {
                             "same mask in the profile fit's rings only (default: --ring-mask's)")),
     "--response-widen": ("RESPONSE_WIDEN", float, "F", ("photometry=psf with the matched "
                          "responses' common width F times the broader frame's (default 1)")),
+    "--weight-radius": ("WEIGHT_RADIUS_FWHM", float, "FWHM", ("photometry=psf with the weighted "
+                        "pixels within FWHM (x the broader frame's) of each star, the ring beyond "
+                        "(default 2)")),
 }
 
 
@@ -275,22 +293,38 @@ def _wing_ratio_error(large_model, data, sr):
     return np.nan if wr is None else wr.error / wr.ratio
 
 
-def run_condition(name, seeds, matched, params=None, kernel=False):
+def run_condition(name, seeds, matched, params=None, kernel=False, jobs=1, oracle=()):
     """Rows of (seed, frame, bound, error, matched error, pairs, bound stars, fwhm ratio, T,
     small apertures used (photometry="corrected" or "empirical", no fall-back), kernel-fit
     error, the empirical wing ratio's relative error, the learned-PSF bound, the bound's own
     estimator's error on the same noise: ``realised_error``, that estimator's error on
     the stars of the pairs the engine used, the bound over the stars within the linear
-    range and that estimator's error on them)."""
+    range and that estimator's error on them). ``jobs`` > 1: the seeds in that many
+    processes (forked, so that the psf switches set here hold in them); ``oracle``: the
+    truths the psf mode is given (:func:`_install_oracle`)."""
+    task = [(name, seed, matched, params, kernel, tuple(oracle)) for seed in seeds]
+    if jobs > 1 and len(task) > 1:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            parts = list(pool.map(_seed_rows, *zip(*task)))
+    else:
+        parts = [_seed_rows(*t) for t in task]
+    return np.array([row for part in parts for row in part], float)
+
+
+def _seed_rows(name, seed, matched, params, kernel, oracle=()):
+    """:func:`run_condition`'s rows of one seed."""
     rows = []
     empirical = params is not None and params.photometry == "empirical"
-    for seed in seeds:
-        seq = make_sequence(name, seed)
+    seq = make_sequence(name, seed)
+    restore = _install_oracle(oracle, seq)
+    try:
         ref = np.round(seq.frame(0).data)  # 16-bit quantisation
         model = prepare_reference(ref, params=params)
         large = prepare_reference(ref, params=replace(params, photometry="aperture")) \
             if empirical else None
         for k in range(1, N_FRAMES):
+            ORACLE_FRAME["target"] = k
             data = np.round(seq.frame(k).data)
             bound, star_errors = realised_star_errors(seq, k, quantised=True)
             linear = scale_bound(seq, k, quantised=True,
@@ -316,7 +350,71 @@ def run_condition(name, seeds, matched, params=None, kernel=False):
                          combine_star_errors(bound, star_errors, used_star_ids(seq, model, sr)),
                          linear.relative_sigma,
                          combine_star_errors(bound, star_errors, linear.ids)))
-    return np.array(rows, float)
+    finally:
+        restore()
+    return rows
+
+
+#: --oracle: the frame whose photometry the psf mode is measuring (the reference's
+#: first in each pair; ``target``: the target frame now measured).
+ORACLE_FRAME = {"target": 1, "calls": 0}
+ORACLES = ("profiles", "sky")
+
+
+def _true_profile(seq, k):
+    """Frame ``k``'s true PSF as the psf mode's profile: the simulator's pixel-integrated
+    Gaussian as a sampled Gaussian of variance ``sigma^2 + 1/12`` (Gaussian conditions)."""
+    if seq._plans[k].psf.kind != "gaussian":
+        raise SystemExit("--oracle profiles needs a Gaussian condition")
+    sigma = seq.truth[k].fwhm / GAUSS_FWHM_PER_SIGMA
+    return Profile(float(GAUSS_FWHM_PER_SIGMA * np.sqrt(sigma**2 + PIXEL_VARIANCE)), 0.0,
+                   0, 0.0, 0.0)
+
+
+def _install_oracle(oracle, seq):
+    """Give the psf mode the truth of ``seq`` (``oracle``: names of :data:`ORACLES`):
+    ``profiles``, each frame's true PSF instead of its fitted profile; ``sky``, each star's
+    noise-free background (sky and gradient) at its position instead of its ring level.
+    A scratch of where the psf mode's error comes from, not an engine option; returns the
+    function that undoes it."""
+    if not oracle:
+        return lambda: None
+    pp = psf_photometry
+    saved = {n: getattr(pp, n) for n in ("fit_profile_ring_sky", "_reference_profile",
+                                         "weighted_photometry", "ring_statistics")}
+    saved_pair = engine.psf_pair_photometry
+
+    def pair(*a, **kw):
+        ORACLE_FRAME["calls"] = 0
+        return saved_pair(*a, **kw)
+
+    def weighted(plane, x, y, *a, **kw):
+        k = 0 if ORACLE_FRAME["calls"] == 0 else ORACLE_FRAME["target"]
+        ORACLE_FRAME["calls"] += 1
+        if "sky" not in oracle:
+            return saved["weighted_photometry"](plane, x, y, *a, **kw)
+        back = seq.background(k)
+        xi = np.clip(np.round(x).astype(int), 0, back.shape[1] - 1)
+        yi = np.clip(np.round(y).astype(int), 0, back.shape[0] - 1)
+        true = back[yi, xi].astype(float)
+        pp.ring_statistics = lambda *aa, **kk: (true,) + saved["ring_statistics"](*aa, **kk)[1:]
+        try:
+            return saved["weighted_photometry"](plane, x, y, *a, **kw)
+        finally:
+            pp.ring_statistics = saved["ring_statistics"]
+
+    engine.psf_pair_photometry = pair
+    pp.weighted_photometry = weighted
+    if "profiles" in oracle:
+        pp.fit_profile_ring_sky = lambda *a, **kw: _true_profile(seq, ORACLE_FRAME["target"])
+        pp._reference_profile = lambda *a, **kw: _true_profile(seq, 0)
+
+    def restore():
+        for n, v in saved.items():
+            setattr(pp, n, v)
+        engine.psf_pair_photometry = saved_pair
+
+    return restore
 
 
 def make_sequence(name: str, seed: int):
@@ -402,6 +500,33 @@ def summarize(errors, bound):
             np.median(np.abs(z)) / MEDIAN_ABS_NORMAL, float(np.mean(z)))
 
 
+def seed_bootstrap_sd(rows, draws=BOOTSTRAP_DRAWS):
+    """Standard deviation of the ratio to the bound when the seeds are drawn again with
+    replacement (a seed's targets share its reference's noise, so they are drawn together):
+    how much the ratio of this many seeds moves from one set of them to the next."""
+    seeds = np.unique(rows[:, 0])
+    if len(seeds) < 2:
+        return float("nan")
+    index = [np.flatnonzero(rows[:, 0] == s) for s in seeds]
+    rng = np.random.default_rng(0)
+    ratios = []
+    for _ in range(draws):
+        pick = np.concatenate([index[i] for i in rng.integers(0, len(seeds), len(seeds))])
+        ratios.append(summarize(rows[pick, 3], rows[pick, 2])[2])
+    return float(np.std(ratios))
+
+
+def ratio_per_set(rows, size=SET_SEEDS):
+    """The ratio to the bound of each run of ``size`` consecutive seeds (none when the
+    run has fewer)."""
+    seeds = np.unique(rows[:, 0])
+    out = []
+    for i in range(0, len(seeds) - size + 1, size):
+        sel = np.isin(rows[:, 0], seeds[i:i + size])
+        out.append(summarize(rows[sel, 3], rows[sel, 2])[2])
+    return out
+
+
 def excess(errors, realised, bound):
     """The engine's error less the bound's estimator's on the same noise, in bound units:
     its rms and its robust spread (1.4826 x the median absolute deviation). 1.0 adds as
@@ -436,6 +561,13 @@ def main(argv=None):
                     help=("photometry=aperture (the default) with the ring pixels within FWHM "
                           "(x the pair's broader) of another detected star left out "
                           "(photometry.RING_NEIGHBOUR_MASK_FWHM; default 0: off)"))
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="processes over the seeds of a condition (default 1)")
+    ap.add_argument("--oracle", action="append", default=[], choices=ORACLES,
+                    help=("photometry=psf given the truth (repeatable): 'profiles', each frame's "
+                          "true PSF as its profile (Gaussian conditions); 'sky', each star's "
+                          "noise-free background instead of its ring level. Where the error "
+                          "comes from, not an engine option"))
     ap.add_argument("--timing", action="store_true",
                     help="only time measure_scale per photometry mode on a 6000x4000 target")
     args = ap.parse_args(argv)
@@ -452,7 +584,8 @@ def main(argv=None):
               "small apertures used | learned-PSF bound | learned / bound | ratio to learned | "
               "bound's estimator: ratio | excess rms | excess, robust | "
               "estimator on the pairs used: ratio | excess over it, robust | "
-              "linear-range bound | ratio to it | its estimator: ratio |")
+              "linear-range bound | ratio to it | its estimator: ratio | "
+              "median(|error| / bound) | ratio: seed-bootstrap sd | ratio per 12 seeds |")
     if args.matched:
         header += " matched: median error | matched: ratio | matched: mean error/bound |"
     if args.kernel:
@@ -464,7 +597,7 @@ def main(argv=None):
     every = []
     for name in names:
         rows = run_condition(name, range(args.first_seed, args.first_seed + args.seeds),
-                             args.matched, params, args.kernel)
+                             args.matched, params, args.kernel, args.jobs, args.oracle)
         every.append(rows)
         bound, err, m_err = rows[:, 2], rows[:, 3], rows[:, 4]
         med, p90, ratio, bias = summarize(err, bound)
@@ -477,7 +610,9 @@ def main(argv=None):
                 f"{excess(err, rows[:, 13], bound)[0]:.2f} | {excess(err, rows[:, 13], bound)[1]:.2f} | "
                 f"{summarize(rows[:, 14], bound)[2]:.2f} | {excess(err, rows[:, 14], bound)[1]:.2f} | "
                 f"{100 * np.median(rows[:, 15]):.3f} % | {summarize(err, rows[:, 15])[2]:.2f} | "
-                f"{summarize(rows[:, 16], rows[:, 15])[2]:.2f} |")
+                f"{summarize(rows[:, 16], rows[:, 15])[2]:.2f} | "
+                f"{np.median(np.abs(err) / bound):.2f} | {seed_bootstrap_sd(rows):.2f} | "
+                f"{' '.join(f'{r:.2f}' for r in ratio_per_set(rows))} |")
         if args.matched:
             mm, _, mr, mb = summarize(m_err, bound)
             line += f" {mm:.3f} % | {mr:.2f} | {mb:+.2f} |"
