@@ -38,6 +38,12 @@ versions at each worker count and prints the new/old ratios. For example::
     python benchmarks/bench_nsg.py --frames 12 --workers 1,2
     python benchmarks/bench_nsg.py --frames 12 --workers 1,2 --compare-with /tmp/old/src
 
+``--compare-photometry psf`` alternates the default parameters and
+``NsgParameters(photometry="psf")`` the same way (what the psf mode would cost as the
+default; docs/nsg.md "Thirteenth attempt")::
+
+    python benchmarks/bench_nsg.py --frames 12 --compare-photometry psf
+
 ``--accuracy`` prints the accuracy tables of ``docs/nsg.md`` instead, with the
 measurements of the tests (``tests/test_nsg_simulated.py`` on six seeds, mono
 and RGB; ``tests/test_nsg_real.py`` frame by frame on WASP-12b):
@@ -71,6 +77,11 @@ out = Path(sys.argv[2])
 gradient_images = sys.argv[3] == "1"
 workers = int(sys.argv[5])
 with_floor = sys.argv[6] == "1"
+photometry = sys.argv[7] if len(sys.argv) > 7 else ""
+params = None
+if photometry:
+    from napari_nsg.core.nsg import NsgParameters
+    params = NsgParameters(photometry=photometry)
 peak_mib = peak_rss_mib
 events = []
 pool = {}
@@ -139,7 +150,7 @@ def progress(done, total, message):
 out.mkdir(parents=True, exist_ok=True)
 io_before = io_floor() if with_floor else [float("nan")] * len(paths)
 t0 = time.perf_counter()
-result = nz.normalize_frames(paths, paths[0], out, gradient_images=gradient_images,
+result = nz.normalize_frames(paths, paths[0], out, params, gradient_images=gradient_images,
                              overwrite=True, progress=progress, workers=workers)
 wall = time.perf_counter() - t0
 stop_sampling.set()
@@ -171,16 +182,18 @@ print(json.dumps({"wall": wall, "reference_s": ready - t0, "frames": frames, "io
 """
 
 
-def run_child(paths, out, gradient_images, *, workers=1, with_floor=True, source=None):
+def run_child(paths, out, gradient_images, *, workers=1, with_floor=True, source=None,
+              photometry=""):
     """One normalize run in a fresh process; ``source``: a ``src`` folder of another
-    version of napari-nsg to import instead of the installed one."""
+    version of napari-nsg to import instead of the installed one; ``photometry``: the
+    ``NsgParameters.photometry`` of the run ('': the default parameters)."""
     env = dict(os.environ)
     if source:
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps([str(p) for p in paths]),
                            str(out), "1" if gradient_images else "0", str(BENCH_DIR),
-                           str(workers), "1" if with_floor else "0"],
-                          capture_output=True, text=True, env=env)
+                           str(workers), "1" if with_floor else "0", photometry],
+                          check=False, capture_output=True, text=True, env=env)
     if proc.returncode != 0:  # say why, not only that it failed
         sys.exit(f"normalize run ({source or 'this checkout'}) failed:\n{proc.stderr[-4000:]}")
     # cpu_s: CPU seconds of the run's process (I/O floor passes included) and of its
@@ -239,6 +252,35 @@ def compare_versions(paths, work: Path, old_source: Path, repeat: int, gradient_
           f"sys {med['new'][5]:.3f}); new/old time {med['new'][0] / med['old'][0]:.2f}, CPU per "
           f"target {med['new'][4] / med['old'][4]:.2f}; CPU s of the runs (I/O floor passes "
           f"included) old {med['old'][2]:.1f}, new {med['new'][2]:.1f}")
+
+
+def compare_photometry(paths, work: Path, mode: str, repeat: int, gradient_images: bool):
+    """The default parameters and ``photometry=mode`` alternated on the same frames, as
+    :func:`compare_versions` alternates two versions: each run's median per target, its
+    ratio to the I/O floor and the CPU per target, then the medians and their ratios."""
+    runs = {"default": [], mode: []}
+    print(f"\n{len(paths)} frames, default parameters and photometry={mode} alternated "
+          "(columns as --compare-with's)")
+    print(f"{'run':<6}{'photometry':<12}{'s/target':>10}{'I/O floor s':>13}{'ratio':>8}"
+          f"{'/fastest':>10}{'CPU/target':>12}{'wall s':>8}{'peak MiB':>10}")
+    for r in range(repeat):
+        for name, record in runs.items():
+            res = run_child(paths, work / f"phot_{name}", gradient_images,
+                            photometry="" if name == "default" else mode)
+            t, ratio = _target_stats(res)
+            user, system = _cpu_per_target(res)
+            fastest = t / min(res["io"][1:])
+            record.append((t, ratio, fastest, user + system))
+            print(f"{r + 1:<6}{name:<12}{t:>10.3f}{_median(res['io'][1:]):>13.3f}{ratio:>8.2f}"
+                  f"{fastest:>10.2f}{user + system:>12.3f}{res['wall']:>8.1f}"
+                  f"{res['peak_rss']:>10.0f}" + (f"  ({res['failed']} FAILED)" if res["failed"]
+                                                  else ""), flush=True)
+    med = {k: [_median([v[i] for v in runs[k]]) for i in range(4)] for k in runs}
+    for name, (t, ratio, fastest, cpu) in med.items():
+        print(f"median, {name}: {t:.3f} s per target, ratio to each floor {ratio:.2f}, to the "
+              f"fastest {fastest:.2f}, CPU {cpu:.3f} s per target")
+    print(f"{mode}/default: time {med[mode][0] / med['default'][0]:.2f}, CPU per target "
+          f"{med[mode][3] / med['default'][3]:.2f}")
 
 
 def compare_workers(paths, work: Path, counts: list[int], repeat: int, gradient_images: bool,
@@ -367,6 +409,9 @@ def main(argv=None):
     ap.add_argument("--workers", metavar="N,M,...",
                     help="run with these worker counts alternately, --repeat times, and show "
                          "where the time goes (startup, model shipping, frames)")
+    ap.add_argument("--compare-photometry", metavar="MODE",
+                    help="run the default parameters and photometry=MODE (e.g. psf) "
+                         "alternately on the frames, --repeat times")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)
     if args.accuracy:
@@ -379,6 +424,10 @@ def main(argv=None):
         counts = [int(v) for v in args.workers.split(",")]
         compare_workers(paths, work, counts, args.repeat, args.gradient_images,
                         Path(args.compare_with) if args.compare_with else None)
+        return
+    if args.compare_photometry:
+        compare_photometry(paths, work, args.compare_photometry, args.repeat,
+                           args.gradient_images)
         return
     if args.compare_with:
         compare_versions(paths, work, Path(args.compare_with), args.repeat, args.gradient_images)

@@ -575,6 +575,8 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
     crowd = _crowding(model.stars, ref_s,
                       [radius, radius + p.aperture_gap, radius + p.aperture_gap + width],
                       2.0 * seeing)
+    if p.photometry == "psf" and weighted and not psf_photometry.FIT_CROWDING:
+        crowd = None  # the PSF weights' fluxes: the apertures' crowding term does not apply
     fits: list[ChannelScale] = []
     for c in range(chans.shape[0]):
         ok = ref_ph.valid[c] & tgt_ph.valid[c]

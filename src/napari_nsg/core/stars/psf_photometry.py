@@ -232,6 +232,22 @@ CROWDED_CHECK = True
 #: the evaluation's noise of 1.3 (docs/nsg.md "Twelfth attempt"; ``--response-widen``).
 RESPONSE_WIDEN = 1.3
 
+#: Detected neighbours modelled out of each star's stamp before it is measured: each
+#: neighbour within NEIGHBOUR_MODEL_REACH_FWHM of the weighted region, with its detected flux
+#: (times the frame's scale estimate in the target) and the frame's profile, is subtracted
+#: from the pixels (weighted and ring). The matched responses make a neighbour's light equal
+#: in both frames only over the whole plane; the weighted region ends at WEIGHT_RADIUS_FWHM,
+#: so a neighbour near its edge reaches the broader frame's flux more (a seeing slope of the
+#: scale of -1.8 bound units per unit ln FWHM ratio with the true profiles and sky;
+#: docs/nsg.md "Thirteenth attempt"). An experiment (``--neighbour-model``), off.
+NEIGHBOUR_MODEL = False
+NEIGHBOUR_MODEL_REACH_FWHM = 3.0
+#: The scale fit weighs the PSF-weighted pairs with the large apertures' crowding term
+#: (5 % of the neighbours' light crossing their edges; :func:`~napari_nsg.core.nsg.scale.fit_scale`)
+#: as it weighs aperture pairs. False: by their photometric errors alone (an experiment,
+#: ``--no-fit-crowding``; docs/nsg.md "Thirteenth attempt").
+FIT_CROWDING = True
+
 #: The psf mode's settings before the tenth and twelfth attempts made eight of the switches
 #: above its defaults (measured on 48 independent-like frames: median error 0.055 % against
 #: 0.139 % with the default apertures, 1.34x the bound against 3.39x; 0.078 % and 1.69x on
@@ -284,6 +300,31 @@ def _near_neighbours(dxy, x, y, neighbours, radius, reach):
             d2 = (dx[s][None, :] - ox[other, None]) ** 2 + (dy[s][None, :] - oy[other, None]) ** 2
             near[s] = np.any(d2 < radius * radius, axis=0)
     return near
+
+
+def _neighbour_light(dxy, x, y, neighbours, theta, reach, flux_scale=1.0):
+    """The light ``(n, p)`` of the detected neighbours (``neighbours``: x, y and detected
+    flux; one within ``SELF_PX`` of a star is that star) at offsets ``dxy`` from the stars
+    ``(x, y)``, with the unit profile ``theta``, their fluxes times ``flux_scale``; those
+    further than ``reach`` from a star are left out."""
+    dx, dy = dxy
+    light = np.zeros(dx.shape)
+    nx, ny, nf = (np.asarray(a, float) for a in neighbours[:3])
+    keep = np.isfinite(nx) & np.isfinite(ny) & np.isfinite(nf) & (nf > 0)
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not keep.any() or not finite.any():
+        return light
+    nx, ny, nf = nx[keep], ny[keep], nf[keep] * flux_scale
+    lists = cKDTree(np.c_[nx, ny]).query_ball_point(np.c_[x[finite], y[finite]], reach)
+    for s, js in zip(np.flatnonzero(finite), lists, strict=True):
+        js = np.asarray(js, int)
+        ox, oy = nx[js] - x[s], ny[js] - y[s]
+        other = np.hypot(ox, oy) > SELF_PX
+        if other.any():
+            prof = _unit_psf(theta, (dx[s][None, :] - ox[other, None],
+                                     dy[s][None, :] - oy[other, None]))
+            light[s] = nf[js][other] @ prof
+    return light
 
 
 def _masked_ring(ring, dxy, x, y, neighbours, fwhm, r2, mask_fwhm=None):
@@ -642,7 +683,8 @@ def _blended(theta, dxy, v, use, ring, sky_var, sky_level):
 def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile: Profile,
                         fwhm: float, *, saturation: float | None = None,
                         free_shape: bool = False, ls_weights: bool | None = None,
-                        neighbours=None, response: Profile | None = None) -> Photometry:
+                        neighbours=None, response: Profile | None = None,
+                        neighbour_scale: float = 1.0) -> Photometry:
     """PSF-weighted fluxes of stars at ``(x, y)`` in one channel.
 
     Parameters
@@ -673,6 +715,9 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     response : Profile, optional
         Flux weights ``W`` (this profile, unit flux) instead of the linear fit's:
         the flux is ``sum W (d - b) / sum W (P - p_b)`` (:data:`MATCHED_RESPONSE`).
+    neighbour_scale : float
+        With :data:`NEIGHBOUR_MODEL` and neighbours' fluxes (a third element of
+        ``neighbours``): their fluxes in this frame are these times this factor.
 
     Returns
     -------
@@ -697,6 +742,9 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     dy = (offs[None, :, None] + (cy - y)[:, None, None]) * np.ones((1, 1, len(offs)))
     dx, dy = dx.reshape(n, -1), dy.reshape(n, -1)
     d2 = dx * dx + dy * dy
+    if NEIGHBOUR_MODEL and neighbours is not None and len(neighbours) > 2:
+        vals = vals - _neighbour_light((dx, dy), x, y, neighbours, _theta(profile),
+                                       r2 + NEIGHBOUR_MODEL_REACH_FWHM * fwhm, neighbour_scale)
     ring = _masked_ring((d2 >= r1 * r1) & (d2 <= r2 * r2) & good, (dx, dy), x, y, neighbours,
                         fwhm, r2)
     core = d2 <= r_w * r_w
@@ -841,13 +889,17 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         if pt is None:
             return big[0], big[1], False
         common = max(fwhm) if free_shape or matched else None
+        both = big[0].valid[c] & big[1].valid[c]
+        scale0 = (float(np.median(big[1].flux[c][both] / big[0].flux[c][both]))
+                  if both.any() else 1.0)
         resp = _matched_responses(pr, pt) if matched else (None, None)
-        for dst, plane, prof, f, (px, py), nb, w in (
-                (out[0], ref3[c], pr, common or fwhm[0], (x, y), neighbours, resp[0]),
+        for dst, plane, prof, f, (px, py), nb, w, ns in (
+                (out[0], ref3[c], pr, common or fwhm[0], (x, y), neighbours, resp[0], 1.0),
                 (out[1], tgt3[c], pt, common or fwhm[1], (x + offset[0], y + offset[1]), shifted,
-                 resp[1])):
+                 resp[1], scale0)):
             ph = weighted_photometry(plane, px, py, prof, f, saturation=sat[c],
-                                     free_shape=free_shape, neighbours=nb, response=w)
+                                     free_shape=free_shape, neighbours=nb, response=w,
+                                     neighbour_scale=ns)
             ph.valid &= big[0].valid[c] & big[1].valid[c]
             dst.append(ph)
     ref_ph, tgt_ph = _merge(out[0]), _merge(out[1])
