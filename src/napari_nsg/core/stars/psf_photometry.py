@@ -751,34 +751,45 @@ def weighted_photometry(plane: np.ndarray, x: np.ndarray, y: np.ndarray, profile
     model = _unit_psf(_theta(profile), (dx, dy))
     level, sig, count = ring_statistics(np.where(ring & good, vals, np.nan), dx, dy)
     model_bkg = np.full(n, _ring_level(profile, r1, r2))
-    sky = np.maximum(np.abs(level), 1.0)[:, None]
-    first = np.nansum(np.where(core & good, vals - level[:, None], 0.0), axis=1)
     ls_weights = LS_WEIGHTS if ls_weights is None else ls_weights
-    weight = np.where(core, (1.0 if ls_weights else model)
-                      / (1.0 + np.clip(first, 0, None)[:, None] * model / sky), 0.0)
     use = core & good
-    _, gx, gy = _profile_and_gradient(_theta(profile), (dx, dy))
-    cols = [model - model_bkg[:, None], gx, gy]
-    if free_shape:
-        cols += _shape_columns(profile, (dx, dy), (r1, r2))
-    basis = np.where(use[:, None, :], np.stack(cols, axis=1), 0.0)
+    weighted = core if ls_weights else core & (model > 0)  # the pixels of nonzero weight
     if response is None:
-        _, a = _linear_fit(basis, np.where(use, weight, 0.0), np.zeros_like(weight))
-    else:
+        a = _fit_weights(vals, level, model, model_bkg, profile, (dx, dy), core, use,
+                         ls_weights, (r1, r2) if free_shape else None)
+    else:  # the flux's weights are the response's: no fit, no shift terms needed
         a = np.where(use, _unit_psf(_theta(response), (dx, dy)), 0.0)
-        a /= np.sum(a * basis[:, 0, :], axis=1, keepdims=True)
+        a /= np.sum(a * np.where(use, model - model_bkg[:, None], 0.0), axis=1, keepdims=True)
     flux = np.sum(np.where(use, a * (vals - level[:, None]), 0.0), axis=1)
     sw, sw2 = a.sum(axis=1), (a * a).sum(axis=1)
     err = sig * np.sqrt(sw2 + sw * sw / np.maximum(count, 1))
     peak = np.where(core & good, vals, -np.inf).max(axis=1)
     sat = np.inf if saturation is None else float(saturation)
-    bad_core = np.any(core & ~good & (weight > 0), axis=1)
+    bad_core = np.any(weighted & ~good, axis=1)
     ok = (finite & ~bad_core & (count >= MIN_RING_PIXELS) & np.isfinite(flux) & (flux > 0)
           & (peak < sat))
     reason = np.where(ok, "", "not measurable with PSF weights").astype(object)
     return Photometry(np.where(ok, flux, np.nan)[None], np.where(ok, err, np.nan)[None],
                       level[None], sig[None], peak[None], ok[None], np.full(n, r_w),
                       reason.astype(str))
+
+
+def _fit_weights(vals, level, model, model_bkg, profile, dxy, core, use, ls_weights, ring):
+    """:func:`weighted_photometry`'s flux weights ``(n, p)`` of the linear fit: the
+    profile less its ring level and its two shift derivatives (and with ``ring``, the
+    radii, the shape derivatives of :func:`_shape_columns`), pixels weighted by
+    ``P / v`` (or ``1 / v`` with ``ls_weights``; ``v`` the sky's variance growing with
+    the star's light)."""
+    sky = np.maximum(np.abs(level), 1.0)[:, None]
+    first = np.nansum(np.where(use, vals - level[:, None], 0.0), axis=1)
+    weight = np.where(core, (1.0 if ls_weights else model)
+                      / (1.0 + np.clip(first, 0, None)[:, None] * model / sky), 0.0)
+    _, gx, gy = _profile_and_gradient(_theta(profile), dxy)
+    cols = [model - model_bkg[:, None], gx, gy]
+    if ring is not None:
+        cols += _shape_columns(profile, dxy, ring)
+    basis = np.where(use[:, None, :], np.stack(cols, axis=1), 0.0)
+    return _linear_fit(basis, np.where(use, weight, 0.0), np.zeros_like(weight))[1]
 
 
 def _shape_columns(profile: Profile, dxy, ring, terms=None) -> list[np.ndarray]:
