@@ -245,7 +245,7 @@ NEIGHBOUR_MODEL_REACH_FWHM = 3.0
 #: The scale fit weighs the PSF-weighted pairs with the large apertures' crowding term
 #: (5 % of the neighbours' light crossing their edges; :func:`~napari_nsg.core.nsg.scale.fit_scale`)
 #: as it weighs aperture pairs. False: by their photometric errors alone (an experiment,
-#: ``--no-fit-crowding``; docs/nsg.md "Thirteenth attempt").
+#: ``--fit-crowding 0`` in the benchmark; docs/nsg.md "Thirteenth attempt").
 FIT_CROWDING = True
 
 #: The psf mode's settings before the tenth and twelfth attempts made eight of the switches
@@ -279,6 +279,26 @@ def _ring_level(profile: Profile, r1: float, r2: float) -> float:
     return float((e2 - e1) / (np.pi * (r2 * r2 - r1 * r1)))
 
 
+def _other_stars(x, y, neighbours, reach, usable=None):
+    """For each star ``(x, y)`` with a detected neighbour (``neighbours``: their x and y;
+    one within ``SELF_PX`` of a star is that star) within ``reach``: the star's index,
+    the neighbours' offsets from it and their indices into ``neighbours`` (those
+    ``usable`` only, default the finite ones)."""
+    nx, ny = (np.asarray(a, float) for a in neighbours[:2])
+    keep = np.isfinite(nx) & np.isfinite(ny) if usable is None else usable
+    finite = np.isfinite(x) & np.isfinite(y)
+    if not keep.any() or not finite.any():
+        return
+    idx = np.flatnonzero(keep)
+    lists = cKDTree(np.c_[nx[idx], ny[idx]]).query_ball_point(np.c_[x[finite], y[finite]], reach)
+    for s, js in zip(np.flatnonzero(finite), lists, strict=True):
+        js = idx[np.asarray(js, int)]
+        ox, oy = nx[js] - x[s], ny[js] - y[s]
+        other = np.hypot(ox, oy) > SELF_PX
+        if other.any():
+            yield s, ox[other], oy[other], js[other]
+
+
 def _near_neighbours(dxy, x, y, neighbours, radius, reach):
     """Pixels ``(n, p)`` at offsets ``dxy`` from the stars ``(x, y)`` that lie within
     ``radius`` of a detected neighbour (``neighbours``: their x and y; one within
@@ -286,19 +306,9 @@ def _near_neighbours(dxy, x, y, neighbours, radius, reach):
     from a star are not looked at."""
     dx, dy = dxy
     near = np.zeros(dx.shape, bool)
-    nx, ny = (np.asarray(a, float) for a in neighbours[:2])
-    keep = np.isfinite(nx) & np.isfinite(ny)
-    finite = np.isfinite(x) & np.isfinite(y)
-    if not keep.any() or not finite.any():
-        return near
-    nx, ny = nx[keep], ny[keep]
-    lists = cKDTree(np.c_[nx, ny]).query_ball_point(np.c_[x[finite], y[finite]], reach + radius)
-    for s, js in zip(np.flatnonzero(finite), lists, strict=True):
-        ox, oy = nx[js] - x[s], ny[js] - y[s]
-        other = np.hypot(ox, oy) > SELF_PX
-        if other.any():
-            d2 = (dx[s][None, :] - ox[other, None]) ** 2 + (dy[s][None, :] - oy[other, None]) ** 2
-            near[s] = np.any(d2 < radius * radius, axis=0)
+    for s, ox, oy, _ in _other_stars(x, y, neighbours, reach + radius):
+        d2 = (dx[s][None, :] - ox[:, None]) ** 2 + (dy[s][None, :] - oy[:, None]) ** 2
+        near[s] = np.any(d2 < radius * radius, axis=0)
     return near
 
 
@@ -310,20 +320,10 @@ def _neighbour_light(dxy, x, y, neighbours, theta, reach, flux_scale=1.0):
     dx, dy = dxy
     light = np.zeros(dx.shape)
     nx, ny, nf = (np.asarray(a, float) for a in neighbours[:3])
-    keep = np.isfinite(nx) & np.isfinite(ny) & np.isfinite(nf) & (nf > 0)
-    finite = np.isfinite(x) & np.isfinite(y)
-    if not keep.any() or not finite.any():
-        return light
-    nx, ny, nf = nx[keep], ny[keep], nf[keep] * flux_scale
-    lists = cKDTree(np.c_[nx, ny]).query_ball_point(np.c_[x[finite], y[finite]], reach)
-    for s, js in zip(np.flatnonzero(finite), lists, strict=True):
-        js = np.asarray(js, int)
-        ox, oy = nx[js] - x[s], ny[js] - y[s]
-        other = np.hypot(ox, oy) > SELF_PX
-        if other.any():
-            prof = _unit_psf(theta, (dx[s][None, :] - ox[other, None],
-                                     dy[s][None, :] - oy[other, None]))
-            light[s] = nf[js][other] @ prof
+    usable = np.isfinite(nx) & np.isfinite(ny) & np.isfinite(nf) & (nf > 0)
+    for s, ox, oy, js in _other_stars(x, y, neighbours, reach, usable):
+        prof = _unit_psf(theta, (dx[s][None, :] - ox[:, None], dy[s][None, :] - oy[:, None]))
+        light[s] = (nf[js] * flux_scale) @ prof
     return light
 
 
@@ -900,9 +900,9 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
         if pt is None:
             return big[0], big[1], False
         common = max(fwhm) if free_shape or matched else None
-        both = big[0].valid[c] & big[1].valid[c]
+        both = big[0].valid[c] & big[1].valid[c]  # the target's neighbours: times this
         scale0 = (float(np.median(big[1].flux[c][both] / big[0].flux[c][both]))
-                  if both.any() else 1.0)
+                  if NEIGHBOUR_MODEL and both.any() else 1.0)
         resp = _matched_responses(pr, pt) if matched else (None, None)
         for dst, plane, prof, f, (px, py), nb, w, ns in (
                 (out[0], ref3[c], pr, common or fwhm[0], (x, y), neighbours, resp[0], 1.0),
