@@ -543,7 +543,11 @@ def excess(errors, realised, bound):
 
 
 def _value(text: str):
-    """A --param value: a number when it reads as one, else the text."""
+    """A --param value: an integer or a number when it reads as one, else the text."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
     try:
         return float(text)
     except ValueError:

@@ -49,13 +49,22 @@ def _options(frames, out: Path) -> list[str]:
     return ["--reference", str(frames[0]), "--out", str(out), "--gradient-images", "--quiet"]
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: Ctrl-C and Ctrl-\\ as a shell's foreground job gets them. A test
+    run started in the background of a non-interactive shell (``pytest &``) ignores both,
+    its children inherit that, and the command line then rightly leaves them ignored
+    (``test_stop_signals_are_handled_only_where_they_would_kill``)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _start(frames, out: Path, point: str, flag: Path, workers: int = 1) -> subprocess.Popen:
     """Start the run in its own process group (as a shell job) and wait for the pause."""
     env = dict(os.environ, **{PAUSE_ENV: point, PAUSE_FILE_ENV: str(flag)})
     cmd = [sys.executable, "-m", "napari_nsg.cli", "normalize", *map(str, frames),
            *_options(frames, out), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not flag.exists():
         if proc.poll() is not None:

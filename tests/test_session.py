@@ -291,16 +291,18 @@ def test_colour_frames_per_channel(tmp_path):
 
 
 def test_photometry_change_redoes_the_scale_as_normalize_does(files, tmp_path):
-    """The workbench's photometry choice (the CLI's --photometry): switching to 'psf'
-    invalidates the scale and what follows, not the reference, and the preview's scale is
-    then normalize's with photometry='psf' (which differs from the apertures')."""
+    """The workbench's photometry choice (the CLI's --photometry): switching from the
+    default 'psf' to 'aperture' invalidates the scale and what follows, not the reference,
+    and the preview's scale is then normalize's with photometry='aperture' (which differs
+    from the PSF weights')."""
     _, paths = files
     s = NsgSession()
     s.add_files(paths[:2])
     s.set_reference(paths[0].name)
-    aperture = s.preview(paths[1].name).scale
-    assert s.update_params(photometry="psf") == {"scale", "samples", "spline", "correction"}
+    assert s.params.photometry == "psf"
     psf = s.preview(paths[1].name).scale
-    report = normalize_frames(paths[:2], paths[0], tmp_path, NsgParameters(photometry="psf"))
-    np.testing.assert_array_equal(psf, report.rows[1].scale)
+    assert s.update_params(photometry="aperture") == {"scale", "samples", "spline", "correction"}
+    aperture = s.preview(paths[1].name).scale
+    report = normalize_frames(paths[:2], paths[0], tmp_path, NsgParameters(photometry="aperture"))
+    np.testing.assert_array_equal(aperture, report.rows[1].scale)
     assert not np.array_equal(psf, aperture)

@@ -27,7 +27,7 @@ EXISTS_HINT = ("some outputs exist and are not this run's: use --overwrite to re
 
 
 #: The photometry modes the command line offers (the others are experiments: docs/nsg.md).
-PHOTOMETRY_CHOICES = ("aperture", "psf")
+PHOTOMETRY_CHOICES = ("psf", "aperture")
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -52,12 +52,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--min-transmission", type=float, default=0.75,
                    help="reject frames whose relative transmission is at or below this "
                    "(default 0.75)")
-    p.add_argument("--photometry", choices=PHOTOMETRY_CHOICES, default="aperture",
-                   help="how star fluxes are measured for the scale: 'aperture' (default, "
-                   "NSG's large apertures) or 'psf' (PSF-weighted with a profile fitted to "
-                   "each frame: about half the scale error on simulated sequences, +0.2 s per "
-                   "24 Mpx frame; the apertures are used where the two disagree, as on real "
-                   "PSFs the profile does not fit); see docs/nsg.md")
+    p.add_argument("--photometry", choices=PHOTOMETRY_CHOICES, default="psf",
+                   help="how star fluxes are measured for the scale: 'psf' (default: "
+                   "PSF-weighted with a profile fitted to each frame, less than half the "
+                   "apertures' scale error on simulated sequences; where it disagrees with the "
+                   "apertures, as on PSFs the profile does not fit, the apertures' scale is "
+                   "used, with a warning) or 'aperture' (NSG's large apertures alone: about "
+                   "half the time per 24 Mpx frame); see docs/nsg.md")
     p.add_argument("--gradient-images", action="store_true",
                    help="also write <stem>_gradient.fits and <stem>_curvature.fits")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")

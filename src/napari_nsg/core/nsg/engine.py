@@ -547,6 +547,7 @@ def _measure_scale(model: ReferenceModel, chans: np.ndarray) -> ScaleResult:
             (model.fwhm, tgt_fwhm if np.isfinite(tgt_fwhm) else model.fwhm),
             (model.stars.x, model.stars.y, model.stars.flux), (radius, width), offset=offset,
             gap=p.aperture_gap, saturation=model.saturation,
+            profile_stars=(cands.x, cands.y, cands.flux),
             crowding=_crowding(model.stars, ref_s,
                                [radius, radius + p.aperture_gap, radius + p.aperture_gap + width],
                                2.0 * seeing) if psf_photometry.CROWDED_CHECK else None)

@@ -836,7 +836,7 @@ def _merge(channels: list[Photometry]) -> Photometry:
 
 def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, large, *,
                         offset=(0.0, 0.0), gap=2.0, saturation=None, free_shape=None,
-                        shared_tail=None, matched=None, crowding=None):
+                        shared_tail=None, matched=None, crowding=None, profile_stars=None):
     """PSF-weighted photometry of star pairs, the large apertures as the check.
 
     Parameters
@@ -868,6 +868,11 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
     crowding : ndarray (n,), optional
         Each pair's crowding in the large apertures, for the check
         (:func:`~napari_nsg.core.stars.aperture_correction.agreement_z`).
+    profile_stars : (x, y, flux), optional
+        The reference stars its profile is fitted to (the brightest isolated of them):
+        stars of the reference alone, so that its profile, fitted once per reference,
+        does not depend on which target came first (serial, parallel and resumed runs
+        then agree). None: the pairs, measured in the large apertures.
 
     Returns
     -------
@@ -889,9 +894,10 @@ def psf_pair_photometry(ref, tgt, ref_x, ref_y, tgt_x, tgt_y, fwhm, neighbours, 
            else np.broadcast_to(np.asarray(saturation, float), (ref3.shape[0],)))
     out = ([], [])
     for c in range(ref3.shape[0]):
-        pr = _reference_profile(ref, c, ref_x, ref_y,
-                                np.where(big[0].valid[c], big[0].flux[c], np.nan), fwhm[0],
-                                neighbours, fit_profile_ring_sky)
+        star_x, star_y, star_flux = profile_stars if profile_stars is not None else (
+            ref_x, ref_y, np.where(big[0].valid[c], big[0].flux[c], np.nan))
+        pr = _reference_profile(ref, c, star_x, star_y, star_flux, fwhm[0], neighbours,
+                                fit_profile_ring_sky)
         if pr is None:
             return big[0], big[1], False
         pt = fit_profile_ring_sky(tgt3[c], tgt_x, tgt_y,
