@@ -38,11 +38,11 @@ versions at each worker count and prints the new/old ratios. For example::
     python benchmarks/bench_nsg.py --frames 12 --workers 1,2
     python benchmarks/bench_nsg.py --frames 12 --workers 1,2 --compare-with /tmp/old/src
 
-``--compare-photometry psf`` alternates the default parameters and
-``NsgParameters(photometry="psf")`` the same way (what the psf mode would cost as the
-default; docs/nsg.md "Thirteenth attempt")::
+``--compare-photometry aperture`` alternates the default parameters (PSF weights) and
+``NsgParameters(photometry="aperture")`` the same way (what the fast option saves;
+docs/nsg.md "Fourteenth attempt")::
 
-    python benchmarks/bench_nsg.py --frames 12 --compare-photometry psf
+    python benchmarks/bench_nsg.py --frames 12 --compare-photometry aperture
 
 ``--accuracy`` prints the accuracy tables of ``docs/nsg.md`` instead, with the
 measurements of the tests (``tests/test_nsg_simulated.py`` on six seeds, mono
@@ -410,7 +410,7 @@ def main(argv=None):
                     help="run with these worker counts alternately, --repeat times, and show "
                          "where the time goes (startup, model shipping, frames)")
     ap.add_argument("--compare-photometry", metavar="MODE",
-                    help="run the default parameters and photometry=MODE (e.g. psf) "
+                    help="run the default parameters and photometry=MODE (e.g. aperture) "
                          "alternately on the frames, --repeat times")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args(argv)

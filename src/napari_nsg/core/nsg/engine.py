@@ -89,9 +89,9 @@ __all__ = [
 
 RING_AREA_RATIO = 4.0
 #: photometry="psf" when the PSF weights were not used for a frame.
-PSF_FALLBACK_WARNING = ("photometry psf: the scale is from the large apertures (no profile could "
-                        "be fitted, or the PSF-weighted fluxes disagree with the apertures': "
-                        "a PSF the fitted profile does not follow)")
+PSF_FALLBACK_WARNING = ("PSF weights not used: the scale is from the large apertures, as with "
+                        "--photometry aperture (the stars' shape does not follow the fitted "
+                        "profile, or too few isolated stars to fit one)")
 #: Every 61st row, every 7th pixel of it: whether a frame has any data (0.08 ms on
 #: 24 Mpx; every 7th row took 1.5 ms), the whole frame only if that finds none.
 SPARSE_LOOK = (61, 7)
