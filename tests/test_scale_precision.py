@@ -1314,3 +1314,19 @@ def test_ring_bumps_remove_undetected_stars_from_the_profile_rings(seed, monkeyp
             errors.append(prof.fwhm / truth - 1)
         assert errors[0] < -0.01  # the mechanism: the undetected light raises the ring level
         assert abs(errors[1]) < 1e-3
+
+
+@pytest.mark.shipped_psf
+def test_psf_scale_does_not_depend_on_which_target_came_first():
+    """The reference's profile is fitted once per reference, to its own stars: a target's
+    scale is the same to the bit whether another target was measured first with the same
+    reference model or not (it was fitted to the first target's pairs until 2026-12-02:
+    serial, --workers and --resume runs then wrote scales 1e-4 apart)."""
+    seq = independent_like(0, n=3)
+    ref, first, second = (np.round(seq.frame(k).data) for k in range(3))
+    alone = measure_scale(prepare_reference(ref), second)
+    model = prepare_reference(ref)
+    measure_scale(model, first)
+    after = measure_scale(model, second)
+    assert PSF_FALLBACK_WARNING not in after.warnings  # the PSF weights were used
+    np.testing.assert_array_equal(after.scale, alone.scale)
