@@ -18,6 +18,7 @@ from napari_nsg.core.reference import (
     sky_level,
     sky_levels,
 )
+from napari_nsg.core.nsg import NsgParameters
 from napari_nsg.io import read_frame
 from napari_nsg.pipeline.rank import (
     SCALE_PAIRS,
@@ -65,6 +66,16 @@ def test_best_frame_first_clouded_last(sequence, ranking):
     assert ranking.reference == str(paths[BEST])
     assert all(r.ok for r in ranking.frames)
     assert [r.rank for r in ranking.frames] == list(range(1, len(paths) + 1))
+
+
+def test_scales_use_the_apertures_whatever_the_photometry_asked(sequence, ranking):
+    """``normalize --reference auto`` passes normalize's parameters (PSF weights by
+    default): rank measures with the large apertures all the same, so its scales are the
+    default ranking's to the bit."""
+    _, paths = sequence
+    asked_psf = rank_frames(paths, params=NsgParameters(photometry="psf"))
+    for path in paths:
+        assert asked_psf.row(path).scale == ranking.row(path).scale, path.name
 
 
 def test_transmission_relative_to_best_matches_truth(sequence, ranking):
